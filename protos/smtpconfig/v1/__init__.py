@@ -1,0 +1,1 @@
+"""Generated code for package smtpconfig.v1. Regenerate with `make proto`."""

@@ -1,0 +1,1 @@
+"""Generated code for package smtpconfig.v2. Regenerate with `make proto`."""

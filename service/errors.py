@@ -1,0 +1,54 @@
+"""The domain's exception tree. `service.status` maps each class to one gRPC status code.
+
+Messages are written for the caller and never contain a secret value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One bad field: its path in Keyfactor JSON names (``RequestHeaders[2].Name``) and the rule."""
+
+    field: str
+    description: str
+
+
+class SmtpConfigError(Exception):
+    """Base of every error the service reports to callers on purpose."""
+
+
+class InvalidArgument(SmtpConfigError):
+    """The request breaks one or more rules; nothing was stored."""
+
+    def __init__(self, violations: list[FieldViolation]) -> None:
+        self.violations = list(violations)
+        names = ", ".join(dict.fromkeys(v.field for v in self.violations))
+        super().__init__(f"invalid request: {names}" if names else "invalid request")
+
+
+class NotFound(SmtpConfigError):
+    """The thing asked for does not exist."""
+
+
+class FailedPrecondition(SmtpConfigError):
+    """The system is not in a state where the request can be carried out."""
+
+
+class Aborted(SmtpConfigError):
+    """A conditional write lost against a concurrent change (stale etag); nothing was written."""
+
+
+class Unavailable(SmtpConfigError):
+    """A backend the request needs cannot be reached; the caller may retry."""
+
+
+class Unimplemented(SmtpConfigError):
+    """The method is declared but not built yet."""
+
+
+def violation(field: str, description: str) -> FieldViolation:
+    """Shorthand used by the validators."""
+    return FieldViolation(field, description)

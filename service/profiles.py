@@ -1,0 +1,169 @@
+"""The profile use cases, independent of API version: read, full replace, masked update, etags.
+
+The current revision is kept decoded in memory (reads never touch the disk) and follows the store's
+change notifications, so a shared store's writes by other replicas show up here too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Iterable
+
+from service.catalog import ProviderCatalog
+from service.codec import decode_profile, encode_profile
+from service.crypto import Sealer
+from service.errors import Aborted, FieldViolation, NotFound, violation
+from service.model import (
+    CREDENTIAL_FIELDS,
+    FIELDS,
+    KeepStored,
+    Profile,
+    ProfileDraft,
+    ProviderRef,
+)
+from service.store.base import ABSENT, EtagMismatch, Revision, Store
+from service.validation import validate
+
+log = logging.getLogger(__name__)
+
+PROFILE_KEY = "smtp/profile/1"
+
+# How often an update without a client etag re-merges after losing a race before giving up.
+_MAX_RETRIES = 16
+
+
+@dataclass(frozen=True)
+class StoredProfile:
+    """A profile revision as stored."""
+
+    profile: Profile
+    etag: str
+    revision: int
+    updated_at: datetime
+
+
+def parse_mask(paths: Iterable[str], allowed: Iterable[str]) -> tuple[frozenset[str], list[FieldViolation]]:
+    """Normalise update-mask paths (proto or Keyfactor JSON names) to proto field names."""
+    allowed = tuple(allowed)
+    by_name = {name: name for name in allowed} | {FIELDS[name]: name for name in allowed}
+    fields: set[str] = set()
+    problems = []
+    for path in paths:
+        name = by_name.get(path)
+        if name is None:
+            hint = "; secret objects are replaced whole" if "." in path else ""
+            problems.append(violation("update_mask", f"{path!r} is not a field of this profile{hint}"))
+        else:
+            fields.add(name)
+    return frozenset(fields), problems
+
+
+class ProfileService:
+    """Reads and changes the one SMTP profile."""
+
+    def __init__(self, store: Store, sealer: Sealer, providers: ProviderCatalog) -> None:
+        self._store = store
+        self._sealer = sealer
+        self._providers = providers
+        self._current: StoredProfile | None = None
+        self._follower: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        """Load the stored revision (failing loudly on a wrong key) and follow changes."""
+        changes = self._store.watch(PROFILE_KEY)
+        self._follower = asyncio.create_task(self._follow(changes), name="profile-follower")
+        revision = await self._store.get(PROFILE_KEY)
+        if revision is not None:
+            self._apply(revision)
+
+    async def stop(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower
+
+    async def _follow(self, changes) -> None:
+        async for change in changes:
+            if change.revision is not None:
+                self._apply(change.revision)
+
+    def _apply(self, revision: Revision, profile: Profile | None = None) -> StoredProfile:
+        current = self._current
+        if current is not None and current.revision >= revision.revision:
+            return current
+        if profile is None:
+            profile = decode_profile(revision.value, self._sealer, PROFILE_KEY)
+        self._current = StoredProfile(profile, revision.etag, revision.revision, revision.updated_at)
+        return self._current
+
+    def get(self) -> StoredProfile:
+        """The current revision; NotFound before the first update."""
+        if self._current is None:
+            raise NotFound("no SMTP profile is stored yet; set one with UpdateSmtp")
+        return self._current
+
+    def peek(self) -> StoredProfile | None:
+        return self._current
+
+    async def update(
+        self,
+        draft: ProfileDraft,
+        *,
+        mask: frozenset[str] | None = None,
+        etag: str = "",
+        earlier: list[FieldViolation] | None = None,
+    ) -> tuple[StoredProfile, list[str]]:
+        """Store `draft` (whole, or only the `mask` fields), returning the new revision and the
+        Keyfactor names of the fields that changed. With `etag`, only on top of that revision."""
+        for _ in range(_MAX_RETRIES):
+            current = self._current
+            if etag and (current is None or current.etag != etag):
+                raise Aborted("the profile changed since that etag was read; read it again")
+            merged = self._merge(draft, mask, current)
+            profile = validate(merged, self._providers, earlier)
+            data = encode_profile(profile, self._sealer, PROFILE_KEY)
+            expected = current.etag if current is not None else ABSENT
+            try:
+                revision = await self._store.put(PROFILE_KEY, data, expected)
+            except EtagMismatch:
+                if etag:
+                    raise Aborted("the profile changed since that etag was read; read it again") from None
+                await self._reload()
+                continue
+            stored = self._apply(revision, profile)
+            changed = _changed_fields(current.profile if current else None, profile)
+            log.info("profile updated to revision %s; changed: %s", revision.revision, ", ".join(changed) or "nothing")
+            return stored, changed
+        raise Aborted("the profile is changing too fast to apply this update; try again")
+
+    async def _reload(self) -> None:
+        revision = await self._store.get(PROFILE_KEY)
+        if revision is not None:
+            self._apply(revision)
+
+    @staticmethod
+    def _merge(draft: ProfileDraft, mask: frozenset[str] | None, current: StoredProfile | None) -> ProfileDraft:
+        if mask is not None:
+            base = ProfileDraft.of(current.profile) if current else ProfileDraft()
+            draft = replace(base, **{name: getattr(draft, name) for name in mask})
+        # v1 sends `UnsupportedPAMSecret` back for a provider-held username: keep the reference.
+        keep = {}
+        for name in CREDENTIAL_FIELDS:
+            if getattr(draft, name) is KeepStored.TOKEN and current is not None:
+                stored = getattr(current.profile, name)
+                if isinstance(stored, ProviderRef):
+                    keep[name] = stored
+        return replace(draft, **keep) if keep else draft
+
+
+def _changed_fields(before: Profile | None, after: Profile) -> list[str]:
+    names = [n for n in FIELDS if n != "id"]
+    if before is None:
+        return [FIELDS[n] for n in names if getattr(after, n) not in (None, "", (), False)]
+    return [FIELDS[n] for n in names if getattr(before, n) != getattr(after, n)]
+
+

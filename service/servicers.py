@@ -1,0 +1,96 @@
+"""Thin gRPC servicers for both API versions: proto to domain, call the domain, domain to proto."""
+
+from __future__ import annotations
+
+import grpc
+
+from service import convert
+from service.errors import InvalidArgument, Unimplemented
+from service.model import FIELDS, V1_FIELDS
+from service.profiles import ProfileService, parse_mask
+from smtpconfig.v1 import config_service_pb2 as v1
+from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
+from smtpconfig.v2 import config_service_pb2 as v2
+from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
+from service.status import grpc_errors
+
+
+def _mask(request, allowed) -> tuple[frozenset[str] | None, list]:
+    if not request.HasField("update_mask") or not request.update_mask.paths:
+        return None, []
+    return parse_mask(request.update_mask.paths, allowed)
+
+
+class ConfigServiceV2(v2_grpc.ConfigServiceServicer):
+    """`smtpconfig.v2.ConfigService`."""
+
+    def __init__(self, profiles: ProfileService) -> None:
+        self._profiles = profiles
+
+    @grpc_errors
+    async def GetSmtp(self, request: v2.GetSmtpRequest, context: grpc.aio.ServicerContext) -> v2.GetSmtpResponse:
+        stored = self._profiles.get()
+        return v2.GetSmtpResponse(
+            profile=convert.profile_to_v2(stored.profile),
+            etag=stored.etag,
+            update_time=convert.timestamp(stored.updated_at),
+        )
+
+    @grpc_errors
+    async def UpdateSmtp(
+        self, request: v2.UpdateSmtpRequest, context: grpc.aio.ServicerContext
+    ) -> v2.UpdateSmtpResponse:
+        mask, problems = _mask(request, FIELDS)
+        if problems:
+            raise InvalidArgument(problems)
+        stored, _ = await self._profiles.update(
+            convert.draft_from_v2(request.profile), mask=mask, etag=request.etag
+        )
+        return v2.UpdateSmtpResponse(
+            profile=convert.profile_to_v2(stored.profile),
+            etag=stored.etag,
+            update_time=convert.timestamp(stored.updated_at),
+        )
+
+    @grpc_errors
+    async def TestSmtp(self, request, context):
+        raise Unimplemented("TestSmtp is not available yet")
+
+    @grpc_errors
+    async def ResolveSmtp(self, request, context):
+        raise Unimplemented("ResolveSmtp is not available yet")
+
+
+class ConfigServiceV1(v1_grpc.ConfigServiceServicer):
+    """`smtpconfig.v1.ConfigService`: Keyfactor's v1 contract over the same stored profile."""
+
+    def __init__(self, profiles: ProfileService) -> None:
+        self._profiles = profiles
+
+    @grpc_errors
+    async def GetSmtp(self, request: v1.GetSmtpRequest, context: grpc.aio.ServicerContext) -> v1.GetSmtpResponse:
+        stored = self._profiles.get()
+        return v1.GetSmtpResponse(
+            profile=convert.profile_to_v1(stored.profile),
+            etag=stored.etag,
+            update_time=convert.timestamp(stored.updated_at),
+        )
+
+    @grpc_errors
+    async def UpdateSmtp(
+        self, request: v1.UpdateSmtpRequest, context: grpc.aio.ServicerContext
+    ) -> v1.UpdateSmtpResponse:
+        mask, problems = _mask(request, V1_FIELDS)
+        draft, v1_problems = convert.draft_from_v1(request.profile, mask)
+        if problems:
+            raise InvalidArgument(problems + v1_problems)
+        stored, _ = await self._profiles.update(draft, mask=mask, etag=request.etag, earlier=v1_problems)
+        return v1.UpdateSmtpResponse(
+            profile=convert.profile_to_v1(stored.profile),
+            etag=stored.etag,
+            update_time=convert.timestamp(stored.updated_at),
+        )
+
+    @grpc_errors
+    async def TestSmtp(self, request, context):
+        raise Unimplemented("TestSmtp is not available yet")

@@ -1,0 +1,1 @@
+"""Profile stores: one interface, one module per backend."""

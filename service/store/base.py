@@ -1,0 +1,75 @@
+"""The store interface: versioned keys with etags, compare-and-set writes, change notifications.
+
+Shaped so that a shared backend (etcd) can stand in for the embedded SQLite store: every write gets
+a store-wide increasing revision, conditional writes compare etags, and `watch` yields every change
+made through this store (and, for a shared backend, by other replicas).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import AsyncIterator, Protocol
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+# Pass as `expected` to write only when the key does not exist yet.
+ABSENT = _Absent()
+
+
+@dataclass(frozen=True)
+class Revision:
+    """One stored version of a key."""
+
+    key: str
+    value: bytes
+    revision: int
+    etag: str
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class Change:
+    """A key was written (`revision` set) or deleted (`revision` None) at store revision `number`."""
+
+    key: str
+    number: int
+    revision: Revision | None
+
+
+class EtagMismatch(Exception):
+    """A conditional write found another etag (or presence) than expected; nothing was written."""
+
+
+def make_etag(revision: int, value: bytes) -> str:
+    """An opaque etag that changes with every write, even of identical bytes."""
+    digest = hashlib.blake2b(value, digest_size=6, person=revision.to_bytes(8, "big")).hexdigest()
+    return f"{revision:x}-{digest}"
+
+
+class Store(Protocol):
+    """A durable key-value store. A write returns only once it would survive a crash."""
+
+    async def get(self, key: str) -> Revision | None:
+        """The current version of `key`, or None."""
+
+    async def list(self, prefix: str) -> list[Revision]:
+        """Current versions of every key starting with `prefix`, in key order."""
+
+    async def put(self, key: str, value: bytes, expected: str | _Absent | None = None) -> Revision:
+        """Write `value`. With `expected` an etag, only if the current etag is that; with `ABSENT`,
+        only if the key does not exist. Raises `EtagMismatch` otherwise."""
+
+    async def delete(self, key: str, expected: str | None = None) -> bool:
+        """Delete `key` (only at etag `expected` when given); True if it existed."""
+
+    def watch(self, prefix: str) -> AsyncIterator[Change]:
+        """Changes to keys under `prefix` from now on, in revision order."""
+
+    async def close(self) -> None:
+        """Release the store; pending writes are finished first."""

@@ -1,0 +1,195 @@
+"""The embedded store: one SQLite file in the data directory.
+
+Durability: WAL journal with ``synchronous=FULL``, so a commit is fsynced before `put` returns; an
+acknowledged write survives kill -9 and power loss. All SQLite work runs on one dedicated thread:
+writes are serialised there (compare-and-set is a plain transaction) and the event loop never
+blocks on disk. One server owns a data directory at a time (an advisory lock on ``store.lock``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import AsyncIterator, Callable, TypeVar
+
+from service.errors import FailedPrecondition
+from service.store.base import ABSENT, Change, EtagMismatch, Revision, _Absent, make_etag
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (
+    key        TEXT PRIMARY KEY,
+    value      BLOB NOT NULL,
+    revision   INTEGER NOT NULL,
+    etag       TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO meta (name, value) VALUES ('revision', 0);
+"""
+
+
+class SqliteStore:
+    """`Store` on a SQLite file. Create with `await SqliteStore.open(data_dir)`."""
+
+    def __init__(self, path: Path, lock_fd: int) -> None:
+        self.path = path
+        self._lock_fd = lock_fd
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        self._db: sqlite3.Connection | None = None
+        self._watchers: list[tuple[str, asyncio.Queue[Change]]] = []
+
+    @classmethod
+    async def open(cls, data_dir: Path, filename: str = "smtpconfig.db") -> "SqliteStore":
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock_fd = os.open(data_dir / "store.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock_fd)
+            raise FailedPrecondition(
+                f"data directory {data_dir} is in use by another smtpconfig server"
+            ) from None
+        store = cls(data_dir / filename, lock_fd)
+        await store._run(store._connect)
+        return store
+
+    def _connect(self) -> None:
+        # Create the file owner-only before SQLite does, so its -wal and -shm files inherit 0600.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(_SCHEMA)
+        self._db = db
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    @staticmethod
+    def _row(row: tuple) -> Revision:
+        key, value, revision, etag, updated_at = row
+        return Revision(key, bytes(value), revision, etag, datetime.fromisoformat(updated_at))
+
+    async def get(self, key: str) -> Revision | None:
+        def read() -> Revision | None:
+            row = self._conn.execute(
+                "SELECT key, value, revision, etag, updated_at FROM kv WHERE key = ?", (key,)
+            ).fetchone()
+            return self._row(row) if row else None
+
+        return await self._run(read)
+
+    async def list(self, prefix: str) -> list[Revision]:
+        def read() -> list[Revision]:
+            rows = self._conn.execute(
+                "SELECT key, value, revision, etag, updated_at FROM kv"
+                " WHERE substr(key, 1, ?) = ? ORDER BY key",
+                (len(prefix), prefix),
+            ).fetchall()
+            return [self._row(r) for r in rows]
+
+        return await self._run(read)
+
+    async def put(self, key: str, value: bytes, expected: str | _Absent | None = None) -> Revision:
+        def write() -> Revision:
+            db = self._conn
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                current = db.execute("SELECT etag FROM kv WHERE key = ?", (key,)).fetchone()
+                if expected is ABSENT and current is not None:
+                    raise EtagMismatch(key)
+                if isinstance(expected, str) and (current is None or current[0] != expected):
+                    raise EtagMismatch(key)
+                number = self._next_revision(db)
+                revision = Revision(
+                    key, value, number, make_etag(number, value), datetime.now(timezone.utc)
+                )
+                db.execute(
+                    "INSERT INTO kv (key, value, revision, etag, updated_at) VALUES (?, ?, ?, ?, ?)"
+                    " ON CONFLICT(key) DO UPDATE SET value = excluded.value,"
+                    " revision = excluded.revision, etag = excluded.etag,"
+                    " updated_at = excluded.updated_at",
+                    (key, value, number, revision.etag, revision.updated_at.isoformat()),
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return revision
+
+        revision = await self._run(write)
+        self._publish(Change(key, revision.revision, revision))
+        return revision
+
+    async def delete(self, key: str, expected: str | None = None) -> bool:
+        def remove() -> int | None:
+            db = self._conn
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                current = db.execute("SELECT etag FROM kv WHERE key = ?", (key,)).fetchone()
+                if expected is not None and (current is None or current[0] != expected):
+                    raise EtagMismatch(key)
+                if current is None:
+                    db.execute("ROLLBACK")
+                    return None
+                number = self._next_revision(db)
+                db.execute("DELETE FROM kv WHERE key = ?", (key,))
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            return number
+
+        number = await self._run(remove)
+        if number is None:
+            return False
+        self._publish(Change(key, number, None))
+        return True
+
+    @staticmethod
+    def _next_revision(db: sqlite3.Connection) -> int:
+        (number,) = db.execute(
+            "UPDATE meta SET value = value + 1 WHERE name = 'revision' RETURNING value"
+        ).fetchone()
+        return number
+
+    async def watch(self, prefix: str) -> AsyncIterator[Change]:
+        queue: asyncio.Queue[Change] = asyncio.Queue()
+        entry = (prefix, queue)
+        self._watchers.append(entry)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._watchers.remove(entry)
+
+    def _publish(self, change: Change) -> None:
+        for prefix, queue in self._watchers:
+            if change.key.startswith(prefix):
+                queue.put_nowait(change)
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise FailedPrecondition("the store is closed")
+        return self._db
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._run(self._db.close)
+            self._db = None
+        self._executor.shutdown(wait=True)
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
