@@ -301,10 +301,10 @@ def mailbox_problems(address: str) -> list[str]:
         return ["is required"]
     if len(address) > MAX_MAILBOX:
         return [f"is longer than {MAX_MAILBOX} characters"]
-    if any(c.isspace() or unicodedata.category(c) == "Cc" for c in address):
-        return ["must be a bare address such as relay@example.com, without spaces or control characters"]
     if "<" in address or ">" in address:
         return ["must be the address alone; the display name belongs in SenderName"]
+    if any(c.isspace() or unicodedata.category(c) == "Cc" for c in address):
+        return ["must be a bare address such as relay@example.com, without spaces or control characters"]
     local, at, domain = address.rpartition("@")
     if not at or not local or not domain:
         return ["must be a mailbox address such as relay@example.com"]

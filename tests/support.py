@@ -1,0 +1,155 @@
+"""Running real servers for tests: in-process on port 0, or as a `smtpconfig serve` subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from service.catalog import ProviderCatalog
+from service.server import App
+from service.settings import Settings
+
+
+def short_dir(prefix: str = "sc") -> Path:
+    """A short temporary directory: Unix socket paths must stay under 108 bytes."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+class ServerThread:
+    """An `App` on port 0, running on its own event loop in a background thread."""
+
+    def __init__(self, data_dir: Path, providers: ProviderCatalog | None = None) -> None:
+        self.settings = Settings(data_dir=data_dir, listen=("127.0.0.1:0",), grace_period=1.0)
+        self.app = App(self.settings, providers)
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._stopping: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="test-server", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._main())
+
+    async def _main(self) -> None:
+        self._stopping = asyncio.Event()
+        try:
+            await self.app.start()
+        except BaseException as error:  # surfaced by start()
+            self._error = error
+            self._ready.set()
+            await self.app.stop(0)
+            return
+        self._ready.set()
+        await self._stopping.wait()
+        await self.app.stop(1.0)
+
+    def start(self) -> "ServerThread":
+        self._thread.start()
+        self._ready.wait(30)
+        if self._error is not None:
+            raise self._error
+        return self
+
+    @property
+    def target(self) -> str:
+        return self.app.target
+
+    def stop(self) -> None:
+        if self._stopping is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)
+        self._thread.join(30)
+
+
+def wait_serving(target: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    """Poll the gRPC health service until the server says SERVING."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before serving")
+        try:
+            with grpc.insecure_channel(target) as channel:
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.RpcError as error:
+            last = error
+        time.sleep(0.1)
+    raise TimeoutError(f"{target} did not reach SERVING in {timeout}s: {last}")
+
+
+class ServerProcess:
+    """`smtpconfig serve` in a subprocess, reached over its Unix socket; stderr kept for reading."""
+
+    def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.socket = data_dir / "smtpconfig.sock"
+        self.log_path = data_dir.parent / f"{data_dir.name}.log"
+        self.args = [
+            sys.executable, "-m", "service.cli", "serve",
+            "--data-dir", str(data_dir), "--listen", "127.0.0.1:0", "--grace-period", "2", *extra,
+        ]
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def target(self) -> str:
+        return f"unix:{self.socket}"
+
+    def start(self) -> "ServerProcess":
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(self.args, stdout=log, stderr=log, env=self.env)
+        log.close()
+        deadline = time.monotonic() + 30
+        while not self.socket.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start:\n{self.log()}")
+            time.sleep(0.05)
+        wait_serving(self.target, proc=self.proc)
+        return self
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def violations(error: grpc.RpcError) -> list[tuple[str, str]]:
+    """(field, description) pairs of the google.rpc.BadRequest detail of a failed call."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    status = rpc_status.from_call(error)
+    assert status is not None, "no rich status on the error"
+    found = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            found += [(v.field, v.description) for v in bad.field_violations]
+    return found
