@@ -1,0 +1,121 @@
+"""The server process: key handling, health, reflection, signals, and what it refuses to do."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from smtpconfig.v2 import config_service_pb2 as v2
+from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
+from tests.conftest import BASIC_V2, v2_profile
+from tests.support import ServerProcess, short_dir
+
+
+@pytest.fixture
+def data_dir():
+    base = short_dir()
+    yield base / "data"
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def _serve_once(*args: str, env: dict | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", "serve", *args],
+        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
+    )
+
+
+def test_first_start_generates_an_owner_only_key_and_database(data_dir) -> None:
+    server = ServerProcess(data_dir).start()
+    try:
+        key = data_dir / "secret.key"
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+        assert len(base64.urlsafe_b64decode(key.read_text().strip())) == 32
+        assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+        for name in ("smtpconfig.db", "smtpconfig.db-wal", "smtpconfig.sock"):
+            assert stat.S_IMODE((data_dir / name).stat().st_mode) == 0o600, name
+    finally:
+        assert server.terminate() == 0
+    assert not (data_dir / "smtpconfig.sock").exists()
+
+
+def test_wrong_key_is_refused_with_a_clear_message(data_dir) -> None:
+    server = ServerProcess(data_dir).start()
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            v2_grpc.ConfigServiceStub(channel).UpdateSmtp(v2.UpdateSmtpRequest(profile=v2_profile(BASIC_V2)))
+    finally:
+        server.terminate()
+    other = base64.urlsafe_b64encode(b"z" * 32).decode()
+    result = _serve_once("--data-dir", str(data_dir), "--listen", "127.0.0.1:0", env={"SMTPCONFIG_KEY": other})
+    assert result.returncode != 0
+    assert "was encrypted with key" in result.stderr
+
+
+def test_key_from_env_is_used_and_no_key_file_is_written(data_dir) -> None:
+    key = base64.urlsafe_b64encode(os.urandom(32)).decode()
+    server = ServerProcess(data_dir, env={"SMTPCONFIG_KEY": key}).start()
+    try:
+        assert not (data_dir / "secret.key").exists()
+    finally:
+        server.terminate()
+
+
+def test_missing_configured_key_file_is_an_error(data_dir) -> None:
+    result = _serve_once("--data-dir", str(data_dir), "--key-file", str(data_dir / "nope.key"))
+    assert result.returncode != 0 and "does not exist" in result.stderr
+
+
+def test_health_and_reflection(data_dir) -> None:
+    server = ServerProcess(data_dir).start()
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for name in ("", "smtpconfig.v1.ConfigService", "smtpconfig.v2.ConfigService"):
+                reply = health.Check(health_pb2.HealthCheckRequest(service=name))
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING, name
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+            names = {s.name for r in replies for s in r.list_services_response.service}
+            assert {"smtpconfig.v1.ConfigService", "smtpconfig.v2.ConfigService", "grpc.health.v1.Health"} <= names
+    finally:
+        server.terminate()
+
+
+def test_sigterm_drains_and_exits_cleanly(data_dir) -> None:
+    server = ServerProcess(data_dir).start()
+    with grpc.insecure_channel(server.target) as channel:
+        stub = v2_grpc.ConfigServiceStub(channel)
+        stub.UpdateSmtp(v2.UpdateSmtpRequest(profile=v2_profile(BASIC_V2)))
+        started = time.monotonic()
+        assert server.terminate() == 0
+    assert time.monotonic() - started < 10
+    log = server.log()
+    assert "draining" in log and "stopped" in log
+
+
+def test_second_server_on_the_same_data_directory_is_refused(data_dir) -> None:
+    server = ServerProcess(data_dir).start()
+    try:
+        result = _serve_once("--data-dir", str(data_dir), "--listen", "127.0.0.1:0", "--unix-socket", "")
+        assert result.returncode != 0 and "in use by another smtpconfig server" in result.stderr
+    finally:
+        server.terminate()
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0:2587", "[::]:2587", "192.0.2.1:2587", "example.com:2587"])
+def test_non_loopback_listen_address_is_refused(data_dir, address: str) -> None:
+    result = _serve_once("--data-dir", str(data_dir), "--listen", address)
+    assert result.returncode == 2
+    assert "not a loopback address" in result.stderr
+    assert not data_dir.exists(), "nothing is created when settings are refused"
