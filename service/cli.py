@@ -174,11 +174,15 @@ def _explain(error: grpc.RpcError, target: str) -> CliError:
     return CliError("\n".join(lines), exit_code)
 
 
-def profile_json(profile) -> str:
+def profile_doc(profile) -> dict[str, Any]:
     """Keyfactor JSON of a profile message: PascalCase names, integer enums, every field."""
-    return json_format.MessageToJson(
-        profile, use_integers_for_enums=True, always_print_fields_with_no_presence=True, indent=2
+    doc = json_format.MessageToDict(
+        profile, use_integers_for_enums=True, always_print_fields_with_no_presence=True
     )
+    for value in doc.values():
+        if isinstance(value, dict) and value.get("Parameters") == {}:
+            del value["Parameters"]  # an inline secret object has no parameters to show
+    return doc
 
 
 def _get(args: argparse.Namespace) -> int:
@@ -187,8 +191,9 @@ def _get(args: argparse.Namespace) -> int:
     else:
         response = _call(args, v2_grpc.ConfigServiceStub, "GetSmtp", v2.GetSmtpRequest())
     if args.json:
-        doc = json.loads(profile_json(response.profile))
-        doc.pop("RelayPassword", None)  # v1 never returns it; an empty string would read as a value
+        doc = profile_doc(response.profile)
+        if args.api == "v1":
+            doc.pop("RelayPassword")  # v1 never returns it; an empty string would read as a value
         print(json.dumps(doc, indent=2, ensure_ascii=False))
         return 0
     print(_describe(response, args.api))
@@ -196,7 +201,7 @@ def _get(args: argparse.Namespace) -> int:
 
 
 def _describe(response, api: str) -> str:
-    doc = json.loads(profile_json(response.profile))
+    doc = profile_doc(response.profile)
     when = response.update_time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S UTC")
     lines = [f"SMTP profile (API {api}), etag {response.etag}, updated {when}"]
     for key, value in doc.items():

@@ -1,0 +1,81 @@
+"""The newcomer's path: a fresh copy of the repository, `make run`, then the CLI puts and gets."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BASIC_V1
+from tests.support import short_dir, wait_serving
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _fresh_copy(dest: Path) -> None:
+    """What a clone holds: every tracked file plus new files git does not ignore."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT, capture_output=True, check=True,
+    ).stdout.split(b"\0")
+    for name in filter(None, listed):
+        source = ROOT / os.fsdecode(name)
+        if source.is_file():
+            target = dest / os.fsdecode(name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_make_run_from_a_fresh_clone_serves_and_the_cli_works() -> None:
+    base = short_dir()
+    clone = base / "clone"
+    _fresh_copy(clone)
+    assert not (clone / ".venv").exists()
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SMTPCONFIG_", "VIRTUAL_ENV"))}
+    env["SMTPCONFIG_LISTEN"] = f"127.0.0.1:{port}"
+    log = (base / "make-run.log").open("wb")
+    make = subprocess.Popen(["make", "run"], cwd=clone, env=env, stdout=log, stderr=log, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        sock = clone / "smtpconfig-data" / "smtpconfig.sock"
+        while not sock.exists():
+            assert make.poll() is None, (base / "make-run.log").read_text()
+            assert time.monotonic() < deadline, "make run did not start the server in time"
+            time.sleep(0.5)
+        wait_serving(f"127.0.0.1:{port}", proc=make)
+        wait_serving(f"unix:{sock}", proc=make)
+
+        cli = str(clone / ".venv" / "bin" / "smtpconfig")
+        (clone / "profile.json").write_text(json.dumps(BASIC_V1))
+        put = subprocess.run([cli, "put", "-f", "profile.json"], cwd=clone, env=env, capture_output=True, text=True)
+        assert put.returncode == 0, put.stderr
+        got = subprocess.run([cli, "get", "--api", "v1", "--json"], cwd=clone, env=env, capture_output=True, text=True)
+        assert got.returncode == 0, got.stderr
+        shown = json.loads(got.stdout)
+        assert shown["Host"] == BASIC_V1["Host"] and shown["RelayUsername"] == BASIC_V1["RelayUsername"]
+        assert "RelayPassword" not in shown
+    finally:
+        if make.poll() is None:
+            os.killpg(make.pid, signal.SIGTERM)
+            try:
+                make.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(make.pid, signal.SIGKILL)
+                make.wait()
+        log.close()
+        shutil.rmtree(base, ignore_errors=True)
