@@ -125,3 +125,12 @@ def test_default_target_prefers_the_data_directory_socket(tmp_path) -> None:
     (tmp_path / "smtpconfig.sock").touch()
     assert default_target({"SMTPCONFIG_DATA_DIR": str(tmp_path)}) == f"unix:{tmp_path}/smtpconfig.sock"
     assert default_target({"SMTPCONFIG_DATA_DIR": "/nonexistent", "SMTPCONFIG_LISTEN": "[::1]:9"}) == "[::1]:9"
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.json"))
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[e.name for e in EXAMPLES])
+def test_shipped_examples_are_accepted(server, capsys, example: Path) -> None:
+    code, _, err = run(capsys, "put", "--target", server.target, "-f", str(example))
+    assert code == 0, err
