@@ -71,6 +71,7 @@ class ProfileService:
         self._providers = providers
         self._current: StoredProfile | None = None
         self._follower: asyncio.Task | None = None
+        self._write_lock = asyncio.Lock()
 
     async def start(self) -> None:
         """Load the stored revision (failing loudly on a wrong key) and follow changes."""
@@ -119,6 +120,12 @@ class ProfileService:
     ) -> tuple[StoredProfile, list[str]]:
         """Store `draft` (whole, or only the `mask` fields), returning the new revision and the
         Keyfactor names of the fields that changed. With `etag`, only on top of that revision."""
+        # One read-merge-write at a time in this process: local writers queue instead of racing.
+        # The compare-and-set below still guards against writers elsewhere (other replicas).
+        async with self._write_lock:
+            return await self._update(draft, mask, etag, earlier)
+
+    async def _update(self, draft, mask, etag, earlier) -> tuple[StoredProfile, list[str]]:
         for _ in range(_MAX_RETRIES):
             current = self._current
             if etag and (current is None or current.etag != etag):
