@@ -84,9 +84,10 @@ class App:
                 raise FailedPrecondition(f"could not listen on {address}")
             self.ports[address] = port
         if settings.socket_path is not None:
-            self.socket_path = settings.socket_path.absolute()
-            _clear_stale_socket(self.socket_path)
-            server.add_insecure_port(f"unix:{self.socket_path}")
+            path = settings.socket_path.absolute()
+            _clear_stale_socket(path)
+            server.add_insecure_port(f"unix:{path}")
+            self.socket_path = path  # ours from here on: removed again on stop
         self._server = server
         await server.start()
         if self.socket_path is not None:

@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from tests.conftest import BASIC_V2, v2_profile
-from tests.support import ServerProcess, short_dir
+from tests.support import ServerProcess, short_dir, wait_serving
 
 
 @pytest.fixture
@@ -119,3 +119,26 @@ def test_non_loopback_listen_address_is_refused(data_dir, address: str) -> None:
     assert result.returncode == 2
     assert "not a loopback address" in result.stderr
     assert not data_dir.exists(), "nothing is created when settings are refused"
+
+
+def test_socket_of_a_running_server_is_not_taken_over(data_dir) -> None:
+    server = ServerProcess(data_dir).start()
+    try:
+        other = data_dir.parent / "other"
+        result = _serve_once("--data-dir", str(other), "--listen", "127.0.0.1:0", "--unix-socket", str(server.socket))
+        assert result.returncode != 0 and "in use by a running server" in result.stderr
+        assert server.socket.exists()
+        wait_serving(server.target)
+    finally:
+        server.terminate()
+
+
+def test_stale_socket_file_is_replaced(data_dir) -> None:
+    import socket as sockets
+
+    data_dir.mkdir(parents=True)
+    stale = sockets.socket(sockets.AF_UNIX)
+    stale.bind(str(data_dir / "smtpconfig.sock"))
+    stale.close()  # the file stays, nobody listens: what a crash leaves behind
+    server = ServerProcess(data_dir).start()
+    server.terminate()
