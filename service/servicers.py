@@ -7,12 +7,27 @@ import grpc
 from service import convert
 from service.errors import InvalidArgument, Unimplemented
 from service.model import FIELDS, V1_FIELDS
-from service.profiles import ProfileService, parse_mask
+from service.profiles import ProfileService, StoredProfile, parse_mask
 from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from service.status import grpc_errors
+
+
+class _PerRevision:
+    """The GetSmtp response of the current revision, built once: reads far outnumber writes, and
+    a revision never changes, so every read of it can share one immutable answer."""
+
+    def __init__(self, build) -> None:
+        self._build = build
+        self._revision = -1
+        self._response = None
+
+    def __call__(self, stored: StoredProfile):
+        if stored.revision != self._revision:
+            self._response, self._revision = self._build(stored), stored.revision
+        return self._response
 
 
 def _mask(request, allowed) -> tuple[frozenset[str] | None, list]:
@@ -26,15 +41,17 @@ class ConfigServiceV2(v2_grpc.ConfigServiceServicer):
 
     def __init__(self, profiles: ProfileService) -> None:
         self._profiles = profiles
+        self._read = _PerRevision(
+            lambda stored: v2.GetSmtpResponse(
+                profile=convert.profile_to_v2(stored.profile),
+                etag=stored.etag,
+                update_time=convert.timestamp(stored.updated_at),
+            )
+        )
 
     @grpc_errors
     async def GetSmtp(self, request: v2.GetSmtpRequest, context: grpc.aio.ServicerContext) -> v2.GetSmtpResponse:
-        stored = self._profiles.get()
-        return v2.GetSmtpResponse(
-            profile=convert.profile_to_v2(stored.profile),
-            etag=stored.etag,
-            update_time=convert.timestamp(stored.updated_at),
-        )
+        return self._read(self._profiles.get())
 
     @grpc_errors
     async def UpdateSmtp(
@@ -66,15 +83,17 @@ class ConfigServiceV1(v1_grpc.ConfigServiceServicer):
 
     def __init__(self, profiles: ProfileService) -> None:
         self._profiles = profiles
+        self._read = _PerRevision(
+            lambda stored: v1.GetSmtpResponse(
+                profile=convert.profile_to_v1(stored.profile),
+                etag=stored.etag,
+                update_time=convert.timestamp(stored.updated_at),
+            )
+        )
 
     @grpc_errors
     async def GetSmtp(self, request: v1.GetSmtpRequest, context: grpc.aio.ServicerContext) -> v1.GetSmtpResponse:
-        stored = self._profiles.get()
-        return v1.GetSmtpResponse(
-            profile=convert.profile_to_v1(stored.profile),
-            etag=stored.etag,
-            update_time=convert.timestamp(stored.updated_at),
-        )
+        return self._read(self._profiles.get())
 
     @grpc_errors
     async def UpdateSmtp(
