@@ -1,0 +1,191 @@
+"""The load generator: one asyncio process that drives every target in turn.
+
+    python -m bench.load      (commands on stdin, results on stdout, one JSON object a line)
+
+Why one process for all targets: the client's own cost then is the same for each of them, so a
+difference in the numbers is a difference between the servers. Calls go through
+`channel.unary_unary(path, request_serializer=None, response_deserializer=None)` with raw bytes, so
+the client never (de)serializes protobuf, not even for the service. Each measurement opens a fresh
+channel (one HTTP/2 connection) and keeps `in_flight` coroutines each issuing calls back to back.
+
+Why a process apart from the servers: a client sharing a process with a server would compete with
+it for the GIL and the event loop. With 2 cores, client and server then get about one core each;
+the CPU columns of the report show which of them was the limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import grpc
+
+CONNECT_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class Command:
+    """One measurement, as the parent asks for it."""
+
+    target: str  # host:port
+    method: str  # full method path, /package.Service/Method
+    payload_size: int  # request bytes per call
+    in_flight: int  # calls outstanding at any moment
+    seconds: float  # measured window
+    warmup: float  # calls before the window, not counted
+    server_pid: int | None = None  # to read the server's CPU time from /proc
+    waiting: int = 0  # extra calls to `wait_method` kept in flight meanwhile, not counted
+    wait_method: str = ""
+
+
+@dataclass(frozen=True)
+class Result:
+    calls: int  # completed inside the window
+    qps: float
+    p50_ms: float
+    p99_ms: float
+    mean_ms: float
+    errors: int  # failed calls, warm-up included; any makes the measurement invalid
+    first_error: str | None
+    response_size: int  # bytes of the first response, to check both kinds of target match
+    client_cpu: float  # CPU seconds per wall second of this process in the window (1.0 = a core)
+    server_cpu: float | None  # the same for the server process; None without /proc
+    other_cpu: float | None  # cores busy on this machine besides client and server: noise
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending list."""
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def _process_cpu(pid: int | None) -> float | None:
+    """CPU seconds (user + system, all threads) another process has used so far."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_cpu() -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat's summary line."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            ticks = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    hz = os.sysconf("SC_CLK_TCK")
+    return (sum(ticks) - idle) / hz, sum(ticks) / hz
+
+
+async def measure(command: Command) -> Result:
+    payload = b"x" * command.payload_size
+    async with grpc.aio.insecure_channel(command.target) as channel:
+        call = channel.unary_unary(command.method, request_serializer=None, response_deserializer=None)
+        await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT)
+        response_size = len(await call(payload, timeout=CONNECT_TIMEOUT))
+
+        perf = time.perf_counter
+        window_start = perf() + command.warmup
+        window_end = window_start + command.seconds
+        errors = 0
+        first_error: str | None = None
+
+        async def caller(latencies: list[float]) -> None:
+            nonlocal errors, first_error
+            while True:
+                started = perf()
+                if started >= window_end:
+                    return
+                try:
+                    await call(payload)
+                except grpc.RpcError as error:
+                    errors += 1
+                    first_error = first_error or f"{error.code().name}: {error.details()}"
+                    continue
+                finished = perf()
+                # Only calls wholly inside the window count, so QPS = count / window.
+                if started >= window_start and finished <= window_end:
+                    latencies.append(finished - started)
+
+        async def cpu_sampler() -> tuple[float, float | None, float | None]:
+            pid = command.server_pid
+            await asyncio.sleep(max(0.0, window_start - perf()))
+            wall0, client0, server0, machine0 = perf(), time.process_time(), _process_cpu(pid), _machine_cpu()
+            await asyncio.sleep(max(0.0, window_end - perf()))
+            wall1, client1, server1, machine1 = perf(), time.process_time(), _process_cpu(pid), _machine_cpu()
+            wall = wall1 - wall0
+            client = (client1 - client0) / wall
+            server = None if server0 is None or server1 is None else (server1 - server0) / wall
+            other = None
+            if server is not None and machine0 is not None and machine1 is not None:
+                # /proc/stat counts all CPUs; busy time scaled to wall seconds is in cores.
+                other = max(0.0, (machine1[0] - machine0[0]) / wall - client - server)
+            return client, server, other
+
+        async def waiter() -> None:
+            wait = channel.unary_unary(command.wait_method, request_serializer=None, response_deserializer=None)
+            while perf() < window_end:
+                await wait(payload)
+
+        per_caller: list[list[float]] = [[] for _ in range(command.in_flight)]
+        cpu, *_ = await asyncio.gather(
+            cpu_sampler(),
+            *(caller(out) for out in per_caller),
+            *(waiter() for _ in range(command.waiting)),
+        )
+
+    latencies = sorted(x for out in per_caller for x in out)
+    if not latencies:
+        raise RuntimeError(f"no call completed inside the window ({errors} errors; {first_error})")
+    return Result(
+        calls=len(latencies),
+        qps=len(latencies) / command.seconds,
+        p50_ms=percentile(latencies, 0.50) * 1e3,
+        p99_ms=percentile(latencies, 0.99) * 1e3,
+        mean_ms=sum(latencies) / len(latencies) * 1e3,
+        errors=errors,
+        first_error=first_error,
+        response_size=response_size,
+        client_cpu=cpu[0],
+        server_cpu=cpu[1],
+        other_cpu=cpu[2],
+    )
+
+
+async def serve_commands() -> None:
+    """Answer each command line with a result line until stdin closes. One event loop for the
+    whole process: grpc.aio binds to the loop it first runs on."""
+    loop = asyncio.get_running_loop()
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        if not line:
+            return
+        try:
+            result = {"ok": True, **asdict(await measure(Command(**json.loads(line))))}
+        except Exception as error:  # reported to the parent, which stops the run
+            result = {"ok": False, "error": f"{type(error).__name__}: {error}"}
+        try:
+            sys.stdout.write(json.dumps(result) + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:  # the parent is gone: nobody wants the result
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return
+
+
+def main() -> int:
+    asyncio.run(serve_commands())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Owning the benchmark's subprocesses: start them, talk to them by lines, always end them.
+
+Children run in their own session, so a Ctrl-C in the terminal reaches only the parent, which then
+ends them in order (`Child.close`). Each child also exits when its stdin closes, so none survives
+even a parent killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench import BenchError
+
+# The repository root: children run `python -m bench.<module>` from here.
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def child_env() -> dict[str, str]:
+    """The parent's environment without SMTPCONFIG_* settings: the service under test takes its
+    settings from the benchmark only and generates a throwaway key, never a real one."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("SMTPCONFIG_")}
+
+
+class Child:
+    """One `python -m bench.<module>` subprocess, reached through its stdin and stdout."""
+
+    def __init__(self, name: str, module: str, *args: str, patience: float = 5.0) -> None:
+        self.name = name
+        self.patience = patience  # seconds `close` waits for a polite exit before SIGTERM
+        self._buffer = b""
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=ROOT,
+            env=child_env(),
+            start_new_session=True,
+            bufsize=0,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def send_line(self, line: str) -> None:
+        try:
+            self.proc.stdin.write(line.encode() + b"\n")
+        except (BrokenPipeError, ValueError):
+            raise BenchError(f"{self.name} exited unexpectedly (code {self.proc.poll()})") from None
+
+    def read_line(self, timeout: float) -> str:
+        """The next line the child writes, waiting at most `timeout` seconds."""
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BenchError(f"{self.name} gave no answer within {timeout:.0f}s")
+            ready, _, _ = select.select([fd], [], [], remaining)
+            if not ready:
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                try:
+                    code = self.proc.wait(timeout=2)
+                except subprocess.TimeoutExpired:
+                    code = None
+                raise BenchError(f"{self.name} exited unexpectedly (code {code}); see its output above")
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode()
+
+    def read_port(self, timeout: float = 30.0) -> int:
+        """The `PORT <n>` line a server prints once it accepts calls."""
+        line = self.read_line(timeout)
+        word, _, port = line.partition(" ")
+        if word != "PORT" or not port.isdigit():
+            raise BenchError(f"{self.name} printed {line!r} instead of its port")
+        return int(port)
+
+    def close(self) -> None:
+        """Close stdin (the polite stop), then SIGTERM, then SIGKILL; always reap."""
+        proc = self.proc
+        for stream in (proc.stdin, proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        for stop, wait in ((None, self.patience), (proc.terminate, 3.0), (proc.kill, None)):
+            if proc.poll() is not None:
+                return
+            if stop is not None:
+                stop()
+            try:
+                proc.wait(timeout=wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def __enter__(self) -> "Child":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

@@ -1,0 +1,179 @@
+"""The servers the benchmark compares, each run as its own process.
+
+    python -m bench.servers bare-aio
+    python -m bench.servers bare-threads [--threads N]
+    python -m bench.servers service
+
+Each binds 127.0.0.1 port 0, prints `PORT <n>` on stdout once it accepts calls, then serves until
+its stdin closes or it gets SIGTERM/SIGINT. Watching stdin means a server never outlives the
+benchmark, even when the parent is killed without a chance to clean up.
+
+Why a process each: a server sharing a process (and so a GIL and an event loop) with another server
+or with the load generator would be measured together with them. Both echo servers use the
+service's own SERVER_OPTIONS so the only differences left are the server model and the handler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import grpc
+
+from bench import BARE_AIO, BARE_THREADS, ECHO_METHOD, ECHO_SERVICE, SERVICE, WAIT_METHOD, WAIT_SECONDS
+from service.server import SERVER_OPTIONS
+
+LISTEN = "127.0.0.1:0"
+# grpc's own examples use 10 workers; the GIL leaves little to gain from more on a 2-core machine.
+DEFAULT_THREADS = 10
+
+
+def _announce(port: int) -> None:
+    """Tell the parent where to connect; the one line this process writes to stdout."""
+    if not port:
+        raise SystemExit(f"could not listen on {LISTEN}")
+    sys.stdout.write(f"PORT {port}\n")
+    sys.stdout.flush()
+
+
+def _on_stdin_eof(callback: Callable[[], None]) -> None:
+    """Call `callback` (from a daemon thread) once stdin closes: the parent is done or gone."""
+
+    def watch() -> None:
+        try:
+            sys.stdin.buffer.read()
+        except (OSError, ValueError):
+            pass
+        callback()
+
+    threading.Thread(target=watch, name="stdin-watch", daemon=True).start()
+
+
+async def _until_stopped() -> None:
+    """Return on SIGTERM, SIGINT or end of stdin."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    def from_thread() -> None:
+        try:
+            loop.call_soon_threadsafe(stop.set)
+        except RuntimeError:  # the loop already closed: we are exiting anyway
+            pass
+
+    _on_stdin_eof(from_thread)
+    await stop.wait()
+
+
+# --- echo servers -------------------------------------------------------------------------------
+
+
+async def _echo_async(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    return request
+
+
+def _echo_sync(request: bytes, context: grpc.ServicerContext) -> bytes:
+    return request
+
+
+async def _wait_async(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    await asyncio.sleep(WAIT_SECONDS)
+    return request
+
+
+def _wait_sync(request: bytes, context: grpc.ServicerContext) -> bytes:
+    time.sleep(WAIT_SECONDS)
+    return request
+
+
+def echo_handler(echo: Callable, wait: Callable) -> grpc.GenericRpcHandler:
+    """`/bench.Echo/Echo` returning the request bytes, and `/bench.Echo/Wait` returning them after
+    WAIT_SECONDS. Serializers of None are grpc's identity: the bare servers do no
+    (de)serialization at all, so they set the ceiling."""
+    return grpc.method_handlers_generic_handler(
+        ECHO_SERVICE,
+        {
+            name: grpc.unary_unary_rpc_method_handler(behaviour, request_deserializer=None, response_serializer=None)
+            for name, behaviour in ((ECHO_METHOD, echo), (WAIT_METHOD, wait))
+        },
+    )
+
+
+async def run_bare_aio() -> None:
+    """The service's server model (grpc.aio, one event loop) with nothing but an echo behind it."""
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server.add_generic_rpc_handlers((echo_handler(_echo_async, _wait_async),))
+    port = server.add_insecure_port(LISTEN)
+    await server.start()
+    try:
+        _announce(port)
+        await _until_stopped()
+    finally:
+        await server.stop(0)
+
+
+def run_bare_threads(threads: int) -> None:
+    """The alternative model: grpcio's synchronous server, one worker thread per call in progress."""
+    server = grpc.server(ThreadPoolExecutor(max_workers=threads), options=SERVER_OPTIONS)
+    server.add_generic_rpc_handlers((echo_handler(_echo_sync, _wait_sync),))
+    port = server.add_insecure_port(LISTEN)
+    server.start()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    _on_stdin_eof(stop.set)
+    try:
+        _announce(port)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.stop(0).wait()
+
+
+# --- the service --------------------------------------------------------------------------------
+
+
+async def run_service() -> None:
+    """The real `App`, as `smtpconfig serve` builds it, on TCP only (no Unix socket), with a fresh
+    data directory and generated key. This process owns the directory, so it is removed whenever
+    the server stops, even when the parent was killed."""
+    from service.server import App
+    from service.settings import Settings
+
+    with tempfile.TemporaryDirectory(prefix="smtpconfig-bench-") as data_dir:
+        app = App(Settings(data_dir=Path(data_dir), listen=(LISTEN,), unix_socket=""))
+        try:
+            await app.start()
+            _announce(next(iter(app.ports.values())))
+            await _until_stopped()
+        finally:
+            await app.stop(0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.servers", description=__doc__.split("\n\n")[0])
+    parser.add_argument("kind", choices=(BARE_AIO, BARE_THREADS, SERVICE))
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="bare-threads: pool size")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format=f"{args.kind}: %(levelname)s %(message)s")
+    if args.kind == BARE_AIO:
+        asyncio.run(run_bare_aio())
+    elif args.kind == BARE_THREADS:
+        run_bare_threads(args.threads)
+    else:
+        asyncio.run(run_service())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
