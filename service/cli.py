@@ -38,6 +38,15 @@ _V2_ONLY_KEYS = {"ClientId", "ClientSecret", "TokenEndpoint", "Scope", "Audience
 _AUTH_NAMES = {0: "Anonymous", 2: "Basic", 3: "OAuth client credentials"}
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("smtpconfig")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 class CliError(Exception):
     def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
         super().__init__(message)
@@ -61,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smtpconfig", description="SMTP relay profile service and its client.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the gRPC server")

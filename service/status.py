@@ -75,6 +75,8 @@ def grpc_errors(method: Handler) -> Handler:
             return await method(self, request, context)
         except SmtpConfigError as error:
             code, message, status = to_rpc_status(error)
+            # Domain messages are written never to hold a value, so operators see them whole.
+            log.info("%s: %s %s", method.__name__, code.name, message)
             await context.abort(code, message, trailing_metadata=((_DETAILS_KEY, status.SerializeToString()),))
         except grpc.aio.AbortError:
             raise

@@ -81,6 +81,7 @@ def test_planted_secrets_never_leave_the_service() -> None:
         seen.append((f"file {path} (stopped)", content))
     seen.append(("server log", server.log()))
     assert "profile updated" in server.log()  # the log was captured and has content
+    assert "UpdateSmtp: INVALID_ARGUMENT" in server.log()  # rejected requests are logged too
     for where, content in seen:
         _assert_clean(where, content)
     shutil.rmtree(data_dir.parent, ignore_errors=True)
