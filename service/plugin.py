@@ -1,0 +1,201 @@
+"""The public plugin API of smtpconfig: everything a secret provider plugin needs, in one module.
+
+A plugin is an importable module with a hook implementation::
+
+    from service.plugin import Parameter, Resolved, SecretProvider, hookimpl
+
+
+    class EnvProvider(SecretProvider):
+        name = "env"
+        display_name = "Environment variable"
+        parameters = (Parameter("Variable", instance_level=True, description="which variable"),)
+
+        def resolve(self, instance_parameters, initialization):
+            ...
+            return Resolved(Secret(value), ttl=60)
+
+
+    @hookimpl
+    def register_secret_providers(register):
+        register(EnvProvider)
+
+and an entry point in group ``smtpconfig`` naming that module. The contract mirrors Keyfactor's
+``IPAMProvider.GetPassword(instanceParameters, initializationInfo)``, so a Keyfactor PAM extension
+ports mechanically: its instance parameters arrive as `instance_parameters`, its initialization
+info as `initialization`. See docs/plugins.md for the whole walk-through.
+
+Stability: names in ``__all__`` are the API; they change only with a new major version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Literal, Mapping
+
+import pluggy
+
+from service.secret import Secret
+
+PROJECT = "smtpconfig"
+
+#: Marks a function in a plugin module as a hook implementation.
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+DataType = Literal["string", "secret"]
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One parameter of a provider type (Keyfactor's PAM provider type parameter).
+
+    Initialization parameters (``instance_level=False``) say how to reach the backend and are set
+    once on a provider instance; instance parameters (``instance_level=True``) say which secret to
+    read and are set on each secret object that references the instance.
+    """
+
+    #: The key used in JSON, TOML and `Parameters` maps, e.g. ``"Host"``.
+    name: str
+    #: Shown to people; defaults to `name`.
+    display_name: str = ""
+    #: ``"secret"`` values are encrypted at rest, never returned, and reach `resolve` as `Secret`.
+    data_type: DataType = "string"
+    #: True for instance parameters, False for initialization parameters.
+    instance_level: bool = False
+    #: A required parameter must be given and non-empty.
+    required: bool = True
+    #: One sentence for people configuring it.
+    description: str = ""
+    #: Used when the parameter is not given (only for optional parameters).
+    default: str | None = None
+    #: Other names accepted on input and mapped to `name` (e.g. Keyfactor's names).
+    aliases: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.data_type not in ("string", "secret"):
+            raise ValueError(f"parameter {self.name}: data_type must be 'string' or 'secret'")
+        if self.data_type == "secret" and self.instance_level:
+            raise ValueError(f"parameter {self.name}: instance parameters name a secret, they are not one")
+        if not self.display_name:
+            object.__setattr__(self, "display_name", self.name)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What `SecretProvider.resolve` returns: the value and how long it may be cached."""
+
+    #: The secret value.
+    value: Secret
+    #: Seconds the value may be cached; None: the instance's or the type's default TTL.
+    ttl: float | None = None
+    #: The backend's lease id, when it gives one (the value is cached for at most the lease).
+    lease_id: str | None = None
+    #: A backend version label (e.g. a KV version), reported by CheckSecret; never the value.
+    version: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.value, Secret):
+            raise TypeError("Resolved.value must be a Secret; wrap the value with Secret(...)")
+        if self.ttl is not None and self.ttl < 0:
+            raise ValueError("Resolved.ttl cannot be negative")
+
+
+#: The value of an initialization parameter: a str, or a `Secret` for ``data_type="secret"``.
+InitializationValue = str | Secret
+
+
+class SecretProvider:
+    """Base class of a provider type. The service creates one object per provider instance.
+
+    Subclasses set the class attributes and implement `resolve`. `resolve` may be a plain method
+    (it then runs on a worker thread, so blocking I/O is fine) or ``async def``. The service calls it
+    concurrently, caches results, shares one call between concurrent requests for the same
+    reference, and abandons a call after the instance's timeout; keep backend timeouts at or below
+    `timeout` so abandoned calls end too.
+    """
+
+    #: Type name referenced by provider instances, e.g. ``"vault"``. Letters, digits, ``-``, ``_``.
+    name: ClassVar[str]
+    #: Name shown to people.
+    display_name: ClassVar[str] = ""
+    #: One paragraph for people choosing a provider.
+    description: ClassVar[str] = ""
+    #: Initialization and instance parameters.
+    parameters: ClassVar[tuple[Parameter, ...]] = ()
+    #: Seconds a resolved value is cached when `Resolved.ttl` is None and the instance sets none.
+    default_ttl: ClassVar[float] = 300.0
+
+    def __init__(self, *, timeout: float = 10.0) -> None:
+        #: Seconds the service waits for one `resolve` call.
+        self.timeout = timeout
+
+    def resolve(
+        self, instance_parameters: Mapping[str, str], initialization: Mapping[str, InitializationValue]
+    ) -> Resolved:
+        """Read one secret.
+
+        Args:
+            instance_parameters: the instance-level parameters of the secret object, by canonical
+                name, optional ones filled with their defaults.
+            initialization: the provider instance's initialization values, by canonical name;
+                secret-typed ones as `Secret`.
+
+        Returns:
+            `Resolved` (a bare `str` or `Secret` is accepted too and cached for the default TTL).
+
+        Raises:
+            SecretNotFound, AccessDenied, ProviderUnavailable, BadParameters: as the backend
+            answers. Messages must never contain a secret value. Any other exception is reported
+            as the provider being unavailable.
+        """
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections. Called when the instance is changed or deleted and at shutdown."""
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+class ProviderError(Exception):
+    """Base of the errors a provider raises. Messages are shown to callers: never put a secret
+    value in one (names of paths and keys are fine)."""
+
+
+class SecretNotFound(ProviderError):
+    """The backend has no such secret, key or version."""
+
+
+class AccessDenied(ProviderError):
+    """The backend refused the provider's credentials or their permissions."""
+
+
+class ProviderUnavailable(ProviderError):
+    """The backend cannot be reached, is sealed, or timed out; a later retry may work."""
+
+
+class BadParameters(ProviderError):
+    """The parameters cannot work (wrong format, unknown mode). `parameter` names the culprit."""
+
+    def __init__(self, message: str, parameter: str | None = None) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+
+
+#: What a plugin's ``register_secret_providers`` hook receives: call it once per provider class.
+Register = Callable[[type[SecretProvider]], None]
+
+__all__ = [
+    "AccessDenied",
+    "BadParameters",
+    "DataType",
+    "InitializationValue",
+    "Parameter",
+    "ProviderError",
+    "ProviderUnavailable",
+    "Register",
+    "Resolved",
+    "Secret",
+    "SecretNotFound",
+    "SecretProvider",
+    "hookimpl",
+]
