@@ -1,7 +1,7 @@
-"""What validation needs to know about secret provider instances.
+"""What validation needs to know about secret provider instances: their ids, types and parameters.
 
-The provider issue fills this with configured instances; until then `NoProviders` answers for an
-installation with none, so every provider reference is reported as unknown.
+`service.providers.ProviderRegistry` is the catalog of a running server; `NoProviders` and
+`StaticCatalog` serve tools and tests.
 """
 
 from __future__ import annotations
@@ -9,17 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-
-@dataclass(frozen=True)
-class ParameterSpec:
-    """One parameter of a provider type (Keyfactor's PAM provider type parameter)."""
-
-    name: str
-    display_name: str = ""
-    data_type: str = "string"  # "string" or "secret"
-    instance_level: bool = True
-    required: bool = True
-    description: str = ""
+from service.plugin import Parameter
 
 
 @dataclass(frozen=True)
@@ -29,10 +19,10 @@ class ProviderInstanceInfo:
     id: int
     name: str
     type_name: str
-    parameters: tuple[ParameterSpec, ...] = ()
+    parameters: tuple[Parameter, ...] = ()
 
     @property
-    def instance_parameters(self) -> tuple[ParameterSpec, ...]:
+    def instance_parameters(self) -> tuple[Parameter, ...]:
         return tuple(p for p in self.parameters if p.instance_level)
 
 
@@ -50,7 +40,7 @@ class NoProviders:
 
 
 class StaticCatalog:
-    """A fixed set of provider instances (declared in configuration, or built by tests)."""
+    """A fixed set of provider instances."""
 
     def __init__(self, instances: list[ProviderInstanceInfo] | tuple[ProviderInstanceInfo, ...] = ()) -> None:
         self._by_id = {i.id: i for i in instances}

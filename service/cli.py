@@ -13,24 +13,21 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-import grpc
 from google.protobuf import json_format
-from google.rpc import error_details_pb2, status_pb2
 
 from service import settings as settings_mod
+from service.cli_providers import add_commands as add_provider_commands
+from service.cli_client import EXIT_BAD_INPUT, EXIT_FAILED, CliError, call, read_payload
 from service.errors import SmtpConfigError
 from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 
-EXIT_BAD_INPUT = 2
-EXIT_FAILED = 1
 
 # Keys Keyfactor payloads may carry that mean nothing here.
 _IGNORED_KEYS = {"SenderAddress": "deprecated by Keyfactor Command", "TestRecipient": "used only by test"}
@@ -45,12 +42,6 @@ def _version() -> str:
         return version("smtpconfig")
     except PackageNotFoundError:
         return "unknown (not installed)"
-
-
-class CliError(Exception):
-    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,6 +100,8 @@ def _parser() -> argparse.ArgumentParser:
     put.add_argument("--mask", help="comma-separated fields to change (e.g. Port,UseSSL); others stay")
     put.add_argument("--if-match", metavar="ETAG", help="only apply on top of this revision")
     put.set_defaults(run=_put)
+
+    add_provider_commands(sub)
     return parser
 
 
@@ -143,47 +136,6 @@ def _serve(args: argparse.Namespace) -> int:
 # --- client commands ----------------------------------------------------------------------------
 
 
-def default_target(env: dict[str, str] | None = None) -> str:
-    env = dict(os.environ) if env is None else env
-    if env.get("SMTPCONFIG_TARGET"):
-        return env["SMTPCONFIG_TARGET"]
-    data_dir = Path(env.get("SMTPCONFIG_DATA_DIR") or settings_mod.DEFAULT_DATA_DIR)
-    socket = Path(env.get("SMTPCONFIG_UNIX_SOCKET") or data_dir / settings_mod.SOCKET_NAME)
-    if socket.exists():
-        return f"unix:{socket.absolute()}"
-    listen = [a for a in env.get("SMTPCONFIG_LISTEN", "").split(",") if a.strip()]
-    return listen[0].strip() if listen else settings_mod.DEFAULT_LISTEN
-
-
-def _call(args: argparse.Namespace, stub_class, method: str, request):
-    target = args.target or default_target()
-    with grpc.insecure_channel(target) as channel:
-        stub = stub_class(channel)
-        try:
-            return getattr(stub, method)(request, timeout=args.timeout)
-        except grpc.RpcError as error:
-            raise _explain(error, target) from None
-
-
-def _explain(error: grpc.RpcError, target: str) -> CliError:
-    code = error.code()
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return CliError(f"cannot reach the server at {target}: is it running (make run)? ({error.details()})")
-    lines = [f"{code.name}: {error.details()}"] if code != grpc.StatusCode.INVALID_ARGUMENT else []
-    for key, value in error.trailing_metadata() or ():
-        if key != "grpc-status-details-bin":
-            continue
-        status = status_pb2.Status.FromString(value)
-        for detail in status.details:
-            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad = error_details_pb2.BadRequest()
-                detail.Unpack(bad)
-                lines = ["the server refused the profile (nothing was stored):"]
-                lines += [f"  {v.field}: {v.description}" for v in bad.field_violations]
-    exit_code = EXIT_BAD_INPUT if code == grpc.StatusCode.INVALID_ARGUMENT else EXIT_FAILED
-    return CliError("\n".join(lines), exit_code)
-
-
 def profile_doc(profile) -> dict[str, Any]:
     """Keyfactor JSON of a profile message: PascalCase names, integer enums, every field."""
     doc = json_format.MessageToDict(
@@ -197,9 +149,9 @@ def profile_doc(profile) -> dict[str, Any]:
 
 def _get(args: argparse.Namespace) -> int:
     if args.api == "v1":
-        response = _call(args, v1_grpc.ConfigServiceStub, "GetSmtp", v1.GetSmtpRequest())
+        response = call(args, v1_grpc.ConfigServiceStub, "GetSmtp", v1.GetSmtpRequest())
     else:
-        response = _call(args, v2_grpc.ConfigServiceStub, "GetSmtp", v2.GetSmtpRequest())
+        response = call(args, v2_grpc.ConfigServiceStub, "GetSmtp", v2.GetSmtpRequest())
     if args.json:
         doc = profile_doc(response.profile)
         if args.api == "v1":
@@ -236,20 +188,6 @@ def _describe_secret(obj: dict[str, Any]) -> str:
     return "inline (value withheld)" if obj.get("HasValue") else "-"
 
 
-def read_payload(path: str) -> dict[str, Any]:
-    try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
-    except OSError as error:
-        raise CliError(f"cannot read {path}: {error.strerror}", EXIT_BAD_INPUT) from None
-    try:
-        payload = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise CliError(f"{path} is not JSON: {error.msg} at line {error.lineno} column {error.colno}", EXIT_BAD_INPUT) from None
-    if not isinstance(payload, dict):
-        raise CliError(f"{path} must hold a JSON object with the profile's fields", EXIT_BAD_INPUT)
-    return payload
-
-
 def detect_api(payload: dict[str, Any]) -> str:
     credentials = [payload.get(k) for k in ("RelayUsername", "RelayPassword")]
     if any(isinstance(c, str) for c in credentials):
@@ -275,7 +213,7 @@ def _put(args: argparse.Namespace) -> int:
     request = module.UpdateSmtpRequest(profile=profile, etag=args.if_match or "")
     if args.mask:
         request.update_mask.paths.extend(p.strip() for p in args.mask.split(",") if p.strip())
-    response = _call(args, stub_class, "UpdateSmtp", request)
+    response = call(args, stub_class, "UpdateSmtp", request)
     print(f"stored; etag {response.etag}")
     return 0
 

@@ -56,9 +56,10 @@ def draft_from_v2(msg: v2.SmtpProfile) -> ProfileDraft:
 
 
 def _secret_from_v2(msg: v2.SmtpProfile, name: str) -> SecretDraft | None:
-    if not msg.HasField(name):
-        return None
-    obj: secret_pb2.SecretObject = getattr(msg, name)
+    return secret_from_v2(getattr(msg, name)) if msg.HasField(name) else None
+
+
+def secret_from_v2(obj: secret_pb2.SecretObject) -> SecretDraft:
     return SecretDraft(
         value=obj.secret_value if obj.HasField("secret_value") else None,
         provider=obj.provider if obj.HasField("provider") else None,

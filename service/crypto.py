@@ -11,13 +11,16 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import logging
 import os
 import stat
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from service.errors import FailedPrecondition
 from service.secret import Secret
@@ -41,6 +44,16 @@ class Sealer:
             raise KeyProblem(f"the encryption key must be {KEY_BYTES} bytes, got {len(key)}")
         self._aead = AESGCM(key)
         self.key_id = hashlib.sha256(b"smtpconfig key id\x00" + key).hexdigest()[:12]
+        # A separate key for fingerprints, so they reveal nothing about the sealing key.
+        self._fingerprint_key = HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=None, info=b"smtpconfig fingerprint v1"
+        ).derive(key)
+
+    def fingerprint(self, value: Secret) -> str:
+        """A keyed fingerprint of a value: equal values give equal fingerprints under one key, and
+        without the key nothing about the value can be learnt or guessed offline."""
+        mac = hmac.new(self._fingerprint_key, value.reveal().encode("utf-8"), hashlib.sha256)
+        return "hmac-sha256:" + mac.hexdigest()[:32]
 
     def seal(self, value: Secret, context: str) -> str:
         nonce = os.urandom(_NONCE_BYTES)

@@ -65,13 +65,16 @@ def parse_mask(paths: Iterable[str], allowed: Iterable[str]) -> tuple[frozenset[
 class ProfileService:
     """Reads and changes the one SMTP profile."""
 
-    def __init__(self, store: Store, sealer: Sealer, providers: ProviderCatalog) -> None:
+    def __init__(
+        self, store: Store, sealer: Sealer, providers: ProviderCatalog, write_lock: asyncio.Lock | None = None
+    ) -> None:
         self._store = store
         self._sealer = sealer
         self._providers = providers
         self._current: StoredProfile | None = None
         self._follower: asyncio.Task | None = None
-        self._write_lock = asyncio.Lock()
+        # Shared with provider instance writes: a reference and a delete never interleave.
+        self._write_lock = write_lock or asyncio.Lock()
 
     async def start(self) -> None:
         """Load the stored revision (failing loudly on a wrong key) and follow changes."""
@@ -109,6 +112,12 @@ class ProfileService:
 
     def peek(self) -> StoredProfile | None:
         return self._current
+
+    def referenced_providers(self) -> set[int]:
+        """Ids of the provider instances the stored profile references."""
+        if self._current is None:
+            return set()
+        return {s.provider for s in self._current.profile.secret_fields().values() if isinstance(s, ProviderRef)}
 
     async def update(
         self,

@@ -24,10 +24,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from service.catalog import NoProviders, ProviderCatalog
+from service.catalog import ProviderCatalog
 from service.crypto import Sealer, load_key
 from service.errors import FailedPrecondition
+from service.plugin_manager import load_plugins
 from service.profiles import ProfileService
+from service.provider_service import ProviderService, declared_instances
+from service.provider_servicer import SecretProviderServiceV2
+from service.resolver import Resolver
 from service.servicers import ConfigServiceV1, ConfigServiceV2
 from service.settings import Settings
 from service.store.sqlite import SqliteStore
@@ -35,12 +39,15 @@ from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
+from smtpconfig.v2 import secret_provider_service_pb2 as providers_pb
+from smtpconfig.v2 import secret_provider_service_pb2_grpc as providers_grpc
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAMES = (
     v1.DESCRIPTOR.services_by_name["ConfigService"].full_name,
     v2.DESCRIPTOR.services_by_name["ConfigService"].full_name,
+    providers_pb.DESCRIPTOR.services_by_name["SecretProviderService"].full_name,
 )
 
 # One server per port: without this a second server could silently share a port with the first.
@@ -52,12 +59,15 @@ class App:
 
     def __init__(self, settings: Settings, providers: ProviderCatalog | None = None) -> None:
         self.settings = settings
-        self._providers = providers or NoProviders()
+        # A catalog for profile validation in place of the provider instances (tests, tools).
+        self._providers = providers
         self.ports: dict[str, int] = {}
         self.socket_path: Path | None = None
         self._server: grpc.aio.Server | None = None
         self._store: SqliteStore | None = None
         self._profiles: ProfileService | None = None
+        self._provider_service: ProviderService | None = None
+        self._resolver: Resolver | None = None
         self._health = health.aio.HealthServicer()
 
     async def start(self) -> None:
@@ -68,13 +78,30 @@ class App:
             key_file=settings.key_path,
             create=settings.key_is_generated,
         )
+        sealer = Sealer(key)
+        plugins = load_plugins(
+            allow=settings.plugins_allow, block=settings.plugins_block, strict=settings.plugins_strict
+        )
+        declared = declared_instances(settings.providers, plugins, dict(os.environ))
         self._store = await SqliteStore.open(settings.data_dir)
-        self._profiles = ProfileService(self._store, Sealer(key), self._providers)
+        write_lock = asyncio.Lock()
+        self._provider_service = ProviderService(self._store, sealer, plugins, declared, write_lock)
+        await self._provider_service.start()
+        catalog = self._providers or self._provider_service
+        self._profiles = ProfileService(self._store, sealer, catalog, write_lock)
         await self._profiles.start()
+        self._provider_service.use_references(self._profiles.referenced_providers)
+        self._resolver = Resolver(
+            self._provider_service, plugins,
+            timeout=settings.provider_timeout, failure_ttl=settings.provider_failure_ttl,
+        )
 
         server = grpc.aio.server(options=SERVER_OPTIONS)
         v1_grpc.add_ConfigServiceServicer_to_server(ConfigServiceV1(self._profiles), server)
         v2_grpc.add_ConfigServiceServicer_to_server(ConfigServiceV2(self._profiles), server)
+        providers_grpc.add_SecretProviderServiceServicer_to_server(
+            SecretProviderServiceV2(self._provider_service, self._profiles, self._resolver, sealer), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             SERVICE_NAMES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
@@ -117,6 +144,10 @@ class App:
             await self._server.stop(grace)
         if self._profiles is not None:
             await self._profiles.stop()
+        if self._provider_service is not None:
+            await self._provider_service.stop()
+        if self._resolver is not None:
+            await self._resolver.close()
         if self._store is not None:
             await self._store.close()
         if self.socket_path is not None:

@@ -39,6 +39,18 @@ class Settings:
     grace_period: float = 10.0
     # debug, info, warning or error.
     log_level: str = "info"
+    # Third-party plugins (entry-point names) to load; None loads all. First-party ones always load.
+    plugins_allow: tuple[str, ...] | None = None
+    # Plugins never to load, first-party ones included (e.g. "exec").
+    plugins_block: tuple[str, ...] = ()
+    # Fail at start when a plugin cannot load, instead of reporting and skipping it.
+    plugins_strict: bool = False
+    # Seconds one provider call may take before it is abandoned and reported UNAVAILABLE.
+    provider_timeout: float = 10.0
+    # Seconds a failed resolution is remembered, so a broken reference cannot hammer a backend.
+    provider_failure_ttl: float = 5.0
+    # Provider instances declared in the config file ([[providers]] tables); read-only via the API.
+    providers: tuple[dict[str, Any], ...] = ()
     # Where settings came from, for the start-up log.
     sources: tuple[str, ...] = field(default=("defaults",), compare=False)
 
@@ -65,6 +77,11 @@ _ENV = {
     "key_file": "KEY_FILE",
     "grace_period": "GRACE_PERIOD",
     "log_level": "LOG_LEVEL",
+    "plugins_allow": "PLUGINS_ALLOW",
+    "plugins_block": "PLUGINS_BLOCK",
+    "plugins_strict": "PLUGINS_STRICT",
+    "provider_timeout": "PROVIDER_TIMEOUT",
+    "provider_failure_ttl": "PROVIDER_FAILURE_TTL",
 }
 _LEVELS = ("debug", "info", "warning", "error")
 
@@ -147,7 +164,75 @@ def _coerce(name: str, value: Any, origin: str, base: Path | None, text: bool) -
         if not isinstance(value, str) or value.lower() not in _LEVELS:
             raise SettingsError(f"{where} must be one of {', '.join(_LEVELS)}")
         return value.lower()
+    if name in ("plugins_allow", "plugins_block"):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise SettingsError(f"{where} must be a list of plugin names")
+        return tuple(value)
+    if name == "plugins_strict":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise SettingsError(f"{where} must be true or false")
+    if name in ("provider_timeout", "provider_failure_ttl"):
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            raise SettingsError(f"{where} must be a number of seconds") from None
+        if not 0 < seconds <= 600:
+            raise SettingsError(f"{where} must be more than 0 and at most 600 seconds")
+        return seconds
+    if name == "providers":
+        if text:
+            raise SettingsError(f"{where}: provider instances are declared in the config file only")
+        return _declared_providers(value, where, base)
     raise AssertionError(name)
+
+
+def _declared_providers(value: Any, where: str, base: Path | None) -> tuple[dict[str, Any], ...]:
+    """Shape-check [[providers]] tables; their types and parameters are checked at start-up, once
+    plugins are loaded. `{file = "..."}` paths are made relative to the config file."""
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise SettingsError(f"{where} must be [[providers]] tables")
+    declared = []
+    for i, table in enumerate(value):
+        at = f"{where}[{i}]"
+        unknown = set(table) - {"id", "name", "type", "initialization"}
+        if unknown:
+            raise SettingsError(f"{at}: unknown keys {', '.join(sorted(unknown))}")
+        if not isinstance(table.get("id"), int) or isinstance(table.get("id"), bool) or table["id"] <= 0:
+            raise SettingsError(f"{at}.id must be a positive integer")
+        for key in ("name", "type"):
+            if not isinstance(table.get(key), str) or not table[key]:
+                raise SettingsError(f"{at}.{key} is required")
+        init = table.get("initialization", {})
+        if not isinstance(init, dict):
+            raise SettingsError(f"{at}.initialization must be a table")
+        values: dict[str, Any] = {}
+        for key, item in init.items():
+            if isinstance(item, str):
+                values[key] = item
+            elif isinstance(item, dict) and len(item) == 1 and set(item) <= {"env", "file"}:
+                kind, ref = next(iter(item.items()))
+                if not isinstance(ref, str) or not ref:
+                    raise SettingsError(f"{at}.initialization.{key}.{kind} must be a non-empty string")
+                if kind == "file" and base is not None and not Path(ref).is_absolute():
+                    ref = str(base / ref)
+                values[key] = {kind: ref}
+            else:
+                raise SettingsError(
+                    f'{at}.initialization.{key} must be a string, {{env = "VAR"}} or {{file = "path"}}'
+                )
+        declared.append({"id": table["id"], "name": table["name"], "type": table["type"], "initialization": values})
+    ids = [d["id"] for d in declared]
+    if len(set(ids)) != len(ids):
+        raise SettingsError(f"{where}: two declared providers share an id")
+    names = [d["name"] for d in declared]
+    if len(set(names)) != len(names):
+        raise SettingsError(f"{where}: two declared providers share a name")
+    return tuple(declared)
 
 
 def split_address(address: str) -> tuple[str, int]:

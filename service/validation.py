@@ -144,7 +144,17 @@ def _auth_type(value: int, add) -> AuthType | None:
         return None
 
 
+def validate_secret_object(field: str, given: SecretDraft, providers: ProviderCatalog) -> SecretSource:
+    """Check one secret object on its own (CheckSecret); InvalidArgument names what is wrong."""
+    found: list[FieldViolation] = []
+    source = _secret(field, given, providers, found.append, required_by=None)
+    if found or source is None:
+        raise InvalidArgument(found or [violation(field, "give SecretValue or Provider")])
+    return source
+
+
 _REQUIRED_BY = {
+    None: "is required",
     AuthType.BASIC: "is required when RelayAuthenticationType is 2 (Basic)",
     AuthType.OAUTH_CLIENT_CREDENTIALS: (
         "is required when RelayAuthenticationType is 3 (OAuth client credentials)"
@@ -153,7 +163,7 @@ _REQUIRED_BY = {
 
 
 def _secret(
-    field: str, given: SecretInput, providers: ProviderCatalog, add, *, required_by: AuthType
+    field: str, given: SecretInput, providers: ProviderCatalog, add, *, required_by: AuthType | None
 ) -> SecretSource | None:
     """Check one credential field; return the source to store, or None after reporting."""
     if isinstance(given, (InlineSecret, ProviderRef)):
@@ -190,24 +200,28 @@ def _secret(
             return None
         return InlineSecret(Secret(draft.value))
     assert draft.provider is not None
-    if _reference(field, draft.provider, draft.parameters, providers, add):
-        return ProviderRef(draft.provider, draft.parameters)
-    return None
+    canonical = _reference(field, draft.provider, draft.parameters, providers, add)
+    return None if canonical is None else ProviderRef(draft.provider, canonical)
 
 
-def _reference(field, provider_id, parameters, providers: ProviderCatalog, add) -> bool:
+def _reference(field, provider_id, parameters, providers: ProviderCatalog, add) -> dict[str, str] | None:
+    """Check a provider reference; return its parameters under their canonical names, or None."""
     if provider_id <= 0:
         add(violation(f"{field}.Provider", "must be the positive Id of a secret provider instance"))
-        return False
+        return None
     instance = providers.instance(provider_id)
     if instance is None:
         add(violation(f"{field}.Provider", f"no secret provider instance has Id {provider_id}"))
-        return False
+        return None
     ok = True
-    known = {p.name: p for p in instance.instance_parameters}
+    known = {}
+    for spec in instance.instance_parameters:
+        known.update({alias: spec.name for alias in spec.aliases} | {spec.name: spec.name})
+    canonical: dict[str, str] = {}
     for key, value in parameters.items():
-        if key not in known:
-            names = ", ".join(sorted(known)) or "none"
+        name = known.get(key)
+        if name is None:
+            names = ", ".join(p.name for p in instance.instance_parameters) or "none"
             add(
                 violation(
                     f"{field}.Parameters.{key}",
@@ -216,11 +230,16 @@ def _reference(field, provider_id, parameters, providers: ProviderCatalog, add) 
                 )
             )
             ok = False
+        elif name in canonical:
+            add(violation(f"{field}.Parameters.{key}", f"gives {name} a second time (under another name)"))
+            ok = False
         elif len(value) > MAX_PARAMETER_VALUE or "\x00" in value:
             add(violation(f"{field}.Parameters.{key}", "must be under 4096 characters, without NUL"))
             ok = False
+        else:
+            canonical[name] = value
     for spec in instance.instance_parameters:
-        if spec.required and not parameters.get(spec.name):
+        if spec.required and not canonical.get(spec.name):
             add(
                 violation(
                     f"{field}.Parameters.{spec.name}",
@@ -228,7 +247,7 @@ def _reference(field, provider_id, parameters, providers: ProviderCatalog, add) 
                 )
             )
             ok = False
-    return ok
+    return canonical if ok else None
 
 
 def _headers(headers: tuple[RequestHeader, ...], add) -> None:

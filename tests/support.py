@@ -28,9 +28,9 @@ def short_dir(prefix: str = "sc") -> Path:
 class ServerThread:
     """An `App` on port 0, running on its own event loop in a background thread."""
 
-    def __init__(self, data_dir: Path, providers: ProviderCatalog | None = None) -> None:
-        self.settings = Settings(data_dir=data_dir, listen=("127.0.0.1:0",), grace_period=1.0)
-        self.app = App(self.settings, providers)
+    def __init__(self, data_dir: Path, catalog: ProviderCatalog | None = None, **settings) -> None:
+        self.settings = Settings(data_dir=data_dir, listen=("127.0.0.1:0",), grace_period=1.0, **settings)
+        self.app = App(self.settings, catalog)
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._error: BaseException | None = None

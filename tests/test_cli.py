@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import default_target, main
+from service.cli import main
+from service.cli_client import default_target
 from tests.conftest import BASIC_V1, BASIC_V2, OAUTH_V2
 from tests.test_validation import DROP, edit
 

@@ -1,0 +1,241 @@
+"""`smtpconfig plugins` and `smtpconfig providers ...`: secret providers from the command line.
+
+Secret initialization values never go on the command line (shell history, `ps`): give them with
+``--set-file KEY=PATH`` or ``--set-env KEY=VAR``; ``--set KEY=VALUE`` is for plain values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+from google.protobuf import json_format
+
+from service import settings as settings_mod
+from service.cli_client import EXIT_BAD_INPUT, EXIT_FAILED, CliError, call, read_payload
+from smtpconfig.v2 import secret_pb2
+from smtpconfig.v2 import secret_provider_service_pb2 as pb
+from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
+
+Stub = pb_grpc.SecretProviderServiceStub
+
+
+def add_commands(sub) -> None:
+    plugins = sub.add_parser("plugins", help="list installed plugins and their provider types")
+    plugins.add_argument("--json", action="store_true", help="print JSON")
+    plugins.set_defaults(run=_plugins)
+
+    providers = sub.add_parser("providers", help="secret provider types and instances")
+    verbs = providers.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def verb(name: str, help: str, run) -> argparse.ArgumentParser:
+        p = _client_parser(verbs, name, help)
+        p.add_argument("--json", action="store_true", help="print JSON")
+        p.set_defaults(run=run)
+        return p
+
+    verb("types", "list provider types", _types)
+    verb("list", "list provider instances", _list)
+    verb("get", "show one provider instance", _get).add_argument("id", type=int)
+    create = verb("create", "create a provider instance", _create)
+    _instance_flags(create, creating=True)
+    update = verb("update", "change a provider instance", _update)
+    update.add_argument("id", type=int)
+    _instance_flags(update, creating=False)
+    update.add_argument("--replace", action="store_true", help="replace all values (secret ones must be given again)")
+    delete = verb("delete", "delete a provider instance", _delete)
+    delete.add_argument("id", type=int)
+    delete.add_argument("--if-match", metavar="ETAG")
+    check = verb("check", "resolve a secret and report how (never the value)", _check)
+    what = check.add_mutually_exclusive_group(required=True)
+    what.add_argument("--field", help="a credential field of the stored profile, e.g. RelayPassword")
+    what.add_argument("--provider", type=int, help="a provider instance Id (with --param)")
+    what.add_argument("-f", "--file", help="a JSON secret object, or - for standard input")
+    check.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="instance parameter")
+
+
+def _client_parser(verbs, name: str, help: str) -> argparse.ArgumentParser:
+    p = verbs.add_parser(name, help=help)
+    p.add_argument("--target", help="server address: host:port or unix:PATH (env SMTPCONFIG_TARGET)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an answer")
+    return p
+
+
+def _instance_flags(p: argparse.ArgumentParser, *, creating: bool) -> None:
+    p.add_argument("--name", help="unique instance name")
+    if creating:
+        p.add_argument("--type", help="provider type, e.g. vault")
+        p.add_argument("-f", "--file", help="JSON provider instance (Name, ProviderType, Initialization)")
+    else:
+        p.add_argument("--if-match", metavar="ETAG")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a plain initialization value")
+    p.add_argument("--set-file", action="append", default=[], metavar="KEY=PATH", help="a value read from a file")
+    p.add_argument("--set-env", action="append", default=[], metavar="KEY=VAR", help="a value read from an env var")
+
+
+def _pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
+    pairs = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"{flag} takes KEY=VALUE, not {item!r}", EXIT_BAD_INPUT)
+        pairs.append((key, value))
+    return pairs
+
+
+def _initialization(args: argparse.Namespace) -> dict[str, str]:
+    values = dict(_pairs(args.set, "--set"))
+    for key, path in _pairs(args.set_file, "--set-file"):
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as error:
+            raise CliError(f"--set-file {key}: cannot read {path}: {error.strerror}", EXIT_BAD_INPUT) from None
+        values[key] = text[:-1] if text.endswith("\n") else text  # one newline, as editors add
+    for key, var in _pairs(args.set_env, "--set-env"):
+        if var not in os.environ:
+            raise CliError(f"--set-env {key}: env var {var} is not set", EXIT_BAD_INPUT)
+        values[key] = os.environ[var]
+    return values
+
+
+def _print(message, args: argparse.Namespace, human: Callable[[], str]) -> None:
+    if args.json:
+        print(json.dumps(json_format.MessageToDict(message), indent=2, ensure_ascii=False))
+    else:
+        print(human())
+
+
+def _describe_instance(p: pb.ProviderInstance) -> str:
+    source = "config file" if p.source == pb.PROVIDER_SOURCE_CONFIG else "api"
+    lines = [f"{p.id:>4}  {p.name}  ({p.provider_type}, {source}, etag {p.etag})"]
+    for key in sorted(p.initialization):
+        value = p.initialization[key]
+        lines.append(f"        {key} = {value.value if value.HasField('value') else '(secret, set)'}")
+    return "\n".join(lines)
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    import logging
+
+    from service.plugin_manager import load_plugins
+
+    logging.getLogger("service.plugin_manager").setLevel(logging.ERROR)  # the report says it all
+    settings = settings_mod.load()
+    loaded = load_plugins(allow=settings.plugins_allow, block=settings.plugins_block)
+    failed = any(s.status == "failed" for s in loaded.report)
+    if args.json:
+        print(json.dumps([asdict(s) for s in loaded.report], indent=2))
+        return EXIT_FAILED if failed else 0
+    for status in loaded.report:
+        types = ", ".join(status.provider_types) or "-"
+        version = f" {status.version}" if status.version else ""
+        print(f"{status.name:<12} {status.status:<11} {status.source:<11} {status.module}{version}  types: {types}")
+        if status.error:
+            print(f"{'':12} {status.error}")
+    return EXIT_FAILED if failed else 0
+
+
+def _types(args: argparse.Namespace) -> int:
+    reply = call(args, Stub, "ListProviderTypes", pb.ListProviderTypesRequest())
+
+    def human() -> str:
+        lines = []
+        for t in reply.provider_types:
+            lines.append(f"{t.name}  ({t.display_name}; plugin {t.plugin})")
+            for p in t.parameters:
+                level = "instance" if p.instance_level else "init"
+                kind = "secret" if p.data_type == pb.PARAMETER_DATA_TYPE_SECRET else "string"
+                need = "required" if p.required else f"optional{', default ' + p.default_value if p.default_value else ''}"
+                also = f" (also {', '.join(p.aliases)})" if p.aliases else ""
+                lines.append(f"    {p.name:<14} {level:<8} {kind:<6} {need}{also}  {p.description}")
+        return "\n".join(lines)
+
+    _print(reply, args, human)
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    reply = call(args, Stub, "ListProviders", pb.ListProvidersRequest())
+    _print(reply, args, lambda: "\n".join(_describe_instance(p) for p in reply.providers) or "no provider instances")
+    return 0
+
+
+def _get(args: argparse.Namespace) -> int:
+    reply = call(args, Stub, "GetProvider", pb.GetProviderRequest(id=args.id))
+    _print(reply.provider, args, lambda: _describe_instance(reply.provider))
+    return 0
+
+
+def _create(args: argparse.Namespace) -> int:
+    instance = pb.ProviderInstance()
+    if args.file:
+        try:
+            json_format.ParseDict(read_payload(args.file), instance)
+        except json_format.ParseError as error:
+            raise CliError(f"{args.file} is not a provider instance: {error}", EXIT_BAD_INPUT) from None
+    if args.name:
+        instance.name = args.name
+    if args.type:
+        instance.provider_type = args.type
+    for key, value in _initialization(args).items():
+        instance.initialization[key].value = value
+    reply = call(args, Stub, "CreateProvider", pb.CreateProviderRequest(provider=instance))
+    _print(reply.provider, args, lambda: "created\n" + _describe_instance(reply.provider))
+    return 0
+
+
+def _update(args: argparse.Namespace) -> int:
+    instance = pb.ProviderInstance(id=args.id, name=args.name or "")
+    for key, value in _initialization(args).items():
+        instance.initialization[key].value = value
+    request = pb.UpdateProviderRequest(provider=instance, etag=args.if_match or "")
+    if not args.replace:
+        paths = (["Name"] if args.name else []) + (["Initialization"] if instance.initialization else [])
+        if not paths:
+            raise CliError("nothing to change: give --name or --set/--set-file/--set-env", EXIT_BAD_INPUT)
+        request.update_mask.paths.extend(paths)
+    reply = call(args, Stub, "UpdateProvider", request)
+    _print(reply.provider, args, lambda: "updated\n" + _describe_instance(reply.provider))
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    call(args, Stub, "DeleteProvider", pb.DeleteProviderRequest(id=args.id, etag=args.if_match or ""))
+    if not args.json:
+        print(f"deleted provider instance {args.id}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    if args.field:
+        request = pb.CheckSecretRequest(profile_field=args.field)
+    elif args.provider is not None:
+        secret = secret_pb2.SecretObject(provider=args.provider, parameters=dict(_pairs(args.param, "--param")))
+        request = pb.CheckSecretRequest(secret=secret)
+    else:
+        secret = secret_pb2.SecretObject()
+        try:
+            json_format.ParseDict(read_payload(args.file), secret)
+        except json_format.ParseError as error:
+            raise CliError(f"{args.file} is not a secret object: {error}", EXIT_BAD_INPUT) from None
+        request = pb.CheckSecretRequest(secret=secret)
+    reply = call(args, Stub, "CheckSecret", request)
+
+    def human() -> str:
+        where = f"provider {reply.provider} ({reply.provider_name}, {reply.provider_type})" if reply.provider else "inline value"
+        cache = "from cache" if reply.cached else "fetched"
+        return (
+            f"resolved: {where}, {cache} in {reply.latency.ToMilliseconds()} ms\n"
+            f"fingerprint: {reply.fingerprint}" + (f"\nversion: {reply.version}" if reply.version else "")
+        )
+
+    _print(reply, args, human)
+    return 0
+

@@ -1,0 +1,146 @@
+"""`smtpconfig.v2.SecretProviderService`: thin servicer plus its proto conversions."""
+
+from __future__ import annotations
+
+import math
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+
+from service import convert
+from service.crypto import Sealer
+from service.errors import InvalidArgument, NotFound, violation
+from service.model import CREDENTIAL_FIELDS, FIELDS, InlineSecret, ProviderRef
+from service.plugin import Parameter
+from service.plugin_manager import ProviderTypeInfo
+from service.profiles import ProfileService
+from service.provider_service import ProviderService
+from service.providers import CONFIG, IMPLICIT_TYPES, InstanceDraft, ProviderInstance
+from service.resolver import Resolver
+from service.secret import Secret
+from service.status import grpc_errors
+from service.validation import validate_secret_object
+from smtpconfig.v2 import secret_provider_service_pb2 as pb
+from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
+
+_DATA_TYPES = {"string": pb.PARAMETER_DATA_TYPE_STRING, "secret": pb.PARAMETER_DATA_TYPE_SECRET}
+
+
+def _parameter(p: Parameter) -> pb.ProviderTypeParameter:
+    return pb.ProviderTypeParameter(
+        name=p.name, display_name=p.display_name, data_type=_DATA_TYPES[p.data_type],
+        instance_level=p.instance_level, required=p.required, description=p.description,
+        default_value=p.default or "", aliases=list(p.aliases),
+    )
+
+
+def provider_type_to_pb(info: ProviderTypeInfo) -> pb.ProviderType:
+    cls = info.cls
+    return pb.ProviderType(
+        name=cls.name, display_name=cls.display_name or cls.name, description=cls.description,
+        parameters=[_parameter(p) for p in cls.parameters], plugin=info.plugin,
+    )
+
+
+def instance_to_pb(instance: ProviderInstance) -> pb.ProviderInstance:
+    msg = pb.ProviderInstance(
+        id=instance.id, name=instance.name, provider_type=instance.type_name, etag=instance.etag,
+        source=pb.PROVIDER_SOURCE_CONFIG if instance.source == CONFIG else pb.PROVIDER_SOURCE_API,
+    )
+    for name, value in instance.initialization.items():
+        if isinstance(value, Secret):
+            msg.initialization[name].has_value = True
+        else:
+            msg.initialization[name].CopyFrom(pb.InitializationValue(value=value, has_value=True))
+    return msg
+
+
+def draft_from_pb(msg: pb.ProviderInstance) -> InstanceDraft:
+    return InstanceDraft(
+        name=msg.name,
+        type_name=msg.provider_type,
+        initialization={k: v.value for k, v in msg.initialization.items() if v.HasField("value")},
+    )
+
+
+def _duration(seconds: float) -> Duration:
+    duration = Duration()
+    duration.FromNanoseconds(int(seconds * 1e9))
+    return duration
+
+
+class SecretProviderServiceV2(pb_grpc.SecretProviderServiceServicer):
+    """`smtpconfig.v2.SecretProviderService`."""
+
+    def __init__(self, providers: ProviderService, profiles: ProfileService, resolver: Resolver, sealer: Sealer) -> None:
+        self._providers = providers
+        self._profiles = profiles
+        self._resolver = resolver
+        self._sealer = sealer
+
+    @grpc_errors
+    async def ListProviderTypes(self, request, context: grpc.aio.ServicerContext):
+        types = sorted(self._providers.plugins.provider_types.values(), key=lambda t: t.name)
+        return pb.ListProviderTypesResponse(
+            provider_types=[provider_type_to_pb(t) for t in types if t.name not in IMPLICIT_TYPES]
+        )
+
+    @grpc_errors
+    async def ListProviders(self, request, context: grpc.aio.ServicerContext):
+        return pb.ListProvidersResponse(providers=[instance_to_pb(i) for i in self._providers.all()])
+
+    @grpc_errors
+    async def GetProvider(self, request: pb.GetProviderRequest, context: grpc.aio.ServicerContext):
+        return pb.GetProviderResponse(provider=instance_to_pb(self._providers.get(request.id)))
+
+    @grpc_errors
+    async def CreateProvider(self, request: pb.CreateProviderRequest, context: grpc.aio.ServicerContext):
+        created = await self._providers.create(draft_from_pb(request.provider))
+        return pb.CreateProviderResponse(provider=instance_to_pb(created))
+
+    @grpc_errors
+    async def UpdateProvider(self, request: pb.UpdateProviderRequest, context: grpc.aio.ServicerContext):
+        mask = frozenset(request.update_mask.paths) if request.update_mask.paths else None
+        updated = await self._providers.update(
+            request.provider.id, draft_from_pb(request.provider), mask=mask, etag=request.etag
+        )
+        return pb.UpdateProviderResponse(provider=instance_to_pb(updated))
+
+    @grpc_errors
+    async def DeleteProvider(self, request: pb.DeleteProviderRequest, context: grpc.aio.ServicerContext):
+        await self._providers.delete(request.id, request.etag)
+        return pb.DeleteProviderResponse()
+
+    @grpc_errors
+    async def CheckSecret(self, request: pb.CheckSecretRequest, context: grpc.aio.ServicerContext):
+        target = request.WhichOneof("target")
+        if target == "secret":
+            source = validate_secret_object("Secret", convert.secret_from_v2(request.secret), self._providers)
+        elif target == "profile_field":
+            source = self._stored_field(request.profile_field)
+        else:
+            raise InvalidArgument([violation("Secret", "give Secret or ProfileField")])
+        resolution = await self._resolver.resolve(source)
+        response = pb.CheckSecretResponse(
+            success=True,
+            provider=resolution.provider_id or 0,
+            provider_name=resolution.provider_name,
+            provider_type=resolution.provider_type,
+            latency=_duration(resolution.latency),
+            cached=resolution.cached,
+            fingerprint=self._sealer.fingerprint(resolution.value),
+            version=resolution.version or "",
+        )
+        if not math.isinf(resolution.expires_in):
+            response.cache_remaining.CopyFrom(_duration(resolution.expires_in))
+        return response
+
+    def _stored_field(self, name: str) -> InlineSecret | ProviderRef:
+        by_json = {FIELDS[f]: f for f in CREDENTIAL_FIELDS}
+        field = by_json.get(name) or (name if name in CREDENTIAL_FIELDS else None)
+        if field is None:
+            raise InvalidArgument([violation("ProfileField", f"must be one of {', '.join(by_json)}")])
+        source = getattr(self._profiles.get().profile, field)
+        if source is None:
+            raise NotFound(f"the stored profile has no {FIELDS[field]}")
+        return source

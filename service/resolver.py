@@ -1,0 +1,212 @@
+"""The resolution engine: turns a secret source into its value at apply time.
+
+- Results are cached per reference (instance, its revision, parameters) for the provider's TTL,
+  never longer than a lease the backend gave.
+- Concurrent resolutions of one reference share one backend call.
+- Failures are remembered briefly (`failure_ttl`), so a broken reference cannot hammer a backend.
+- Every backend call has a timeout. Blocking `resolve` methods run on a dedicated thread pool, so
+  they never block the event loop, and a hung backend cannot take the threads of other work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import math
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Hashable
+
+from service.errors import FailedPrecondition, FieldViolation, InvalidArgument, SmtpConfigError, Unavailable
+from service.model import InlineSecret, ProviderRef, SecretSource
+from service.plugin import (
+    AccessDenied,
+    BadParameters,
+    ProviderUnavailable,
+    Resolved,
+    SecretNotFound,
+    SecretProvider,
+)
+from service.plugin_manager import Plugins
+from service.provider_service import ProviderService
+from service.providers import ProviderInstance, with_defaults
+from service.secret import Secret
+
+log = logging.getLogger(__name__)
+
+MAX_ENTRIES = 1024  # distinct references cached; CheckSecret callers can name arbitrary ones
+MAX_TTL = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """A resolved secret and how it was obtained. `value` is the only secret field."""
+
+    value: Secret
+    provider_id: int | None  # None for inline values
+    provider_type: str
+    provider_name: str
+    latency: float  # seconds this call took, cache hits included
+    cached: bool
+    expires_in: float  # seconds the value stays cached (inf for inline)
+    version: str | None = None
+
+
+@dataclass
+class _Entry:
+    expires: float
+    resolved: Resolved | None = None
+    error: SmtpConfigError | None = None
+
+
+class Resolver:
+    """Resolves secret sources through provider instances."""
+
+    def __init__(
+        self,
+        providers: ProviderService,
+        plugins: Plugins,
+        *,
+        timeout: float = 10.0,
+        failure_ttl: float = 5.0,
+        workers: int = 32,
+    ) -> None:
+        self._providers = providers
+        self._plugins = plugins
+        self._timeout = timeout
+        self._failure_ttl = failure_ttl
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="provider")
+        self._cache: OrderedDict[Hashable, _Entry] = OrderedDict()
+        self._inflight: dict[Hashable, asyncio.Task[_Entry]] = {}
+        self._objects: dict[tuple[int, str], SecretProvider] = {}
+        providers.on_change(self.forget)
+
+    def forget(self, provider_id: int) -> None:
+        """Drop what is cached for an instance that changed or went away, and close its object."""
+        for key in [k for k in self._cache if k[0] == provider_id]:
+            del self._cache[key]
+        for key in [k for k in self._objects if k[0] == provider_id]:
+            self._close(self._objects.pop(key))
+
+    async def close(self) -> None:
+        for provider in self._objects.values():
+            self._close(provider)
+        self._objects.clear()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    @staticmethod
+    def _close(provider: SecretProvider) -> None:
+        try:
+            provider.close()
+        except Exception as error:  # noqa: BLE001 - closing must not fail a request
+            log.warning("closing provider %s failed: %s", provider.name, type(error).__name__)
+
+    async def resolve(self, source: SecretSource) -> Resolution:
+        started = time.monotonic()
+        if isinstance(source, InlineSecret):
+            # Through the inline provider like any other type; it only hands back the value.
+            info = self._plugins.provider_type("inline")
+            value = source.value
+            if info is not None:
+                value = _as_resolved(info.cls(timeout=self._timeout).resolve({}, {"SecretValue": value})).value
+            return Resolution(value, None, "inline", "inline", time.monotonic() - started, False, math.inf)
+        instance = self._providers.find(source.provider)
+        if instance is None:
+            raise FailedPrecondition(f"no secret provider instance has Id {source.provider}")
+        key = (instance.id, instance.etag, tuple(sorted(source.parameters.items())))
+        now = time.monotonic()
+        entry = self._cache.get(key)
+        cached = entry is not None and entry.expires > now
+        if not cached:
+            entry = await self._shared_call(key, instance, source)
+        assert entry is not None
+        if entry.error is not None:
+            raise entry.error
+        assert entry.resolved is not None
+        return Resolution(
+            entry.resolved.value, instance.id, instance.type_name, instance.name,
+            time.monotonic() - started, cached, max(0.0, entry.expires - time.monotonic()), entry.resolved.version,
+        )
+
+    async def _shared_call(self, key: Hashable, instance: ProviderInstance, ref: ProviderRef) -> _Entry:
+        """Join the call in flight for `key`, or start it. The call runs as its own task, so a
+        caller that gives up (deadline, cancellation) does not cancel it for the others."""
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.create_task(self._call(instance, ref), name=f"resolve-{instance.id}")
+            self._inflight[key] = task
+
+            def done(finished: asyncio.Task, key: Hashable = key) -> None:
+                self._inflight.pop(key, None)
+                if not finished.cancelled():
+                    self._remember(key, finished.result())
+
+            task.add_done_callback(done)
+        return await asyncio.shield(task)
+
+    def _remember(self, key: Hashable, entry: _Entry) -> None:
+        self._cache[key] = entry
+        self._cache.move_to_end(key)
+        while len(self._cache) > MAX_ENTRIES:
+            self._cache.popitem(last=False)
+
+    def _provider(self, instance: ProviderInstance) -> SecretProvider:
+        key = (instance.id, instance.etag)
+        provider = self._objects.get(key)
+        if provider is None:
+            info = self._plugins.provider_type(instance.type_name)
+            if info is None:
+                raise FailedPrecondition(
+                    f"provider instance {instance.id} ({instance.name}) needs provider type"
+                    f" {instance.type_name!r}, which is not installed"
+                )
+            provider = self._objects[key] = info.cls(timeout=self._timeout)
+        return provider
+
+    async def _call(self, instance: ProviderInstance, ref: ProviderRef) -> _Entry:
+        """One backend call, turned into a cache entry (value or error)."""
+        where = f"provider {instance.id} ({instance.name}, {instance.type_name})"
+        reference = ", ".join(f"{k}={v}" for k, v in sorted(ref.parameters.items()))
+        failed = time.monotonic() + self._failure_ttl
+        try:
+            provider = self._provider(instance)
+            params = with_defaults(tuple(p for p in provider.parameters if p.instance_level), ref.parameters)
+            init = with_defaults(tuple(p for p in provider.parameters if not p.instance_level), instance.initialization)
+            if inspect.iscoroutinefunction(provider.resolve):
+                result = await asyncio.wait_for(provider.resolve(params, init), self._timeout)
+            else:
+                call = asyncio.get_running_loop().run_in_executor(self._pool, provider.resolve, params, init)
+                result = await asyncio.wait_for(call, self._timeout)
+            resolved = _as_resolved(result)
+        except asyncio.TimeoutError:
+            return _Entry(failed, error=Unavailable(f"{where} did not answer within {self._timeout:g}s"))
+        except SecretNotFound as error:
+            return _Entry(failed, error=FailedPrecondition(f"{where} has no secret for {{{reference}}}: {error}"))
+        except AccessDenied as error:
+            return _Entry(failed, error=FailedPrecondition(f"{where} was denied access for {{{reference}}}: {error}"))
+        except ProviderUnavailable as error:
+            return _Entry(failed, error=Unavailable(f"{where} is unavailable: {error}"))
+        except BadParameters as error:
+            field = f"Parameters.{error.parameter}" if error.parameter else "Parameters"
+            return _Entry(failed, error=InvalidArgument([FieldViolation(field, f"{where}: {error}")]))
+        except SmtpConfigError as error:
+            return _Entry(failed, error=error)
+        except Exception as error:  # noqa: BLE001 - a plugin bug; its text could hold anything
+            log.error("%s raised %s while resolving {%s}", where, type(error).__name__, reference)
+            return _Entry(failed, error=Unavailable(f"{where} failed ({type(error).__name__}); see the server log"))
+        default = provider.default_ttl
+        ttl = min(resolved.ttl if resolved.ttl is not None else default, MAX_TTL)
+        return _Entry(time.monotonic() + ttl, resolved=resolved)
+
+
+def _as_resolved(result: object) -> Resolved:
+    if isinstance(result, Resolved):
+        return result
+    if isinstance(result, Secret):
+        return Resolved(result)
+    if isinstance(result, str):
+        return Resolved(Secret(result))
+    raise TypeError(f"resolve() returned {type(result).__name__}, not Resolved")
