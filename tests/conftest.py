@@ -9,7 +9,8 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
-from service.catalog import ParameterSpec, ProviderInstanceInfo, StaticCatalog
+from service.catalog import ProviderInstanceInfo, StaticCatalog
+from service.plugin import Parameter
 from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
 from smtpconfig.v2 import config_service_pb2 as v2
@@ -22,10 +23,10 @@ TEST_PROVIDER = ProviderInstanceInfo(
     name="test-vault",
     type_name="test-kv",
     parameters=(
-        ParameterSpec("Host", instance_level=False),
-        ParameterSpec("Secret"),
-        ParameterSpec("Key"),
-        ParameterSpec("Version", required=False),
+        Parameter("Host"),
+        Parameter("Secret", instance_level=True),
+        Parameter("Key", instance_level=True, aliases=("Field",)),
+        Parameter("Version", instance_level=True, required=False),
     ),
 )
 
@@ -81,9 +82,9 @@ def as_json(message) -> dict[str, Any]:
     return json_format.MessageToDict(message, use_integers_for_enums=True)
 
 
-def _serve(providers=None) -> Iterator[ServerThread]:
+def _serve(catalog=None) -> Iterator[ServerThread]:
     data_dir = short_dir()
-    server = ServerThread(data_dir, providers).start()
+    server = ServerThread(data_dir, catalog).start()
     try:
         yield server
     finally:
@@ -117,3 +118,4 @@ def v1_stub(channel) -> v1_grpc.ConfigServiceStub:
 @pytest.fixture
 def v2_stub(channel) -> v2_grpc.ConfigServiceStub:
     return v2_grpc.ConfigServiceStub(channel)
+from tests.openbao import openbao_server  # noqa: F401

@@ -1,0 +1,19 @@
+"""The first-party Vault provider (type ``vault``): HashiCorp Vault and OpenBao KV secrets.
+
+Written against the public plugin API only (`service.plugin`); hvac is used in this package and
+nowhere else. Modules: `parameters` (names, spellings, checks), `connection` (client and login),
+`errors` (Vault's answers as provider errors), `provider` (`VaultProvider.resolve`).
+"""
+
+from __future__ import annotations
+
+from service.plugin import Register, hookimpl
+
+from .provider import VaultProvider
+
+__all__ = ["VaultProvider", "register_secret_providers"]
+
+
+@hookimpl
+def register_secret_providers(register: Register) -> None:
+    register(VaultProvider)
