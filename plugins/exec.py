@@ -1,0 +1,422 @@
+"""Secret provider ``exec``: runs a configured command, such as a PAM vendor's CLI, and reads the
+secret from its standard output.
+
+The command runs without a shell, in a session of its own (a timeout kills the whole process
+group), with stdin closed and a minimal environment. Exit status 0 means stdout holds the value;
+any other status is reported with its stderr, never its stdout. Written only against the public
+plugin API, so it could move to its own distribution unchanged.
+
+Newline rule: with raw output and StripNewline true (the default), exactly one trailing ``\n`` or
+``\r\n`` is removed from stdout and nothing else (``"a\n\n"`` gives ``"a\n"``, ``"a "`` stays
+``"a "``, a lone ``\r`` stays). With json output the field's string is used exactly as decoded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import selectors
+import shlex
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Mapping
+
+from service.plugin import (
+    BadParameters,
+    InitializationValue,
+    Parameter,
+    ProviderUnavailable,
+    Register,
+    Resolved,
+    Secret,
+    SecretNotFound,
+    SecretProvider,
+    hookimpl,
+)
+
+#: Largest stdout accepted; more means the command is not printing one secret.
+STDOUT_LIMIT = 1 << 20
+#: The tail of stderr kept for error reports.
+STDERR_KEEP = 4096
+#: Variables passed through from the server's environment; everything else is left out.
+INHERITED = ("PATH", "HOME", "LANG")
+_RESERVED_PREFIX = "SMTPCONFIG_"
+_MASK = "**********"
+
+
+def strip_one_newline(text: str) -> str:
+    """Remove exactly one trailing ``\\n`` or ``\\r\\n``; touch nothing else."""
+    if text.endswith("\r\n"):
+        return text[:-2]
+    if text.endswith("\n"):
+        return text[:-1]
+    return text
+
+
+class ExecProvider(SecretProvider):
+    name = "exec"
+    display_name = "Command"
+    description = (
+        "Runs a configured command (no shell) and reads the secret from its standard output. "
+        "The instance parameters reach the command as SMTPCONFIG_PARAM_<NAME> environment variables "
+        "(and SMTPCONFIG_SECRET_NAME), the Token as SMTPCONFIG_INIT_TOKEN; an argument that is "
+        "exactly {Name} or {Field} is replaced by that parameter. Exit status 0 means success."
+    )
+    parameters = (
+        Parameter(
+            "Command",
+            description='The program and its arguments: a JSON array of strings, e.g. ["/usr/bin/vendor-cli", '
+            '"get", "{Name}"], or a command line split like a POSIX shell would (never run by one).',
+        ),
+        Parameter("WorkingDirectory", required=False, description="Directory the command runs in."),
+        Parameter(
+            "Environment",
+            required=False,
+            description="Extra environment variables as a JSON object of strings; the command otherwise "
+            "sees only PATH, HOME and LANG.",
+        ),
+        Parameter(
+            "Token",
+            data_type="secret",
+            required=False,
+            description="Credential passed to the command as the environment variable SMTPCONFIG_INIT_TOKEN.",
+        ),
+        Parameter("TtlSeconds", required=False, default="300", description="Seconds a value may be cached."),
+        Parameter(
+            "TimeoutSeconds",
+            required=False,
+            description="Seconds the command may run; at most the provider instance's timeout, which is "
+            "also the default.",
+        ),
+        Parameter(
+            "OutputFormat",
+            required=False,
+            default="raw",
+            description="raw: stdout is the value; json: stdout is a JSON object and Field names the value.",
+        ),
+        Parameter(
+            "StripNewline",
+            required=False,
+            default="true",
+            description="With raw output, true removes exactly one trailing \\n or \\r\\n and nothing else.",
+        ),
+        Parameter("Name", instance_level=True, description="Which secret the command should print."),
+        Parameter(
+            "Field",
+            instance_level=True,
+            required=False,
+            description="With OutputFormat json: the key of the value in the printed JSON object.",
+        ),
+    )
+    default_ttl = 300.0
+
+    def resolve(
+        self, instance_parameters: Mapping[str, str], initialization: Mapping[str, InitializationValue]
+    ) -> Resolved:
+        name = instance_parameters.get("Name") or ""
+        field = instance_parameters.get("Field") or ""
+        if not name:
+            raise BadParameters("Name must name a secret", parameter="Name")
+        output_format = (_text(initialization, "OutputFormat") or "raw").lower()
+        if output_format not in ("raw", "json"):
+            raise BadParameters("OutputFormat must be raw or json", parameter="OutputFormat")
+        if output_format == "json" and not field:
+            raise BadParameters("Field is required when OutputFormat is json", parameter="Field")
+        strip = _flag(initialization, "StripNewline", True)
+        ttl = _seconds(initialization, "TtlSeconds", self.default_ttl, allow_zero=True)
+        timeout = min(self.timeout, _seconds(initialization, "TimeoutSeconds", self.timeout, allow_zero=False))
+        argv = _substitute(_command(initialization), name=name, field=field)
+        cwd = _text(initialization, "WorkingDirectory") or None
+        if cwd is not None and not os.path.isdir(cwd):
+            raise BadParameters(f"WorkingDirectory {cwd!r} is not a directory", parameter="WorkingDirectory")
+        token = _token(initialization)
+        env = self._environment(initialization, instance_parameters, name, token)
+
+        done = _run(argv, env, cwd, timeout)
+        if done.status != 0:
+            raise ProviderUnavailable(_failure(done, token))
+        if not done.stdout:
+            raise SecretNotFound(f"command printed nothing for secret {name!r}")
+        # Decoded outside an except block: a UnicodeDecodeError holds the bytes it failed on, and it
+        # must not ride along as the context of the error raised here.
+        text = _utf8(done.stdout)
+        if text is None:
+            raise BadParameters("command output is not UTF-8 text", parameter="Command")
+        value = _pick(text, field) if output_format == "json" else strip_one_newline(text) if strip else text
+        if not value:
+            raise SecretNotFound(f"command printed an empty value for secret {name!r}")
+        return Resolved(Secret(value), ttl=ttl)
+
+    def _environment(
+        self, initialization: Mapping[str, InitializationValue], instance_parameters: Mapping[str, str],
+        name: str, token: str,
+    ) -> dict[str, str]:
+        env = {key: os.environ[key] for key in INHERITED if key in os.environ}
+        env.setdefault("PATH", os.defpath)
+        env.update(_extra_environment(initialization))
+        for parameter in self.parameters:
+            value = instance_parameters.get(parameter.name) if parameter.instance_level else None
+            if value is not None:
+                env[f"{_RESERVED_PREFIX}PARAM_{parameter.name.upper()}"] = value
+        env[f"{_RESERVED_PREFIX}SECRET_NAME"] = name
+        if token:
+            env[f"{_RESERVED_PREFIX}INIT_TOKEN"] = token
+        for key, value in env.items():
+            if "\0" in value:
+                raise BadParameters(f"the value for environment variable {key} contains a NUL character")
+        return env
+
+
+@hookimpl
+def register_secret_providers(register: Register) -> None:
+    register(ExecProvider)
+
+
+# --- running the command ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Done:
+    status: int
+    #: Empty unless the command succeeded: a failing command's stdout is dropped unread.
+    stdout: bytes
+    #: The last `STDERR_KEEP` bytes.
+    stderr: bytes
+
+
+class _TimedOut(Exception):
+    pass
+
+
+class _TooMuchOutput(Exception):
+    pass
+
+
+def _run(argv: list[str], env: dict[str, str], cwd: str | None, timeout: float) -> _Done:
+    try:
+        process = subprocess.Popen(
+            argv, shell=False, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=env, cwd=cwd, start_new_session=True, close_fds=True,
+        )
+    except OSError as error:
+        raise _spawn_error(error, argv[0], cwd) from None
+    deadline = time.monotonic() + timeout
+    try:
+        stdout, stderr = _collect(process, deadline)
+        status = process.wait(max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        _kill_group(process)
+        raise ProviderUnavailable(f"command timed out after {timeout:g}s") from None
+    except _TooMuchOutput:
+        _kill_group(process)
+        raise BadParameters(f"command printed more than {STDOUT_LIMIT} bytes", parameter="Command") from None
+    except BaseException:
+        _kill_group(process)
+        raise
+    finally:
+        process.stdout.close()  # type: ignore[union-attr]
+        process.stderr.close()  # type: ignore[union-attr]
+    return _Done(status, bytes(stdout) if status == 0 else b"", bytes(stderr))
+
+
+def _collect(process: subprocess.Popen, deadline: float) -> tuple[bytearray, bytearray]:
+    """Read stdout (bounded) and the tail of stderr until both reach end of file or time runs out."""
+    stdout, stderr = bytearray(), bytearray()
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ, stdout)  # type: ignore[arg-type]
+        selector.register(process.stderr, selectors.EVENT_READ, stderr)  # type: ignore[arg-type]
+        while selector.get_map():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise subprocess.TimeoutExpired(process.args, 0)
+            for key, _ in selector.select(remaining):
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    selector.unregister(key.fileobj)
+                    continue
+                buffer: bytearray = key.data
+                buffer += chunk
+                if buffer is stdout and len(stdout) > STDOUT_LIMIT:
+                    raise _TooMuchOutput
+                if buffer is stderr and len(stderr) > STDERR_KEEP:
+                    del stderr[:-STDERR_KEEP]
+    return stdout, stderr
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    # The child leads its own session and is not reaped yet, so its pid still names the group and
+    # cannot have been reused.
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
+def _spawn_error(error: OSError, program: str, cwd: str | None) -> BadParameters:
+    if cwd is not None and error.filename == cwd:
+        return BadParameters(f"cannot enter WorkingDirectory {cwd!r}: {error.strerror}", parameter="WorkingDirectory")
+    if isinstance(error, FileNotFoundError):
+        return BadParameters(f"command {program!r} not found", parameter="Command")
+    if isinstance(error, PermissionError):
+        return BadParameters(f"command {program!r} is not executable", parameter="Command")
+    return BadParameters(f"command {program!r} cannot be run: {error.strerror}", parameter="Command")
+
+
+def _failure(done: _Done, token: str) -> str:
+    if done.status < 0:
+        try:
+            what = f"command was killed by signal {signal.Signals(-done.status).name}"
+        except ValueError:
+            what = f"command was killed by signal {-done.status}"
+    else:
+        what = f"command exited with status {done.status}"
+    detail = _one_line(done.stderr.decode("utf-8", errors="replace"), token)
+    return f"{what}: {detail}" if detail else what
+
+
+def _one_line(text: str, token: str) -> str:
+    """Stderr as one line: control characters become spaces, runs of blanks one, the token masked."""
+    if token:
+        text = text.replace(token, _MASK)
+    text = "".join(" " if (ch.isspace() or not ch.isprintable()) else ch for ch in text)
+    text = " ".join(text.split()).lstrip("\ufffd")  # the kept tail may start inside a character
+    return text.replace(token, _MASK) if token else text
+
+
+# --- output -------------------------------------------------------------------------------------
+
+_INVALID = object()
+
+
+def _utf8(data: bytes) -> str | None:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _json(text: str) -> object:
+    try:
+        return json.loads(text)
+    except ValueError:  # JSONDecodeError keeps the whole document: never let it escape
+        return _INVALID
+
+
+def _pick(text: str, field: str) -> str:
+    document = _json(text)
+    if document is _INVALID:
+        raise BadParameters("command output is not valid JSON", parameter="OutputFormat")
+    if not isinstance(document, dict):
+        raise SecretNotFound("command output is not a JSON object")
+    if field not in document:
+        raise SecretNotFound(f"field {field!r} is not in the command's JSON output")
+    value = document[field]
+    if not isinstance(value, str):
+        raise SecretNotFound(f"field {field!r} in the command's JSON output is not a string")
+    return value
+
+
+# --- parameters ---------------------------------------------------------------------------------
+
+
+def _text(initialization: Mapping[str, InitializationValue], name: str) -> str:
+    value = initialization.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise BadParameters(f"{name} must be a string", parameter=name)
+    return value.strip()
+
+
+def _command(initialization: Mapping[str, InitializationValue]) -> list[str]:
+    raw = _text(initialization, "Command")
+    argv: object
+    if raw.startswith("["):
+        argv = _json(raw)
+        if not (isinstance(argv, list) and all(isinstance(arg, str) for arg in argv)):
+            raise BadParameters("Command must be a JSON array of strings", parameter="Command")
+    else:
+        argv = _split(raw)
+        if argv is None:
+            raise BadParameters("Command is not a valid command line (unbalanced quotes?)", parameter="Command")
+    if not argv or not argv[0]:
+        raise BadParameters("Command must name a program", parameter="Command")
+    if any("\0" in arg for arg in argv):
+        raise BadParameters("Command contains a NUL character", parameter="Command")
+    return list(argv)
+
+
+def _split(raw: str) -> list[str] | None:
+    try:
+        return shlex.split(raw)
+    except ValueError:
+        return None
+
+
+def _substitute(argv: list[str], *, name: str, field: str) -> list[str]:
+    """Replace arguments that are exactly ``{Name}`` or ``{Field}``; nothing else is expanded."""
+    out = [argv[0]]
+    for arg in argv[1:]:
+        if arg == "{Name}":
+            # As an argument, a leading "-" would be read as an option of the command.
+            if name.startswith("-"):
+                raise BadParameters("Name cannot start with '-' where Command passes it as an argument", parameter="Name")
+            arg = name
+        elif arg == "{Field}":
+            if not field or field.startswith("-"):
+                raise BadParameters("Command passes {Field}: Field must be given and not start with '-'", parameter="Field")
+            arg = field
+        if "\0" in arg:
+            raise BadParameters("a parameter contains a NUL character")
+        out.append(arg)
+    return out
+
+
+def _token(initialization: Mapping[str, InitializationValue]) -> str:
+    value = initialization.get("Token")
+    if isinstance(value, Secret):
+        return value.reveal()
+    return value or ""
+
+
+def _extra_environment(initialization: Mapping[str, InitializationValue]) -> dict[str, str]:
+    raw = _text(initialization, "Environment")
+    if not raw:
+        return {}
+    parsed = _json(raw)
+    if not isinstance(parsed, dict) or not all(isinstance(v, str) for v in parsed.values()):
+        raise BadParameters("Environment must be a JSON object of strings", parameter="Environment")
+    for key in parsed:
+        if not key or "=" in key or "\0" in key:
+            raise BadParameters(f"Environment: {key!r} is not a variable name", parameter="Environment")
+        if key.upper().startswith(_RESERVED_PREFIX):
+            raise BadParameters(f"Environment: {key} is set by the provider itself", parameter="Environment")
+    return parsed
+
+
+def _flag(initialization: Mapping[str, InitializationValue], name: str, default: bool) -> bool:
+    value = _text(initialization, name).lower()
+    if not value:
+        return default
+    if value in ("true", "false"):
+        return value == "true"
+    raise BadParameters(f"{name} must be true or false", parameter=name)
+
+
+def _seconds(
+    initialization: Mapping[str, InitializationValue], name: str, default: float, *, allow_zero: bool
+) -> float:
+    value = _text(initialization, name)
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
+        raise BadParameters(f"{name} must be a {'non-negative' if allow_zero else 'positive'} number", parameter=name)
+    return seconds
