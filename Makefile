@@ -11,12 +11,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # One stamp per extra, so `make run` does not pull in test tools.
-$(VENV)/.run.stamp: $(BIN)/python pyproject.toml constraints.txt
-	$(PIP) -e .
+$(VENV)/.run.stamp: $(BIN)/python pyproject.toml constraints.txt plugins/file-provider/pyproject.toml
+	$(PIP) -e . -e ./plugins/file-provider
 	touch $@
 
-$(VENV)/.test.stamp: $(BIN)/python pyproject.toml constraints.txt
-	$(PIP) -e '.[test]'
+$(VENV)/.test.stamp: $(BIN)/python pyproject.toml constraints.txt plugins/file-provider/pyproject.toml
+	$(PIP) -e '.[test]' -e ./plugins/file-provider
 	touch $@
 
 ## Start the service on its embedded default (SQLite under ./smtpconfig-data).
