@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,24 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from service.catalog import ProviderCatalog
 from service.server import App
 from service.settings import Settings
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def copy_checkout(dest: Path) -> None:
+    """What a fresh clone holds: every tracked file plus new files git does not ignore (no venv,
+    no egg-info, no build output)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT, capture_output=True, check=True,
+    ).stdout.split(b"\0")
+    for name in filter(None, listed):
+        source = ROOT / os.fsdecode(name)
+        if source.is_file():
+            target = dest / os.fsdecode(name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
 
 
 def short_dir(prefix: str = "sc") -> Path:

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import short_dir
+from tests.support import copy_checkout, short_dir
 
-ROOT = Path(__file__).resolve().parent.parent
 
 # Run with `python -I`: no current directory on sys.path, no PYTHON* variables, no user site.
 PROBE = textwrap.dedent("""\
@@ -40,27 +39,12 @@ PROBE = textwrap.dedent("""\
 """)
 
 
-def _copy_sources(dest: Path) -> None:
-    """What a clone holds: every tracked file plus new files git does not ignore (no venv, no
-    egg-info, no build output), so the build starts from sources only."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, capture_output=True, check=True,
-    ).stdout.split(b"\0")
-    for name in filter(None, listed):
-        source = ROOT / os.fsdecode(name)
-        if source.is_file():
-            target = dest / os.fsdecode(name)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
-
-
 @pytest.mark.slow
 def test_the_file_provider_distribution_is_discovered_through_its_entry_point() -> None:
     base = short_dir("scext")
     try:
         sources = base / "src"
-        _copy_sources(sources)
+        copy_checkout(sources)
         assert (sources / "plugins" / "file-provider" / "pyproject.toml").is_file()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON", "SMTPCONFIG_"))}
         venv = base / "venv"

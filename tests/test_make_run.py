@@ -14,23 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import BASIC_V1
-from tests.support import short_dir, wait_serving
+from tests.support import copy_checkout, short_dir, wait_serving
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _fresh_copy(dest: Path) -> None:
-    """What a clone holds: every tracked file plus new files git does not ignore."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, capture_output=True, check=True,
-    ).stdout.split(b"\0")
-    for name in filter(None, listed):
-        source = ROOT / os.fsdecode(name)
-        if source.is_file():
-            target = dest / os.fsdecode(name)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
 
 
 def _free_port() -> int:
@@ -43,7 +28,7 @@ def _free_port() -> int:
 def test_make_run_from_a_fresh_clone_serves_and_the_cli_works() -> None:
     base = short_dir()
     clone = base / "clone"
-    _fresh_copy(clone)
+    copy_checkout(clone)
     assert not (clone / ".venv").exists()
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SMTPCONFIG_", "VIRTUAL_ENV"))}
