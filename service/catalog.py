@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Protocol
 
 from service.plugin import Parameter
@@ -21,9 +22,18 @@ class ProviderInstanceInfo:
     type_name: str
     parameters: tuple[Parameter, ...] = ()
 
-    @property
+    # Computed once per instance revision: validation reads these on every request.
+    @cached_property
     def instance_parameters(self) -> tuple[Parameter, ...]:
         return tuple(p for p in self.parameters if p.instance_level)
+
+    @cached_property
+    def instance_names(self) -> dict[str, str]:
+        """Every accepted instance parameter name (canonical and alias) to the canonical one."""
+        names: dict[str, str] = {}
+        for p in self.instance_parameters:
+            names.update({alias: p.name for alias in p.aliases} | {p.name: p.name})
+        return names
 
 
 class ProviderCatalog(Protocol):

@@ -52,8 +52,8 @@ class Sealer:
     def fingerprint(self, value: Secret) -> str:
         """A keyed fingerprint of a value: equal values give equal fingerprints under one key, and
         without the key nothing about the value can be learnt or guessed offline."""
-        mac = hmac.new(self._fingerprint_key, value.reveal().encode("utf-8"), hashlib.sha256)
-        return "hmac-sha256:" + mac.hexdigest()[:32]
+        mac = hmac.digest(self._fingerprint_key, value.reveal().encode("utf-8"), "sha256")
+        return "hmac-sha256:" + mac.hex()[:32]
 
     def seal(self, value: Secret, context: str) -> str:
         nonce = os.urandom(_NONCE_BYTES)

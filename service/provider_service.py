@@ -105,6 +105,9 @@ class ProviderService:
         self._references: Callable[[], set[int]] = set
         self._listeners: list[Callable[[int], None]] = []
         self._follower: asyncio.Task | None = None
+        self._infos: dict[int, tuple[str, ProviderInstanceInfo]] = {}
+        #: Increases whenever any instance changes; lets callers cache what they derived from them.
+        self.revision = 0
 
     def use_references(self, references: Callable[[], set[int]]) -> None:
         """Tell the service which instance Ids the stored profile references."""
@@ -147,6 +150,7 @@ class ProviderService:
             self._changed(provider_id)
 
     def _changed(self, provider_id: int) -> None:
+        self.revision += 1
         for listener in self._listeners:
             listener(provider_id)
 
@@ -165,13 +169,18 @@ class ProviderService:
         return instance
 
     def instance(self, provider_id: int) -> ProviderInstanceInfo | None:
-        """The catalog view used by profile validation."""
+        """The catalog view used by profile validation, built once per instance revision."""
         instance = self.find(provider_id)
         if instance is None:
             return None
+        cached = self._infos.get(provider_id)
+        if cached is not None and cached[0] == instance.etag:
+            return cached[1]
         info = self.plugins.provider_type(instance.type_name)
         parameters = info.cls.parameters if info is not None else ()
-        return ProviderInstanceInfo(instance.id, instance.name, instance.type_name, parameters)
+        view = ProviderInstanceInfo(instance.id, instance.name, instance.type_name, parameters)
+        self._infos[provider_id] = (instance.etag, view)
+        return view
 
     # --- writes ---------------------------------------------------------------------------------
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
 from service import convert
-from service.crypto import Sealer
 from service.errors import InvalidArgument, NotFound, violation
-from service.model import CREDENTIAL_FIELDS, FIELDS, InlineSecret, ProviderRef
+from service.model import CREDENTIAL_FIELDS, FIELDS, InlineSecret, ProviderRef, SecretSource
 from service.plugin import Parameter
 from service.plugin_manager import ProviderTypeInfo
 from service.profiles import ProfileService
@@ -23,6 +23,7 @@ from service.validation import validate_secret_object
 from smtpconfig.v2 import secret_provider_service_pb2 as pb
 from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
 
+_CHECKED_ENTRIES = 1024
 _DATA_TYPES = {"string": pb.PARAMETER_DATA_TYPE_STRING, "secret": pb.PARAMETER_DATA_TYPE_SECRET}
 
 
@@ -64,19 +65,20 @@ def draft_from_pb(msg: pb.ProviderInstance) -> InstanceDraft:
 
 
 def _duration(seconds: float) -> Duration:
-    duration = Duration()
-    duration.FromNanoseconds(int(seconds * 1e9))
-    return duration
+    nanos = int(seconds * 1e9)
+    return Duration(seconds=nanos // 1_000_000_000, nanos=nanos % 1_000_000_000)
 
 
 class SecretProviderServiceV2(pb_grpc.SecretProviderServiceServicer):
     """`smtpconfig.v2.SecretProviderService`."""
 
-    def __init__(self, providers: ProviderService, profiles: ProfileService, resolver: Resolver, sealer: Sealer) -> None:
+    def __init__(self, providers: ProviderService, profiles: ProfileService, resolver: Resolver) -> None:
         self._providers = providers
         self._profiles = profiles
         self._resolver = resolver
-        self._sealer = sealer
+        # Checked secret objects by their wire bytes: callers poll the same few references, and
+        # the answer only changes when provider instances do (see ProviderService.revision).
+        self._checked: OrderedDict[bytes, tuple[int, SecretSource]] = OrderedDict()
 
     @grpc_errors
     async def ListProviderTypes(self, request, context: grpc.aio.ServicerContext):
@@ -115,7 +117,7 @@ class SecretProviderServiceV2(pb_grpc.SecretProviderServiceServicer):
     async def CheckSecret(self, request: pb.CheckSecretRequest, context: grpc.aio.ServicerContext):
         target = request.WhichOneof("target")
         if target == "secret":
-            source = validate_secret_object("Secret", convert.secret_from_v2(request.secret), self._providers)
+            source = self._checked_source(request.secret)
         elif target == "profile_field":
             source = self._stored_field(request.profile_field)
         else:
@@ -128,12 +130,25 @@ class SecretProviderServiceV2(pb_grpc.SecretProviderServiceServicer):
             provider_type=resolution.provider_type,
             latency=_duration(resolution.latency),
             cached=resolution.cached,
-            fingerprint=self._sealer.fingerprint(resolution.value),
+            fingerprint=resolution.fingerprint,
             version=resolution.version or "",
         )
         if not math.isinf(resolution.expires_in):
             response.cache_remaining.CopyFrom(_duration(resolution.expires_in))
         return response
+
+    def _checked_source(self, secret) -> SecretSource:
+        if secret.HasField("secret_value"):  # a caller's inline value is never kept around
+            return validate_secret_object("Secret", convert.secret_from_v2(secret), self._providers)
+        key = secret.SerializeToString(deterministic=True)
+        known = self._checked.get(key)
+        if known is not None and known[0] == self._providers.revision:
+            return known[1]
+        source = validate_secret_object("Secret", convert.secret_from_v2(secret), self._providers)
+        self._checked[key] = (self._providers.revision, source)
+        while len(self._checked) > _CHECKED_ENTRIES:
+            self._checked.popitem(last=False)
+        return source
 
     def _stored_field(self, name: str) -> InlineSecret | ProviderRef:
         by_json = {FIELDS[f]: f for f in CREDENTIAL_FIELDS}

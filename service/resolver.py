@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Hashable
+from typing import Callable, Hashable
 
 from service.errors import FailedPrecondition, FieldViolation, InvalidArgument, SmtpConfigError, Unavailable
 from service.model import InlineSecret, ProviderRef, SecretSource
@@ -53,6 +53,7 @@ class Resolution:
     cached: bool
     expires_in: float  # seconds the value stays cached (inf for inline)
     version: str | None = None
+    fingerprint: str = ""  # keyed fingerprint of the value, computed once per fetched value
 
 
 @dataclass
@@ -60,6 +61,7 @@ class _Entry:
     expires: float
     resolved: Resolved | None = None
     error: SmtpConfigError | None = None
+    fingerprint: str = ""
 
 
 class Resolver:
@@ -73,8 +75,10 @@ class Resolver:
         timeout: float = 10.0,
         failure_ttl: float = 5.0,
         workers: int = 32,
+        fingerprint: Callable[[Secret], str] = lambda value: "",
     ) -> None:
         self._providers = providers
+        self._fingerprint = fingerprint
         self._plugins = plugins
         self._timeout = timeout
         self._failure_ttl = failure_ttl
@@ -112,7 +116,10 @@ class Resolver:
             value = source.value
             if info is not None:
                 value = _as_resolved(info.cls(timeout=self._timeout).resolve({}, {"SecretValue": value})).value
-            return Resolution(value, None, "inline", "inline", time.monotonic() - started, False, math.inf)
+            return Resolution(
+                value, None, "inline", "inline", time.monotonic() - started, False, math.inf,
+                fingerprint=self._fingerprint(value),
+            )
         instance = self._providers.find(source.provider)
         if instance is None:
             raise FailedPrecondition(f"no secret provider instance has Id {source.provider}")
@@ -129,6 +136,7 @@ class Resolver:
         return Resolution(
             entry.resolved.value, instance.id, instance.type_name, instance.name,
             time.monotonic() - started, cached, max(0.0, entry.expires - time.monotonic()), entry.resolved.version,
+            entry.fingerprint,
         )
 
     async def _shared_call(self, key: Hashable, instance: ProviderInstance, ref: ProviderRef) -> _Entry:
@@ -199,7 +207,7 @@ class Resolver:
             return _Entry(failed, error=Unavailable(f"{where} failed ({type(error).__name__}); see the server log"))
         default = provider.default_ttl
         ttl = min(resolved.ttl if resolved.ttl is not None else default, MAX_TTL)
-        return _Entry(time.monotonic() + ttl, resolved=resolved)
+        return _Entry(time.monotonic() + ttl, resolved=resolved, fingerprint=self._fingerprint(resolved.value))
 
 
 def _as_resolved(result: object) -> Resolved:

@@ -94,13 +94,14 @@ class App:
         self._resolver = Resolver(
             self._provider_service, plugins,
             timeout=settings.provider_timeout, failure_ttl=settings.provider_failure_ttl,
+            fingerprint=sealer.fingerprint,
         )
 
         server = grpc.aio.server(options=SERVER_OPTIONS)
         v1_grpc.add_ConfigServiceServicer_to_server(ConfigServiceV1(self._profiles), server)
         v2_grpc.add_ConfigServiceServicer_to_server(ConfigServiceV2(self._profiles), server)
         providers_grpc.add_SecretProviderServiceServicer_to_server(
-            SecretProviderServiceV2(self._provider_service, self._profiles, self._resolver, sealer), server
+            SecretProviderServiceV2(self._provider_service, self._profiles, self._resolver), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(

@@ -214,9 +214,7 @@ def _reference(field, provider_id, parameters, providers: ProviderCatalog, add) 
         add(violation(f"{field}.Provider", f"no secret provider instance has Id {provider_id}"))
         return None
     ok = True
-    known = {}
-    for spec in instance.instance_parameters:
-        known.update({alias: spec.name for alias in spec.aliases} | {spec.name: spec.name})
+    known = instance.instance_names
     canonical: dict[str, str] = {}
     for key, value in parameters.items():
         name = known.get(key)
