@@ -33,7 +33,7 @@ proto: $(VENV)/.test.stamp
 		--grpc_python_out=protos $(PROTOS)
 
 ## Throughput and latency of the service against a bare grpcio server, measured in one run.
-bench: $(VENV)/.run.stamp
+bench: $(VENV)/.test.stamp
 	$(BIN)/python -m bench
 
 clean:

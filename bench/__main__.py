@@ -1,9 +1,11 @@
 """`python -m bench` (`make bench`): start the servers and the load generator, measure, report.
 
-Measurements are interleaved: for each in-flight level the three targets are measured one after
-the other, and each round rotates which goes first. On a 2-core machine background noise drifts
-over seconds; measuring bare-aio and the service close together keeps that drift out of their
-ratio. Every child process is ended on the way out, whatever the exit path.
+Measurements are interleaved: for each in-flight level the targets of each suite (GetSmtp: bare-aio,
+the service, bare-threads; CheckSecret: bare-aio, the service) are measured one after the other,
+and each round rotates which goes first. On a 2-core machine background noise drifts over seconds;
+measuring bare-aio and the service close together keeps that drift out of their ratio. The Vault
+phase (`bench.cold`) comes last, with OpenBao running only for it. Every child process is ended
+on the way out, whatever the exit path.
 """
 
 from __future__ import annotations
@@ -14,23 +16,43 @@ import os
 import platform
 import signal
 import sys
+import tempfile
 import time
+from base64 import b64encode
 from contextlib import ExitStack
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import grpc
 
-from bench import BARE_AIO, BARE_THREADS, ECHO_PATH, LABELS, SERVICE, WAIT_PATH, WAIT_SECONDS, BenchError
+from bench import (
+    BARE_AIO,
+    BARE_THREADS,
+    CHECK_SECRET,
+    CHECKSECRET_SUITE,
+    ECHO_PATH,
+    GETSMTP_SUITE,
+    LABELS,
+    SERVICE,
+    SUITES,
+    WAIT_PATH,
+    WAIT_SECONDS,
+    BenchError,
+)
+from bench import cold, openbao
 from bench.load import Command
 from bench.procs import Child
-from bench.report import goal, summarize, table
-from bench.seed import GETSMTP_PATH, GETSMTP_REQUEST, store_profile
+from bench.report import goals, summarize, table
+from bench.seed import CHECKSECRET_PATH, GETSMTP_PATH, GETSMTP_REQUEST, store_profile, warm_file_secret
 from bench.servers import DEFAULT_THREADS
 
-# Measurement order within a level; rotated by one each round.
-ORDER = (BARE_AIO, SERVICE, BARE_THREADS)
 HOST = "127.0.0.1"
+# CheckSecret replies carry two Durations (latency, cache time left), varints of 1 to 5 bytes each,
+# so their size moves by a few bytes around the warm reply's that the echo servers are sent.
+CHECKSECRET_SIZE_SLACK = 8
+# Secrets written to OpenBao for the Vault phase, half read directly and half through the service.
+VAULT_SECRETS = 1000
 # In-flight level of the waiting-calls scenario: a busy but not saturated service.
 WAITING_LEVEL = 16
 # Slack on top of warm-up + window before a silent load generator counts as hung.
@@ -73,10 +95,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"also measure the bare servers at {WAITING_LEVEL} in flight while this many calls wait"
         f" {WAIT_SECONDS:g} s each on I/O (default 32; 0 to skip)",
     )
+    parser.add_argument(
+        "--vault-secrets", type=_positive(int), default=VAULT_SECRETS,
+        help=f"secrets in OpenBao for the cold Vault comparison, half each way (default {VAULT_SECRETS})",
+    )
+    parser.add_argument("--skip-vault", action="store_true", help="leave out the Vault phase (and OpenBao)")
     parser.add_argument("--json", action="store_true", help="print results as JSON instead of the table")
     args = parser.parse_args(argv)
     if args.warmup < 0:
         parser.error("--warmup cannot be negative")
+    if not args.skip_vault and args.vault_secrets < 2 * args.rounds:
+        parser.error(f"--vault-secrets must be at least {2 * args.rounds}: half each way, in {args.rounds} rounds")
     return args
 
 
@@ -84,9 +113,14 @@ def _progress(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
-def measure_all(args: argparse.Namespace) -> tuple[int, list[dict[str, Any]]]:
-    """Run every measurement; return the payload size and one dict per measurement."""
+def measure_all(args: argparse.Namespace) -> tuple[dict[str, int], list[dict[str, Any]], dict[str, Any] | None]:
+    """Run every measurement; return the response size of each suite, one dict per measurement,
+    and the Vault phase's result (None with --skip-vault)."""
+    if not args.skip_vault:
+        openbao.binary()  # missing: say so before minutes of measuring
     with ExitStack() as stack:
+        # Entered first, so it is removed last: after OpenBao and the service stopped using it.
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="smtpconfig-bench-")))
         servers = {
             BARE_AIO: stack.enter_context(Child(BARE_AIO, "bench.servers", BARE_AIO)),
             BARE_THREADS: stack.enter_context(
@@ -96,34 +130,41 @@ def measure_all(args: argparse.Namespace) -> tuple[int, list[dict[str, Any]]]:
         }
         client = stack.enter_context(Child("load generator", "bench.load", patience=1.0))
         targets = {name: f"{HOST}:{child.read_port()}" for name, child in servers.items()}
+        servers[CHECK_SECRET], targets[CHECK_SECRET] = servers[SERVICE], targets[SERVICE]  # another method
 
-        size = store_profile(targets[SERVICE])
+        sizes = {GETSMTP_SUITE: store_profile(targets[SERVICE])}
+        (scratch / "secrets").mkdir()
+        checksecret_request, sizes[CHECKSECRET_SUITE] = warm_file_secret(targets[SERVICE], scratch / "secrets")
+        # What the service is sent: (method, request size, request bytes or "" for that many "x").
+        # The echo servers are sent as many bytes as the suite's responses have.
         calls = {
-            BARE_AIO: (ECHO_PATH, size),
-            BARE_THREADS: (ECHO_PATH, size),
-            SERVICE: (GETSMTP_PATH, len(GETSMTP_REQUEST)),
+            SERVICE: (GETSMTP_PATH, len(GETSMTP_REQUEST), ""),
+            CHECK_SECRET: (CHECKSECRET_PATH, len(checksecret_request), b64encode(checksecret_request).decode()),
         }
         plan = [
-            (round_, level, 0, ORDER[(i + round_) % len(ORDER)])
+            (round_, level, 0, suite, order[(i + round_) % len(order)])
             for round_ in range(args.rounds)
             for level in args.in_flight
-            for i in range(len(ORDER))
+            for suite, order in SUITES.items()
+            for i in range(len(order))
         ]
         # Apply-time calls (SMTP, Vault, OAuth) mostly wait on the network. This scenario shows
         # what such waiting calls do to quick calls in each server model.
         if args.waiting:
             plan += [
-                (round_, WAITING_LEVEL, args.waiting, name)
+                (round_, WAITING_LEVEL, args.waiting, GETSMTP_SUITE, name)
                 for round_ in range(args.rounds)
                 for name in (BARE_AIO, BARE_THREADS)[:: 1 if round_ % 2 == 0 else -1]
             ]
         _progress(
             f"{len(plan)} measurements of {args.warmup:g}+{args.seconds:g} s, about"
-            f" {len(plan) * (args.warmup + args.seconds):.0f} s; responses are {size} bytes"
+            f" {len(plan) * (args.warmup + args.seconds):.0f} s; responses are {sizes[GETSMTP_SUITE]} bytes"
+            f" (GetSmtp) and about {sizes[CHECKSECRET_SUITE]} bytes (CheckSecret)"
         )
         measurements = []
-        for step, (round_, level, waiting, name) in enumerate(plan, 1):
-            method, payload_size = calls[name]
+        for step, (round_, level, waiting, suite, name) in enumerate(plan, 1):
+            size = sizes[suite]
+            method, payload_size, request = calls.get(name, (ECHO_PATH, size, ""))
             command = Command(
                 target=targets[name],
                 method=method,
@@ -134,19 +175,39 @@ def measure_all(args: argparse.Namespace) -> tuple[int, list[dict[str, Any]]]:
                 server_pid=servers[name].pid,
                 waiting=waiting,
                 wait_method=WAIT_PATH,
+                request_b64=request,
+                check_replies=name == CHECK_SECRET,
             )
-            what = f"{LABELS[name]} at {level} in flight" + (f" with {waiting} waiting" if waiting else "")
+            sized = f" ({suite} size)" if name == BARE_AIO and suite != GETSMTP_SUITE else ""
+            what = f"{LABELS[name]}{sized} at {level} in flight" + (f" with {waiting} waiting" if waiting else "")
             client.send_line(json.dumps(asdict(command)))
             reply = json.loads(client.read_line(timeout=args.warmup + args.seconds + ANSWER_SLACK))
             if not reply.pop("ok"):
                 raise BenchError(f"{what}: {reply['error']}")
             if reply["errors"]:
                 raise BenchError(f"{what}: {reply['errors']} calls failed, first: {reply['first_error']}")
-            if reply["response_size"] != size:
+            if name == CHECK_SECRET:
+                low, high = reply["response_min"], reply["response_max"]
+                if low < size - CHECKSECRET_SIZE_SLACK or high > size + CHECKSECRET_SIZE_SLACK:
+                    raise BenchError(
+                        f"{what}: responses of {low}-{high} bytes, expected {size} ± {CHECKSECRET_SIZE_SLACK}"
+                    )
+            elif reply["response_size"] != size:
                 raise BenchError(f"{what}: response of {reply['response_size']} bytes, expected {size}")
             _progress(f"[{step}/{len(plan)}] {what}: {reply['qps']:.0f} QPS")
-            measurements.append({"target": name, "in_flight": level, "waiting": waiting, "round": round_ + 1, **reply})
-    return size, measurements
+            measurements.append(
+                {"suite": suite, "target": name, "in_flight": level, "waiting": waiting, "round": round_ + 1, **reply}
+            )
+
+        vault = None
+        if not args.skip_vault:
+            _progress(f"Vault phase: {args.vault_secrets} secrets, cold CheckSecret against direct hvac reads")
+            vault = cold.measure(targets[SERVICE], scratch, args.vault_secrets, args.rounds, _progress)
+            _progress(
+                f"cold Vault read p50: direct {vault['direct']['p50_ms']:.3f} ms,"
+                f" CheckSecret {vault['service']['p50_ms']:.3f} ms"
+            )
+    return sizes, measurements, vault
 
 
 def environment() -> dict[str, Any]:
@@ -167,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     started = time.monotonic()
     try:
-        size, measurements = measure_all(args)
+        sizes, measurements, vault = measure_all(args)
     except BenchError as error:
         print(f"bench: {error}", file=sys.stderr)
         return 1
@@ -175,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: interrupted; servers stopped", file=sys.stderr)
         return 130
     rows = summarize(measurements, args.pick)
-    verdict = goal(rows)
+    verdicts = goals(rows, vault)
     env = environment()
     settings = {
         "seconds": args.seconds,
@@ -186,22 +247,28 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "waiting": args.waiting,
         "wait_seconds": WAIT_SECONDS,
-        "response_bytes": size,
+        "response_bytes": sizes[GETSMTP_SUITE],
+        "checksecret_response_bytes": sizes[CHECKSECRET_SUITE],
+        "vault_secrets": None if args.skip_vault else args.vault_secrets,
         "elapsed_seconds": round(time.monotonic() - started, 1),
     }
     if args.json:
-        print(json.dumps({"environment": env, "settings": settings, "results": rows, "goal": verdict}, indent=2))
+        # "goal" is GetSmtp's, as before the other goals were added; "goals" holds all of them.
+        document = {"environment": env, "settings": settings, "results": rows, "vault": vault,
+                    "goal": verdicts[0], "goals": verdicts}
+        print(json.dumps(document, indent=2))
         return 0
     header = (
         f"grpcio {env['grpcio']}, Python {env['python']}, {env['cpus']} CPUs. Each cell: {args.warmup:g} s"
         f" warm-up, {args.seconds:g} s measured"
         + (f", {args.pick} of {args.rounds} rounds" if args.rounds > 1 else "")
-        + f"; one client process, one channel.\nAll responses {size} bytes (GetSmtp's); bare-threads has"
-        f" {args.threads} workers. CPU: share of one core used by the server, the client, and all else."
+        + f"; one client process, one channel.\nResponses {sizes[GETSMTP_SUITE]} bytes (GetSmtp's), and"
+        f" {sizes[CHECKSECRET_SUITE]} ± a few in the CheckSecret suite; bare-threads has {args.threads} workers."
+        "\nCPU: share of one core used by the server, the client, and all else."
         + (f"\n'+N waiting': N more calls in flight meanwhile, each answered after {WAIT_SECONDS:g} s"
            " without CPU (as apply-time calls wait on the network); not counted." if args.waiting else "")
     )
-    print(table(rows, verdict, header))
+    print(table(rows, verdicts, header, vault))
     return 0
 
 

@@ -7,6 +7,8 @@ difference in the numbers is a difference between the servers. Calls go through
 `channel.unary_unary(path, request_serializer=None, response_deserializer=None)` with raw bytes, so
 the client never (de)serializes protobuf, not even for the service. Each measurement opens a fresh
 channel (one HTTP/2 connection) and keeps `in_flight` coroutines each issuing calls back to back.
+For CheckSecret (`check_replies`) the replies of counted calls are kept as bytes and only parsed
+after the window, to count how many came from the service's cache.
 
 Why a process apart from the servers: a client sharing a process with a server would compete with
 it for the GIL and the event loop. With 2 cores, client and server then get about one core each;
@@ -16,6 +18,7 @@ the CPU columns of the report show which of them was the limit.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import math
 import os
@@ -41,6 +44,8 @@ class Command:
     server_pid: int | None = None  # to read the server's CPU time from /proc
     waiting: int = 0  # extra calls to `wait_method` kept in flight meanwhile, not counted
     wait_method: str = ""
+    request_b64: str = ""  # the request bytes, base64; empty: `payload_size` bytes of "x"
+    check_replies: bool = False  # replies are CheckSecretResponses: count `cached`, report sizes
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,11 @@ class Result:
     client_cpu: float  # CPU seconds per wall second of this process in the window (1.0 = a core)
     server_cpu: float | None  # the same for the server process; None without /proc
     other_cpu: float | None  # cores busy on this machine besides client and server: noise
+    # With `check_replies` only: counted replies whose `Cached` was true, and their size range
+    # (two Durations in the reply are varints, so its size moves by a few bytes).
+    cached: int | None = None
+    response_min: int | None = None
+    response_max: int | None = None
 
 
 def percentile(ordered: list[float], q: float) -> float:
@@ -87,8 +97,17 @@ def _machine_cpu() -> tuple[float, float] | None:
     return (sum(ticks) - idle) / hz, sum(ticks) / hz
 
 
+def _check_replies(replies: list[bytes]) -> dict[str, int]:
+    """Parsed after the window, so the parsing costs the measurement nothing."""
+    from smtpconfig.v2.secret_provider_service_pb2 import CheckSecretResponse
+
+    sizes = [len(r) for r in replies]
+    cached = sum(CheckSecretResponse.FromString(r).cached for r in replies)
+    return {"cached": cached, "response_min": min(sizes), "response_max": max(sizes)}
+
+
 async def measure(command: Command) -> Result:
-    payload = b"x" * command.payload_size
+    payload = base64.b64decode(command.request_b64) if command.request_b64 else b"x" * command.payload_size
     async with grpc.aio.insecure_channel(command.target) as channel:
         call = channel.unary_unary(command.method, request_serializer=None, response_deserializer=None)
         await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT)
@@ -100,6 +119,8 @@ async def measure(command: Command) -> Result:
         errors = 0
         first_error: str | None = None
 
+        replies: list[bytes] | None = [] if command.check_replies else None
+
         async def caller(latencies: list[float]) -> None:
             nonlocal errors, first_error
             while True:
@@ -107,7 +128,7 @@ async def measure(command: Command) -> Result:
                 if started >= window_end:
                     return
                 try:
-                    await call(payload)
+                    reply = await call(payload)
                 except grpc.RpcError as error:
                     errors += 1
                     first_error = first_error or f"{error.code().name}: {error.details()}"
@@ -116,6 +137,8 @@ async def measure(command: Command) -> Result:
                 # Only calls wholly inside the window count, so QPS = count / window.
                 if started >= window_start and finished <= window_end:
                     latencies.append(finished - started)
+                    if replies is not None:
+                        replies.append(reply)
 
         async def cpu_sampler() -> tuple[float, float | None, float | None]:
             pid = command.server_pid
@@ -159,6 +182,7 @@ async def measure(command: Command) -> Result:
         client_cpu=cpu[0],
         server_cpu=cpu[1],
         other_cpu=cpu[2],
+        **(_check_replies(replies) if replies else {}),
     )
 
 

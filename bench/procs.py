@@ -2,17 +2,21 @@
 
 Children run in their own session, so a Ctrl-C in the terminal reaches only the parent, which then
 ends them in order (`Child.close`). Each child also exits when its stdin closes, so none survives
-even a parent killed with SIGKILL.
+even a parent killed with SIGKILL. A program that ignores its stdin (OpenBao) is started with
+`Child.program`: on Linux the kernel kills it when the parent dies, to the same effect.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import select
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO, Sequence
 
 from bench import BenchError
 
@@ -30,17 +34,30 @@ class Child:
     """One `python -m bench.<module>` subprocess, reached through its stdin and stdout."""
 
     def __init__(self, name: str, module: str, *args: str, patience: float = 5.0) -> None:
+        self._start(name, [sys.executable, "-m", module, *args], patience, child_env(), subprocess.PIPE)
+
+    @classmethod
+    def program(cls, name: str, argv: Sequence[str], *, env: dict[str, str], output: IO[bytes]) -> "Child":
+        """Any executable, its stdout and stderr going to `output`. It is not expected to watch its
+        stdin, so `close` sends SIGTERM at once, and on Linux it gets SIGKILL when the parent dies."""
+        child = cls.__new__(cls)
+        child._start(name, list(argv), 0.0, env, output, preexec_fn=_die_with_parent())
+        return child
+
+    def _start(self, name: str, argv: list[str], patience: float, env: dict[str, str], stdout, **popen) -> None:
         self.name = name
         self.patience = patience  # seconds `close` waits for a polite exit before SIGTERM
         self._buffer = b""
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", module, *args],
+            argv,
             stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
+            stdout=stdout,
+            stderr=None if stdout is subprocess.PIPE else subprocess.STDOUT,
             cwd=ROOT,
-            env=child_env(),
+            env=env,
             start_new_session=True,
             bufsize=0,
+            **popen,
         )
 
     @property
@@ -88,7 +105,8 @@ class Child:
         proc = self.proc
         for stream in (proc.stdin, proc.stdout):
             try:
-                stream.close()
+                if stream is not None:
+                    stream.close()
             except OSError:
                 pass
         for stop, wait in ((None, self.patience), (proc.terminate, 3.0), (proc.kill, None)):
@@ -107,3 +125,13 @@ class Child:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def _die_with_parent():
+    """A function for `preexec_fn` that asks Linux for SIGKILL once the parent exits
+    (PR_SET_PDEATHSIG), or None elsewhere. prctl is looked up here, before the fork, so the child
+    only makes the call."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return lambda: prctl(1, signal.SIGKILL, 0, 0, 0)

@@ -1,12 +1,21 @@
-"""What the service answers during the benchmark: a realistic stored profile.
+"""What the service answers during the benchmark: a realistic stored profile, a file secret, and
+the provider instances behind them, all set up through the API exactly as a client would.
 
 GetSmtp on an empty store measures an error path, not the read path clients use. So before
 measuring, the benchmark stores a typical submission relay (Basic auth with inline credentials,
-port 587, TLS) through UpdateSmtp, exactly as a client would, and reads it back once: the size of
-that GetSmtp response is what the echo servers are sent, so every target returns the same bytes.
+port 587, TLS) through UpdateSmtp and reads it back once: the size of that GetSmtp response is what
+the echo servers are sent, so every target returns the same bytes.
+
+CheckSecret is measured on a `file` provider instance whose Directory is a temporary directory
+holding `smtp-password`. It is called twice before measuring: the first call reads the file, the
+second must come from the cache, and its size is what the echo servers are sent for that suite.
 """
 
 from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
 
 import grpc
 
@@ -14,11 +23,16 @@ from bench import BenchError
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from smtpconfig.v2 import secret_pb2
+from smtpconfig.v2 import secret_provider_service_pb2 as providers_pb
+from smtpconfig.v2 import secret_provider_service_pb2_grpc as providers_grpc
 
 _SERVICE = v2.DESCRIPTOR.services_by_name["ConfigService"]
 GETSMTP_PATH = f"/{_SERVICE.full_name}/{_SERVICE.methods_by_name['GetSmtp'].name}"
 # The serialized empty GetSmtpRequest (zero bytes), sent as-is on every measured call.
 GETSMTP_REQUEST = v2.GetSmtpRequest().SerializeToString()
+_PROVIDERS = providers_pb.DESCRIPTOR.services_by_name["SecretProviderService"]
+CHECKSECRET_PATH = f"/{_PROVIDERS.full_name}/{_PROVIDERS.methods_by_name['CheckSecret'].name}"
+SECRET_FILE = "smtp-password"
 
 TIMEOUT = 10.0
 
@@ -35,6 +49,62 @@ def relay_profile() -> v2.SmtpProfile:
         sender_name="Relay",
         use_ssl=True,
     )
+
+
+def _connected(target: str) -> grpc.Channel:
+    channel = grpc.insecure_channel(target)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=TIMEOUT)
+    except grpc.FutureTimeoutError:
+        channel.close()
+        raise BenchError(f"the service at {target} did not accept a connection in {TIMEOUT:.0f}s") from None
+    return channel
+
+
+def create_provider(target: str, name: str, provider_type: str, initialization: dict[str, str]) -> int:
+    """Create a provider instance through CreateProvider; return its Id."""
+    instance = providers_pb.ProviderInstance(name=name, provider_type=provider_type)
+    for key, value in initialization.items():
+        instance.initialization[key].value = value
+    try:
+        with _connected(target) as channel:
+            created = providers_grpc.SecretProviderServiceStub(channel).CreateProvider(
+                providers_pb.CreateProviderRequest(provider=instance), timeout=TIMEOUT
+            )
+    except grpc.RpcError as error:
+        raise BenchError(
+            f"creating the {provider_type} provider failed: {error.code().name}: {error.details()}"
+        ) from None
+    return created.provider.id
+
+
+def check_secret_request(provider: int, **parameters: str) -> bytes:
+    """A serialized CheckSecretRequest for a reference to `provider` with these parameters."""
+    secret = secret_pb2.SecretObject(provider=provider, parameters=parameters)
+    return providers_pb.CheckSecretRequest(secret=secret).SerializeToString()
+
+
+def warm_file_secret(target: str, directory: Path) -> tuple[bytes, int]:
+    """Put `smtp-password` in `directory`, create a `file` provider instance on it and resolve it
+    until the service answers from its cache; return the request and the cached response's size."""
+    path = directory / SECRET_FILE
+    path.write_text("bench-File-Password-8d41c09e\n")
+    # Older than the provider's "racy" window, so it also keeps its own stat-checked copy.
+    past = time.time() - 60
+    os.utime(path, (past, past))
+    request = check_secret_request(create_provider(target, "bench-file", "file", {"Directory": str(directory)}),
+                                   File=SECRET_FILE)
+    try:
+        with _connected(target) as channel:
+            call = channel.unary_unary(CHECKSECRET_PATH)
+            first = providers_pb.CheckSecretResponse.FromString(call(request, timeout=TIMEOUT))
+            raw = call(request, timeout=TIMEOUT)
+    except grpc.RpcError as error:
+        raise BenchError(f"CheckSecret of the file secret failed: {error.code().name}: {error.details()}") from None
+    warm = providers_pb.CheckSecretResponse.FromString(raw)
+    if not (first.success and warm.success and warm.cached and warm.provider_type == "file"):
+        raise BenchError(f"CheckSecret did not answer the file secret from its cache: {warm}")
+    return request, len(raw)
 
 
 def store_profile(target: str) -> int:
