@@ -86,6 +86,8 @@ class Resolver:
         self._cache: OrderedDict[Hashable, _Entry] = OrderedDict()
         self._inflight: dict[Hashable, asyncio.Task[_Entry]] = {}
         self._objects: dict[tuple[int, str], SecretProvider] = {}
+        inline = plugins.provider_type("inline")
+        self._inline = inline.cls(timeout=timeout) if inline is not None else None
         providers.on_change(self.forget)
 
     def forget(self, provider_id: int) -> None:
@@ -112,10 +114,9 @@ class Resolver:
         started = time.monotonic()
         if isinstance(source, InlineSecret):
             # Through the inline provider like any other type; it only hands back the value.
-            info = self._plugins.provider_type("inline")
             value = source.value
-            if info is not None:
-                value = _as_resolved(info.cls(timeout=self._timeout).resolve({}, {"SecretValue": value})).value
+            if self._inline is not None:
+                value = _as_resolved(self._inline.resolve({}, {"SecretValue": value})).value
             return Resolution(
                 value, None, "inline", "inline", time.monotonic() - started, False, math.inf,
                 fingerprint=self._fingerprint(value),
