@@ -1,0 +1,166 @@
+"""OAuth 2.0 client credentials (RFC 6749 §4.4) for SMTP XOAUTH2, through Authlib's httpx client.
+
+Client authentication defaults to ``client_secret_post`` (id and secret in the form body): Microsoft
+Entra ID, Google and Keycloak all accept it for this grant. Every `RequestHeaders` entry is sent on
+the token request, `Scope` as ``scope`` and `Audience` as ``audience``.
+
+Tokens are cached per (endpoint, client, scope, audience, headers) until `REFRESH_MARGIN` before
+they expire; concurrent callers share one fetch; `invalidate` drops a token the SMTP server refused
+(a 535 on XOAUTH2), so the next call fetches a fresh one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ssl
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import httpx
+from authlib.integrations.base_client.errors import OAuthError
+from authlib.integrations.httpx_client import AsyncOAuth2Client
+
+from service.errors import FailedPrecondition, Unavailable
+from service.model import RequestHeader
+from service.netguard import check_destination
+from service.secret import Secret
+
+# Refresh this long before expiry, so a token is never used in its last moments.
+REFRESH_MARGIN = 60.0
+# Tokens with no expires_in are reused for this long.
+DEFAULT_LIFETIME = 300.0
+DEFAULT_AUTH_METHOD = "client_secret_post"
+
+
+@dataclass(frozen=True)
+class TokenRequest:
+    """What identifies a token: where it comes from, for whom, for what."""
+
+    endpoint: str
+    client_id: Secret
+    client_secret: Secret
+    scope: str = ""
+    audience: str = ""
+    headers: tuple[RequestHeader, ...] = ()
+
+    def cache_key(self) -> str:
+        """A digest of everything that makes a token differ (secrets included, but only hashed)."""
+        parts = [self.endpoint, self.client_id.reveal(), self.client_secret.reveal(), self.scope, self.audience]
+        parts += [f"{h.name.lower()}:{h.value}" for h in self.headers]
+        return hashlib.sha256("\x00".join(parts).encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class AccessToken:
+    """An access token and when it stops being usable."""
+
+    value: Secret
+    token_type: str
+    expires_at: datetime  # UTC
+    fetched: bool  # True when this call fetched it, False when it came from the cache
+
+    def expires_in(self, now: datetime | None = None) -> float:
+        return (self.expires_at - (now or datetime.now(timezone.utc))).total_seconds()
+
+
+class TokenError(FailedPrecondition):
+    """The identity provider refused: `error` is its OAuth error code (invalid_client, ...)."""
+
+    def __init__(self, error: str, description: str) -> None:
+        self.error = error
+        super().__init__(f"the identity provider answered {error}" + (f": {description}" if description else ""))
+
+
+class TokenClient:
+    """Fetches and caches client-credentials tokens."""
+
+    def __init__(
+        self, *, timeout: float = 10.0, ca_bundle: str | None = None, auth_method: str = DEFAULT_AUTH_METHOD
+    ) -> None:
+        self._timeout = timeout
+        # httpx takes an SSL context (a CA path is deprecated); None verifies with the system CAs.
+        self._verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else True
+        self._auth_method = auth_method
+        self._tokens: dict[str, tuple[float, AccessToken]] = {}
+        self._inflight: dict[str, asyncio.Task[AccessToken]] = {}
+
+    async def token(self, request: TokenRequest) -> AccessToken:
+        key = request.cache_key()
+        cached = self._tokens.get(key)
+        if cached is not None and cached[0] > time.monotonic():
+            return AccessToken(cached[1].value, cached[1].token_type, cached[1].expires_at, fetched=False)
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.create_task(self._fetch(request), name="oauth-token")
+            self._inflight[key] = task
+            task.add_done_callback(lambda _t, key=key: self._inflight.pop(key, None))
+        token = await asyncio.shield(task)
+        return token
+
+    def invalidate(self, request: TokenRequest, token: Secret) -> None:
+        """Forget `token` (the SMTP server refused it); the next `token` call fetches anew."""
+        key = request.cache_key()
+        cached = self._tokens.get(key)
+        if cached is not None and cached[1].value == token:
+            del self._tokens[key]
+
+    async def _fetch(self, request: TokenRequest) -> AccessToken:
+        host = httpx.URL(request.endpoint).host
+        await check_destination(host, httpx.URL(request.endpoint).port or 443, what="token endpoint", timeout=self._timeout)
+        params: dict[str, str] = {}
+        if request.scope:
+            params["scope"] = request.scope
+        if request.audience:
+            params["audience"] = request.audience
+        started = time.monotonic()
+        try:
+            async with AsyncOAuth2Client(
+                client_id=request.client_id.reveal(),
+                client_secret=request.client_secret.reveal(),
+                token_endpoint_auth_method=self._auth_method,
+                timeout=self._timeout,
+                verify=self._verify,
+                trust_env=False,
+                follow_redirects=False,
+                # On the client, so they are merged with Authlib's own (passing them to
+                # fetch_token would replace those).
+                headers={h.name: h.value for h in request.headers},
+            ) as client:
+                answer = await client.fetch_token(request.endpoint, grant_type="client_credentials", **params)
+        except OAuthError as error:
+            raise TokenError(str(error.error or "error"), _plain(error.description)) from None
+        except httpx.TimeoutException:
+            raise Unavailable(f"the token endpoint did not answer within {self._timeout:g}s") from None
+        except httpx.HTTPStatusError as error:
+            raise Unavailable(f"the token endpoint answered HTTP {error.response.status_code}") from None
+        except httpx.HTTPError as error:
+            raise Unavailable(f"the token endpoint cannot be reached ({type(error).__name__})") from None
+        except ValueError:
+            raise Unavailable("the token endpoint's answer is not an OAuth token response") from None
+        value = answer.get("access_token")
+        if not isinstance(value, str) or not value:
+            raise Unavailable("the token endpoint's answer has no access_token")
+        lifetime = _lifetime(answer.get("expires_in"))
+        expires_at = datetime.now(timezone.utc) + timedelta(seconds=lifetime)
+        token = AccessToken(Secret(value), str(answer.get("token_type") or "Bearer"), expires_at, fetched=True)
+        # Reused until shortly before expiry: a minute early, or halfway for short-lived tokens.
+        self._tokens[request.cache_key()] = (started + lifetime - min(REFRESH_MARGIN, lifetime / 2), token)
+        return token
+
+
+def _lifetime(expires_in: object) -> float:
+    try:
+        seconds = float(expires_in)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return DEFAULT_LIFETIME
+    return seconds if seconds > 0 else DEFAULT_LIFETIME
+
+
+def _plain(text: object) -> str:
+    """An IdP's error_description, reduced to one bounded printable line."""
+    if not isinstance(text, str):
+        return ""
+    line = "".join(c if c.isprintable() else " " for c in text)
+    return line[:300]
