@@ -101,6 +101,17 @@ def _parser() -> argparse.ArgumentParser:
     put.add_argument("--if-match", metavar="ETAG", help="only apply on top of this revision")
     put.set_defaults(run=_put)
 
+    test = client("test", "send a test message through the relay and report each step")
+    test.add_argument("--to", required=True, metavar="ADDRESS", help="recipient of the test message")
+    test.add_argument("-f", "--file", help="test this Keyfactor JSON profile instead of the stored one (not saved)")
+    test.add_argument("--api", choices=("auto", "v1", "v2"), default="auto", help="API version of the file")
+    test.add_argument("--json", action="store_true", help="print the step report as JSON")
+    test.set_defaults(run=_test, timeout=120.0)
+
+    resolve = client("resolve", "print the effective profile WITH its credentials (needs permission)")
+    resolve.add_argument("--json", action="store_true", help="print JSON")
+    resolve.set_defaults(run=_resolve)
+
     add_provider_commands(sub)
     return parser
 
@@ -195,7 +206,8 @@ def detect_api(payload: dict[str, Any]) -> str:
     return "v2"
 
 
-def _put(args: argparse.Namespace) -> int:
+def _payload_profile(args: argparse.Namespace):
+    """The profile message a Keyfactor JSON file states, for the API version it is in."""
     payload = read_payload(args.file)
     for key, why in _IGNORED_KEYS.items():
         if payload.pop(key, None) is not None:
@@ -204,12 +216,59 @@ def _put(args: argparse.Namespace) -> int:
     if api == "v1" and _V2_ONLY_KEYS & payload.keys():
         names = ", ".join(sorted(_V2_ONLY_KEYS & payload.keys()))
         raise CliError(f"{args.file}: {names} exist only in API v2; use --api v2 with secret objects", EXIT_BAD_INPUT)
-    module, stub_class = (v1, v1_grpc.ConfigServiceStub) if api == "v1" else (v2, v2_grpc.ConfigServiceStub)
+    module = v1 if api == "v1" else v2
     profile = module.SmtpProfile()
     try:
         json_format.ParseDict(payload, profile)
     except json_format.ParseError as error:
         raise CliError(f"{args.file} does not fit the API {api} profile: {error}", EXIT_BAD_INPUT) from None
+    return api, profile
+
+
+_STEP_MARK = {v2.STEP_OUTCOME_OK: "ok", v2.STEP_OUTCOME_FAILED: "FAILED", v2.STEP_OUTCOME_SKIPPED: "skipped"}
+
+
+def _test(args: argparse.Namespace) -> int:
+    request = v2.TestSmtpRequest(test_recipient=args.to)
+    if args.file:
+        api, profile = _payload_profile(args)
+        if api == "v1":
+            raise CliError("test takes a v2 profile file (secret objects); read one with `get --json`", EXIT_BAD_INPUT)
+        request.profile.CopyFrom(profile)
+    response = call(args, v2_grpc.ConfigServiceStub, "TestSmtp", request)
+    if args.json:
+        print(json_format.MessageToJson(response, indent=2))
+    else:
+        for step in response.steps:
+            millis = step.duration.ToMilliseconds()
+            code = f" [{step.smtp_code}]" if step.smtp_code else ""
+            print(f"{step.name:<8} {_STEP_MARK.get(step.outcome, '?'):<8} {millis:>6} ms{code}  {step.message}")
+            if step.hint:
+                print(f"{'':17}hint: {step.hint}")
+        print("test message sent" if response.success else "test failed")
+    return 0 if response.success else EXIT_FAILED
+
+
+def _resolve(args: argparse.Namespace) -> int:
+    print("smtpconfig: warning: the output contains credentials; keep it out of logs and terminals others see",
+          file=sys.stderr)
+    response = call(args, v2_grpc.ConfigServiceStub, "ResolveSmtp", v2.ResolveSmtpRequest())
+    if args.json:
+        print(json_format.MessageToJson(response, indent=2))
+        return 0
+    creds = response.credentials
+    print(f"{response.profile.host}:{response.profile.port} (etag {response.etag}), cache for {response.cache_for.seconds} s")
+    if creds.username:
+        print(f"username: {creds.username}\npassword: {creds.password}")
+    if creds.access_token:
+        print(f"token type: {creds.token_type}\naccess token: {creds.access_token}")
+        print(f"expires: {creds.token_expire_time.ToDatetime().isoformat()}Z")
+    return 0
+
+
+def _put(args: argparse.Namespace) -> int:
+    api, profile = _payload_profile(args)
+    module, stub_class = (v1, v1_grpc.ConfigServiceStub) if api == "v1" else (v2, v2_grpc.ConfigServiceStub)
     request = module.UpdateSmtpRequest(profile=profile, etag=args.if_match or "")
     if args.mask:
         request.update_mask.paths.extend(p.strip() for p in args.mask.split(",") if p.strip())

@@ -113,6 +113,10 @@ class ProfileService:
     def peek(self) -> StoredProfile | None:
         return self._current
 
+    def check(self, draft: ProfileDraft, earlier: list[FieldViolation] | None = None) -> Profile:
+        """The valid profile a draft states, without storing it (TestSmtp takes one)."""
+        return validate(draft, self._providers, earlier)
+
     def referenced_providers(self) -> set[int]:
         """Ids of the provider instances the stored profile references."""
         if self._current is None:

@@ -24,6 +24,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from service.apply import Applier
 from service.catalog import ProviderCatalog
 from service.crypto import Sealer, load_key
 from service.errors import FailedPrecondition
@@ -31,6 +32,7 @@ from service.plugin_manager import load_plugins
 from service.profiles import ProfileService
 from service.provider_service import ProviderService, declared_instances
 from service.provider_servicer import SecretProviderServiceV2
+from service.oauth import TokenClient
 from service.resolver import Resolver
 from service.servicers import ConfigServiceV1, ConfigServiceV2
 from service.settings import Settings
@@ -68,6 +70,7 @@ class App:
         self._profiles: ProfileService | None = None
         self._provider_service: ProviderService | None = None
         self._resolver: Resolver | None = None
+        self._applier: Applier | None = None
         self._health = health.aio.HealthServicer()
 
     async def start(self) -> None:
@@ -98,8 +101,17 @@ class App:
         )
 
         server = grpc.aio.server(options=SERVER_OPTIONS)
-        v1_grpc.add_ConfigServiceServicer_to_server(ConfigServiceV1(self._profiles), server)
-        v2_grpc.add_ConfigServiceServicer_to_server(ConfigServiceV2(self._profiles), server)
+        ca_bundle = str(settings.ca_bundle) if settings.ca_bundle else None
+        self._applier = Applier(
+            self._resolver,
+            TokenClient(timeout=settings.smtp_timeout, ca_bundle=ca_bundle),
+            smtp_timeout=settings.smtp_timeout,
+            ca_bundle=ca_bundle,
+            allow_plaintext_auth=settings.allow_plaintext_auth,
+            implicit_tls_ports=settings.implicit_tls_ports,
+        )
+        v1_grpc.add_ConfigServiceServicer_to_server(ConfigServiceV1(self._profiles, self._applier), server)
+        v2_grpc.add_ConfigServiceServicer_to_server(ConfigServiceV2(self._profiles, self._applier), server)
         providers_grpc.add_SecretProviderServiceServicer_to_server(
             SecretProviderServiceV2(self._provider_service, self._profiles, self._resolver), server
         )
@@ -149,6 +161,8 @@ class App:
             await self._provider_service.stop()
         if self._resolver is not None:
             await self._resolver.close()
+        if self._applier is not None:
+            self._applier.close()
         if self._store is not None:
             await self._store.close()
         if self.socket_path is not None:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import grpc
 
 from service import convert
-from service.errors import InvalidArgument, Unimplemented
+from google.protobuf.duration_pb2 import Duration
+
+from service.apply import Applier, succeeded
+from service.errors import FailedPrecondition, InvalidArgument, Unavailable
+from service.smtp_check import FAILED, OK, SKIPPED, Step
 from service.model import FIELDS, V1_FIELDS
 from service.profiles import ProfileService, StoredProfile, parse_mask
 from smtpconfig.v1 import config_service_pb2 as v1
@@ -36,11 +40,27 @@ def _mask(request, allowed) -> tuple[frozenset[str] | None, list]:
     return parse_mask(request.update_mask.paths, allowed)
 
 
+_OUTCOMES = {OK: v2.STEP_OUTCOME_OK, FAILED: v2.STEP_OUTCOME_FAILED, SKIPPED: v2.STEP_OUTCOME_SKIPPED}
+
+
+def _step_to_v2(step: Step) -> v2.TestStep:
+    return v2.TestStep(
+        name=step.name, outcome=_OUTCOMES[step.outcome], duration=_duration(step.duration),
+        smtp_code=step.smtp_code, message=step.message, hint=step.hint,
+    )
+
+
+def _duration(seconds: float) -> Duration:
+    nanos = int(seconds * 1e9)
+    return Duration(seconds=nanos // 1_000_000_000, nanos=nanos % 1_000_000_000)
+
+
 class ConfigServiceV2(v2_grpc.ConfigServiceServicer):
     """`smtpconfig.v2.ConfigService`."""
 
-    def __init__(self, profiles: ProfileService) -> None:
+    def __init__(self, profiles: ProfileService, applier: Applier) -> None:
         self._profiles = profiles
+        self._applier = applier
         self._read = _PerRevision(
             lambda stored: v2.GetSmtpResponse(
                 profile=convert.profile_to_v2(stored.profile),
@@ -70,19 +90,37 @@ class ConfigServiceV2(v2_grpc.ConfigServiceServicer):
         )
 
     @grpc_errors
-    async def TestSmtp(self, request, context):
-        raise Unimplemented("TestSmtp is not available yet")
+    async def TestSmtp(self, request: v2.TestSmtpRequest, context: grpc.aio.ServicerContext) -> v2.TestSmtpResponse:
+        if request.HasField("profile"):
+            profile = self._profiles.check(convert.draft_from_v2(request.profile))
+        else:
+            profile = self._profiles.get().profile
+        steps = await self._applier.test(profile, request.test_recipient)
+        return v2.TestSmtpResponse(success=succeeded(steps), steps=[_step_to_v2(s) for s in steps])
 
     @grpc_errors
-    async def ResolveSmtp(self, request, context):
-        raise Unimplemented("ResolveSmtp is not available yet")
+    async def ResolveSmtp(self, request, context: grpc.aio.ServicerContext) -> v2.ResolveSmtpResponse:
+        stored = self._profiles.get()
+        credentials = await self._applier.credentials(stored.profile)
+        response = v2.ResolveSmtpResponse(
+            profile=self._read(stored).profile, etag=stored.etag, cache_for=_duration(credentials.cache_for)
+        )
+        if credentials.username is not None and credentials.password is not None:
+            response.credentials.username = credentials.username.reveal()
+            response.credentials.password = credentials.password.reveal()
+        if credentials.token is not None:
+            response.credentials.access_token = credentials.token.value.reveal()
+            response.credentials.token_type = credentials.token.token_type
+            response.credentials.token_expire_time.FromDatetime(credentials.token.expires_at)
+        return response
 
 
 class ConfigServiceV1(v1_grpc.ConfigServiceServicer):
     """`smtpconfig.v1.ConfigService`: Keyfactor's v1 contract over the same stored profile."""
 
-    def __init__(self, profiles: ProfileService) -> None:
+    def __init__(self, profiles: ProfileService, applier: Applier) -> None:
         self._profiles = profiles
+        self._applier = applier
         self._read = _PerRevision(
             lambda stored: v1.GetSmtpResponse(
                 profile=convert.profile_to_v1(stored.profile),
@@ -111,5 +149,15 @@ class ConfigServiceV1(v1_grpc.ConfigServiceServicer):
         )
 
     @grpc_errors
-    async def TestSmtp(self, request, context):
-        raise Unimplemented("TestSmtp is not available yet")
+    async def TestSmtp(self, request: v1.TestSmtpRequest, context: grpc.aio.ServicerContext) -> v1.TestSmtpResponse:
+        if request.HasField("profile"):
+            draft, problems = convert.draft_from_v1(request.profile, None)
+            profile = self._profiles.check(draft, problems)
+        else:
+            profile = self._profiles.get().profile
+        steps = await self._applier.test(profile, request.test_recipient)
+        if not succeeded(steps):
+            failed = steps[-1]
+            text = f"{failed.name} step failed: {failed.message}" + (f" ({failed.hint})" if failed.hint else "")
+            raise (Unavailable if failed.name == "connect" else FailedPrecondition)(text)
+        return v1.TestSmtpResponse(profile=convert.profile_to_v1(profile), test_recipient=request.test_recipient)

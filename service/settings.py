@@ -49,6 +49,14 @@ class Settings:
     provider_timeout: float = 10.0
     # Seconds a failed resolution is remembered, so a broken reference cannot hammer a backend.
     provider_failure_ttl: float = 5.0
+    # PEM CA bundle trusted for SMTP TLS and HTTPS token endpoints; None: the system CAs.
+    ca_bundle: Path | None = None
+    # Seconds for the SMTP connection, TLS handshake and each SMTP command at apply time.
+    smtp_timeout: float = 15.0
+    # Send SMTP credentials over a connection without TLS (never, unless this is true).
+    allow_plaintext_auth: bool = False
+    # Ports where UseSSL means implicit TLS (TLS from the first byte); STARTTLS on all others.
+    implicit_tls_ports: tuple[int, ...] = (465,)
     # Provider instances declared in the config file ([[providers]] tables); read-only via the API.
     providers: tuple[dict[str, Any], ...] = ()
     # Where settings came from, for the start-up log.
@@ -82,6 +90,10 @@ _ENV = {
     "plugins_strict": "PLUGINS_STRICT",
     "provider_timeout": "PROVIDER_TIMEOUT",
     "provider_failure_ttl": "PROVIDER_FAILURE_TTL",
+    "ca_bundle": "CA_BUNDLE",
+    "smtp_timeout": "SMTP_TIMEOUT",
+    "allow_plaintext_auth": "ALLOW_PLAINTEXT_AUTH",
+    "implicit_tls_ports": "IMPLICIT_TLS_PORTS",
 }
 _LEVELS = ("debug", "info", "warning", "error")
 
@@ -135,7 +147,7 @@ def _apply(settings: Settings, values: Mapping[str, Any], origin: str, *, base: 
 
 def _coerce(name: str, value: Any, origin: str, base: Path | None, text: bool) -> Any:
     where = f"{origin}: {name}"
-    if name in ("data_dir", "key_file"):
+    if name in ("data_dir", "key_file", "ca_bundle"):
         if not isinstance(value, (str, Path)) or not str(value):
             raise SettingsError(f"{where} must be a path")
         path = Path(value).expanduser()
@@ -164,19 +176,29 @@ def _coerce(name: str, value: Any, origin: str, base: Path | None, text: bool) -
         if not isinstance(value, str) or value.lower() not in _LEVELS:
             raise SettingsError(f"{where} must be one of {', '.join(_LEVELS)}")
         return value.lower()
+    if name == "implicit_tls_ports":
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        try:
+            ports = tuple(int(v) for v in value)
+        except (TypeError, ValueError):
+            raise SettingsError(f"{where} must be a list of port numbers") from None
+        if not all(1 <= p <= 65535 for p in ports):
+            raise SettingsError(f"{where} must be ports between 1 and 65535")
+        return ports
     if name in ("plugins_allow", "plugins_block"):
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             raise SettingsError(f"{where} must be a list of plugin names")
         return tuple(value)
-    if name == "plugins_strict":
+    if name in ("plugins_strict", "allow_plaintext_auth"):
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
             return value.lower() in ("1", "true", "yes", "on")
         raise SettingsError(f"{where} must be true or false")
-    if name in ("provider_timeout", "provider_failure_ttl"):
+    if name in ("provider_timeout", "provider_failure_ttl", "smtp_timeout"):
         try:
             seconds = float(value)
         except (TypeError, ValueError):

@@ -235,15 +235,3 @@ def test_concurrent_masked_updates_without_etag_all_land(v2_stub) -> None:
     shown = get2(v2_stub)
     for name, value in fields.items():
         assert shown.get(name, False) == value
-
-
-def test_test_and_resolve_are_declared_but_unimplemented(v1_stub, v2_stub) -> None:
-    calls = [
-        lambda: v2_stub.TestSmtp(v2.TestSmtpRequest(test_recipient="a@example.com")),
-        lambda: v2_stub.ResolveSmtp(v2.ResolveSmtpRequest()),
-        lambda: v1_stub.TestSmtp(v1.TestSmtpRequest(test_recipient="a@example.com")),
-    ]
-    for call in calls:
-        with pytest.raises(grpc.RpcError) as failure:
-            call()
-        assert failure.value.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -1,0 +1,65 @@
+"""`smtpconfig test` and `smtpconfig resolve` against a real server and a real SMTP relay."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from service.cli import main
+from tests.smtpkit import SmtpServer
+from tests.support import ServerThread, short_dir
+from tests.testca import make_pki
+
+PASSWORD = "PLANTED-cli-apply-pw"
+
+
+@pytest.fixture
+def relay(tmp_path: Path):
+    pki = make_pki(tmp_path / "pki")
+    with SmtpServer("starttls", certs=pki.localhost, credentials={"relay": PASSWORD}) as smtp:
+        data_dir = short_dir()
+        server = ServerThread(data_dir, ca_bundle=pki.ca, smtp_timeout=5.0).start()
+        try:
+            yield server, smtp
+        finally:
+            server.stop()
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_test_and_resolve_commands(relay, tmp_path: Path, capsys) -> None:
+    server, smtp = relay
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps({
+        "Host": "localhost", "Port": smtp.port, "RelayAuthenticationType": 2,
+        "RelayUsername": {"SecretValue": "relay"}, "RelayPassword": {"SecretValue": PASSWORD},
+        "SenderAccount": "relay@example.com", "SenderName": "Relay", "UseSSL": True,
+    }))
+    t = ("--target", server.target)
+    code, out, err = run(capsys, "test", *t, "--to", "ops@example.com", "-f", str(profile))
+    assert code == 0, err
+    assert "tls      ok" in out and "AUTH PLAIN" in out and "test message sent" in out
+    assert list(smtp.wait_for_message().rcpt_tos) == ["ops@example.com"]
+    assert PASSWORD not in out + err
+
+    # Not saved by test: nothing stored yet.
+    assert run(capsys, "get", *t)[0] == 1
+    assert run(capsys, "put", *t, "-f", str(profile))[0] == 0
+    code, out, err = run(capsys, "test", *t, "--to", "ops@example.com", "--json")
+    assert code == 0 and json.loads(out)["success"] is True
+
+    code, out, err = run(capsys, "resolve", *t)
+    assert code == 0 and "warning: the output contains credentials" in err
+    assert f"password: {PASSWORD}" in out
+
+    profile.write_text(profile.read_text().replace(PASSWORD, "wrong"))
+    code, out, _ = run(capsys, "test", *t, "--to", "ops@example.com", "-f", str(profile))
+    assert code == 1 and "auth     FAILED" in out and "hint:" in out and "test failed" in out
