@@ -18,9 +18,15 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+import warnings
+
 import httpx
 from authlib.integrations.base_client.errors import OAuthError
-from authlib.integrations.httpx_client import AsyncOAuth2Client
+
+with warnings.catch_warnings():
+    # Authlib 1.9 announces a move to "httpx2" on import; httpx is what it runs on today.
+    warnings.filterwarnings("ignore", message="The httpx module is deprecated")
+    from authlib.integrations.httpx_client import AsyncOAuth2Client
 
 from service.errors import FailedPrecondition, Unavailable
 from service.model import RequestHeader
@@ -31,6 +37,37 @@ from service.secret import Secret
 REFRESH_MARGIN = 60.0
 # Tokens with no expires_in are reused for this long.
 DEFAULT_LIFETIME = 300.0
+# A token response is a few KiB at most; more is a misconfigured or hostile endpoint.
+MAX_RESPONSE_BYTES = 64 * 1024
+
+
+class _ResponseTooLarge(Exception):
+    pass
+
+
+class _BoundedStream(httpx.AsyncByteStream):
+    def __init__(self, stream: httpx.AsyncByteStream) -> None:
+        self._stream = stream
+
+    async def __aiter__(self):
+        seen = 0
+        async for chunk in self._stream:
+            seen += len(chunk)
+            if seen > MAX_RESPONSE_BYTES:
+                raise _ResponseTooLarge()
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+class _BoundedTransport(httpx.AsyncHTTPTransport):
+    """Reads at most MAX_RESPONSE_BYTES of any response body."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await super().handle_async_request(request)
+        response.stream = _BoundedStream(response.stream)  # type: ignore[arg-type]
+        return response
 DEFAULT_AUTH_METHOD = "client_secret_post"
 
 
@@ -124,6 +161,7 @@ class TokenClient:
                 verify=self._verify,
                 trust_env=False,
                 follow_redirects=False,
+                transport=_BoundedTransport(verify=self._verify),
                 # On the client, so they are merged with Authlib's own (passing them to
                 # fetch_token would replace those).
                 headers={h.name: h.value for h in request.headers},
@@ -131,6 +169,8 @@ class TokenClient:
                 answer = await client.fetch_token(request.endpoint, grant_type="client_credentials", **params)
         except OAuthError as error:
             raise TokenError(str(error.error or "error"), _plain(error.description)) from None
+        except _ResponseTooLarge:
+            raise Unavailable(f"the token endpoint's answer is larger than {MAX_RESPONSE_BYTES} bytes") from None
         except httpx.TimeoutException:
             raise Unavailable(f"the token endpoint did not answer within {self._timeout:g}s") from None
         except httpx.HTTPStatusError as error:

@@ -119,3 +119,11 @@ def test_https_endpoint_is_verified_against_the_ca_bundle(tmp_path) -> None:
         assert server.token_valid(trusted.value.reveal())
         with pytest.raises(Unavailable, match="cannot be reached"):
             asyncio.run(TokenClient(timeout=5).token(request_for(server)))  # system CAs do not know it
+
+
+def test_oversized_token_response_is_refused(endpoint: TokenEndpoint) -> None:
+    padding = "x" * (100 * 1024)
+    endpoint.force_http_status(200, body='{"access_token": "' + padding + '", "token_type": "Bearer"}',
+                               content_type="application/json")
+    with pytest.raises(Unavailable, match="larger than 65536 bytes"):
+        asyncio.run(TokenClient(timeout=5).token(request_for(endpoint)))
