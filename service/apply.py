@@ -66,14 +66,14 @@ class Applier:
         kind = profile.relay_authentication_type
         if kind is AuthType.ANONYMOUS:
             return Credentials()
+        # One after the other: on the hot path both are cache hits that never suspend, and tasks
+        # for a concurrent gather would cost more than they save; cold, each is one backend call.
         if kind is AuthType.BASIC:
-            user, password = await asyncio.gather(
-                self._resolver.resolve(profile.relay_username), self._resolver.resolve(profile.relay_password)
-            )
+            user = await self._resolver.resolve(profile.relay_username)
+            password = await self._resolver.resolve(profile.relay_password)
             return Credentials(user.value, password.value, cache_for=_cache_for(user.expires_in, password.expires_in))
-        client_id, client_secret = await asyncio.gather(
-            self._resolver.resolve(profile.client_id), self._resolver.resolve(profile.client_secret)
-        )
+        client_id = await self._resolver.resolve(profile.client_id)
+        client_secret = await self._resolver.resolve(profile.client_secret)
         token = await self._tokens.token(_token_request(profile, client_id.value, client_secret.value))
         return Credentials(
             token=token,

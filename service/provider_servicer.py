@@ -130,7 +130,7 @@ class SecretProviderServiceV2(pb_grpc.SecretProviderServiceServicer):
             provider_type=resolution.provider_type,
             latency=_duration(resolution.latency),
             cached=resolution.cached,
-            fingerprint=resolution.fingerprint,
+            fingerprint=self._resolver.fingerprint(resolution),
             version=resolution.version or "",
         )
         if not math.isinf(resolution.expires_in):

@@ -53,7 +53,7 @@ class Resolution:
     cached: bool
     expires_in: float  # seconds the value stays cached (inf for inline)
     version: str | None = None
-    fingerprint: str = ""  # keyed fingerprint of the value, computed once per fetched value
+    fingerprint: str = ""  # keyed fingerprint, computed once per fetched value; "" for inline
 
 
 @dataclass
@@ -90,6 +90,10 @@ class Resolver:
         self._inline = inline.cls(timeout=timeout) if inline is not None else None
         providers.on_change(self.forget)
 
+    def fingerprint(self, resolution: Resolution) -> str:
+        """The keyed fingerprint of a resolved value (computed on demand for inline values)."""
+        return resolution.fingerprint or self._fingerprint(resolution.value)
+
     def forget(self, provider_id: int) -> None:
         """Drop what is cached for an instance that changed or went away, and close its object."""
         for key in [k for k in self._cache if k[0] == provider_id]:
@@ -117,10 +121,7 @@ class Resolver:
             value = source.value
             if self._inline is not None:
                 value = _as_resolved(self._inline.resolve({}, {"SecretValue": value})).value
-            return Resolution(
-                value, None, "inline", "inline", time.monotonic() - started, False, math.inf,
-                fingerprint=self._fingerprint(value),
-            )
+            return Resolution(value, None, "inline", "inline", time.monotonic() - started, False, math.inf)
         instance = self._providers.find(source.provider)
         if instance is None:
             raise FailedPrecondition(f"no secret provider instance has Id {source.provider}")
