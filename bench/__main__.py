@@ -1,11 +1,12 @@
 """`python -m bench` (`make bench`): start the servers and the load generator, measure, report.
 
 Measurements are interleaved: for each in-flight level the targets of each suite (GetSmtp: bare-aio,
-the service, bare-threads; CheckSecret: bare-aio, the service) are measured one after the other,
-and each round rotates which goes first. On a 2-core machine background noise drifts over seconds;
-measuring bare-aio and the service close together keeps that drift out of their ratio. The Vault
-phase (`bench.cold`) comes last, with OpenBao running only for it. Every child process is ended
-on the way out, whatever the exit path.
+the service, bare-threads; CheckSecret: bare-aio, the service; ResolveSmtp: bare-aio, the apply
+service) are measured one after the other, and each round rotates which goes first. On a 2-core
+machine background noise drifts over seconds; measuring bare-aio and the service close together
+keeps that drift out of their ratio. Then come the TestSmtp phase (`bench.testsmtp`), with the SMTP
+server running only for it, and the Vault phase (`bench.cold`), with OpenBao running only for it.
+Every child process is ended on the way out, whatever the exit path.
 """
 
 from __future__ import annotations
@@ -34,23 +35,40 @@ from bench import (
     ECHO_PATH,
     GETSMTP_SUITE,
     LABELS,
+    RESOLVE_SMTP,
+    RESOLVESMTP_SUITE,
     SERVICE,
     SUITES,
     WAIT_PATH,
     WAIT_SECONDS,
     BenchError,
 )
-from bench import cold, openbao
+from bench import cold, openbao, testsmtp
 from bench.load import Command
 from bench.procs import Child
 from bench.report import goals, summarize, table
-from bench.seed import CHECKSECRET_PATH, GETSMTP_PATH, GETSMTP_REQUEST, store_profile, warm_file_secret
+from bench.seed import (
+    CHECKSECRET_PATH,
+    GETSMTP_PATH,
+    GETSMTP_REQUEST,
+    RESOLVESMTP_PATH,
+    RESOLVESMTP_REQUEST,
+    store_profile,
+    store_resolving_profile,
+    warm_file_secret,
+)
 from bench.servers import DEFAULT_THREADS
+from bench.smtpserver import make_certs
 
 HOST = "127.0.0.1"
-# CheckSecret replies carry two Durations (latency, cache time left), varints of 1 to 5 bytes each,
-# so their size moves by a few bytes around the warm reply's that the echo servers are sent.
-CHECKSECRET_SIZE_SLACK = 8
+# CheckSecret replies carry two Durations (latency, cache time left), ResolveSmtp's one (CacheFor),
+# varints of 1 to 5 bytes each, so their size moves by a few bytes around the warm reply's that the
+# echo servers are sent.
+REPLY_SIZE_SLACK = 8
+# Targets whose replies the load generator parses after the window, and as what.
+REPLIES = {CHECK_SECRET: "CheckSecret", RESOLVE_SMTP: "ResolveSmtp"}
+# TestSmtp calls through the service, and as many direct exchanges.
+SMTP_CALLS = 100
 # Secrets written to OpenBao for the Vault phase, half read directly and half through the service.
 VAULT_SECRETS = 1000
 # In-flight level of the waiting-calls scenario: a busy but not saturated service.
@@ -100,12 +118,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"secrets in OpenBao for the cold Vault comparison, half each way (default {VAULT_SECRETS})",
     )
     parser.add_argument("--skip-vault", action="store_true", help="leave out the Vault phase (and OpenBao)")
+    parser.add_argument(
+        "--smtp-calls", type=_positive(int), default=SMTP_CALLS,
+        help=f"TestSmtp calls, and as many direct smtplib exchanges, in the TestSmtp phase (default {SMTP_CALLS})",
+    )
+    parser.add_argument("--skip-smtp", action="store_true", help="leave out the TestSmtp phase (and the SMTP server)")
     parser.add_argument("--json", action="store_true", help="print results as JSON instead of the table")
     args = parser.parse_args(argv)
     if args.warmup < 0:
         parser.error("--warmup cannot be negative")
     if not args.skip_vault and args.vault_secrets < 2 * args.rounds:
         parser.error(f"--vault-secrets must be at least {2 * args.rounds}: half each way, in {args.rounds} rounds")
+    if not args.skip_smtp and args.smtp_calls < args.rounds:
+        parser.error(f"--smtp-calls must be at least {args.rounds}, the number of rounds")
     return args
 
 
@@ -113,20 +138,26 @@ def _progress(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
-def measure_all(args: argparse.Namespace) -> tuple[dict[str, int], list[dict[str, Any]], dict[str, Any] | None]:
+def measure_all(args: argparse.Namespace) -> tuple[dict[str, int], list[dict[str, Any]], dict[str, Any]]:
     """Run every measurement; return the response size of each suite, one dict per measurement,
-    and the Vault phase's result (None with --skip-vault)."""
+    and the phases' results: {"smtp": ..., "vault": ...}, None for a phase left out."""
     if not args.skip_vault:
         openbao.binary()  # missing: say so before minutes of measuring
     with ExitStack() as stack:
         # Entered first, so it is removed last: after OpenBao and the service stopped using it.
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="smtpconfig-bench-")))
+        certs = make_certs(scratch)  # the apply service trusts this CA from its start
         servers = {
             BARE_AIO: stack.enter_context(Child(BARE_AIO, "bench.servers", BARE_AIO)),
             BARE_THREADS: stack.enter_context(
                 Child(BARE_THREADS, "bench.servers", BARE_THREADS, "--threads", str(args.threads))
             ),
             SERVICE: stack.enter_context(Child(SERVICE, "bench.servers", SERVICE)),
+            # Another process: its stored profile (a password reference, then the local SMTP
+            # server's) must not change what GetSmtp answers.
+            RESOLVE_SMTP: stack.enter_context(
+                Child("apply service", "bench.servers", SERVICE, "--ca-bundle", str(certs.ca))
+            ),
         }
         client = stack.enter_context(Child("load generator", "bench.load", patience=1.0))
         targets = {name: f"{HOST}:{child.read_port()}" for name, child in servers.items()}
@@ -135,11 +166,13 @@ def measure_all(args: argparse.Namespace) -> tuple[dict[str, int], list[dict[str
         sizes = {GETSMTP_SUITE: store_profile(targets[SERVICE])}
         (scratch / "secrets").mkdir()
         checksecret_request, sizes[CHECKSECRET_SUITE] = warm_file_secret(targets[SERVICE], scratch / "secrets")
+        sizes[RESOLVESMTP_SUITE] = store_resolving_profile(targets[RESOLVE_SMTP], scratch / "secrets")
         # What the service is sent: (method, request size, request bytes or "" for that many "x").
         # The echo servers are sent as many bytes as the suite's responses have.
         calls = {
             SERVICE: (GETSMTP_PATH, len(GETSMTP_REQUEST), ""),
             CHECK_SECRET: (CHECKSECRET_PATH, len(checksecret_request), b64encode(checksecret_request).decode()),
+            RESOLVE_SMTP: (RESOLVESMTP_PATH, len(RESOLVESMTP_REQUEST), ""),
         }
         plan = [
             (round_, level, 0, suite, order[(i + round_) % len(order)])
@@ -159,7 +192,8 @@ def measure_all(args: argparse.Namespace) -> tuple[dict[str, int], list[dict[str
         _progress(
             f"{len(plan)} measurements of {args.warmup:g}+{args.seconds:g} s, about"
             f" {len(plan) * (args.warmup + args.seconds):.0f} s; responses are {sizes[GETSMTP_SUITE]} bytes"
-            f" (GetSmtp) and about {sizes[CHECKSECRET_SUITE]} bytes (CheckSecret)"
+            f" (GetSmtp), about {sizes[CHECKSECRET_SUITE]} bytes (CheckSecret) and about"
+            f" {sizes[RESOLVESMTP_SUITE]} bytes (ResolveSmtp)"
         )
         measurements = []
         for step, (round_, level, waiting, suite, name) in enumerate(plan, 1):
@@ -176,7 +210,7 @@ def measure_all(args: argparse.Namespace) -> tuple[dict[str, int], list[dict[str
                 waiting=waiting,
                 wait_method=WAIT_PATH,
                 request_b64=request,
-                check_replies=name == CHECK_SECRET,
+                replies=REPLIES.get(name, ""),
             )
             sized = f" ({suite} size)" if name == BARE_AIO and suite != GETSMTP_SUITE else ""
             what = f"{LABELS[name]}{sized} at {level} in flight" + (f" with {waiting} waiting" if waiting else "")
@@ -186,11 +220,11 @@ def measure_all(args: argparse.Namespace) -> tuple[dict[str, int], list[dict[str
                 raise BenchError(f"{what}: {reply['error']}")
             if reply["errors"]:
                 raise BenchError(f"{what}: {reply['errors']} calls failed, first: {reply['first_error']}")
-            if name == CHECK_SECRET:
+            if name in REPLIES:
                 low, high = reply["response_min"], reply["response_max"]
-                if low < size - CHECKSECRET_SIZE_SLACK or high > size + CHECKSECRET_SIZE_SLACK:
+                if low < size - REPLY_SIZE_SLACK or high > size + REPLY_SIZE_SLACK:
                     raise BenchError(
-                        f"{what}: responses of {low}-{high} bytes, expected {size} ± {CHECKSECRET_SIZE_SLACK}"
+                        f"{what}: responses of {low}-{high} bytes, expected {size} ± {REPLY_SIZE_SLACK}"
                     )
             elif reply["response_size"] != size:
                 raise BenchError(f"{what}: response of {reply['response_size']} bytes, expected {size}")
@@ -199,15 +233,24 @@ def measure_all(args: argparse.Namespace) -> tuple[dict[str, int], list[dict[str
                 {"suite": suite, "target": name, "in_flight": level, "waiting": waiting, "round": round_ + 1, **reply}
             )
 
-        vault = None
+        phases: dict[str, Any] = {"smtp": None, "vault": None}
+        if not args.skip_smtp:
+            _progress(f"TestSmtp phase: {args.smtp_calls} TestSmtp calls and as many direct smtplib exchanges")
+            smtp = phases["smtp"] = testsmtp.measure(
+                targets[RESOLVE_SMTP], certs, args.smtp_calls, args.rounds, _progress
+            )
+            _progress(
+                f"SMTP exchange p50: direct {smtp['direct']['p50_ms']:.3f} ms,"
+                f" TestSmtp {smtp['service']['p50_ms']:.3f} ms"
+            )
         if not args.skip_vault:
             _progress(f"Vault phase: {args.vault_secrets} secrets, cold CheckSecret against direct hvac reads")
-            vault = cold.measure(targets[SERVICE], scratch, args.vault_secrets, args.rounds, _progress)
+            vault = phases["vault"] = cold.measure(targets[SERVICE], scratch, args.vault_secrets, args.rounds, _progress)
             _progress(
                 f"cold Vault read p50: direct {vault['direct']['p50_ms']:.3f} ms,"
                 f" CheckSecret {vault['service']['p50_ms']:.3f} ms"
             )
-    return sizes, measurements, vault
+    return sizes, measurements, phases
 
 
 def environment() -> dict[str, Any]:
@@ -228,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     started = time.monotonic()
     try:
-        sizes, measurements, vault = measure_all(args)
+        sizes, measurements, phases = measure_all(args)
     except BenchError as error:
         print(f"bench: {error}", file=sys.stderr)
         return 1
@@ -236,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: interrupted; servers stopped", file=sys.stderr)
         return 130
     rows = summarize(measurements, args.pick)
+    smtp, vault = phases["smtp"], phases["vault"]
     verdicts = goals(rows, vault)
     env = environment()
     settings = {
@@ -249,12 +293,14 @@ def main(argv: list[str] | None = None) -> int:
         "wait_seconds": WAIT_SECONDS,
         "response_bytes": sizes[GETSMTP_SUITE],
         "checksecret_response_bytes": sizes[CHECKSECRET_SUITE],
+        "resolvesmtp_response_bytes": sizes[RESOLVESMTP_SUITE],
+        "smtp_calls": None if args.skip_smtp else args.smtp_calls,
         "vault_secrets": None if args.skip_vault else args.vault_secrets,
         "elapsed_seconds": round(time.monotonic() - started, 1),
     }
     if args.json:
         # "goal" is GetSmtp's, as before the other goals were added; "goals" holds all of them.
-        document = {"environment": env, "settings": settings, "results": rows, "vault": vault,
+        document = {"environment": env, "settings": settings, "results": rows, "smtp": smtp, "vault": vault,
                     "goal": verdicts[0], "goals": verdicts}
         print(json.dumps(document, indent=2))
         return 0
@@ -263,12 +309,13 @@ def main(argv: list[str] | None = None) -> int:
         f" warm-up, {args.seconds:g} s measured"
         + (f", {args.pick} of {args.rounds} rounds" if args.rounds > 1 else "")
         + f"; one client process, one channel.\nResponses {sizes[GETSMTP_SUITE]} bytes (GetSmtp's), and"
-        f" {sizes[CHECKSECRET_SUITE]} ± a few in the CheckSecret suite; bare-threads has {args.threads} workers."
+        f" {sizes[CHECKSECRET_SUITE]} ± a few in the CheckSecret suite, {sizes[RESOLVESMTP_SUITE]} ± a few in the"
+        f" ResolveSmtp suite; bare-threads has {args.threads} workers."
         "\nCPU: share of one core used by the server, the client, and all else."
         + (f"\n'+N waiting': N more calls in flight meanwhile, each answered after {WAIT_SECONDS:g} s"
            " without CPU (as apply-time calls wait on the network); not counted." if args.waiting else "")
     )
-    print(table(rows, verdicts, header, vault))
+    print(table(rows, verdicts, header, vault, smtp))
     return 0
 
 

@@ -30,7 +30,7 @@ import requests
 from hvac.exceptions import VaultError
 
 from bench import BenchError
-from bench.load import percentile
+from bench.load import latency_stats, percentile
 from bench.openbao import MOUNT, DevServer
 from bench.seed import CHECKSECRET_PATH, check_secret_request, create_provider
 from smtpconfig.v2.secret_provider_service_pb2 import CheckSecretResponse
@@ -117,23 +117,13 @@ def _compare(direct: hvac.Client, check, provider: int, values: list[str], round
         r["ratio"] = r["service_p50_ms"] / r["direct_p50_ms"]
     return {
         "secrets": 2 * half,
-        "direct": _stats([x for chunk in times["direct"] for x in chunk]),
+        "direct": latency_stats([x for chunk in times["direct"] for x in chunk]),
         "service": {
-            **_stats([x for chunk in times["service"] for x in chunk]),
+            **latency_stats([x for chunk in times["service"] for x in chunk]),
             "cached": sum(reply.cached for _, reply in parsed),
             # The reply's own Latency: the resolver's time in the service (thread pool and hvac).
             "resolve_p50_ms": percentile(sorted(r.latency.ToNanoseconds() / 1e6 for _, r in parsed), 0.50),
         },
         "ratio_service_to_direct": statistics.median(r["ratio"] for r in per_round),
         "rounds": per_round,
-    }
-
-
-def _stats(latencies: list[float]) -> dict[str, Any]:
-    ordered = sorted(latencies)
-    return {
-        "calls": len(ordered),
-        "p50_ms": percentile(ordered, 0.50) * 1e3,
-        "p99_ms": percentile(ordered, 0.99) * 1e3,
-        "mean_ms": sum(ordered) / len(ordered) * 1e3,
     }

@@ -7,8 +7,9 @@ difference in the numbers is a difference between the servers. Calls go through
 `channel.unary_unary(path, request_serializer=None, response_deserializer=None)` with raw bytes, so
 the client never (de)serializes protobuf, not even for the service. Each measurement opens a fresh
 channel (one HTTP/2 connection) and keeps `in_flight` coroutines each issuing calls back to back.
-For CheckSecret (`check_replies`) the replies of counted calls are kept as bytes and only parsed
-after the window, to count how many came from the service's cache.
+For CheckSecret and ResolveSmtp (`replies`) the replies of counted calls are kept as bytes and
+only parsed after the window: to check them, report their size range and, for CheckSecret, count
+how many came from the service's cache.
 
 Why a process apart from the servers: a client sharing a process with a server would compete with
 it for the GIL and the event loop. With 2 cores, client and server then get about one core each;
@@ -45,7 +46,7 @@ class Command:
     waiting: int = 0  # extra calls to `wait_method` kept in flight meanwhile, not counted
     wait_method: str = ""
     request_b64: str = ""  # the request bytes, base64; empty: `payload_size` bytes of "x"
-    check_replies: bool = False  # replies are CheckSecretResponses: count `cached`, report sizes
+    replies: str = ""  # "CheckSecret" or "ResolveSmtp": parse the counted replies (see _check_replies)
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,8 @@ class Result:
     client_cpu: float  # CPU seconds per wall second of this process in the window (1.0 = a core)
     server_cpu: float | None  # the same for the server process; None without /proc
     other_cpu: float | None  # cores busy on this machine besides client and server: noise
-    # With `check_replies` only: counted replies whose `Cached` was true, and their size range
-    # (two Durations in the reply are varints, so its size moves by a few bytes).
+    # With `replies` only: their size range (Durations in the reply are varints, so its size moves
+    # by a few bytes) and, for CheckSecret, how many counted replies said `Cached`.
     cached: int | None = None
     response_min: int | None = None
     response_max: int | None = None
@@ -97,13 +98,36 @@ def _machine_cpu() -> tuple[float, float] | None:
     return (sum(ticks) - idle) / hz, sum(ticks) / hz
 
 
-def _check_replies(replies: list[bytes]) -> dict[str, int]:
-    """Parsed after the window, so the parsing costs the measurement nothing."""
-    from smtpconfig.v2.secret_provider_service_pb2 import CheckSecretResponse
+def latency_stats(latencies: list[float]) -> dict[str, float]:
+    """calls, p50, p99 and mean (milliseconds) of latencies in seconds."""
+    ordered = sorted(latencies)
+    return {
+        "calls": len(ordered),
+        "p50_ms": percentile(ordered, 0.50) * 1e3,
+        "p99_ms": percentile(ordered, 0.99) * 1e3,
+        "mean_ms": sum(ordered) / len(ordered) * 1e3,
+    }
 
+
+def _check_replies(kind: str, replies: list[bytes]) -> dict[str, int | None]:
+    """Parsed after the window, so the parsing costs the measurement nothing."""
     sizes = [len(r) for r in replies]
-    cached = sum(CheckSecretResponse.FromString(r).cached for r in replies)
-    return {"cached": cached, "response_min": min(sizes), "response_max": max(sizes)}
+    found = {"cached": None, "response_min": min(sizes), "response_max": max(sizes)}
+    if kind == "CheckSecret":
+        from smtpconfig.v2.secret_provider_service_pb2 import CheckSecretResponse
+
+        found["cached"] = sum(CheckSecretResponse.FromString(r).cached for r in replies)
+    elif kind == "ResolveSmtp":
+        from smtpconfig.v2.config_service_pb2 import ResolveSmtpResponse
+
+        # No Cached field in these replies; each must at least carry both credentials.
+        for raw in replies:
+            credentials = ResolveSmtpResponse.FromString(raw).credentials
+            if not (credentials.username and credentials.password):
+                raise RuntimeError("a ResolveSmtp reply came without username and password")
+    else:
+        raise ValueError(f"unknown reply kind {kind!r}")
+    return found
 
 
 async def measure(command: Command) -> Result:
@@ -119,7 +143,7 @@ async def measure(command: Command) -> Result:
         errors = 0
         first_error: str | None = None
 
-        replies: list[bytes] | None = [] if command.check_replies else None
+        replies: list[bytes] | None = [] if command.replies else None
 
         async def caller(latencies: list[float]) -> None:
             nonlocal errors, first_error
@@ -182,7 +206,7 @@ async def measure(command: Command) -> Result:
         client_cpu=cpu[0],
         server_cpu=cpu[1],
         other_cpu=cpu[2],
-        **(_check_replies(replies) if replies else {}),
+        **(_check_replies(command.replies, replies) if replies else {}),
     )
 
 

@@ -9,6 +9,11 @@ the echo servers are sent, so every target returns the same bytes.
 CheckSecret is measured on a `file` provider instance whose Directory is a temporary directory
 holding `smtp-password`. It is called twice before measuring: the first call reads the file, the
 second must come from the cache, and its size is what the echo servers are sent for that suite.
+
+ResolveSmtp is measured on the apply service, another process, so GetSmtp's profile stays as it is:
+there the stored profile has an inline RelayUsername and a RelayPassword that references a `file`
+provider instance of its own on the same directory. ResolveSmtp is called twice, then CheckSecret
+of the password's reference must say Cached: the resolver's cache holds what ResolveSmtp resolved.
 """
 
 from __future__ import annotations
@@ -32,19 +37,23 @@ GETSMTP_PATH = f"/{_SERVICE.full_name}/{_SERVICE.methods_by_name['GetSmtp'].name
 GETSMTP_REQUEST = v2.GetSmtpRequest().SerializeToString()
 _PROVIDERS = providers_pb.DESCRIPTOR.services_by_name["SecretProviderService"]
 CHECKSECRET_PATH = f"/{_PROVIDERS.full_name}/{_PROVIDERS.methods_by_name['CheckSecret'].name}"
+RESOLVESMTP_PATH = f"/{_SERVICE.full_name}/{_SERVICE.methods_by_name['ResolveSmtp'].name}"
+RESOLVESMTP_REQUEST = v2.ResolveSmtpRequest().SerializeToString()  # empty, like GetSmtp's
 SECRET_FILE = "smtp-password"
+SECRET_VALUE = "bench-File-Password-8d41c09e"  # the file holds it plus a newline, which is stripped
 
 TIMEOUT = 10.0
 
 
-def relay_profile() -> v2.SmtpProfile:
+def relay_profile(password: secret_pb2.SecretObject | None = None) -> v2.SmtpProfile:
+    """The stored profile; `password` replaces the inline RelayPassword (the apply service's)."""
     return v2.SmtpProfile(
         id=1,
         host="smtp.example.com",
         port=587,
         relay_authentication_type=v2.RELAY_AUTHENTICATION_TYPE_BASIC,
         relay_username=secret_pb2.SecretObject(secret_value="relay@example.com"),
-        relay_password=secret_pb2.SecretObject(secret_value="bench-Password-3f9c2a71e0"),
+        relay_password=password or secret_pb2.SecretObject(secret_value="bench-Password-3f9c2a71e0"),
         sender_account="relay@example.com",
         sender_name="Relay",
         use_ssl=True,
@@ -87,11 +96,7 @@ def check_secret_request(provider: int, **parameters: str) -> bytes:
 def warm_file_secret(target: str, directory: Path) -> tuple[bytes, int]:
     """Put `smtp-password` in `directory`, create a `file` provider instance on it and resolve it
     until the service answers from its cache; return the request and the cached response's size."""
-    path = directory / SECRET_FILE
-    path.write_text("bench-File-Password-8d41c09e\n")
-    # Older than the provider's "racy" window, so it also keeps its own stat-checked copy.
-    past = time.time() - 60
-    os.utime(path, (past, past))
+    _write_secret(directory)
     request = check_secret_request(create_provider(target, "bench-file", "file", {"Directory": str(directory)}),
                                    File=SECRET_FILE)
     try:
@@ -105,6 +110,45 @@ def warm_file_secret(target: str, directory: Path) -> tuple[bytes, int]:
     if not (first.success and warm.success and warm.cached and warm.provider_type == "file"):
         raise BenchError(f"CheckSecret did not answer the file secret from its cache: {warm}")
     return request, len(raw)
+
+
+def _write_secret(directory: Path) -> None:
+    path = directory / SECRET_FILE
+    if path.exists():
+        return
+    path.write_text(SECRET_VALUE + "\n")
+    # Older than the provider's "racy" window, so it also keeps its own stat-checked copy.
+    past = time.time() - 60
+    os.utime(path, (past, past))
+
+
+def store_resolving_profile(target: str, directory: Path) -> int:
+    """On the apply service at `target`: a `file` provider instance on `directory`, the profile
+    whose RelayPassword references it, and ResolveSmtp until it answers from the resolver's cache;
+    return the size of ResolveSmtp's (warm) response."""
+    _write_secret(directory)
+    provider = create_provider(target, "bench-file", "file", {"Directory": str(directory)})
+    password = secret_pb2.SecretObject(provider=provider, parameters={"File": SECRET_FILE})
+    try:
+        with _connected(target) as channel:
+            v2_grpc.ConfigServiceStub(channel).UpdateSmtp(
+                v2.UpdateSmtpRequest(profile=relay_profile(password)), timeout=TIMEOUT
+            )
+            resolve = channel.unary_unary(RESOLVESMTP_PATH)
+            resolve(RESOLVESMTP_REQUEST, timeout=TIMEOUT)
+            raw = resolve(RESOLVESMTP_REQUEST, timeout=TIMEOUT)
+            check = providers_pb.CheckSecretRequest(secret=password).SerializeToString()
+            checked = providers_pb.CheckSecretResponse.FromString(
+                channel.unary_unary(CHECKSECRET_PATH)(check, timeout=TIMEOUT)
+            )
+    except grpc.RpcError as error:
+        raise BenchError(f"seeding ResolveSmtp failed: {error.code().name}: {error.details()}") from None
+    credentials = v2.ResolveSmtpResponse.FromString(raw).credentials
+    if (credentials.username, credentials.password) != ("relay@example.com", SECRET_VALUE):
+        raise BenchError("ResolveSmtp did not return the inline username and the file's password")
+    if not (checked.success and checked.cached):
+        raise BenchError(f"the resolver did not cache what ResolveSmtp resolved: {checked}")
+    return len(raw)
 
 
 def store_profile(target: str) -> int:

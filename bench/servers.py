@@ -2,7 +2,7 @@
 
     python -m bench.servers bare-aio
     python -m bench.servers bare-threads [--threads N]
-    python -m bench.servers service
+    python -m bench.servers service [--ca-bundle PEM]
 
 Each binds 127.0.0.1 port 0, prints `PORT <n>` on stdout once it accepts calls, then serves until
 its stdin closes or it gets SIGTERM/SIGINT. Watching stdin means a server never outlives the
@@ -143,15 +143,15 @@ def run_bare_threads(threads: int) -> None:
 # --- the service --------------------------------------------------------------------------------
 
 
-async def run_service() -> None:
+async def run_service(ca_bundle: Path | None = None) -> None:
     """The real `App`, as `smtpconfig serve` builds it, on TCP only (no Unix socket), with a fresh
-    data directory and generated key. This process owns the directory, so it is removed whenever
-    the server stops, even when the parent was killed."""
+    data directory and generated key, trusting `ca_bundle` for SMTP TLS if given. This process
+    owns the directory, so it is removed whenever the server stops, even when the parent was killed."""
     from service.server import App
     from service.settings import Settings
 
     with tempfile.TemporaryDirectory(prefix="smtpconfig-bench-") as data_dir:
-        app = App(Settings(data_dir=Path(data_dir), listen=(LISTEN,), unix_socket=""))
+        app = App(Settings(data_dir=Path(data_dir), listen=(LISTEN,), unix_socket="", ca_bundle=ca_bundle))
         try:
             await app.start()
             _announce(next(iter(app.ports.values())))
@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.servers", description=__doc__.split("\n\n")[0])
     parser.add_argument("kind", choices=(BARE_AIO, BARE_THREADS, SERVICE))
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="bare-threads: pool size")
+    parser.add_argument("--ca-bundle", type=Path, help="service: PEM CA bundle trusted for SMTP TLS")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format=f"{args.kind}: %(levelname)s %(message)s")
     if args.kind == BARE_AIO:
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.kind == BARE_THREADS:
         run_bare_threads(args.threads)
     else:
-        asyncio.run(run_service())
+        asyncio.run(run_service(args.ca_bundle))
     return 0
 
 
