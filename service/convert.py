@@ -3,6 +3,7 @@ servicers) that knows protobuf types."""
 
 from __future__ import annotations
 
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from service.errors import FieldViolation, violation
@@ -24,6 +25,11 @@ from smtpconfig.v2 import secret_pb2
 
 UNSUPPORTED_PAM_SECRET = KeepStored.TOKEN.value
 V1_DEFAULT_PORT = 25
+
+
+def duration(seconds: float) -> Duration:
+    nanos = int(seconds * 1e9)
+    return Duration(seconds=nanos // 1_000_000_000, nanos=nanos % 1_000_000_000)
 
 
 def timestamp(when) -> Timestamp:

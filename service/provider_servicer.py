@@ -6,8 +6,6 @@ import math
 from collections import OrderedDict
 
 import grpc
-from google.protobuf.duration_pb2 import Duration
-
 from service import convert
 from service.errors import InvalidArgument, NotFound, violation
 from service.model import CREDENTIAL_FIELDS, FIELDS, InlineSecret, ProviderRef, SecretSource
@@ -62,11 +60,6 @@ def draft_from_pb(msg: pb.ProviderInstance) -> InstanceDraft:
         type_name=msg.provider_type,
         initialization={k: v.value for k, v in msg.initialization.items() if v.HasField("value")},
     )
-
-
-def _duration(seconds: float) -> Duration:
-    nanos = int(seconds * 1e9)
-    return Duration(seconds=nanos // 1_000_000_000, nanos=nanos % 1_000_000_000)
 
 
 class SecretProviderServiceV2(pb_grpc.SecretProviderServiceServicer):
@@ -128,13 +121,13 @@ class SecretProviderServiceV2(pb_grpc.SecretProviderServiceServicer):
             provider=resolution.provider_id or 0,
             provider_name=resolution.provider_name,
             provider_type=resolution.provider_type,
-            latency=_duration(resolution.latency),
+            latency=convert.duration(resolution.latency),
             cached=resolution.cached,
             fingerprint=self._resolver.fingerprint(resolution),
             version=resolution.version or "",
         )
         if not math.isinf(resolution.expires_in):
-            response.cache_remaining.CopyFrom(_duration(resolution.expires_in))
+            response.cache_remaining.CopyFrom(convert.duration(resolution.expires_in))
         return response
 
     def _checked_source(self, secret) -> SecretSource:

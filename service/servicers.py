@@ -5,8 +5,6 @@ from __future__ import annotations
 import grpc
 
 from service import convert
-from google.protobuf.duration_pb2 import Duration
-
 from service.apply import Applier, succeeded
 from service.errors import FailedPrecondition, InvalidArgument, Unavailable
 from service.smtp_check import FAILED, OK, SKIPPED, Step
@@ -45,14 +43,9 @@ _OUTCOMES = {OK: v2.STEP_OUTCOME_OK, FAILED: v2.STEP_OUTCOME_FAILED, SKIPPED: v2
 
 def _step_to_v2(step: Step) -> v2.TestStep:
     return v2.TestStep(
-        name=step.name, outcome=_OUTCOMES[step.outcome], duration=_duration(step.duration),
+        name=step.name, outcome=_OUTCOMES[step.outcome], duration=convert.duration(step.duration),
         smtp_code=step.smtp_code, message=step.message, hint=step.hint,
     )
-
-
-def _duration(seconds: float) -> Duration:
-    nanos = int(seconds * 1e9)
-    return Duration(seconds=nanos // 1_000_000_000, nanos=nanos % 1_000_000_000)
 
 
 class ConfigServiceV2(v2_grpc.ConfigServiceServicer):
@@ -103,7 +96,7 @@ class ConfigServiceV2(v2_grpc.ConfigServiceServicer):
         stored = self._profiles.get()
         credentials = await self._applier.credentials(stored.profile)
         response = v2.ResolveSmtpResponse(
-            profile=self._read(stored).profile, etag=stored.etag, cache_for=_duration(credentials.cache_for)
+            profile=self._read(stored).profile, etag=stored.etag, cache_for=convert.duration(credentials.cache_for)
         )
         if credentials.username is not None and credentials.password is not None:
             response.credentials.username = credentials.username.reveal()
