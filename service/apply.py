@@ -43,7 +43,7 @@ class Applier:
         tokens: TokenClient,
         *,
         smtp_timeout: float,
-        ca_bundle: str | None,
+        context: ssl.SSLContext,
         allow_plaintext_auth: bool,
         implicit_tls_ports: tuple[int, ...] = (465,),
         workers: int = 16,
@@ -52,7 +52,7 @@ class Applier:
         self._resolver = resolver
         self._tokens = tokens
         self._timeout = smtp_timeout
-        self._context = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else ssl.create_default_context()
+        self._context = context
         self._allow_plaintext_auth = allow_plaintext_auth
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="smtp")
 

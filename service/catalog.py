@@ -1,7 +1,7 @@
 """What validation needs to know about secret provider instances: their ids, types and parameters.
 
-`service.providers.ProviderRegistry` is the catalog of a running server; `NoProviders` and
-`StaticCatalog` serve tools and tests.
+`service.provider_service.ProviderService` is the catalog of a running server; `StaticCatalog`
+serves tools and tests.
 """
 
 from __future__ import annotations
@@ -11,6 +11,14 @@ from functools import cached_property
 from typing import Protocol
 
 from service.plugin import Parameter
+
+
+def canonical_names(parameters: tuple[Parameter, ...] | list[Parameter]) -> dict[str, Parameter]:
+    """Every accepted name of `parameters` (canonical and alias) to its parameter."""
+    names: dict[str, Parameter] = {}
+    for parameter in parameters:
+        names.update({alias: parameter for alias in parameter.aliases} | {parameter.name: parameter})
+    return names
 
 
 @dataclass(frozen=True)
@@ -30,23 +38,13 @@ class ProviderInstanceInfo:
     @cached_property
     def instance_names(self) -> dict[str, str]:
         """Every accepted instance parameter name (canonical and alias) to the canonical one."""
-        names: dict[str, str] = {}
-        for p in self.instance_parameters:
-            names.update({alias: p.name for alias in p.aliases} | {p.name: p.name})
-        return names
+        return {name: p.name for name, p in canonical_names(self.instance_parameters).items()}
 
 
 class ProviderCatalog(Protocol):
     """Looks up provider instances by Id."""
 
     def instance(self, provider_id: int) -> ProviderInstanceInfo | None: ...
-
-
-class NoProviders:
-    """A catalog with no provider instances."""
-
-    def instance(self, provider_id: int) -> ProviderInstanceInfo | None:
-        return None
 
 
 class StaticCatalog:

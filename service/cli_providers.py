@@ -17,6 +17,7 @@ from google.protobuf import json_format
 
 from service import settings as settings_mod
 from service.cli_client import EXIT_BAD_INPUT, EXIT_FAILED, CliError, call, read_payload
+from service.secret import strip_line_ending
 from smtpconfig.v2 import secret_pb2
 from smtpconfig.v2 import secret_provider_service_pb2 as pb
 from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
@@ -94,7 +95,7 @@ def _initialization(args: argparse.Namespace) -> dict[str, str]:
             text = Path(path).read_text(encoding="utf-8")
         except OSError as error:
             raise CliError(f"--set-file {key}: cannot read {path}: {error.strerror}", EXIT_BAD_INPUT) from None
-        values[key] = text[:-1] if text.endswith("\n") else text  # one newline, as editors add
+        values[key] = strip_line_ending(text)
     for key, var in _pairs(args.set_env, "--set-env"):
         if var not in os.environ:
             raise CliError(f"--set-env {key}: env var {var} is not set", EXIT_BAD_INPUT)

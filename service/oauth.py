@@ -114,11 +114,15 @@ class TokenClient:
     """Fetches and caches client-credentials tokens."""
 
     def __init__(
-        self, *, timeout: float = 10.0, ca_bundle: str | None = None, auth_method: str = DEFAULT_AUTH_METHOD
+        self,
+        *,
+        timeout: float = 10.0,
+        context: ssl.SSLContext | None = None,
+        auth_method: str = DEFAULT_AUTH_METHOD,
     ) -> None:
         self._timeout = timeout
-        # httpx takes an SSL context (a CA path is deprecated); None verifies with the system CAs.
-        self._verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else True
+        # httpx takes an SSL context (a CA path is deprecated); True verifies with the system CAs.
+        self._verify: ssl.SSLContext | bool = context or True
         self._auth_method = auth_method
         self._tokens: dict[str, tuple[float, AccessToken]] = {}
         self._inflight: dict[str, asyncio.Task[AccessToken]] = {}

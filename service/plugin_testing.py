@@ -39,6 +39,7 @@ from service.plugin import (
     SecretNotFound,
     SecretProvider,
 )
+from service.catalog import canonical_names
 from service.plugin_manager import check_provider_class
 from service.providers import with_defaults
 
@@ -49,7 +50,7 @@ def prepare_initialization(cls: type[SecretProvider], given: Mapping[str, str]) 
     """Initialization values as the service passes them: canonical names, defaults filled in,
     secret-typed ones wrapped in `Secret`."""
     init = [p for p in cls.parameters if not p.instance_level]
-    names = {alias: p for p in init for alias in (p.name, *p.aliases)}
+    names = canonical_names(init)
     values: dict[str, InitializationValue] = {}
     for key, value in given.items():
         parameter = names[key]
@@ -60,8 +61,8 @@ def prepare_initialization(cls: type[SecretProvider], given: Mapping[str, str]) 
 def prepare_parameters(cls: type[SecretProvider], given: Params) -> dict[str, str]:
     """Instance parameters as the service passes them: canonical names, defaults filled in."""
     instance = [p for p in cls.parameters if p.instance_level]
-    names = {alias: p.name for p in instance for alias in (p.name, *p.aliases)}
-    return {k: v for k, v in with_defaults(tuple(instance), {names[k]: v for k, v in given.items()}).items()}
+    names = canonical_names(instance)
+    return with_defaults(tuple(instance), {names[k].name: v for k, v in given.items()})
 
 
 def call_resolve(provider: SecretProvider, params: Params, init: Mapping[str, InitializationValue]) -> Resolved:

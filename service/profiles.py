@@ -110,9 +110,6 @@ class ProfileService:
             raise NotFound("no SMTP profile is stored yet; set one with UpdateSmtp")
         return self._current
 
-    def peek(self) -> StoredProfile | None:
-        return self._current
-
     def check(self, draft: ProfileDraft, earlier: list[FieldViolation] | None = None) -> Profile:
         """The valid profile a draft states, without storing it (TestSmtp takes one)."""
         return validate(draft, self._providers, earlier)

@@ -28,6 +28,7 @@ from service.providers import (
     provider_key,
     validate_instance,
 )
+from service.secret import strip_line_ending
 from service.store.base import ABSENT, EtagMismatch, Store
 
 log = logging.getLogger(__name__)
@@ -81,8 +82,7 @@ def _read_value_file(path: Path, where: str, key: str) -> str:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise FailedPrecondition(f"{where}: {key} file {path}: {error.strerror}") from None
-    # One trailing newline is what editors and `echo` add; it is never part of a token.
-    return text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
+    return strip_line_ending(text)
 
 
 class ProviderService:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
+from service.catalog import canonical_names
 from service.crypto import Sealer
 from service.errors import FieldViolation, InvalidArgument, violation
 from service.plugin import Parameter
@@ -53,15 +54,6 @@ class InstanceDraft:
     name: str = ""
     type_name: str = ""
     initialization: Mapping[str, str] = field(default_factory=dict)
-
-
-def canonical_names(parameters: tuple[Parameter, ...]) -> dict[str, Parameter]:
-    """Every accepted name (canonical and alias) to its parameter."""
-    names: dict[str, Parameter] = {}
-    for parameter in parameters:
-        names[parameter.name] = parameter
-        names.update({alias: parameter for alias in parameter.aliases})
-    return names
 
 
 def validate_instance(

@@ -7,6 +7,12 @@ import hmac
 _MASK = "**********"
 
 
+def strip_line_ending(text: str) -> str:
+    """`text` without one trailing LF or CRLF: what editors and `echo` add to a file holding a
+    value, and never part of the value."""
+    return text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
+
+
 class Secret:
     """A secret value that prints as ``**********`` in repr, str, format, logs and exceptions.
 

@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 from pathlib import Path
 
 import grpc
@@ -59,10 +60,10 @@ SERVER_OPTIONS = (("grpc.so_reuseport", 0),)
 class App:
     """One running smtpconfig server."""
 
-    def __init__(self, settings: Settings, providers: ProviderCatalog | None = None) -> None:
+    def __init__(self, settings: Settings, catalog: ProviderCatalog | None = None) -> None:
         self.settings = settings
         # A catalog for profile validation in place of the provider instances (tests, tools).
-        self._providers = providers
+        self._catalog = catalog
         self.ports: dict[str, int] = {}
         self.socket_path: Path | None = None
         self._server: grpc.aio.Server | None = None
@@ -90,7 +91,7 @@ class App:
         write_lock = asyncio.Lock()
         self._provider_service = ProviderService(self._store, sealer, plugins, declared, write_lock)
         await self._provider_service.start()
-        catalog = self._providers or self._provider_service
+        catalog = self._catalog or self._provider_service
         self._profiles = ProfileService(self._store, sealer, catalog, write_lock)
         await self._profiles.start()
         self._provider_service.use_references(self._profiles.referenced_providers)
@@ -101,12 +102,13 @@ class App:
         )
 
         server = grpc.aio.server(options=SERVER_OPTIONS)
-        ca_bundle = str(settings.ca_bundle) if settings.ca_bundle else None
+        # One trust decision for every apply-time TLS peer: SMTP relays and token endpoints.
+        tls = ssl.create_default_context(cafile=str(settings.ca_bundle) if settings.ca_bundle else None)
         self._applier = Applier(
             self._resolver,
-            TokenClient(timeout=settings.smtp_timeout, ca_bundle=ca_bundle),
+            TokenClient(timeout=settings.smtp_timeout, context=tls),
             smtp_timeout=settings.smtp_timeout,
-            ca_bundle=ca_bundle,
+            context=tls,
             allow_plaintext_auth=settings.allow_plaintext_auth,
             implicit_tls_ports=settings.implicit_tls_ports,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 
 import pytest
 
@@ -115,7 +116,8 @@ def test_https_endpoint_is_verified_against_the_ca_bundle(tmp_path) -> None:
 
     pki = make_pki(tmp_path)
     with TokenEndpoint({"smtp-relay": CLIENT_SECRET}, certfile=pki.localhost.cert, keyfile=pki.localhost.key) as server:
-        trusted = asyncio.run(TokenClient(timeout=5, ca_bundle=str(pki.ca)).token(request_for(server)))
+        context = ssl.create_default_context(cafile=str(pki.ca))
+        trusted = asyncio.run(TokenClient(timeout=5, context=context).token(request_for(server)))
         assert server.token_valid(trusted.value.reveal())
         with pytest.raises(Unavailable, match="cannot be reached"):
             asyncio.run(TokenClient(timeout=5).token(request_for(server)))  # system CAs do not know it
