@@ -31,6 +31,24 @@ class BenchError(Exception):
 
 
 # The echo servers' one method. Bytes in, the same bytes out, no (de)serialization.
+# Every client call carries this bearer token, the bare servers' calls included, so both sides
+# receive the same bytes. The service admits it as the identity "bench" with every permission.
+BENCH_TOKEN = "sct_benchmark-only-token-never-use-elsewhere"
+AUTH = (("authorization", f"Bearer {BENCH_TOKEN}"),)
+
+
+
+def authorized_channel(target: str):
+    """A blocking channel whose every call carries `AUTH` (seeding and the cold comparisons)."""
+    import grpc
+
+    class _Auth(grpc.UnaryUnaryClientInterceptor):
+        def intercept_unary_unary(self, continuation, details, request):
+            return continuation(details._replace(metadata=tuple(details.metadata or ()) + AUTH), request)
+
+    return grpc.intercept_channel(grpc.insecure_channel(target), _Auth())
+
+
 ECHO_SERVICE = "bench.Echo"
 ECHO_METHOD = "Echo"
 ECHO_PATH = f"/{ECHO_SERVICE}/{ECHO_METHOD}"

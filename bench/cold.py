@@ -29,7 +29,7 @@ import hvac
 import requests
 from hvac.exceptions import VaultError
 
-from bench import BenchError
+from bench import BenchError, authorized_channel
 from bench.load import latency_stats, percentile
 from bench.openbao import MOUNT, DevServer
 from bench.seed import CHECKSECRET_PATH, check_secret_request, create_provider
@@ -60,7 +60,7 @@ def measure(target: str, directory: Path, secrets: int, rounds: int, progress: C
         provider = create_provider(target, "bench-vault", "vault", {"Host": bao.address, "Token": bao.token})
         direct = hvac.Client(url=bao.address, token=bao.token, timeout=TIMEOUT)
         try:
-            with grpc.insecure_channel(target) as channel:
+            with authorized_channel(target) as channel:
                 return _compare(direct, channel.unary_unary(CHECKSECRET_PATH), provider, values, rounds)
         except grpc.RpcError as error:
             raise BenchError(f"cold CheckSecret failed: {error.code().name}: {error.details()}") from None

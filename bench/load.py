@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass
 
 import grpc
 
+from bench import AUTH
+
 CONNECT_TIMEOUT = 10.0
 
 
@@ -135,7 +137,7 @@ async def measure(command: Command) -> Result:
     async with grpc.aio.insecure_channel(command.target) as channel:
         call = channel.unary_unary(command.method, request_serializer=None, response_deserializer=None)
         await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT)
-        response_size = len(await call(payload, timeout=CONNECT_TIMEOUT))
+        response_size = len(await call(payload, timeout=CONNECT_TIMEOUT, metadata=AUTH))
 
         perf = time.perf_counter
         window_start = perf() + command.warmup
@@ -152,7 +154,7 @@ async def measure(command: Command) -> Result:
                 if started >= window_end:
                     return
                 try:
-                    reply = await call(payload)
+                    reply = await call(payload, metadata=AUTH)
                 except grpc.RpcError as error:
                     errors += 1
                     first_error = first_error or f"{error.code().name}: {error.details()}"
@@ -182,7 +184,7 @@ async def measure(command: Command) -> Result:
         async def waiter() -> None:
             wait = channel.unary_unary(command.wait_method, request_serializer=None, response_deserializer=None)
             while perf() < window_end:
-                await wait(payload)
+                await wait(payload, metadata=AUTH)
 
         per_caller: list[list[float]] = [[] for _ in range(command.in_flight)]
         cpu, *_ = await asyncio.gather(

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import grpc
 
-from bench import BenchError
+from bench import BenchError, authorized_channel
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from smtpconfig.v2 import secret_pb2
@@ -61,7 +61,7 @@ def relay_profile(password: secret_pb2.SecretObject | None = None) -> v2.SmtpPro
 
 
 def _connected(target: str) -> grpc.Channel:
-    channel = grpc.insecure_channel(target)
+    channel = authorized_channel(target)
     try:
         grpc.channel_ready_future(channel).result(timeout=TIMEOUT)
     except grpc.FutureTimeoutError:
@@ -154,7 +154,7 @@ def store_resolving_profile(target: str, directory: Path) -> int:
 def store_profile(target: str) -> int:
     """Store the profile on the service at `target`; return GetSmtp's response size in bytes."""
     try:
-        with grpc.insecure_channel(target) as channel:
+        with authorized_channel(target) as channel:
             grpc.channel_ready_future(channel).result(timeout=TIMEOUT)
             v2_grpc.ConfigServiceStub(channel).UpdateSmtp(
                 v2.UpdateSmtpRequest(profile=relay_profile()), timeout=TIMEOUT

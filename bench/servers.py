@@ -29,7 +29,7 @@ from typing import Callable
 
 import grpc
 
-from bench import BARE_AIO, BARE_THREADS, ECHO_METHOD, ECHO_SERVICE, SERVICE, WAIT_METHOD, WAIT_SECONDS
+from bench import BARE_AIO, BARE_THREADS, BENCH_TOKEN, ECHO_METHOD, ECHO_SERVICE, SERVICE, WAIT_METHOD, WAIT_SECONDS
 from service.server import SERVER_OPTIONS
 
 LISTEN = "127.0.0.1:0"
@@ -147,11 +147,16 @@ async def run_service(ca_bundle: Path | None = None) -> None:
     """The real `App`, as `smtpconfig serve` builds it, on TCP only (no Unix socket), with a fresh
     data directory and generated key, trusting `ca_bundle` for SMTP TLS if given. This process
     owns the directory, so it is removed whenever the server stops, even when the parent was killed."""
+    from service.auth import token_hash
     from service.server import App
     from service.settings import Settings
 
     with tempfile.TemporaryDirectory(prefix="smtpconfig-bench-") as data_dir:
-        app = App(Settings(data_dir=Path(data_dir), listen=(LISTEN,), unix_socket="", ca_bundle=ca_bundle))
+        app = App(Settings(
+            data_dir=Path(data_dir), listen=(LISTEN,), unix_socket="", ca_bundle=ca_bundle,
+            admin_token=False, tokens=(("bench", token_hash(BENCH_TOKEN)),), policy=(("bench", ("*",)),),
+            resolve_rate=0.0, test_rate=0.0,
+        ))
         try:
             await app.start()
             _announce(next(iter(app.ports.values())))

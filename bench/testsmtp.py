@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import grpc
 
-from bench import BenchError
+from bench import BenchError, authorized_channel
 from bench.load import latency_stats, percentile
 from bench.procs import Child
 from bench.smtpserver import PASSWORD, USER, Certs
@@ -56,7 +56,7 @@ def measure(target: str, certs: Certs, calls: int, rounds: int, progress: Callab
         progress(f"SMTP server (aiosmtpd, STARTTLS, AUTH PLAIN) on 127.0.0.1:{port}")
         context = ssl.create_default_context(cafile=str(certs.ca))
         try:
-            with grpc.insecure_channel(target) as channel:
+            with authorized_channel(target) as channel:
                 grpc.channel_ready_future(channel).result(timeout=TIMEOUT)
                 v2_grpc.ConfigServiceStub(channel).UpdateSmtp(v2.UpdateSmtpRequest(profile=_profile(port)),
                                                               timeout=TIMEOUT)

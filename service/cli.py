@@ -19,9 +19,11 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from service import logs
 from service import settings as settings_mod
+from service.cli_admin import add_commands as add_admin_commands
 from service.cli_providers import add_commands as add_provider_commands
-from service.cli_client import EXIT_BAD_INPUT, EXIT_FAILED, CliError, call, read_payload
+from service.cli_client import EXIT_BAD_INPUT, EXIT_FAILED, CliError, add_connection_args, call, read_payload
 from service.errors import SmtpConfigError
 from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
@@ -74,16 +76,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--key-file", help="encryption key file (default DATA_DIR/secret.key, generated)")
     serve.add_argument("--grace-period", type=float, help="seconds to drain calls on SIGTERM (default 10)")
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    serve.add_argument("--log-format", choices=("text", "json"), help="log lines as text (default) or JSON")
+    serve.add_argument("--tls-cert", help="server certificate chain (PEM) for TCP listeners; enables TLS")
+    serve.add_argument("--tls-key", help="key of the server certificate (PEM)")
+    serve.add_argument("--tls-client-ca", help="CA bundle for client certificates; enables mTLS")
+    serve.add_argument("--metrics-listen", metavar="HOST:PORT", help="serve Prometheus metrics here")
     serve.set_defaults(run=_serve)
 
     def client(name: str, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help)
-        p.add_argument(
-            "--target",
-            help="server address: host:port or unix:PATH (env SMTPCONFIG_TARGET; default: the data"
-            " directory's socket, else 127.0.0.1:2587)",
-        )
-        p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for an answer")
+        add_connection_args(p)
         return p
 
     get = client("get", "show the stored SMTP profile")
@@ -113,6 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     resolve.set_defaults(run=_resolve)
 
     add_provider_commands(sub)
+    add_admin_commands(sub)
     return parser
 
 
@@ -129,13 +132,14 @@ def _serve(args: argparse.Namespace) -> int:
         "key_file": args.key_file,
         "grace_period": args.grace_period,
         "log_level": args.log_level,
+        "log_format": args.log_format,
+        "tls_cert_file": args.tls_cert,
+        "tls_key_file": args.tls_key,
+        "tls_client_ca_file": args.tls_client_ca,
+        "metrics_listen": args.metrics_listen,
     }
     settings = settings_mod.load(flags=flags, config_file=args.config)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(settings.log_level, settings.log_format)
     try:
         asyncio.run(serve(settings))
     except SmtpConfigError as error:

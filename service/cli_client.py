@@ -13,6 +13,7 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 
 from service import settings as settings_mod
+from service.auth import ADMIN_TOKEN_NAME
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -36,20 +37,88 @@ def default_target(env: dict[str, str] | None = None) -> str:
     return listen[0].strip() if listen else settings_mod.DEFAULT_LISTEN
 
 
+def add_connection_args(parser: argparse.ArgumentParser, timeout: float = 10.0) -> None:
+    """Where the server is and how to prove who we are: every client command takes these."""
+    parser.add_argument(
+        "--target",
+        help="server address: host:port or unix:PATH (env SMTPCONFIG_TARGET; default: the data"
+        " directory's socket, else 127.0.0.1:2587)",
+    )
+    parser.add_argument("--timeout", type=float, default=timeout, help="seconds to wait for an answer")
+    parser.add_argument(
+        "--token-file",
+        help="file holding a bearer token (env SMTPCONFIG_TOKEN_FILE, or the token itself in"
+        " SMTPCONFIG_TOKEN; default: admin.token beside the server's socket or in the data directory)",
+    )
+    parser.add_argument("--ca", help="CA bundle to verify the server's TLS certificate (env SMTPCONFIG_TLS_CA)")
+    parser.add_argument("--cert", help="client certificate for mTLS (env SMTPCONFIG_TLS_CERT)")
+    parser.add_argument("--key", help="key of the client certificate (env SMTPCONFIG_TLS_KEY)")
+
+
+def find_token(args: argparse.Namespace, target: str, env: dict[str, str] | None = None) -> str | None:
+    """The bearer token to send: named, from the environment, or the embedded default's admin
+    token found where the server keeps it."""
+    env = dict(os.environ) if env is None else env
+    named = getattr(args, "token_file", None) or env.get("SMTPCONFIG_TOKEN_FILE")
+    if named:
+        try:
+            return Path(named).read_text(encoding="utf-8").strip()
+        except OSError as error:
+            raise CliError(f"cannot read the token file {named}: {error.strerror}", EXIT_BAD_INPUT) from None
+    if env.get("SMTPCONFIG_TOKEN"):
+        return env["SMTPCONFIG_TOKEN"].strip()
+    places = []
+    if target.startswith("unix:"):
+        places.append(Path(target[len("unix:"):]).parent / ADMIN_TOKEN_NAME)
+    places.append(Path(env.get("SMTPCONFIG_DATA_DIR") or settings_mod.DEFAULT_DATA_DIR) / ADMIN_TOKEN_NAME)
+    for place in places:
+        try:
+            return place.read_text(encoding="utf-8").strip()
+        except OSError:
+            continue
+    return None
+
+
+def _channel(args: argparse.Namespace, target: str) -> grpc.Channel:
+    ca = getattr(args, "ca", None) or os.environ.get("SMTPCONFIG_TLS_CA")
+    if not ca:
+        return grpc.insecure_channel(target)
+    cert = getattr(args, "cert", None) or os.environ.get("SMTPCONFIG_TLS_CERT")
+    key = getattr(args, "key", None) or os.environ.get("SMTPCONFIG_TLS_KEY")
+    if bool(cert) != bool(key):
+        raise CliError("give both --cert and --key for a client certificate, or neither", EXIT_BAD_INPUT)
+    try:
+        credentials = grpc.ssl_channel_credentials(
+            Path(ca).read_bytes(),
+            Path(key).read_bytes() if key else None,
+            Path(cert).read_bytes() if cert else None,
+        )
+    except OSError as error:
+        raise CliError(f"cannot read {error.filename}: {error.strerror}", EXIT_BAD_INPUT) from None
+    return grpc.secure_channel(target, credentials)
+
+
 def call(args: argparse.Namespace, stub_class, method: str, request):
     target = args.target or default_target()
-    with grpc.insecure_channel(target) as channel:
+    token = find_token(args, target)
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    with _channel(args, target) as channel:
         stub = stub_class(channel)
         try:
-            return getattr(stub, method)(request, timeout=args.timeout)
+            return getattr(stub, method)(request, timeout=args.timeout, metadata=metadata)
         except grpc.RpcError as error:
             raise explain(error, target) from None
 
 
 def explain(error: grpc.RpcError, target: str) -> CliError:
     code = error.code()
-    if code == grpc.StatusCode.UNAVAILABLE:
+    if code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in (error.details() or "").lower():
         return CliError(f"cannot reach the server at {target}: is it running (make run)? ({error.details()})")
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return CliError(
+            f"UNAUTHENTICATED: {error.details()}\n  give a token with --token-file or SMTPCONFIG_TOKEN_FILE,"
+            " or a client certificate with --ca, --cert and --key"
+        )
     lines = [f"{code.name}: {error.details()}"] if code != grpc.StatusCode.INVALID_ARGUMENT else []
     for key, value in error.trailing_metadata() or ():
         if key != "grpc-status-details-bin":

@@ -16,7 +16,7 @@ from typing import Callable
 from google.protobuf import json_format
 
 from service import settings as settings_mod
-from service.cli_client import EXIT_BAD_INPUT, EXIT_FAILED, CliError, call, read_payload
+from service.cli_client import EXIT_BAD_INPUT, EXIT_FAILED, CliError, add_connection_args, call, read_payload
 from service.secret import strip_line_ending
 from smtpconfig.v2 import secret_pb2
 from smtpconfig.v2 import secret_provider_service_pb2 as pb
@@ -61,8 +61,7 @@ def add_commands(sub) -> None:
 
 def _client_parser(verbs, name: str, help: str) -> argparse.ArgumentParser:
     p = verbs.add_parser(name, help=help)
-    p.add_argument("--target", help="server address: host:port or unix:PATH (env SMTPCONFIG_TARGET)")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an answer")
+    add_connection_args(p, timeout=30.0)
     return p
 
 

@@ -49,6 +49,27 @@ class Unimplemented(SmtpConfigError):
     """The method is declared but not built yet."""
 
 
+class Unauthenticated(SmtpConfigError):
+    """The call carries no identity this server accepts (no token, an unknown token, no client
+    certificate, or a Unix socket without a configured identity)."""
+
+
+class PermissionDenied(SmtpConfigError):
+    """The caller is known but the policy does not grant the permission the method needs."""
+
+
+class ResourceExhausted(SmtpConfigError):
+    """The caller is over a rate limit; `retry_after` says when a call would be let through."""
+
+    def __init__(self, message: str, retry_after: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class DeadlineExceeded(SmtpConfigError):
+    """The call ran past its deadline (the caller's, or the server's default)."""
+
+
 def violation(field: str, description: str) -> FieldViolation:
     """Shorthand used by the validators."""
     return FieldViolation(field, description)

@@ -7,6 +7,9 @@ the token request, `Scope` as ``scope`` and `Audience` as ``audience``.
 Tokens are cached per (endpoint, client, scope, audience, headers) until `REFRESH_MARGIN` before
 they expire; concurrent callers share one fetch; `invalidate` drops a token the SMTP server refused
 (a 535 on XOAUTH2), so the next call fetches a fresh one.
+
+Each fetch is counted and timed in the metrics (cached tokens are not fetches), and each token
+fetched is handed to the log redactor.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ with warnings.catch_warnings():
     from authlib.integrations.httpx_client import AsyncOAuth2Client
 
 from service.errors import FailedPrecondition, Unavailable
+from service.logs import remember_secret
+from service.metrics import NO_METRICS, AnyMetrics
 from service.model import RequestHeader
 from service.netguard import check_destination
 from service.secret import Secret
@@ -119,8 +124,10 @@ class TokenClient:
         timeout: float = 10.0,
         context: ssl.SSLContext | None = None,
         auth_method: str = DEFAULT_AUTH_METHOD,
+        metrics: AnyMetrics = NO_METRICS,
     ) -> None:
         self._timeout = timeout
+        self._metrics = metrics
         # httpx takes an SSL context (a CA path is deprecated); True verifies with the system CAs.
         self._verify: ssl.SSLContext | bool = context or True
         self._auth_method = auth_method
@@ -148,6 +155,17 @@ class TokenClient:
             del self._tokens[key]
 
     async def _fetch(self, request: TokenRequest) -> AccessToken:
+        """One fetch, measured from the destination check to the parsed answer."""
+        started = time.monotonic()
+        try:
+            token = await self._request(request)
+        except Exception:
+            self._metrics.token_fetch(False, time.monotonic() - started)
+            raise
+        self._metrics.token_fetch(True, time.monotonic() - started)
+        return token
+
+    async def _request(self, request: TokenRequest) -> AccessToken:
         host = httpx.URL(request.endpoint).host
         await check_destination(host, httpx.URL(request.endpoint).port or 443, what="token endpoint", timeout=self._timeout)
         params: dict[str, str] = {}
@@ -188,6 +206,7 @@ class TokenClient:
             raise Unavailable("the token endpoint's answer has no access_token")
         lifetime = _lifetime(answer.get("expires_in"))
         expires_at = datetime.now(timezone.utc) + timedelta(seconds=lifetime)
+        remember_secret(value)
         token = AccessToken(Secret(value), str(answer.get("token_type") or "Bearer"), expires_at, fetched=True)
         # Reused until shortly before expiry: a minute early, or halfway for short-lived tokens.
         self._tokens[request.cache_key()] = (started + lifetime - min(REFRESH_MARGIN, lifetime / 2), token)

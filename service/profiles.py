@@ -25,7 +25,7 @@ from service.model import (
     ProfileDraft,
     ProviderRef,
 )
-from service.store.base import ABSENT, EtagMismatch, Revision, Store
+from service.store.base import ABSENT, AuditHook, EtagMismatch, Revision, Store
 from service.validation import validate
 
 log = logging.getLogger(__name__)
@@ -127,15 +127,17 @@ class ProfileService:
         mask: frozenset[str] | None = None,
         etag: str = "",
         earlier: list[FieldViolation] | None = None,
+        audit: AuditHook | None = None,
     ) -> tuple[StoredProfile, list[str]]:
         """Store `draft` (whole, or only the `mask` fields), returning the new revision and the
-        Keyfactor names of the fields that changed. With `etag`, only on top of that revision."""
+        Keyfactor names of the fields that changed. With `etag`, only on top of that revision.
+        `audit` gives the audit record stored atomically with the change."""
         # One read-merge-write at a time in this process: local writers queue instead of racing.
         # The compare-and-set below still guards against writers elsewhere (other replicas).
         async with self._write_lock:
-            return await self._update(draft, mask, etag, earlier)
+            return await self._update(draft, mask, etag, earlier, audit)
 
-    async def _update(self, draft, mask, etag, earlier) -> tuple[StoredProfile, list[str]]:
+    async def _update(self, draft, mask, etag, earlier, audit) -> tuple[StoredProfile, list[str]]:
         for _ in range(_MAX_RETRIES):
             current = self._current
             if etag and (current is None or current.etag != etag):
@@ -144,15 +146,15 @@ class ProfileService:
             profile = validate(merged, self._providers, earlier)
             data = encode_profile(profile, self._sealer, PROFILE_KEY)
             expected = current.etag if current is not None else ABSENT
+            changed = _changed_fields(current.profile if current else None, profile)
             try:
-                revision = await self._store.put(PROFILE_KEY, data, expected)
+                revision = await self._store.put(PROFILE_KEY, data, expected, audit and audit(changed))
             except EtagMismatch:
                 if etag:
                     raise Aborted("the profile changed since that etag was read; read it again") from None
                 await self._reload()
                 continue
             stored = self._apply(revision, profile)
-            changed = _changed_fields(current.profile if current else None, profile)
             log.info("profile updated to revision %s; changed: %s", revision.revision, ", ".join(changed) or "nothing")
             return stored, changed
         raise Aborted("the profile is changing too fast to apply this update; try again")

@@ -29,7 +29,7 @@ from service.providers import (
     validate_instance,
 )
 from service.secret import strip_line_ending
-from service.store.base import ABSENT, EtagMismatch, Store
+from service.store.base import ABSENT, AuditHook, EtagMismatch, Store
 
 log = logging.getLogger(__name__)
 
@@ -184,15 +184,19 @@ class ProviderService:
 
     # --- writes ---------------------------------------------------------------------------------
 
-    async def create(self, draft: InstanceDraft) -> ProviderInstance:
+    async def create(self, draft: InstanceDraft, audit: AuditHook | None = None) -> ProviderInstance:
+        """Store a new instance with the next free id. `audit` (see `AuditHook`) gives the audit
+        record stored with it."""
         async with self._lock:
             taken = {i.name for i in self.all()}
             provider_id = max((i.id for i in self.all()), default=0) + 1
             instance = validate_instance(draft, self.plugins, provider_id=provider_id, taken_names=taken)
-            return await self._write(instance, ABSENT, "created")
+            changed = ["Name", "ProviderType", *(f"Initialization.{k}" for k in sorted(instance.initialization))]
+            return await self._write(instance, ABSENT, "created", audit and audit(changed, provider=provider_id))
 
     async def update(
-        self, provider_id: int, draft: InstanceDraft, *, mask: frozenset[str] | None, etag: str
+        self, provider_id: int, draft: InstanceDraft, *, mask: frozenset[str] | None, etag: str,
+        audit: AuditHook | None = None,
     ) -> ProviderInstance:
         async with self._lock:
             current = self._writable(provider_id, etag)
@@ -214,9 +218,14 @@ class ProviderService:
                 InstanceDraft(name, current.type_name, init), self.plugins,
                 provider_id=provider_id, taken_names=taken, keep=keep,
             )
-            return await self._write(instance, current.etag, "updated")
+            changed = (["Name"] if instance.name != current.name else []) + [
+                f"Initialization.{k}"
+                for k in sorted(set(instance.initialization) | set(current.initialization))
+                if instance.initialization.get(k) != current.initialization.get(k)
+            ]
+            return await self._write(instance, current.etag, "updated", audit and audit(changed, provider=provider_id))
 
-    async def delete(self, provider_id: int, etag: str) -> None:
+    async def delete(self, provider_id: int, etag: str, audit: AuditHook | None = None) -> None:
         async with self._lock:
             current = self._writable(provider_id, etag)
             if provider_id in self._references():
@@ -225,7 +234,7 @@ class ProviderService:
                     " point the profile elsewhere first"
                 )
             try:
-                await self._store.delete(provider_key(provider_id), current.etag)
+                await self._store.delete(provider_key(provider_id), current.etag, audit and audit((), provider=provider_id))
             except EtagMismatch:
                 raise Aborted("the provider instance changed meanwhile; read it again") from None
             self._stored.pop(provider_id, None)
@@ -242,10 +251,10 @@ class ProviderService:
             raise Aborted("the provider instance changed since that etag was read; read it again")
         return current
 
-    async def _write(self, instance: ProviderInstance, expected, verb: str) -> ProviderInstance:
+    async def _write(self, instance: ProviderInstance, expected, verb: str, audit_entry=None) -> ProviderInstance:
         data = encode_instance(instance, self._sealer)
         try:
-            revision = await self._store.put(provider_key(instance.id), data, expected)
+            revision = await self._store.put(provider_key(instance.id), data, expected, audit_entry)
         except EtagMismatch:
             raise Aborted("another writer changed provider instances meanwhile; try again") from None
         stored = replace(instance, source=API, etag=revision.etag)

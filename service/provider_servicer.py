@@ -6,7 +6,8 @@ import math
 from collections import OrderedDict
 
 import grpc
-from service import convert
+from service import calls, convert
+from service.calls import Guard, rpc
 from service.errors import InvalidArgument, NotFound, violation
 from service.model import CREDENTIAL_FIELDS, FIELDS, InlineSecret, ProviderRef, SecretSource
 from service.plugin import Parameter
@@ -16,7 +17,6 @@ from service.provider_service import ProviderService
 from service.providers import CONFIG, IMPLICIT_TYPES, InstanceDraft, ProviderInstance
 from service.resolver import Resolver
 from service.secret import Secret
-from service.status import grpc_errors
 from service.validation import validate_secret_object
 from smtpconfig.v2 import secret_provider_service_pb2 as pb
 from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
@@ -65,7 +65,10 @@ def draft_from_pb(msg: pb.ProviderInstance) -> InstanceDraft:
 class SecretProviderServiceV2(pb_grpc.SecretProviderServiceServicer):
     """`smtpconfig.v2.SecretProviderService`."""
 
-    def __init__(self, providers: ProviderService, profiles: ProfileService, resolver: Resolver) -> None:
+    SERVICE = "v2.SecretProviderService"
+
+    def __init__(self, providers: ProviderService, profiles: ProfileService, resolver: Resolver, guard: Guard) -> None:
+        self.guard = guard
         self._providers = providers
         self._profiles = profiles
         self._resolver = resolver
@@ -73,42 +76,48 @@ class SecretProviderServiceV2(pb_grpc.SecretProviderServiceServicer):
         # the answer only changes when provider instances do (see ProviderService.revision).
         self._checked: OrderedDict[bytes, tuple[int, SecretSource]] = OrderedDict()
 
-    @grpc_errors
+    @rpc("providers:read")
     async def ListProviderTypes(self, request, context: grpc.aio.ServicerContext):
         types = sorted(self._providers.plugins.provider_types.values(), key=lambda t: t.name)
         return pb.ListProviderTypesResponse(
             provider_types=[provider_type_to_pb(t) for t in types if t.name not in IMPLICIT_TYPES]
         )
 
-    @grpc_errors
+    @rpc("providers:read")
     async def ListProviders(self, request, context: grpc.aio.ServicerContext):
         return pb.ListProvidersResponse(providers=[instance_to_pb(i) for i in self._providers.all()])
 
-    @grpc_errors
+    @rpc("providers:read")
     async def GetProvider(self, request: pb.GetProviderRequest, context: grpc.aio.ServicerContext):
         return pb.GetProviderResponse(provider=instance_to_pb(self._providers.get(request.id)))
 
-    @grpc_errors
+    @rpc("providers:modify", audit=True)
     async def CreateProvider(self, request: pb.CreateProviderRequest, context: grpc.aio.ServicerContext):
-        created = await self._providers.create(draft_from_pb(request.provider))
+        created = await self._providers.create(draft_from_pb(request.provider), audit=calls.current().change_record)
         return pb.CreateProviderResponse(provider=instance_to_pb(created))
 
-    @grpc_errors
+    @rpc("providers:modify", audit=True)
     async def UpdateProvider(self, request: pb.UpdateProviderRequest, context: grpc.aio.ServicerContext):
         mask = frozenset(request.update_mask.paths) if request.update_mask.paths else None
         updated = await self._providers.update(
-            request.provider.id, draft_from_pb(request.provider), mask=mask, etag=request.etag
+            request.provider.id, draft_from_pb(request.provider), mask=mask, etag=request.etag,
+            audit=calls.current().change_record,
         )
         return pb.UpdateProviderResponse(provider=instance_to_pb(updated))
 
-    @grpc_errors
+    @rpc("providers:modify", audit=True)
     async def DeleteProvider(self, request: pb.DeleteProviderRequest, context: grpc.aio.ServicerContext):
-        await self._providers.delete(request.id, request.etag)
+        calls.current().note(provider=request.id)
+        await self._providers.delete(request.id, request.etag, audit=calls.current().change_record)
         return pb.DeleteProviderResponse()
 
-    @grpc_errors
+    @rpc("providers:read", audit=True, limit="resolve")
     async def CheckSecret(self, request: pb.CheckSecretRequest, context: grpc.aio.ServicerContext):
         target = request.WhichOneof("target")
+        if target == "profile_field":
+            calls.current().note(fields=[request.profile_field])
+        elif target == "secret" and request.secret.provider:
+            calls.current().note(provider=request.secret.provider)
         if target == "secret":
             source = self._checked_source(request.secret)
         elif target == "profile_field":

@@ -6,11 +6,15 @@
 - Failures are remembered briefly (`failure_ttl`), so a broken reference cannot hammer a backend.
 - Every backend call has a timeout. Blocking `resolve` methods run on a dedicated thread pool, so
   they never block the event loop, and a hung backend cannot take the threads of other work.
+- Metrics: every provider call (type, outcome, latency, error class) and every cache lookup. A
+  resolution that joins a call already in flight counts as a cache hit, so misses equal the number
+  of backend calls. Each fetched value is handed to the log redactor.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 import math
@@ -21,6 +25,8 @@ from dataclasses import dataclass
 from typing import Callable, Hashable
 
 from service.errors import FailedPrecondition, FieldViolation, InvalidArgument, SmtpConfigError, Unavailable
+from service.logs import remember_secret
+from service.metrics import NO_METRICS, AnyMetrics
 from service.model import InlineSecret, ProviderRef, SecretSource
 from service.plugin import (
     AccessDenied,
@@ -76,8 +82,10 @@ class Resolver:
         failure_ttl: float = 5.0,
         workers: int = 32,
         fingerprint: Callable[[Secret], str] = lambda value: "",
+        metrics: AnyMetrics = NO_METRICS,
     ) -> None:
         self._providers = providers
+        self._metrics = metrics
         self._fingerprint = fingerprint
         self._plugins = plugins
         self._timeout = timeout
@@ -121,7 +129,10 @@ class Resolver:
             value = source.value
             if self._inline is not None:
                 value = _as_resolved(self._inline.resolve({}, {"SecretValue": value})).value
-            return Resolution(value, None, "inline", "inline", time.monotonic() - started, False, math.inf)
+            remember_secret(value.reveal())
+            elapsed = time.monotonic() - started
+            self._metrics.provider_call("inline", "ok", elapsed)
+            return Resolution(value, None, "inline", "inline", elapsed, False, math.inf)
         instance = self._providers.find(source.provider)
         if instance is None:
             raise FailedPrecondition(f"no secret provider instance has Id {source.provider}")
@@ -129,7 +140,9 @@ class Resolver:
         now = time.monotonic()
         entry = self._cache.get(key)
         cached = entry is not None and entry.expires > now
-        if not cached:
+        if cached:
+            self._metrics.cache(hit=True)
+        else:
             entry = await self._shared_call(key, instance, source)
         assert entry is not None
         if entry.error is not None:
@@ -145,6 +158,7 @@ class Resolver:
         """Join the call in flight for `key`, or start it. The call runs as its own task, so a
         caller that gives up (deadline, cancellation) does not cancel it for the others."""
         task = self._inflight.get(key)
+        self._metrics.cache(hit=task is not None)
         if task is None:
             task = asyncio.create_task(self._call(instance, ref), name=f"resolve-{instance.id}")
             self._inflight[key] = task
@@ -177,39 +191,66 @@ class Resolver:
         return provider
 
     async def _call(self, instance: ProviderInstance, ref: ProviderRef) -> _Entry:
-        """One backend call, turned into a cache entry (value or error)."""
-        where = f"provider {instance.id} ({instance.name}, {instance.type_name})"
-        reference = ", ".join(f"{k}={v}" for k, v in sorted(ref.parameters.items()))
-        failed = time.monotonic() + self._failure_ttl
+        """One backend call, turned into a cache entry (value or error), and measured."""
+        started = time.monotonic()
         try:
             provider = self._provider(instance)
-            params = with_defaults(tuple(p for p in provider.parameters if p.instance_level), ref.parameters)
-            init = with_defaults(tuple(p for p in provider.parameters if not p.instance_level), instance.initialization)
-            if inspect.iscoroutinefunction(provider.resolve):
-                result = await asyncio.wait_for(provider.resolve(params, init), self._timeout)
-            else:
-                call = asyncio.get_running_loop().run_in_executor(self._pool, provider.resolve, params, init)
-                result = await asyncio.wait_for(call, self._timeout)
-            resolved = _as_resolved(result)
-        except asyncio.TimeoutError:
-            return _Entry(failed, error=Unavailable(f"{where} did not answer within {self._timeout:g}s"))
-        except SecretNotFound as error:
-            return _Entry(failed, error=FailedPrecondition(f"{where} has no secret for {{{reference}}}: {error}"))
-        except AccessDenied as error:
-            return _Entry(failed, error=FailedPrecondition(f"{where} was denied access for {{{reference}}}: {error}"))
-        except ProviderUnavailable as error:
-            return _Entry(failed, error=Unavailable(f"{where} is unavailable: {error}"))
-        except BadParameters as error:
-            field = f"Parameters.{error.parameter}" if error.parameter else "Parameters"
-            return _Entry(failed, error=InvalidArgument([FieldViolation(field, f"{where}: {error}")]))
-        except SmtpConfigError as error:
-            return _Entry(failed, error=error)
-        except Exception as error:  # noqa: BLE001 - a plugin bug; its text could hold anything
-            log.error("%s raised %s while resolving {%s}", where, type(error).__name__, reference)
-            return _Entry(failed, error=Unavailable(f"{where} failed ({type(error).__name__}); see the server log"))
+            resolved = await self._backend(provider, instance, ref)
+        except Exception as error:  # noqa: BLE001 - each kind is mapped by _domain_error
+            self._metrics.provider_call(instance.type_name, "error", time.monotonic() - started, _error_kind(error))
+            return _Entry(started + self._failure_ttl, error=self._domain_error(error, instance, ref))
+        self._metrics.provider_call(instance.type_name, "ok", time.monotonic() - started)
+        remember_secret(resolved.value.reveal())
         default = provider.default_ttl
         ttl = min(resolved.ttl if resolved.ttl is not None else default, MAX_TTL)
         return _Entry(time.monotonic() + ttl, resolved=resolved, fingerprint=self._fingerprint(resolved.value))
+
+    async def _backend(self, provider: SecretProvider, instance: ProviderInstance, ref: ProviderRef) -> Resolved:
+        params = with_defaults(tuple(p for p in provider.parameters if p.instance_level), ref.parameters)
+        init = with_defaults(tuple(p for p in provider.parameters if not p.instance_level), instance.initialization)
+        if inspect.iscoroutinefunction(provider.resolve):
+            result = await asyncio.wait_for(provider.resolve(params, init), self._timeout)
+        else:
+            # In the caller's context, so lines a provider logs carry the call's request id.
+            run = contextvars.copy_context().run
+            call = asyncio.get_running_loop().run_in_executor(self._pool, run, provider.resolve, params, init)
+            result = await asyncio.wait_for(call, self._timeout)
+        return _as_resolved(result)
+
+    def _domain_error(self, error: Exception, instance: ProviderInstance, ref: ProviderRef) -> SmtpConfigError:
+        """What callers are told about a failed provider call."""
+        where = f"provider {instance.id} ({instance.name}, {instance.type_name})"
+        reference = ", ".join(f"{k}={v}" for k, v in sorted(ref.parameters.items()))
+        if isinstance(error, asyncio.TimeoutError):
+            return Unavailable(f"{where} did not answer within {self._timeout:g}s")
+        if isinstance(error, SecretNotFound):
+            return FailedPrecondition(f"{where} has no secret for {{{reference}}}: {error}")
+        if isinstance(error, AccessDenied):
+            return FailedPrecondition(f"{where} was denied access for {{{reference}}}: {error}")
+        if isinstance(error, ProviderUnavailable):
+            return Unavailable(f"{where} is unavailable: {error}")
+        if isinstance(error, BadParameters):
+            field = f"Parameters.{error.parameter}" if error.parameter else "Parameters"
+            return InvalidArgument([FieldViolation(field, f"{where}: {error}")])
+        if isinstance(error, SmtpConfigError):
+            return error
+        # A plugin bug; its text could hold anything.
+        log.error("%s raised %s while resolving {%s}", where, type(error).__name__, reference)
+        return Unavailable(f"{where} failed ({type(error).__name__}); see the server log")
+
+
+_PUBLIC_ERRORS = (SecretNotFound, AccessDenied, ProviderUnavailable, BadParameters)
+
+
+def _error_kind(error: Exception) -> str:
+    """The metrics label for a failed call: the plugin API's error class (a plugin's own subclass
+    of one counts as it), ``Timeout``, or the class name of anything else."""
+    if isinstance(error, asyncio.TimeoutError):
+        return "Timeout"
+    for cls in _PUBLIC_ERRORS:
+        if isinstance(error, cls):
+            return cls.__name__
+    return type(error).__name__
 
 
 def _as_resolved(result: object) -> Resolved:

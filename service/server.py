@@ -13,7 +13,9 @@ aio server kept ~4,400. Waiting is what this service's apply-time calls mostly d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import grp
 import logging
 import os
 import signal
@@ -26,7 +28,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from service.apply import Applier
+from service.audit import AuditLog
+from service.audit_servicer import AuditServiceV2
+from service.auth import ADMIN, Authenticator, Policy, ensure_admin_token, token_hash
+from service.calls import Guard
 from service.catalog import ProviderCatalog
+from service.limits import RateLimiter
+from service.metrics import Metrics
+from service.tls import ReloadingCertificates
 from service.crypto import Sealer, load_key
 from service.errors import FailedPrecondition
 from service.plugin_manager import load_plugins
@@ -36,10 +45,12 @@ from service.provider_servicer import SecretProviderServiceV2
 from service.oauth import TokenClient
 from service.resolver import Resolver
 from service.servicers import ConfigServiceV1, ConfigServiceV2
-from service.settings import Settings
+from service.settings import ALL_PERMISSIONS, Settings, split_address
 from service.store.sqlite import SqliteStore
 from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
+from smtpconfig.v2 import audit_service_pb2 as audit_pb
+from smtpconfig.v2 import audit_service_pb2_grpc as audit_grpc
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from smtpconfig.v2 import secret_provider_service_pb2 as providers_pb
@@ -51,7 +62,10 @@ SERVICE_NAMES = (
     v1.DESCRIPTOR.services_by_name["ConfigService"].full_name,
     v2.DESCRIPTOR.services_by_name["ConfigService"].full_name,
     providers_pb.DESCRIPTOR.services_by_name["SecretProviderService"].full_name,
+    audit_pb.DESCRIPTOR.services_by_name["AuditService"].full_name,
 )
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 # One server per port: without this a second server could silently share a port with the first.
 SERVER_OPTIONS = (("grpc.so_reuseport", 0),)
@@ -73,6 +87,13 @@ class App:
         self._resolver: Resolver | None = None
         self._applier: Applier | None = None
         self._health = health.aio.HealthServicer()
+        self._health_server: grpc.aio.Server | None = None
+        self._readiness: asyncio.Task | None = None
+        self.metrics = Metrics()
+        self.metrics_port: int | None = None
+        self.health_port: int | None = None
+        self.certificates: ReloadingCertificates | None = None
+        self.admin_token_path: Path | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -83,6 +104,11 @@ class App:
             create=settings.key_is_generated,
         )
         sealer = Sealer(key)
+        if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+            self.certificates = ReloadingCertificates(
+                settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
+            )
+        guard_tokens, policy = self._callers()
         plugins = load_plugins(
             allow=settings.plugins_allow, block=settings.plugins_block, strict=settings.plugins_strict
         )
@@ -98,32 +124,54 @@ class App:
         self._resolver = Resolver(
             self._provider_service, plugins,
             timeout=settings.provider_timeout, failure_ttl=settings.provider_failure_ttl,
-            fingerprint=sealer.fingerprint,
+            fingerprint=sealer.fingerprint, metrics=self.metrics,
+        )
+        audit = AuditLog(self._store, on_record=self.metrics.audit_record)
+        guard = Guard(
+            authenticator=Authenticator(guard_tokens, policy, settings.unix_socket_identity),
+            policy=policy,
+            audit=audit,
+            metrics=self.metrics,
+            limiters={
+                "resolve": RateLimiter(settings.resolve_rate, settings.resolve_burst),
+                "test": RateLimiter(settings.test_rate, settings.test_burst),
+            },
+            default_deadline=settings.default_deadline,
         )
 
-        server = grpc.aio.server(options=SERVER_OPTIONS)
+        server = grpc.aio.server(
+            options=SERVER_OPTIONS + (("grpc.max_receive_message_length", settings.max_message_bytes),),
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
+        )
         # One trust decision for every apply-time TLS peer: SMTP relays and token endpoints.
         tls = ssl.create_default_context(cafile=str(settings.ca_bundle) if settings.ca_bundle else None)
         self._applier = Applier(
             self._resolver,
-            TokenClient(timeout=settings.smtp_timeout, context=tls),
+            TokenClient(timeout=settings.smtp_timeout, context=tls, metrics=self.metrics),
             smtp_timeout=settings.smtp_timeout,
             context=tls,
             allow_plaintext_auth=settings.allow_plaintext_auth,
             implicit_tls_ports=settings.implicit_tls_ports,
         )
-        v1_grpc.add_ConfigServiceServicer_to_server(ConfigServiceV1(self._profiles, self._applier), server)
-        v2_grpc.add_ConfigServiceServicer_to_server(ConfigServiceV2(self._profiles, self._applier), server)
+        v1_grpc.add_ConfigServiceServicer_to_server(ConfigServiceV1(self._profiles, self._applier, guard), server)
+        v2_grpc.add_ConfigServiceServicer_to_server(ConfigServiceV2(self._profiles, self._applier, guard), server)
         providers_grpc.add_SecretProviderServiceServicer_to_server(
-            SecretProviderServiceV2(self._provider_service, self._profiles, self._resolver), server
+            SecretProviderServiceV2(self._provider_service, self._profiles, self._resolver, guard), server
         )
+        audit_grpc.add_AuditServiceServicer_to_server(AuditServiceV2(audit, guard), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             SERVICE_NAMES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             server,
         )
+        for name in ("",) + SERVICE_NAMES:
+            await self._health.set(name, _NOT_SERVING)
+        credentials = self.certificates.credentials() if self.certificates else None
         for address in settings.listen:
-            port = server.add_insecure_port(address)
+            if credentials is not None:
+                port = server.add_secure_port(address, credentials)
+            else:
+                port = server.add_insecure_port(address)
             if port == 0:
                 raise FailedPrecondition(f"could not listen on {address}")
             self.ports[address] = port
@@ -135,13 +183,64 @@ class App:
         self._server = server
         await server.start()
         if self.socket_path is not None:
-            os.chmod(self.socket_path, 0o600)
-        for name in ("",) + SERVICE_NAMES:
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            _restrict_socket(self.socket_path, settings.unix_socket_mode, settings.unix_socket_group)
+        if settings.health_listen:
+            # Probes (kubelet's gRPC probe) dial without TLS or identity: this listener serves
+            # health and nothing else, so it can be open where the API is not.
+            self._health_server = grpc.aio.server(options=SERVER_OPTIONS)
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, self._health_server)
+            self.health_port = self._health_server.add_insecure_port(settings.health_listen)
+            if self.health_port == 0:
+                raise FailedPrecondition(f"could not listen on {settings.health_listen}")
+            await self._health_server.start()
+        if settings.metrics_listen:
+            host, port = split_address(settings.metrics_listen)
+            try:
+                self.metrics_port = self.metrics.serve(host, port)
+            except OSError as error:
+                raise FailedPrecondition(f"could not serve metrics on {settings.metrics_listen}: {error.strerror}") from None
+        await self._check_readiness()
+        self._readiness = asyncio.create_task(self._follow_readiness(), name="readiness")
         where = [f"{a.rsplit(':', 1)[0]}:{p}" for a, p in self.ports.items()]
         if self.socket_path is not None:
             where.append(f"unix:{self.socket_path}")
-        log.info("smtpconfig serving on %s (data in %s)", ", ".join(where), settings.data_dir)
+        log.info(
+            "smtpconfig serving on %s (%s; data in %s)", ", ".join(where),
+            "mTLS" if self.certificates and self.certificates.mutual else "TLS" if self.certificates else "no TLS",
+            settings.data_dir,
+        )
+        if self.admin_token_path is not None:
+            log.info("admin token in %s (the CLI reads it from there)", self.admin_token_path)
+
+    def _callers(self) -> tuple[list[tuple[str, str]], Policy]:
+        """Configured tokens and policy, plus the embedded default's admin token."""
+        settings = self.settings
+        tokens = list(settings.tokens)
+        entries = list(settings.policy)
+        if settings.admin_token:
+            token = ensure_admin_token(settings.data_dir)
+            self.admin_token_path = settings.data_dir / "admin.token"
+            tokens.append((ADMIN, token_hash(token)))
+            if ADMIN not in {identity for identity, _ in entries}:
+                entries.append((ADMIN, (ALL_PERMISSIONS,)))
+        return tokens, Policy(entries)
+
+    async def _check_readiness(self) -> bool:
+        assert self._store is not None
+        try:
+            await asyncio.wait_for(self._store.ping(), timeout=max(1.0, self.settings.readiness_interval))
+            ready = True
+        except Exception as error:  # noqa: BLE001 - any failure means not ready
+            log.warning("the store is not reachable (%s); health says NOT_SERVING", type(error).__name__)
+            ready = False
+        for name in ("",) + SERVICE_NAMES:
+            await self._health.set(name, _SERVING if ready else _NOT_SERVING)
+        return ready
+
+    async def _follow_readiness(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.readiness_interval)
+            await self._check_readiness()
 
     @property
     def target(self) -> str:
@@ -154,9 +253,16 @@ class App:
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking calls, let in-flight ones finish for `grace` seconds, then release all."""
         grace = self.settings.grace_period if grace is None else grace
+        if self._readiness is not None:
+            self._readiness.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._readiness
         await self._health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
+        self.metrics.stop()
         if self._profiles is not None:
             await self._profiles.stop()
         if self._provider_service is not None:
@@ -176,6 +282,17 @@ class App:
     async def wait(self) -> None:
         assert self._server is not None
         await self._server.wait_for_termination()
+
+
+def _restrict_socket(path: Path, mode: int, group: str) -> None:
+    """The socket's owner, group and mode decide who may connect: they are its access boundary."""
+    if group:
+        try:
+            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise FailedPrecondition(f"unix_socket_group {group!r} is not a group on this machine") from None
+        os.chown(path, -1, gid)
+    os.chmod(path, mode)
 
 
 def _clear_stale_socket(path: Path) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import grpc
 
 from service import convert
+from service import calls
 from service.apply import Applier, succeeded
+from service.calls import Guard, rpc
 from service.errors import FailedPrecondition, InvalidArgument, Unavailable
 from service.smtp_check import FAILED, OK, SKIPPED, Step
 from service.model import FIELDS, V1_FIELDS
@@ -14,7 +16,6 @@ from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
-from service.status import grpc_errors
 
 
 class _PerRevision:
@@ -48,10 +49,19 @@ def _step_to_v2(step: Step) -> v2.TestStep:
     )
 
 
+def _note_test(request, steps: list[Step]) -> None:
+    what = "the request's profile" if request.HasField("profile") else "the stored profile"
+    ending = "sent" if succeeded(steps) else f"{steps[-1].name} step failed"
+    calls.current().note(message=f"test of {what} to {request.test_recipient}: {ending}")
+
+
 class ConfigServiceV2(v2_grpc.ConfigServiceServicer):
     """`smtpconfig.v2.ConfigService`."""
 
-    def __init__(self, profiles: ProfileService, applier: Applier) -> None:
+    SERVICE = "v2.ConfigService"
+
+    def __init__(self, profiles: ProfileService, applier: Applier, guard: Guard) -> None:
+        self.guard = guard
         self._profiles = profiles
         self._applier = applier
         self._read = _PerRevision(
@@ -62,11 +72,11 @@ class ConfigServiceV2(v2_grpc.ConfigServiceServicer):
             )
         )
 
-    @grpc_errors
+    @rpc("smtp:read")
     async def GetSmtp(self, request: v2.GetSmtpRequest, context: grpc.aio.ServicerContext) -> v2.GetSmtpResponse:
         return self._read(self._profiles.get())
 
-    @grpc_errors
+    @rpc("smtp:modify", audit=True)
     async def UpdateSmtp(
         self, request: v2.UpdateSmtpRequest, context: grpc.aio.ServicerContext
     ) -> v2.UpdateSmtpResponse:
@@ -74,7 +84,7 @@ class ConfigServiceV2(v2_grpc.ConfigServiceServicer):
         if problems:
             raise InvalidArgument(problems)
         stored, _ = await self._profiles.update(
-            convert.draft_from_v2(request.profile), mask=mask, etag=request.etag
+            convert.draft_from_v2(request.profile), mask=mask, etag=request.etag, audit=calls.current().change_record
         )
         return v2.UpdateSmtpResponse(
             profile=convert.profile_to_v2(stored.profile),
@@ -82,16 +92,17 @@ class ConfigServiceV2(v2_grpc.ConfigServiceServicer):
             update_time=convert.timestamp(stored.updated_at),
         )
 
-    @grpc_errors
+    @rpc("smtp:test", audit=True, limit="test")
     async def TestSmtp(self, request: v2.TestSmtpRequest, context: grpc.aio.ServicerContext) -> v2.TestSmtpResponse:
         if request.HasField("profile"):
             profile = self._profiles.check(convert.draft_from_v2(request.profile))
         else:
             profile = self._profiles.get().profile
         steps = await self._applier.test(profile, request.test_recipient)
+        _note_test(request, steps)
         return v2.TestSmtpResponse(success=succeeded(steps), steps=[_step_to_v2(s) for s in steps])
 
-    @grpc_errors
+    @rpc("smtp:resolve", audit=True, limit="resolve")
     async def ResolveSmtp(self, request, context: grpc.aio.ServicerContext) -> v2.ResolveSmtpResponse:
         stored = self._profiles.get()
         credentials = await self._applier.credentials(stored.profile)
@@ -101,6 +112,12 @@ class ConfigServiceV2(v2_grpc.ConfigServiceServicer):
         if credentials.username is not None and credentials.password is not None:
             response.credentials.username = credentials.username.reveal()
             response.credentials.password = credentials.password.reveal()
+        revealed = []
+        if credentials.username is not None and credentials.password is not None:
+            revealed += ["RelayUsername", "RelayPassword"]
+        if credentials.token is not None:
+            revealed += ["AccessToken"]
+        calls.current().note(fields=revealed, message=f"profile etag {stored.etag}")
         if credentials.token is not None:
             response.credentials.access_token = credentials.token.value.reveal()
             response.credentials.token_type = credentials.token.token_type
@@ -111,7 +128,10 @@ class ConfigServiceV2(v2_grpc.ConfigServiceServicer):
 class ConfigServiceV1(v1_grpc.ConfigServiceServicer):
     """`smtpconfig.v1.ConfigService`: Keyfactor's v1 contract over the same stored profile."""
 
-    def __init__(self, profiles: ProfileService, applier: Applier) -> None:
+    SERVICE = "v1.ConfigService"
+
+    def __init__(self, profiles: ProfileService, applier: Applier, guard: Guard) -> None:
+        self.guard = guard
         self._profiles = profiles
         self._applier = applier
         self._read = _PerRevision(
@@ -122,11 +142,11 @@ class ConfigServiceV1(v1_grpc.ConfigServiceServicer):
             )
         )
 
-    @grpc_errors
+    @rpc("smtp:read")
     async def GetSmtp(self, request: v1.GetSmtpRequest, context: grpc.aio.ServicerContext) -> v1.GetSmtpResponse:
         return self._read(self._profiles.get())
 
-    @grpc_errors
+    @rpc("smtp:modify", audit=True)
     async def UpdateSmtp(
         self, request: v1.UpdateSmtpRequest, context: grpc.aio.ServicerContext
     ) -> v1.UpdateSmtpResponse:
@@ -134,14 +154,16 @@ class ConfigServiceV1(v1_grpc.ConfigServiceServicer):
         draft, v1_problems = convert.draft_from_v1(request.profile, mask)
         if problems:
             raise InvalidArgument(problems + v1_problems)
-        stored, _ = await self._profiles.update(draft, mask=mask, etag=request.etag, earlier=v1_problems)
+        stored, _ = await self._profiles.update(
+            draft, mask=mask, etag=request.etag, earlier=v1_problems, audit=calls.current().change_record
+        )
         return v1.UpdateSmtpResponse(
             profile=convert.profile_to_v1(stored.profile),
             etag=stored.etag,
             update_time=convert.timestamp(stored.updated_at),
         )
 
-    @grpc_errors
+    @rpc("smtp:test", audit=True, limit="test")
     async def TestSmtp(self, request: v1.TestSmtpRequest, context: grpc.aio.ServicerContext) -> v1.TestSmtpResponse:
         if request.HasField("profile"):
             draft, problems = convert.draft_from_v1(request.profile, None)
@@ -149,6 +171,7 @@ class ConfigServiceV1(v1_grpc.ConfigServiceServicer):
         else:
             profile = self._profiles.get().profile
         steps = await self._applier.test(profile, request.test_recipient)
+        _note_test(request, steps)
         if not succeeded(steps):
             failed = steps[-1]
             text = f"{failed.name} step failed: {failed.message}" + (f" ({failed.hint})" if failed.hint else "")

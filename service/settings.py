@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -59,6 +60,53 @@ class Settings:
     implicit_tls_ports: tuple[int, ...] = (465,)
     # Provider instances declared in the config file ([[providers]] tables); read-only via the API.
     providers: tuple[dict[str, Any], ...] = ()
+
+    # --- transport ---
+    # Server certificate chain and key (PEM) for every TCP listener; re-read when the files change.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    # CA bundle for client certificates: when set, every TCP caller must present one (mTLS).
+    tls_client_ca_file: Path | None = None
+    # Listen on a non-loopback address without TLS (never, unless this is true).
+    allow_insecure_listen: bool = False
+    # Unix socket file mode (octal) and group: the socket's permissions are its access boundary.
+    unix_socket_mode: int = 0o600
+    unix_socket_group: str = ""
+    # Plaintext listener serving only grpc.health.v1 (for probes that cannot do TLS); "" for none.
+    health_listen: str = ""
+
+    # --- callers ---
+    # Identity given to Unix socket callers that bring no token; "" means they must bring one.
+    unix_socket_identity: str = ""
+    # Keep an admin bearer token in <data_dir>/admin.token (0600), created when missing, for the
+    # identity "admin" with every permission. The CLI finds it there on its own.
+    admin_token: bool = True
+    # Bearer tokens by identity: [[tokens]] tables with `identity` and `sha256` (hex of the token).
+    tokens: tuple[tuple[str, str], ...] = ()
+    # Which identity holds which permissions: [policy] table, identity = ["smtp:read", ...].
+    policy: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    # --- observability ---
+    # host:port of the Prometheus /metrics endpoint; "" for none.
+    metrics_listen: str = ""
+    # text or json (one object per line, with the request id of the call being served).
+    log_format: str = "text"
+    # Seconds between store reachability checks; health turns NOT_SERVING while the store fails.
+    readiness_interval: float = 5.0
+
+    # --- limits ---
+    # Largest request message accepted, in bytes.
+    max_message_bytes: int = 1024 * 1024
+    # Seconds a call that brings no deadline may run.
+    default_deadline: float = 30.0
+    # Calls served at once; more are refused with RESOURCE_EXHAUSTED. 0: no limit.
+    max_concurrent_rpcs: int = 1000
+    # Per-identity token buckets (calls per second, burst). A rate of 0 means no limit.
+    # ResolveSmtp and CheckSecret share the resolve bucket: both reveal what a secret holds.
+    resolve_rate: float = 10.0
+    resolve_burst: int = 20
+    test_rate: float = 0.5
+    test_burst: int = 5
     # Where settings came from, for the start-up log.
     sources: tuple[str, ...] = field(default=("defaults",), compare=False)
 
@@ -94,7 +142,35 @@ _ENV = {
     "smtp_timeout": "SMTP_TIMEOUT",
     "allow_plaintext_auth": "ALLOW_PLAINTEXT_AUTH",
     "implicit_tls_ports": "IMPLICIT_TLS_PORTS",
+    "tls_cert_file": "TLS_CERT_FILE",
+    "tls_key_file": "TLS_KEY_FILE",
+    "tls_client_ca_file": "TLS_CLIENT_CA_FILE",
+    "allow_insecure_listen": "ALLOW_INSECURE_LISTEN",
+    "unix_socket_mode": "UNIX_SOCKET_MODE",
+    "unix_socket_group": "UNIX_SOCKET_GROUP",
+    "health_listen": "HEALTH_LISTEN",
+    "unix_socket_identity": "UNIX_SOCKET_IDENTITY",
+    "admin_token": "ADMIN_TOKEN",
+    "metrics_listen": "METRICS_LISTEN",
+    "log_format": "LOG_FORMAT",
+    "readiness_interval": "READINESS_INTERVAL",
+    "max_message_bytes": "MAX_MESSAGE_BYTES",
+    "default_deadline": "DEFAULT_DEADLINE",
+    "max_concurrent_rpcs": "MAX_CONCURRENT_RPCS",
+    "resolve_rate": "RESOLVE_RATE",
+    "resolve_burst": "RESOLVE_BURST",
+    "test_rate": "TEST_RATE",
+    "test_burst": "TEST_BURST",
 }
+PERMISSIONS = (
+    "smtp:read", "smtp:modify", "smtp:test", "smtp:resolve", "providers:read", "providers:modify", "audit:read",
+)
+ALL_PERMISSIONS = "*"
+# Token and Unix socket identities are plain names, so they never look like a certificate's
+# identity (a URI, dns:NAME or cn:NAME).
+_PLAIN_IDENTITY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
+_CERT_IDENTITY = re.compile(r"^(dns:|cn:|[a-z][a-z0-9+.-]*://)\S+$")
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -147,7 +223,7 @@ def _apply(settings: Settings, values: Mapping[str, Any], origin: str, *, base: 
 
 def _coerce(name: str, value: Any, origin: str, base: Path | None, text: bool) -> Any:
     where = f"{origin}: {name}"
-    if name in ("data_dir", "key_file", "ca_bundle"):
+    if name in ("data_dir", "key_file", "ca_bundle", "tls_cert_file", "tls_key_file", "tls_client_ca_file"):
         if not isinstance(value, (str, Path)) or not str(value):
             raise SettingsError(f"{where} must be a path")
         path = Path(value).expanduser()
@@ -192,7 +268,70 @@ def _coerce(name: str, value: Any, origin: str, base: Path | None, text: bool) -
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             raise SettingsError(f"{where} must be a list of plugin names")
         return tuple(value)
-    if name in ("plugins_strict", "allow_plaintext_auth"):
+    if name in ("metrics_listen", "health_listen"):
+        if not isinstance(value, str):
+            raise SettingsError(f"{where} must be host:port, or empty for none")
+        if value:
+            split_address(value)
+        return value
+    if name == "unix_socket_mode":
+        try:
+            mode = int(value, 8) if isinstance(value, str) else int(value)
+        except (TypeError, ValueError):
+            raise SettingsError(f"{where} must be an octal file mode such as \"0660\"") from None
+        if mode & ~0o777 or not mode & 0o600 == 0o600:
+            raise SettingsError(f"{where} must be a file mode within 0777 that lets the owner read and write")
+        if mode & 0o007:
+            raise SettingsError(f"{where} must not open the socket to every local user (use a group)")
+        return mode
+    if name == "unix_socket_group":
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            raise SettingsError(f"{where} must be a group name or number")
+        return value
+    if name == "unix_socket_identity":
+        if not isinstance(value, str) or (value and not _PLAIN_IDENTITY.match(value)):
+            raise SettingsError(f"{where} must be a plain name (letters, digits, . _ @ -)")
+        return value
+    if name == "log_format":
+        if not isinstance(value, str) or value.lower() not in ("text", "json"):
+            raise SettingsError(f"{where} must be text or json")
+        return value.lower()
+    if name in ("max_message_bytes", "max_concurrent_rpcs", "resolve_burst", "test_burst"):
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise SettingsError(f"{where} must be a whole number") from None
+        low = {"max_message_bytes": 1024, "max_concurrent_rpcs": 0}.get(name, 1)
+        if not low <= number <= 1 << 30:
+            raise SettingsError(f"{where} must be at least {low}")
+        return number
+    if name in ("resolve_rate", "test_rate"):
+        try:
+            rate = float(value)
+        except (TypeError, ValueError):
+            raise SettingsError(f"{where} must be calls per second (0 for no limit)") from None
+        if not 0 <= rate <= 1e6:
+            raise SettingsError(f"{where} must be between 0 (no limit) and 1000000 calls per second")
+        return rate
+    if name in ("default_deadline", "readiness_interval"):
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            raise SettingsError(f"{where} must be a number of seconds") from None
+        if not 0 < seconds <= 3600:
+            raise SettingsError(f"{where} must be more than 0 and at most 3600 seconds")
+        return seconds
+    if name == "tokens":
+        if text:
+            raise SettingsError(f"{where}: tokens are declared in the config file only")
+        return _tokens(value, where)
+    if name == "policy":
+        if text:
+            raise SettingsError(f"{where}: the policy is declared in the config file only")
+        return _policy(value, where)
+    if name in ("plugins_strict", "allow_plaintext_auth", "allow_insecure_listen", "admin_token"):
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
@@ -257,6 +396,46 @@ def _declared_providers(value: Any, where: str, base: Path | None) -> tuple[dict
     return tuple(declared)
 
 
+def _tokens(value: Any, where: str) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise SettingsError(f"{where} must be [[tokens]] tables")
+    tokens = []
+    for i, table in enumerate(value):
+        at = f"{where}[{i}]"
+        if set(table) != {"identity", "sha256"}:
+            raise SettingsError(f"{at} must have exactly `identity` and `sha256` (see `smtpconfig token new`)")
+        identity, digest = table["identity"], table["sha256"]
+        if not isinstance(identity, str) or not _PLAIN_IDENTITY.match(identity):
+            raise SettingsError(f"{at}.identity must be a plain name (letters, digits, . _ @ -)")
+        if not isinstance(digest, str) or not _SHA256_HEX.match(digest.lower()):
+            raise SettingsError(f"{at}.sha256 must be 64 hex digits: the SHA-256 of the token, never the token")
+        tokens.append((identity, digest.lower()))
+    digests = [d for _, d in tokens]
+    if len(set(digests)) != len(digests):
+        raise SettingsError(f"{where}: two tokens have the same hash")
+    return tuple(tokens)
+
+
+def _policy(value: Any, where: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    if not isinstance(value, dict):
+        raise SettingsError(f"{where} must be a table: identity = [permissions]")
+    policy = []
+    for identity, permissions in value.items():
+        at = f"{where}.{identity!r}"
+        if not (_PLAIN_IDENTITY.match(identity) or _CERT_IDENTITY.match(identity)):
+            raise SettingsError(
+                f"{at}: an identity is a plain name (token or Unix socket), a URI SAN such as"
+                " spiffe://..., dns:NAME or cn:NAME"
+            )
+        if not isinstance(permissions, list) or not all(isinstance(p, str) for p in permissions):
+            raise SettingsError(f"{at} must be a list of permissions")
+        unknown = [p for p in permissions if p not in PERMISSIONS and p != ALL_PERMISSIONS]
+        if unknown:
+            raise SettingsError(f"{at}: unknown permission {unknown[0]!r} (known: {', '.join(PERMISSIONS)}, *)")
+        policy.append((identity, tuple(dict.fromkeys(permissions))))
+    return tuple(policy)
+
+
 def split_address(address: str) -> tuple[str, int]:
     """`host:port` or `[v6]:port` to (host, port)."""
     host, sep, port = address.rpartition(":")
@@ -284,13 +463,30 @@ def is_loopback(host: str) -> bool:
 
 def check(settings: Settings) -> None:
     """Refuse settings that cannot work or are unsafe before anything starts."""
+    tls = settings.tls_cert_file is not None or settings.tls_key_file is not None
+    if tls and (settings.tls_cert_file is None or settings.tls_key_file is None):
+        raise SettingsError("tls_cert_file and tls_key_file go together: set both or neither")
+    if settings.tls_client_ca_file is not None and not tls:
+        raise SettingsError("tls_client_ca_file (mTLS) needs tls_cert_file and tls_key_file")
     for address in settings.listen:
         host, _ = split_address(address)
-        if not is_loopback(host):
+        if not is_loopback(host) and not tls and not settings.allow_insecure_listen:
             raise SettingsError(
-                f"listen address {address!r} is not a loopback address; without caller"
-                " authentication and TLS this server listens on 127.0.0.1, ::1 or localhost only"
+                f"listen address {address!r} is not a loopback address and TLS is not configured:"
+                " set tls_cert_file and tls_key_file (and tls_client_ca_file for mTLS), or"
+                " allow_insecure_listen = true to accept tokens in clear text on the network"
             )
+    for address in filter(None, (settings.metrics_listen, settings.health_listen)):
+        if address in settings.listen:
+            raise SettingsError(f"{address} is both an API listener and a metrics or health listener")
+    if settings.health_listen and settings.metrics_listen:
+        if settings.health_listen == settings.metrics_listen:
+            raise SettingsError("metrics_listen and health_listen must differ")
+    known = {identity for identity, _ in settings.policy} | ({"admin"} if settings.admin_token else set())
+    if settings.unix_socket_identity and settings.unix_socket_identity not in known:
+        raise SettingsError(
+            f"unix_socket_identity {settings.unix_socket_identity!r} has no entry in [policy]: its callers could do nothing"
+        )
     socket = settings.socket_path
     if socket is not None and len(os.fsencode(socket.absolute())) > _MAX_SOCKET_PATH:
         raise SettingsError(

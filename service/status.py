@@ -1,31 +1,28 @@
 """One table from domain exceptions to gRPC status codes, with rich error details.
 
-Servicer methods are wrapped with `grpc_errors`; they raise domain exceptions and never build
-statuses themselves. Unexpected exceptions become INTERNAL with a fixed message: their text could
-carry anything, so it goes to the log by type only.
+Servicer methods raise domain exceptions and never build statuses themselves; `service.calls`
+turns what they raise into a status with this table.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
-import traceback
-from typing import Awaitable, Callable, TypeVar
-
 import grpc
+from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from service.errors import (
     Aborted,
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
+    ResourceExhausted,
     SmtpConfigError,
+    Unauthenticated,
     Unavailable,
     Unimplemented,
 )
-
-log = logging.getLogger(__name__)
 
 STATUS_FOR: dict[type[SmtpConfigError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -34,9 +31,13 @@ STATUS_FOR: dict[type[SmtpConfigError], grpc.StatusCode] = {
     Aborted: grpc.StatusCode.ABORTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
-_DETAILS_KEY = "grpc-status-details-bin"
+DETAILS_KEY = "grpc-status-details-bin"
 
 
 def _code_for(error: SmtpConfigError) -> grpc.StatusCode:
@@ -60,35 +61,8 @@ def to_rpc_status(error: SmtpConfigError) -> tuple[grpc.StatusCode, str, status_
         status.details.add().Pack(detail)
         message = "; ".join(f"{v.field}: {v.description}" for v in error.violations) or message
         status.message = message
+    elif isinstance(error, ResourceExhausted):
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(error.retry_after * 1e9))
+        status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
     return code, message, status
-
-
-Handler = TypeVar("Handler", bound=Callable[..., Awaitable])
-
-
-def grpc_errors(method: Handler) -> Handler:
-    """Turn domain exceptions raised by an async servicer method into gRPC statuses."""
-
-    @functools.wraps(method)
-    async def wrapper(self, request, context: grpc.aio.ServicerContext):
-        try:
-            return await method(self, request, context)
-        except SmtpConfigError as error:
-            code, message, status = to_rpc_status(error)
-            # Domain messages are written never to hold a value, so operators see them whole.
-            log.info("%s: %s %s", method.__name__, code.name, message)
-            await context.abort(code, message, trailing_metadata=((_DETAILS_KEY, status.SerializeToString()),))
-        except grpc.aio.AbortError:
-            raise
-        except Exception as error:  # noqa: BLE001 - the last line of defence for callers
-            # The frames say where; the message could hold anything, so it is left out.
-            log.error(
-                "internal error in %s: %s\n%s",
-                method.__qualname__,
-                type(error).__name__,
-                "".join(traceback.format_tb(error.__traceback__)),
-            )
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
-
-    return wrapper  # type: ignore[return-value]
-

@@ -182,7 +182,7 @@ class Service:
         defaults.update(settings)
         self.data_dir = short_dir("sa")
         self.server = ServerThread(self.data_dir, **defaults).start()
-        self.channel = grpc.insecure_channel(self.server.target)
+        self.channel = self.server.channel()
         self.v1 = v1_grpc.ConfigServiceStub(self.channel)
         self.v2 = v2_grpc.ConfigServiceStub(self.channel)
         self.providers = pb_grpc.SecretProviderServiceStub(self.channel)

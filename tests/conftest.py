@@ -106,7 +106,7 @@ def server_with_provider() -> Iterator[ServerThread]:
 
 @pytest.fixture
 def channel(server) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(server.target) as ch:
+    with server.channel() as ch:
         yield ch
 
 

@@ -44,11 +44,60 @@ def short_dir(prefix: str = "sc") -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
 
 
-class ServerThread:
+ADMIN_TOKEN = "admin.token"
+# Tests call as fast as they like unless they test the limits themselves.
+UNLIMITED = {"resolve_rate": 0.0, "test_rate": 0.0}
+
+
+class TokenAuth(grpc.UnaryUnaryClientInterceptor):
+    """Sends a bearer token with every call of a channel (tests, the benchmark)."""
+
+    def __init__(self, token: str) -> None:
+        self._metadata = (("authorization", f"Bearer {token}"),)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        metadata = tuple(details.metadata or ()) + self._metadata
+        return continuation(details._replace(metadata=metadata), request)
+
+
+def token_channel(target: str, token: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.Channel:
+    """A channel whose every call carries `token`."""
+    base = grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)
+    return grpc.intercept_channel(base, TokenAuth(token))
+
+
+class _Caller:
+    """What tests use to call a running server as its admin."""
+
+    data_dir: Path
+    target: str
+
+    @property
+    def token_path(self) -> Path:
+        return self.data_dir / ADMIN_TOKEN
+
+    @property
+    def token(self) -> str:
+        return self.token_path.read_text().strip()
+
+    def channel(self) -> grpc.Channel:
+        """A channel to the server that calls as the admin identity."""
+        return token_channel(self.target, self.token)
+
+    @property
+    def cli_args(self) -> tuple[str, ...]:
+        """CLI flags that reach this server as its admin."""
+        return ("--target", self.target, "--token-file", str(self.token_path))
+
+
+class ServerThread(_Caller):
     """An `App` on port 0, running on its own event loop in a background thread."""
 
     def __init__(self, data_dir: Path, catalog: ProviderCatalog | None = None, **settings) -> None:
-        self.settings = Settings(data_dir=data_dir, listen=("127.0.0.1:0",), grace_period=1.0, **settings)
+        self.data_dir = data_dir
+        settings = {**UNLIMITED, **settings}
+        settings.setdefault("listen", ("127.0.0.1:0",))
+        self.settings = Settings(data_dir=data_dir, grace_period=1.0, **settings)
         self.app = App(self.settings, catalog)
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -108,7 +157,7 @@ def wait_serving(target: str, timeout: float = 60.0, proc: subprocess.Popen | No
     raise TimeoutError(f"{target} did not reach SERVING in {timeout}s: {last}")
 
 
-class ServerProcess:
+class ServerProcess(_Caller):
     """`smtpconfig serve` in a subprocess, reached over its Unix socket; stderr kept for reading."""
 
     def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
@@ -119,7 +168,7 @@ class ServerProcess:
             sys.executable, "-m", "service.cli", "serve",
             "--data-dir", str(data_dir), "--listen", "127.0.0.1:0", "--grace-period", "2", *extra,
         ]
-        self.env = {**os.environ, **(env or {})}
+        self.env = {**os.environ, "SMTPCONFIG_RESOLVE_RATE": "0", "SMTPCONFIG_TEST_RATE": "0", **(env or {})}
         self.proc: subprocess.Popen | None = None
 
     @property

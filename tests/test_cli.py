@@ -26,9 +26,9 @@ def write(tmp_path: Path, doc, name: str = "profile.json") -> str:
 
 
 def test_put_and_get_v2_keyfactor_json(server, tmp_path, capsys) -> None:
-    code, out, _ = run(capsys, "put", "--target", server.target, "-f", write(tmp_path, OAUTH_V2))
+    code, out, _ = run(capsys, "put", *server.cli_args, "-f", write(tmp_path, OAUTH_V2))
     assert code == 0 and "etag" in out
-    code, out, _ = run(capsys, "get", "--target", server.target, "--json")
+    code, out, _ = run(capsys, "get", *server.cli_args, "--json")
     shown = json.loads(out)
     assert shown["ClientSecret"] == {"HasValue": True}
     assert "client-secret-1" not in out
@@ -37,47 +37,47 @@ def test_put_and_get_v2_keyfactor_json(server, tmp_path, capsys) -> None:
 
 
 def test_get_json_round_trips_through_put(server, tmp_path, capsys) -> None:
-    run(capsys, "put", "--target", server.target, "-f", write(tmp_path, BASIC_V2))
-    _, out, _ = run(capsys, "get", "--target", server.target, "--json")
+    run(capsys, "put", *server.cli_args, "-f", write(tmp_path, BASIC_V2))
+    _, out, _ = run(capsys, "get", *server.cli_args, "--json")
     doc = json.loads(out)
     # A read never carries the password back, so a full replace needs it again.
     doc["RelayPassword"] = {"SecretValue": "again"}
     doc["Port"] = 2525
-    code, _, err = run(capsys, "put", "--target", server.target, "-f", write(tmp_path, doc, "edited.json"))
+    code, _, err = run(capsys, "put", *server.cli_args, "-f", write(tmp_path, doc, "edited.json"))
     assert code == 0, err
-    _, out, _ = run(capsys, "get", "--target", server.target, "--json")
+    _, out, _ = run(capsys, "get", *server.cli_args, "--json")
     assert json.loads(out)["Port"] == 2525
 
 
 def test_v1_payload_is_detected_and_read_back_through_v1(server, tmp_path, capsys) -> None:
-    code, _, err = run(capsys, "put", "--target", server.target, "-f", write(tmp_path, BASIC_V1))
+    code, _, err = run(capsys, "put", *server.cli_args, "-f", write(tmp_path, BASIC_V1))
     assert code == 0, err
-    _, out, _ = run(capsys, "get", "--target", server.target, "--api", "v1", "--json")
+    _, out, _ = run(capsys, "get", *server.cli_args, "--api", "v1", "--json")
     shown = json.loads(out)
     assert shown == edit(BASIC_V1, RelayPassword=DROP)
 
 
 def test_human_get_describes_secrets_without_values(server, tmp_path, capsys) -> None:
-    run(capsys, "put", "--target", server.target, "-f", write(tmp_path, BASIC_V2))
-    code, out, _ = run(capsys, "get", "--target", server.target)
+    run(capsys, "put", *server.cli_args, "-f", write(tmp_path, BASIC_V2))
+    code, out, _ = run(capsys, "get", *server.cli_args)
     assert code == 0
     assert "RelayPassword            inline (value withheld)" in out
     assert "2 (Basic)" in out and "relay-password" not in out
 
 
 def test_mask_and_if_match(server, tmp_path, capsys) -> None:
-    run(capsys, "put", "--target", server.target, "-f", write(tmp_path, BASIC_V2))
-    code, _, err = run(capsys, "put", "--target", server.target, "--mask", "Port", "-f", write(tmp_path, {"Port": 465}, "p.json"))
+    run(capsys, "put", *server.cli_args, "-f", write(tmp_path, BASIC_V2))
+    code, _, err = run(capsys, "put", *server.cli_args, "--mask", "Port", "-f", write(tmp_path, {"Port": 465}, "p.json"))
     assert code == 0, err
-    _, out, _ = run(capsys, "get", "--target", server.target, "--json")
+    _, out, _ = run(capsys, "get", *server.cli_args, "--json")
     assert json.loads(out)["Port"] == 465 and json.loads(out)["RelayPassword"]["HasValue"]
-    code, _, err = run(capsys, "put", "--target", server.target, "--if-match", "1-000000000000", "-f", write(tmp_path, BASIC_V2))
+    code, _, err = run(capsys, "put", *server.cli_args, "--if-match", "1-000000000000", "-f", write(tmp_path, BASIC_V2))
     assert code == 1 and "ABORTED" in err
 
 
 def test_invalid_profile_lists_every_field_and_rule(server, tmp_path, capsys) -> None:
     doc = edit(BASIC_V2, Host="smtp://x", Port=0, SenderName="a\r\nb")
-    code, _, err = run(capsys, "put", "--target", server.target, "-f", write(tmp_path, doc))
+    code, _, err = run(capsys, "put", *server.cli_args, "-f", write(tmp_path, doc))
     assert code == 2
     assert "nothing was stored" in err
     assert "  Host: must be a host name or IP address, without a scheme" in err
@@ -96,17 +96,17 @@ BAD_FILES = [
 
 @pytest.mark.parametrize("reason,content,says", BAD_FILES, ids=[b[0] for b in BAD_FILES])
 def test_bad_files_are_explained(server, tmp_path, capsys, reason, content, says) -> None:
-    code, _, err = run(capsys, "put", "--target", server.target, "-f", write(tmp_path, content))
+    code, _, err = run(capsys, "put", *server.cli_args, "-f", write(tmp_path, content))
     assert code == 2 and says in err
 
 
 def test_missing_file(server, tmp_path, capsys) -> None:
-    code, _, err = run(capsys, "put", "--target", server.target, "-f", str(tmp_path / "absent.json"))
+    code, _, err = run(capsys, "put", *server.cli_args, "-f", str(tmp_path / "absent.json"))
     assert code == 2 and "cannot read" in err
 
 
 def test_keyfactor_deprecated_sender_address_is_ignored(server, tmp_path, capsys) -> None:
-    code, _, err = run(capsys, "put", "--target", server.target, "-f", write(tmp_path, {**BASIC_V1, "SenderAddress": "x@y.z"}))
+    code, _, err = run(capsys, "put", *server.cli_args, "-f", write(tmp_path, {**BASIC_V1, "SenderAddress": "x@y.z"}))
     assert code == 0 and "ignoring SenderAddress" in err
 
 
@@ -116,7 +116,7 @@ def test_unreachable_server_says_so(tmp_path, capsys) -> None:
 
 
 def test_empty_store_get_is_not_found(server, capsys) -> None:
-    code, _, err = run(capsys, "get", "--target", server.target)
+    code, _, err = run(capsys, "get", *server.cli_args)
     assert code == 1 and "NOT_FOUND" in err and "no SMTP profile is stored yet" in err
 
 
@@ -133,5 +133,5 @@ EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e.name for e in EXAMPLES])
 def test_shipped_examples_are_accepted(server, capsys, example: Path) -> None:
-    code, _, err = run(capsys, "put", "--target", server.target, "-f", str(example))
+    code, _, err = run(capsys, "put", *server.cli_args, "-f", str(example))
     assert code == 0, err

@@ -43,7 +43,7 @@ def test_test_and_resolve_commands(relay, tmp_path: Path, capsys) -> None:
         "RelayUsername": {"SecretValue": "relay"}, "RelayPassword": {"SecretValue": PASSWORD},
         "SenderAccount": "relay@example.com", "SenderName": "Relay", "UseSSL": True,
     }))
-    t = ("--target", server.target)
+    t = server.cli_args
     code, out, err = run(capsys, "test", *t, "--to", "ops@example.com", "-f", str(profile))
     assert code == 0, err
     assert "tls      ok" in out and "AUTH PLAIN" in out and "test message sent" in out

@@ -17,7 +17,7 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def test_provider_commands_end_to_end(server, tmp_path: Path, capsys, monkeypatch) -> None:
-    t = ("--target", server.target)
+    t = server.cli_args
     secrets_dir = tmp_path / "secrets"
     secrets_dir.mkdir()
     (secrets_dir / "smtp-password").write_text(PLANTED + "\n")
@@ -70,7 +70,7 @@ def test_provider_commands_end_to_end(server, tmp_path: Path, capsys, monkeypatc
 
 
 def test_provider_command_errors_are_explained(server, tmp_path: Path, capsys) -> None:
-    t = ("--target", server.target)
+    t = server.cli_args
     code, _, err = run(capsys, "providers", "create", *t, "--name", "x", "--type", "nope")
     assert code == 2 and "ProviderType: no provider type 'nope' is installed" in err
     code, _, err = run(capsys, "providers", "create", *t, "--name", "x", "--type", "exec", "--set", "novalue")

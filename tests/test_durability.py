@@ -18,7 +18,7 @@ def test_acknowledged_update_survives_kill_9() -> None:
     server = ServerProcess(data_dir).start()
     try:
         acknowledged = None
-        with grpc.insecure_channel(server.target) as channel:
+        with server.channel() as channel:
             stub = v2_grpc.ConfigServiceStub(channel)
             for port in range(2500, 2520):
                 doc = edit(BASIC_V2, Port=port, RelayPassword={"SecretValue": f"pw-{port}"})
@@ -28,7 +28,7 @@ def test_acknowledged_update_survives_kill_9() -> None:
 
         restarted = ServerProcess(data_dir).start()  # also proves the stale socket and lock are handled
         try:
-            with grpc.insecure_channel(restarted.target) as channel:
+            with restarted.channel() as channel:
                 reply = v2_grpc.ConfigServiceStub(channel).GetSmtp(v2.GetSmtpRequest())
             assert reply.etag == acknowledged.etag
             assert reply.profile.port == 2519
@@ -47,7 +47,7 @@ def test_concurrent_writers_then_kill_9_keep_every_acknowledged_revision() -> No
     data_dir = short_dir() / "data"
     server = ServerProcess(data_dir).start()
     try:
-        with grpc.insecure_channel(server.target) as channel:
+        with server.channel() as channel:
             stub = v2_grpc.ConfigServiceStub(channel)
 
             def write(port: int):
@@ -59,7 +59,7 @@ def test_concurrent_writers_then_kill_9_keep_every_acknowledged_revision() -> No
         newest = max(replies, key=lambda r: int(r.etag.split("-")[0], 16))
         restarted = ServerProcess(data_dir).start()
         try:
-            with grpc.insecure_channel(restarted.target) as channel:
+            with restarted.channel() as channel:
                 reply = v2_grpc.ConfigServiceStub(channel).GetSmtp(v2.GetSmtpRequest())
             assert (reply.etag, reply.profile.port) == (newest.etag, newest.profile.port)
         finally:

@@ -143,7 +143,7 @@ def test_declared_instances_are_served_read_only(tmp_path: Path, monkeypatch) ->
     data_dir = short_dir()
     server = ServerThread(data_dir, providers=settings.providers).start()
     try:
-        with grpc.insecure_channel(server.target) as channel:
+        with server.channel() as channel:
             stub = pb_grpc.SecretProviderServiceStub(channel)
             shown = stub.GetProvider(pb.GetProviderRequest(id=10)).provider
             assert shown.source == pb.PROVIDER_SOURCE_CONFIG

@@ -97,7 +97,7 @@ def test_unused_credentials_are_not_stored(v2_stub) -> None:
 def test_provider_reference_round_trip_and_unsupported_pam_secret(server_with_provider) -> None:
     ref_user = {"Provider": 7, "Parameters": {"Secret": "smtp", "Key": "username"}}
     ref_pass = {"Provider": 7, "Parameters": {"Secret": "smtp", "Key": "password", "Version": "3"}}
-    with grpc.insecure_channel(server_with_provider.target) as channel:
+    with server_with_provider.channel() as channel:
         s2, s1 = v2_grpc.ConfigServiceStub(channel), v1_grpc.ConfigServiceStub(channel)
         put2(s2, edit(BASIC_V2, RelayUsername=ref_user, RelayPassword=ref_pass))
         shown = get2(s2)

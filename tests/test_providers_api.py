@@ -71,7 +71,7 @@ def server_fast_failures():
 
 @pytest.fixture
 def stubs(server_fast_failures):
-    with grpc.insecure_channel(server_fast_failures.target) as channel:
+    with server_fast_failures.channel() as channel:
         yield pb_grpc.SecretProviderServiceStub(channel), v2_grpc.ConfigServiceStub(channel)
 
 

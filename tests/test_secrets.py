@@ -40,7 +40,7 @@ def test_planted_secrets_never_leave_the_service() -> None:
     server = ServerProcess(data_dir, "--log-level", "debug").start()
     seen: list[tuple[str, bytes | str]] = []
     try:
-        with grpc.insecure_channel(server.target) as channel:
+        with server.channel() as channel:
             s2, s1 = v2_grpc.ConfigServiceStub(channel), v1_grpc.ConfigServiceStub(channel)
             basic = edit(BASIC_V2, RelayPassword={"SecretValue": PASSWORD})
             oauth = edit(OAUTH_V2, ClientSecret={"SecretValue": CLIENT_SECRET})
@@ -81,7 +81,7 @@ def test_planted_secrets_never_leave_the_service() -> None:
         seen.append((f"file {path} (stopped)", content))
     seen.append(("server log", server.log()))
     assert "profile updated" in server.log()  # the log was captured and has content
-    assert "UpdateSmtp: INVALID_ARGUMENT" in server.log()  # rejected requests are logged too
+    assert "UpdateSmtp refused: INVALID_ARGUMENT" in server.log()  # rejected requests are logged too
     for where, content in seen:
         _assert_clean(where, content)
     shutil.rmtree(data_dir.parent, ignore_errors=True)

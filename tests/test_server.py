@@ -52,7 +52,7 @@ def test_first_start_generates_an_owner_only_key_and_database(data_dir) -> None:
 def test_wrong_key_is_refused_with_a_clear_message(data_dir) -> None:
     server = ServerProcess(data_dir).start()
     try:
-        with grpc.insecure_channel(server.target) as channel:
+        with server.channel() as channel:
             v2_grpc.ConfigServiceStub(channel).UpdateSmtp(v2.UpdateSmtpRequest(profile=v2_profile(BASIC_V2)))
     finally:
         server.terminate()
@@ -79,7 +79,7 @@ def test_missing_configured_key_file_is_an_error(data_dir) -> None:
 def test_health_and_reflection(data_dir) -> None:
     server = ServerProcess(data_dir).start()
     try:
-        with grpc.insecure_channel(server.target) as channel:
+        with server.channel() as channel:
             health = health_pb2_grpc.HealthStub(channel)
             for name in ("", "smtpconfig.v1.ConfigService", "smtpconfig.v2.ConfigService"):
                 reply = health.Check(health_pb2.HealthCheckRequest(service=name))
@@ -94,7 +94,7 @@ def test_health_and_reflection(data_dir) -> None:
 
 def test_sigterm_drains_and_exits_cleanly(data_dir) -> None:
     server = ServerProcess(data_dir).start()
-    with grpc.insecure_channel(server.target) as channel:
+    with server.channel() as channel:
         stub = v2_grpc.ConfigServiceStub(channel)
         stub.UpdateSmtp(v2.UpdateSmtpRequest(profile=v2_profile(BASIC_V2)))
         started = time.monotonic()

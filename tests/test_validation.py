@@ -249,7 +249,7 @@ REFERENCE_CASES = [
 
 @pytest.mark.parametrize("case", REFERENCE_CASES, ids=str)
 def test_provider_reference_rule(server_with_provider, case: Case) -> None:
-    with grpc.insecure_channel(server_with_provider.target) as channel:
+    with server_with_provider.channel() as channel:
         stub = v2_grpc.ConfigServiceStub(channel)
         stub.UpdateSmtp(v2.UpdateSmtpRequest(profile=v2_profile(edit(BASIC_V2, RelayPassword=VAULT_REF))))
         _assert_rejected(

@@ -27,7 +27,7 @@ from tests.test_validation import edit
 def service():
     data_dir = short_dir()
     server = ServerThread(data_dir, provider_timeout=2.0, provider_failure_ttl=0.5).start()
-    with grpc.insecure_channel(server.target) as channel:
+    with server.channel() as channel:
         yield pb_grpc.SecretProviderServiceStub(channel), v2_grpc.ConfigServiceStub(channel), channel
     server.stop()
     shutil.rmtree(data_dir, ignore_errors=True)
@@ -146,7 +146,7 @@ def test_planted_vault_secrets_stay_inside(openbao_server: OpenBao) -> None:
     server = ServerProcess(base / "data", "--log-level", "debug").start()
     seen: list[str | bytes] = []
     try:
-        with grpc.insecure_channel(server.target) as channel:
+        with server.channel() as channel:
             stub = pb_grpc.SecretProviderServiceStub(channel)
             config = v2_grpc.ConfigServiceStub(channel)
             by_token = vault_instance(stub, openbao_server, name="by-token", Token=token)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
-from typing import AsyncIterator, Protocol
+from typing import AsyncIterator, Callable, Protocol
 
 
 class _Absent:
@@ -46,6 +46,13 @@ class EtagMismatch(Exception):
     """A conditional write found another etag (or presence) than expected; nothing was written."""
 
 
+# An audit record as stored: (ISO 8601 UTC time, encoded record). Times sort as text.
+AuditEntry = tuple[str, bytes]
+# Called by a change with the names of what it changes (and the provider id it changes, if any)
+# to get the audit record to store with it.
+AuditHook = Callable[..., AuditEntry]
+
+
 def make_etag(revision: int, value: bytes) -> str:
     """An opaque etag that changes with every write, even of identical bytes."""
     digest = hashlib.blake2b(value, digest_size=6, person=revision.to_bytes(8, "big")).hexdigest()
@@ -61,12 +68,26 @@ class Store(Protocol):
     async def list(self, prefix: str) -> list[Revision]:
         """Current versions of every key starting with `prefix`, in key order."""
 
-    async def put(self, key: str, value: bytes, expected: str | _Absent | None = None) -> Revision:
+    async def put(
+        self, key: str, value: bytes, expected: str | _Absent | None = None, audit: AuditEntry | None = None
+    ) -> Revision:
         """Write `value`. With `expected` an etag, only if the current etag is that; with `ABSENT`,
-        only if the key does not exist. Raises `EtagMismatch` otherwise."""
+        only if the key does not exist. Raises `EtagMismatch` otherwise. `audit` is appended to
+        the audit trail in the same atomic write: a change is never stored without its record."""
 
-    async def delete(self, key: str, expected: str | None = None) -> bool:
-        """Delete `key` (only at etag `expected` when given); True if it existed."""
+    async def delete(self, key: str, expected: str | None = None, audit: AuditEntry | None = None) -> bool:
+        """Delete `key` (only at etag `expected` when given); True if it existed. `audit` as for
+        `put`, written only when something was deleted."""
+
+    async def append_audit(self, entries: list[AuditEntry]) -> None:
+        """Append audit records durably, all in one write."""
+
+    async def read_audit(self, after: int, since: str | None, limit: int) -> list[tuple[int, bytes]]:
+        """Up to `limit` (sequence, record) pairs with sequence above `after` and time at or
+        after `since`, oldest first."""
+
+    async def ping(self) -> None:
+        """Raise unless the store can take a write now (readiness)."""
 
     def watch(self, prefix: str) -> AsyncIterator[Change]:
         """Changes to keys under `prefix` from now on, in revision order."""

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import AsyncIterator, Callable, TypeVar
 
 from service.errors import FailedPrecondition
-from service.store.base import ABSENT, Change, EtagMismatch, Revision, _Absent, make_etag
+from service.store.base import ABSENT, AuditEntry, Change, EtagMismatch, Revision, _Absent, make_etag
 
 T = TypeVar("T")
 
@@ -35,6 +35,12 @@ CREATE TABLE IF NOT EXISTS meta (
     value INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO meta (name, value) VALUES ('revision', 0);
+CREATE TABLE IF NOT EXISTS audit (
+    seq    INTEGER PRIMARY KEY AUTOINCREMENT,
+    time   TEXT NOT NULL,
+    record BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_time ON audit (time);
 """
 
 
@@ -100,7 +106,9 @@ class SqliteStore:
 
         return await self._run(read)
 
-    async def put(self, key: str, value: bytes, expected: str | _Absent | None = None) -> Revision:
+    async def put(
+        self, key: str, value: bytes, expected: str | _Absent | None = None, audit: AuditEntry | None = None
+    ) -> Revision:
         def write() -> Revision:
             db = self._conn
             db.execute("BEGIN IMMEDIATE")
@@ -121,6 +129,8 @@ class SqliteStore:
                     " updated_at = excluded.updated_at",
                     (key, value, number, revision.etag, revision.updated_at.isoformat()),
                 )
+                if audit is not None:
+                    db.execute("INSERT INTO audit (time, record) VALUES (?, ?)", audit)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -131,7 +141,7 @@ class SqliteStore:
         self._publish(Change(key, revision.revision, revision))
         return revision
 
-    async def delete(self, key: str, expected: str | None = None) -> bool:
+    async def delete(self, key: str, expected: str | None = None, audit: AuditEntry | None = None) -> bool:
         def remove() -> int | None:
             db = self._conn
             db.execute("BEGIN IMMEDIATE")
@@ -144,6 +154,8 @@ class SqliteStore:
                     return None
                 number = self._next_revision(db)
                 db.execute("DELETE FROM kv WHERE key = ?", (key,))
+                if audit is not None:
+                    db.execute("INSERT INTO audit (time, record) VALUES (?, ?)", audit)
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
@@ -156,6 +168,38 @@ class SqliteStore:
             return False
         self._publish(Change(key, number, None))
         return True
+
+    async def append_audit(self, entries: list[AuditEntry]) -> None:
+        def write() -> None:
+            db = self._conn
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany("INSERT INTO audit (time, record) VALUES (?, ?)", entries)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+        await self._run(write)
+
+    async def read_audit(self, after: int, since: str | None, limit: int) -> list[tuple[int, bytes]]:
+        def read() -> list[tuple[int, bytes]]:
+            rows = self._conn.execute(
+                "SELECT seq, record FROM audit WHERE seq > ? AND time >= ? ORDER BY seq LIMIT ?",
+                (after, since or "", limit),
+            ).fetchall()
+            return [(seq, bytes(record)) for seq, record in rows]
+
+        return await self._run(read)
+
+    async def ping(self) -> None:
+        def probe() -> None:
+            # A write lock proves more than a read: the file is there, writable and not held.
+            db = self._conn
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("ROLLBACK")
+
+        await self._run(probe)
 
     @staticmethod
     def _next_revision(db: sqlite3.Connection) -> int:

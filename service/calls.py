@@ -1,0 +1,215 @@
+"""What happens around every RPC: identity, permission, rate limit, deadline, errors, audit, metrics.
+
+Each servicer method is declared with `@rpc(permission, ...)`; nothing answers without one, so
+a method cannot be left open by forgetting it. The servicer's `guard` (one per server) does the
+work, in this order:
+
+1. a request id: the caller's `x-request-id` when it is a sane token, else a new one; it goes
+   back in the `x-request-id` trailer and onto every log line and audit record of the call;
+2. the caller's identity (`service.auth`), else UNAUTHENTICATED;
+3. the method's permission in the policy, else PERMISSION_DENIED;
+4. the per-identity rate limit of limited methods, else RESOURCE_EXHAUSTED with a RetryInfo;
+5. the method itself, under the server's default deadline when the caller set none;
+6. domain errors mapped to statuses by `service.status`; anything else is INTERNAL with a
+   fixed message;
+7. for audited methods an audit record, success or not, before the answer leaves; changes
+   write theirs with the change itself (`Call.change_record`);
+8. the call's count and latency by method and status code.
+
+Health and reflection are not servicers of ours and stay open to everyone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Awaitable, Callable, Mapping, Sequence, TypeVar
+
+import grpc
+
+from service.audit import AuditLog, AuditRecord, record_entry
+from service.auth import Authenticator, Policy
+from service.errors import DeadlineExceeded, PermissionDenied, ResourceExhausted, SmtpConfigError
+from service.limits import RateLimiter
+from service.logs import CALL
+from service.status import DETAILS_KEY, to_rpc_status
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID = "x-request-id"
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+@dataclass(slots=True)
+class Call:
+    """The call in progress, as logs and the audit trail see it."""
+
+    method: str
+    request_id: str
+    identity: str = ""
+    # What the audit record names: fields changed or revealed, the provider changed, a summary.
+    fields: tuple[str, ...] = ()
+    provider: int = 0
+    message: str = ""
+    # The change wrote its record itself, atomically with the change.
+    recorded: bool = False
+
+    def change_record(self, fields: Sequence[str] = (), provider: int = 0):
+        """The audit entry a change stores together with itself (outcome OK)."""
+        self.fields, self.provider, self.recorded = tuple(fields), provider, True
+        return record_entry(
+            identity=self.identity, method=self.method, request_id=self.request_id,
+            outcome="OK", fields=self.fields, provider=provider, message=self.message,
+        )
+
+    def note(self, *, fields: Sequence[str] = (), provider: int = 0, message: str = "") -> None:
+        """What the audit record of this call should name besides who, when and the outcome."""
+        self.fields, self.provider, self.message = tuple(fields), provider, message
+
+
+def current() -> Call | None:
+    """The call being served on this task, if any."""
+    return CALL.get()
+
+
+@dataclass(frozen=True, slots=True)
+class RpcSpec:
+    permission: str
+    audit: bool
+    limit: str | None
+
+
+class Guard:
+    """The checks and records around every call of one server."""
+
+    def __init__(
+        self,
+        *,
+        authenticator: Authenticator,
+        policy: Policy,
+        audit: AuditLog,
+        metrics,
+        limiters: Mapping[str, RateLimiter],
+        default_deadline: float,
+    ) -> None:
+        self._authenticator = authenticator
+        self._policy = policy
+        self._audit = audit
+        self._metrics = metrics
+        self._limiters = dict(limiters)
+        self._default_deadline = default_deadline
+
+    async def run(self, spec: RpcSpec, method, servicer, request, context: grpc.aio.ServicerContext):
+        started = time.perf_counter()
+        name = f"{servicer.SERVICE}/{method.__name__}"
+        metadata = context.invocation_metadata() or ()
+        request_id = ""
+        for key, value in metadata:
+            if key == REQUEST_ID:
+                if _SANE_REQUEST_ID.match(value):
+                    request_id = value
+                break
+        call = Call(name, request_id or os.urandom(8).hex())
+        token = CALL.set(call)
+        code = "OK"
+        try:
+            try:
+                identity = self._authenticator.identify(context, metadata)
+                call.identity = identity.name
+                if not self._policy.allows(identity.name, spec.permission):
+                    raise PermissionDenied(f"{identity.name!r} does not have the {spec.permission} permission")
+                if spec.limit is not None:
+                    wait = self._limiters[spec.limit].acquire(identity.name)
+                    if wait:
+                        self._metrics.rate_limited(name)
+                        raise ResourceExhausted(
+                            f"{identity.name!r} is over the {spec.limit} rate limit; retry in {wait:.1f}s",
+                            retry_after=wait,
+                        )
+                if context.time_remaining() is None:
+                    try:
+                        async with asyncio.timeout(self._default_deadline):
+                            response = await method(servicer, request, context)
+                    except TimeoutError:
+                        raise DeadlineExceeded(
+                            f"the call took longer than the server's default deadline of"
+                            f" {self._default_deadline:g}s; set a deadline to allow more"
+                        ) from None
+                else:
+                    response = await method(servicer, request, context)
+            except SmtpConfigError as error:
+                status_code, message, status = to_rpc_status(error)
+                code = status_code.name
+                # Domain messages are written never to hold a value, so operators see them whole.
+                log.info("%s refused: %s %s", name, code, message)
+                if spec.audit:
+                    await self._record(call, code, message)
+                await context.abort(
+                    status_code, message,
+                    trailing_metadata=((DETAILS_KEY, status.SerializeToString()), (REQUEST_ID, call.request_id)),
+                )
+            if spec.audit and not call.recorded:
+                try:
+                    await self._record(call, "OK", call.message)
+                except Exception:  # noqa: BLE001 - a revealing call without its record is not answered
+                    code = "UNAVAILABLE"
+                    log.error("%s: the audit record could not be written; the answer is withheld", name)
+                    await context.abort(
+                        grpc.StatusCode.UNAVAILABLE, "the audit trail cannot be written; try again later",
+                        trailing_metadata=((REQUEST_ID, call.request_id),),
+                    )
+            context.set_trailing_metadata(((REQUEST_ID, call.request_id),))
+            return response
+        except grpc.aio.AbortError:
+            raise
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except Exception as error:  # noqa: BLE001 - the last line of defence for callers
+            code = "INTERNAL"
+            # The frames say where; the message could hold anything, so it is left out.
+            log.error(
+                "internal error in %s: %s\n%s", name, type(error).__name__,
+                "".join(traceback.format_tb(error.__traceback__)),
+            )
+            await context.abort(
+                grpc.StatusCode.INTERNAL, "internal error; see the server log",
+                trailing_metadata=((REQUEST_ID, call.request_id),),
+            )
+        finally:
+            CALL.reset(token)
+            self._metrics.rpc(name, code, time.perf_counter() - started)
+
+    async def _record(self, call: Call, outcome: str, message: str) -> None:
+        await self._audit.append(AuditRecord(
+            datetime.now(timezone.utc), call.identity, call.method, call.request_id, outcome,
+            call.fields, call.provider, message,
+        ))
+
+
+Handler = TypeVar("Handler", bound=Callable[..., Awaitable])
+
+
+def rpc(permission: str, *, audit: bool = False, limit: str | None = None) -> Callable[[Handler], Handler]:
+    """Declare a servicer method: the permission it needs, whether its calls are audited, and
+    which per-identity rate limit applies. The servicer class names its service in `SERVICE`
+    and holds the server's `Guard` in `guard`."""
+    spec = RpcSpec(permission, audit, limit)
+
+    def decorate(method: Handler) -> Handler:
+        async def wrapper(self, request, context):
+            return await self.guard.run(spec, method, self, request, context)
+
+        wrapper.__name__ = method.__name__
+        wrapper.__qualname__ = method.__qualname__
+        wrapper.__doc__ = method.__doc__
+        wrapper.rpc_spec = spec  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

@@ -1,0 +1,116 @@
+"""Operator commands around callers: making bearer tokens, and reading the audit trail.
+
+    smtpconfig token new --identity NAME     a new token, printed once, and its settings lines
+    smtpconfig token hash [FILE]             the sha256 a token's settings entry holds
+    smtpconfig audit [--since 1h|TIME] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from datetime import datetime, timedelta, timezone
+
+from google.protobuf import json_format
+
+from service.auth import new_token, token_hash
+from service.cli_client import EXIT_BAD_INPUT, CliError, add_connection_args, call
+from service.settings import _PLAIN_IDENTITY
+from smtpconfig.v2 import audit_service_pb2 as pb
+from smtpconfig.v2 import audit_service_pb2_grpc as pb_grpc
+
+_AGO = re.compile(r"^(\d+)([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def add_commands(sub) -> None:
+    token = sub.add_parser("token", help="make bearer tokens for callers")
+    verbs = token.add_subparsers(dest="verb", required=True, metavar="VERB")
+    new = verbs.add_parser("new", help="print a new token and the [[tokens]] entry that admits it")
+    new.add_argument("--identity", required=True, help="the name the policy knows the caller by")
+    new.set_defaults(run=_token_new)
+    hashed = verbs.add_parser("hash", help="print the sha256 of a token read from FILE or standard input")
+    hashed.add_argument("file", nargs="?", default="-", help="file holding the token (default: standard input)")
+    hashed.set_defaults(run=_token_hash)
+
+    audit = sub.add_parser("audit", help="show the audit trail: changes, tests and resolutions")
+    add_connection_args(audit)
+    audit.add_argument(
+        "--since", help="only records from this time on: an age such as 30m, 12h or 7d, or an"
+        " ISO 8601 time such as 2026-11-25T10:00:00Z",
+    )
+    audit.add_argument("--json", action="store_true", help="print one JSON object per record")
+    audit.set_defaults(run=_audit)
+
+
+def _token_new(args: argparse.Namespace) -> int:
+    if not _PLAIN_IDENTITY.match(args.identity):
+        raise CliError("--identity must be a plain name (letters, digits, . _ @ -)", EXIT_BAD_INPUT)
+    token = new_token()
+    print(token)
+    print(
+        "\n# Give the token above to the caller; it is shown only this once. Add these lines to the\n"
+        "# server's config file, grant the identity its permissions, and restart the server:\n"
+        f"[[tokens]]\nidentity = \"{args.identity}\"\nsha256 = \"{token_hash(token)}\"\n\n"
+        f"[policy]\n\"{args.identity}\" = [\"smtp:resolve\"]",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _token_hash(args: argparse.Namespace) -> int:
+    try:
+        text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
+    except OSError as error:
+        raise CliError(f"cannot read {args.file}: {error.strerror}", EXIT_BAD_INPUT) from None
+    token = text.strip()
+    if not token:
+        raise CliError("no token given", EXIT_BAD_INPUT)
+    print(token_hash(token))
+    return 0
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """`30m`, `12h`, `7d` (ago) or an ISO 8601 time (UTC when it names no zone)."""
+    now = now or datetime.now(timezone.utc)
+    ago = _AGO.match(text)
+    if ago:
+        return now - timedelta(**{_UNITS[ago.group(2)]: int(ago.group(1))})
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise CliError(f"--since {text!r} is neither an age (30m, 12h, 7d) nor an ISO 8601 time", EXIT_BAD_INPUT) from None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+def _audit(args: argparse.Namespace) -> int:
+    request = pb.ListAuditRecordsRequest(page_size=1000)
+    if args.since:
+        request.since.FromDatetime(parse_since(args.since))
+    while True:
+        page = call(args, pb_grpc.AuditServiceStub, "ListAuditRecords", request)
+        for record in page.records:
+            if args.json:
+                doc = json_format.MessageToDict(record, always_print_fields_with_no_presence=True)
+                print(json.dumps(doc, ensure_ascii=False))
+            else:
+                print(_line(record))
+        if not page.next_page_token:
+            return 0
+        request.page_token = page.next_page_token
+
+
+def _line(record: pb.AuditRecord) -> str:
+    when = record.time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+    what = ", ".join(record.fields)
+    if record.provider:
+        what = f"provider {record.provider}" + (f": {what}" if what else "")
+    parts = [when, record.identity or "-", record.method, record.outcome]
+    if what:
+        parts.append(what)
+    if record.message:
+        parts.append(record.message)
+    parts.append(f"[{record.request_id}]")
+    return "  ".join(parts)

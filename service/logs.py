@@ -1,0 +1,203 @@
+"""Logging setup: text or JSON lines on stderr, the call in progress on every line, and redaction.
+
+`CALL` holds the call in progress (any object with `request_id`, `method` and `identity`); the
+servicer layer sets it, and every line logged while it is set carries those fields.
+
+`Redactor` is a backstop, not the defence: code keeps values out of messages by using `Secret`.
+It masks what slips through anyway, in the final message and in tracebacks: bearer tokens and
+authorization header values, ``key=value`` and ``"key": "value"`` pairs whose key names a password,
+secret, token or API key, PEM private key blocks, passwords in URLs, and every value handed to
+`remember_secret` (the resolver hands it each value it fetches).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import threading
+import time
+from collections import OrderedDict
+from contextvars import ContextVar
+from typing import Any, TextIO
+
+#: The call in progress: an object with `request_id`, `method` and `identity` attributes, or None.
+CALL: ContextVar[Any] = ContextVar("smtpconfig_call", default=None)
+
+MASK = "[REDACTED]"
+#: Values kept by `remember_secret` (the most recent ones); shorter values are ignored, as masking
+#: them would garble ordinary words.
+REMEMBERED_MAX = 1024
+REMEMBERED_MIN_LENGTH = 6
+
+_CALL_FIELDS = ("request_id", "method", "identity")
+
+
+def call_fields() -> dict[str, str]:
+    """`request_id`, `method` and `identity` of the call in progress (those that are set)."""
+    call = CALL.get()
+    if call is None:
+        return {}
+    fields = {}
+    for name in _CALL_FIELDS:
+        value = getattr(call, name, None)
+        if value is not None and value != "":
+            fields[name] = str(value)
+    return fields
+
+
+# --- redaction -----------------------------------------------------------------------------------
+
+_KEY = r"[\w.-]*(?:passw(?:or)?d|passphrase|pwd|secret|token|api[_-]?key|apikey)[\w.-]*"
+_QUOTED = r"""(?:"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')"""  # escaped quotes included
+# Quoted, bare, or an opening quote that never closes (a cut-off message): masked to the line end.
+_VALUE = rf"""({_QUOTED}|[^\s,;&}}\])"']+|["'][^\r\n]*)"""
+
+
+def _keep_quotes(match: re.Match) -> str:
+    value = match.group(2)
+    quote = value[0] if value[0] in "\"'" else ""
+    return f"{match.group(1)}{quote}{MASK}{quote}"
+
+
+_PATTERNS = (
+    # Unterminated blocks (a truncated message) are masked to the end.
+    (re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----(?:.*?-----END [A-Z0-9 ]*PRIVATE KEY-----|.*)", re.S), MASK),
+    (re.compile(r"(\bBearer\s+)[\w.~+/-]+=*", re.I), r"\1" + MASK),
+    (re.compile(r"""(\b(?:proxy-)?authorization["']?\s*[:=]\s*["']?)[^"'\r\n,}]+""", re.I), r"\1" + MASK),
+    # key=value always; with a colon only when the key or the value is quoted, so prose such as
+    # "token: the endpoint refused" keeps its words.
+    (re.compile(rf"""(\b{_KEY}["']?\s*=\s*){_VALUE}""", re.I), _keep_quotes),
+    (re.compile(rf"""(["']{_KEY}["']\s*:\s*){_VALUE}""", re.I), _keep_quotes),
+    (re.compile(rf"""(\b{_KEY}\s*:\s*)({_QUOTED})""", re.I), _keep_quotes),
+    (re.compile(r"(://[^/\s:@]+:)[^/\s@]+@"), r"\1" + MASK + "@"),
+)
+
+_remembered: OrderedDict[str, None] = OrderedDict()
+_remembered_lock = threading.Lock()
+_longest_first: tuple[str, ...] = ()
+
+
+def remember_secret(value: str) -> None:
+    """Mask `value` wherever it appears in a log line from now on (the most recent
+    `REMEMBERED_MAX` values of at least `REMEMBERED_MIN_LENGTH` characters are kept)."""
+    global _longest_first
+    if len(value) < REMEMBERED_MIN_LENGTH:
+        return
+    with _remembered_lock:
+        if value in _remembered:
+            _remembered.move_to_end(value)
+            return
+        _remembered[value] = None
+        while len(_remembered) > REMEMBERED_MAX:
+            _remembered.popitem(last=False)
+        # A value containing another is masked whole before the shorter one can split it.
+        _longest_first = tuple(sorted(_remembered, key=len, reverse=True))
+
+
+def forget_secrets() -> None:
+    """Drop every remembered value (tests)."""
+    global _longest_first
+    with _remembered_lock:
+        _remembered.clear()
+        _longest_first = ()
+
+
+def redact(text: str) -> str:
+    """`text` with remembered values and secret-looking parts replaced by ``[REDACTED]``."""
+    # Exact values first: a pattern could mask part of one and leave the rest unmatched.
+    for value in _longest_first:
+        if value in text:
+            text = text.replace(value, MASK)
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+_EXCEPTION_FORMATTER = logging.Formatter()
+
+
+class Redactor(logging.Filter):
+    """Rewrites each record's final message (and traceback) through `redact`; never drops one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad format string must not fail the caller's log call
+            message = f"{record.msg} [arguments dropped: they do not match the format]"
+        record.msg, record.args = redact(message), ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = _EXCEPTION_FORMATTER.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
+
+
+# --- formatting ----------------------------------------------------------------------------------
+
+
+def _rfc3339(record: logging.LogRecord) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+
+
+class TextFormatter(logging.Formatter):
+    """``<time> <LEVEL> <logger> [<request_id>] <message>`` and the traceback, if any."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s%(request_tag)s %(message)s")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        return _rfc3339(record)
+
+    def format(self, record: logging.LogRecord) -> str:
+        request_id = call_fields().get("request_id")
+        record.request_tag = f" [{request_id}]" if request_id else ""
+        return super().format(record)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, the call's fields, the exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, str] = {
+            "time": _rfc3339(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        line.update(call_fields())
+        if record.exc_info and record.exc_info[0] is not None:
+            line["exc_type"] = record.exc_info[0].__name__
+            line["exc_info"] = record.exc_text or redact(self.formatException(record.exc_info))
+        if record.stack_info:
+            line["stack_info"] = record.stack_info
+        return json.dumps(line)
+
+
+_handler: logging.Handler | None = None
+
+
+def configure(level: str, fmt: str, stream: TextIO | None = None) -> logging.Handler:
+    """Log to stderr (or `stream`) at `level` (``debug``, ``info``, ...) as `fmt` (``text`` or
+    ``json``), through a `Redactor`. Calling it again replaces the handler it installed; other
+    handlers are left alone."""
+    global _handler
+    number = logging.getLevelName(level.upper())
+    if not isinstance(number, int):
+        raise ValueError(f"unknown log level {level!r}")
+    formatters = {"text": TextFormatter, "json": JsonFormatter}
+    if fmt not in formatters:
+        raise ValueError(f"unknown log format {fmt!r}; use text or json")
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(formatters[fmt]())
+    handler.addFilter(Redactor())
+    root = logging.getLogger()
+    if _handler is not None:
+        root.removeHandler(_handler)
+    root.addHandler(handler)
+    root.setLevel(number)
+    _handler = handler
+    return handler
