@@ -51,6 +51,27 @@ BAD = [
     ("wildcard address", {"env": {"SMTPCONFIG_LISTEN": "0.0.0.0:2587"}}, "not a loopback"),
     ("nothing to listen on", {"env": {"SMTPCONFIG_LISTEN": "", "SMTPCONFIG_UNIX_SOCKET": ""}}, "nothing to listen on"),
     ("socket path too long", {"env": {"SMTPCONFIG_UNIX_SOCKET": "/tmp/" + "s" * 120}}, "longer than 107"),
+    ("cert without key", {"env": {"SMTPCONFIG_TLS_CERT_FILE": "c.pem"}}, "go together"),
+    ("client CA without TLS", {"env": {"SMTPCONFIG_TLS_CLIENT_CA_FILE": "ca.pem"}}, "needs tls_cert_file"),
+    ("socket open to everyone", {"env": {"SMTPCONFIG_UNIX_SOCKET_MODE": "0666"}}, "every local user"),
+    ("socket mode not octal", {"env": {"SMTPCONFIG_UNIX_SOCKET_MODE": "rw"}}, "octal file mode"),
+    ("socket mode locks out its owner", {"env": {"SMTPCONFIG_UNIX_SOCKET_MODE": "0060"}}, "owner read and write"),
+    ("socket identity looks like a certificate", {"env": {"SMTPCONFIG_UNIX_SOCKET_IDENTITY": "dns:x"}}, "plain name"),
+    ("socket identity without a policy entry", {"env": {"SMTPCONFIG_UNIX_SOCKET_IDENTITY": "app"}}, "no entry in \\[policy\\]"),
+    ("token with the token instead of its hash", {"file": '[[tokens]]\nidentity = "app"\nsha256 = "sct_abc"\n'}, "64 hex digits"),
+    ("token with extra keys", {"file": '[[tokens]]\nidentity = "app"\nsha256 = "' + "0" * 64 + '"\ntoken = "x"\n'}, "exactly `identity` and `sha256`"),
+    ("token identity not plain", {"file": '[[tokens]]\nidentity = "spiffe://x/y"\nsha256 = "' + "0" * 64 + '"\n'}, "plain name"),
+    ("two tokens with one hash", {"file": ('[[tokens]]\nidentity = "a"\nsha256 = "' + "0" * 64 + '"\n') * 2}, "same hash"),
+    ("unknown permission", {"file": '[policy]\napp = ["smtp:write"]\n'}, "unknown permission 'smtp:write'"),
+    ("policy value not a list", {"file": '[policy]\napp = "smtp:read"\n'}, "list of permissions"),
+    ("policy identity malformed", {"file": '[policy]\n"has space" = ["smtp:read"]\n'}, "an identity is"),
+    ("unknown log format", {"env": {"SMTPCONFIG_LOG_FORMAT": "xml"}}, "text or json"),
+    ("metrics address without port", {"env": {"SMTPCONFIG_METRICS_LISTEN": "127.0.0.1"}}, "host:port"),
+    ("metrics on the API port", {"env": {"SMTPCONFIG_METRICS_LISTEN": DEFAULT_LISTEN}}, "both an API listener"),
+    ("message limit too small", {"env": {"SMTPCONFIG_MAX_MESSAGE_BYTES": "10"}}, "at least 1024"),
+    ("negative rate", {"env": {"SMTPCONFIG_RESOLVE_RATE": "-1"}}, "between 0"),
+    ("zero deadline", {"env": {"SMTPCONFIG_DEFAULT_DEADLINE": "0"}}, "more than 0"),
+    ("burst of zero", {"env": {"SMTPCONFIG_TEST_BURST": "0"}}, "at least 1"),
 ]
 
 
@@ -64,6 +85,47 @@ def test_bad_settings_are_refused(tmp_path: Path, reason: str, given: dict, says
         load(env=given.get("env", {}), config_file=config)
 
 
+def test_non_loopback_listen_needs_tls_or_an_explicit_force(tmp_path: Path) -> None:
+    wildcard = {"SMTPCONFIG_LISTEN": "0.0.0.0:2587"}
+    with pytest.raises(SettingsError, match="TLS is not configured"):
+        load(env=wildcard)
+    forced = load(env={**wildcard, "SMTPCONFIG_ALLOW_INSECURE_LISTEN": "true"})
+    assert forced.listen == ("0.0.0.0:2587",)
+    tls = load(env={**wildcard, "SMTPCONFIG_TLS_CERT_FILE": "c.pem", "SMTPCONFIG_TLS_KEY_FILE": "k.pem"})
+    assert tls.tls_cert_file == Path("c.pem") and tls.tls_client_ca_file is None
+
+
+def test_callers_from_the_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    digest = "ab" * 32
+    config.write_text(
+        'unix_socket_identity = "app"\n'
+        f'[[tokens]]\nidentity = "ops"\nsha256 = "{digest.upper()}"\n'
+        '[policy]\napp = ["smtp:resolve", "smtp:resolve"]\nops = ["*"]\n'
+        '"spiffe://example.org/ns/a/sa/b" = ["smtp:read"]\n"dns:ops.example.org" = ["audit:read"]\n'
+    )
+    settings = load(env={}, config_file=config)
+    assert settings.tokens == (("ops", digest),)  # hashes are kept in lower case
+    assert dict(settings.policy) == {
+        "app": ("smtp:resolve",), "ops": ("*",),
+        "spiffe://example.org/ns/a/sa/b": ("smtp:read",), "dns:ops.example.org": ("audit:read",),
+    }
+    assert settings.unix_socket_identity == "app"
+
+
+def test_limits_and_socket_settings_from_env() -> None:
+    settings = load(env={
+        "SMTPCONFIG_UNIX_SOCKET_MODE": "0660", "SMTPCONFIG_UNIX_SOCKET_GROUP": "mail",
+        "SMTPCONFIG_MAX_MESSAGE_BYTES": "65536", "SMTPCONFIG_DEFAULT_DEADLINE": "5",
+        "SMTPCONFIG_MAX_CONCURRENT_RPCS": "0", "SMTPCONFIG_RESOLVE_RATE": "0", "SMTPCONFIG_TEST_BURST": "2",
+        "SMTPCONFIG_ADMIN_TOKEN": "false", "SMTPCONFIG_LOG_FORMAT": "JSON",
+    })
+    assert settings.unix_socket_mode == 0o660 and settings.unix_socket_group == "mail"
+    assert settings.max_message_bytes == 65536 and settings.default_deadline == 5.0
+    assert settings.max_concurrent_rpcs == 0 and settings.resolve_rate == 0.0 and settings.test_burst == 2
+    assert settings.admin_token is False and settings.log_format == "json"
+
+
 def test_missing_config_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="does not exist"):
         load(env={}, config_file=tmp_path / "absent.toml")
@@ -72,3 +134,10 @@ def test_missing_config_file_is_named(tmp_path: Path) -> None:
 def test_settings_are_immutable() -> None:
     with pytest.raises(Exception):
         Settings().data_dir = Path("x")  # type: ignore[misc]
+
+
+def test_callers_are_declared_in_the_config_file_only() -> None:
+    with pytest.raises(SettingsError, match="config file only"):
+        load(env={}, flags={"tokens": "ops"})
+    with pytest.raises(SettingsError, match="config file only"):
+        load(env={}, flags={"policy": "ops=*"})

@@ -195,9 +195,14 @@ class SqliteStore:
     async def ping(self) -> None:
         def probe() -> None:
             # A write lock proves more than a read: the file is there, writable and not held.
+            # Writes wait up to 5 s for a lock; a readiness probe should not.
             db = self._conn
-            db.execute("BEGIN IMMEDIATE")
-            db.execute("ROLLBACK")
+            db.execute("PRAGMA busy_timeout = 500")
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("ROLLBACK")
+            finally:
+                db.execute("PRAGMA busy_timeout = 5000")
 
         await self._run(probe)
 
