@@ -60,3 +60,17 @@ def test_the_guides_example_passes_the_conformance_kit(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "7 passed" in result.stdout
+
+
+def test_every_setting_and_permission_is_in_the_readme() -> None:
+    from dataclasses import fields
+
+    from service.settings import _ENV, PERMISSIONS, Settings
+
+    readme = (ROOT / "README.md").read_text()
+    missing = [f.name for f in fields(Settings) if f.name != "sources" and f"`{f.name}`" not in readme
+               and f"`[[{f.name}]]`" not in readme and f"`[{f.name}]`" not in readme]
+    assert not missing, f"settings missing from README.md: {missing}"
+    missing_env = [f"SMTPCONFIG_{key}" for key in _ENV.values() if f"SMTPCONFIG_{key}" not in readme]
+    assert not missing_env, f"environment variables missing from README.md: {missing_env}"
+    assert all(f"`{p}`" in readme for p in PERMISSIONS)
