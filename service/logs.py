@@ -68,7 +68,8 @@ _PATTERNS = (
     (re.compile(r"""(\b(?:proxy-)?authorization["']?\s*[:=]\s*["']?)[^"'\r\n,}]+""", re.I), r"\1" + MASK),
     # key=value always; with a colon only when the key or the value is quoted, so prose such as
     # "token: the endpoint refused" keeps its words.
-    (re.compile(rf"""(\b{_KEY}["']?\s*=\s*){_VALUE}""", re.I), _keep_quotes),
+    # `Secret=` exactly is a secret reference's Keyfactor parameter: a path, which operators need.
+    (re.compile(rf"""(\b(?!(?-i:Secret)\s*=){_KEY}["']?\s*=\s*){_VALUE}""", re.I), _keep_quotes),
     (re.compile(rf"""(["']{_KEY}["']\s*:\s*){_VALUE}""", re.I), _keep_quotes),
     (re.compile(rf"""(\b{_KEY}\s*:\s*)({_QUOTED})""", re.I), _keep_quotes),
     (re.compile(r"(://[^/\s:@]+:)[^/\s@]+@"), r"\1" + MASK + "@"),

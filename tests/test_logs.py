@@ -215,3 +215,11 @@ def test_a_call_whose_arguments_do_not_fit_is_still_logged_and_redacted() -> Non
     assert Redactor().filter(record) is True
     assert record.msg == "for %s the secret_id=[REDACTED] [arguments dropped: they do not match the format]"
     assert PLANTED not in record.getMessage()
+
+
+def test_a_secret_references_path_stays_readable() -> None:
+    # `Secret` is the Keyfactor parameter naming where a secret lives, not the secret itself.
+    from service.logs import redact
+
+    assert redact("secret not found {Secret=smtp/relay, Key=password}") == "secret not found {Secret=smtp/relay, Key=password}"
+    assert redact("secret=abc client_secret=def") == "secret=[REDACTED] client_secret=[REDACTED]"
