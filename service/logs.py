@@ -64,7 +64,8 @@ def _keep_quotes(match: re.Match) -> str:
 _PATTERNS = (
     # Unterminated blocks (a truncated message) are masked to the end.
     (re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----(?:.*?-----END [A-Z0-9 ]*PRIVATE KEY-----|.*)", re.S), MASK),
-    (re.compile(r"(\bBearer\s+)[\w.~+/-]+=*", re.I), r"\1" + MASK),
+    # Tokens are long; "bearer token" in prose is not one.
+    (re.compile(r"(\bBearer\s+)[\w.~+/-]{16,}=*", re.I), r"\1" + MASK),
     (re.compile(r"""(\b(?:proxy-)?authorization["']?\s*[:=]\s*["']?)[^"'\r\n,}]+""", re.I), r"\1" + MASK),
     # key=value always; with a colon only when the key or the value is quoted, so prose such as
     # "token: the endpoint refused" keeps its words.

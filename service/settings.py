@@ -476,12 +476,11 @@ def check(settings: Settings) -> None:
                 " set tls_cert_file and tls_key_file (and tls_client_ca_file for mTLS), or"
                 " allow_insecure_listen = true to accept tokens in clear text on the network"
             )
-    for address in filter(None, (settings.metrics_listen, settings.health_listen)):
-        if address in settings.listen:
-            raise SettingsError(f"{address} is both an API listener and a metrics or health listener")
-    if settings.health_listen and settings.metrics_listen:
-        if settings.health_listen == settings.metrics_listen:
-            raise SettingsError("metrics_listen and health_listen must differ")
+    # Port 0 picks a free port per listener, so only fixed ports can clash.
+    fixed = [a for a in (*settings.listen, settings.metrics_listen, settings.health_listen) if a and split_address(a)[1]]
+    for address in fixed:
+        if fixed.count(address) > 1:
+            raise SettingsError(f"{address} is given to more than one listener (API, metrics, health)")
     known = {identity for identity, _ in settings.policy} | ({"admin"} if settings.admin_token else set())
     if settings.unix_socket_identity and settings.unix_socket_identity not in known:
         raise SettingsError(

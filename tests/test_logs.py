@@ -135,7 +135,8 @@ def test_configure_refuses_unknown_levels_and_formats(level: str, fmt: str) -> N
 REDACTIONS = [
     # (text, expected, why)
     ("Authorization: Bearer eyJhbGciOi.J9.sig-_x==", "Authorization: [REDACTED]", "a header as logged"),
-    ("sent Bearer abc.DEF-123~+/= to the relay", "sent Bearer [REDACTED] to the relay", "a bearer token in prose"),
+    ("sent Bearer abc.DEF-123~+/xyz_0= to the relay", "sent Bearer [REDACTED] to the relay", "a bearer token in prose"),
+    ("callers must bring a bearer token", "callers must bring a bearer token", "the words bearer token"),
     ("{'authorization': 'Basic dXNlcjpwYXNz', 'x': 1}", "{'authorization': '[REDACTED]', 'x': 1}",
      "a headers dict repr"),
     ("password=hunter22 user=bob", "password=[REDACTED] user=bob", "key=value"),

@@ -67,7 +67,7 @@ BAD = [
     ("policy identity malformed", {"file": '[policy]\n"has space" = ["smtp:read"]\n'}, "an identity is"),
     ("unknown log format", {"env": {"SMTPCONFIG_LOG_FORMAT": "xml"}}, "text or json"),
     ("metrics address without port", {"env": {"SMTPCONFIG_METRICS_LISTEN": "127.0.0.1"}}, "host:port"),
-    ("metrics on the API port", {"env": {"SMTPCONFIG_METRICS_LISTEN": DEFAULT_LISTEN}}, "both an API listener"),
+    ("metrics on the API port", {"env": {"SMTPCONFIG_METRICS_LISTEN": DEFAULT_LISTEN}}, "more than one listener"),
     ("message limit too small", {"env": {"SMTPCONFIG_MAX_MESSAGE_BYTES": "10"}}, "at least 1024"),
     ("negative rate", {"env": {"SMTPCONFIG_RESOLVE_RATE": "-1"}}, "between 0"),
     ("zero deadline", {"env": {"SMTPCONFIG_DEFAULT_DEADLINE": "0"}}, "more than 0"),
