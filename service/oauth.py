@@ -15,21 +15,15 @@ fetched is handed to the log redactor.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import ssl
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-
-import warnings
-
-import httpx
-from authlib.integrations.base_client.errors import OAuthError
-
-with warnings.catch_warnings():
-    # Authlib 1.9 announces a move to "httpx2" on import; httpx is what it runs on today.
-    warnings.filterwarnings("ignore", message="The httpx module is deprecated")
-    from authlib.integrations.httpx_client import AsyncOAuth2Client
+from types import ModuleType
+from typing import NamedTuple
 
 from service.errors import FailedPrecondition, Unavailable
 from service.logs import remember_secret
@@ -50,29 +44,49 @@ class _ResponseTooLarge(Exception):
     pass
 
 
-class _BoundedStream(httpx.AsyncByteStream):
-    def __init__(self, stream: httpx.AsyncByteStream) -> None:
-        self._stream = stream
-
-    async def __aiter__(self):
-        seen = 0
-        async for chunk in self._stream:
-            seen += len(chunk)
-            if seen > MAX_RESPONSE_BYTES:
-                raise _ResponseTooLarge()
-            yield chunk
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
+class _Http(NamedTuple):
+    httpx: ModuleType
+    OAuthError: type[Exception]
+    AsyncOAuth2Client: type
+    BoundedTransport: type
 
 
-class _BoundedTransport(httpx.AsyncHTTPTransport):
-    """Reads at most MAX_RESPONSE_BYTES of any response body."""
+@functools.cache
+def _http() -> _Http:
+    """httpx, Authlib's error and client, and an httpx transport that reads at most MAX_RESPONSE_BYTES."""
+    # Imported on the first token fetch, not at start: httpx and Authlib add ~4 MiB RSS (footprint).
+    import httpx
+    from authlib.integrations.base_client.errors import OAuthError
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        response = await super().handle_async_request(request)
-        response.stream = _BoundedStream(response.stream)  # type: ignore[arg-type]
-        return response
+    with warnings.catch_warnings():
+        # Authlib 1.9 announces a move to "httpx2" on import; httpx is what it runs on today.
+        warnings.filterwarnings("ignore", message="The httpx module is deprecated")
+        from authlib.integrations.httpx_client import AsyncOAuth2Client
+
+    class BoundedStream(httpx.AsyncByteStream):
+        def __init__(self, stream: httpx.AsyncByteStream) -> None:
+            self._stream = stream
+
+        async def __aiter__(self):
+            seen = 0
+            async for chunk in self._stream:
+                seen += len(chunk)
+                if seen > MAX_RESPONSE_BYTES:
+                    raise _ResponseTooLarge()
+                yield chunk
+
+        async def aclose(self) -> None:
+            await self._stream.aclose()
+
+    class BoundedTransport(httpx.AsyncHTTPTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            response = await super().handle_async_request(request)
+            response.stream = BoundedStream(response.stream)  # type: ignore[arg-type]
+            return response
+
+    return _Http(httpx, OAuthError, AsyncOAuth2Client, BoundedTransport)
+
+
 DEFAULT_AUTH_METHOD = "client_secret_post"
 
 
@@ -156,16 +170,18 @@ class TokenClient:
 
     async def _fetch(self, request: TokenRequest) -> AccessToken:
         """One fetch, measured from the destination check to the parsed answer."""
+        http = _http()  # outside the measured time: the first fetch imports httpx and Authlib
         started = time.monotonic()
         try:
-            token = await self._request(request)
+            token = await self._request(request, http)
         except Exception:
             self._metrics.token_fetch(False, time.monotonic() - started)
             raise
         self._metrics.token_fetch(True, time.monotonic() - started)
         return token
 
-    async def _request(self, request: TokenRequest) -> AccessToken:
+    async def _request(self, request: TokenRequest, http: _Http) -> AccessToken:
+        httpx, OAuthError, AsyncOAuth2Client, BoundedTransport = http
         host = httpx.URL(request.endpoint).host
         await check_destination(host, httpx.URL(request.endpoint).port or 443, what="token endpoint", timeout=self._timeout)
         params: dict[str, str] = {}
@@ -183,7 +199,7 @@ class TokenClient:
                 verify=self._verify,
                 trust_env=False,
                 follow_redirects=False,
-                transport=_BoundedTransport(verify=self._verify),
+                transport=BoundedTransport(verify=self._verify),
                 # On the client, so they are merged with Authlib's own (passing them to
                 # fetch_token would replace those).
                 headers={h.name: h.value for h in request.headers},
