@@ -1,0 +1,606 @@
+"""The audit trail over a real channel: every change, test and resolution leaves one record naming
+who called, which method, the caller's request id, the outcome and which fields or provider, never
+a value; reads leave none. Records are read back through AuditService, `smtpconfig audit` and the
+SQLite file itself, and survive kill -9 together with the change they describe.
+
+Callers are three bearer-token identities besides the admin: alice and bob hold every permission,
+carol only `smtp:read`. Secret values come from a real `exec` provider (a shell script) and the
+SMTP tests go to a real aiosmtpd server.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import grpc
+import pytest
+from google.protobuf import field_mask_pb2
+
+from service import cli
+from service.auth import token_hash
+from smtpconfig.v1 import config_service_pb2 as v1
+from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
+from smtpconfig.v2 import audit_service_pb2 as audit_pb
+from smtpconfig.v2 import audit_service_pb2_grpc as audit_grpc
+from smtpconfig.v2 import config_service_pb2 as v2
+from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
+from smtpconfig.v2 import secret_pb2
+from smtpconfig.v2 import secret_provider_service_pb2 as pb
+from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
+from tests.conftest import BASIC_V2, v1_profile, v2_profile
+from tests.smtpkit import SmtpServer, refusing_port
+from tests.support import ServerProcess, ServerThread, short_dir, violations
+from tests.test_validation import edit
+
+ALICE_TOKEN = "PLANTED-alice-bearer-2b71e0"
+BOB_TOKEN = "PLANTED-bob-bearer-94c3aa"
+CAROL_TOKEN = "PLANTED-carol-bearer-5e08d1"
+BOGUS_TOKEN = "PLANTED-bogus-bearer-0f4c6b"
+INLINE_PASSWORD = "PLANTED-inline-relay-pw-3c1d"
+PROVIDER_TOKEN = "PLANTED-provider-init-token-a8e2"
+PROVIDER_TOKEN_2 = "PLANTED-provider-init-token-2-61f9"
+RESOLVED_PASSWORD = "PLANTED-resolved-password-77b0"
+CHECKED_VALUE = "PLANTED-checked-inline-5d9e"
+PLANTED = (
+    ALICE_TOKEN, BOB_TOKEN, CAROL_TOKEN, BOGUS_TOKEN, INLINE_PASSWORD, PROVIDER_TOKEN, PROVIDER_TOKEN_2,
+    RESOLVED_PASSWORD, CHECKED_VALUE,
+)
+
+CALLERS = dict(
+    tokens=(("alice", token_hash(ALICE_TOKEN)), ("bob", token_hash(BOB_TOKEN)), ("carol", token_hash(CAROL_TOKEN))),
+    policy=(("alice", ("*",)), ("bob", ("*",)), ("carol", ("smtp:read",))),
+)
+
+OK = grpc.StatusCode.OK
+
+# Prints a planted value for `smtp-password` and `relay-user`, nothing (not found) for the rest.
+VENDOR = f"""#!/bin/sh
+case "$SMTPCONFIG_SECRET_NAME" in
+  smtp-password) printf '%s' '{RESOLVED_PASSWORD}' ;;
+  relay-user) printf 'relay-user' ;;
+esac
+"""
+
+
+def rid(label: str) -> str:
+    """A fresh request id the server accepts as given (letters, digits, . _ : -)."""
+    return f"{label}-{uuid.uuid4().hex[:12]}"
+
+
+def invoke(method, request, token: str | None, request_id: str, code: grpc.StatusCode = OK, timeout: float = 30):
+    """Call with `token` and `x-request-id`; assert the status and that the trailer echoes the id."""
+    metadata = [("x-request-id", request_id)]
+    if token is not None:
+        metadata.append(("authorization", f"Bearer {token}"))
+    try:
+        response, call = method.with_call(request, metadata=metadata, timeout=timeout)
+    except grpc.RpcError as error:
+        assert error.code() == code, f"{error.code()}: {error.details()}"
+        assert dict(error.trailing_metadata() or ())["x-request-id"] == request_id
+        return error
+    assert code == OK, f"expected {code}, the call succeeded"
+    assert dict(call.trailing_metadata())["x-request-id"] == request_id
+    return response
+
+
+def list_records(channel: grpc.Channel, token: str, page_size: int = 1000) -> list[audit_pb.AuditRecord]:
+    """Every record, page by page."""
+    stub = audit_grpc.AuditServiceStub(channel)
+    found: list[audit_pb.AuditRecord] = []
+    page_token = ""
+    while True:
+        page = stub.ListAuditRecords(
+            audit_pb.ListAuditRecordsRequest(page_size=page_size, page_token=page_token),
+            metadata=[("authorization", f"Bearer {token}")], timeout=10,
+        )
+        found += page.records
+        if not page.next_page_token:
+            return found
+        page_token = page.next_page_token
+
+
+@dataclass
+class Env:
+    server: ServerThread
+    channel: grpc.Channel
+    smtp: SmtpServer
+    vendor: str
+    v1: v1_grpc.ConfigServiceStub
+    v2: v2_grpc.ConfigServiceStub
+    providers: pb_grpc.SecretProviderServiceStub
+
+    def records(self) -> list[audit_pb.AuditRecord]:
+        return list_records(self.channel, self.server.token)
+
+    def record(self, request_id: str) -> audit_pb.AuditRecord:
+        found = [r for r in self.records() if r.request_id == request_id]
+        assert len(found) == 1, f"{len(found)} records for request {request_id}"
+        return found[0]
+
+    def create_exec(self, name: str, request_id: str = "") -> pb.ProviderInstance:
+        """An `exec` instance running VENDOR, with PROVIDER_TOKEN as its secret Token, made by alice."""
+        instance = pb.ProviderInstance(name=name, provider_type="exec")
+        instance.initialization["Command"].value = json.dumps([self.vendor])
+        instance.initialization["Token"].value = PROVIDER_TOKEN
+        request = pb.CreateProviderRequest(provider=instance)
+        return invoke(self.providers.CreateProvider, request, ALICE_TOKEN, request_id or rid("create")).provider
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> Iterator[Env]:
+    scripts = tmp_path_factory.mktemp("vendor")
+    vendor = scripts / "vendor-cli"
+    vendor.write_text(VENDOR)
+    vendor.chmod(0o755)
+    data_dir = short_dir("au")
+    server = ServerThread(data_dir, smtp_timeout=5.0, provider_timeout=5.0, **CALLERS).start()
+    smtp = SmtpServer("plain").start()
+    channel = grpc.insecure_channel(server.target)
+    try:
+        yield Env(server, channel, smtp, str(vendor), v1_grpc.ConfigServiceStub(channel),
+                  v2_grpc.ConfigServiceStub(channel), pb_grpc.SecretProviderServiceStub(channel))
+    finally:
+        channel.close()
+        smtp.stop()
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def anonymous(smtp_host: str, smtp_port: int) -> dict[str, Any]:
+    return {"Id": 1, "Host": smtp_host, "Port": smtp_port, "RelayAuthenticationType": 0,
+            "SenderAccount": "relay@example.com", "SenderName": "Relay", "UseSSL": False}
+
+
+# --- what is recorded -----------------------------------------------------------------------------
+
+
+def test_profile_updates_record_caller_method_request_id_outcome_and_changed_fields(env: Env) -> None:
+    basic = edit(BASIC_V2, RelayPassword={"SecretValue": INLINE_PASSWORD})
+    full = rid("v2-full")
+    stored = invoke(env.v2.UpdateSmtp, v2.UpdateSmtpRequest(profile=v2_profile(basic)), ALICE_TOKEN, full)
+    record = env.record(full)
+    assert (record.identity, record.method, record.outcome) == ("alice", "v2.ConfigService/UpdateSmtp", "OK")
+    assert {"Host", "Port", "RelayPassword", "SenderAccount"} <= set(record.fields)
+    assert record.provider == 0 and record.time.seconds > 0
+
+    masked = rid("v2-port")
+    request = v2.UpdateSmtpRequest(profile=v2_profile(edit(basic, Port=2525)), etag=stored.etag,
+                                   update_mask=field_mask_pb2.FieldMask(paths=["Port"]))
+    invoke(env.v2.UpdateSmtp, request, BOB_TOKEN, masked)
+    record = env.record(masked)
+    assert (record.identity, record.method, record.outcome, list(record.fields)) == (
+        "bob", "v2.ConfigService/UpdateSmtp", "OK", ["Port"])
+    assert record.sequence > env.record(full).sequence
+
+    v1_update = rid("v1-full")
+    doc = {"Id": 1, "Host": "smtp.example.org", "Port": 2525, "RelayAuthenticationType": 2,
+           "RelayUsername": "relay-user", "RelayPassword": INLINE_PASSWORD,
+           "SenderAccount": "relay@example.com", "SenderName": "Example Relay", "UseSSL": True}
+    invoke(env.v1.UpdateSmtp, v1.UpdateSmtpRequest(profile=v1_profile(doc)), BOB_TOKEN, v1_update)
+    record = env.record(v1_update)
+    assert (record.identity, record.method, record.outcome) == ("bob", "v1.ConfigService/UpdateSmtp", "OK")
+    assert "Host" in record.fields and "Port" not in record.fields  # only what changed
+
+    before = env.v2.GetSmtp(v2.GetSmtpRequest(), metadata=[("authorization", f"Bearer {ALICE_TOKEN}")])
+    # Refusals of audited methods are recorded too, with who (when known) and why.
+    bad = rid("v2-bad")
+    invoke(env.v2.UpdateSmtp, v2.UpdateSmtpRequest(profile=v2_profile(edit(basic, Host="bad host"))),
+           ALICE_TOKEN, bad, grpc.StatusCode.INVALID_ARGUMENT)
+    denied = rid("v2-denied")
+    invoke(env.v2.UpdateSmtp, v2.UpdateSmtpRequest(profile=v2_profile(basic)), CAROL_TOKEN, denied,
+           grpc.StatusCode.PERMISSION_DENIED)
+    stranger = rid("v2-stranger")
+    invoke(env.v2.UpdateSmtp, v2.UpdateSmtpRequest(profile=v2_profile(basic)), BOGUS_TOKEN, stranger,
+           grpc.StatusCode.UNAUTHENTICATED)
+    nobody = rid("v1-nobody")
+    invoke(env.v1.UpdateSmtp, v1.UpdateSmtpRequest(profile=v1_profile(doc)), None, nobody,
+           grpc.StatusCode.UNAUTHENTICATED)
+    expected = {
+        bad: ("alice", "v2.ConfigService/UpdateSmtp", "INVALID_ARGUMENT"),
+        denied: ("carol", "v2.ConfigService/UpdateSmtp", "PERMISSION_DENIED"),
+        stranger: ("", "v2.ConfigService/UpdateSmtp", "UNAUTHENTICATED"),
+        nobody: ("", "v1.ConfigService/UpdateSmtp", "UNAUTHENTICATED"),
+    }
+    for request_id, (identity, method, outcome) in expected.items():
+        record = env.record(request_id)
+        assert (record.identity, record.method, record.outcome) == (identity, method, outcome), request_id
+        assert record.message, f"a refusal says why ({request_id})"
+    assert "smtp:modify" in env.record(denied).message
+    after = env.v2.GetSmtp(v2.GetSmtpRequest(), metadata=[("authorization", f"Bearer {ALICE_TOKEN}")])
+    assert after.etag == before.etag  # nothing refused was stored
+
+
+def test_smtp_tests_are_recorded_for_both_versions(env: Env) -> None:
+    doc = anonymous(env.smtp.host, env.smtp.port)
+    sent = len(env.smtp.messages)
+    good = rid("v2-test")
+    reply = invoke(env.v2.TestSmtp, v2.TestSmtpRequest(profile=v2_profile(doc), test_recipient="ops@example.com"),
+                   ALICE_TOKEN, good)
+    assert reply.success
+    env.smtp.wait_for_message(count=sent + 1)
+    record = env.record(good)
+    assert (record.identity, record.method, record.outcome) == ("alice", "v2.ConfigService/TestSmtp", "OK")
+    assert "ops@example.com" in record.message and "sent" in record.message
+
+    v1_good = rid("v1-test")
+    v1_doc = dict(doc)
+    invoke(env.v1.TestSmtp, v1.TestSmtpRequest(profile=v1_profile(v1_doc), test_recipient="ops@example.com"),
+           BOB_TOKEN, v1_good)
+    env.smtp.wait_for_message(count=sent + 2)
+    record = env.record(v1_good)
+    assert (record.identity, record.method, record.outcome) == ("bob", "v1.ConfigService/TestSmtp", "OK")
+
+    # v1 reports a failed test as an error status: the record has that status as its outcome.
+    with refusing_port() as port:
+        v1_down = rid("v1-test-down")
+        invoke(env.v1.TestSmtp, v1.TestSmtpRequest(profile=v1_profile(edit(v1_doc, Port=port)),
+                                                   test_recipient="ops@example.com"),
+               BOB_TOKEN, v1_down, grpc.StatusCode.UNAVAILABLE)
+    record = env.record(v1_down)
+    assert (record.identity, record.method, record.outcome) == ("bob", "v1.ConfigService/TestSmtp", "UNAVAILABLE")
+    assert "connect" in record.message
+    assert len(env.smtp.messages) == sent + 2
+
+    denied = rid("v2-test-denied")
+    invoke(env.v2.TestSmtp, v2.TestSmtpRequest(profile=v2_profile(doc), test_recipient="ops@example.com"),
+           CAROL_TOKEN, denied, grpc.StatusCode.PERMISSION_DENIED)
+    assert env.record(denied).outcome == "PERMISSION_DENIED"
+    assert len(env.smtp.messages) == sent + 2
+
+
+def test_resolutions_record_which_credentials_were_revealed(env: Env) -> None:
+    vendor = env.create_exec(rid("resolve-vendor"))
+    doc = edit(BASIC_V2, RelayPassword={"Provider": vendor.id, "Parameters": {"Name": "smtp-password"}})
+    invoke(env.v2.UpdateSmtp, v2.UpdateSmtpRequest(profile=v2_profile(doc)), ALICE_TOKEN, rid("update"))
+    resolved = rid("resolve")
+    reply = invoke(env.v2.ResolveSmtp, v2.ResolveSmtpRequest(), BOB_TOKEN, resolved)
+    assert reply.credentials.password == RESOLVED_PASSWORD  # the value really went out
+    record = env.record(resolved)
+    assert (record.identity, record.method, record.outcome) == ("bob", "v2.ConfigService/ResolveSmtp", "OK")
+    assert list(record.fields) == ["RelayUsername", "RelayPassword"]
+    assert reply.etag in record.message
+
+    denied = rid("resolve-denied")
+    invoke(env.v2.ResolveSmtp, v2.ResolveSmtpRequest(), CAROL_TOKEN, denied, grpc.StatusCode.PERMISSION_DENIED)
+    record = env.record(denied)
+    assert (record.identity, record.outcome, list(record.fields)) == ("carol", "PERMISSION_DENIED", [])
+
+
+def test_provider_changes_record_the_provider_and_its_changed_names(env: Env) -> None:
+    instance = pb.ProviderInstance(name=rid("vendor"), provider_type="exec")
+    instance.initialization["Command"].value = json.dumps([env.vendor])
+    instance.initialization["Token"].value = PROVIDER_TOKEN
+    created_id = rid("create")
+    created = invoke(env.providers.CreateProvider, pb.CreateProviderRequest(provider=instance), ALICE_TOKEN,
+                     created_id).provider
+    record = env.record(created_id)
+    assert (record.identity, record.method, record.outcome, record.provider) == (
+        "alice", "v2.SecretProviderService/CreateProvider", "OK", created.id)
+    assert list(record.fields) == ["Name", "ProviderType", "Initialization.Command", "Initialization.Token"]
+
+    renamed_id = rid("rename")
+    request = pb.UpdateProviderRequest(provider=pb.ProviderInstance(id=created.id, name=rid("renamed")),
+                                       update_mask=field_mask_pb2.FieldMask(paths=["Name"]))
+    renamed = invoke(env.providers.UpdateProvider, request, BOB_TOKEN, renamed_id).provider
+    record = env.record(renamed_id)
+    assert (record.identity, record.method, record.provider, list(record.fields)) == (
+        "bob", "v2.SecretProviderService/UpdateProvider", created.id, ["Name"])
+
+    rotated_id = rid("rotate")
+    rotated = pb.ProviderInstance(id=created.id)
+    rotated.initialization["Token"].value = PROVIDER_TOKEN_2
+    request = pb.UpdateProviderRequest(provider=rotated, update_mask=field_mask_pb2.FieldMask(paths=["Initialization"]))
+    rotated = invoke(env.providers.UpdateProvider, request, ALICE_TOKEN, rotated_id).provider
+    assert list(env.record(rotated_id).fields) == ["Initialization.Token"]
+
+    stale_id = rid("delete-stale")
+    invoke(env.providers.DeleteProvider, pb.DeleteProviderRequest(id=created.id, etag=renamed.etag), ALICE_TOKEN,
+           stale_id, grpc.StatusCode.ABORTED)
+    record = env.record(stale_id)
+    assert (record.outcome, record.provider) == ("ABORTED", created.id)
+
+    deleted_id = rid("delete")
+    invoke(env.providers.DeleteProvider, pb.DeleteProviderRequest(id=created.id, etag=rotated.etag), BOB_TOKEN, deleted_id)
+    record = env.record(deleted_id)
+    assert (record.identity, record.method, record.outcome, record.provider, list(record.fields)) == (
+        "bob", "v2.SecretProviderService/DeleteProvider", "OK", created.id, [])
+
+    denied = rid("create-denied")
+    invoke(env.providers.CreateProvider, pb.CreateProviderRequest(provider=instance), CAROL_TOKEN, denied,
+           grpc.StatusCode.PERMISSION_DENIED)
+    assert (env.record(denied).identity, env.record(denied).outcome) == ("carol", "PERMISSION_DENIED")
+
+
+def test_check_secret_is_recorded_with_the_provider_or_field(env: Env) -> None:
+    inline = rid("check-inline")
+    reply = invoke(env.providers.CheckSecret,
+                   pb.CheckSecretRequest(secret=secret_pb2.SecretObject(secret_value=CHECKED_VALUE)), ALICE_TOKEN, inline)
+    assert reply.success and reply.provider_type == "inline"
+    record = env.record(inline)
+    assert (record.identity, record.method, record.outcome, record.provider) == (
+        "alice", "v2.SecretProviderService/CheckSecret", "OK", 0)
+
+    vendor = env.create_exec(rid("check-vendor"))
+    referenced = rid("check-ref")
+    reply = invoke(env.providers.CheckSecret, pb.CheckSecretRequest(
+        secret=secret_pb2.SecretObject(provider=vendor.id, parameters={"Name": "smtp-password"})), BOB_TOKEN, referenced)
+    assert reply.provider == vendor.id and reply.fingerprint
+    record = env.record(referenced)
+    assert (record.identity, record.outcome, record.provider) == ("bob", "OK", vendor.id)
+
+    missing = rid("check-missing")
+    invoke(env.providers.CheckSecret, pb.CheckSecretRequest(
+        secret=secret_pb2.SecretObject(provider=vendor.id, parameters={"Name": "no-such-secret"})), BOB_TOKEN, missing,
+        grpc.StatusCode.FAILED_PRECONDITION)
+    record = env.record(missing)
+    assert (record.outcome, record.provider) == ("FAILED_PRECONDITION", vendor.id)
+
+    invoke(env.v2.UpdateSmtp, v2.UpdateSmtpRequest(profile=v2_profile(
+        edit(BASIC_V2, RelayPassword={"SecretValue": INLINE_PASSWORD})), ), ALICE_TOKEN, rid("update"))
+    field = rid("check-field")
+    invoke(env.providers.CheckSecret, pb.CheckSecretRequest(profile_field="RelayPassword"), ALICE_TOKEN, field)
+    assert list(env.record(field).fields) == ["RelayPassword"]
+
+
+def test_reads_are_not_audited(env: Env) -> None:
+    invoke(env.v2.UpdateSmtp, v2.UpdateSmtpRequest(profile=v2_profile(BASIC_V2)), ALICE_TOKEN, rid("update"))
+    vendor = env.create_exec(rid("read-vendor"))
+    before = env.records()
+    reads = [
+        (env.v2.GetSmtp, v2.GetSmtpRequest()),
+        (env.v1.GetSmtp, v1.GetSmtpRequest()),
+        (env.providers.ListProviders, pb.ListProvidersRequest()),
+        (env.providers.GetProvider, pb.GetProviderRequest(id=vendor.id)),
+        (env.providers.ListProviderTypes, pb.ListProviderTypesRequest()),
+    ]
+    read_ids = []
+    for method, request in reads:
+        read_ids.append(rid("read"))
+        invoke(method, request, ALICE_TOKEN, read_ids[-1])
+    # A read refused is not recorded either: only audited methods record refusals.
+    read_ids.append(rid("read-denied"))
+    invoke(env.providers.ListProviders, pb.ListProvidersRequest(), CAROL_TOKEN, read_ids[-1],
+           grpc.StatusCode.PERMISSION_DENIED)
+    audited = rid("audited")
+    invoke(env.v2.ResolveSmtp, v2.ResolveSmtpRequest(), ALICE_TOKEN, audited)
+    after = env.records()
+    assert [r.request_id for r in after[len(before):]] == [audited]
+    assert not {r.request_id for r in after} & set(read_ids)
+
+
+# --- never a value --------------------------------------------------------------------------------
+
+
+def _assert_clean(where: str, data: bytes | str) -> None:
+    blob = data.encode("utf-8", "replace") if isinstance(data, str) else data
+    for secret in PLANTED:
+        for form in (secret.encode("utf-8"), secret.encode("utf-16-le")):
+            assert form not in blob, f"planted secret {secret[:14]}... found in {where}"
+
+
+def test_no_secret_value_reaches_any_audit_record(env: Env, capsys) -> None:
+    ids = []
+
+    def call(method, request, token, code=OK):
+        ids.append(rid("leak"))
+        return invoke(method, request, token, ids[-1], code)
+
+    ids.append(rid("leak"))
+    vendor = env.create_exec(rid("leak-vendor"), ids[-1])
+    call(env.v2.UpdateSmtp, v2.UpdateSmtpRequest(profile=v2_profile(edit(
+        BASIC_V2, RelayPassword={"SecretValue": INLINE_PASSWORD}))), ALICE_TOKEN)
+    # Rejected requests carrying values: their records must not quote them either.
+    call(env.v2.UpdateSmtp, v2.UpdateSmtpRequest(profile=v2_profile(edit(
+        BASIC_V2, RelayPassword={"SecretValue": INLINE_PASSWORD, "Provider": vendor.id}))), BOB_TOKEN,
+        grpc.StatusCode.INVALID_ARGUMENT)
+    call(env.v2.UpdateSmtp, v2.UpdateSmtpRequest(profile=v2_profile(edit(
+        BASIC_V2, Host="bad host", RelayPassword={"SecretValue": INLINE_PASSWORD}))), BOB_TOKEN,
+        grpc.StatusCode.INVALID_ARGUMENT)
+    call(env.v2.UpdateSmtp, v2.UpdateSmtpRequest(profile=v2_profile(edit(
+        BASIC_V2, RelayPassword={"Provider": vendor.id, "Parameters": {"Name": "smtp-password"}}))), ALICE_TOKEN)
+    assert call(env.v2.ResolveSmtp, v2.ResolveSmtpRequest(), BOB_TOKEN).credentials.password == RESOLVED_PASSWORD
+    call(env.providers.CheckSecret, pb.CheckSecretRequest(secret=secret_pb2.SecretObject(secret_value=CHECKED_VALUE)),
+         ALICE_TOKEN)
+    call(env.providers.CheckSecret, pb.CheckSecretRequest(profile_field="RelayPassword"), ALICE_TOKEN)
+    call(env.providers.CheckSecret, pb.CheckSecretRequest(secret=secret_pb2.SecretObject(
+        provider=vendor.id, parameters={"Name": "no-such-secret"})), ALICE_TOKEN, grpc.StatusCode.FAILED_PRECONDITION)
+    rotated = pb.ProviderInstance(id=vendor.id)
+    rotated.initialization["Token"].value = PROVIDER_TOKEN_2
+    call(env.providers.UpdateProvider, pb.UpdateProviderRequest(
+        provider=rotated, update_mask=field_mask_pb2.FieldMask(paths=["Initialization"])), BOB_TOKEN)
+    call(env.v2.UpdateSmtp, v2.UpdateSmtpRequest(profile=v2_profile(BASIC_V2)), BOGUS_TOKEN,
+         grpc.StatusCode.UNAUTHENTICATED)
+    call(env.v2.ResolveSmtp, v2.ResolveSmtpRequest(), CAROL_TOKEN, grpc.StatusCode.PERMISSION_DENIED)
+
+    records = env.records()
+    by_id = {r.request_id: r for r in records}
+    assert set(ids) <= by_id.keys(), "every call above is audited"
+    _assert_clean("ListAuditRecords", b"".join(r.SerializeToString() for r in records))
+
+    assert cli.main(["audit", "--json", *env.server.cli_args]) == 0
+    shown = capsys.readouterr().out
+    assert all(i in shown for i in ids)
+    _assert_clean("smtpconfig audit --json", shown)
+    assert cli.main(["audit", *env.server.cli_args]) == 0
+    shown = capsys.readouterr().out
+    assert all(i in shown for i in ids)
+    _assert_clean("smtpconfig audit", shown)
+
+    database = env.server.data_dir / "smtpconfig.db"
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+        rows = [bytes(r) for (r,) in db.execute("SELECT record FROM audit")]
+    assert len(rows) == len(records) and all(i.encode() in b"".join(rows) for i in ids)
+    for row in rows:
+        _assert_clean("the audit table", row)
+    for path in env.server.data_dir.iterdir():
+        if path.is_file() and path.name.startswith("smtpconfig.db"):
+            _assert_clean(f"file {path.name}", path.read_bytes())
+
+
+# --- reading the trail ----------------------------------------------------------------------------
+
+
+def test_smtpconfig_audit_prints_lines_json_and_filters_by_time(env: Env, capsys) -> None:
+    update, test = rid("cli-update"), rid("cli-test")
+    invoke(env.v2.UpdateSmtp, v2.UpdateSmtpRequest(profile=v2_profile(edit(BASIC_V2, Port=2600)),
+                                                   update_mask=field_mask_pb2.FieldMask(paths=["Port"])),
+           BOB_TOKEN, update)
+    invoke(env.v2.TestSmtp, v2.TestSmtpRequest(profile=v2_profile(anonymous(env.smtp.host, env.smtp.port)),
+                                               test_recipient="ops@example.com"), ALICE_TOKEN, test)
+    total = len(env.records())
+
+    assert cli.main(["audit", *env.server.cli_args]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == total
+    line = next(x for x in lines if update in x)
+    assert "bob" in line and "v2.ConfigService/UpdateSmtp" in line and "OK" in line and "Port" in line
+    assert line.endswith(f"[{update}]")
+    assert [x for x in lines if test in x][0].split("  ")[1:4] == ["alice", "v2.ConfigService/TestSmtp", "OK"]
+
+    assert cli.main(["audit", "--json", *env.server.cli_args]) == 0
+    docs = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert len(docs) == total
+    doc = next(d for d in docs if d["RequestId"] == update)
+    assert (doc["Identity"], doc["Method"], doc["Outcome"], doc["Fields"]) == (
+        "bob", "v2.ConfigService/UpdateSmtp", "OK", ["Port"])
+    sequences = [int(d["Sequence"]) for d in docs]
+    assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences)
+
+    assert cli.main(["audit", "--since", "1h", "--json", *env.server.cli_args]) == 0
+    recent = [json.loads(x)["RequestId"] for x in capsys.readouterr().out.splitlines()]
+    assert update in recent and test in recent
+    assert cli.main(["audit", "--since", "2999-01-01T00:00:00Z", *env.server.cli_args]) == 0
+    assert capsys.readouterr().out == ""
+
+    assert cli.main(["audit", "--since", "yesterday", *env.server.cli_args]) == 2
+    err = capsys.readouterr().err
+    assert "--since" in err and "yesterday" in err
+
+
+def test_pages_come_back_complete_and_in_order() -> None:
+    data_dir = short_dir("ap")
+    server = ServerThread(data_dir, **CALLERS).start()
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            providers = pb_grpc.SecretProviderServiceStub(channel)
+            made = []
+            for n in range(23):
+                made.append(rid(f"page{n}"))
+                invoke(providers.CheckSecret, pb.CheckSecretRequest(
+                    secret=secret_pb2.SecretObject(secret_value=f"v{n}")), ALICE_TOKEN, made[-1])
+            stub = audit_grpc.AuditServiceStub(channel)
+            admin = [("authorization", f"Bearer {server.token}")]
+            pages, token = [], ""
+            while True:
+                page = stub.ListAuditRecords(audit_pb.ListAuditRecordsRequest(page_size=5, page_token=token),
+                                             metadata=admin, timeout=10)
+                pages.append(page.records)
+                assert len(page.records) <= 5
+                if not page.next_page_token:
+                    break
+                token = page.next_page_token
+            assert len(pages) >= 5
+            paged = [r for p in pages for r in p]
+            assert [r.request_id for r in paged] == made  # complete, once each, in call order
+            sequences = [r.sequence for r in paged]
+            assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences)
+            assert paged == list_records(channel, server.token)  # the same as one big page
+
+            # Resuming from the middle gives exactly the rest.
+            middle = stub.ListAuditRecords(audit_pb.ListAuditRecordsRequest(
+                page_size=1000, page_token=str(paged[9].sequence)), metadata=admin)
+            assert [r.request_id for r in middle.records] == made[10:] and not middle.next_page_token
+
+            for bad in ("abc", "-5", "1" * 25, "12x"):
+                with pytest.raises(grpc.RpcError) as failure:
+                    stub.ListAuditRecords(audit_pb.ListAuditRecordsRequest(page_token=bad), metadata=admin)
+                assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad
+                assert [f for f, _ in violations(failure.value)] == ["page_token"], bad
+            with pytest.raises(grpc.RpcError) as failure:
+                stub.ListAuditRecords(audit_pb.ListAuditRecordsRequest(page_size=-1), metadata=admin)
+            assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert [f for f, _ in violations(failure.value)] == ["page_size"]
+    finally:
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_reading_the_trail_needs_audit_read(env: Env, tmp_path: Path, capsys) -> None:
+    stub = audit_grpc.AuditServiceStub(env.channel)
+    with pytest.raises(grpc.RpcError) as failure:
+        stub.ListAuditRecords(audit_pb.ListAuditRecordsRequest(), metadata=[("authorization", f"Bearer {CAROL_TOKEN}")])
+    assert failure.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "audit:read" in failure.value.details()
+    with pytest.raises(grpc.RpcError) as failure:
+        stub.ListAuditRecords(audit_pb.ListAuditRecordsRequest())
+    assert failure.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    # A caller with every permission reads it.
+    assert list_records(env.channel, ALICE_TOKEN)
+
+    carol = tmp_path / "carol.token"
+    carol.write_text(CAROL_TOKEN)
+    assert cli.main(["audit", "--target", env.server.target, "--token-file", str(carol)]) != 0
+    out = capsys.readouterr()
+    assert out.out == "" and "audit:read" in out.err
+
+
+# --- atomic with the change -----------------------------------------------------------------------
+
+
+def test_every_acknowledged_change_keeps_its_record_through_kill_9() -> None:
+    data_dir = short_dir("ak") / "data"
+    server = ServerProcess(data_dir).start()
+    acknowledged: dict[str, str] = {}
+    try:
+        with server.channel() as channel:
+            stub = v2_grpc.ConfigServiceStub(channel)
+            providers = pb_grpc.SecretProviderServiceStub(channel)
+            first = rid("kill-first")
+            invoke(stub.UpdateSmtp, v2.UpdateSmtpRequest(profile=v2_profile(BASIC_V2)), None, first)
+            acknowledged[first] = "v2.ConfigService/UpdateSmtp"
+
+            def masked(port: int) -> tuple[str, int]:
+                request_id = rid(f"kill-{port}")
+                request = v2.UpdateSmtpRequest(profile=v2_profile(edit(BASIC_V2, Port=port)),
+                                               update_mask=field_mask_pb2.FieldMask(paths=["Port"]))
+                invoke(stub.UpdateSmtp, request, None, request_id)
+                return request_id, port
+
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                for request_id, _ in pool.map(masked, range(3000, 3024)):
+                    acknowledged[request_id] = "v2.ConfigService/UpdateSmtp"
+            instance = pb.ProviderInstance(name="kill-vendor", provider_type="exec")
+            instance.initialization["Command"].value = '["/bin/true"]'
+            created = rid("kill-create")
+            invoke(providers.CreateProvider, pb.CreateProviderRequest(provider=instance), None, created)
+            acknowledged[created] = "v2.SecretProviderService/CreateProvider"
+            last = rid("kill-last")
+            invoke(stub.UpdateSmtp, v2.UpdateSmtpRequest(profile=v2_profile(edit(BASIC_V2, Port=4000)),
+                                                         update_mask=field_mask_pb2.FieldMask(paths=["Port"])),
+                   None, last)
+            acknowledged[last] = "v2.ConfigService/UpdateSmtp"
+        server.kill9()  # straight after the last acknowledgement
+        assert server.proc.returncode == -9
+
+        restarted = ServerProcess(data_dir).start()
+        try:
+            with restarted.channel() as channel:
+                records = list_records(channel, restarted.token)
+                assert v2_grpc.ConfigServiceStub(channel).GetSmtp(v2.GetSmtpRequest()).profile.port == 4000
+        finally:
+            assert restarted.terminate() == 0
+        found = {r.request_id: (r.method, r.outcome, r.identity) for r in records}
+        for request_id, method in acknowledged.items():
+            assert found.get(request_id) == (method, "OK", "admin"), request_id
+        # And no change has more than its one record.
+        assert len([r for r in records if r.request_id in acknowledged]) == len(acknowledged)
+    finally:
+        server.terminate()
+        shutil.rmtree(data_dir.parent, ignore_errors=True)

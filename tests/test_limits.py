@@ -1,0 +1,344 @@
+"""The server's limits over a real channel: message size, the default deadline, concurrent calls and
+the per-identity rate limits, each refusing with the right status before any backend is reached.
+
+Slow backends are real: an `exec` provider script that sleeps (and logs each run to a file, so a
+test counts backend calls exactly), a TCP listener that accepts and never says a word, and an
+aiosmtpd server whose received messages are counted.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from smtpconfig.v1 import config_service_pb2 as v1
+from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
+from smtpconfig.v2 import config_service_pb2 as v2
+from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
+from smtpconfig.v2 import secret_pb2
+from smtpconfig.v2 import secret_provider_service_pb2 as pb
+from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
+from tests.conftest import BASIC_V2, v1_profile, v2_profile
+from tests.smtpkit import SmtpServer
+from tests.support import ServerThread, short_dir
+from tests.test_audit import ALICE_TOKEN, BOB_TOKEN, CALLERS, anonymous, invoke, list_records, rid
+from tests.test_validation import edit
+
+RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def vendor_script(directory: Path) -> tuple[str, Path]:
+    """A vendor CLI logging each run; `slow-<seconds>-<anything>` sleeps that long first."""
+    calls = directory / "calls"
+    path = directory / "vendor-cli"
+    path.write_text(f"""#!{sys.executable}
+import os, time
+name = os.environ["SMTPCONFIG_SECRET_NAME"]
+with open({str(calls)!r}, "a") as f:
+    f.write(name + "\\n")
+if name.startswith("slow-"):
+    time.sleep(float(name.split("-")[1]))
+print("value-of-" + name)
+""")
+    path.chmod(0o755)
+    return str(path), calls
+
+
+def runs(calls: Path) -> list[str]:
+    return calls.read_text().splitlines() if calls.exists() else []
+
+
+def wait_until(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def create_exec(stub: pb_grpc.SecretProviderServiceStub, command: str, **init: str) -> int:
+    instance = pb.ProviderInstance(name="vendor", provider_type="exec")
+    instance.initialization["Command"].value = json.dumps([command])
+    for key, value in init.items():
+        instance.initialization[key].value = value
+    return stub.CreateProvider(pb.CreateProviderRequest(provider=instance), timeout=10).provider.id
+
+
+def ref(provider: int, name: str) -> pb.CheckSecretRequest:
+    return pb.CheckSecretRequest(secret=secret_pb2.SecretObject(provider=provider, parameters={"Name": name}))
+
+
+def retry_delay(error: grpc.RpcError) -> float:
+    """Seconds of the google.rpc.RetryInfo detail of a refused call."""
+    status = rpc_status.from_call(error)
+    assert status is not None, "no rich status on the error"
+    for detail in status.details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return info.retry_delay.ToTimedelta().total_seconds()
+    raise AssertionError("no RetryInfo detail")
+
+
+class SilentListener:
+    """A TCP server on 127.0.0.1 that accepts connections and never sends a byte."""
+
+    def __init__(self) -> None:
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock.settimeout(0.05)
+        self.port = self._sock.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                continue
+            self.accepted.append(conn)
+
+    def __enter__(self) -> "SilentListener":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for conn in self.accepted:
+            conn.close()
+        self._sock.close()
+
+
+class Running:
+    """A ServerThread with stubs calling as its admin (`v1`, `v2`, `providers`) and stubs on a
+    channel without credentials, for calls that bring their own token (`as_v1`, ...)."""
+
+    def __init__(self, **settings) -> None:
+        self.data_dir = short_dir("li")
+        self.server = ServerThread(self.data_dir, **settings).start()
+        self.channel = self.server.channel()
+        self.v2 = v2_grpc.ConfigServiceStub(self.channel)
+        self.v1 = v1_grpc.ConfigServiceStub(self.channel)
+        self.providers = pb_grpc.SecretProviderServiceStub(self.channel)
+        self.plain = grpc.insecure_channel(self.server.target)
+        self.as_v2 = v2_grpc.ConfigServiceStub(self.plain)
+        self.as_v1 = v1_grpc.ConfigServiceStub(self.plain)
+        self.as_providers = pb_grpc.SecretProviderServiceStub(self.plain)
+
+    def close(self) -> None:
+        self.channel.close()
+        self.plain.close()
+        self.server.stop()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def running(**settings) -> Iterator[Running]:
+    server = Running(**settings)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+# --- message size ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_messages() -> Iterator[Running]:
+    yield from running(max_message_bytes=4096)
+
+
+def test_a_request_over_max_message_bytes_is_refused_and_stores_nothing(small_messages: Running) -> None:
+    s = small_messages
+    fits = v2.UpdateSmtpRequest(profile=v2_profile(edit(BASIC_V2, RelayPassword={"SecretValue": "p" * 3000})))
+    assert 3000 < fits.ByteSize() < 4096
+    stored = s.v2.UpdateSmtp(fits, timeout=10)
+
+    too_big = v2.UpdateSmtpRequest(profile=v2_profile(edit(BASIC_V2, Port=2526, RelayPassword={"SecretValue": "p" * 5000})))
+    assert too_big.ByteSize() > 4096
+    with pytest.raises(grpc.RpcError) as failure:
+        s.v2.UpdateSmtp(too_big, timeout=10)
+    assert failure.value.code() == RESOURCE_EXHAUSTED
+    assert "larger than max" in failure.value.details()
+    after = s.v2.GetSmtp(v2.GetSmtpRequest(), timeout=10)
+    assert (after.etag, after.profile.port) == (stored.etag, BASIC_V2["Port"])
+    # The same size limit holds on every service, v1 included.
+    with pytest.raises(grpc.RpcError) as failure:
+        s.v1.UpdateSmtp(v1.UpdateSmtpRequest(profile=v1_profile({"Id": 1, "Host": "h" * 5000})), timeout=10)
+    assert failure.value.code() == RESOURCE_EXHAUSTED
+    assert s.v2.GetSmtp(v2.GetSmtpRequest(), timeout=10).etag == stored.etag
+
+
+# --- the default deadline ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def short_deadline() -> Iterator[Running]:
+    yield from running(default_deadline=1.0, smtp_timeout=20.0, provider_timeout=20.0)
+
+
+def test_a_call_without_a_deadline_gets_the_default_one(short_deadline: Running, tmp_path: Path) -> None:
+    s = short_deadline
+    command, calls = vendor_script(tmp_path)
+    provider = create_exec(s.providers, command)
+
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as failure:
+        s.providers.CheckSecret(ref(provider, "slow-2.5-a"))  # no deadline of its own
+    elapsed = time.monotonic() - started
+    assert failure.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "default deadline" in failure.value.details()
+    assert 0.9 <= elapsed < 2.0, elapsed
+    assert runs(calls) == ["slow-2.5-a"]  # it was the backend that took too long
+
+    started = time.monotonic()
+    reply = s.providers.CheckSecret(ref(provider, "slow-1.4-b"), timeout=10)  # a longer deadline of its own
+    elapsed = time.monotonic() - started
+    assert reply.success and not reply.cached
+    assert elapsed >= 1.3, elapsed
+
+    with SilentListener() as silent:
+        doc = anonymous("127.0.0.1", silent.port)
+        request = v2.TestSmtpRequest(profile=v2_profile(doc), test_recipient="ops@example.com")
+        request_id = rid("silent")
+        started = time.monotonic()
+        invoke(s.as_v2.TestSmtp, request, s.server.token, request_id, grpc.StatusCode.DEADLINE_EXCEEDED, timeout=None)
+        elapsed = time.monotonic() - started
+        assert 0.9 <= elapsed < 2.0, elapsed
+        assert len(silent.accepted) == 1  # it connected and was left waiting for the greeting
+
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as failure:
+            s.v2.TestSmtp(request, timeout=2.0)
+        elapsed = time.monotonic() - started
+        assert failure.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert elapsed >= 1.9, f"cut at {elapsed:.2f}s, before the caller's own deadline"
+        assert len(silent.accepted) == 2
+    record = next(r for r in list_records(s.channel, s.server.token) if r.request_id == request_id)
+    assert (record.method, record.outcome) == ("v2.ConfigService/TestSmtp", "DEADLINE_EXCEEDED")
+
+
+# --- concurrent calls -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_at_a_time() -> Iterator[Running]:
+    yield from running(max_concurrent_rpcs=2, provider_timeout=20.0)
+
+
+def test_calls_beyond_max_concurrent_rpcs_are_refused(two_at_a_time: Running, tmp_path: Path) -> None:
+    s = two_at_a_time
+    command, calls = vendor_script(tmp_path)
+    provider = create_exec(s.providers, command)
+    slow = [s.providers.CheckSecret.future(ref(provider, f"slow-1.5-{n}"), timeout=20) for n in range(2)]
+    wait_until(lambda: len(runs(calls)) == 2)  # both are in the backend, holding their slots
+
+    with pytest.raises(grpc.RpcError) as failure:
+        s.providers.CheckSecret(ref(provider, "slow-0-third"), timeout=10)
+    assert failure.value.code() == RESOURCE_EXHAUSTED
+    assert "Concurrent RPC limit" in failure.value.details()
+    with pytest.raises(grpc.RpcError) as failure:
+        s.v2.GetSmtp(v2.GetSmtpRequest(), timeout=10)
+    assert failure.value.code() == RESOURCE_EXHAUSTED
+    assert all(f.result().success for f in slow)
+    assert sorted(runs(calls)) == ["slow-1.5-0", "slow-1.5-1"]  # the refused call never ran
+
+    # Slots free again: calls pass, up to two at once.
+    assert s.providers.CheckSecret(ref(provider, "fast"), timeout=10).success
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        assert all(r.success for r in pool.map(
+            lambda n: s.providers.CheckSecret(ref(provider, f"slow-0.3-{n}"), timeout=10), range(2)))
+
+
+# --- per-identity rate limits -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def resolve_limited() -> Iterator[Running]:
+    yield from running(resolve_rate=1.0, resolve_burst=3, **CALLERS)
+
+
+def test_resolutions_are_rate_limited_per_identity(resolve_limited: Running, tmp_path: Path) -> None:
+    s = resolve_limited
+    command, calls = vendor_script(tmp_path)
+    provider = create_exec(s.providers, command, TtlSeconds="0")  # no caching: every resolution runs it
+    doc = edit(BASIC_V2, RelayPassword={"Provider": provider, "Parameters": {"Name": "smtp-password"}})
+    s.v2.UpdateSmtp(v2.UpdateSmtpRequest(profile=v2_profile(doc)), timeout=10)
+
+    def resolve(token: str, code=grpc.StatusCode.OK):
+        return invoke(s.as_v2.ResolveSmtp, v2.ResolveSmtpRequest(), token, rid("resolve"), code)
+
+    def check(token: str, code=grpc.StatusCode.OK):
+        return invoke(s.as_providers.CheckSecret, pb.CheckSecretRequest(profile_field="RelayPassword"), token,
+                      rid("check"), code)
+
+    for _ in range(3):
+        assert resolve(ALICE_TOKEN).credentials.password == "value-of-smtp-password"
+    refused = resolve(ALICE_TOKEN, RESOURCE_EXHAUSTED)
+    delay = retry_delay(refused)
+    assert 0 < delay <= 1.0, delay
+    assert "resolve rate limit" in refused.details()
+    check(ALICE_TOKEN, RESOURCE_EXHAUSTED)  # CheckSecret draws on the same bucket
+    assert len(runs(calls)) == 3  # refused calls never reached the backend
+
+    # Another identity has a bucket of its own; its checks and resolutions share it.
+    resolve(BOB_TOKEN)
+    check(BOB_TOKEN)
+    check(BOB_TOKEN)
+    assert retry_delay(resolve(BOB_TOKEN, RESOURCE_EXHAUSTED)) > 0
+    assert len(runs(calls)) == 6
+
+    # The refusal is audited like any other outcome of an audited method.
+    outcomes = [(r.identity, r.method, r.outcome) for r in list_records(s.channel, s.server.token)]
+    assert outcomes.count(("alice", "v2.ConfigService/ResolveSmtp", "RESOURCE_EXHAUSTED")) == 1
+    assert outcomes.count(("alice", "v2.SecretProviderService/CheckSecret", "RESOURCE_EXHAUSTED")) == 1
+
+    time.sleep(retry_delay(resolve(ALICE_TOKEN, RESOURCE_EXHAUSTED)) + 0.1)  # the bucket refills
+    assert resolve(ALICE_TOKEN).credentials.password == "value-of-smtp-password"
+    assert len(runs(calls)) == 7
+    # The admin (a third identity) was never limited by the others' use.
+    assert s.v2.ResolveSmtp(v2.ResolveSmtpRequest(), timeout=10).credentials.password
+
+
+@pytest.fixture
+def test_limited() -> Iterator[Running]:
+    yield from running(test_rate=1.0, test_burst=2, smtp_timeout=5.0, **CALLERS)
+
+
+def test_smtp_tests_are_rate_limited_per_identity(test_limited: Running) -> None:
+    s = test_limited
+    with SmtpServer("plain") as smtp:
+        doc = anonymous(smtp.host, smtp.port)
+        v2_request = v2.TestSmtpRequest(profile=v2_profile(doc), test_recipient="ops@example.com")
+        v1_request = v1.TestSmtpRequest(profile=v1_profile(doc), test_recipient="ops@example.com")
+
+        assert invoke(s.as_v2.TestSmtp, v2_request, ALICE_TOKEN, rid("test")).success
+        invoke(s.as_v1.TestSmtp, v1_request, ALICE_TOKEN, rid("test"))  # v1 and v2 share the bucket
+        refused = invoke(s.as_v2.TestSmtp, v2_request, ALICE_TOKEN, rid("test"), RESOURCE_EXHAUSTED)
+        delay = retry_delay(refused)
+        assert 0 < delay <= 1.0, delay
+        invoke(s.as_v1.TestSmtp, v1_request, ALICE_TOKEN, rid("test"), RESOURCE_EXHAUSTED)
+        smtp.wait_for_message(count=2)
+        time.sleep(0.2)
+        assert len(smtp.messages) == 2  # refused tests never reached the SMTP server
+
+        assert invoke(s.as_v2.TestSmtp, v2_request, BOB_TOKEN, rid("test")).success
+        smtp.wait_for_message(count=3)
+
+        time.sleep(retry_delay(invoke(s.as_v2.TestSmtp, v2_request, ALICE_TOKEN, rid("test"), RESOURCE_EXHAUSTED)) + 0.1)
+        assert invoke(s.as_v2.TestSmtp, v2_request, ALICE_TOKEN, rid("test")).success
+        smtp.wait_for_message(count=4)
+        assert len(smtp.messages) == 4
