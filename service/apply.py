@@ -155,7 +155,14 @@ class Applier:
             bearer=bearer if kind is AuthType.OAUTH_CLIENT_CREDENTIALS else None,
             steps=steps,
         )
-        return await loop.run_in_executor(self._pool, smtp_check.run, exchange)
+        running = loop.run_in_executor(self._pool, smtp_check.run, exchange)
+        try:
+            return await asyncio.shield(running)
+        except asyncio.CancelledError:
+            # The caller is gone: its thread must not go on to send a message nobody asked for
+            # any more, nor hold a pool thread until the SMTP timeout.
+            smtp_check.abandon(exchange)
+            raise
 
 
 def succeeded(steps: list[Step]) -> bool:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Sequence
 
 from service.store.base import AuditEntry, Store
@@ -105,6 +105,12 @@ class AuditLog:
         limit = max(1, min(limit, MAX_PAGE))
         rows = await self._store.read_audit(after, stamp(since) if since else None, limit)
         return [AuditRecord.from_entry(seq, data) for seq, data in rows]
+
+
+    async def prune(self, keep_days: float, now: datetime | None = None) -> int:
+        """Delete records older than `keep_days`; returns how many went."""
+        now = now or datetime.now(timezone.utc)
+        return await self._store.prune_audit(stamp(now - timedelta(days=keep_days)))
 
 
 def record_entry(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timezone
 
 import grpc
@@ -14,6 +15,7 @@ from smtpconfig.v2 import audit_service_pb2 as pb
 from smtpconfig.v2 import audit_service_pb2_grpc as pb_grpc
 
 DEFAULT_PAGE = 500
+_PAGE_TOKEN = re.compile(r"[0-9]{1,18}")  # a sequence number, always within SQLite's integers
 
 
 def record_to_pb(record: AuditRecord) -> pb.AuditRecord:
@@ -38,7 +40,7 @@ class AuditServiceV2(pb_grpc.AuditServiceServicer):
         problems = []
         after = 0
         if request.page_token:
-            if not request.page_token.isdigit() or len(request.page_token) > 19:
+            if not _PAGE_TOKEN.fullmatch(request.page_token):
                 problems.append(violation("page_token", "is not a token this server gave out"))
             else:
                 after = int(request.page_token)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ ADMIN = "admin"
 ADMIN_TOKEN_NAME = "admin.token"
 TOKEN_PREFIX = "sct_"
 _BEARER = "bearer "
+_URI_IDENTITY = re.compile(r"^[a-z][a-z0-9+.-]*://\S+$")
 
 
 def new_token() -> str:
@@ -142,7 +144,9 @@ class Authenticator:
     def _from_certificate(self, auth: dict) -> Identity | None:
         if auth.get("transport_security_type") != [b"ssl"]:
             return None
-        names = [v.decode() for v in auth.get("peer_uri", ())]
+        # Only real URIs (scheme://...) count: a URI SAN such as "admin" or "dns:x" must not pass
+        # for a token, socket, DNS or CN identity.
+        names = [u for u in (v.decode() for v in auth.get("peer_uri", ())) if _URI_IDENTITY.match(u)]
         names += ["dns:" + v.decode() for v in auth.get("peer_dns", ())]
         names += ["cn:" + v.decode() for v in auth.get("x509_common_name", ())]
         if not names:  # TLS without a client certificate (server-side TLS only)

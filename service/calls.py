@@ -22,6 +22,7 @@ Health and reflection are not servicers of ours and stay open to everyone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -43,6 +44,9 @@ from service.status import DETAILS_KEY, to_rpc_status
 log = logging.getLogger(__name__)
 
 REQUEST_ID = "x-request-id"
+# Audit records of refused calls that carry no identity at all, per second (and burst).
+ANONYMOUS_RECORDS_PER_SECOND = 10.0
+ANONYMOUS_RECORDS_BURST = 100
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
@@ -104,6 +108,7 @@ class Guard:
         self._metrics = metrics
         self._limiters = dict(limiters)
         self._default_deadline = default_deadline
+        self._anonymous = RateLimiter(ANONYMOUS_RECORDS_PER_SECOND, ANONYMOUS_RECORDS_BURST)
 
     async def run(self, spec: RpcSpec, method, servicer, request, context: grpc.aio.ServicerContext):
         started = time.perf_counter()
@@ -134,9 +139,11 @@ class Guard:
                         )
                 if context.time_remaining() is None:
                     try:
-                        async with asyncio.timeout(self._default_deadline):
+                        async with asyncio.timeout(self._default_deadline) as scope:
                             response = await method(servicer, request, context)
                     except TimeoutError:
+                        if not scope.expired():
+                            raise  # some other timeout inside the method: not ours to rename
                         raise DeadlineExceeded(
                             f"the call took longer than the server's default deadline of"
                             f" {self._default_deadline:g}s; set a deadline to allow more"
@@ -148,13 +155,18 @@ class Guard:
                 code = status_code.name
                 # Domain messages are written never to hold a value, so operators see them whole.
                 log.info("%s refused: %s %s", name, code, message)
-                if spec.audit:
-                    await self._record(call, code, message)
+                if spec.audit and self._worth_recording(call, code):
+                    try:
+                        await self._record(call, code, message)
+                    except Exception as failure:  # noqa: BLE001 - the refusal still goes out as it is
+                        log.error("%s: the audit record of a refused call could not be written (%s)", name, type(failure).__name__)
                 await context.abort(
                     status_code, message,
                     trailing_metadata=((DETAILS_KEY, status.SerializeToString()), (REQUEST_ID, call.request_id)),
                 )
-            if spec.audit and not call.recorded:
+            if spec.audit and call.recorded:
+                self._metrics.audit_record("OK")
+            elif spec.audit:
                 try:
                     await self._record(call, "OK", call.message)
                 except Exception:  # noqa: BLE001 - a revealing call without its record is not answered
@@ -170,6 +182,10 @@ class Guard:
             raise
         except asyncio.CancelledError:
             code = "CANCELLED"
+            if spec.audit and not call.recorded:
+                # The caller gave up or its deadline passed; what was started is still on record.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._record(call, "CANCELLED", "the caller cancelled or its deadline passed"))
             raise
         except Exception as error:  # noqa: BLE001 - the last line of defence for callers
             code = "INTERNAL"
@@ -185,6 +201,16 @@ class Guard:
         finally:
             CALL.reset(token)
             self._metrics.rpc(name, code, time.perf_counter() - started)
+
+    def _worth_recording(self, call: Call, code: str) -> bool:
+        """Refusals of callers with no identity are recorded up to a rate: anyone who can reach
+        the port can send them, and they must not be able to fill the disk."""
+        if code != "UNAUTHENTICATED" or call.identity:
+            return True
+        if self._anonymous.acquire("") == 0.0:
+            return True
+        self._metrics.audit_record("UNAUTHENTICATED_NOT_RECORDED")
+        return False
 
     async def _record(self, call: Call, outcome: str, message: str) -> None:
         await self._audit.append(AuditRecord(

@@ -77,7 +77,10 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     now = now or datetime.now(timezone.utc)
     ago = _AGO.match(text)
     if ago:
-        return now - timedelta(**{_UNITS[ago.group(2)]: int(ago.group(1))})
+        try:
+            return now - timedelta(**{_UNITS[ago.group(2)]: int(ago.group(1))})
+        except OverflowError:
+            raise CliError(f"--since {text!r} reaches back before the year 1", EXIT_BAD_INPUT) from None
     try:
         when = datetime.fromisoformat(text)
     except ValueError:

@@ -67,6 +67,8 @@ def find_token(args: argparse.Namespace, target: str, env: dict[str, str] | None
             raise CliError(f"cannot read the token file {named}: {error.strerror}", EXIT_BAD_INPUT) from None
     if env.get("SMTPCONFIG_TOKEN"):
         return env["SMTPCONFIG_TOKEN"].strip()
+    if not _local(target):
+        return None  # the embedded default's admin token is for this machine's server only
     places = []
     if target.startswith("unix:"):
         places.append(Path(target[len("unix:"):]).parent / ADMIN_TOKEN_NAME)
@@ -98,10 +100,27 @@ def _channel(args: argparse.Namespace, target: str) -> grpc.Channel:
     return grpc.secure_channel(target, credentials)
 
 
+def _local(target: str) -> bool:
+    """A Unix socket or a loopback TCP address: nothing sent to it crosses a network."""
+    if target.startswith("unix:"):
+        return True
+    try:
+        host, _ = settings_mod.split_address(target.removeprefix("dns:///").removeprefix("ipv4:").removeprefix("ipv6:"))
+    except settings_mod.SettingsError:
+        return False
+    return settings_mod.is_loopback(host)
+
+
 def call(args: argparse.Namespace, stub_class, method: str, request):
     target = args.target or default_target()
     token = find_token(args, target)
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    secure = bool(getattr(args, "ca", None) or os.environ.get("SMTPCONFIG_TLS_CA"))
+    if token and not secure and not _local(target):
+        raise CliError(
+            f"refusing to send a bearer token in clear text to {target}: give --ca (SMTPCONFIG_TLS_CA)"
+            " to talk TLS to a server on another machine", EXIT_BAD_INPUT,
+        )
     with _channel(args, target) as channel:
         stub = stub_class(channel)
         try:
@@ -128,7 +147,7 @@ def explain(error: grpc.RpcError, target: str) -> CliError:
             if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
                 bad = error_details_pb2.BadRequest()
                 detail.Unpack(bad)
-                lines = ["the server refused the profile (nothing was stored):"]
+                lines = ["the server refused the request (nothing was stored):"]
                 lines += [f"  {v.field}: {v.description}" for v in bad.field_violations]
     exit_code = EXIT_BAD_INPUT if code == grpc.StatusCode.INVALID_ARGUMENT else EXIT_FAILED
     return CliError("\n".join(lines), exit_code)

@@ -89,6 +89,7 @@ class App:
         self._health = health.aio.HealthServicer()
         self._health_server: grpc.aio.Server | None = None
         self._readiness: asyncio.Task | None = None
+        self._audit: AuditLog | None = None
         self.metrics = Metrics()
         self.metrics_port: int | None = None
         self.health_port: int | None = None
@@ -126,7 +127,7 @@ class App:
             timeout=settings.provider_timeout, failure_ttl=settings.provider_failure_ttl,
             fingerprint=sealer.fingerprint, metrics=self.metrics,
         )
-        audit = AuditLog(self._store, on_record=self.metrics.audit_record)
+        audit = self._audit = AuditLog(self._store, on_record=self.metrics.audit_record)
         guard = Guard(
             authenticator=Authenticator(guard_tokens, policy, settings.unix_socket_identity),
             policy=policy,
@@ -183,7 +184,7 @@ class App:
         self._server = server
         await server.start()
         if self.socket_path is not None:
-            _restrict_socket(self.socket_path, settings.unix_socket_mode, settings.unix_socket_group)
+            _restrict_socket(self.socket_path, settings.unix_socket_mode, settings.unix_socket_group, settings.data_dir)
         if settings.health_listen:
             # Probes (kubelet's gRPC probe) dial without TLS or identity: this listener serves
             # health and nothing else, so it can be open where the API is not.
@@ -238,9 +239,21 @@ class App:
         return ready
 
     async def _follow_readiness(self) -> None:
+        """Check the store every readiness interval; prune the audit trail once an hour."""
+        pruned_at = float("-inf")
         while True:
             await asyncio.sleep(self.settings.readiness_interval)
-            await self._check_readiness()
+            ready = await self._check_readiness()
+            loop_time = asyncio.get_running_loop().time()
+            if ready and self.settings.audit_retention_days and loop_time - pruned_at >= 3600:
+                pruned_at = loop_time
+                try:
+                    count = await self._audit.prune(self.settings.audit_retention_days)
+                except Exception as error:  # noqa: BLE001 - tried again in an hour
+                    log.warning("pruning the audit trail failed (%s)", type(error).__name__)
+                else:
+                    if count:
+                        log.info("pruned %s audit records older than %g days", count, self.settings.audit_retention_days)
 
     @property
     def target(self) -> str:
@@ -284,14 +297,25 @@ class App:
         await self._server.wait_for_termination()
 
 
-def _restrict_socket(path: Path, mode: int, group: str) -> None:
+def _restrict_socket(path: Path, mode: int, group: str, data_dir: Path) -> None:
     """The socket's owner, group and mode decide who may connect: they are its access boundary."""
     if group:
         try:
-            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
-        except KeyError:
+            gid = grp.getgrgid(int(group)).gr_gid if group.isdigit() else grp.getgrnam(group).gr_gid
+        except (KeyError, OverflowError):
             raise FailedPrecondition(f"unix_socket_group {group!r} is not a group on this machine") from None
-        os.chown(path, -1, gid)
+        try:
+            os.chown(path, -1, gid)
+            if path.parent.resolve() == data_dir.resolve():
+                # The group must get through the data directory (0700) to reach the socket: let
+                # it pass (x) without listing or reading anything; every file in it is 0600.
+                os.chown(data_dir, -1, gid)
+                os.chmod(data_dir, 0o710)
+        except OSError as error:
+            raise FailedPrecondition(
+                f"cannot give the socket {path} to group {group!r}: {error.strerror}"
+                " (the server's user must be a member of that group)"
+            ) from None
     os.chmod(path, mode)
 
 

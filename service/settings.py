@@ -93,6 +93,8 @@ class Settings:
     log_format: str = "text"
     # Seconds between store reachability checks; health turns NOT_SERVING while the store fails.
     readiness_interval: float = 5.0
+    # Days audit records are kept; older ones are deleted hourly. 0 keeps them all.
+    audit_retention_days: float = 0.0
 
     # --- limits ---
     # Largest request message accepted, in bytes.
@@ -154,6 +156,7 @@ _ENV = {
     "metrics_listen": "METRICS_LISTEN",
     "log_format": "LOG_FORMAT",
     "readiness_interval": "READINESS_INTERVAL",
+    "audit_retention_days": "AUDIT_RETENTION_DAYS",
     "max_message_bytes": "MAX_MESSAGE_BYTES",
     "default_deadline": "DEFAULT_DEADLINE",
     "max_concurrent_rpcs": "MAX_CONCURRENT_RPCS",
@@ -307,6 +310,14 @@ def _coerce(name: str, value: Any, origin: str, base: Path | None, text: bool) -
         if not low <= number <= 1 << 30:
             raise SettingsError(f"{where} must be at least {low}")
         return number
+    if name == "audit_retention_days":
+        try:
+            days = float(value)
+        except (TypeError, ValueError):
+            raise SettingsError(f"{where} must be a number of days (0 keeps every record)") from None
+        if not 0 <= days <= 36500:
+            raise SettingsError(f"{where} must be between 0 (keep all) and 36500 days")
+        return days
     if name in ("resolve_rate", "test_rate"):
         try:
             rate = float(value)

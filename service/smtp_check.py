@@ -11,6 +11,7 @@ from __future__ import annotations
 import smtplib
 import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass, field
 from email.headerregistry import Address
@@ -64,6 +65,22 @@ class Exchange:
     # OAuth: returns a token; called again with fresh=True after the server refused one.
     bearer: Callable[[bool], Secret] | None = None
     steps: list[Step] = field(default_factory=list)
+    # Set when the caller is gone (cancelled, past its deadline): no further step is taken, and
+    # above all no message is sent for a test nobody waits for.
+    abandoned: threading.Event = field(default_factory=threading.Event)
+    client: smtplib.SMTP | None = None
+
+
+def abandon(exchange: Exchange) -> None:
+    """Stop `exchange` from another thread: no further step, and a blocked read is woken."""
+    exchange.abandoned.set()
+    client = exchange.client
+    sock = getattr(client, "sock", None) if client is not None else None
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 class _Pinned(smtplib.SMTP):
@@ -98,6 +115,9 @@ def run(exchange: Exchange) -> list[Step]:
     implicit = exchange.use_ssl and exchange.port in exchange.implicit_tls_ports
     started = time.monotonic()
     client = _Pinned(exchange.host, exchange.addresses, exchange.timeout, exchange.context if implicit else None)
+    exchange.client = client
+    if exchange.abandoned.is_set():
+        return exchange.steps
     step = Step("connect", OK)
     try:
         code, banner = client.connect(exchange.host, exchange.port)
@@ -112,11 +132,12 @@ def run(exchange: Exchange) -> list[Step]:
         return exchange.steps
     exchange.steps.append(_timed(step, started))
     try:
-        if not _tls(client, exchange, implicit):
+        if exchange.abandoned.is_set() or not _tls(client, exchange, implicit):
             return exchange.steps
-        if not _auth(client, exchange):
+        if exchange.abandoned.is_set() or not _auth(client, exchange):
             return exchange.steps
-        _send(client, exchange)
+        if not exchange.abandoned.is_set():
+            _send(client, exchange)
         return exchange.steps
     finally:
         try:

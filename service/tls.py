@@ -68,14 +68,23 @@ class ReloadingCertificates:
     def _load(self, stamp: tuple) -> _Loaded:
         chain = self._cert_file.read_bytes()
         key = self._key_file.read_bytes()
-        leaf = x509.load_pem_x509_certificates(chain)[0]
-        private = serialization.load_pem_private_key(key, password=None)
+        try:
+            leaf = x509.load_pem_x509_certificates(chain)[0]
+        except ValueError as error:
+            raise ValueError(f"{self._cert_file} holds no usable PEM certificate ({error})") from None
+        try:
+            private = serialization.load_pem_private_key(key, password=None)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{self._key_file} holds no usable unencrypted PEM private key ({error})") from None
         if private.public_key().public_numbers() != leaf.public_key().public_numbers():
             raise ValueError(f"the key in {self._key_file} does not belong to the certificate in {self._cert_file}")
         client_ca = None
         if self._client_ca_file is not None:
             client_ca = self._client_ca_file.read_bytes()
-            x509.load_pem_x509_certificates(client_ca)  # refuse a file that holds no certificate
+            try:
+                x509.load_pem_x509_certificates(client_ca)  # refuse a file that holds no certificate
+            except ValueError as error:
+                raise ValueError(f"{self._client_ca_file} holds no usable PEM certificate ({error})") from None
         config = grpc.ssl_server_certificate_configuration([(key, chain)], root_certificates=client_ca)
         return _Loaded(stamp, config, leaf.subject.rfc4514_string())
 

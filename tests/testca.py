@@ -1,8 +1,9 @@
 """A throwaway certificate authority for tests that talk TLS to a real server on loopback.
 
-`TestCA` makes an EC P-256 root and issues server leaves signed by it; `self_signed` makes a leaf
-that no CA vouches for. Everything is written as PEM files to a directory, because the code under
-test takes a CA bundle *path*, as an operator would configure it. `make_pki` builds the usual set:
+`TestCA` makes an EC P-256 root and issues server leaves (`issue`) and mTLS client leaves
+(`issue_client`) signed by it; `self_signed` makes a leaf that no CA vouches for. Everything is
+written as PEM files to a directory, because the code under test takes a CA bundle *path*, as an
+operator would configure it. `make_pki` builds the usual set:
 a leaf for this machine, one for another host name, and a self-signed one.
 
 EC keys keep generation to a few milliseconds, so a fresh set per test session costs nothing.
@@ -136,6 +137,36 @@ class TestCA:
                            critical=False)
             .sign(self._key, hashes.SHA256())
         )
+        paths = CertPaths(self.path, self.directory / f"{stem}.pem", self.directory / f"{stem}-key.pem")
+        _write_cert(paths.cert, cert)
+        _write_key(paths.key, key)
+        return paths
+
+    def issue_client(self, stem: str, cn: str, uris: Iterable[str] = (), dns: Iterable[str] = ()) -> CertPaths:
+        """A client leaf (clientAuth) with subject CN `cn` and, when given, URI and DNS SANs in
+        that order (a leaf with neither has no SAN extension at all: only its CN names it),
+        written as `<stem>.pem` and `<stem>-key.pem`."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        builder = (
+            x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(self._name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + self._lifetime)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
+                encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
+                           critical=False)
+        )
+        names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in uris]
+        names += [x509.DNSName(d) for d in dns]
+        if names:
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        cert = builder.sign(self._key, hashes.SHA256())
         paths = CertPaths(self.path, self.directory / f"{stem}.pem", self.directory / f"{stem}-key.pem")
         _write_cert(paths.cert, cert)
         _write_key(paths.key, key)

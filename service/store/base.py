@@ -86,6 +86,9 @@ class Store(Protocol):
         """Up to `limit` (sequence, record) pairs with sequence above `after` and time at or
         after `since`, oldest first."""
 
+    async def prune_audit(self, before: str) -> int:
+        """Delete audit records written before `before`; returns how many."""
+
     async def ping(self) -> None:
         """Raise unless the store can take a write now (readiness)."""
 

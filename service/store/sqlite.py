@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import AsyncIterator, Callable, TypeVar
 
-from service.errors import FailedPrecondition
+from service.errors import FailedPrecondition, Unavailable
 from service.store.base import ABSENT, AuditEntry, Change, EtagMismatch, Revision, _Absent, make_etag
 
 T = TypeVar("T")
@@ -79,7 +79,11 @@ class SqliteStore:
         self._db = db
 
     async def _run(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        except sqlite3.OperationalError as error:
+            # Locked by another process, disk full, I/O error: the store cannot be used right now.
+            raise Unavailable(f"the store cannot be used right now ({error}); try again") from None
 
     @staticmethod
     def _row(row: tuple) -> Revision:
@@ -191,6 +195,20 @@ class SqliteStore:
             return [(seq, bytes(record)) for seq, record in rows]
 
         return await self._run(read)
+
+    async def prune_audit(self, before: str) -> int:
+        def delete() -> int:
+            db = self._conn
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                count = db.execute("DELETE FROM audit WHERE time < ?", (before,)).rowcount
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return count
+
+        return await self._run(delete)
 
     async def ping(self) -> None:
         def probe() -> None:

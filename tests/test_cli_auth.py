@@ -1,0 +1,267 @@
+"""The CLI and callers: making tokens, and reaching a server with a token file, the admin token
+beside the socket, or a client certificate. Real servers, the CLI run in-process."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import tomllib
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from service.auth import TOKEN_PREFIX
+from service.cli import main
+from tests.conftest import BASIC_V2
+from tests.support import ServerProcess, ServerThread, short_dir
+from tests.testca import TestCA
+
+
+def run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def clean(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No SMTPCONFIG_* variables and a working directory without ./smtpconfig-data, so the CLI
+    finds only what a test gives it."""
+    for name in list(os.environ):
+        if name.startswith("SMTPCONFIG_"):
+            monkeypatch.delenv(name)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return work
+
+
+@pytest.fixture
+def profile_file(tmp_path: Path) -> str:
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(BASIC_V2))
+    return str(path)
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    directory = short_dir("cli")
+    yield directory / "data"
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def new_token(capsys: pytest.CaptureFixture, identity: str) -> tuple[str, str]:
+    code, out, err = run(capsys, "token", "new", "--identity", identity)
+    assert code == 0, err
+    return out.strip(), err
+
+
+# --- making tokens ------------------------------------------------------------------------------
+
+
+def test_token_new_prints_the_token_and_the_entry_that_admits_it(capsys) -> None:
+    token, entry = new_token(capsys, "ci-runner")
+    assert token.startswith(TOKEN_PREFIX) and len(token) > 40 and "\n" not in token
+    # Standard error is a config-file fragment, ready to paste.
+    settings = tomllib.loads(entry)
+    assert settings["tokens"] == [{"identity": "ci-runner", "sha256": hashlib.sha256(token.encode()).hexdigest()}]
+    assert settings["policy"] == {"ci-runner": ["smtp:resolve"]}
+    assert token not in entry, "the token goes to standard output only"
+    assert new_token(capsys, "ci-runner")[0] != token
+
+
+def test_token_new_refuses_an_identity_the_settings_would_refuse(capsys) -> None:
+    code, out, err = run(capsys, "token", "new", "--identity", "spiffe://test/ns/x")
+    assert code == 2 and out == "" and "plain name" in err
+
+
+def test_token_hash_matches_token_new(capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    token, entry = new_token(capsys, "x")
+    digest = tomllib.loads(entry)["tokens"][0]["sha256"]
+    path = tmp_path / "x.token"
+    path.write_text(token + "\n")
+    assert run(capsys, "token", "hash", str(path)) == (0, digest + "\n", "")
+    monkeypatch.setattr("sys.stdin", io.StringIO(token))
+    assert run(capsys, "token", "hash") == (0, digest + "\n", "")
+    monkeypatch.setattr("sys.stdin", io.StringIO("  \n"))
+    code, _, err = run(capsys, "token", "hash")
+    assert code == 2 and "no token" in err
+
+
+# --- a server that knows the token --------------------------------------------------------------
+
+
+def test_a_server_configured_with_token_new_output_accepts_the_token_file(
+    capsys, clean: Path, tmp_path: Path, data_dir: Path, profile_file: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token, entry = new_token(capsys, "ci")
+    config = tmp_path / "smtpconfig.toml"
+    config.write_text(entry)  # pasted as `token new` printed it: the ci identity may resolve
+    token_file = tmp_path / "ci.token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
+    server = ServerProcess(data_dir, "--config", str(config)).start()
+    try:
+        assert run(capsys, "put", *server.cli_args, "-f", profile_file)[0] == 0
+        as_ci = ("--target", server.target, "--token-file", str(token_file))
+        code, out, err = run(capsys, "resolve", *as_ci)
+        assert code == 0, err
+        assert "password: relay-password" in out
+        code, _, err = run(capsys, "get", *as_ci)
+        assert code == 1 and "PERMISSION_DENIED" in err and "'ci' does not have the smtp:read permission" in err
+
+        # The same token from the environment, as a file name or as the value.
+        monkeypatch.setenv("SMTPCONFIG_TOKEN_FILE", str(token_file))
+        assert run(capsys, "resolve", "--target", server.target)[0] == 0
+        monkeypatch.delenv("SMTPCONFIG_TOKEN_FILE")
+        monkeypatch.setenv("SMTPCONFIG_TOKEN", token)
+        assert run(capsys, "resolve", "--target", server.target)[0] == 0
+        monkeypatch.delenv("SMTPCONFIG_TOKEN")
+
+        # The audit trail names the token's identity.
+        code, out, err = run(capsys, "audit", *server.cli_args, "--json")
+        assert code == 0, err
+        records = [json.loads(line) for line in out.splitlines()]
+        resolved = [r for r in records if r["Method"] == "v2.ConfigService/ResolveSmtp"]
+        assert {r["Identity"] for r in resolved} == {"ci"} and len(resolved) == 3
+        assert token not in out
+    finally:
+        assert server.terminate() == 0
+    log = server.log()
+    assert "serving on" in log
+    assert token not in log and server.token not in log
+
+
+def test_a_named_token_file_is_used_even_beside_an_admin_token(capsys, clean: Path, tmp_path: Path, server) -> None:
+    wrong = tmp_path / "wrong.token"
+    wrong.write_text("sct_not-a-token-this-server-knows\n")
+    target = f"unix:{server.app.socket_path}"
+    code, _, err = run(capsys, "get", "--target", target, "--token-file", str(wrong))
+    assert code == 1 and "UNAUTHENTICATED" in err and "not known to this server" in err
+    code, _, err = run(capsys, "get", "--target", target, "--token-file", str(tmp_path / "absent.token"))
+    assert code == 2 and "cannot read the token file" in err
+
+
+# --- no token -----------------------------------------------------------------------------------
+
+
+def test_without_a_token_the_cli_says_how_to_give_one(capsys, clean: Path, server, caplog) -> None:
+    caplog.set_level(logging.DEBUG, logger="service")
+    assert server.target.startswith("127.0.0.1:")
+    code, out, err = run(capsys, "get", "--target", server.target)
+    assert code == 1 and out == ""
+    assert "UNAUTHENTICATED" in err and "--token-file" in err
+    assert "refused: UNAUTHENTICATED" in caplog.text
+    assert server.token not in caplog.text
+
+
+# --- the admin token beside the socket ------------------------------------------------------------
+
+
+def test_the_cli_finds_the_admin_token_beside_the_socket(
+    capsys, clean: Path, server, profile_file: str, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="service")
+    target = f"unix:{server.app.socket_path}"
+    assert server.app.socket_path.parent / "admin.token" == server.token_path
+    code, _, err = run(capsys, "put", "--target", target, "-f", profile_file)
+    assert code == 0, err
+    code, out, err = run(capsys, "get", "--target", target)
+    assert code == 0, err
+    assert "smtp.example.com" in out
+    # With only the data directory named, the CLI finds both the socket and the token in it.
+    monkeypatch.setenv("SMTPCONFIG_DATA_DIR", str(server.data_dir))
+    code, out, err = run(capsys, "get")
+    assert code == 0 and "smtp.example.com" in out, err
+    assert server.token not in out + err + caplog.text
+
+
+# --- mTLS ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mtls(tmp_path: Path) -> Iterator[tuple[ServerThread, TestCA, dict]]:
+    ca = TestCA(tmp_path / "pki")
+    server_cert = ca.issue("server")
+    clients = {
+        "operator": ca.issue_client("operator", "operator", uris=("spiffe://test/ns/operator",)),
+        "viewer": ca.issue_client("viewer", "viewer", dns=("viewer.test",)),
+    }
+    root = short_dir("clitls")
+    server = ServerThread(
+        root / "data", tls_cert_file=server_cert.cert, tls_key_file=server_cert.key, tls_client_ca_file=ca.path,
+        unix_socket="",
+        policy=(("spiffe://test/ns/operator", ("smtp:read", "smtp:modify")), ("dns:viewer.test", ("smtp:read",))),
+    ).start()
+    try:
+        yield server, ca, clients
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_cli_over_mtls(capsys, clean: Path, mtls, profile_file: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    server, ca, clients = mtls
+
+    def as_(name: str) -> tuple[str, ...]:
+        paths = clients[name]
+        return ("--target", server.target, "--ca", str(ca.path), "--cert", str(paths.cert), "--key", str(paths.key))
+
+    code, _, err = run(capsys, "put", *as_("operator"), "-f", profile_file)
+    assert code == 0, err
+    code, out, err = run(capsys, "get", *as_("viewer"))
+    assert code == 0 and "smtp.example.com" in out, err
+    code, _, err = run(capsys, "put", *as_("viewer"), "-f", profile_file)
+    assert code == 1 and "'dns:viewer.test' does not have the smtp:modify permission" in err
+
+    # The same from the environment.
+    monkeypatch.setenv("SMTPCONFIG_TLS_CA", str(ca.path))
+    monkeypatch.setenv("SMTPCONFIG_TLS_CERT", str(clients["viewer"].cert))
+    monkeypatch.setenv("SMTPCONFIG_TLS_KEY", str(clients["viewer"].key))
+    assert run(capsys, "get", "--target", server.target)[0] == 0
+    monkeypatch.delenv("SMTPCONFIG_TLS_CERT")
+    monkeypatch.delenv("SMTPCONFIG_TLS_KEY")
+
+    # Without a client certificate the handshake fails: the server cannot be reached.
+    code, _, err = run(capsys, "get", "--target", server.target, "--ca", str(ca.path))
+    assert code == 1 and "cannot reach the server" in err
+    # A certificate needs its key.
+    code, _, err = run(capsys, "get", "--target", server.target, "--ca", str(ca.path),
+                       "--cert", str(clients["viewer"].cert))
+    assert code == 2 and "give both --cert and --key" in err
+    code, _, err = run(capsys, "get", "--target", server.target, "--ca", str(ca.path),
+                       "--cert", str(clients["viewer"].cert), "--key", str(ca.directory / "absent-key.pem"))
+    assert code == 2 and "absent-key.pem" in err
+
+
+def test_the_cli_never_sends_a_token_in_clear_text_off_this_machine(tmp_path, capsys) -> None:
+    # 192.0.2.1 (TEST-NET-1) is never dialled: the CLI refuses before opening a channel.
+    from service.cli import main
+
+    token_file = tmp_path / "t"
+    token_file.write_text("sct_some-token-value-for-the-test\n")
+    code = main(["get", "--target", "192.0.2.1:2587", "--token-file", str(token_file), "--timeout", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "clear text" in err and "some-token-value" not in err
+
+
+def test_the_admin_token_is_only_found_for_local_targets(tmp_path) -> None:
+    import argparse
+
+    from service.cli_client import find_token
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "admin.token").write_text("sct_local-admin-token-for-the-test\n")
+    env = {"SMTPCONFIG_DATA_DIR": str(data)}
+    args = argparse.Namespace(token_file=None)
+    assert find_token(args, "127.0.0.1:2587", env) == "sct_local-admin-token-for-the-test"
+    assert find_token(args, "[::1]:2587", env) == "sct_local-admin-token-for-the-test"
+    assert find_token(args, "localhost:2587", env) == "sct_local-admin-token-for-the-test"
+    assert find_token(args, "smtpconfig.example.org:2587", env) is None
+    assert find_token(args, "10.1.2.3:2587", env) is None
