@@ -9,6 +9,11 @@ the right server model? Three servers are measured side by side, each in its own
   service       `service.server.App` answering `smtpconfig.v2.ConfigService/GetSmtp`, and
                 `SecretProviderService/CheckSecret` on a warm cache (a `file` provider secret).
 
+Unless `--skip-tls`, GetSmtp is also measured over TLS, against two more service processes and two
+more bare-aio ones: server TLS with the bearer token, and mTLS where the client certificate is the
+identity; each bare-aio twin uses the same credentials, so the report separates what TLS itself
+costs from what the service and its authentication cost.
+
 A second service process (the "apply" service: its stored profile differs) answers `ResolveSmtp`
 for a profile whose password is a `file` provider reference, on a warm cache.
 
@@ -19,36 +24,79 @@ next to the same exchange done directly with smtplib; then, with an OpenBao dev 
 CheckSecret calls (each a cache miss that reads Vault) next to direct hvac reads. See
 bench/README.md.
 
+The run also reads the resident memory of each GetSmtp server: idle, under load and at its peak.
+
 Modules: `servers` (the server processes), `load` (the client process), `seed` (what the service
-answers: the profiles, the file secret, provider instances), `smtpserver` (the SMTP server process
-and its certificates), `testsmtp` (the TestSmtp phase), `openbao` (the dev server), `cold` (the
-Vault latency phase), `procs` (owning subprocesses), `report` (tables and JSON), `__main__` (the run).
+answers: the profiles, the file secret, provider instances), `certs` (the throwaway CA and its
+leaves), `smtpserver` (the SMTP server process), `testsmtp` (the TestSmtp phase), `openbao` (the
+dev server), `cold` (the Vault latency phase), `procs` (owning subprocesses), `report` (tables and
+JSON), `__main__` (the run).
 """
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
 
 
 class BenchError(Exception):
     """The benchmark cannot produce a trustworthy number; the message says why."""
 
 
-# The echo servers' one method. Bytes in, the same bytes out, no (de)serialization.
 # Every client call carries this bearer token, the bare servers' calls included, so both sides
 # receive the same bytes. The service admits it as the identity "bench" with every permission.
 BENCH_TOKEN = "sct_benchmark-only-token-never-use-elsewhere"
 AUTH = (("authorization", f"Bearer {BENCH_TOKEN}"),)
 
 
+@dataclass(frozen=True)
+class Transport:
+    """How a client reaches a target: plaintext TCP (`tls` ""), server TLS ("tls": trust the CA in
+    `ca`) or mTLS ("mtls": also present the client certificate `cert` with its `key`). Over mTLS the
+    certificate is the caller's identity and no token is sent, to the bare servers neither, so each
+    bare server receives the same bytes as the service it is compared with."""
 
-def authorized_channel(target: str):
-    """A blocking channel whose every call carries `AUTH` (seeding and the cold comparisons)."""
+    tls: str = ""
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return () if self.tls == MTLS else AUTH
+
+    def credentials(self):
+        """grpc.ChannelCredentials for TLS, None for plaintext."""
+        if not self.tls:
+            return None
+        import grpc
+
+        client = (Path(self.key).read_bytes(), Path(self.cert).read_bytes()) if self.tls == MTLS else (None, None)
+        return grpc.ssl_channel_credentials(Path(self.ca).read_bytes(), *client)
+
+
+PLAINTEXT = Transport()
+TLS = "tls"
+MTLS = "mtls"
+
+
+def authorized_channel(target: str, transport: Transport = PLAINTEXT):
+    """A blocking channel whose every call carries `transport`'s metadata (`AUTH` but over mTLS):
+    seeding and the cold comparisons."""
     import grpc
+
+    metadata = transport.metadata
 
     class _Auth(grpc.UnaryUnaryClientInterceptor):
         def intercept_unary_unary(self, continuation, details, request):
-            return continuation(details._replace(metadata=tuple(details.metadata or ()) + AUTH), request)
+            return continuation(details._replace(metadata=tuple(details.metadata or ()) + metadata), request)
 
-    return grpc.intercept_channel(grpc.insecure_channel(target), _Auth())
+    credentials = transport.credentials()
+    channel = grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)
+    return grpc.intercept_channel(channel, _Auth())
 
 
+# The echo servers' one method. Bytes in, the same bytes out, no (de)serialization.
 ECHO_SERVICE = "bench.Echo"
 ECHO_METHOD = "Echo"
 ECHO_PATH = f"/{ECHO_SERVICE}/{ECHO_METHOD}"
@@ -67,24 +115,42 @@ BARE_THREADS = "bare-threads"
 SERVICE = "service"
 CHECK_SECRET = "checksecret"
 RESOLVE_SMTP = "resolvesmtp"
-TARGETS = (BARE_AIO, BARE_THREADS, SERVICE, CHECK_SECRET, RESOLVE_SMTP)
+# GetSmtp over TLS (`--skip-tls` leaves them out): a service process and a bare-aio one per kind,
+# the bare one with the same server credentials (service.tls.ReloadingCertificates).
+BARE_AIO_TLS = "bare-aio-tls"
+SERVICE_TLS = "service-tls"
+BARE_AIO_MTLS = "bare-aio-mtls"
+SERVICE_MTLS = "service-mtls"
+TLS_TARGETS = (BARE_AIO_TLS, SERVICE_TLS, BARE_AIO_MTLS, SERVICE_MTLS)
+TARGETS = (BARE_AIO, BARE_THREADS, SERVICE, *TLS_TARGETS, CHECK_SECRET, RESOLVE_SMTP)
 LABELS = {
     BARE_AIO: "bare-aio",
     BARE_THREADS: "bare-threads",
     SERVICE: "GetSmtp (v2)",
+    BARE_AIO_TLS: "bare-aio TLS",
+    SERVICE_TLS: "GetSmtp (v2) TLS+token",
+    BARE_AIO_MTLS: "bare-aio mTLS",
+    SERVICE_MTLS: "GetSmtp (v2) mTLS",
     CHECK_SECRET: "CheckSecret (warm)",
     RESOLVE_SMTP: "ResolveSmtp (warm)",
 }
+# The transport of each target reached over TLS; all others are plaintext TCP with the token.
+TRANSPORTS = {BARE_AIO_TLS: TLS, SERVICE_TLS: TLS, BARE_AIO_MTLS: MTLS, SERVICE_MTLS: MTLS}
+# Besides bare-aio (plaintext), the TLS services are compared with the bare-aio server over the
+# same credentials: the difference is then the service and its authentication, TLS being in both.
+BASELINES = {SERVICE_TLS: BARE_AIO_TLS, SERVICE_MTLS: BARE_AIO_MTLS}
 
 # Suites: targets compared with each other, bare-aio being sent requests as long as the suite's
 # service responses. Each suite has its own rows and ratios; they are measured interleaved.
 GETSMTP_SUITE = "GetSmtp"
 CHECKSECRET_SUITE = "CheckSecret"
 RESOLVESMTP_SUITE = "ResolveSmtp"
+# Each suite is a sequence of blocks: the targets of a block are measured back to back, each round
+# rotating which goes first, so a target and the baseline it is divided by are measured close together.
 SUITES = {
-    GETSMTP_SUITE: (BARE_AIO, SERVICE, BARE_THREADS),
-    CHECKSECRET_SUITE: (BARE_AIO, CHECK_SECRET),
-    RESOLVESMTP_SUITE: (BARE_AIO, RESOLVE_SMTP),
+    GETSMTP_SUITE: ((BARE_AIO, SERVICE, BARE_THREADS), (BARE_AIO_TLS, SERVICE_TLS), (BARE_AIO_MTLS, SERVICE_MTLS)),
+    CHECKSECRET_SUITE: ((BARE_AIO, CHECK_SECRET),),
+    RESOLVESMTP_SUITE: ((BARE_AIO, RESOLVE_SMTP),),
 }
 
 # The performance goals the report checks: (target, in-flight level, least ratio to bare-aio QPS).

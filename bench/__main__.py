@@ -1,12 +1,15 @@
 """`python -m bench` (`make bench`): start the servers and the load generator, measure, report.
 
 Measurements are interleaved: for each in-flight level the targets of each suite (GetSmtp: bare-aio,
-the service, bare-threads; CheckSecret: bare-aio, the service; ResolveSmtp: bare-aio, the apply
-service) are measured one after the other, and each round rotates which goes first. On a 2-core
-machine background noise drifts over seconds; measuring bare-aio and the service close together
-keeps that drift out of their ratio. Then come the TestSmtp phase (`bench.testsmtp`), with the SMTP
-server running only for it, and the Vault phase (`bench.cold`), with OpenBao running only for it.
-Every child process is ended on the way out, whatever the exit path.
+the service, bare-threads, then bare-aio and the service over TLS with the token, then both over
+mTLS; CheckSecret: bare-aio, the service; ResolveSmtp: bare-aio, the apply service) are measured one
+after the other, and each round rotates which goes first within each block of them (`SUITES`). On
+a 2-core machine background noise drifts over seconds; measuring bare-aio and the service close
+together keeps that drift out of their ratio. The resident memory of every GetSmtp server is read
+once it is seeded and right after its last GetSmtp measurement at its highest in-flight level; the
+load generator samples it during every measurement. Then come the TestSmtp phase (`bench.testsmtp`),
+with the SMTP server running only for it, and the Vault phase (`bench.cold`), with OpenBao running
+only for it. Every child process is ended on the way out, whatever the exit path.
 """
 
 from __future__ import annotations
@@ -29,24 +32,35 @@ import grpc
 
 from bench import (
     BARE_AIO,
+    BARE_AIO_MTLS,
+    BARE_AIO_TLS,
     BARE_THREADS,
+    BASELINES,
     CHECK_SECRET,
     CHECKSECRET_SUITE,
     ECHO_PATH,
     GETSMTP_SUITE,
     LABELS,
+    MTLS,
+    PLAINTEXT,
     RESOLVE_SMTP,
     RESOLVESMTP_SUITE,
     SERVICE,
+    SERVICE_MTLS,
+    SERVICE_TLS,
     SUITES,
+    TLS_TARGETS,
+    TRANSPORTS,
     WAIT_PATH,
     WAIT_SECONDS,
     BenchError,
+    Transport,
 )
 from bench import cold, openbao, testsmtp
-from bench.load import Command
+from bench.certs import CLIENT_ID, Certs, make_certs
+from bench.load import Command, memory
 from bench.procs import Child
-from bench.report import goals, summarize, table
+from bench.report import goals, resident_memory, summarize, table, transport_ratios
 from bench.seed import (
     CHECKSECRET_PATH,
     GETSMTP_PATH,
@@ -57,8 +71,7 @@ from bench.seed import (
     store_resolving_profile,
     warm_file_secret,
 )
-from bench.servers import DEFAULT_THREADS
-from bench.smtpserver import make_certs
+from bench.servers import DEFAULT_THREADS, service_options
 
 HOST = "127.0.0.1"
 # CheckSecret replies carry two Durations (latency, cache time left), ResolveSmtp's one (CacheFor),
@@ -123,8 +136,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"TestSmtp calls, and as many direct smtplib exchanges, in the TestSmtp phase (default {SMTP_CALLS})",
     )
     parser.add_argument("--skip-smtp", action="store_true", help="leave out the TestSmtp phase (and the SMTP server)")
+    parser.add_argument(
+        "--skip-tls", action="store_true",
+        help="leave out GetSmtp over TLS and mTLS (and the four servers that serve it)",
+    )
+    parser.add_argument(
+        "--tls-in-flight", type=_levels, default=None,
+        help="levels of GetSmtp over TLS and mTLS, comma-separated (default: those of --in-flight)",
+    )
     parser.add_argument("--json", action="store_true", help="print results as JSON instead of the table")
     args = parser.parse_args(argv)
+    if args.tls_in_flight is None:
+        args.tls_in_flight = args.in_flight
     if args.warmup < 0:
         parser.error("--warmup cannot be negative")
     if not args.skip_vault and args.vault_secrets < 2 * args.rounds:
@@ -138,19 +161,45 @@ def _progress(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
+def _tls_args(transport: str, certs: Certs) -> tuple[str, ...]:
+    """`bench.servers` options serving `transport` ("tls" or "mtls") with the bench certificates."""
+    served = ("--tls-cert", str(certs.cert), "--tls-key", str(certs.key))
+    return served + (("--tls-client-ca", str(certs.ca)) if transport == MTLS else ())
+
+
+def _levels_of(name: str, args: argparse.Namespace) -> tuple[int, ...]:
+    """The in-flight levels at which target `name` is measured."""
+    return args.tls_in_flight if name in TLS_TARGETS else args.in_flight
+
+
+def _transport(name: str, certs: Certs) -> Transport:
+    """How the client reaches target `name`."""
+    tls = TRANSPORTS.get(name)
+    if tls is None:
+        return PLAINTEXT
+    if tls == MTLS:
+        return Transport(tls, str(certs.ca), str(certs.client_cert), str(certs.client_key))
+    return Transport(tls, str(certs.ca))
+
+
 def measure_all(args: argparse.Namespace) -> tuple[dict[str, int], list[dict[str, Any]], dict[str, Any]]:
-    """Run every measurement; return the response size of each suite, one dict per measurement,
-    and the phases' results: {"smtp": ..., "vault": ...}, None for a phase left out."""
+    """Run every measurement; return the response size of each suite (and of each target whose size
+    differs from its suite's: the TLS services and their bare twins), one dict per measurement,
+    and the phases' results: {"smtp": ..., "vault": ..., "memory": ...}, None for a phase left out;
+    "memory" holds by GetSmtp target what was read from /proc: {"idle": ..., "after": ...}."""
     if not args.skip_vault:
         openbao.binary()  # missing: say so before minutes of measuring
     with ExitStack() as stack:
         # Entered first, so it is removed last: after OpenBao and the service stopped using it.
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="smtpconfig-bench-")))
-        certs = make_certs(scratch)  # the apply service trusts this CA from its start
+        # The apply service trusts this CA from its start; the TLS servers present its server leaf.
+        certs = make_certs(scratch)
+        # The echo servers are given the service's grpc options rather than import the service.
+        options = ("--options", json.dumps(service_options()))
         servers = {
-            BARE_AIO: stack.enter_context(Child(BARE_AIO, "bench.servers", BARE_AIO)),
+            BARE_AIO: stack.enter_context(Child(BARE_AIO, "bench.servers", BARE_AIO, *options)),
             BARE_THREADS: stack.enter_context(
-                Child(BARE_THREADS, "bench.servers", BARE_THREADS, "--threads", str(args.threads))
+                Child(BARE_THREADS, "bench.servers", BARE_THREADS, *options, "--threads", str(args.threads))
             ),
             SERVICE: stack.enter_context(Child(SERVICE, "bench.servers", SERVICE)),
             # Another process: its stored profile (a password reference, then the local SMTP
@@ -159,6 +208,13 @@ def measure_all(args: argparse.Namespace) -> tuple[dict[str, int], list[dict[str
                 Child("apply service", "bench.servers", SERVICE, "--ca-bundle", str(certs.ca))
             ),
         }
+        if not args.skip_tls:
+            for name, kind in ((BARE_AIO_TLS, BARE_AIO), (SERVICE_TLS, SERVICE),
+                               (BARE_AIO_MTLS, BARE_AIO), (SERVICE_MTLS, SERVICE)):
+                given = options if kind == BARE_AIO else ()
+                servers[name] = stack.enter_context(
+                    Child(LABELS[name], "bench.servers", kind, *given, *_tls_args(TRANSPORTS[name], certs))
+                )
         client = stack.enter_context(Child("load generator", "bench.load", patience=1.0))
         targets = {name: f"{HOST}:{child.read_port()}" for name, child in servers.items()}
         servers[CHECK_SECRET], targets[CHECK_SECRET] = servers[SERVICE], targets[SERVICE]  # another method
@@ -167,19 +223,32 @@ def measure_all(args: argparse.Namespace) -> tuple[dict[str, int], list[dict[str
         (scratch / "secrets").mkdir()
         checksecret_request, sizes[CHECKSECRET_SUITE] = warm_file_secret(targets[SERVICE], scratch / "secrets")
         sizes[RESOLVESMTP_SUITE] = store_resolving_profile(targets[RESOLVE_SMTP], scratch / "secrets")
+        # Each TLS service stores the same profile; its GetSmtp response can differ from the plaintext
+        # service's by a byte (update_time's nanos are a varint), so it and its bare-aio twin get a
+        # size of their own: that service's response.
+        for name in (SERVICE_TLS, SERVICE_MTLS):
+            if name in servers:
+                sizes[name] = sizes[BASELINES[name]] = store_profile(targets[name], _transport(name, certs))
+        getsmtp_targets = [name for blocks in SUITES[GETSMTP_SUITE] for name in blocks if name in servers]
+        reads: dict[str, dict[str, Any]] = {name: {"idle": memory(servers[name].pid)} for name in getsmtp_targets}
+        # Memory under load is read at each target's highest level.
+        top = {name: max(_levels_of(name, args)) for name in getsmtp_targets}
         # What the service is sent: (method, request size, request bytes or "" for that many "x").
         # The echo servers are sent as many bytes as the suite's responses have.
         calls = {
             SERVICE: (GETSMTP_PATH, len(GETSMTP_REQUEST), ""),
+            SERVICE_TLS: (GETSMTP_PATH, len(GETSMTP_REQUEST), ""),
+            SERVICE_MTLS: (GETSMTP_PATH, len(GETSMTP_REQUEST), ""),
             CHECK_SECRET: (CHECKSECRET_PATH, len(checksecret_request), b64encode(checksecret_request).decode()),
             RESOLVE_SMTP: (RESOLVESMTP_PATH, len(RESOLVESMTP_REQUEST), ""),
         }
         plan = [
-            (round_, level, 0, suite, order[(i + round_) % len(order)])
+            (round_, level, 0, suite, block[(i + round_) % len(block)])
             for round_ in range(args.rounds)
-            for level in args.in_flight
-            for suite, order in SUITES.items()
-            for i in range(len(order))
+            for level in sorted({*args.in_flight, *args.tls_in_flight})
+            for suite, blocks in SUITES.items()
+            for block in ([n for n in block if n in servers and level in _levels_of(n, args)] for block in blocks)
+            for i in range(len(block))
         ]
         # Apply-time calls (SMTP, Vault, OAuth) mostly wait on the network. This scenario shows
         # what such waiting calls do to quick calls in each server model.
@@ -197,7 +266,7 @@ def measure_all(args: argparse.Namespace) -> tuple[dict[str, int], list[dict[str
         )
         measurements = []
         for step, (round_, level, waiting, suite, name) in enumerate(plan, 1):
-            size = sizes[suite]
+            size = sizes.get(name, sizes[suite])
             method, payload_size, request = calls.get(name, (ECHO_PATH, size, ""))
             command = Command(
                 target=targets[name],
@@ -211,6 +280,7 @@ def measure_all(args: argparse.Namespace) -> tuple[dict[str, int], list[dict[str
                 wait_method=WAIT_PATH,
                 request_b64=request,
                 replies=REPLIES.get(name, ""),
+                **_command_transport(_transport(name, certs)),
             )
             sized = f" ({suite} size)" if name == BARE_AIO and suite != GETSMTP_SUITE else ""
             what = f"{LABELS[name]}{sized} at {level} in flight" + (f" with {waiting} waiting" if waiting else "")
@@ -232,8 +302,10 @@ def measure_all(args: argparse.Namespace) -> tuple[dict[str, int], list[dict[str
             measurements.append(
                 {"suite": suite, "target": name, "in_flight": level, "waiting": waiting, "round": round_ + 1, **reply}
             )
+            if suite == GETSMTP_SUITE and not waiting and name in reads and level == top[name]:
+                reads[name]["after"] = memory(servers[name].pid)  # the last round's stays
 
-        phases: dict[str, Any] = {"smtp": None, "vault": None}
+        phases: dict[str, Any] = {"smtp": None, "vault": None, "memory": reads}
         if not args.skip_smtp:
             _progress(f"TestSmtp phase: {args.smtp_calls} TestSmtp calls and as many direct smtplib exchanges")
             smtp = phases["smtp"] = testsmtp.measure(
@@ -251,6 +323,10 @@ def measure_all(args: argparse.Namespace) -> tuple[dict[str, int], list[dict[str
                 f" CheckSecret {vault['service']['p50_ms']:.3f} ms"
             )
     return sizes, measurements, phases
+
+
+def _command_transport(transport: Transport) -> dict[str, str]:
+    return {"tls": transport.tls, "ca_file": transport.ca, "cert_file": transport.cert, "key_file": transport.key}
 
 
 def environment() -> dict[str, Any]:
@@ -281,11 +357,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = summarize(measurements, args.pick)
     smtp, vault = phases["smtp"], phases["vault"]
     verdicts = goals(rows, vault)
+    ratios = transport_ratios(rows)
+    resident = resident_memory(rows, phases["memory"])
     env = environment()
     settings = {
         "seconds": args.seconds,
         "warmup": args.warmup,
         "in_flight": list(args.in_flight),
+        "tls_in_flight": None if args.skip_tls else list(args.tls_in_flight),
         "rounds": args.rounds,
         "pick": args.pick,
         "threads": args.threads,
@@ -294,14 +373,16 @@ def main(argv: list[str] | None = None) -> int:
         "response_bytes": sizes[GETSMTP_SUITE],
         "checksecret_response_bytes": sizes[CHECKSECRET_SUITE],
         "resolvesmtp_response_bytes": sizes[RESOLVESMTP_SUITE],
+        # GetSmtp over TLS: each service's own response size, also sent to its bare-aio twin.
+        "tls_response_bytes": {name: sizes[name] for name in TLS_TARGETS if name in sizes},
         "smtp_calls": None if args.skip_smtp else args.smtp_calls,
         "vault_secrets": None if args.skip_vault else args.vault_secrets,
         "elapsed_seconds": round(time.monotonic() - started, 1),
     }
     if args.json:
         # "goal" is GetSmtp's, as before the other goals were added; "goals" holds all of them.
-        document = {"environment": env, "settings": settings, "results": rows, "smtp": smtp, "vault": vault,
-                    "goal": verdicts[0], "goals": verdicts}
+        document = {"environment": env, "settings": settings, "results": rows, "transport_ratios": ratios,
+                    "memory": resident, "smtp": smtp, "vault": vault, "goal": verdicts[0], "goals": verdicts}
         print(json.dumps(document, indent=2))
         return 0
     header = (
@@ -312,10 +393,15 @@ def main(argv: list[str] | None = None) -> int:
         f" {sizes[CHECKSECRET_SUITE]} ± a few in the CheckSecret suite, {sizes[RESOLVESMTP_SUITE]} ± a few in the"
         f" ResolveSmtp suite; bare-threads has {args.threads} workers."
         "\nCPU: share of one core used by the server, the client, and all else."
+        + ("" if args.skip_tls else
+           "\nTLS rows: one TLS connection per measurement, set up before timing, to the bench CA's P-256 server"
+           f" certificate; TLS+token sends the bearer token, mTLS a client certificate ({CLIENT_ID}) and no"
+           " token. Each bare-aio twin has the same server credentials and is sent the same metadata, and as"
+           " many bytes as its service's response (a byte more or less than the plaintext one's, at most).")
         + (f"\n'+N waiting': N more calls in flight meanwhile, each answered after {WAIT_SECONDS:g} s"
            " without CPU (as apply-time calls wait on the network); not counted." if args.waiting else "")
     )
-    print(table(rows, verdicts, header, vault, smtp))
+    print(table(rows, verdicts, header, vault, smtp, ratios, resident))
     return 0
 
 

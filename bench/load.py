@@ -6,10 +6,12 @@ Why one process for all targets: the client's own cost then is the same for each
 difference in the numbers is a difference between the servers. Calls go through
 `channel.unary_unary(path, request_serializer=None, response_deserializer=None)` with raw bytes, so
 the client never (de)serializes protobuf, not even for the service. Each measurement opens a fresh
-channel (one HTTP/2 connection) and keeps `in_flight` coroutines each issuing calls back to back.
+channel (one HTTP/2 connection; over TLS or mTLS when the command says so, the handshake done
+before any call is timed) and keeps `in_flight` coroutines each issuing calls back to back.
 For CheckSecret and ResolveSmtp (`replies`) the replies of counted calls are kept as bytes and
 only parsed after the window: to check them, report their size range and, for CheckSecret, count
-how many came from the service's cache.
+how many came from the service's cache. While the calls run, the server's resident memory is read
+from /proc every RSS_INTERVAL seconds and its highest value reported.
 
 Why a process apart from the servers: a client sharing a process with a server would compete with
 it for the GIL and the event loop. With 2 cores, client and server then get about one core each;
@@ -29,9 +31,13 @@ from dataclasses import asdict, dataclass
 
 import grpc
 
-from bench import AUTH
+from bench import Transport
 
 CONNECT_TIMEOUT = 10.0
+# How often the server's resident memory is sampled during a measurement: a /proc read, a few
+# microseconds, twenty times a second costs the client nothing measurable.
+RSS_INTERVAL = 0.05
+MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,16 @@ class Command:
     wait_method: str = ""
     request_b64: str = ""  # the request bytes, base64; empty: `payload_size` bytes of "x"
     replies: str = ""  # "CheckSecret" or "ResolveSmtp": parse the counted replies (see _check_replies)
+    # The transport (bench.Transport): "" plaintext, "tls" or "mtls", the CA to trust and, for
+    # mTLS, the client certificate and key (PEM file paths).
+    tls: str = ""
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+
+    @property
+    def transport(self) -> Transport:
+        return Transport(self.tls, self.ca_file, self.cert_file, self.key_file)
 
 
 @dataclass(frozen=True)
@@ -69,6 +85,8 @@ class Result:
     cached: int | None = None
     response_min: int | None = None
     response_max: int | None = None
+    # The server's highest VmRSS sampled from the first call (warm-up included) to the window's end.
+    server_rss_max_mib: float | None = None
 
 
 def percentile(ordered: list[float], q: float) -> float:
@@ -86,6 +104,25 @@ def _process_cpu(pid: int | None) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def memory(pid: int | None) -> dict[str, float] | None:
+    """A process's resident memory now (VmRSS) and at its highest so far (VmHWM), in MiB, from
+    /proc/<pid>/status; None without it."""
+    if pid is None:
+        return None
+    found = {}
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                key, _, value = line.partition(b":")
+                if key in (b"VmRSS", b"VmHWM"):
+                    found[key.decode()] = int(value.split()[0]) * 1024 / MIB  # the kernel says kB: KiB
+    except (OSError, ValueError, IndexError):
+        return None
+    if len(found) != 2:
+        return None
+    return {"rss_mib": round(found["VmRSS"], 2), "hwm_mib": round(found["VmHWM"], 2)}
 
 
 def _machine_cpu() -> tuple[float, float] | None:
@@ -134,10 +171,17 @@ def _check_replies(kind: str, replies: list[bytes]) -> dict[str, int | None]:
 
 async def measure(command: Command) -> Result:
     payload = base64.b64decode(command.request_b64) if command.request_b64 else b"x" * command.payload_size
-    async with grpc.aio.insecure_channel(command.target) as channel:
+    transport = command.transport
+    metadata = transport.metadata
+    credentials = transport.credentials()
+    if credentials is None:
+        channel = grpc.aio.insecure_channel(command.target)
+    else:
+        channel = grpc.aio.secure_channel(command.target, credentials)
+    async with channel:
         call = channel.unary_unary(command.method, request_serializer=None, response_deserializer=None)
         await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT)
-        response_size = len(await call(payload, timeout=CONNECT_TIMEOUT, metadata=AUTH))
+        response_size = len(await call(payload, timeout=CONNECT_TIMEOUT, metadata=metadata))
 
         perf = time.perf_counter
         window_start = perf() + command.warmup
@@ -154,7 +198,7 @@ async def measure(command: Command) -> Result:
                 if started >= window_end:
                     return
                 try:
-                    reply = await call(payload, metadata=AUTH)
+                    reply = await call(payload, metadata=metadata)
                 except grpc.RpcError as error:
                     errors += 1
                     first_error = first_error or f"{error.code().name}: {error.details()}"
@@ -184,11 +228,22 @@ async def measure(command: Command) -> Result:
         async def waiter() -> None:
             wait = channel.unary_unary(command.wait_method, request_serializer=None, response_deserializer=None)
             while perf() < window_end:
-                await wait(payload, metadata=AUTH)
+                await wait(payload, metadata=metadata)
+
+        async def rss_sampler() -> float | None:
+            highest = None
+            while True:
+                found = memory(command.server_pid)
+                if found is not None and (highest is None or found["rss_mib"] > highest):
+                    highest = found["rss_mib"]
+                if perf() >= window_end:
+                    return highest
+                await asyncio.sleep(min(RSS_INTERVAL, max(0.0, window_end - perf())))
 
         per_caller: list[list[float]] = [[] for _ in range(command.in_flight)]
-        cpu, *_ = await asyncio.gather(
+        cpu, rss, *_ = await asyncio.gather(
             cpu_sampler(),
+            rss_sampler(),
             *(caller(out) for out in per_caller),
             *(waiter() for _ in range(command.waiting)),
         )
@@ -208,6 +263,7 @@ async def measure(command: Command) -> Result:
         client_cpu=cpu[0],
         server_cpu=cpu[1],
         other_cpu=cpu[2],
+        server_rss_max_mib=rss,
         **(_check_replies(command.replies, replies) if replies else {}),
     )
 

@@ -6,7 +6,13 @@ over rounds, of that round's QPS divided by bare-aio's QPS in the same round: th
 back to back, so the machine's drift between rounds (often larger than the difference being
 measured) cancels out. With one round it is simply the quotient of the two cells. Ratios pair
 rows of one suite only: the CheckSecret rows with the bare-aio rows sent CheckSecret-sized requests,
-the ResolveSmtp rows with those sent ResolveSmtp-sized ones.
+the ResolveSmtp rows with those sent ResolveSmtp-sized ones. The GetSmtp services over TLS have a
+second ratio, to the bare-aio server over the same credentials (`BASELINES`), paired the same way;
+`transport_ratios` lists the service/bare pairs the TLS question asks about, QPS and p99 each.
+
+`resident_memory` turns what was read from /proc into the resident-memory table: idle after start
+and seeding, the highest sample under the GetSmtp load at the highest in-flight level, and what
+the process held right after it and at its peak.
 
 The TestSmtp phase (`bench.testsmtp`) has its own small table of latencies and no goal; the Vault
 phase (`bench.cold`) has its own table and its own goal.
@@ -19,15 +25,22 @@ from typing import Any
 
 from bench import (
     BARE_AIO,
+    BARE_AIO_MTLS,
+    BARE_AIO_TLS,
+    BASELINES,
     CHECK_SECRET,
     GETSMTP_SUITE,
     LABELS,
     QPS_GOALS,
     RESOLVE_SMTP,
+    SERVICE,
+    SERVICE_MTLS,
+    SERVICE_TLS,
     SUITES,
     TARGETS,
     VAULT_GOAL_RATIO,
 )
+from bench.load import RSS_INTERVAL
 
 # Above this share of a core the load generator itself may be what limits a row.
 CLIENT_BOUND = 0.90
@@ -58,10 +71,10 @@ def summarize(measurements: list[dict[str, Any]], how: str) -> list[dict[str, An
             ]
             if rounds:
                 chosen[target] = (pick(rounds, how), rounds)
-        base_rounds = {m["round"]: m["qps"] for m in chosen[BARE_AIO][1]} if BARE_AIO in chosen else {}
         for target, (best, rounds) in chosen.items():
-            paired = sorted(m["qps"] / base_rounds[m["round"]] for m in rounds if m["round"] in base_rounds)
-            ratio = None if target == BARE_AIO or not paired else statistics.median(paired)
+            ratio = None if target == BARE_AIO else _paired(rounds, chosen.get(BARE_AIO, (None, []))[1], "qps")
+            baseline = BASELINES.get(target)
+            own = _paired(rounds, chosen[baseline][1], "qps") if baseline in chosen else None
             fields = {
                 k: v for k, v in best.items() if k not in ("suite", "target", "in_flight", "waiting", "first_error")
             }
@@ -74,10 +87,75 @@ def summarize(measurements: list[dict[str, Any]], how: str) -> list[dict[str, An
                     "waiting": waiting,
                     **fields,
                     "ratio_vs_bare_aio": ratio,
+                    # Over TLS: the QPS ratio to the bare-aio server with the same credentials.
+                    "baseline": baseline if own is not None else None,
+                    "ratio_vs_baseline": own,
                     "rounds": rounds,
                 }
             )
     return rows
+
+
+def _paired(rounds: list[dict[str, Any]], base: list[dict[str, Any]], key: str) -> float | None:
+    """Median over rounds of `key` in a round over `key` of the base in the same round."""
+    by_round = {m["round"]: m[key] for m in base}
+    ratios = [m[key] / by_round[m["round"]] for m in rounds if by_round.get(m["round"])]
+    return statistics.median(ratios) if ratios else None
+
+
+# The service/bare comparisons of GetSmtp across transports, as (what, numerator, denominator).
+TRANSPORT_RATIOS = (
+    ("token, plaintext / bare-aio plaintext", SERVICE, BARE_AIO),
+    ("TLS+token / bare-aio TLS", SERVICE_TLS, BARE_AIO_TLS),
+    ("mTLS / bare-aio mTLS", SERVICE_MTLS, BARE_AIO_MTLS),
+    ("mTLS / bare-aio plaintext", SERVICE_MTLS, BARE_AIO),
+    ("TLS+token / bare-aio plaintext", SERVICE_TLS, BARE_AIO),
+    ("bare-aio TLS / bare-aio plaintext", BARE_AIO_TLS, BARE_AIO),
+    ("bare-aio mTLS / bare-aio plaintext", BARE_AIO_MTLS, BARE_AIO),
+)
+
+
+def transport_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each TRANSPORT_RATIOS pair at each in-flight level where both were measured: the QPS ratio
+    and the p99 ratio (above 1.00: the numerator's p99 is longer), each the median of paired rounds."""
+    cells = {(r["target"], r["in_flight"]): r for r in rows if r["suite"] == GETSMTP_SUITE and not r["waiting"]}
+    found = []
+    for what, target, base in TRANSPORT_RATIOS:
+        for level in sorted({level for _, level in cells}):
+            if (target, level) in cells and (base, level) in cells:
+                mine, theirs = cells[target, level]["rounds"], cells[base, level]["rounds"]
+                found.append({
+                    "statement": what, "target": target, "baseline": base, "in_flight": level,
+                    "qps_ratio": _paired(mine, theirs, "qps"), "p99_ratio": _paired(mine, theirs, "p99_ms"),
+                })
+    return found
+
+
+def resident_memory(rows: list[dict[str, Any]], reads: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Resident memory of each GetSmtp target's process, in MiB. `reads` holds, by target, what the
+    parent read from /proc: `idle` (after start and seeding) and `after` (right after its last
+    GetSmtp measurement at its highest in-flight level); the load maximum comes from the rows at
+    that level."""
+    found = []
+    for target in TARGETS:
+        if target not in reads:
+            continue
+        measured = [r for r in rows if r["suite"] == GETSMTP_SUITE and r["target"] == target and not r["waiting"]]
+        level = max((r["in_flight"] for r in measured), default=None)
+        row = next((r for r in measured if r["in_flight"] == level), None)
+        samples = [m["server_rss_max_mib"] for m in row["rounds"] if m.get("server_rss_max_mib")] if row else []
+        idle, after = reads[target].get("idle"), reads[target].get("after")
+        found.append({
+            "target": target,
+            "label": LABELS[target],
+            "in_flight": level,
+            "idle_rss_mib": idle and idle["rss_mib"],
+            "idle_hwm_mib": idle and idle["hwm_mib"],
+            "load_rss_max_mib": max(samples) if samples else None,
+            "after_rss_mib": after and after["rss_mib"],
+            "peak_hwm_mib": after and after["hwm_mib"],
+        })
+    return found
 
 
 def goal(rows: list[dict[str, Any]], target: str, level: int, threshold: float) -> dict[str, Any]:
@@ -115,16 +193,23 @@ def goals(rows: list[dict[str, Any]], vault: dict[str, Any] | None) -> list[dict
     return [goal(rows, *spec) for spec in QPS_GOALS] + [vault_goal(vault)]
 
 
+def _ratio(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
 def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.0f}%"
 
 
 def table(rows: list[dict[str, Any]], verdicts: list[dict[str, Any]], header: str,
-          vault: dict[str, Any] | None = None, smtp: dict[str, Any] | None = None) -> str:
+          vault: dict[str, Any] | None = None, smtp: dict[str, Any] | None = None,
+          ratios: list[dict[str, Any]] | None = None, resident: list[dict[str, Any]] | None = None) -> str:
     lines = [header, ""]
+    own = any(r["ratio_vs_baseline"] is not None for r in rows)
     columns = (
         f"{'target':<26}{'in-flight':>10}{'QPS':>9}{'p50 ms':>9}{'p99 ms':>9}"
         f"{'server CPU':>12}{'client CPU':>12}{'other CPU':>11}{'vs bare-aio':>13}"
+        + (f"{'vs same-TLS bare':>18}" if own else "")
     )
     lines.append(columns)
     lines.append("-" * len(columns))
@@ -145,6 +230,7 @@ def table(rows: list[dict[str, Any]], verdicts: list[dict[str, Any]], header: st
             f"{row['p99_ms']:>9.3f}{_percent(row['server_cpu']):>12}{_percent(row['client_cpu']):>12}"
             f"{_percent(row['other_cpu']):>11}"
             f"{'' if ratio is None else f'{ratio:.2f}':>13}"
+            + (f"{_ratio(row['ratio_vs_baseline']):>18}" if own else "")
         )
     lines.append("")
     busy = sorted({r["in_flight"] for r in rows if r["client_cpu"] >= CLIENT_BOUND})
@@ -172,6 +258,16 @@ def table(rows: list[dict[str, Any]], verdicts: list[dict[str, Any]], header: st
             " Its password comes from the same 5 s file cache as CheckSecret's, with the same timing: the"
             " refresh normally happens in the warm-up and the counted replies are cache hits."
         )
+    if own:
+        lines.append(
+            "note: 'vs same-TLS bare' divides a TLS row's QPS by that of bare-aio over the same credentials"
+            " (server TLS, or mTLS): TLS is in both, the rest is the service and its authentication."
+            " On the bare-aio TLS and mTLS rows, 'vs bare-aio' is what TLS itself costs."
+        )
+    if ratios:
+        lines += ["", *_ratio_table(ratios)]
+    if resident:
+        lines += ["", *_memory_table(resident)]
     if smtp is not None:
         lines += ["", *_smtp_table(smtp)]
     if vault is not None:
@@ -185,6 +281,57 @@ def table(rows: list[dict[str, Any]], verdicts: list[dict[str, Any]], header: st
             word = "MET" if verdict["met"] else "NOT MET"
             lines.append(f"goal {verdict['statement']}: {word} ({verdict['ratio']:.2f})")
     return "\n".join(lines)
+
+
+def _ratio_table(ratios: list[dict[str, Any]]) -> list[str]:
+    """QPS and p99 ratios of each pair, one column per in-flight level."""
+    levels = sorted({r["in_flight"] for r in ratios})
+    by = {(r["statement"], r["in_flight"]): r for r in ratios}
+    width = max(7 * len(levels), 10)
+    head = f"{'GetSmtp: service / bare':<40}{'QPS ratio':>{width}}   {'p99 ratio':>{width}}"
+    sub = f"{'(median of paired rounds; in flight)':<40}" + "".join(f"{n:>7}" for n in levels) + "   " + "".join(
+        f"{n:>7}" for n in levels)
+    lines = [head, sub, "-" * len(sub)]
+
+    def cell(statement: str, level: int, key: str) -> str:
+        value = by.get((statement, level), {}).get(key)
+        return f"{'-' if value is None else f'{value:.2f}':>7}"
+
+    for statement in dict.fromkeys(r["statement"] for r in ratios):
+        lines.append(
+            f"{statement:<40}" + "".join(cell(statement, n, "qps_ratio") for n in levels) + "   "
+            + "".join(cell(statement, n, "p99_ratio") for n in levels)
+        )
+    lines.append(
+        "QPS ratio below 1.00: the first answered fewer calls per second; p99 ratio above 1.00: its p99 was"
+        " longer. A service and its same-transport bare-aio are measured in one block, back to back; pairs"
+        " across transports (bare-aio plaintext against a TLS row) are further apart in each round."
+    )
+    return lines
+
+
+def _memory_table(resident: list[dict[str, Any]]) -> list[str]:
+    def mib(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f}"
+
+    columns = (
+        f"{'resident memory, MiB':<26}{'idle':>10}{'in-flight':>11}{'load max':>10}{'after load':>12}{'peak (HWM)':>12}"
+    )
+    lines = [columns, "-" * len(columns)]
+    for row in resident:
+        lines.append(
+            f"{row['label']:<26}{mib(row['idle_rss_mib']):>10}{row['in_flight'] or '-':>11}"
+            f"{mib(row['load_rss_max_mib']):>10}{mib(row['after_rss_mib']):>12}{mib(row['peak_hwm_mib']):>12}"
+        )
+    lines.append(
+        "VmRSS from /proc/<pid>/status. idle: after start and seeding, before any measurement; load max: the"
+        f" highest of samples every {RSS_INTERVAL * 1000:.0f} ms during the GetSmtp measurements at the"
+        " in-flight level shown, the highest measured (warm-up and window, every round); after load: right"
+        " after the last of them; peak: VmHWM then, the most the process ever held. The plaintext service"
+        " also answers the CheckSecret suite and bare-aio every suite's echo, so their peaks include those"
+        " loads too."
+    )
+    return lines
 
 
 def _cached_shares(rows: list[dict[str, Any]]) -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import grpc
 
-from bench import BenchError, authorized_channel
+from bench import PLAINTEXT, BenchError, Transport, authorized_channel
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from smtpconfig.v2 import secret_pb2
@@ -151,10 +151,11 @@ def store_resolving_profile(target: str, directory: Path) -> int:
     return len(raw)
 
 
-def store_profile(target: str) -> int:
-    """Store the profile on the service at `target`; return GetSmtp's response size in bytes."""
+def store_profile(target: str, transport: Transport = PLAINTEXT) -> int:
+    """Store the profile on the service at `target`, reached over `transport`; return GetSmtp's
+    response size in bytes."""
     try:
-        with authorized_channel(target) as channel:
+        with authorized_channel(target, transport) as channel:
             grpc.channel_ready_future(channel).result(timeout=TIMEOUT)
             v2_grpc.ConfigServiceStub(channel).UpdateSmtp(
                 v2.UpdateSmtpRequest(profile=relay_profile()), timeout=TIMEOUT

@@ -1,8 +1,8 @@
 """The servers the benchmark compares, each run as its own process.
 
-    python -m bench.servers bare-aio
-    python -m bench.servers bare-threads [--threads N]
-    python -m bench.servers service [--ca-bundle PEM]
+    python -m bench.servers bare-aio [--options JSON] [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]
+    python -m bench.servers bare-threads [--options JSON] [--threads N]
+    python -m bench.servers service [--ca-bundle PEM] [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]
 
 Each binds 127.0.0.1 port 0, prints `PORT <n>` on stdout once it accepts calls, then serves until
 its stdin closes or it gets SIGTERM/SIGINT. Watching stdin means a server never outlives the
@@ -11,12 +11,22 @@ benchmark, even when the parent is killed without a chance to clean up.
 Why a process each: a server sharing a process (and so a GIL and an event loop) with another server
 or with the load generator would be measured together with them. Both echo servers use the
 service's own SERVER_OPTIONS so the only differences left are the server model and the handler.
+The benchmark passes them (`--options`, JSON) rather than have the echo servers import
+`service.server`: that import alone brings the whole service's modules (about 20 MiB resident),
+and the echo servers' memory is the baseline the service's is compared with.
+
+With `--tls-cert` and `--tls-key` the TCP port serves TLS, and with `--tls-client-ca` too it requires
+a client certificate chaining to that CA (mTLS). bare-aio then builds its credentials as
+`service.tls.ReloadingCertificates` does for the service (dynamic credentials from one certificate
+configuration), so the TLS of a bare-aio twin is the service's; only the service's check of its
+files for a newer certificate at each handshake is left out, once per measurement and untimed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
@@ -24,13 +34,14 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import grpc
 
 from bench import BARE_AIO, BARE_THREADS, BENCH_TOKEN, ECHO_METHOD, ECHO_SERVICE, SERVICE, WAIT_METHOD, WAIT_SECONDS
-from service.server import SERVER_OPTIONS
+from bench.certs import CLIENT_ID
 
 LISTEN = "127.0.0.1:0"
 # grpc's own examples use 10 workers; the GIL leaves little to gain from more on a 2-core machine.
@@ -109,11 +120,35 @@ def echo_handler(echo: Callable, wait: Callable) -> grpc.GenericRpcHandler:
     )
 
 
-async def run_bare_aio() -> None:
+@dataclass(frozen=True)
+class Tls:
+    """Server certificate and key, and the CA client certificates must chain to (mTLS) if any."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        """As service.tls.ReloadingCertificates makes them, with no reloading."""
+        client_ca = self.client_ca.read_bytes() if self.client_ca else None
+        config = grpc.ssl_server_certificate_configuration(
+            [(self.key.read_bytes(), self.cert.read_bytes())], root_certificates=client_ca
+        )
+        return grpc.dynamic_ssl_server_credentials(config, lambda: None, require_client_authentication=bool(client_ca))
+
+
+def service_options() -> tuple:
+    """The service's SERVER_OPTIONS, for `--options` (this imports the service)."""
+    from service.server import SERVER_OPTIONS
+
+    return SERVER_OPTIONS
+
+
+async def run_bare_aio(options: tuple, tls: Tls | None = None) -> None:
     """The service's server model (grpc.aio, one event loop) with nothing but an echo behind it."""
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server = grpc.aio.server(options=options)
     server.add_generic_rpc_handlers((echo_handler(_echo_async, _wait_async),))
-    port = server.add_insecure_port(LISTEN)
+    port = server.add_secure_port(LISTEN, tls.credentials()) if tls else server.add_insecure_port(LISTEN)
     await server.start()
     try:
         _announce(port)
@@ -122,9 +157,9 @@ async def run_bare_aio() -> None:
         await server.stop(0)
 
 
-def run_bare_threads(threads: int) -> None:
+def run_bare_threads(options: tuple, threads: int) -> None:
     """The alternative model: grpcio's synchronous server, one worker thread per call in progress."""
-    server = grpc.server(ThreadPoolExecutor(max_workers=threads), options=SERVER_OPTIONS)
+    server = grpc.server(ThreadPoolExecutor(max_workers=threads), options=options)
     server.add_generic_rpc_handlers((echo_handler(_echo_sync, _wait_sync),))
     port = server.add_insecure_port(LISTEN)
     server.start()
@@ -143,10 +178,12 @@ def run_bare_threads(threads: int) -> None:
 # --- the service --------------------------------------------------------------------------------
 
 
-async def run_service(ca_bundle: Path | None = None) -> None:
+async def run_service(ca_bundle: Path | None = None, tls: Tls | None = None) -> None:
     """The real `App`, as `smtpconfig serve` builds it, on TCP only (no Unix socket), with a fresh
-    data directory and generated key, trusting `ca_bundle` for SMTP TLS if given. This process
-    owns the directory, so it is removed whenever the server stops, even when the parent was killed."""
+    data directory and generated key, trusting `ca_bundle` for SMTP TLS if given, serving TLS (or
+    mTLS) with `tls` if given. Callers are the bench token's identity and, over mTLS, the bench
+    client certificate's URI SAN, both with every permission. This process owns the directory, so
+    it is removed whenever the server stops, even when the parent was killed."""
     from service.auth import token_hash
     from service.server import App
     from service.settings import Settings
@@ -154,7 +191,10 @@ async def run_service(ca_bundle: Path | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="smtpconfig-bench-") as data_dir:
         app = App(Settings(
             data_dir=Path(data_dir), listen=(LISTEN,), unix_socket="", ca_bundle=ca_bundle,
-            admin_token=False, tokens=(("bench", token_hash(BENCH_TOKEN)),), policy=(("bench", ("*",)),),
+            admin_token=False, tokens=(("bench", token_hash(BENCH_TOKEN)),),
+            policy=(("bench", ("*",)), (CLIENT_ID, ("*",))),
+            tls_cert_file=tls.cert if tls else None, tls_key_file=tls.key if tls else None,
+            tls_client_ca_file=tls.client_ca if tls else None,
             resolve_rate=0.0, test_rate=0.0,
         ))
         try:
@@ -165,19 +205,36 @@ async def run_service(ca_bundle: Path | None = None) -> None:
             await app.stop(0)
 
 
+def _options(text: str | None) -> tuple:
+    if text is None:
+        return service_options()
+    return tuple(tuple(pair) for pair in json.loads(text))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.servers", description=__doc__.split("\n\n")[0])
     parser.add_argument("kind", choices=(BARE_AIO, BARE_THREADS, SERVICE))
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="bare-threads: pool size")
+    parser.add_argument(
+        "--options", help="bare-aio, bare-threads: grpc server options as JSON pairs (default: the service's)"
+    )
     parser.add_argument("--ca-bundle", type=Path, help="service: PEM CA bundle trusted for SMTP TLS")
+    parser.add_argument("--tls-cert", type=Path, help="bare-aio, service: serve TLS with this certificate chain")
+    parser.add_argument("--tls-key", type=Path, help="bare-aio, service: the certificate's key")
+    parser.add_argument("--tls-client-ca", type=Path, help="bare-aio, service: require client certificates (mTLS)")
     args = parser.parse_args(argv)
+    if (args.tls_cert is None) != (args.tls_key is None) or (args.tls_client_ca and not args.tls_cert):
+        parser.error("--tls-cert and --tls-key go together, and --tls-client-ca needs them")
+    if args.tls_cert and args.kind == BARE_THREADS:
+        parser.error("bare-threads serves plaintext only")
+    tls = Tls(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format=f"{args.kind}: %(levelname)s %(message)s")
     if args.kind == BARE_AIO:
-        asyncio.run(run_bare_aio())
+        asyncio.run(run_bare_aio(_options(args.options), tls))
     elif args.kind == BARE_THREADS:
-        run_bare_threads(args.threads)
+        run_bare_threads(_options(args.options), args.threads)
     else:
-        asyncio.run(run_service(args.ca_bundle))
+        asyncio.run(run_service(args.ca_bundle, tls))
     return 0
 
 

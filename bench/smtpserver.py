@@ -1,4 +1,4 @@
-"""The SMTP server of the TestSmtp phase, as its own process, and the certificates it presents.
+"""The SMTP server of the TestSmtp phase, as its own process.
 
     python -m bench.smtpserver --cert CERT --key KEY
 
@@ -11,87 +11,25 @@ Why a process of its own: the direct smtplib client runs in the benchmark's proc
 TestSmtp one in the service's. A server sharing a process (and a GIL) with one of them would
 slow that side only.
 
-`make_certs` writes a throwaway EC P-256 CA and a leaf for localhost and 127.0.0.1 signed by it:
-the CA is what the service (`ca_bundle`) and the direct client trust.
+Its certificate comes from `bench.certs.make_certs` (a leaf for localhost and 127.0.0.1 signed by a
+throwaway CA): the CA is what the service (`ca_bundle`) and the direct client trust.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import hmac
-import ipaddress
 import logging
 import socket
 import ssl
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 HOST = "127.0.0.1"
-NAMES = ("localhost", "127.0.0.1")
 USER = "relay-user"
 PASSWORD = "bench-Smtp-Password-61b7d2"
 GREETING_NAME = "smtp.bench"  # also spares aiosmtpd a socket.getfqdn() per connection
-
-
-@dataclass(frozen=True)
-class Certs:
-    ca: Path
-    cert: Path
-    key: Path
-
-
-def make_certs(directory: Path) -> Certs:
-    """A CA and a server leaf for NAMES, as PEM files in `directory`."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    def name(text: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
-
-    def usage(signs: bool) -> x509.KeyUsage:
-        return x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                             data_encipherment=False, key_agreement=False, key_cert_sign=signs,
-                             crl_sign=signs, encipher_only=False, decipher_only=False)
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-
-    def builder(subject: str, public_key) -> x509.CertificateBuilder:
-        return (
-            x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name("smtpconfig bench CA"))
-            .public_key(public_key).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        )
-
-    ca = (
-        builder("smtpconfig bench CA", ca_key.public_key())
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(usage(True), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    sans = [x509.DNSName(NAMES[0])] + [x509.IPAddress(ipaddress.ip_address(n)) for n in NAMES[1:]]
-    leaf = (
-        builder(NAMES[0], key.public_key())
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(usage(False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    certs = Certs(directory / "smtp-ca.pem", directory / "smtp-cert.pem", directory / "smtp-key.pem")
-    certs.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    certs.cert.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    certs.key.touch(mode=0o600)
-    certs.key.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    return certs
 
 
 class _Handler:

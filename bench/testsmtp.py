@@ -33,9 +33,10 @@ from typing import Any, Callable
 import grpc
 
 from bench import BenchError, authorized_channel
+from bench.certs import Certs
 from bench.load import latency_stats, percentile
 from bench.procs import Child
-from bench.smtpserver import PASSWORD, USER, Certs
+from bench.smtpserver import PASSWORD, USER
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from smtpconfig.v2 import secret_pb2

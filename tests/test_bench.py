@@ -1,5 +1,5 @@
-"""`make bench` keeps working: a very short run produces every row, both latency phases and the verdicts
-(no timing asserted)."""
+"""`make bench` keeps working: a very short run produces every row (TLS and mTLS included), both
+latency phases, the transport ratios, the resident memory table and the verdicts (no timing asserted)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_short_benchmark_run_reports_every_target() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "bench", "--seconds", "0.3", "--warmup", "0.1", "--rounds", "2",
-         "--in-flight", "1,4", "--waiting", "4", "--vault-secrets", "20", "--smtp-calls", "4", "--json"],
+         "--in-flight", "1,4", "--tls-in-flight", "4", "--waiting", "4", "--vault-secrets", "20", "--smtp-calls", "4",
+         "--json"],
         cwd=ROOT, capture_output=True, text=True, timeout=180,
     )
     assert result.returncode == 0, result.stderr
@@ -27,8 +28,27 @@ def test_short_benchmark_run_reports_every_target() -> None:
     suites = {(r["suite"], r["label"]) for r in report["results"]}
     assert {("ResolveSmtp", "bare-aio"), ("ResolveSmtp", "ResolveSmtp (warm)")} <= suites
     assert {("bare-aio +4 waiting", 16), ("bare-threads +4 waiting", 16)} <= rows
+    # Over TLS only at 4 in flight (--tls-in-flight), to keep this run short.
+    tls_rows = {("bare-aio TLS", 4), ("GetSmtp (v2) TLS+token", 4), ("bare-aio mTLS", 4), ("GetSmtp (v2) mTLS", 4)}
+    assert tls_rows <= rows and not {(label, 1) for label, _ in tls_rows} & rows
     for row in report["results"]:
         assert row["qps"] > 0 and row["errors"] == 0 and len(row["rounds"]) == 2
+        if row["target"] in ("service-tls", "service-mtls"):  # paired with the bare-aio of its transport
+            assert row["baseline"] == row["target"].replace("service", "bare-aio") and row["ratio_vs_baseline"] > 0
+        else:
+            assert row["baseline"] is None and row["ratio_vs_baseline"] is None
+    assert report["settings"]["tls_in_flight"] == [4]
+    ratios = {(r["statement"], r["in_flight"]): r for r in report["transport_ratios"]}
+    for statement in ("token, plaintext / bare-aio plaintext", "mTLS / bare-aio mTLS", "mTLS / bare-aio plaintext",
+                      "TLS+token / bare-aio TLS"):
+        assert ratios[statement, 4]["qps_ratio"] > 0 and ratios[statement, 4]["p99_ratio"] > 0
+    assert ("token, plaintext / bare-aio plaintext", 1) in ratios and ("mTLS / bare-aio mTLS", 1) not in ratios
+    memory = {m["label"]: m for m in report["memory"]}
+    assert set(memory) == {"bare-aio", "bare-threads", "GetSmtp (v2)", "bare-aio TLS", "GetSmtp (v2) TLS+token",
+                           "bare-aio mTLS", "GetSmtp (v2) mTLS"}
+    for m in memory.values():
+        assert m["in_flight"] == 4 and m["idle_rss_mib"] > 0 and m["load_rss_max_mib"] > 0
+        assert m["peak_hwm_mib"] >= m["after_rss_mib"] > 0  # VmHWM is never below VmRSS read with it
     assert report["goal"]["met"] is None  # 64 in flight was not measured
     assert [g["statement"] for g in report["goals"]][2] == "ResolveSmtp (warm) at 64 in flight >= 0.8 of bare-aio QPS"
     smtp = report["smtp"]
