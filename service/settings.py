@@ -224,8 +224,42 @@ def _apply(settings: Settings, values: Mapping[str, Any], origin: str, *, base: 
     return replace(settings, **changes)
 
 
+# Numeric settings: (type, lowest, highest, lowest allowed, what a value is, the range in words).
+_SECONDS = "a number of seconds"
+_NUMBERS: dict[str, tuple[type, float, float, bool, str, str]] = {
+    "grace_period": (float, 0, 3600, True, _SECONDS, "between 0 and 3600 seconds"),
+    "provider_timeout": (float, 0, 600, False, _SECONDS, "more than 0 and at most 600 seconds"),
+    "provider_failure_ttl": (float, 0, 600, False, _SECONDS, "more than 0 and at most 600 seconds"),
+    "smtp_timeout": (float, 0, 600, False, _SECONDS, "more than 0 and at most 600 seconds"),
+    "default_deadline": (float, 0, 3600, False, _SECONDS, "more than 0 and at most 3600 seconds"),
+    "readiness_interval": (float, 0, 3600, False, _SECONDS, "more than 0 and at most 3600 seconds"),
+    "audit_retention_days": (float, 0, 36500, True, "a number of days (0 keeps every record)",
+                             "between 0 (keep all) and 36500 days"),
+    "resolve_rate": (float, 0, 1e6, True, "calls per second (0 for no limit)", "between 0 (no limit) and 1000000"),
+    "test_rate": (float, 0, 1e6, True, "calls per second (0 for no limit)", "between 0 (no limit) and 1000000"),
+    "max_message_bytes": (int, 1024, 1 << 30, True, "a whole number", "at least 1024 and at most 2**30"),
+    "max_concurrent_rpcs": (int, 0, 1 << 30, True, "a whole number", "at least 0 (no limit) and at most 2**30"),
+    "resolve_burst": (int, 1, 1 << 30, True, "a whole number", "at least 1 and at most 2**30"),
+    "test_burst": (int, 1, 1 << 30, True, "a whole number", "at least 1 and at most 2**30"),
+}
+
+
+def _number(name: str, value: Any, where: str) -> float | int:
+    kind, low, high, low_allowed, what, bounds = _NUMBERS[name]
+    try:
+        number = kind(value)
+    except (TypeError, ValueError, OverflowError):
+        raise SettingsError(f"{where} must be {what}") from None
+    # NaN fails both comparisons, so it is refused with everything out of range.
+    if not ((low <= number) if low_allowed else (low < number)) or not number <= high:
+        raise SettingsError(f"{where} must be {bounds}")
+    return number
+
+
 def _coerce(name: str, value: Any, origin: str, base: Path | None, text: bool) -> Any:
     where = f"{origin}: {name}"
+    if name in _NUMBERS:
+        return _number(name, value, where)
     if name in ("data_dir", "key_file", "ca_bundle", "tls_cert_file", "tls_key_file", "tls_client_ca_file"):
         if not isinstance(value, (str, Path)) or not str(value):
             raise SettingsError(f"{where} must be a path")
@@ -243,14 +277,6 @@ def _coerce(name: str, value: Any, origin: str, base: Path | None, text: bool) -
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             raise SettingsError(f"{where} must be a list of host:port addresses")
         return tuple(value)
-    if name == "grace_period":
-        try:
-            seconds = float(value)
-        except (TypeError, ValueError):
-            raise SettingsError(f"{where} must be a number of seconds") from None
-        if not 0 <= seconds <= 3600:
-            raise SettingsError(f"{where} must be between 0 and 3600 seconds")
-        return seconds
     if name == "log_level":
         if not isinstance(value, str) or value.lower() not in _LEVELS:
             raise SettingsError(f"{where} must be one of {', '.join(_LEVELS)}")
@@ -301,39 +327,6 @@ def _coerce(name: str, value: Any, origin: str, base: Path | None, text: bool) -
         if not isinstance(value, str) or value.lower() not in ("text", "json"):
             raise SettingsError(f"{where} must be text or json")
         return value.lower()
-    if name in ("max_message_bytes", "max_concurrent_rpcs", "resolve_burst", "test_burst"):
-        try:
-            number = int(value)
-        except (TypeError, ValueError):
-            raise SettingsError(f"{where} must be a whole number") from None
-        low = {"max_message_bytes": 1024, "max_concurrent_rpcs": 0}.get(name, 1)
-        if not low <= number <= 1 << 30:
-            raise SettingsError(f"{where} must be at least {low}")
-        return number
-    if name == "audit_retention_days":
-        try:
-            days = float(value)
-        except (TypeError, ValueError):
-            raise SettingsError(f"{where} must be a number of days (0 keeps every record)") from None
-        if not 0 <= days <= 36500:
-            raise SettingsError(f"{where} must be between 0 (keep all) and 36500 days")
-        return days
-    if name in ("resolve_rate", "test_rate"):
-        try:
-            rate = float(value)
-        except (TypeError, ValueError):
-            raise SettingsError(f"{where} must be calls per second (0 for no limit)") from None
-        if not 0 <= rate <= 1e6:
-            raise SettingsError(f"{where} must be between 0 (no limit) and 1000000 calls per second")
-        return rate
-    if name in ("default_deadline", "readiness_interval"):
-        try:
-            seconds = float(value)
-        except (TypeError, ValueError):
-            raise SettingsError(f"{where} must be a number of seconds") from None
-        if not 0 < seconds <= 3600:
-            raise SettingsError(f"{where} must be more than 0 and at most 3600 seconds")
-        return seconds
     if name == "tokens":
         if text:
             raise SettingsError(f"{where}: tokens are declared in the config file only")
@@ -348,14 +341,6 @@ def _coerce(name: str, value: Any, origin: str, base: Path | None, text: bool) -
         if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
             return value.lower() in ("1", "true", "yes", "on")
         raise SettingsError(f"{where} must be true or false")
-    if name in ("provider_timeout", "provider_failure_ttl", "smtp_timeout"):
-        try:
-            seconds = float(value)
-        except (TypeError, ValueError):
-            raise SettingsError(f"{where} must be a number of seconds") from None
-        if not 0 < seconds <= 600:
-            raise SettingsError(f"{where} must be more than 0 and at most 600 seconds")
-        return seconds
     if name == "providers":
         if text:
             raise SettingsError(f"{where}: provider instances are declared in the config file only")
