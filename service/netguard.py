@@ -66,9 +66,8 @@ async def check_destination(host: str, port: int, *, what: str, timeout: float) 
     except ValueError:
         loop = asyncio.get_running_loop()
         try:
-            infos = await asyncio.wait_for(
-                loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout
-            )
+            async with asyncio.timeout(timeout):  # not wait_for, which can swallow a cancel (3.11)
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except asyncio.TimeoutError:
             raise Unavailable(f"{what} {host}: name lookup timed out after {timeout:g}s") from None
         except socket.gaierror as error:

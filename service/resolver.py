@@ -208,13 +208,15 @@ class Resolver:
     async def _backend(self, provider: SecretProvider, instance: ProviderInstance, ref: ProviderRef) -> Resolved:
         params = with_defaults(tuple(p for p in provider.parameters if p.instance_level), ref.parameters)
         init = with_defaults(tuple(p for p in provider.parameters if not p.instance_level), instance.initialization)
-        if inspect.iscoroutinefunction(provider.resolve):
-            result = await asyncio.wait_for(provider.resolve(params, init), self._timeout)
-        else:
-            # In the caller's context, so lines a provider logs carry the call's request id.
-            run = contextvars.copy_context().run
-            call = asyncio.get_running_loop().run_in_executor(self._pool, run, provider.resolve, params, init)
-            result = await asyncio.wait_for(call, self._timeout)
+        # asyncio.timeout rather than wait_for: on Python 3.11 wait_for can swallow a cancel that
+        # lands as the call completes, and a resolver being closed must stop.
+        async with asyncio.timeout(self._timeout):
+            if inspect.iscoroutinefunction(provider.resolve):
+                result = await provider.resolve(params, init)
+            else:
+                # In the caller's context, so lines a provider logs carry the call's request id.
+                run = contextvars.copy_context().run
+                result = await asyncio.get_running_loop().run_in_executor(self._pool, run, provider.resolve, params, init)
         return _as_resolved(result)
 
     def _domain_error(self, error: Exception, instance: ProviderInstance, ref: ProviderRef) -> SmtpConfigError:

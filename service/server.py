@@ -229,7 +229,10 @@ class App:
     async def _check_readiness(self) -> bool:
         assert self._store is not None
         try:
-            await asyncio.wait_for(self._store.ping(), timeout=max(1.0, self.settings.readiness_interval))
+            # Not asyncio.wait_for: on Python 3.11 it swallows a cancel that lands as the ping
+            # completes, and stop() would then wait for this loop forever.
+            async with asyncio.timeout(max(1.0, self.settings.readiness_interval)):
+                await self._store.ping()
             ready = True
         except Exception as error:  # noqa: BLE001 - any failure means not ready
             log.warning("the store is not reachable (%s); health says NOT_SERVING", type(error).__name__)

@@ -10,12 +10,15 @@ SMTP tests go to a real aiosmtpd server.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import sqlite3
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -24,7 +27,10 @@ import pytest
 from google.protobuf import field_mask_pb2
 
 from service import cli
+from service.audit import AuditLog, AuditRecord
 from service.auth import token_hash
+from service.calls import ANONYMOUS_RECORDS_BURST, ANONYMOUS_RECORDS_PER_SECOND
+from service.store.sqlite import SqliteStore
 from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
 from smtpconfig.v2 import audit_service_pb2 as audit_pb
@@ -37,6 +43,7 @@ from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
 from tests.conftest import BASIC_V2, v1_profile, v2_profile
 from tests.smtpkit import SmtpServer, refusing_port
 from tests.support import ServerProcess, ServerThread, short_dir, violations
+from tests.test_metrics_endpoint import moved, scrape
 from tests.test_validation import edit
 
 ALICE_TOKEN = "PLANTED-alice-bearer-2b71e0"
@@ -483,6 +490,14 @@ def test_smtpconfig_audit_prints_lines_json_and_filters_by_time(env: Env, capsys
     err = capsys.readouterr().err
     assert "--since" in err and "yesterday" in err
 
+    # Ages reaching back before the year 1 (or past what a timedelta holds) are bad input too.
+    for age in ("1000000d", "99999999999999h", "999999999999999999999m"):
+        assert cli.main(["audit", "--since", age, *env.server.cli_args]) == 2, age
+        out = capsys.readouterr()
+        assert out.out == ""
+        assert out.err.startswith("smtpconfig: ") and f"--since '{age}'" in out.err, out.err
+        assert "Traceback" not in out.err and "OverflowError" not in out.err
+
 
 def test_pages_come_back_complete_and_in_order() -> None:
     data_dir = short_dir("ap")
@@ -518,11 +533,16 @@ def test_pages_come_back_complete_and_in_order() -> None:
                 page_size=1000, page_token=str(paged[9].sequence)), metadata=admin)
             assert [r.request_id for r in middle.records] == made[10:] and not middle.next_page_token
 
-            for bad in ("abc", "-5", "1" * 25, "12x"):
+            # "²" is a digit to str.isdigit() but not to int(); 19 nines pass for a number but
+            # not for a SQLite integer: both once ended INTERNAL.
+            for bad in ("abc", "-5", "1" * 25, "12x", "\u00b2", "9999999999999999999", " 5", "5\n"):
                 with pytest.raises(grpc.RpcError) as failure:
                     stub.ListAuditRecords(audit_pb.ListAuditRecordsRequest(page_token=bad), metadata=admin)
-                assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad
-                assert [f for f, _ in violations(failure.value)] == ["page_token"], bad
+                assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT, repr(bad)
+                assert [f for f, _ in violations(failure.value)] == ["page_token"], repr(bad)
+            # The largest token accepted is past every record: an empty last page, not an error.
+            beyond = stub.ListAuditRecords(audit_pb.ListAuditRecordsRequest(page_token="9" * 18), metadata=admin)
+            assert not beyond.records and not beyond.next_page_token
             with pytest.raises(grpc.RpcError) as failure:
                 stub.ListAuditRecords(audit_pb.ListAuditRecordsRequest(page_size=-1), metadata=admin)
             assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -549,6 +569,126 @@ def test_reading_the_trail_needs_audit_read(env: Env, tmp_path: Path, capsys) ->
     assert cli.main(["audit", "--target", env.server.target, "--token-file", str(carol)]) != 0
     out = capsys.readouterr()
     assert out.out == "" and "audit:read" in out.err
+
+
+# --- what the trail is spared ----------------------------------------------------------------------
+
+
+def test_refusals_of_callers_without_any_identity_are_recorded_only_up_to_a_rate() -> None:
+    flood = 300
+    data_dir = short_dir("af")
+    server = ServerThread(data_dir, metrics_listen="127.0.0.1:0", **CALLERS).start()
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = v2_grpc.ConfigServiceStub(channel)
+            _, before = scrape(server.app.metrics_port)
+            ids = [rid("flood") for _ in range(flood)]
+            started = time.monotonic()
+            with ThreadPoolExecutor(max_workers=16) as pool:
+                list(pool.map(lambda request_id: invoke(
+                    stub.ResolveSmtp, v2.ResolveSmtpRequest(), None, request_id, grpc.StatusCode.UNAUTHENTICATED), ids))
+            elapsed = time.monotonic() - started
+            _, after = scrape(server.app.metrics_port)
+            # Anything slower and the cap would allow all of them: the test could not fail.
+            assert elapsed < 10, f"the flood took {elapsed:.1f}s"
+
+            # A known caller's refusal right after is still recorded, however spent the cap is.
+            denied = rid("after-flood")
+            invoke(stub.ResolveSmtp, v2.ResolveSmtpRequest(), CAROL_TOKEN, denied, grpc.StatusCode.PERMISSION_DENIED)
+            records = list_records(channel, server.token)
+    finally:
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+    resolve = "v2.ConfigService/ResolveSmtp"
+    assert moved(before, after, "smtpconfig_rpc_requests_total", method=resolve, code="UNAUTHENTICATED") == flood
+    recorded = [r for r in records if r.request_id in set(ids)]
+    assert {(r.identity, r.method, r.outcome) for r in recorded} == {("", resolve, "UNAUTHENTICATED")}
+    cap = ANONYMOUS_RECORDS_BURST + ANONYMOUS_RECORDS_PER_SECOND * elapsed
+    assert ANONYMOUS_RECORDS_BURST <= len(recorded) <= cap + 1, (len(recorded), elapsed)
+    # Every refusal is accounted for: on the trail, or counted as not recorded.
+    assert moved(before, after, "smtpconfig_audit_records_total", outcome="UNAUTHENTICATED") == len(recorded)
+    assert moved(before, after, "smtpconfig_audit_records_total",
+                 outcome="UNAUTHENTICATED_NOT_RECORDED") == flood - len(recorded)
+    assert [(r.identity, r.method, r.outcome) for r in records if r.request_id == denied] == [
+        ("carol", resolve, "PERMISSION_DENIED")]
+
+
+async def _seed(data_dir: Path, records: list[AuditRecord]) -> None:
+    store = await SqliteStore.open(data_dir)
+    try:
+        for record in records:
+            await AuditLog(store).append(record)
+    finally:
+        await store.close()
+
+
+def test_prune_deletes_only_records_older_than_the_days_kept(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = await SqliteStore.open(tmp_path / "data")
+        try:
+            audit = AuditLog(store)
+            await store.put("profile", b"kept")
+            written = datetime.now(timezone.utc)
+            for n in range(3):  # written now, as the server writes them
+                await audit.append(AuditRecord(datetime.now(timezone.utc), "alice", "m", f"first-{n}", "OK"))
+            later = written + timedelta(days=5)
+            for n in range(2):
+                await audit.append(AuditRecord(later, "bob", "m", f"later-{n}", "OK"))
+
+            assert await audit.prune(7) == 0  # nothing is a week old yet
+            assert await audit.prune(7, now=written + timedelta(days=7) - timedelta(seconds=1)) == 0
+            assert len(await audit.read()) == 5
+            # A week after the first batch: that batch goes, the later one stays.
+            assert await audit.prune(7, now=written + timedelta(days=7, seconds=1)) == 3
+            assert [r.request_id for r in await audit.read()] == ["later-0", "later-1"]
+            # A record exactly as old as the cutoff is kept; one microsecond older is not.
+            assert await audit.prune(7, now=later + timedelta(days=7)) == 0
+            assert await audit.prune(7, now=later + timedelta(days=7, microseconds=1)) == 2
+            assert await audit.read() == []
+            assert (await store.get("profile")).value == b"kept"  # only the trail is pruned
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_server_keeping_audit_days_prunes_on_its_first_readiness_tick() -> None:
+    data_dir = short_dir("ar")
+    now = datetime.now(timezone.utc)
+    ages = {"ancient": 400.0, "old": 2.0, "recent": 0.5}  # days
+    asyncio.run(_seed(data_dir, [
+        AuditRecord(now - timedelta(days=days), "alice", "v2.ConfigService/ResolveSmtp", label, "OK")
+        for label, days in ages.items()]))
+
+    def trail(server: ServerThread) -> list[str]:
+        with grpc.insecure_channel(server.target) as channel:
+            return [r.request_id for r in list_records(channel, server.token)]
+
+    try:
+        # By default every record is kept, tick after tick.
+        server = ServerThread(data_dir, readiness_interval=0.1, **CALLERS).start()
+        try:
+            time.sleep(0.6)
+            assert trail(server) == list(ages)
+        finally:
+            server.stop()
+
+        server = ServerThread(data_dir, readiness_interval=0.1, audit_retention_days=1, **CALLERS).start()
+        started = time.monotonic()
+        try:
+            with grpc.insecure_channel(server.target) as channel:
+                fresh = rid("fresh")
+                invoke(pb_grpc.SecretProviderServiceStub(channel).CheckSecret, pb.CheckSecretRequest(
+                    secret=secret_pb2.SecretObject(secret_value="v")), ALICE_TOKEN, fresh)
+            while "old" in trail(server):
+                assert time.monotonic() - started < 2.0, "not pruned within the first few readiness ticks"
+                time.sleep(0.05)
+            assert trail(server) == ["recent", fresh]
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 # --- atomic with the change -----------------------------------------------------------------------

@@ -8,6 +8,7 @@ aiosmtpd server whose received messages are counted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -122,6 +123,85 @@ class SilentListener:
         self._sock.close()
 
 
+class SlowRelay:
+    """A TCP proxy in front of a real SMTP server that holds each client's DATA command for
+    `delay` seconds before passing it on: a relay slow to accept the message. `held` counts the
+    DATA commands it has seen, `passed` those it has passed on."""
+
+    def __init__(self, upstream: tuple[str, int], delay: float) -> None:
+        self._upstream = upstream
+        self._delay = delay
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self._lock = threading.Condition()
+        self.held = 0
+        self.passed = 0
+        self._closing = threading.Event()
+        self._open: list[socket.socket] = []
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+
+    def _accept(self) -> None:
+        self._sock.settimeout(0.05)
+        while not self._closing.is_set():
+            try:
+                client, _ = self._sock.accept()
+            except OSError:
+                continue
+            client.settimeout(None)
+            relay = socket.create_connection(self._upstream)
+            self._open += [client, relay]
+            for pump in (self._to_relay, self._to_client):
+                thread = threading.Thread(target=pump, args=(client, relay), daemon=True)
+                self._threads.append(thread)
+                thread.start()
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + 1)
+            self._lock.notify_all()
+
+    def _to_relay(self, client: socket.socket, relay: socket.socket) -> None:
+        try:
+            while data := client.recv(65536):
+                if data.upper().startswith(b"DATA"):
+                    self._count("held")
+                    self._closing.wait(self._delay)
+                    relay.sendall(data)
+                    self._count("passed")
+                else:
+                    relay.sendall(data)
+            relay.shutdown(socket.SHUT_WR)  # the client hung up: so does the relay's peer
+        except OSError:
+            pass
+
+    def _to_client(self, client: socket.socket, relay: socket.socket) -> None:
+        try:
+            while data := relay.recv(65536):
+                client.sendall(data)
+            client.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def wait_passed(self, count: int, timeout: float) -> None:
+        with self._lock:
+            assert self._lock.wait_for(lambda: self.passed >= count, timeout), f"{self.passed} of {count} passed on"
+
+    def __enter__(self) -> "SlowRelay":
+        self._threads[0].start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._closing.set()
+        self._threads[0].join(5)
+        self._sock.close()
+        for sock in self._open:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        for thread in self._threads:
+            thread.join(5)
+
+
 class Running:
     """A ServerThread with stubs calling as its admin (`v1`, `v2`, `providers`) and stubs on a
     channel without credentials, for calls that bring their own token (`as_v1`, ...)."""
@@ -229,6 +309,89 @@ def test_a_call_without_a_deadline_gets_the_default_one(short_deadline: Running,
         assert len(silent.accepted) == 2
     record = next(r for r in list_records(s.channel, s.server.token) if r.request_id == request_id)
     assert (record.method, record.outcome) == ("v2.ConfigService/TestSmtp", "DEADLINE_EXCEEDED")
+
+
+def _records_of(s: Running, *request_ids: str) -> dict[str, str]:
+    """request id -> outcome of those on the trail, waiting up to 5 s for all of them (records of
+    cancelled calls are written just after the caller has heard of its deadline)."""
+    deadline = time.monotonic() + 5
+    while True:
+        found = {r.request_id: r.outcome for r in list_records(s.channel, s.server.token) if r.request_id in request_ids}
+        if len(found) == len(request_ids) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+def test_an_abandoned_smtp_test_sends_nothing(short_deadline: Running) -> None:
+    """The caller's deadline (or the server's default one) passes while the relay is slow to take
+    DATA: the test is abandoned there, and the message is never sent once the relay answers."""
+    s = short_deadline
+    delay = 2.0  # well past the default deadline (1 s) and the client deadline below (0.5 s)
+    with SmtpServer("plain") as smtp, SlowRelay((smtp.host, smtp.port), delay) as relay:
+        doc = anonymous("127.0.0.1", relay.port)
+
+        def start(recipient: str, request_id: str, timeout: float | None):
+            request = v2.TestSmtpRequest(profile=v2_profile(doc), test_recipient=recipient)
+            return s.as_v2.TestSmtp.future(request, timeout=timeout, metadata=[
+                ("authorization", f"Bearer {s.server.token}"), ("x-request-id", request_id)])
+
+        # Side by side through the same slow relay: one caller waits long enough (and proves the
+        # relay delivers), one has its own short deadline, one relies on the server's default.
+        waits, gives_up, defaulted = rid("waits"), rid("gives-up"), rid("defaulted")
+        started = time.monotonic()
+        calls = {
+            waits: start("waits@example.com", waits, 10.0),
+            gives_up: start("gives-up@example.com", gives_up, 0.5),
+            defaulted: start("defaulted@example.com", defaulted, None),
+        }
+        for request_id in (gives_up, defaulted):
+            with pytest.raises(grpc.RpcError) as failure:
+                calls[request_id].result()
+            assert failure.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, request_id
+        assert time.monotonic() - started < delay, "the deadlines passed only after the relay answered"
+        assert relay.held == 3  # every test was waiting on the slow DATA when its caller left
+        assert calls[waits].result().success
+        relay.wait_passed(3, timeout=5)  # the relay has now taken DATA from all three connections
+        time.sleep(0.5)  # time enough for a message to follow DATA, had anyone sent one
+        assert [m.rcpt_tos for m in smtp.messages] == [("waits@example.com",)]
+
+    assert _records_of(s, waits, gives_up, defaulted) == {
+        waits: "OK", gives_up: "CANCELLED", defaulted: "DEADLINE_EXCEEDED"}
+
+
+POOL = 16  # threads running SMTP tests (service.apply.Applier's `workers`)
+
+
+def test_abandoned_smtp_tests_give_their_threads_back_at_once(short_deadline: Running) -> None:
+    """More abandoned tests than there are threads, each stuck on a relay that never answers
+    (the SMTP timeout is 20 s): the next test still runs straight away."""
+    s = short_deadline
+    with SilentListener() as silent:
+        doc = anonymous("127.0.0.1", silent.port)
+        request = v2.TestSmtpRequest(profile=v2_profile(doc), test_recipient="ops@example.com")
+        abandoned = [rid("abandoned") for _ in range(POOL + 1)]
+        calls = [s.as_v2.TestSmtp.future(request, timeout=0.3, metadata=[
+            ("authorization", f"Bearer {s.server.token}"), ("x-request-id", request_id)]) for request_id in abandoned]
+        for call in calls:
+            with pytest.raises(grpc.RpcError) as failure:
+                call.result()
+            assert failure.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        wait_until(lambda: len(silent.accepted) >= POOL, timeout=5)
+        # Every connection the abandoned tests opened is closed by the server at once, not after
+        # the SMTP timeout. (The last test dials only if a thread came free before its own
+        # deadline passed.)
+        for conn in silent.accepted:
+            conn.settimeout(3.0)
+            assert conn.recv(1) == b""
+        assert len(silent.accepted) <= POOL + 1
+
+        with SmtpServer("plain") as smtp:
+            good = v2.TestSmtpRequest(profile=v2_profile(anonymous(smtp.host, smtp.port)), test_recipient="ops@example.com")
+            started = time.monotonic()
+            assert s.v2.TestSmtp(good, timeout=5).success
+            assert time.monotonic() - started < 1.0
+            smtp.wait_for_message()
+    assert set(_records_of(s, *abandoned).values()) == {"CANCELLED"}
 
 
 # --- concurrent calls -------------------------------------------------------------------------------

@@ -15,14 +15,17 @@ from typing import Iterator
 
 import grpc
 import pytest
+from google.protobuf import field_mask_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
+from smtpconfig.v2 import audit_service_pb2 as audit_pb
+from smtpconfig.v2 import audit_service_pb2_grpc as audit_grpc
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from smtpconfig.v2 import secret_pb2
 from smtpconfig.v2 import secret_provider_service_pb2 as pb
 from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
-from tests.conftest import OAUTH_V2, v2_profile
+from tests.conftest import BASIC_V2, OAUTH_V2, v2_profile
 from tests.oauthkit import TokenEndpoint
 from tests.support import ServerThread, short_dir
 from tests.test_validation import edit
@@ -138,6 +141,32 @@ def test_scrapes_show_the_traffic_between_them_and_no_secret(server: ServerThrea
 
     for secret in (FILE_SECRET, INLINE_SECRET, CLIENT_SECRET, token, server.token):
         assert secret not in text, f"{secret[:12]}... in the exposition"
+
+
+def test_changes_that_write_their_own_record_count_in_the_audit_metric(server: ServerThread, tmp_path: Path) -> None:
+    """Changes store their audit record in the same transaction as the change, not through the
+    audit writer: the metric must count them all the same, once each."""
+    port = server.app.metrics_port
+    with server.channel() as channel:
+        config = v2_grpc.ConfigServiceStub(channel)
+        providers = pb_grpc.SecretProviderServiceStub(channel)
+        _, before = scrape(port)
+        stored = config.UpdateSmtp(v2.UpdateSmtpRequest(profile=v2_profile(BASIC_V2)), timeout=10)
+        config.UpdateSmtp(v2.UpdateSmtpRequest(
+            profile=v2_profile(edit(BASIC_V2, Port=2525)), etag=stored.etag,
+            update_mask=field_mask_pb2.FieldMask(paths=["Port"])), timeout=10)
+        instance = pb.ProviderInstance(name="mounted", provider_type="file")
+        instance.initialization["Directory"].value = str(tmp_path)
+        providers.CreateProvider(pb.CreateProviderRequest(provider=instance), timeout=10)
+        _, after = scrape(port)
+        records = audit_grpc.AuditServiceStub(channel).ListAuditRecords(
+            audit_pb.ListAuditRecordsRequest(), timeout=10).records
+
+    update = "v2.ConfigService/UpdateSmtp"
+    assert moved(before, after, "smtpconfig_rpc_requests_total", method=update, code="OK") == 2
+    assert [(r.method, r.outcome) for r in records] == [
+        (update, "OK"), (update, "OK"), ("v2.SecretProviderService/CreateProvider", "OK")]
+    assert moved(before, after, "smtpconfig_audit_records_total", outcome="OK") == 3
 
 
 def test_the_endpoint_stops_with_the_server(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import threading
 import time
 from typing import Iterator
 
@@ -108,3 +109,32 @@ def test_the_health_listener_serves_health_to_anyone_and_nothing_else(server: Se
         with pytest.raises(grpc.RpcError) as failure:
             v2_grpc.ConfigServiceStub(channel).GetSmtp(v2.GetSmtpRequest(), timeout=5)
     assert failure.value.code() == grpc.StatusCode.NOT_FOUND  # no profile stored yet: served, not UNIMPLEMENTED
+
+
+
+def test_a_stop_that_lands_as_a_readiness_check_completes_still_stops() -> None:
+    """The race SIGTERM can hit: the stop comes between a store check completing and the readiness
+    loop resuming. (asyncio.wait_for on Python 3.11 swallowed a cancel that came then: the loop
+    went on checking, and stop() waited for it forever.) The real check runs; only the stop is
+    timed, to the moment the race needs, instead of hoping for it."""
+    data_dir = short_dir("rs")
+    server = ServerThread(data_dir, readiness_interval=0.02).start()
+    try:
+        store = server.app._store
+        check = store.ping
+        landed = threading.Event()
+
+        async def check_then_stop() -> None:
+            await check()
+            if not landed.is_set():
+                landed.set()
+                server._stopping.set()  # on the server's loop: App.stop() runs next, before we return
+
+        store.ping = check_then_stop
+        assert landed.wait(5), "no readiness check ran"
+        server._thread.join(5)
+        assert not server._thread.is_alive(), "stop() is still waiting for the readiness loop"
+    finally:
+        if server._thread.is_alive():
+            server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)

@@ -9,6 +9,7 @@ mode and group it is configured with.
 from __future__ import annotations
 
 import grp
+import json
 import logging
 import os
 import shutil
@@ -369,6 +370,62 @@ def test_socket_mode_and_group_are_applied(root: Path) -> None:
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
         finally:
             server.stop()
+
+
+# Run as another user: what it may do with the data directory and the socket in it.
+_PROBE = """
+import json, os, socket, sys
+data, path = sys.argv[1:]
+seen = {}
+def attempt(name, action):
+    try:
+        action()
+        seen[name] = "ok"
+    except PermissionError:
+        seen[name] = "denied"
+def connect():
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        sock.connect(path)
+attempt("connect", connect)
+attempt("list", lambda: os.listdir(data))
+attempt("read", lambda: open(os.path.join(data, "admin.token")).read())
+print(json.dumps(seen))
+"""
+
+
+def test_a_socket_group_passes_through_the_default_data_directory(root: Path) -> None:
+    assert os.geteuid() == 0, "this test acts as other users, which needs root"
+    # The test's own interpreter may live where other users cannot reach (pyenv under /root).
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    assert python, "a system python3 is needed to act as another user"
+    gid, name = another_group()
+    assert gid != os.getgid(), "no group other than the server's own to test with"
+    root.chmod(0o711)  # others may pass through to the data directory, as under /var/lib
+    server = ServerThread(root / "data", unix_socket_mode=0o660, unix_socket_group=name).start()
+    try:
+        data_dir, path = server.data_dir, server.app.socket_path
+        assert path is not None and path.parent == data_dir  # the default place
+        status = data_dir.stat()
+        assert (stat.S_IMODE(status.st_mode), status.st_gid) == (0o710, gid), f"{stat.S_IMODE(status.st_mode):o}"
+        status = path.stat()
+        assert (stat.S_IMODE(status.st_mode), status.st_gid) == (0o660, gid)
+        files = {p.name: stat.S_IMODE(p.stat().st_mode) for p in data_dir.iterdir() if p != path}
+        assert {"smtpconfig.db", "admin.token", "secret.key", "store.lock"} <= files.keys()
+        assert all(mode == 0o600 for mode in files.values()), {n: f"{m:o}" for n, m in files.items()}
+
+        def as_user(group: int) -> dict[str, str]:
+            result = subprocess.run([python, "-c", _PROBE, str(data_dir), str(path)], user=65534, group=group,
+                                    extra_groups=[], capture_output=True, text=True, timeout=30)
+            assert result.returncode == 0, result.stderr
+            return json.loads(result.stdout)
+
+        # A member of the group reaches the socket, and nothing else in the directory...
+        assert as_user(gid) == {"connect": "ok", "list": "denied", "read": "denied"}
+        # ...and anyone else not even the socket.
+        assert as_user(65534) == {"connect": "denied", "list": "denied", "read": "denied"}
+    finally:
+        server.stop()
 
 
 def test_an_unknown_socket_group_fails_start_up_clearly(root: Path) -> None:
