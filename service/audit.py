@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Sequence
@@ -24,9 +25,32 @@ from service.store.base import AuditEntry, Store
 MAX_PAGE = 1000
 
 
+# Records are encoded on the path of every audited call, so compactly and cheaply: a JSON list in
+# a fixed order, and the time as integer microseconds in a column of its own (for ranges).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def micros(when: datetime) -> int:
+    """Microseconds since the Unix epoch: how the store keeps (and compares) record times."""
+    delta = when - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def encode(
+    identity: str, method: str, request_id: str, outcome: str,
+    fields: Sequence[str] = (), provider: int = 0, message: str = "", at: int | None = None,
+) -> AuditEntry:
+    """The stored form of a record; `at` in microseconds since the epoch, now when None."""
+    when = time.time_ns() // 1000 if at is None else at
+    return when, _ENCODER.encode([identity, method, request_id, outcome, list(fields), provider, message]).encode()
+
+
 @dataclass(frozen=True)
 class AuditRecord:
-    """One audited call."""
+    """One audited call, as read back."""
 
     time: datetime
     identity: str
@@ -40,26 +64,14 @@ class AuditRecord:
 
     def entry(self) -> AuditEntry:
         """The stored form."""
-        doc = {
-            "time": stamp(self.time), "identity": self.identity, "method": self.method, "request_id": self.request_id,
-            "outcome": self.outcome, "fields": list(self.fields), "provider": self.provider,
-            "message": self.message,
-        }
-        return stamp(self.time), json.dumps(doc, separators=(",", ":")).encode()
+        return encode(self.identity, self.method, self.request_id, self.outcome, self.fields,
+                      self.provider, self.message, at=micros(self.time))
 
     @classmethod
-    def from_entry(cls, sequence: int, data: bytes) -> "AuditRecord":
-        doc = json.loads(data)
-        return cls(
-            time=datetime.fromisoformat(doc["time"]), identity=doc["identity"], method=doc["method"],
-            request_id=doc["request_id"], outcome=doc["outcome"], fields=tuple(doc["fields"]),
-            provider=doc["provider"], message=doc["message"], sequence=sequence,
-        )
-
-
-def stamp(when: datetime) -> str:
-    """A fixed-width UTC time, so stored times compare correctly as text."""
-    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    def from_entry(cls, sequence: int, at: int, data: bytes) -> "AuditRecord":
+        identity, method, request_id, outcome, fields, provider, message = json.loads(data)
+        when = _EPOCH + timedelta(microseconds=at)
+        return cls(when, identity, method, request_id, outcome, tuple(fields), provider, message, sequence)
 
 
 class AuditLog:
@@ -73,10 +85,14 @@ class AuditLog:
         self._on_record = on_record or (lambda outcome: None)
 
     async def append(self, record: AuditRecord) -> None:
-        """Store `record` durably; returns once it is committed."""
+        """Store `record`; returns once it is committed."""
+        await self.append_entry(record.entry(), record.outcome)
+
+    async def append_entry(self, entry: AuditEntry, outcome: str) -> None:
+        """Store an encoded record (see `encode`); returns once it is committed."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((record.entry(), future))
-        self._on_record(record.outcome)
+        self._pending.append((entry, future))
+        self._on_record(outcome)
         if not self._flushing:
             self._flushing = True
             asyncio.get_running_loop().create_task(self._flush())
@@ -103,14 +119,14 @@ class AuditLog:
     async def read(self, *, after: int = 0, since: datetime | None = None, limit: int = 500) -> list[AuditRecord]:
         """Records with a sequence above `after`, written at or after `since`, oldest first."""
         limit = max(1, min(limit, MAX_PAGE))
-        rows = await self._store.read_audit(after, stamp(since) if since else None, limit)
-        return [AuditRecord.from_entry(seq, data) for seq, data in rows]
+        rows = await self._store.read_audit(after, micros(since) if since else None, limit)
+        return [AuditRecord.from_entry(seq, at, data) for seq, at, data in rows]
 
 
     async def prune(self, keep_days: float, now: datetime | None = None) -> int:
         """Delete records older than `keep_days`; returns how many went."""
         now = now or datetime.now(timezone.utc)
-        return await self._store.prune_audit(stamp(now - timedelta(days=keep_days)))
+        return await self._store.prune_audit(micros(now - timedelta(days=keep_days)))
 
 
 def record_entry(
@@ -118,6 +134,4 @@ def record_entry(
     fields: Sequence[str] = (), provider: int = 0, message: str = "",
 ) -> AuditEntry:
     """The stored form of a record made now (for changes that carry their record)."""
-    return AuditRecord(
-        datetime.now(timezone.utc), identity, method, request_id, outcome, tuple(fields), provider, message
-    ).entry()
+    return encode(identity, method, request_id, outcome, fields, provider, message)

@@ -23,18 +23,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import re
 import time
 import traceback
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Awaitable, Callable, Mapping, Sequence, TypeVar
 
 import grpc
 
-from service.audit import AuditLog, AuditRecord, record_entry
+from service.audit import AuditLog, encode, record_entry
 from service.auth import Authenticator, Policy
 from service.errors import DeadlineExceeded, PermissionDenied, ResourceExhausted, SmtpConfigError
 from service.limits import RateLimiter
@@ -48,6 +48,10 @@ REQUEST_ID = "x-request-id"
 ANONYMOUS_RECORDS_PER_SECOND = 10.0
 ANONYMOUS_RECORDS_BURST = 100
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# Request ids the server makes: unique per process start, then a counter (cheaper than random
+# bytes per call; they only need to tell calls apart, not be unguessable).
+_ID_PREFIX = os.urandom(4).hex() + "-"
+_ids = itertools.count(1)
 
 
 @dataclass(slots=True)
@@ -87,6 +91,7 @@ class RpcSpec:
     permission: str
     audit: bool
     limit: str | None
+    waits: bool
 
 
 class Guard:
@@ -120,7 +125,7 @@ class Guard:
                 if _SANE_REQUEST_ID.match(value):
                     request_id = value
                 break
-        call = Call(name, request_id or os.urandom(8).hex())
+        call = Call(name, request_id or f"{_ID_PREFIX}{next(_ids):x}")
         token = CALL.set(call)
         code = "OK"
         try:
@@ -137,7 +142,7 @@ class Guard:
                             f"{identity.name!r} is over the {spec.limit} rate limit; retry in {wait:.1f}s",
                             retry_after=wait,
                         )
-                if context.time_remaining() is None:
+                if spec.waits and context.time_remaining() is None:
                     try:
                         async with asyncio.timeout(self._default_deadline) as scope:
                             response = await method(servicer, request, context)
@@ -188,6 +193,13 @@ class Guard:
                     await asyncio.shield(self._record(call, "CANCELLED", "the caller cancelled or its deadline passed"))
             raise
         except Exception as error:  # noqa: BLE001 - the last line of defence for callers
+            if context.done():
+                # The caller's deadline passed (or it hung up) just as the answer was sent, so
+                # grpc refused to send it (ExecuteBatchError from abort). Nothing failed here and
+                # nobody is left to answer.
+                code = "CANCELLED"
+                log.info("%s: the caller was gone before the answer could be sent", name)
+                raise asyncio.CancelledError from None
             code = "INTERNAL"
             # The frames say where; the message could hold anything, so it is left out.
             log.error(
@@ -213,20 +225,23 @@ class Guard:
         return False
 
     async def _record(self, call: Call, outcome: str, message: str) -> None:
-        await self._audit.append(AuditRecord(
-            datetime.now(timezone.utc), call.identity, call.method, call.request_id, outcome,
-            call.fields, call.provider, message,
-        ))
+        await self._audit.append_entry(
+            encode(call.identity, call.method, call.request_id, outcome, call.fields, call.provider, message), outcome
+        )
 
 
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable])
 
 
-def rpc(permission: str, *, audit: bool = False, limit: str | None = None) -> Callable[[Handler], Handler]:
-    """Declare a servicer method: the permission it needs, whether its calls are audited, and
-    which per-identity rate limit applies. The servicer class names its service in `SERVICE`
+def rpc(
+    permission: str, *, audit: bool = False, limit: str | None = None, waits: bool = True
+) -> Callable[[Handler], Handler]:
+    """Declare a servicer method: the permission it needs, whether its calls are audited, which
+    per-identity rate limit applies, and whether it can wait on anything (a store write, a
+    backend, a relay). Methods that answer from memory (`waits=False`) skip the default
+    deadline, which costs a timer per call. The servicer class names its service in `SERVICE`
     and holds the server's `Guard` in `guard`."""
-    spec = RpcSpec(permission, audit, limit)
+    spec = RpcSpec(permission, audit, limit, waits)
 
     def decorate(method: Handler) -> Handler:
         async def wrapper(self, request, context):

@@ -76,18 +76,18 @@ class SecretProviderServiceV2(pb_grpc.SecretProviderServiceServicer):
         # the answer only changes when provider instances do (see ProviderService.revision).
         self._checked: OrderedDict[bytes, tuple[int, SecretSource]] = OrderedDict()
 
-    @rpc("providers:read")
+    @rpc("providers:read", waits=False)
     async def ListProviderTypes(self, request, context: grpc.aio.ServicerContext):
         types = sorted(self._providers.plugins.provider_types.values(), key=lambda t: t.name)
         return pb.ListProviderTypesResponse(
             provider_types=[provider_type_to_pb(t) for t in types if t.name not in IMPLICIT_TYPES]
         )
 
-    @rpc("providers:read")
+    @rpc("providers:read", waits=False)
     async def ListProviders(self, request, context: grpc.aio.ServicerContext):
         return pb.ListProvidersResponse(providers=[instance_to_pb(i) for i in self._providers.all()])
 
-    @rpc("providers:read")
+    @rpc("providers:read", waits=False)
     async def GetProvider(self, request: pb.GetProviderRequest, context: grpc.aio.ServicerContext):
         return pb.GetProviderResponse(provider=instance_to_pb(self._providers.get(request.id)))
 

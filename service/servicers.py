@@ -72,7 +72,7 @@ class ConfigServiceV2(v2_grpc.ConfigServiceServicer):
             )
         )
 
-    @rpc("smtp:read")
+    @rpc("smtp:read", waits=False)
     async def GetSmtp(self, request: v2.GetSmtpRequest, context: grpc.aio.ServicerContext) -> v2.GetSmtpResponse:
         return self._read(self._profiles.get())
 
@@ -142,7 +142,7 @@ class ConfigServiceV1(v1_grpc.ConfigServiceServicer):
             )
         )
 
-    @rpc("smtp:read")
+    @rpc("smtp:read", waits=False)
     async def GetSmtp(self, request: v1.GetSmtpRequest, context: grpc.aio.ServicerContext) -> v1.GetSmtpResponse:
         return self._read(self._profiles.get())
 

@@ -17,6 +17,8 @@ Servers, each started once for the module:
 
 from __future__ import annotations
 
+import re
+
 import logging
 import shutil
 import uuid
@@ -605,7 +607,7 @@ def test_request_id_comes_back_on_success_and_on_refusal(world: World) -> None:
         outcome = invoke(reader.channel, rpc, request, metadata)
         assert outcome.code == code
         request_id = outcome.trailers.get("x-request-id", "")
-        assert len(request_id) == 16 and set(request_id) <= set("0123456789abcdef"), outcome.trailers
+        assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]+", request_id), outcome.trailers
         seen.add(request_id)
     assert len(seen) == 3, "each call gets its own id"
 
@@ -628,7 +630,7 @@ def test_an_unusable_request_id_is_replaced(world: World, given: str) -> None:
                      caller.metadata + (("x-request-id", given),))
     assert outcome.code == OK
     request_id = outcome.trailers.get("x-request-id", "")
-    assert request_id != given and len(request_id) == 16
+    assert request_id != given and re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]+", request_id)
 
 
 # --- nothing secret in the server's log ---------------------------------------------------------

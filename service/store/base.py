@@ -46,8 +46,8 @@ class EtagMismatch(Exception):
     """A conditional write found another etag (or presence) than expected; nothing was written."""
 
 
-# An audit record as stored: (ISO 8601 UTC time, encoded record). Times sort as text.
-AuditEntry = tuple[str, bytes]
+# An audit record as stored: (time in microseconds since the Unix epoch, encoded record).
+AuditEntry = tuple[int, bytes]
 # Called by a change with the names of what it changes (and the provider id it changes, if any)
 # to get the audit record to store with it.
 AuditHook = Callable[..., AuditEntry]
@@ -82,11 +82,11 @@ class Store(Protocol):
     async def append_audit(self, entries: list[AuditEntry]) -> None:
         """Append audit records durably, all in one write."""
 
-    async def read_audit(self, after: int, since: str | None, limit: int) -> list[tuple[int, bytes]]:
-        """Up to `limit` (sequence, record) pairs with sequence above `after` and time at or
-        after `since`, oldest first."""
+    async def read_audit(self, after: int, since: int | None, limit: int) -> list[tuple[int, int, bytes]]:
+        """Up to `limit` (sequence, time, record) triples with sequence above `after` and time at
+        or after `since` (microseconds), oldest first."""
 
-    async def prune_audit(self, before: str) -> int:
+    async def prune_audit(self, before: int) -> int:
         """Delete audit records written before `before`; returns how many."""
 
     async def ping(self) -> None:

@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS meta (
 INSERT OR IGNORE INTO meta (name, value) VALUES ('revision', 0);
 CREATE TABLE IF NOT EXISTS audit (
     seq    INTEGER PRIMARY KEY AUTOINCREMENT,
-    time   TEXT NOT NULL,
+    time   INTEGER NOT NULL,  -- microseconds since the Unix epoch
     record BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_time ON audit (time);
@@ -141,9 +141,7 @@ class SqliteStore:
                 raise
             return revision
 
-        revision = await self._run(write)
-        self._publish(Change(key, revision.revision, revision))
-        return revision
+        return await self._write(write, lambda revision: Change(key, revision.revision, revision))
 
     async def delete(self, key: str, expected: str | None = None, audit: AuditEntry | None = None) -> bool:
         def remove() -> int | None:
@@ -167,11 +165,23 @@ class SqliteStore:
                 raise
             return number
 
-        number = await self._run(remove)
-        if number is None:
-            return False
-        self._publish(Change(key, number, None))
-        return True
+        number = await self._write(remove, lambda number: None if number is None else Change(key, number, None))
+        return number is not None
+
+    async def _write(self, fn: Callable[[], T], change: Callable[[T], Change | None]) -> T:
+        """Run a write and tell the watchers once it is committed, also when the caller gave up
+        meanwhile (its deadline passed): the thread commits regardless, and a change nobody
+        published would leave every follower serving the revision before it."""
+        task = asyncio.ensure_future(self._run(fn))
+
+        def publish(done: asyncio.Future) -> None:
+            if not done.cancelled() and done.exception() is None:
+                event = change(done.result())
+                if event is not None:
+                    self._publish(event)
+
+        task.add_done_callback(publish)  # runs before the caller resumes, as the publish did before
+        return await asyncio.shield(task)
 
     async def append_audit(self, entries: list[AuditEntry]) -> None:
         def write() -> None:
@@ -194,17 +204,17 @@ class SqliteStore:
 
         await self._run(write)
 
-    async def read_audit(self, after: int, since: str | None, limit: int) -> list[tuple[int, bytes]]:
-        def read() -> list[tuple[int, bytes]]:
+    async def read_audit(self, after: int, since: int | None, limit: int) -> list[tuple[int, int, bytes]]:
+        def read() -> list[tuple[int, int, bytes]]:
             rows = self._conn.execute(
-                "SELECT seq, record FROM audit WHERE seq > ? AND time >= ? ORDER BY seq LIMIT ?",
-                (after, since or "", limit),
+                "SELECT seq, time, record FROM audit WHERE seq > ? AND time >= ? ORDER BY seq LIMIT ?",
+                (after, since if since is not None else -(1 << 62), limit),
             ).fetchall()
-            return [(seq, bytes(record)) for seq, record in rows]
+            return [(seq, at, bytes(record)) for seq, at, record in rows]
 
         return await self._run(read)
 
-    async def prune_audit(self, before: str) -> int:
+    async def prune_audit(self, before: int) -> int:
         def delete() -> int:
             db = self._conn
             db.execute("BEGIN IMMEDIATE")
