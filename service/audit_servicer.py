@@ -48,6 +48,8 @@ class AuditServiceV2(pb_grpc.AuditServiceServicer):
             problems.append(violation("page_size", "must not be negative"))
         if request.HasField("since") and not 0 <= request.since.seconds <= 253402300799:
             problems.append(violation("since", "must be a time between years 1970 and 9999"))
+        if request.HasField("since") and not 0 <= request.since.nanos <= 999_999_999:
+            problems.append(violation("since.nanos", "must be between 0 and 999999999"))
         if problems:
             raise InvalidArgument(problems)
         size = request.page_size or DEFAULT_PAGE

@@ -157,9 +157,16 @@ class TokenClient:
         if task is None:
             task = asyncio.create_task(self._fetch(request), name="oauth-token")
             self._inflight[key] = task
-            task.add_done_callback(lambda _t, key=key: self._inflight.pop(key, None))
+            task.add_done_callback(lambda t, key=key: self._fetched(key, t))
         token = await asyncio.shield(task)
         return token
+
+    def _fetched(self, key: str, task: asyncio.Task) -> None:
+        self._inflight.pop(key, None)
+        if not task.cancelled():
+            # Every caller may have left (its deadline passed) before the fetch failed: read the
+            # failure here, or asyncio logs "Task exception was never retrieved" at ERROR.
+            task.exception()
 
     def invalidate(self, request: TokenRequest, token: Secret) -> None:
         """Forget `token` (the SMTP server refused it); the next `token` call fetches anew."""

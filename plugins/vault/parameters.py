@@ -67,6 +67,8 @@ PARAMETERS: tuple[Parameter, ...] = (
 )
 
 _BY_NAME = {p.name: p for p in PARAMETERS}
+# What an HTTP header value can carry as it is: Token and Namespace travel as X-Vault-* headers.
+_HEADER_VALUE = re.compile(r"[\x21-\x7e]+")
 
 
 @dataclass(frozen=True)
@@ -187,10 +189,14 @@ def parse_settings(initialization: Mapping[str, InitializationValue]) -> Setting
         raise BadParameters(f"Path {_text(initialization, 'Path')!r} means KV version {implied}, "
                             f"but KvVersion is {kv_version}", "KvVersion")
     namespace = _text(initialization, "Namespace")
+    token = _secret(initialization, "Token")
+    for name, value in (("Token", token.reveal() if token else None), ("Namespace", namespace)):
+        if value is not None and not _HEADER_VALUE.fullmatch(value):
+            raise BadParameters(f"{name} must be printable ASCII without spaces (it is sent as an HTTP header)", name)
     return Settings(
         host=host,
         auth_method=method,
-        token=_secret(initialization, "Token"),
+        token=token,
         role_id=_text(initialization, "RoleId"),
         secret_id=_secret(initialization, "SecretId"),
         role=_text(initialization, "Role"),
