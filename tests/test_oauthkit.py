@@ -11,13 +11,18 @@ import ipaddress
 import ssl
 import time
 import urllib.parse
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
 import pytest
 from authlib.integrations.base_client.errors import OAuthError
-from authlib.integrations.httpx_client import OAuth2Client
+
+with warnings.catch_warnings():
+    # Authlib announces a rename of its httpx integration on import; the client works as before.
+    warnings.simplefilter("ignore")
+    from authlib.integrations.httpx_client import OAuth2Client
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
