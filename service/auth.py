@@ -32,7 +32,7 @@ ADMIN = "admin"
 ADMIN_TOKEN_NAME = "admin.token"
 TOKEN_PREFIX = "sct_"
 _BEARER = "bearer "
-_URI_IDENTITY = re.compile(r"^[a-z][a-z0-9+.-]*://\S+$")
+_URI_IDENTITY = re.compile(r"^[a-z][a-z0-9+.-]*://\S+\Z")
 
 
 def new_token() -> str:

@@ -47,7 +47,7 @@ REQUEST_ID = "x-request-id"
 # Audit records of refused calls that carry no identity at all, per second (and burst).
 ANONYMOUS_RECORDS_PER_SECOND = 10.0
 ANONYMOUS_RECORDS_BURST = 100
-_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}\Z")
 # Request ids the server makes: unique per process start, then a counter (cheaper than random
 # bytes per call; they only need to tell calls apart, not be unguessable).
 _ID_PREFIX = os.urandom(4).hex() + "-"

@@ -21,7 +21,7 @@ from service.settings import _PLAIN_IDENTITY
 from smtpconfig.v2 import audit_service_pb2 as pb
 from smtpconfig.v2 import audit_service_pb2_grpc as pb_grpc
 
-_AGO = re.compile(r"^(\d+)([smhd])$")
+_AGO = re.compile(r"^(\d+)([smhd])\Z")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 

@@ -34,7 +34,7 @@ BUILTINS: dict[str, str] = {
     "exec": "plugins.exec",
 }
 
-_TYPE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_TYPE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 
 
 class PluginError(FailedPrecondition):

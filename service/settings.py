@@ -171,9 +171,9 @@ PERMISSIONS = (
 ALL_PERMISSIONS = "*"
 # Token and Unix socket identities are plain names, so they never look like a certificate's
 # identity (a URI, dns:NAME or cn:NAME).
-_PLAIN_IDENTITY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
-_CERT_IDENTITY = re.compile(r"^(dns:|cn:|[a-z][a-z0-9+.-]*://)\S+$")
-_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_PLAIN_IDENTITY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}\Z")
+_CERT_IDENTITY = re.compile(r"^(dns:|cn:|[a-z][a-z0-9+.-]*://)\S+\Z")
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}\Z")
 _LEVELS = ("debug", "info", "warning", "error")
 
 
