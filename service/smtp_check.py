@@ -86,9 +86,13 @@ def abandon(exchange: Exchange) -> None:
 class _Pinned(smtplib.SMTP):
     """Dials a checked address while TLS still verifies the profile's host name."""
 
-    def __init__(self, host: str, addresses: tuple[str, ...], timeout: float, context: ssl.SSLContext | None) -> None:
+    def __init__(
+        self, host: str, addresses: tuple[str, ...], timeout: float, context: ssl.SSLContext | None,
+        abandoned: threading.Event | None = None,
+    ) -> None:
         self._addresses = addresses
         self._implicit = context
+        self._abandoned = abandoned or threading.Event()
         super().__init__(timeout=timeout)
         self._host = host  # what smtplib's STARTTLS verifies the certificate against
 
@@ -100,6 +104,12 @@ class _Pinned(smtplib.SMTP):
             except OSError as error:
                 last = error
                 continue
+            # Published before the check, as `abandon` sets its flag before it looks for a socket:
+            # whichever comes second sees the other, so an abandoned dial never reads a banner.
+            self.sock = sock
+            if self._abandoned.is_set():
+                sock.close()
+                raise OSError("the test was abandoned by its caller")
             if self._implicit is not None:
                 try:
                     return self._implicit.wrap_socket(sock, server_hostname=self._host)
@@ -114,7 +124,9 @@ def run(exchange: Exchange) -> list[Step]:
     """Run the exchange, appending steps to `exchange.steps`; stop at the first failure."""
     implicit = exchange.use_ssl and exchange.port in exchange.implicit_tls_ports
     started = time.monotonic()
-    client = _Pinned(exchange.host, exchange.addresses, exchange.timeout, exchange.context if implicit else None)
+    client = _Pinned(
+        exchange.host, exchange.addresses, exchange.timeout, exchange.context if implicit else None, exchange.abandoned
+    )
     exchange.client = client
     if exchange.abandoned.is_set():
         return exchange.steps
