@@ -127,11 +127,3 @@ class AuditLog:
         """Delete records older than `keep_days`; returns how many went."""
         now = now or datetime.now(timezone.utc)
         return await self._store.prune_audit(micros(now - timedelta(days=keep_days)))
-
-
-def record_entry(
-    *, identity: str, method: str, request_id: str, outcome: str,
-    fields: Sequence[str] = (), provider: int = 0, message: str = "",
-) -> AuditEntry:
-    """The stored form of a record made now (for changes that carry their record)."""
-    return encode(identity, method, request_id, outcome, fields, provider, message)

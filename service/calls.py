@@ -34,9 +34,9 @@ from typing import Awaitable, Callable, Mapping, Sequence, TypeVar
 
 import grpc
 
-from service.audit import AuditLog, encode, record_entry
+from service.audit import AuditLog, encode
 from service.auth import Authenticator, Policy
-from service.errors import DeadlineExceeded, PermissionDenied, ResourceExhausted, SmtpConfigError
+from service.errors import DeadlineExceeded, ResourceExhausted, SmtpConfigError
 from service.limits import RateLimiter
 from service.logs import CALL
 from service.status import DETAILS_KEY, to_rpc_status
@@ -71,10 +71,7 @@ class Call:
     def change_record(self, fields: Sequence[str] = (), provider: int = 0):
         """The audit entry a change stores together with itself (outcome OK)."""
         self.fields, self.provider, self.recorded = tuple(fields), provider, True
-        return record_entry(
-            identity=self.identity, method=self.method, request_id=self.request_id,
-            outcome="OK", fields=self.fields, provider=provider, message=self.message,
-        )
+        return encode(self.identity, self.method, self.request_id, "OK", self.fields, provider, self.message)
 
     def note(self, *, fields: Sequence[str] = (), provider: int = 0, message: str = "") -> None:
         """What the audit record of this call should name besides who, when and the outcome."""
@@ -132,8 +129,7 @@ class Guard:
             try:
                 identity = self._authenticator.identify(context, metadata)
                 call.identity = identity.name
-                if not self._policy.allows(identity.name, spec.permission):
-                    raise PermissionDenied(f"{identity.name!r} does not have the {spec.permission} permission")
+                self._policy.check(identity, spec.permission)
                 if spec.limit is not None:
                     wait = self._limiters[spec.limit].acquire(identity.name)
                     if wait:

@@ -90,6 +90,7 @@ class App:
         self._health_server: grpc.aio.Server | None = None
         self._readiness: asyncio.Task | None = None
         self._audit: AuditLog | None = None
+        self._ready: bool | None = None
         self.metrics = Metrics()
         self.metrics_port: int | None = None
         self.health_port: int | None = None
@@ -237,8 +238,10 @@ class App:
         except Exception as error:  # noqa: BLE001 - any failure means not ready
             log.warning("the store is not reachable (%s); health says NOT_SERVING", type(error).__name__)
             ready = False
-        for name in ("",) + SERVICE_NAMES:
-            await self._health.set(name, _SERVING if ready else _NOT_SERVING)
+        if ready != self._ready:  # health watchers hear of changes only, not of every check
+            self._ready = ready
+            for name in ("",) + SERVICE_NAMES:
+                await self._health.set(name, _SERVING if ready else _NOT_SERVING)
         return ready
 
     async def _follow_readiness(self) -> None:
