@@ -67,6 +67,8 @@ class Call:
     message: str = ""
     # The change wrote its record itself, atomically with the change.
     recorded: bool = False
+    # The policy, once the caller is identified: `holds` asks it only when a method wants to know.
+    policy: Policy | None = None
 
     def change_record(self, fields: Sequence[str] = (), provider: int = 0):
         """The audit entry a change stores together with itself (outcome OK)."""
@@ -76,6 +78,11 @@ class Call:
     def note(self, *, fields: Sequence[str] = (), provider: int = 0, message: str = "") -> None:
         """What the audit record of this call should name besides who, when and the outcome."""
         self.fields, self.provider, self.message = tuple(fields), provider, message
+
+    def holds(self, permission: str) -> bool:
+        """Whether the caller also holds `permission`, for methods whose answer depends on more
+        than the permission they need (which the guard has checked already)."""
+        return self.policy is not None and self.policy.allows(self.identity, permission)
 
 
 def current() -> Call | None:
@@ -130,6 +137,7 @@ class Guard:
                 identity = self._authenticator.identify(context, metadata)
                 call.identity = identity.name
                 self._policy.check(identity, spec.permission)
+                call.policy = self._policy
                 if spec.limit is not None:
                     wait = self._limiters[spec.limit].acquire(identity.name)
                     if wait:
@@ -158,7 +166,8 @@ class Guard:
                 log.info("%s refused: %s %s", name, code, message)
                 if spec.audit and self._worth_recording(call, code):
                     try:
-                        await self._record(call, code, message)
+                        # What the method noted before it refused (a test's destinations) stays on record.
+                        await self._record(call, code, f"{call.message}: {message}" if call.message else message)
                     except Exception as failure:  # noqa: BLE001 - the refusal still goes out as it is
                         log.error("%s: the audit record of a refused call could not be written (%s)", name, type(failure).__name__)
                 await context.abort(

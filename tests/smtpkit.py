@@ -3,8 +3,8 @@
 `SmtpServer` speaks plaintext, STARTTLS or implicit TLS with certificates from `tests.testca`,
 authenticates AUTH PLAIN and LOGIN against a credentials dict and XOAUTH2 through a
 `bearer_check(user, token)` callable, and records what it saw: every message (envelope and parsed
-headers) and every AUTH attempt (mechanism, user name, outcome, whether the connection was
-encrypted). Passwords and tokens are checked and dropped, never recorded or logged.
+headers), every AUTH attempt (mechanism, user name, outcome, whether the connection was
+encrypted) and how many connections it accepted. Passwords and tokens are checked and dropped, never recorded or logged.
 
     with SmtpServer("starttls", credentials={"relay": "pw"}) as smtp:
         ...  # the code under test connects to smtp.host:smtp.port, trusting smtp.certs.ca
@@ -102,6 +102,13 @@ class _RecordingSMTP(SMTP):
     def _create_session(self) -> Session:
         return _QuietSession(self.loop)
 
+    def connection_made(self, transport: Any) -> None:
+        # aiosmtpd calls this again on the TLS transport after STARTTLS: one connection, counted once.
+        fresh = self._original_transport is None
+        super().connection_made(transport)
+        if fresh:
+            self.event_handler.record_connection()
+
     @syntax("AUTH <mechanism>")
     async def smtp_AUTH(self, arg: str) -> None:
         assert self.session is not None
@@ -119,6 +126,10 @@ class _Handler:
 
     def record_auth(self, attempt: AuthAttempt) -> None:
         self._owner._record(self._owner._auth_attempts, attempt)
+
+    def record_connection(self) -> None:
+        with self._owner._lock:
+            self._owner._connections += 1
 
     def _failure(self, mechanism: str) -> str:
         return self._owner.auth_failure_replies.get(mechanism, DEFAULT_FAILURE_REPLY)
@@ -307,6 +318,7 @@ class SmtpServer:
         self._lock = threading.Condition()
         self._messages: list[ReceivedMessage] = []
         self._auth_attempts: list[AuthAttempt] = []
+        self._connections = 0
 
         context = _server_context(certs) if certs is not None and mode != "plain" else None
         self._sock = _listening_socket(host)
@@ -343,6 +355,12 @@ class SmtpServer:
         with self._lock:
             return list(self._auth_attempts)
 
+    @property
+    def connections(self) -> int:
+        """Connections accepted since `start()` returned (for "refused before dialling" tests)."""
+        with self._lock:
+            return self._connections
+
     def wait_for_message(self, timeout: float = 5.0, count: int = 1) -> ReceivedMessage:
         """Block until `count` messages have arrived and return the `count`-th."""
         with self._lock:
@@ -358,6 +376,10 @@ class SmtpServer:
             self._cleanup_certs()
             raise
         self._started = True
+        with self._lock:
+            # The controller's own wake-up connection has been served by now (it read the
+            # banner): it is not one of the connections a test asks about.
+            self._connections = 0
         return self
 
     def stop(self) -> None:
