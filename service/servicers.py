@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import grpc
 
 from service import convert
 from service import calls
+from service import reach
 from service.apply import Applier, succeeded
 from service.calls import Guard, rpc
-from service.errors import FailedPrecondition, InvalidArgument, Unavailable
+from service.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from service.smtp_check import FAILED, OK, SKIPPED, Step
-from service.model import FIELDS, V1_FIELDS
+from service.model import FIELDS, V1_FIELDS, Profile
 from service.profiles import ProfileService, StoredProfile, parse_mask
 from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
@@ -39,6 +42,8 @@ def _mask(request, allowed) -> tuple[frozenset[str] | None, list]:
     return parse_mask(request.update_mask.paths, allowed)
 
 
+Shown = TypeVar("Shown", v1.SmtpProfile, v2.SmtpProfile)
+
 _OUTCOMES = {OK: v2.STEP_OUTCOME_OK, FAILED: v2.STEP_OUTCOME_FAILED, SKIPPED: v2.STEP_OUTCOME_SKIPPED}
 
 
@@ -49,10 +54,37 @@ def _step_to_v2(step: Step) -> v2.TestStep:
     )
 
 
-def _note_test(request, steps: list[Step]) -> None:
+def _note_test(request, profile: Profile, steps: list[Step] | None = None) -> None:
+    """The test's record: which profile, its destinations and the credentials it takes from
+    providers; once it ran, the recipient (checked by then) and how it ended."""
     what = "the request's profile" if request.HasField("profile") else "the stored profile"
+    named = reach.named_credentials(profile)
+    taken = "; ".join(f"{field} from {origin}" for field, origin in named.items()) or "no provider references"
+    where = f"via {reach.destinations(profile)} ({taken})"
+    if steps is None:
+        calls.current().note(fields=list(named), message=f"test of {what} {where}")
+        return
     ending = "sent" if succeeded(steps) else f"{steps[-1].name} step failed"
-    calls.current().note(message=f"test of {what} to {request.test_recipient}: {ending}")
+    calls.current().note(fields=list(named), message=f"test of {what} to {request.test_recipient} {where}: {ending}")
+
+
+def _check_reach(request, profile: Profile, profiles: ProfileService) -> None:
+    """Put the test's destinations on its record, then refuse a candidate profile that would send
+    credentials the caller did not type anywhere but the stored profile's destinations."""
+    _note_test(request, profile)
+    if not request.HasField("profile"):
+        return  # the stored profile goes to its own destinations
+    try:
+        stored: Profile | None = profiles.get().profile
+    except NotFound:
+        stored = None
+    reach.check_test_reach(profile, stored, calls.current().holds(reach.RESOLVE))
+
+
+def _readable(profile: Shown) -> Shown | None:
+    """UpdateSmtp's reply shows the profile only to callers who may read it: smtp:modify alone
+    writes blind."""
+    return profile if calls.current().holds("smtp:read") else None
 
 
 class ConfigServiceV2(v2_grpc.ConfigServiceServicer):
@@ -87,7 +119,7 @@ class ConfigServiceV2(v2_grpc.ConfigServiceServicer):
             convert.draft_from_v2(request.profile), mask=mask, etag=request.etag, audit=calls.current().change_record
         )
         return v2.UpdateSmtpResponse(
-            profile=convert.profile_to_v2(stored.profile),
+            profile=_readable(convert.profile_to_v2(stored.profile)),
             etag=stored.etag,
             update_time=convert.timestamp(stored.updated_at),
         )
@@ -98,8 +130,9 @@ class ConfigServiceV2(v2_grpc.ConfigServiceServicer):
             profile = self._profiles.check(convert.draft_from_v2(request.profile))
         else:
             profile = self._profiles.get().profile
+        _check_reach(request, profile, self._profiles)
         steps = await self._applier.test(profile, request.test_recipient)
-        _note_test(request, steps)
+        _note_test(request, profile, steps)
         return v2.TestSmtpResponse(success=succeeded(steps), steps=[_step_to_v2(s) for s in steps])
 
     @rpc("smtp:resolve", audit=True, limit="resolve")
@@ -158,7 +191,7 @@ class ConfigServiceV1(v1_grpc.ConfigServiceServicer):
             draft, mask=mask, etag=request.etag, earlier=v1_problems, audit=calls.current().change_record
         )
         return v1.UpdateSmtpResponse(
-            profile=convert.profile_to_v1(stored.profile),
+            profile=_readable(convert.profile_to_v1(stored.profile)),
             etag=stored.etag,
             update_time=convert.timestamp(stored.updated_at),
         )
@@ -170,10 +203,12 @@ class ConfigServiceV1(v1_grpc.ConfigServiceServicer):
             profile = self._profiles.check(draft, problems)
         else:
             profile = self._profiles.get().profile
+        _check_reach(request, profile, self._profiles)
         steps = await self._applier.test(profile, request.test_recipient)
-        _note_test(request, steps)
         if not succeeded(steps):
+            # The record keeps the destinations noted above and adds this error, which names the step.
             failed = steps[-1]
             text = f"{failed.name} step failed: {failed.message}" + (f" ({failed.hint})" if failed.hint else "")
             raise (Unavailable if failed.name == "connect" else FailedPrecondition)(text)
+        _note_test(request, profile, steps)
         return v1.TestSmtpResponse(profile=convert.profile_to_v1(profile), test_recipient=request.test_recipient)
