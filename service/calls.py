@@ -166,8 +166,7 @@ class Guard:
                 log.info("%s refused: %s %s", name, code, message)
                 if spec.audit and self._worth_recording(call, code):
                     try:
-                        # What the method noted before it refused (a test's destinations) stays on record.
-                        await self._record(call, code, f"{call.message}: {message}" if call.message else message)
+                        await self._record(call, code, _after_note(call, message))
                     except Exception as failure:  # noqa: BLE001 - the refusal still goes out as it is
                         log.error("%s: the audit record of a refused call could not be written (%s)", name, type(failure).__name__)
                 await context.abort(
@@ -195,7 +194,9 @@ class Guard:
             if spec.audit and not call.recorded:
                 # The caller gave up or its deadline passed; what was started is still on record.
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(self._record(call, "CANCELLED", "the caller cancelled or its deadline passed"))
+                    await asyncio.shield(
+                        self._record(call, "CANCELLED", _after_note(call, "the caller cancelled or its deadline passed"))
+                    )
             raise
         except Exception as error:  # noqa: BLE001 - the last line of defence for callers
             if context.done():
@@ -233,6 +234,12 @@ class Guard:
         await self._audit.append_entry(
             encode(call.identity, call.method, call.request_id, outcome, call.fields, call.provider, message), outcome
         )
+
+
+def _after_note(call: Call, message: str) -> str:
+    """A call that ended early keeps on record what its method noted so far (a test's
+    destinations), followed by how it ended."""
+    return f"{call.message}: {message}" if call.message else message
 
 
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable])

@@ -4,7 +4,8 @@
 authenticates AUTH PLAIN and LOGIN against a credentials dict and XOAUTH2 through a
 `bearer_check(user, token)` callable, and records what it saw: every message (envelope and parsed
 headers), every AUTH attempt (mechanism, user name, outcome, whether the connection was
-encrypted) and how many connections it accepted. Passwords and tokens are checked and dropped, never recorded or logged.
+encrypted) and how many connections it accepted. Passwords and tokens are checked and dropped,
+never recorded or logged.
 
     with SmtpServer("starttls", credentials={"relay": "pw"}) as smtp:
         ...  # the code under test connects to smtp.host:smtp.port, trusting smtp.certs.ca

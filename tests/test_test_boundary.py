@@ -40,6 +40,7 @@ from tests.applykit import (
 from tests.oauthkit import TokenEndpoint
 from tests.smtpkit import SmtpServer
 from tests.support import token_channel
+from tests.test_limits import SilentListener, wait_until
 
 __all__ = ["net"]  # a fixture, imported for pytest
 
@@ -97,14 +98,14 @@ class World:
     def channel(self, identity: str, service: Service | None = None) -> grpc.Channel:
         return token_channel((service or self.svc).server.target, self.tokens[identity])
 
-    def test_v2(self, identity: str, doc: dict[str, Any] | None, service: Service | None = None):
+    def test_v2(self, identity: str, doc: dict[str, Any] | None, service: Service | None = None, timeout: float = 30):
         """TestSmtp v2 as `identity`: the reply, or the RpcError."""
         request = v2.TestSmtpRequest(test_recipient=RECIPIENT)
         if doc is not None:
             request.profile.CopyFrom(v2_profile(doc))
         with self.channel(identity, service) as channel:
             try:
-                reply = v2_grpc.ConfigServiceStub(channel).TestSmtp(request, timeout=30)
+                reply = v2_grpc.ConfigServiceStub(channel).TestSmtp(request, timeout=timeout)
             except grpc.RpcError as error:
                 self.seen.extend(error_blobs(error))
                 return error
@@ -330,6 +331,19 @@ def test_every_test_record_names_the_references_and_destinations(world: World) -
     assert list(record.fields) == ["RelayPassword"]
     assert f"RelayPassword from provider {FILES_PROVIDER}" in record.message
     assert f"relay {world.relay.host}:{world.relay.port}" in record.message
+
+
+def test_an_abandoned_test_keeps_its_destinations_on_record(world: World) -> None:
+    world.store_basic()
+    with SilentListener() as silent:  # accepts, never greets: the test waits until the caller gives up
+        doc = basic(world.relay, Port=silent.port, RelayPassword={"SecretValue": OWN_PASSWORD})
+        error = world.test_v2("tester", doc, timeout=0.5)
+        assert isinstance(error, grpc.RpcError) and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # The record of a cancelled call is written just after the caller heard of its deadline.
+    wait_until(lambda: world.last_test_record("tester").outcome == "CANCELLED", timeout=5)
+    record = world.last_test_record("tester")
+    assert f"relay {world.relay.host}:{silent.port} (no provider references)" in record.message
+    assert "cancelled" in record.message
 
 
 def test_no_planted_value_reaches_a_reply_a_record_or_a_log_line(world: World) -> None:
