@@ -27,9 +27,11 @@ RESOLVE = "smtp:resolve"
 # Keyfactor names of the destinations each kind of credential reaches. OAuth needs the relay too:
 # the access token obtained with the client credentials is sent there, and an access token is
 # exactly what smtp:resolve reveals.
+# UseSSL stands with them: the same host and port without TLS hands the credential to anyone on
+# the path, so a test may keep or add TLS but never drop what the stored profile asks for.
 _DESTINATIONS = {
-    AuthType.BASIC: ("Host", "Port"),
-    AuthType.OAUTH_CLIENT_CREDENTIALS: ("TokenEndpoint", "Host", "Port"),
+    AuthType.BASIC: ("Host", "Port", "UseSSL"),
+    AuthType.OAUTH_CLIENT_CREDENTIALS: ("TokenEndpoint", "Host", "Port", "UseSSL"),
 }
 
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
@@ -77,6 +79,7 @@ def _differing(candidate: Profile, stored: Profile) -> list[str]:
     same = {
         "Host": lambda: same_host(candidate.host, stored.host),
         "Port": lambda: candidate.port == stored.port,
+        "UseSSL": lambda: candidate.use_ssl or not stored.use_ssl,
         "TokenEndpoint": lambda: bool(stored.token_endpoint)
         and same_endpoint(candidate.token_endpoint, stored.token_endpoint),
     }

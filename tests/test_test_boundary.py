@@ -228,6 +228,15 @@ def test_a_referenced_relay_password_never_reaches_the_callers_relay(world: Worl
         assert evil.connections == 0 and evil.auth_attempts == [], "the attacker's relay was dialled"
 
 
+def test_a_referenced_relay_password_never_goes_out_without_the_stored_tls(world: World) -> None:
+    # Same host and port, TLS dropped: with allow_plaintext_auth the password would cross the
+    # network in clear text, so the stored profile's UseSSL binds a named credential too.
+    stored = world.store_basic()
+    assert stored["UseSSL"] is True
+    outcome = world.test_v2("tester", {**stored, "UseSSL": False})
+    expect_denied(outcome, "RelayPassword", "UseSSL differs")
+
+
 def test_a_referenced_credential_is_refused_when_no_profile_is_stored(world: World) -> None:
     with attacker_relay(world) as evil:
         outcome = world.test_v2("tester", basic(evil, RelayPassword=ref("smtp-password")), service=world.empty)
