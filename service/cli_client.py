@@ -81,7 +81,7 @@ def _admin_token_for(target: str) -> str | None:
     """The admin token, only for the socket in the directory it lies in, and only when one user
     owns both. A TCP port or a socket elsewhere may belong to anyone on this machine; a token file
     that is a link, or owned by someone else than the socket's owner, is not that server's; in a
-    directory others may write to, either could be swapped after the check."""
+    directory everyone may write to, the socket could be swapped after the check."""
     if target.startswith("unix://"):
         socket_path = Path(target[len("unix://"):])
     elif target.startswith("unix:"):
@@ -92,7 +92,10 @@ def _admin_token_for(target: str) -> str | None:
         directory, server = socket_path.parent.stat(), socket_path.lstat()
     except OSError:
         return None
-    if not stat.S_ISSOCK(server.st_mode) or directory.st_mode & 0o022:
+    # Anyone may rename entries of a world-writable directory without the sticky bit. (A group
+    # may, too; but Kubernetes makes an fsGroup volume group-writable, and that group is the pod's.)
+    shared = directory.st_mode & stat.S_IWOTH and not directory.st_mode & stat.S_ISVTX
+    if not stat.S_ISSOCK(server.st_mode) or shared:
         return None
     try:
         # The file opened is the file checked: no link followed, no FIFO waited on.

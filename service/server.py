@@ -45,7 +45,7 @@ from service.provider_servicer import SecretProviderServiceV2
 from service.oauth import TokenClient
 from service.resolver import Resolver
 from service.servicers import ConfigServiceV1, ConfigServiceV2
-from service.settings import ALL_PERMISSIONS, Settings, split_address
+from service.settings import ALL_PERMISSIONS, DATABASE_NAME, Settings, split_address
 from service.store.sqlite import SqliteStore
 from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
@@ -104,6 +104,7 @@ class App:
             env_value=os.environ.get("SMTPCONFIG_KEY"),
             key_file=settings.key_path,
             create=settings.key_is_generated,
+            sealed_data=settings.data_dir / DATABASE_NAME,
         )
         sealer = Sealer(key)
         if settings.tls_cert_file is not None and settings.tls_key_file is not None:

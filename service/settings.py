@@ -16,6 +16,7 @@ DEFAULT_DATA_DIR = Path("smtpconfig-data")
 DEFAULT_LISTEN = "127.0.0.1:2587"
 SOCKET_NAME = "smtpconfig.sock"
 KEY_NAME = "secret.key"
+DATABASE_NAME = "smtpconfig.db"  # as SqliteStore names it; its values are sealed with the key
 _MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes including the terminating NUL
 
 
