@@ -133,6 +133,30 @@ def test_a_client_certificate_the_ca_did_not_issue_for_clients_fails_the_handsha
     assert "PRIVATE KEY" not in text
 
 
+def test_a_certificate_name_with_bidirectional_controls_is_no_identity(
+    root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # "reader\u202e" shows as "reader" in a log line or an audit record; the policy could never
+    # name it (settings refuse such identities), so the caller is not identified at all.
+    caplog.set_level(logging.DEBUG, logger="service")
+    ca = TestCA(root / "ca")
+    server_cert = ca.issue("server")
+    spoof = ca.issue_client("spoof", "reader\u202e")  # a CN and no SANs: the CN is its only name
+    server = ServerThread(
+        root / "data", tls_cert_file=server_cert.cert, tls_key_file=server_cert.key, tls_client_ca_file=ca.path,
+        policy=(("cn:reader", ("providers:read",)),),
+    ).start()
+    try:
+        with grpc.secure_channel(server.target, credentials(ca.path, spoof), options=LOCAL_ONLY) as channel:
+            with pytest.raises(grpc.RpcError) as refused:
+                pb_grpc.SecretProviderServiceStub(channel).ListProviders(pb.ListProvidersRequest(), timeout=10)
+    finally:
+        server.stop()
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "the client certificate's names must not contain bidirectional control" in refused.value.details()
+    assert "\u202e" not in caplog.text
+
+
 # --- certificate replacement --------------------------------------------------------------------
 
 
