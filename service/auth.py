@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from service.bidi import RULE as BIDI_RULE, has_bidi_control
 from service.errors import FailedPrecondition, PermissionDenied, Unauthenticated
 from service.settings import ALL_PERMISSIONS, PERMISSIONS
 
@@ -151,6 +152,10 @@ class Authenticator:
         names += ["cn:" + v.decode() for v in auth.get("x509_common_name", ())]
         if not names:  # TLS without a client certificate (server-side TLS only)
             return None
+        # Such a name could pass for another in logs and audit records; the policy names none.
+        names = [name for name in names if not has_bidi_control(name)]
+        if not names:
+            raise Unauthenticated(f"the client certificate's names {BIDI_RULE}")
         for name in names:
             if self._policy.names(name):
                 return Identity(name, "certificate")

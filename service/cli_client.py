@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,9 @@ class CliError(Exception):
 
 
 def default_target(env: dict[str, str] | None = None) -> str:
+    """SMTPCONFIG_TARGET, else the data directory's socket. Never a TCP address by guesswork: while
+    the server is down any local user can listen on its port and read what the CLI sends (a
+    profile carries passwords), so with no socket the CLI stops and says what to give it."""
     env = dict(os.environ) if env is None else env
     if env.get("SMTPCONFIG_TARGET"):
         return env["SMTPCONFIG_TARGET"]
@@ -33,8 +37,11 @@ def default_target(env: dict[str, str] | None = None) -> str:
     socket = Path(env.get("SMTPCONFIG_UNIX_SOCKET") or data_dir / settings_mod.SOCKET_NAME)
     if socket.exists():
         return f"unix:{socket.absolute()}"
-    listen = [a for a in env.get("SMTPCONFIG_LISTEN", "").split(",") if a.strip()]
-    return listen[0].strip() if listen else settings_mod.DEFAULT_LISTEN
+    raise CliError(
+        f"no server socket at {socket.absolute()}: is the server running (make run)? To reach a TCP"
+        " address give --target (SMTPCONFIG_TARGET) and a token (--token-file, SMTPCONFIG_TOKEN_FILE"
+        " or SMTPCONFIG_TOKEN)"
+    )
 
 
 def add_connection_args(parser: argparse.ArgumentParser, timeout: float = 10.0) -> None:
@@ -42,13 +49,13 @@ def add_connection_args(parser: argparse.ArgumentParser, timeout: float = 10.0) 
     parser.add_argument(
         "--target",
         help="server address: host:port or unix:PATH (env SMTPCONFIG_TARGET; default: the data"
-        " directory's socket, else 127.0.0.1:2587)",
+        " directory's socket)",
     )
     parser.add_argument("--timeout", type=float, default=timeout, help="seconds to wait for an answer")
     parser.add_argument(
         "--token-file",
         help="file holding a bearer token (env SMTPCONFIG_TOKEN_FILE, or the token itself in"
-        " SMTPCONFIG_TOKEN; default: admin.token beside the server's socket or in the data directory)",
+        " SMTPCONFIG_TOKEN; default: over the data directory's own socket only, the admin.token beside it)",
     )
     parser.add_argument("--ca", help="CA bundle to verify the server's TLS certificate (env SMTPCONFIG_TLS_CA)")
     parser.add_argument("--cert", help="client certificate for mTLS (env SMTPCONFIG_TLS_CERT)")
@@ -57,7 +64,7 @@ def add_connection_args(parser: argparse.ArgumentParser, timeout: float = 10.0) 
 
 def find_token(args: argparse.Namespace, target: str, env: dict[str, str] | None = None) -> str | None:
     """The bearer token to send: named, from the environment, or the embedded default's admin
-    token found where the server keeps it."""
+    token when the target is its own data directory's socket (see `_admin_token_for`)."""
     env = dict(os.environ) if env is None else env
     named = getattr(args, "token_file", None) or env.get("SMTPCONFIG_TOKEN_FILE")
     if named:
@@ -67,18 +74,39 @@ def find_token(args: argparse.Namespace, target: str, env: dict[str, str] | None
             raise CliError(f"cannot read the token file {named}: {error.strerror}", EXIT_BAD_INPUT) from None
     if env.get("SMTPCONFIG_TOKEN"):
         return env["SMTPCONFIG_TOKEN"].strip()
-    if not _local(target):
-        return None  # the embedded default's admin token is for this machine's server only
-    places = []
-    if target.startswith("unix:"):
-        places.append(Path(target[len("unix:"):]).parent / ADMIN_TOKEN_NAME)
-    places.append(Path(env.get("SMTPCONFIG_DATA_DIR") or settings_mod.DEFAULT_DATA_DIR) / ADMIN_TOKEN_NAME)
-    for place in places:
-        try:
-            return place.read_text(encoding="utf-8").strip()
-        except OSError:
-            continue
-    return None
+    return _admin_token_for(target)
+
+
+def _admin_token_for(target: str) -> str | None:
+    """The admin token, only for the socket in the directory it lies in, and only when one user
+    owns both. A TCP port or a socket elsewhere may belong to anyone on this machine; a token file
+    that is a link, or owned by someone else than the socket's owner, is not that server's; in a
+    directory everyone may write to, the socket could be swapped after the check."""
+    if target.startswith("unix://"):
+        socket_path = Path(target[len("unix://"):])
+    elif target.startswith("unix:"):
+        socket_path = Path(target[len("unix:"):])
+    else:
+        return None
+    try:
+        directory, server = socket_path.parent.stat(), socket_path.lstat()
+    except OSError:
+        return None
+    # Anyone may rename entries of a world-writable directory without the sticky bit. (A group
+    # may, too; but Kubernetes makes an fsGroup volume group-writable, and that group is the pod's.)
+    shared = directory.st_mode & stat.S_IWOTH and not directory.st_mode & stat.S_ISVTX
+    if not stat.S_ISSOCK(server.st_mode) or shared:
+        return None
+    try:
+        # The file opened is the file checked: no link followed, no FIFO waited on.
+        fd = os.open(socket_path.parent / ADMIN_TOKEN_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as file:
+        held = os.fstat(fd)
+        if not stat.S_ISREG(held.st_mode) or held.st_uid != server.st_uid:
+            return None
+        return file.read(4096).decode("utf-8", "replace").strip() or None
 
 
 def _channel(args: argparse.Namespace, target: str) -> grpc.Channel:
@@ -136,7 +164,8 @@ def explain(error: grpc.RpcError, target: str) -> CliError:
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return CliError(
             f"UNAUTHENTICATED: {error.details()}\n  give a token with --token-file or SMTPCONFIG_TOKEN_FILE,"
-            " or a client certificate with --ca, --cert and --key"
+            " or a client certificate with --ca, --cert and --key (the admin token goes on its own"
+            " only over the data directory's Unix socket)"
         )
     lines = [f"{code.name}: {error.details()}"] if code != grpc.StatusCode.INVALID_ARGUMENT else []
     for key, value in error.trailing_metadata() or ():

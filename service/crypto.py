@@ -95,8 +95,9 @@ def decode_key(text: str, source: str) -> bytes:
     return key
 
 
-def load_key(*, env_value: str | None, key_file: Path, create: bool) -> bytes:
-    """Find the key: the env value wins, else `key_file`, created with mode 0600 when `create`."""
+def load_key(*, env_value: str | None, key_file: Path, create: bool, sealed_data: Path | None = None) -> bytes:
+    """Find the key: the env value wins, else `key_file`, created with mode 0600 when `create` and
+    `sealed_data` (the database that holds values sealed with the key) does not exist yet."""
     if env_value:
         return decode_key(env_value, "SMTPCONFIG_KEY")
     try:
@@ -104,9 +105,18 @@ def load_key(*, env_value: str | None, key_file: Path, create: bool) -> bytes:
     except FileNotFoundError:
         if not create:
             raise KeyProblem(f"key file {key_file} does not exist") from None
+        if sealed_data is not None and sealed_data.exists():
+            # A new key could open nothing in it, and would stand where the right key belongs.
+            raise KeyProblem(
+                f"key file {key_file} is missing but {sealed_data} exists, sealed with that key;"
+                " restore the key file (or give the key in SMTPCONFIG_KEY). Nothing was written"
+            ) from None
         return _create_key_file(key_file)
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning("key file %s is readable by group or others; chmod 600 it", key_file)
+        raise KeyProblem(
+            f"key file {key_file} can be read by others (mode {stat.S_IMODE(mode):04o}); chmod 600 it,"
+            " or give the key in SMTPCONFIG_KEY where files cannot be kept private (see docs/deployment.md)"
+        )
     return decode_key(key_file.read_text(encoding="ascii"), f"key file {key_file}")
 
 

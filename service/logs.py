@@ -8,6 +8,11 @@ It masks what slips through anyway, in the final message and in tracebacks: bear
 authorization header values, ``key=value`` and ``"key": "value"`` pairs whose key names a password,
 secret, token or API key, PEM private key blocks, passwords in URLs, and every value handed to
 `remember_secret` (the resolver hands it each value it fetches).
+
+It masks values, not names. A key whose last part says it holds something *about* a secret
+(``SMTPCONFIG_SECRET_NAME``, ``token_endpoint``, ``password_file``) keeps its value, as do ``PWD``
+and ``OLDPWD`` (directories), and the source lines a traceback quotes keep their code
+(``password = settings.password`` holds no value; a remembered value in one is still masked).
 """
 
 from __future__ import annotations
@@ -49,32 +54,70 @@ def call_fields() -> dict[str, str]:
 
 # --- redaction -----------------------------------------------------------------------------------
 
-_KEY = r"[\w.-]*(?:passw(?:or)?d|passphrase|pwd|secret|token|api[_-]?key|apikey)[\w.-]*"
+# A key is secret-named when it holds one of these words (as a part, or inside one part)...
+_KEY = r"[\w.-]*(?:passw(?:or)?d|passphrase|pwd|secret|token|api[_-]?key|apikey|SMTPCONFIG_KEY)[\w.-]*"
 _QUOTED = r"""(?:"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')"""  # escaped quotes included
 # Quoted, bare, or an opening quote that never closes (a cut-off message): masked to the line end.
 _VALUE = rf"""({_QUOTED}|[^\s,;&}}\])"']+|["'][^\r\n]*)"""
+# ...unless its last part says it holds something about a secret, not the secret: which one
+# (SMTPCONFIG_SECRET_NAME), where (token_endpoint, password_file), or what kind (token_type).
+_DESCRIBING = frozenset({"name", "names", "endpoint", "url", "uri", "path", "file", "type", "ttl", "expiry"})
+# The shell's working directories, not passwords (`pwd` in any other key still is one).
+_WORKING_DIRECTORIES = frozenset({"PWD", "OLDPWD"})
+_WORD = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
 
 
-def _keep_quotes(match: re.Match) -> str:
-    value = match.group(2)
-    quote = value[0] if value[0] in "\"'" else ""
-    return f"{match.group(1)}{quote}{MASK}{quote}"
+def secret_named(key: str) -> bool:
+    """Whether a `key=value` pair's key says its value is a secret."""
+    if key in _WORKING_DIRECTORIES:
+        return False
+    if key.strip("\"'").upper() == "SMTPCONFIG_KEY":  # the key that seals every value at rest
+        return True
+    words = [w.lower() for w in _WORD.findall(key)]
+    if not words or words[-1] in _DESCRIBING:
+        return False
+    joined = "".join(words)
+    return "pwd" in words or any(part in joined for part in ("passwd", "password", "passphrase", "secret", "token", "apikey"))
 
 
-_PATTERNS = (
+def _masking(pattern: re.Pattern, exempt: frozenset[str] = frozenset()):
+    """A replacement for `pattern` (groups: key, separator, value) that masks the value of a
+    secret-named key; any other pair keeps its value, which is searched again for pairs."""
+    def replace(match: re.Match) -> str:
+        key, separator, value = match.group("key", "sep", "value")
+        if key in exempt or not secret_named(key):
+            return key + separator + pattern.sub(replace, value)
+        quote = value[0] if value[0] in "\"'" else ""
+        return f"{key}{separator}{quote}{MASK}{quote}"
+    return replace
+
+
+def _by_name(pattern: str, exempt: frozenset[str] = frozenset()) -> tuple[re.Pattern, Any]:
+    compiled = re.compile(pattern, re.I)
+    return compiled, _masking(compiled, exempt)
+
+
+# Masked by their shape, wherever they are.
+_BY_SHAPE = (
     # Unterminated blocks (a truncated message) are masked to the end.
     (re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----(?:.*?-----END [A-Z0-9 ]*PRIVATE KEY-----|.*)", re.S), MASK),
     # Tokens are long; "bearer token" in prose is not one.
     (re.compile(r"(\bBearer\s+)[\w.~+/-]{16,}=*", re.I), r"\1" + MASK),
+    (re.compile(r"(://[^/\s:@]+:)[^/\s@]+@"), r"\1" + MASK + "@"),
+)
+# Masked by the name they are given: not in the source lines a traceback quotes, where
+# `password = settings.password` names a value and holds none.
+_BY_NAME = (
     (re.compile(r"""(\b(?:proxy-)?authorization["']?\s*[:=]\s*["']?)[^"'\r\n,}]+""", re.I), r"\1" + MASK),
     # key=value always; with a colon only when the key or the value is quoted, so prose such as
     # "token: the endpoint refused" keeps its words.
     # `Secret=` exactly is a secret reference's Keyfactor parameter: a path, which operators need.
-    (re.compile(rf"""(\b(?!(?-i:Secret)\s*=){_KEY}["']?\s*=\s*){_VALUE}""", re.I), _keep_quotes),
-    (re.compile(rf"""(["']{_KEY}["']\s*:\s*){_VALUE}""", re.I), _keep_quotes),
-    (re.compile(rf"""(\b{_KEY}\s*:\s*)({_QUOTED})""", re.I), _keep_quotes),
-    (re.compile(r"(://[^/\s:@]+:)[^/\s@]+@"), r"\1" + MASK + "@"),
+    _by_name(rf"""\b(?P<key>{_KEY})(?P<sep>["']?\s*=\s*)(?P<value>{_VALUE})""", frozenset({"Secret"})),
+    _by_name(rf"""(?P<key>["']{_KEY}["'])(?P<sep>\s*:\s*)(?P<value>{_VALUE})"""),
+    _by_name(rf"""\b(?P<key>{_KEY})(?P<sep>\s*:\s*)(?P<value>{_QUOTED})"""),
 )
+# The line after this one in a formatted traceback is a line of source code.
+_FRAME = re.compile(r'^  File "[^"\n]*", line \d+, in ')
 
 _remembered: OrderedDict[str, None] = OrderedDict()
 _remembered_lock = threading.Lock()
@@ -106,15 +149,37 @@ def forget_secrets() -> None:
         _longest_first = ()
 
 
-def redact(text: str) -> str:
-    """`text` with remembered values and secret-looking parts replaced by ``[REDACTED]``."""
+def redact(text: str, *, traceback: bool = False) -> str:
+    """`text` with remembered values and secret-looking parts replaced by ``[REDACTED]``. With
+    `traceback`, the source lines it quotes keep their names (values found in them are masked)."""
     # Exact values first: a pattern could mask part of one and leave the rest unmatched.
     for value in _longest_first:
         if value in text:
             text = text.replace(value, MASK)
-    for pattern, replacement in _PATTERNS:
+    for pattern, replacement in _BY_SHAPE:
+        text = pattern.sub(replacement, text)
+    if not traceback:
+        return _redact_names(text)
+    return "".join(line if is_source else _redact_names(line) for is_source, line in _source_or_not(text))
+
+
+def _redact_names(text: str) -> str:
+    for pattern, replacement in _BY_NAME:
         text = pattern.sub(replacement, text)
     return text
+
+
+def _source_or_not(text: str) -> list[tuple[bool, str]]:
+    """`text` in runs of lines, each marked whether it is a source line quoted by a traceback."""
+    runs: list[tuple[bool, str]] = []
+    after_frame = False
+    for line in text.splitlines(keepends=True):
+        if after_frame or not runs or runs[-1][0]:
+            runs.append((after_frame, line))
+        else:
+            runs[-1] = (False, runs[-1][1] + line)
+        after_frame = bool(_FRAME.match(line))
+    return runs
 
 
 _EXCEPTION_FORMATTER = logging.Formatter()
@@ -132,9 +197,9 @@ class Redactor(logging.Filter):
         if record.exc_info and not record.exc_text:
             record.exc_text = _EXCEPTION_FORMATTER.formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = redact(record.exc_text)
+            record.exc_text = redact(record.exc_text, traceback=True)
         if record.stack_info:
-            record.stack_info = redact(record.stack_info)
+            record.stack_info = redact(record.stack_info, traceback=True)
         return True
 
 
@@ -173,7 +238,7 @@ class JsonFormatter(logging.Formatter):
         line.update(call_fields())
         if record.exc_info and record.exc_info[0] is not None:
             line["exc_type"] = record.exc_info[0].__name__
-            line["exc_info"] = record.exc_text or redact(self.formatException(record.exc_info))
+            line["exc_info"] = record.exc_text or redact(self.formatException(record.exc_info), traceback=True)
         if record.stack_info:
             line["stack_info"] = record.stack_info
         return json.dumps(line)

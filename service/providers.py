@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
+from service.bidi import RULE as BIDI_RULE, has_bidi_control
 from service.catalog import canonical_names
 from service.crypto import Sealer
 from service.errors import FieldViolation, InvalidArgument, violation
@@ -77,6 +78,8 @@ def validate_instance(
         add(violation("Name", f"is longer than {MAX_NAME} characters"))
     elif any(unicodedata.category(c) == "Cc" for c in name):
         add(violation("Name", "must not contain control characters"))
+    elif has_bidi_control(name):
+        add(violation("Name", BIDI_RULE))
     elif name in taken_names:
         add(violation("Name", f"another provider instance is already named {name!r}"))
 

@@ -21,6 +21,7 @@ import os
 import signal
 import socket
 import ssl
+import tempfile
 from pathlib import Path
 
 import grpc
@@ -45,7 +46,7 @@ from service.provider_servicer import SecretProviderServiceV2
 from service.oauth import TokenClient
 from service.resolver import Resolver
 from service.servicers import ConfigServiceV1, ConfigServiceV2
-from service.settings import ALL_PERMISSIONS, Settings, split_address
+from service.settings import ALL_PERMISSIONS, DATABASE_NAME, Settings, split_address
 from service.store.sqlite import SqliteStore
 from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
@@ -67,6 +68,8 @@ SERVICE_NAMES = (
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
+_SUN_PATH_MAX = 107  # bytes of a socket path: sun_path holds 108 with the terminating NUL
+
 # One server per port: without this a second server could silently share a port with the first.
 SERVER_OPTIONS = (("grpc.so_reuseport", 0),)
 
@@ -80,6 +83,7 @@ class App:
         self._catalog = catalog
         self.ports: dict[str, int] = {}
         self.socket_path: Path | None = None
+        self._staged_socket: Path | None = None
         self._server: grpc.aio.Server | None = None
         self._store: SqliteStore | None = None
         self._profiles: ProfileService | None = None
@@ -104,6 +108,7 @@ class App:
             env_value=os.environ.get("SMTPCONFIG_KEY"),
             key_file=settings.key_path,
             create=settings.key_is_generated,
+            sealed_data=settings.data_dir / DATABASE_NAME,
         )
         sealer = Sealer(key)
         if settings.tls_cert_file is not None and settings.tls_key_file is not None:
@@ -180,12 +185,16 @@ class App:
         if settings.socket_path is not None:
             path = settings.socket_path.absolute()
             _clear_stale_socket(path)
-            server.add_insecure_port(f"unix:{path}")
-            self.socket_path = path  # ours from here on: removed again on stop
+            self._staged_socket = _staging_path(path)  # ours from here on: removed again on stop
+            server.add_insecure_port(f"unix:{self._staged_socket}")
         self._server = server
         await server.start()
-        if self.socket_path is not None:
-            _restrict_socket(self.socket_path, settings.unix_socket_mode, settings.unix_socket_group, settings.data_dir)
+        if self._staged_socket is not None:
+            _restrict_socket(
+                self._staged_socket, settings.unix_socket_mode, settings.unix_socket_group, settings.data_dir, path
+            )
+            self.socket_path = _publish_socket(self._staged_socket, path)
+            self._staged_socket = None
         if settings.health_listen:
             # Probes (kubelet's gRPC probe) dial without TLS or identity: this listener serves
             # health and nothing else, so it can be open where the API is not.
@@ -297,14 +306,38 @@ class App:
                 self.socket_path.unlink()
             except FileNotFoundError:
                 pass
+        if self._staged_socket is not None:  # start failed before the socket was published
+            self._staged_socket.unlink(missing_ok=True)
+            self._staged_socket.parent.rmdir()
 
     async def wait(self) -> None:
         assert self._server is not None
         await self._server.wait_for_termination()
 
 
-def _restrict_socket(path: Path, mode: int, group: str, data_dir: Path) -> None:
-    """The socket's owner, group and mode decide who may connect: they are its access boundary."""
+def _staging_path(path: Path) -> Path:
+    """Where the socket is bound first: a new directory beside `path`, mode 0700 whatever the
+    umask. A socket is created with the mode the umask leaves (0777 under umask 000) and can only be
+    chmod-ed once it exists; in there no one else can reach it until its mode and group are set."""
+    staged = Path(tempfile.mkdtemp(prefix=".", dir=path.parent)) / "s"
+    if len(os.fsencode(staged)) > _SUN_PATH_MAX:
+        staged.parent.rmdir()
+        raise FailedPrecondition(
+            f"unix socket path {path} leaves no room to create the socket beside it; set a shorter unix_socket"
+        )
+    return staged
+
+
+def _publish_socket(staged: Path, path: Path) -> Path:
+    """Move the finished socket to its place (a rename keeps it bound and listening)."""
+    os.rename(staged, path)
+    staged.parent.rmdir()
+    return path
+
+
+def _restrict_socket(path: Path, mode: int, group: str, data_dir: Path, final: Path) -> None:
+    """The socket's owner, group and mode decide who may connect: they are its access boundary.
+    `path` is where it is bound now, `final` where it will be served."""
     if group:
         try:
             gid = grp.getgrgid(int(group)).gr_gid if group.isdigit() else grp.getgrnam(group).gr_gid
@@ -312,7 +345,7 @@ def _restrict_socket(path: Path, mode: int, group: str, data_dir: Path) -> None:
             raise FailedPrecondition(f"unix_socket_group {group!r} is not a group on this machine") from None
         try:
             os.chown(path, -1, gid)
-            if path.parent.resolve() == data_dir.resolve():
+            if final.parent.resolve() == data_dir.resolve():
                 # The group must get through the data directory (0700) to reach the socket: let
                 # it pass (x) without listing or reading anything; every file in it is 0600.
                 os.chown(data_dir, -1, gid)

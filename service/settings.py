@@ -11,11 +11,14 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from service.bidi import RULE as BIDI_RULE, has_bidi_control
+
 ENV_PREFIX = "SMTPCONFIG_"
 DEFAULT_DATA_DIR = Path("smtpconfig-data")
 DEFAULT_LISTEN = "127.0.0.1:2587"
 SOCKET_NAME = "smtpconfig.sock"
 KEY_NAME = "secret.key"
+DATABASE_NAME = "smtpconfig.db"  # as SqliteStore names it; its values are sealed with the key
 _MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes including the terminating NUL
 
 
@@ -364,6 +367,8 @@ def _declared_providers(value: Any, where: str, base: Path | None) -> tuple[dict
         for key in ("name", "type"):
             if not isinstance(table.get(key), str) or not table[key]:
                 raise SettingsError(f"{at}.{key} is required")
+        if has_bidi_control(table["name"]):
+            raise SettingsError(f"{at}.name {BIDI_RULE}")
         init = table.get("initialization", {})
         if not isinstance(init, dict):
             raise SettingsError(f"{at}.initialization must be a table")
@@ -423,6 +428,8 @@ def _policy(value: Any, where: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
                 f"{at}: an identity is a plain name (token or Unix socket), a URI SAN such as"
                 " spiffe://..., dns:NAME or cn:NAME"
             )
+        if has_bidi_control(identity):
+            raise SettingsError(f"{at}: an identity {BIDI_RULE}")
         if not isinstance(permissions, list) or not all(isinstance(p, str) for p in permissions):
             raise SettingsError(f"{at} must be a list of permissions")
         unknown = [p for p in permissions if p not in PERMISSIONS and p != ALL_PERMISSIONS]

@@ -120,12 +120,15 @@ def test_empty_store_get_is_not_found(server, capsys) -> None:
     assert code == 1 and "NOT_FOUND" in err and "no SMTP profile is stored yet" in err
 
 
-def test_default_target_prefers_the_data_directory_socket(tmp_path) -> None:
+def test_default_target_is_the_data_directory_socket_or_nothing(tmp_path) -> None:
+    from service.cli_client import CliError
+
     assert default_target({"SMTPCONFIG_TARGET": "127.0.0.1:1"}) == "127.0.0.1:1"
-    assert default_target({"SMTPCONFIG_DATA_DIR": str(tmp_path)}) == "127.0.0.1:2587"
     (tmp_path / "smtpconfig.sock").touch()
     assert default_target({"SMTPCONFIG_DATA_DIR": str(tmp_path)}) == f"unix:{tmp_path}/smtpconfig.sock"
-    assert default_target({"SMTPCONFIG_DATA_DIR": "/nonexistent", "SMTPCONFIG_LISTEN": "[::1]:9"}) == "[::1]:9"
+    # No socket: no guess at a TCP address that anyone on the machine could be listening on.
+    with pytest.raises(CliError, match="no server socket at /nonexistent/smtpconfig.sock.*--target"):
+        default_target({"SMTPCONFIG_DATA_DIR": "/nonexistent", "SMTPCONFIG_LISTEN": "[::1]:9"})
 
 
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.json"))

@@ -9,10 +9,15 @@ import json
 import logging
 import os
 import shutil
+import socket
+import subprocess
+import sys
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
+import grpc
 import pytest
 
 from service.auth import TOKEN_PREFIX
@@ -250,18 +255,149 @@ def test_the_cli_never_sends_a_token_in_clear_text_off_this_machine(tmp_path, ca
     assert code == 2 and "clear text" in err and "some-token-value" not in err
 
 
-def test_the_admin_token_is_only_found_for_local_targets(tmp_path) -> None:
-    import argparse
+# --- the admin token goes only to its own server ----------------------------------------------------
+# Each case starts a listener of the test's own where the CLI is pointed (or would fall back to),
+# with the admin token planted where the CLI looks for it, and runs the CLI as a separate process.
 
-    from service.cli_client import find_token
+PLANTED_ADMIN = "sct_planted-admin-token-never-for-strangers-42"
 
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "admin.token").write_text("sct_local-admin-token-for-the-test\n")
-    env = {"SMTPCONFIG_DATA_DIR": str(data)}
-    args = argparse.Namespace(token_file=None)
-    assert find_token(args, "127.0.0.1:2587", env) == "sct_local-admin-token-for-the-test"
-    assert find_token(args, "[::1]:2587", env) == "sct_local-admin-token-for-the-test"
-    assert find_token(args, "localhost:2587", env) == "sct_local-admin-token-for-the-test"
-    assert find_token(args, "smtpconfig.example.org:2587", env) is None
-    assert find_token(args, "10.1.2.3:2587", env) is None
+
+class Listener:
+    """A gRPC server standing in for whoever listens at an address: it answers every call
+    UNIMPLEMENTED and keeps the metadata each call brought."""
+
+    def __init__(self, address: str) -> None:
+        self.metadata: list[dict[str, str]] = []
+        self.server = grpc.server(ThreadPoolExecutor(max_workers=2))
+        self.server.add_generic_rpc_handlers((self,))
+        self.port = self.server.add_insecure_port(address)
+        self.server.start()
+
+    def service(self, handler_call_details):
+        self.metadata.append(dict(handler_call_details.invocation_metadata))
+        return None  # UNIMPLEMENTED, after the headers are seen
+
+    def stop(self) -> None:
+        self.server.stop(0)
+
+
+def cli_process(cwd: Path, data: Path, *argv: str, **env: str) -> subprocess.CompletedProcess:
+    clean_env = {k: v for k, v in os.environ.items() if not k.startswith("SMTPCONFIG_")}
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", "get", "--timeout", "5", *argv],
+        capture_output=True, text=True, cwd=cwd, timeout=60,
+        env={**clean_env, "SMTPCONFIG_DATA_DIR": str(data), **env},
+    )
+
+
+def planted_data_dir(root: Path) -> Path:
+    """A data directory as the server leaves it: 0700, with an admin.token (0600)."""
+    data = root / "data"
+    data.mkdir(mode=0o700)
+    (data / "admin.token").write_text(PLANTED_ADMIN + "\n")
+    (data / "admin.token").chmod(0o600)
+    return data
+
+
+def _tcp(root: Path, data: Path) -> tuple[Listener, list[str]]:
+    listener = Listener("127.0.0.1:0")
+    return listener, ["--target", f"127.0.0.1:{listener.port}"]
+
+
+def _socket_elsewhere(root: Path, data: Path) -> tuple[Listener, list[str]]:
+    path = root / "elsewhere.sock"
+    return Listener(f"unix:{path}"), ["--target", f"unix:{path}"]
+
+
+def _stranger_in_the_data_dir(root: Path, data: Path) -> tuple[Listener, list[str]]:
+    listener = Listener(f"unix:{data / 'smtpconfig.sock'}")
+    os.chown(data / "smtpconfig.sock", 65534, -1)  # nobody's socket beside our token
+    return listener, []
+
+
+def _data_dir_socket_is_a_link(root: Path, data: Path) -> tuple[Listener, list[str]]:
+    elsewhere = root / "elsewhere.sock"
+    listener = Listener(f"unix:{elsewhere}")
+    os.chown(elsewhere, 65534, -1)
+    (data / "smtpconfig.sock").symlink_to(elsewhere)  # the link is ours; what it leads to is not
+    return listener, []
+
+
+def _token_linked_beside_a_socket(root: Path, data: Path) -> tuple[Listener, list[str]]:
+    lure = root / "lure"
+    lure.mkdir(mode=0o700)
+    (lure / "admin.token").symlink_to(data / "admin.token")
+    return Listener(f"unix:{lure / 'smtpconfig.sock'}"), ["--target", f"unix:{lure / 'smtpconfig.sock'}"]
+
+
+def _socket_in_a_shared_directory(root: Path, data: Path) -> tuple[Listener, list[str]]:
+    shared = root / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # anyone could swap the socket or the token after the CLI looked
+    shutil.copy(data / "admin.token", shared / "admin.token")
+    return Listener(f"unix:{shared / 'smtpconfig.sock'}"), ["--target", f"unix:{shared / 'smtpconfig.sock'}"]
+
+
+STRANGERS = [
+    (_tcp, "a loopback TCP port: any local user may be the one listening"),
+    (_socket_elsewhere, "a socket outside the data directory, of the same owner"),
+    (_stranger_in_the_data_dir, "the data directory's socket owned by another uid than the token"),
+    (_data_dir_socket_is_a_link, "the data directory's socket is a link to another's socket"),
+    (_token_linked_beside_a_socket, "an admin.token beside the socket that is a link to the real one"),
+    (_socket_in_a_shared_directory, "socket and token in a directory others may write to"),
+]
+
+
+@pytest.mark.parametrize(("place", "why"), STRANGERS, ids=[s[1] for s in STRANGERS])
+def test_the_admin_token_is_not_sent_to_a_stranger(place, why: str) -> None:
+    root = short_dir("stranger")
+    try:
+        data = planted_data_dir(root)
+        listener, argv = place(root, data)
+        try:
+            result = cli_process(root, data, *argv)
+        finally:
+            listener.stop()
+        assert len(listener.metadata) == 1, f"the CLI did not call the listener: {result.stderr}"
+        assert "authorization" not in listener.metadata[0], why
+        assert PLANTED_ADMIN not in repr(listener.metadata) + result.stdout + result.stderr
+        assert result.returncode == 1 and "UNIMPLEMENTED" in result.stderr
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_admin_token_is_sent_over_its_own_data_directory_socket() -> None:
+    # The control for the cases above: the same listener, where the server's socket belongs.
+    root = short_dir("own")
+    try:
+        data = planted_data_dir(root)
+        listener = Listener(f"unix:{data / 'smtpconfig.sock'}")
+        try:
+            result = cli_process(root, data)
+        finally:
+            listener.stop()
+        assert [m.get("authorization") for m in listener.metadata] == [f"Bearer {PLANTED_ADMIN}"], result.stderr
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_without_the_servers_socket_the_cli_connects_nowhere() -> None:
+    # The server is down and someone listens where a TCP fallback would go: the CLI must not dial.
+    root = short_dir("nosock")
+    squatter = socket.socket()
+    try:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen(8)
+        squatter.setblocking(False)
+        data = planted_data_dir(root)
+        address = f"127.0.0.1:{squatter.getsockname()[1]}"
+        result = cli_process(root, data, "--timeout", "3", SMTPCONFIG_LISTEN=address)
+        with pytest.raises(BlockingIOError):
+            squatter.accept()  # no connection is waiting
+        assert result.returncode == 1, result.stderr
+        assert f"no server socket at {data / 'smtpconfig.sock'}" in result.stderr
+        assert "make run" in result.stderr and "--target" in result.stderr
+        assert PLANTED_ADMIN not in result.stdout + result.stderr
+    finally:
+        squatter.close()
+        shutil.rmtree(root, ignore_errors=True)

@@ -280,7 +280,7 @@ def test_the_shipped_configs_are_accepted(path: Path) -> None:
     settings = settings_mod.load(config_file=path, env={})
     assert settings.health_listen and settings.metrics_listen
     assert settings.log_format == "json"
-    assert settings.key_file is not None, "the key comes from a Secret, apart from the data"
+    assert settings.key_file is None, "the key comes from a Secret in SMTPCONFIG_KEY (see the manifests)"
     assert settings.data_dir == settings_mod.DEFAULT_DATA_DIR, "the image's SMTPCONFIG_DATA_DIR decides it"
 
 
@@ -300,7 +300,9 @@ def test_the_server_is_wired_to_its_config(path: Path) -> None:
     assert int(annotations["prometheus.io/port"]) == port_of(settings.metrics_listen)
     ports = {p["containerPort"] for p in container["ports"]}
     assert {health, port_of(settings.metrics_listen)} <= ports
-    assert "secret" in file_in(spec, container, settings.key_file)
+    # A file from a Secret would be group-readable under fsGroup, and the server refuses such a key.
+    (key,) = [e for e in container.get("env", ()) if e["name"] == "SMTPCONFIG_KEY"]
+    assert set(key["valueFrom"]["secretKeyRef"]) == {"name", "key"}, "from a Secret, and not optional"
     assert {"persistentVolumeClaim", "emptyDir"} & set(mount_at(spec, container, DATA_DIR)), "the data dir is a volume"
     assert spec["terminationGracePeriodSeconds"] > settings.grace_period
 
@@ -466,13 +468,10 @@ class Running:
         self.metrics = f"127.0.0.1:{free_port()}"
         self.config = workdir / "smtpconfig.toml"
         self.config.write_text(config_text)
-        key = workdir / "secret.key"
-        key.write_text(base64.urlsafe_b64encode(os.urandom(32)).decode() + "\n")
-        key.chmod(0o600)
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("SMTPCONFIG_")},
             "SMTPCONFIG_DATA_DIR": str(workdir / "data"),
-            "SMTPCONFIG_KEY_FILE": str(key),
+            "SMTPCONFIG_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode(),
             "SMTPCONFIG_HEALTH_LISTEN": self.health,
             "SMTPCONFIG_METRICS_LISTEN": self.metrics,
             **env,

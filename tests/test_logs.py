@@ -224,3 +224,72 @@ def test_a_secret_references_path_stays_readable() -> None:
 
     assert redact("secret not found {Secret=smtp/relay, Key=password}") == "secret not found {Secret=smtp/relay, Key=password}"
     assert redact("secret=abc client_secret=def") == "secret=[REDACTED] client_secret=[REDACTED]"
+
+
+# --- values, not names -------------------------------------------------------------------------------
+
+KEPT = [
+    # (text, why it is not a secret)
+    ("PWD=/home/operator/smtpconfig", "the shell's working directory, not a password"),
+    ("OLDPWD=/tmp", "the shell's previous working directory"),
+    ("SMTPCONFIG_SECRET_NAME=prod-db", "names which secret the exec command fetches"),
+    ('{"SecretName": "smtp-relay", "x": 1}', "a name, quoted"),
+    ("token_endpoint=https://login.example.com/tenant/oauth2/v2.0/token", "where tokens come from"),
+    ("TokenEndpoint: 'https://login.example.com/t/token'", "the profile field, quoted"),
+    ("password_file=/run/secrets/relay-password", "where a password is kept"),
+    ("expires_in=3600 token_type=Bearer", "what kind of token"),
+    ("SMTPCONFIG_KEY_FILE=/etc/smtpconfig/key/secret.key", "where the key file is"),
+]
+
+
+@pytest.mark.parametrize(("text", "why"), KEPT, ids=[k[1] for k in KEPT])
+def test_names_that_only_describe_a_secret_keep_their_values(text: str, why: str) -> None:
+    assert redact(text) == text
+
+
+MASKED = [
+    # (text, expected, why)
+    ("pwd=hunter22&user=bob", "pwd=[REDACTED]&user=bob", "pwd in a form is a password"),
+    ("DB_PWD=hunter22", "DB_PWD=[REDACTED]", "pwd as a part of a name"),
+    ("PASSWORD=hunter22", "PASSWORD=[REDACTED]", "upper case"),
+    ("SMTPCONFIG_TOKEN=sct_abc", "SMTPCONFIG_TOKEN=[REDACTED]", "the CLI's token variable"),
+    ("SMTPCONFIG_KEY=q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=", "SMTPCONFIG_KEY=[REDACTED]",
+     "the key that seals values at rest"),
+    ("token_endpoint_secret=abc", "token_endpoint_secret=[REDACTED]", "a secret, whatever comes before"),
+    ("SMTPCONFIG_SECRET_NAME=token=abc123", "SMTPCONFIG_SECRET_NAME=token=[REDACTED]",
+     "a kept value is searched again"),
+    ('{"RelayPassword": "pw", "SecretName": "x"}', '{"RelayPassword": "[REDACTED]", "SecretName": "x"}',
+     "one masked, its neighbour kept"),
+    ("passphrase = 'two words'", "passphrase = '[REDACTED]'", "a passphrase"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected", "why"), MASKED, ids=[m[2] for m in MASKED])
+def test_secret_named_values_are_still_masked(text: str, expected: str, why: str) -> None:
+    assert redact(text) == expected
+
+
+def _log_in(password: str) -> None:
+    raise ValueError(f"could not log in with password={password}")
+
+
+def test_a_traceback_keeps_its_source_lines_and_masks_its_values(out: io.StringIO) -> None:
+    configure("debug", "text", stream=out)
+    relay_password = PLANTED
+    try:
+        _log_in(password=relay_password)
+    except ValueError:
+        logging.getLogger("service.test").exception("login failed")
+    text = out.getvalue()
+    # Code names values and holds none: its lines stay readable...
+    assert "\n    _log_in(password=relay_password)\n" in text
+    assert '\n    raise ValueError(f"could not log in with password={password}")\n' in text
+    # ...and the value in the exception's message is masked.
+    assert "\nValueError: could not log in with password=[REDACTED]\n" in text
+    assert PLANTED not in text
+
+
+def test_a_message_is_not_a_traceback() -> None:
+    # A message shaped like a traceback frame (text a relay sent back, say) gets no exemption.
+    assert redact('  File "x.py", line 1, in y\n    password = hunter22') == (
+        '  File "x.py", line 1, in y\n    password = [REDACTED]')

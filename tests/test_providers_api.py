@@ -155,6 +155,40 @@ def test_bad_instances_are_refused_and_nothing_is_stored(stubs, reason, given, f
     assert not providers.ListProviders(pb.ListProvidersRequest()).providers
 
 
+BIDI_NAMES = [
+    ("vault\u202e", "RIGHT-TO-LEFT OVERRIDE: what follows shows reversed"),
+    ("\u202dvault", "LEFT-TO-RIGHT OVERRIDE"),
+    ("va\u202aul\u202ct", "an embedding and its POP DIRECTIONAL FORMATTING"),
+    ("vault\u2067x\u2069", "RIGHT-TO-LEFT ISOLATE and POP DIRECTIONAL ISOLATE"),
+    ("\u2066vault", "LEFT-TO-RIGHT ISOLATE"),
+    ("\u2068vault", "FIRST STRONG ISOLATE"),
+    ("vault\u200f", "RIGHT-TO-LEFT MARK: invisible, a second 'vault'"),
+    ("vault\u200e", "LEFT-TO-RIGHT MARK"),
+    ("vault\u061c", "ARABIC LETTER MARK"),
+]
+
+
+@pytest.mark.parametrize(("name", "why"), BIDI_NAMES, ids=[b[1] for b in BIDI_NAMES])
+def test_a_name_with_bidirectional_controls_is_refused(stubs, backend, name: str, why: str) -> None:
+    providers, _ = stubs
+    with pytest.raises(grpc.RpcError) as created:
+        create_exec(providers, backend, name=name)
+    assert created.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [d for f, d in violations(created.value) if f == "Name"] == [
+        "must not contain bidirectional control characters (U+202A-U+202E, U+2066-U+2069, U+200E, U+200F, U+061C)"
+    ], why
+    assert not providers.ListProviders(pb.ListProvidersRequest()).providers
+
+    # Nor can an instance be renamed to it.
+    kept = create_exec(providers, backend, name="vault")
+    request = pb.UpdateProviderRequest(provider=pb.ProviderInstance(id=kept.id, name=name))
+    request.update_mask.paths.append("Name")
+    with pytest.raises(grpc.RpcError) as renamed:
+        providers.UpdateProvider(request)
+    assert renamed.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "Name" in dict(violations(renamed.value))
+    assert [p.name for p in providers.ListProviders(pb.ListProvidersRequest()).providers] == ["vault"]
+
+
 def test_duplicate_name_and_type_change_are_refused(stubs, backend) -> None:
     providers, _ = stubs
     first = create_exec(providers, backend, name="one")

@@ -17,7 +17,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from tests.conftest import BASIC_V2, v2_profile
-from tests.support import ServerProcess, short_dir, wait_serving
+from service.crypto import KeyProblem
+from tests.support import ServerProcess, ServerThread, short_dir, wait_serving
 
 
 @pytest.fixture
@@ -73,6 +74,59 @@ def test_key_from_env_is_used_and_no_key_file_is_written(data_dir) -> None:
 def test_missing_configured_key_file_is_an_error(data_dir) -> None:
     result = _serve_once("--data-dir", str(data_dir), "--key-file", str(data_dir / "nope.key"))
     assert result.returncode != 0 and "does not exist" in result.stderr
+
+
+def _listing(directory) -> dict[str, tuple[int, int, int]]:
+    """Each file's (inode, size, mtime in ns): any write or replacement changes it."""
+    return {p.name: (st.st_ino, st.st_size, st.st_mtime_ns) for p in directory.iterdir() for st in [p.lstat()]}
+
+
+def test_a_deleted_key_file_beside_a_database_refuses_to_start_and_writes_nothing(data_dir) -> None:
+    server = ServerProcess(data_dir).start()
+    try:
+        with server.channel() as channel:
+            v2_grpc.ConfigServiceStub(channel).UpdateSmtp(v2.UpdateSmtpRequest(profile=v2_profile(BASIC_V2)))
+    finally:
+        assert server.terminate() == 0
+    (data_dir / "secret.key").unlink()
+    before = _listing(data_dir)
+    result = _serve_once("--data-dir", str(data_dir), "--listen", "127.0.0.1:0")
+    assert result.returncode != 0
+    assert f"key file {data_dir / 'secret.key'} is missing but {data_dir / 'smtpconfig.db'} exists" in result.stderr
+    assert "SMTPCONFIG_KEY" in result.stderr
+    assert _listing(data_dir) == before, "no new key, token, socket or database change"
+
+
+KEY_MODES = [
+    (0o640, "group may read"),
+    (0o440, "read-only for owner and group, as a Kubernetes Secret with fsGroup"),
+    (0o604, "others may read"),
+    (0o620, "group may write: it could replace the key"),
+    (0o610, "any group bit at all"),
+]
+
+
+@pytest.mark.parametrize(("mode", "why"), KEY_MODES, ids=[k[1] for k in KEY_MODES])
+def test_a_key_file_others_can_use_refuses_to_start(mode: int, why: str) -> None:
+    root = short_dir("keymode")
+    try:
+        key = root / "secret.key"
+        key.write_text(base64.urlsafe_b64encode(os.urandom(32)).decode() + "\n")
+        key.chmod(mode)
+        server = ServerThread(root / "data", key_file=key)
+        with pytest.raises(KeyProblem, match=rf"key file {key} can be read by others \(mode 0{mode:o}\); chmod 600"):
+            server.start()
+        assert not (root / "data" / "admin.token").exists() and not (root / "data" / "smtpconfig.db").exists()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_key_file_only_its_owner_can_read_is_used(data_dir) -> None:
+    key = data_dir.parent / "secret.key"
+    key.write_text(base64.urlsafe_b64encode(os.urandom(32)).decode() + "\n")
+    key.chmod(0o400)
+    server = ServerThread(data_dir, key_file=key).start()
+    server.stop()
 
 
 def test_health_and_reflection(data_dir) -> None:

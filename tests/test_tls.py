@@ -8,6 +8,7 @@ mode and group it is configured with.
 
 from __future__ import annotations
 
+import ctypes
 import grp
 import json
 import logging
@@ -16,6 +17,7 @@ import shutil
 import socket
 import ssl
 import stat
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +32,7 @@ from service.errors import FailedPrecondition
 from service.settings import SettingsError, load
 from smtpconfig.v2 import secret_provider_service_pb2 as pb
 from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
-from tests.support import ServerThread, short_dir, token_channel
+from tests.support import ServerThread, short_dir, token_channel, wait_serving
 from tests.testca import CertPaths, TestCA, self_signed
 
 LOCAL_ONLY = (("grpc.use_local_subchannel_pool", 1),)  # a connection of its own per channel
@@ -129,6 +131,30 @@ def test_a_client_certificate_the_ca_did_not_issue_for_clients_fails_the_handsha
     text = caplog.text
     assert server.token not in text
     assert "PRIVATE KEY" not in text
+
+
+def test_a_certificate_name_with_bidirectional_controls_is_no_identity(
+    root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # "reader\u202e" shows as "reader" in a log line or an audit record; the policy could never
+    # name it (settings refuse such identities), so the caller is not identified at all.
+    caplog.set_level(logging.DEBUG, logger="service")
+    ca = TestCA(root / "ca")
+    server_cert = ca.issue("server")
+    spoof = ca.issue_client("spoof", "reader\u202e")  # a CN and no SANs: the CN is its only name
+    server = ServerThread(
+        root / "data", tls_cert_file=server_cert.cert, tls_key_file=server_cert.key, tls_client_ca_file=ca.path,
+        policy=(("cn:reader", ("providers:read",)),),
+    ).start()
+    try:
+        with grpc.secure_channel(server.target, credentials(ca.path, spoof), options=LOCAL_ONLY) as channel:
+            with pytest.raises(grpc.RpcError) as refused:
+                pb_grpc.SecretProviderServiceStub(channel).ListProviders(pb.ListProvidersRequest(), timeout=10)
+    finally:
+        server.stop()
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "the client certificate's names must not contain bidirectional control" in refused.value.details()
+    assert "\u202e" not in caplog.text
 
 
 # --- certificate replacement --------------------------------------------------------------------
@@ -445,6 +471,7 @@ def test_an_unknown_socket_group_fails_start_up_clearly(root: Path) -> None:
     assert "unix_socket_group 'no-such-group-7f3a' is not a group on this machine" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (data_dir / "smtpconfig.sock").exists()
+    assert not [p for p in data_dir.iterdir() if p.name.startswith(".")], "nor where the socket was made"
 
 
 def test_a_socket_group_the_server_may_not_use_fails_start_up_clearly() -> None:
@@ -465,3 +492,76 @@ def test_a_socket_group_the_server_may_not_use_fails_start_up_clearly() -> None:
         assert not (root / "d" / "smtpconfig.sock").exists()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+# --- the socket is never open to others, not even while it is being made --------------------------
+
+
+class DirectoryEvents:
+    """inotify on one directory: the kernel queues every event, so nothing is missed between polls.
+    A file's mode changes only with an IN_ATTRIB event; a name that appears and never gets one has
+    had the mode it has now from its first moment."""
+
+    CREATE, ATTRIB, MOVED_TO = 0x100, 0x4, 0x80
+    _NAMES = {CREATE: "created", ATTRIB: "attributes changed", MOVED_TO: "moved in"}
+
+    def __init__(self, directory: Path) -> None:
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._fd = self._libc.inotify_init1(os.O_NONBLOCK)
+        assert self._fd >= 0, os.strerror(ctypes.get_errno())
+        mask = self.CREATE | self.ATTRIB | self.MOVED_TO
+        assert self._libc.inotify_add_watch(self._fd, os.fsencode(directory), mask) >= 0, os.strerror(ctypes.get_errno())
+
+    def of(self, name: str) -> list[str]:
+        """What happened to `name` so far, in order."""
+        data = b""
+        while True:
+            try:
+                data += os.read(self._fd, 65536)
+            except BlockingIOError:
+                break
+        found, offset = [], 0
+        while offset < len(data):
+            _, mask, _, length = struct.unpack_from("iIII", data, offset)
+            entry = data[offset + 16:offset + 16 + length].rstrip(b"\0").decode()
+            offset += 16 + length
+            if entry == name:
+                found += [text for bit, text in self._NAMES.items() if mask & bit]
+        return found
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+SOCKET_PLACES = [
+    ("data", "the default: the data directory's socket"),
+    ("run/smtpconfig.sock", "outside the data directory, in a directory others may pass through"),
+]
+
+
+@pytest.mark.parametrize(("place", "why"), SOCKET_PLACES, ids=[p[1] for p in SOCKET_PLACES])
+def test_under_umask_000_the_socket_is_never_open_to_others(root: Path, place: str, why: str) -> None:
+    root.chmod(0o755)
+    (root / "run").mkdir(mode=0o755)
+    data_dir = root / "data"
+    path = data_dir / "smtpconfig.sock" if place == "data" else root / place
+    data_dir.mkdir(mode=0o700)
+    events = DirectoryEvents(path.parent)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0",
+         "--unix-socket", str(path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=lambda: os.umask(0),
+    )
+    try:
+        wait_serving(f"unix:{path}", proc=proc)
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        happened = events.of(path.name)
+    finally:
+        events.close()
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert mode == 0o600, f"{mode:04o}"
+    # Bound and chmod-ed in place, it would show "created" then "attributes changed": a moment at
+    # the mode umask 000 gives (0777), connectable by every local user.
+    assert happened in (["created"], ["moved in"]), f"{happened}: {why}\n{err.decode()}"
+    assert sorted(p.name for p in path.parent.iterdir() if p.name.startswith(".")) == [], "no staging left behind"
