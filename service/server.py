@@ -137,6 +137,7 @@ class App:
             limiters={
                 "resolve": RateLimiter(settings.resolve_rate, settings.resolve_burst),
                 "test": RateLimiter(settings.test_rate, settings.test_burst),
+                "refusals": RateLimiter(settings.audit_refusals_rate, settings.audit_refusals_burst),
             },
             default_deadline=settings.default_deadline,
         )
