@@ -199,6 +199,11 @@ class TinyDiskServer(ServerProcess):
         removed = self.inside("rm", str(self.data_dir / "filler"))
         assert removed.returncode == 0, removed.stderr
 
+    def written(self) -> str:
+        """Size and modification time of the database and its WAL: they change with every write."""
+        files = [str(self.data_dir / name) for name in ("smtpconfig.db", "smtpconfig.db-wal")]
+        return self.inside("stat", "--format=%s %y", *files).stdout
+
 
 DISK_INTERVAL = 0.2
 
@@ -235,6 +240,10 @@ def test_a_full_disk_is_named_turns_readiness_off_and_recovers_without_restart()
             changed = stub.UpdateSmtp(port_update(2526), timeout=10)
             assert stub.GetSmtp(v2.GetSmtpRequest(), timeout=10).profile.port == 2526 != stored.profile.port
             assert changed.etag != stored.etag
+            # Once writes work again, readiness checks stop writing to find out.
+            before = server.written()
+            time.sleep(5 * DISK_INTERVAL)
+            assert server.written() == before
     finally:
         assert server.terminate() == 0, server.log()
         shutil.rmtree(base, ignore_errors=True)
