@@ -35,11 +35,10 @@ _MAX_IDENTITIES = 10_000
 class RefusalRecords:
     """Decides, call by call, whether a refusal is recorded; counts and reports those that are not."""
 
-    def __init__(self, anonymous: RateLimiter, identified: RateLimiter, metrics, clock=time.monotonic) -> None:
+    def __init__(self, anonymous: RateLimiter, identified: RateLimiter, metrics) -> None:
         self._anonymous = anonymous
         self._identified = identified
         self._metrics = metrics
-        self._clock = clock
         # identity -> (refusals not recorded since the last report, when that report was)
         self._unreported: OrderedDict[str, tuple[int, float]] = OrderedDict()
 
@@ -55,7 +54,7 @@ class RefusalRecords:
         return False
 
     def _report(self, identity: str) -> None:
-        now = self._clock()
+        now = time.monotonic()
         count, reported = self._unreported.pop(identity, (0, float("-inf")))
         count += 1
         if now - reported >= REPORT_EVERY:

@@ -716,6 +716,13 @@ def test_refusals_of_one_identity_are_recorded_only_up_to_its_rate(caplog) -> No
             invoke(stub.UpdateSmtp, v2.UpdateSmtpRequest(profile=v2_profile(BASIC_V2)), ALICE_TOKEN, later["alice-ok"])
             resolved = rid("alice-resolve")
             invoke(stub.ResolveSmtp, v2.ResolveSmtpRequest(), ALICE_TOKEN, resolved)
+            # A test that failed at the relay did something: not a refusal, so never capped.
+            failed_test = rid("alice-test")
+            with refusing_port() as port:
+                v1_doc = {**anonymous("127.0.0.1", port), "Port": port}
+                invoke(v1_grpc.ConfigServiceStub(channel).TestSmtp, v1.TestSmtpRequest(
+                    profile=v1_profile(v1_doc), test_recipient="ops@example.com"), ALICE_TOKEN, failed_test,
+                    grpc.StatusCode.UNAVAILABLE)
             records = list_records(channel, server.token)
     finally:
         server.stop()
@@ -736,6 +743,7 @@ def test_refusals_of_one_identity_are_recorded_only_up_to_its_rate(caplog) -> No
     assert found[later["bob"]] == ("bob", "NOT_FOUND")
     assert found[later[""]] == ("", "UNAUTHENTICATED")
     assert found[later["alice-ok"]] == ("alice", "OK") and found[resolved] == ("alice", "OK")
+    assert found[failed_test] == ("alice", "UNAVAILABLE")
     assert burst <= len([i for i in alice if i in found]) < len(alice)
 
 

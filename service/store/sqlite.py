@@ -93,7 +93,7 @@ class SqliteStore:
         self._watchers: list[tuple[str, asyncio.Queue[Change]]] = []
         # Why the last write failed for a cause outside the store (disk full, I/O error), until a
         # probe write succeeds again; None while writes work.
-        self.write_failure: str | None = None
+        self._write_failure: str | None = None
 
     @classmethod
     async def open(cls, data_dir: Path, filename: str = "smtpconfig.db") -> "SqliteStore":
@@ -126,7 +126,7 @@ class SqliteStore:
             # Locked by another process, disk full, I/O error: the store cannot be used right now.
             family, cause = _cause(error)
             if family in _WRITE_FAILURES:
-                self.write_failure = cause
+                self._write_failure = cause
             raise Unavailable(f"the store cannot be used right now: {cause}; try again") from None
 
     @staticmethod
@@ -272,7 +272,7 @@ class SqliteStore:
         return await self._run(delete)
 
     async def ping(self) -> None:
-        failing = self.write_failure is not None
+        failing = self._write_failure is not None
 
         def probe() -> None:
             # A write lock proves more than a read: the file is there, writable and not held.
@@ -297,7 +297,7 @@ class SqliteStore:
 
         await self._run(probe)
         if failing:
-            self.write_failure = None
+            self._write_failure = None
 
     @staticmethod
     def _next_revision(db: sqlite3.Connection) -> int:
