@@ -4,6 +4,11 @@ A record says who called, which method, when, which fields or provider changed (
 credentials were revealed), the outcome and the request id. It never holds a value: the fields
 are names, and messages are the domain's, which are written never to hold one.
 
+Names and messages can still quote what a caller sent (a field path, a `ProfileField`, a provider
+name), and callers are not trusted to keep that short: `encode` stores each such text as one line
+of at most `MAX_TEXT` characters (`MAX_MESSAGE` for the message), marked where it was cut, and at
+most `MAX_FIELDS` field names, so no request can make a record much larger than a few kilobytes.
+
 Changes write their record in the same store transaction as the change itself. Everything else
 (tests, resolutions, refused calls) goes through `AuditLog.append`, which commits the records of
 calls that end together in one write (a group commit), so auditing every resolution costs one
@@ -20,9 +25,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Sequence
 
+from service.clip import one_line
 from service.store.base import AuditEntry, Store
 
 MAX_PAGE = 1000
+# What one record keeps of text a caller chose (see the module docstring).
+MAX_TEXT = 256
+MAX_MESSAGE = 512
+MAX_FIELDS = 32
 
 
 # Records are encoded on the path of every audited call, so compactly and cheaply: a JSON list in
@@ -45,7 +55,11 @@ def encode(
 ) -> AuditEntry:
     """The stored form of a record; `at` in microseconds since the epoch, now when None."""
     when = time.time_ns() // 1000 if at is None else at
-    return when, _ENCODER.encode([identity, method, request_id, outcome, list(fields), provider, message]).encode()
+    names = [one_line(name, MAX_TEXT) for name in fields[:MAX_FIELDS]]
+    if len(fields) > MAX_FIELDS:
+        names.append(f"…and {len(fields) - MAX_FIELDS} more")
+    record = [one_line(identity, MAX_TEXT), method, request_id, outcome, names, provider, one_line(message, MAX_MESSAGE)]
+    return when, _ENCODER.encode(record).encode()
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from service.auth import Authenticator, Policy
 from service.errors import DeadlineExceeded, ResourceExhausted, SmtpConfigError
 from service.limits import RateLimiter
 from service.logs import CALL
+from service.refusals import RefusalRecords
 from service.status import DETAILS_KEY, to_rpc_status
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,10 @@ class Guard:
         self._metrics = metrics
         self._limiters = dict(limiters)
         self._default_deadline = default_deadline
-        self._anonymous = RateLimiter(ANONYMOUS_RECORDS_PER_SECOND, ANONYMOUS_RECORDS_BURST)
+        # `limiters["refusals"]`: how many refusals per identity get an audit record.
+        self._refusals = RefusalRecords(
+            RateLimiter(ANONYMOUS_RECORDS_PER_SECOND, ANONYMOUS_RECORDS_BURST), self._limiters["refusals"], metrics
+        )
 
     async def run(self, spec: RpcSpec, method, servicer, request, context: grpc.aio.ServicerContext):
         started = time.perf_counter()
@@ -221,14 +225,9 @@ class Guard:
             self._metrics.rpc(name, code, time.perf_counter() - started)
 
     def _worth_recording(self, call: Call, code: str) -> bool:
-        """Refusals of callers with no identity are recorded up to a rate: anyone who can reach
-        the port can send them, and they must not be able to fill the disk."""
-        if code != "UNAUTHENTICATED" or call.identity:
-            return True
-        if self._anonymous.acquire("") == 0.0:
-            return True
-        self._metrics.audit_record("UNAUTHENTICATED_NOT_RECORDED")
-        return False
+        """Refusals are recorded up to a rate per caller (`service.refusals`): they cost the caller
+        nothing, and must not be able to fill the disk."""
+        return self._refusals.admit(call.identity, code)
 
     async def _record(self, call: Call, outcome: str, message: str) -> None:
         await self._audit.append_entry(

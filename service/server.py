@@ -38,7 +38,7 @@ from service.limits import RateLimiter
 from service.metrics import Metrics
 from service.tls import ReloadingCertificates
 from service.crypto import Sealer, load_key
-from service.errors import FailedPrecondition
+from service.errors import FailedPrecondition, Unavailable
 from service.plugin_manager import load_plugins
 from service.profiles import ProfileService
 from service.provider_service import ProviderService, declared_instances
@@ -142,6 +142,7 @@ class App:
             limiters={
                 "resolve": RateLimiter(settings.resolve_rate, settings.resolve_burst),
                 "test": RateLimiter(settings.test_rate, settings.test_burst),
+                "refusals": RateLimiter(settings.audit_refusals_rate, settings.audit_refusals_burst),
             },
             default_deadline=settings.default_deadline,
         )
@@ -245,7 +246,9 @@ class App:
                 await self._store.ping()
             ready = True
         except Exception as error:  # noqa: BLE001 - any failure means not ready
-            log.warning("the store is not reachable (%s); health says NOT_SERVING", type(error).__name__)
+            # The store's own errors name the cause (a full disk, a lock) and never a value.
+            why = str(error) if isinstance(error, Unavailable) else type(error).__name__
+            log.warning("the store is not reachable (%s); health says NOT_SERVING", why)
             ready = False
         if ready != self._ready:  # health watchers hear of changes only, not of every check
             self._ready = ready

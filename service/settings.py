@@ -98,6 +98,10 @@ class Settings:
     readiness_interval: float = 5.0
     # Days audit records are kept; older ones are deleted hourly. 0 keeps them all.
     audit_retention_days: float = 0.0
+    # Refused calls of one identity that get an audit record (per second, burst); more are only
+    # counted in the metrics. A rate of 0 records every refusal.
+    audit_refusals_rate: float = 1.0
+    audit_refusals_burst: int = 100
 
     # --- limits ---
     # Largest request message accepted, in bytes.
@@ -160,6 +164,8 @@ _ENV = {
     "log_format": "LOG_FORMAT",
     "readiness_interval": "READINESS_INTERVAL",
     "audit_retention_days": "AUDIT_RETENTION_DAYS",
+    "audit_refusals_rate": "AUDIT_REFUSALS_RATE",
+    "audit_refusals_burst": "AUDIT_REFUSALS_BURST",
     "max_message_bytes": "MAX_MESSAGE_BYTES",
     "default_deadline": "DEFAULT_DEADLINE",
     "max_concurrent_rpcs": "MAX_CONCURRENT_RPCS",
@@ -238,6 +244,9 @@ _NUMBERS: dict[str, tuple[type, float, float, bool, str, str]] = {
     "readiness_interval": (float, 0, 3600, False, _SECONDS, "more than 0 and at most 3600 seconds"),
     "audit_retention_days": (float, 0, 36500, True, "a number of days (0 keeps every record)",
                              "between 0 (keep all) and 36500 days"),
+    "audit_refusals_rate": (float, 0, 1e6, True, "records per second (0 records every refusal)",
+                            "between 0 (record all) and 1000000"),
+    "audit_refusals_burst": (int, 1, 1 << 30, True, "a whole number", "at least 1 and at most 2**30"),
     "resolve_rate": (float, 0, 1e6, True, "calls per second (0 for no limit)", "between 0 (no limit) and 1000000"),
     "test_rate": (float, 0, 1e6, True, "calls per second (0 for no limit)", "between 0 (no limit) and 1000000"),
     "max_message_bytes": (int, 1024, 1 << 30, True, "a whole number", "at least 1024 and at most 2**30"),

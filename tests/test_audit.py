@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import shutil
 import sqlite3
 import time
@@ -612,6 +613,159 @@ def test_refusals_of_callers_without_any_identity_are_recorded_only_up_to_a_rate
                  outcome="UNAUTHENTICATED_NOT_RECORDED") == flood - len(recorded)
     assert [(r.identity, r.method, r.outcome) for r in records if r.request_id == denied] == [
         ("carol", resolve, "PERMISSION_DENIED")]
+
+
+# Just under the 1 MiB message limit, with a forged line of the trail near its start.
+FORGED = "\n2026-01-01 00:00:00  admin  v2.ConfigService/UpdateSmtp  OK  Port  [forged]\n"
+BIG = ("x" * 40 + FORGED).ljust(1_000_000, "x")
+
+
+def _database_bytes(data_dir: Path) -> int:
+    return sum(p.stat().st_size for p in data_dir.iterdir() if p.name.startswith("smtpconfig.db"))
+
+
+def _megabyte_refusals(channel: grpc.Channel) -> list[tuple[str, Any, Any]]:
+    """Refused calls whose requests each carry BIG: (what the record may quote, method, request).
+    Its mask path, ProfileField, provider name and test recipient."""
+    stub, providers = v2_grpc.ConfigServiceStub(channel), pb_grpc.SecretProviderServiceStub(channel)
+    masked = v2.UpdateSmtpRequest(profile=v2_profile(BASIC_V2), update_mask=field_mask_pb2.FieldMask(paths=[BIG]))
+    named = pb.ProviderInstance(name=BIG, provider_type="exec")
+    named.initialization["Command"].value = '["/bin/true"]'
+    return [
+        ("update_mask", stub.UpdateSmtp, masked),
+        ("ProfileField", providers.CheckSecret, pb.CheckSecretRequest(profile_field=BIG)),
+        ("Name", providers.CreateProvider, pb.CreateProviderRequest(provider=named)),
+        ("TestRecipient", stub.TestSmtp, v2.TestSmtpRequest(test_recipient=BIG)),
+    ]
+
+
+def test_refusals_quoting_a_megabyte_field_keep_a_few_hundred_characters_of_it_on_one_line(capsys) -> None:
+    """30 such calls once grew the database by 28 MB."""
+    data_dir = short_dir("ab")
+    try:
+        server = ServerThread(data_dir, **CALLERS).start()
+        try:
+            with server.channel() as channel:
+                v2_grpc.ConfigServiceStub(channel).UpdateSmtp(v2.UpdateSmtpRequest(profile=v2_profile(BASIC_V2)))
+        finally:
+            server.stop()
+        before = _database_bytes(data_dir)  # a clean stop leaves no WAL: the database as it stands
+        server = ServerThread(data_dir, **CALLERS).start()
+        try:
+            with grpc.insecure_channel(server.target) as channel:
+                kinds = _megabyte_refusals(channel)
+                sent = {rid("big"): kinds[n % len(kinds)][0] for n in range(30)}
+                for n, request_id in enumerate(sent):
+                    _, method, request = kinds[n % len(kinds)]
+                    error = invoke(method, request, ALICE_TOKEN, request_id, grpc.StatusCode.INVALID_ARGUMENT)
+                    assert len(error.details()) < 1024 and violations(error)
+                # With the WAL, where each commit adds a few 4 KiB pages whatever its size.
+                live = _database_bytes(data_dir) - before
+                assert live < 600_000, f"the database and its WAL grew by {live} bytes"
+                every = list_records(channel, server.token)
+            assert cli.main(["audit", *server.cli_args]) == 0
+            lines = capsys.readouterr().out.splitlines()
+        finally:
+            server.stop()
+        grown = _database_bytes(data_dir) - before
+        with sqlite3.connect(f"file:{data_dir / 'smtpconfig.db'}?mode=ro", uri=True) as db:
+            (stored,) = db.execute("SELECT sum(length(record)) FROM audit").fetchone()
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+    records = {r.request_id: r for r in every if r.request_id in sent}
+    assert records.keys() == sent.keys()  # each refusal is on record
+    for request_id, field in sent.items():
+        record = records[request_id]
+        texts = [record.identity, record.message, *record.fields]
+        assert len(record.message) <= 512 + 40 and all(len(text) <= 256 + 40 for text in texts), record
+        assert not any(c in text for text in texts for c in "\r\n"), record
+        if field in ("update_mask", "ProfileField"):  # these records quote BIG: in part, saying so
+            assert "…[cut, " in " ".join(texts), record
+    # A record is a few hundred bytes: all 30 together are far below one BIG.
+    assert stored < 30 * 1024, f"the audit records hold {stored} bytes"
+    assert grown < 200_000, f"the database grew by {grown} bytes"
+    # No record forges a line in `smtpconfig audit`: one line each, ending in its request id.
+    assert len(lines) == len(every) and all(line.endswith("]") for line in lines), lines
+
+
+def test_refusals_of_one_identity_are_recorded_only_up_to_its_rate(caplog) -> None:
+    """carol holds only smtp:read; every refusal she can cause is a record somebody has to keep."""
+    flood, rate, burst = 10_000, 2.0, 20
+    caplog.set_level(logging.WARNING, logger="service.refusals")
+    data_dir = short_dir("ai")
+    server = ServerThread(data_dir, metrics_listen="127.0.0.1:0", audit_refusals_rate=rate,
+                          audit_refusals_burst=burst, **CALLERS).start()
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = v2_grpc.ConfigServiceStub(channel)
+            _, before = scrape(server.app.metrics_port)
+            started = time.monotonic()
+            ids = asyncio.run(_flood(server.target, flood, CAROL_TOKEN))
+            elapsed = time.monotonic() - started
+            _, after = scrape(server.app.metrics_port)
+            # The cap is carol's own: others' refusals are still recorded, and so is every change,
+            # test and resolution of a caller whose refusals are over the cap.
+            later = {"bob": rid("bob-denied"), "": rid("nobody"), "alice-ok": rid("alice-ok")}
+            invoke(stub.ResolveSmtp, v2.ResolveSmtpRequest(), BOB_TOKEN, later["bob"], grpc.StatusCode.NOT_FOUND)
+            invoke(stub.ResolveSmtp, v2.ResolveSmtpRequest(), None, later[""], grpc.StatusCode.UNAUTHENTICATED)
+            alice = [rid("alice-bad") for _ in range(burst + 30)]
+            for request_id in alice:
+                invoke(stub.UpdateSmtp, v2.UpdateSmtpRequest(profile=v2_profile(edit(BASIC_V2, Host="bad host"))),
+                       ALICE_TOKEN, request_id, grpc.StatusCode.INVALID_ARGUMENT)
+            invoke(stub.UpdateSmtp, v2.UpdateSmtpRequest(profile=v2_profile(BASIC_V2)), ALICE_TOKEN, later["alice-ok"])
+            resolved = rid("alice-resolve")
+            invoke(stub.ResolveSmtp, v2.ResolveSmtpRequest(), ALICE_TOKEN, resolved)
+            # A test that failed at the relay did something: not a refusal, so never capped.
+            failed_test = rid("alice-test")
+            with refusing_port() as port:
+                v1_doc = {**anonymous("127.0.0.1", port), "Port": port}
+                invoke(v1_grpc.ConfigServiceStub(channel).TestSmtp, v1.TestSmtpRequest(
+                    profile=v1_profile(v1_doc), test_recipient="ops@example.com"), ALICE_TOKEN, failed_test,
+                    grpc.StatusCode.UNAVAILABLE)
+            records = list_records(channel, server.token)
+    finally:
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+    recorded = [r for r in records if r.request_id in set(ids)]
+    assert {(r.identity, r.outcome) for r in recorded} == {("carol", "PERMISSION_DENIED")}
+    assert burst <= len(recorded) <= burst + rate * elapsed + 1, (len(recorded), elapsed)
+    assert moved(before, after, "smtpconfig_rpc_requests_total", method="v2.ConfigService/ResolveSmtp",
+                 code="PERMISSION_DENIED") == flood
+    assert moved(before, after, "smtpconfig_audit_records_total", outcome="PERMISSION_DENIED") == len(recorded)
+    assert moved(before, after, "smtpconfig_audit_records_total",
+                 outcome="PERMISSION_DENIED_NOT_RECORDED") == flood - len(recorded)
+    # The log says so, without a line per refusal.
+    reports = [r.getMessage() for r in caplog.records if r.name == "service.refusals"]
+    assert len(reports) == 2 and "'carol'" in reports[0] and "'alice'" in reports[1], reports
+    found = {r.request_id: (r.identity, r.outcome) for r in records}
+    assert found[later["bob"]] == ("bob", "NOT_FOUND")
+    assert found[later[""]] == ("", "UNAUTHENTICATED")
+    assert found[later["alice-ok"]] == ("alice", "OK") and found[resolved] == ("alice", "OK")
+    assert found[failed_test] == ("alice", "UNAVAILABLE")
+    assert burst <= len([i for i in alice if i in found]) < len(alice)
+
+
+async def _flood(target: str, count: int, token: str) -> list[str]:
+    """`count` ResolveSmtp calls with `token`, 64 at a time; each must be PERMISSION_DENIED."""
+    ids = [rid("flood") for _ in range(count)]
+    gate = asyncio.Semaphore(64)
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = v2_grpc.ConfigServiceStub(channel)
+
+        async def one(request_id: str) -> None:
+            async with gate:
+                metadata = (("authorization", f"Bearer {token}"), ("x-request-id", request_id))
+                try:
+                    await stub.ResolveSmtp(v2.ResolveSmtpRequest(), metadata=metadata, timeout=30)
+                except grpc.aio.AioRpcError as error:
+                    assert error.code() == grpc.StatusCode.PERMISSION_DENIED, error.details()
+                else:
+                    raise AssertionError("a refused caller was answered")
+
+        await asyncio.gather(*(one(request_id) for request_id in ids))
+    return ids
 
 
 async def _seed(data_dir: Path, records: list[AuditRecord]) -> None:

@@ -22,6 +22,8 @@ from typing import Iterator
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
+from grpc_health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
+from grpc_health.v1.health_pb2_grpc import HealthStub
 
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
@@ -29,12 +31,14 @@ from smtpconfig.v2 import secret_pb2
 from smtpconfig.v2 import secret_provider_service_pb2 as pb
 from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
 from tests.conftest import BASIC_V2, v2_profile
-from tests.support import ServerThread, short_dir, violations
+from tests.support import ServerProcess, ServerThread, short_dir, violations
 from tests.test_audit import ALICE_TOKEN, CALLERS, CAROL_TOKEN, invoke, list_records, rid
 from tests.test_limits import wait_until
 from tests.test_validation import edit
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+SERVING = HealthCheckResponse.SERVING
+NOT_SERVING = HealthCheckResponse.NOT_SERVING
 
 
 @pytest.fixture
@@ -153,3 +157,95 @@ def test_refusals_stay_what_they_are_when_their_record_cannot_be_written(server:
         later = rid("later")
         invoke(stub.UpdateSmtp, port_update(2528), ALICE_TOKEN, later)
         assert later in {r.request_id for r in list_records(channel, server.token)}
+
+
+# --- a full disk, for real ---------------------------------------------------------------------------
+
+
+class TinyDiskServer(ServerProcess):
+    """`smtpconfig serve` whose data directory is a tmpfs of `size`, mounted in a mount namespace
+    made for the server alone (`unshare --mount`): the mount goes away with the server, whatever
+    happens to the test. The test reaches into that namespace with `nsenter` to fill the disk and
+    free it again; the socket lives outside the tmpfs, where the test can dial it."""
+
+    def __init__(self, base: Path, size: str) -> None:
+        data_dir = base / "data"
+        data_dir.mkdir()
+        super().__init__(data_dir, "--unix-socket", str(base / "s.sock"),
+                         env={"SMTPCONFIG_READINESS_INTERVAL": str(DISK_INTERVAL)})
+        self.socket = base / "s.sock"
+        mount = 'mount -t tmpfs -o "size=$1,mode=0700" tmpfs "$2" && shift 2 && exec "$@"'
+        self.args = ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, "sh", size,
+                     str(data_dir), *self.args]
+
+    def inside(self, *command: str) -> subprocess.CompletedProcess:
+        """Run `command` in the server's mount namespace, where the tmpfs is."""
+        assert self.proc is not None
+        return subprocess.run(["nsenter", "--target", str(self.proc.pid), "--mount", "--", *command],
+                              capture_output=True, text=True, timeout=30)
+
+    @property
+    def token(self) -> str:
+        return self.inside("cat", str(self.token_path)).stdout.strip()
+
+    def fill(self) -> None:
+        """Write a file until the tmpfs has no byte left."""
+        filler = self.inside("dd", "if=/dev/zero", f"of={self.data_dir / 'filler'}", "bs=4096")
+        assert "No space left on device" in filler.stderr, filler.stderr
+        free = self.inside("df", "--output=avail", str(self.data_dir)).stdout.split()[-1]
+        assert free == "0", f"{free} KiB still free"
+
+    def free(self) -> None:
+        removed = self.inside("rm", str(self.data_dir / "filler"))
+        assert removed.returncode == 0, removed.stderr
+
+    def written(self) -> str:
+        """Size and modification time of the database and its WAL: they change with every write."""
+        files = [str(self.data_dir / name) for name in ("smtpconfig.db", "smtpconfig.db-wal")]
+        return self.inside("stat", "--format=%s %y", *files).stdout
+
+
+DISK_INTERVAL = 0.2
+
+
+def health(target: str) -> int:
+    with grpc.insecure_channel(target) as channel:
+        return HealthStub(channel).Check(HealthCheckRequest(), timeout=5).status
+
+
+def test_a_full_disk_is_named_turns_readiness_off_and_recovers_without_restart() -> None:
+    base = short_dir("df")
+    server = TinyDiskServer(base, "2m").start()
+    try:
+        with server.channel() as channel:
+            stub = v2_grpc.ConfigServiceStub(channel)
+            stored = stub.UpdateSmtp(v2.UpdateSmtpRequest(profile=v2_profile(BASIC_V2)), timeout=10)
+            assert health(server.target) == SERVING
+
+            server.fill()
+            with pytest.raises(grpc.RpcError) as failure:
+                stub.UpdateSmtp(port_update(2525), timeout=10)
+            assert failure.value.code() == UNAVAILABLE, failure.value.details()
+            assert "disk is full (SQLITE_FULL)" in failure.value.details()
+            assert "rollback" not in failure.value.details() and "no transaction" not in failure.value.details()
+            # Readiness notices within a few intervals; reads go on from the store meanwhile.
+            wait_until(lambda: health(server.target) == NOT_SERVING, timeout=10 * DISK_INTERVAL + 2)
+            time.sleep(3 * DISK_INTERVAL)
+            assert health(server.target) == NOT_SERVING  # it stays so while the disk is full
+            assert stub.GetSmtp(v2.GetSmtpRequest(), timeout=10).etag == stored.etag
+            assert "SQLITE_FULL" in server.log()
+
+            server.free()
+            wait_until(lambda: health(server.target) == SERVING, timeout=10 * DISK_INTERVAL + 2)
+            changed = stub.UpdateSmtp(port_update(2526), timeout=10)
+            assert stub.GetSmtp(v2.GetSmtpRequest(), timeout=10).profile.port == 2526 != stored.profile.port
+            assert changed.etag != stored.etag
+            # Once writes work again, readiness checks stop writing to find out.
+            before = server.written()
+            time.sleep(5 * DISK_INTERVAL)
+            assert server.written() == before
+    finally:
+        assert server.terminate() == 0, server.log()
+        shutil.rmtree(base, ignore_errors=True)
+    # The tmpfs was the server's alone: nothing of it is mounted here, before or after.
+    assert str(server.data_dir) not in Path("/proc/self/mounts").read_text()

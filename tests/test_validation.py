@@ -8,12 +8,15 @@ what it was (same etag, same content).
 from __future__ import annotations
 
 import copy
+import re
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import pytest
 
+from service.status import MAX_VIOLATIONS
 from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
 from smtpconfig.v2 import config_service_pb2 as v2
@@ -265,6 +268,46 @@ def test_every_bad_field_is_reported_not_just_the_first(v2_stub) -> None:
     doc = edit(BASIC_V2, Id=5, Host="a b", Port=0, RelayPassword=DROP, SenderAccount="x", SenderName="a\nb")
     found = _assert_rejected(v2_stub, v2.GetSmtpRequest, v2.UpdateSmtpRequest(profile=v2_profile(doc)), "Host")
     assert {f for f, _ in found} == {"Id", "Host", "Port", "RelayPassword", "SenderAccount", "SenderName"}
+
+
+def _trailer_bytes(error: grpc.RpcError) -> int:
+    """What the status took in trailers, as a client's metadata limit counts it (name, value and
+    32 bytes per entry), with the message as sent: percent-encoded."""
+    message = len(urllib.parse.quote(error.details() or "", safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~"))
+    return message + sum(len(k) + len(v) + 32 for k, v in error.trailing_metadata() or ())
+
+
+def test_thousands_of_violations_come_back_as_the_first_few_and_a_count(v2_stub) -> None:
+    """5,000 bad header names once made a trailer of over 16 KiB, which the client refused: it saw
+    RESOURCE_EXHAUSTED instead of the answer. grpc's default client limit is 8 KiB."""
+    stored = v2_stub.UpdateSmtp(v2.UpdateSmtpRequest(profile=v2_profile(OAUTH_V2)))
+    headers = [{"Name": f"bad name {n}", "Value": "v"} for n in range(5000)]
+    request = v2.UpdateSmtpRequest(profile=v2_profile(edit(OAUTH_V2, RequestHeaders=headers)))
+    found = _assert_rejected(v2_stub, v2.GetSmtpRequest, request, "RequestHeaders[0].Name", "HTTP token")
+    *listed, (last_field, last) = found
+    assert 10 <= len(listed) <= MAX_VIOLATIONS
+    assert listed[-1][0].startswith("RequestHeaders[") and last_field == ""
+    more = int(re.fullmatch(r"and (\d+) more violations, not listed", last).group(1))
+    assert len(listed) + more == 5001  # each name, and the count of headers
+    with pytest.raises(grpc.RpcError) as failure:
+        v2_stub.UpdateSmtp(request)
+    assert failure.value.details().endswith(" more")
+    assert _trailer_bytes(failure.value) < 6 * 1024
+    assert v2_stub.GetSmtp(v2.GetSmtpRequest()).etag == stored.etag
+
+
+def test_a_megabyte_field_is_quoted_cut_in_the_error(v2_stub) -> None:
+    """A name a caller sends is quoted in the error only in part, marked as cut."""
+    stored = v2_stub.UpdateSmtp(v2.UpdateSmtpRequest(profile=v2_profile(BASIC_V2)))
+    request = v2.UpdateSmtpRequest(profile=v2_profile(BASIC_V2))
+    request.update_mask.paths.append("\u00e9\n" * 330_000)  # ~1 MB; non-ASCII is percent-encoded
+    found = _assert_rejected(v2_stub, v2.GetSmtpRequest, request, "update_mask")
+    assert any("…[cut, " in description for _, description in found), found
+    with pytest.raises(grpc.RpcError) as failure:
+        v2_stub.UpdateSmtp(request)
+    assert "\n" not in failure.value.details() and "…" in failure.value.details()
+    assert _trailer_bytes(failure.value) < 6 * 1024
+    assert v2_stub.GetSmtp(v2.GetSmtpRequest()).etag == stored.etag
 
 
 def test_first_write_rejected_leaves_nothing_stored(v2_stub) -> None:

@@ -4,11 +4,19 @@ Durability: WAL journal with ``synchronous=FULL``, so a commit is fsynced before
 acknowledged write survives kill -9 and power loss. All SQLite work runs on one dedicated thread:
 writes are serialised there (compare-and-set is a plain transaction) and the event loop never
 blocks on disk. One server owns a data directory at a time (an advisory lock on ``store.lock``).
+
+A full disk, an I/O error or a read-only file: the failing call is UNAVAILABLE naming that cause
+(SQLite rolls such a transaction back by itself, so our own rollback must not replace the cause
+with "no transaction is active"). The store then remembers that it could not write, and `ping`,
+which otherwise only takes the write lock (that costs no disk space and would not notice a full
+disk), also commits a small write until one succeeds: readiness follows the disk without writing
+to it every few seconds while all is well.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import sqlite3
@@ -41,7 +49,37 @@ CREATE TABLE IF NOT EXISTS audit (
     record BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_time ON audit (time);
+-- Written only by `ping` after a write failed, to learn whether the disk takes writes again.
+CREATE TABLE IF NOT EXISTS probe (data BLOB NOT NULL);
 """
+
+# Why SQLite could not do it, in words, by the first part of its (extended) result code name.
+_CAUSES = {
+    "SQLITE_FULL": "the database or its disk is full",
+    "SQLITE_IOERR": "the disk reported an I/O error",
+    "SQLITE_READONLY": "the database file cannot be written",
+    "SQLITE_CANTOPEN": "the database file cannot be opened",
+    "SQLITE_BUSY": "another process holds the database's lock",
+}
+# Causes after which the store cannot write until something outside it changes.
+_WRITE_FAILURES = frozenset({"SQLITE_FULL", "SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CANTOPEN"})
+# The write `ping` commits while writes fail: room for a change and its record, at least.
+_PROBE_BYTES = 16 * 1024
+
+
+def _cause(error: sqlite3.Error) -> tuple[str, str]:
+    """(the result code's family, e.g. SQLITE_FULL; what went wrong, in words)."""
+    name = getattr(error, "sqlite_errorname", "") or "SQLITE_ERROR"
+    family = "_".join(name.split("_")[:2])
+    return family, f"{_CAUSES.get(family, str(error))} ({name})"
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """End a failed transaction. After some errors (a full disk among them) SQLite has already
+    rolled it back; either way the error that failed it is the one to report, not the rollback's."""
+    if db.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
 
 
 class SqliteStore:
@@ -53,6 +91,9 @@ class SqliteStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
         self._db: sqlite3.Connection | None = None
         self._watchers: list[tuple[str, asyncio.Queue[Change]]] = []
+        # Why the last write failed for a cause outside the store (disk full, I/O error), until a
+        # probe write succeeds again; None while writes work.
+        self._write_failure: str | None = None
 
     @classmethod
     async def open(cls, data_dir: Path, filename: str = "smtpconfig.db") -> "SqliteStore":
@@ -83,7 +124,10 @@ class SqliteStore:
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
         except sqlite3.OperationalError as error:
             # Locked by another process, disk full, I/O error: the store cannot be used right now.
-            raise Unavailable(f"the store cannot be used right now ({error}); try again") from None
+            family, cause = _cause(error)
+            if family in _WRITE_FAILURES:
+                self._write_failure = cause
+            raise Unavailable(f"the store cannot be used right now: {cause}; try again") from None
 
     @staticmethod
     def _row(row: tuple) -> Revision:
@@ -137,7 +181,7 @@ class SqliteStore:
                     db.execute("INSERT INTO audit (time, record) VALUES (?, ?)", audit)
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
             return revision
 
@@ -160,8 +204,7 @@ class SqliteStore:
                     db.execute("INSERT INTO audit (time, record) VALUES (?, ?)", audit)
                 db.execute("COMMIT")
             except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
+                _rollback(db)
                 raise
             return number
 
@@ -197,7 +240,7 @@ class SqliteStore:
                     db.executemany("INSERT INTO audit (time, record) VALUES (?, ?)", entries)
                     db.execute("COMMIT")
                 except BaseException:
-                    db.execute("ROLLBACK")
+                    _rollback(db)
                     raise
             finally:
                 db.execute("PRAGMA synchronous = FULL")
@@ -222,13 +265,15 @@ class SqliteStore:
                 count = db.execute("DELETE FROM audit WHERE time < ?", (before,)).rowcount
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
             return count
 
         return await self._run(delete)
 
     async def ping(self) -> None:
+        failing = self._write_failure is not None
+
         def probe() -> None:
             # A write lock proves more than a read: the file is there, writable and not held.
             # Writes wait up to 5 s for a lock; a readiness probe should not.
@@ -236,11 +281,23 @@ class SqliteStore:
             db.execute("PRAGMA busy_timeout = 500")
             try:
                 db.execute("BEGIN IMMEDIATE")
-                db.execute("ROLLBACK")
+                if not failing:
+                    db.execute("ROLLBACK")
+                    return
+                # The lock costs no disk space: only a committed write shows there is room again.
+                try:
+                    db.execute("DELETE FROM probe")
+                    db.execute("INSERT INTO probe (data) VALUES (zeroblob(?))", (_PROBE_BYTES,))
+                    db.execute("COMMIT")
+                except BaseException:
+                    _rollback(db)
+                    raise
             finally:
                 db.execute("PRAGMA busy_timeout = 5000")
 
         await self._run(probe)
+        if failing:
+            self._write_failure = None
 
     @staticmethod
     def _next_revision(db: sqlite3.Connection) -> int:
