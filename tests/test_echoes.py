@@ -1,0 +1,206 @@
+"""Issue 9 §4: nothing a third party sends back becomes a leak or a forged log line.
+
+A relay, an identity provider, Vault or a command may echo what the service sent it: the AUTH
+payload in base64, the client secret as the form body carried it, the instance's token. Each
+test here runs the real service against a real component that echoes (the SMTP kit with
+`auth_echo`, the OAuth kit with `echo_credentials`, a loopback Vault stand-in, a real command),
+calls as an identity holding only the permission the call needs, and then searches the reply, the
+server's log lines (text and JSON, as `service.logs.configure` writes them) and the audit trail
+for the planted values in every encoding, for line breaks and for length.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import logging
+import re
+from typing import Any, Iterable, Iterator
+from urllib.parse import quote, quote_plus
+
+import grpc
+import pytest
+
+from service import logs
+from service.auth import token_hash
+from smtpconfig.v1 import config_service_pb2 as v1
+from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
+from smtpconfig.v2 import audit_service_pb2 as audit_pb
+from smtpconfig.v2 import audit_service_pb2_grpc as audit_grpc
+from smtpconfig.v2 import config_service_pb2 as v2
+from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
+from tests.applykit import (
+    PASSWORD,
+    RECIPIENT,
+    SENDER,
+    USER,
+    Net,
+    Service,
+    basic,
+    smtp_kit,
+    step,
+)
+from tests.smtpkit import ECHO_FORGED_LINE
+from tests.support import token_channel
+
+__all__ = ["net"]  # a fixture, imported for pytest
+from tests.applykit import net  # noqa: E402,F401
+
+TESTER_TOKEN = "PLANTED-tester-bearer-3e9d01"
+CALLERS = dict(
+    tokens=(("tester", token_hash(TESTER_TOKEN)),),
+    policy=(("tester", ("smtp:test",)),),
+)
+# Longest message allowed: a sentence of ours around one capped third-party text.
+LONGEST = 500
+STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (\w+) (\S+)")
+
+
+# --- what counts as a leak -------------------------------------------------------------------
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode("utf-8")).decode("ascii").rstrip("=")
+
+
+def encodings(value: str) -> set[str]:
+    """`value` in every form an echo could show it: any case, base64, URL-encoded."""
+    forms = {value, b64(value), quote(value, safe=""), quote_plus(value)}
+    return {f for form in forms for f in (form, form.upper(), form.lower())}
+
+
+def leaked(texts: Iterable[str], forms: Iterable[str]) -> list[str]:
+    """The forms found in any text (shortened, so the report does not print them whole)."""
+    return sorted({f[:6] + "..." for f in forms for t in texts if f in t})
+
+
+def not_one_line(texts: Iterable[str]) -> list[str]:
+    """Texts holding a character that is not printable (CR, LF, NUL, bidi controls, ...)."""
+    return [t[:80] for t in texts if not t.isprintable()]
+
+
+def too_long(texts: Iterable[str]) -> list[int]:
+    return [len(t) for t in texts if len(t) > LONGEST]
+
+
+# --- the server's log lines, as configured by an operator -----------------------------------
+
+
+@contextlib.contextmanager
+def server_log(fmt: str) -> Iterator[io.StringIO]:
+    """The root handler `service.logs.configure` installs, writing to a buffer at debug level."""
+    out = io.StringIO()
+    root = logging.getLogger()
+    level = root.level
+    logs.configure("debug", fmt, stream=out)
+    try:
+        yield out
+    finally:
+        if logs._handler is not None:
+            root.removeHandler(logs._handler)
+            logs._handler = None
+        root.setLevel(level)
+
+
+def ours(out: io.StringIO, fmt: str) -> list[str]:
+    """The service's log lines, without those of the in-process test components (aiosmtpd logs
+    the relay's side of the exchange as `mail.log`). A line that does not start a record of its
+    own continues the one before it: it is the service's if that record was."""
+    lines, keep = [], True
+    for line in out.getvalue().splitlines():
+        if fmt == "json":
+            try:
+                keep = not json.loads(line)["logger"].startswith("mail.")
+            except ValueError:
+                pass  # not JSON: a line break inside a record (it stays, and fails the test)
+        else:
+            stamp = STAMP.match(line)
+            if stamp is not None and line[: len(ECHO_FORGED_LINE)] != ECHO_FORGED_LINE:
+                keep = not stamp.group(2).startswith("mail.")
+        if keep:
+            lines.append(line)
+    return lines
+
+
+def check_log(out: io.StringIO, fmt: str, forms: set[str], marker: str) -> None:
+    lines = ours(out, fmt)
+    assert any(marker in line for line in lines), f"the third party's text never reached the log ({marker!r})"
+    assert leaked(lines, forms) == []
+    assert [line for line in lines if line.startswith(ECHO_FORGED_LINE)] == [], "a forged log line"
+    if fmt == "json":
+        messages = [json.loads(line)["message"] for line in lines]
+        assert not_one_line(messages) == []
+    else:
+        assert all(STAMP.match(line) for line in lines), "a line that is not a record of the service"
+
+
+# --- the audit trail -------------------------------------------------------------------------
+
+
+def audit_messages(service: Service, method_suffix: str) -> list[str]:
+    stub = audit_grpc.AuditServiceStub(service.channel)
+    records = stub.ListAuditRecords(audit_pb.ListAuditRecordsRequest(page_size=1000), timeout=10).records
+    return [r.message for r in records if r.method.endswith(method_suffix)]
+
+
+def check_texts(texts: list[str], forms: set[str]) -> None:
+    assert leaked(texts, forms) == []
+    assert not_one_line(texts) == []
+    assert too_long(texts) == []
+
+
+# --- the service, with a caller that may only test -------------------------------------------
+
+
+@pytest.fixture
+def service(net: Net) -> Iterator[Service]:
+    svc = Service(net, **CALLERS)
+    try:
+        yield svc
+    finally:
+        svc.close()
+
+
+def as_tester(service: Service) -> grpc.Channel:
+    return token_channel(service.server.target, TESTER_TOKEN)
+
+
+def test_stored_profile(service: Service, channel: grpc.Channel) -> tuple[v2.TestSmtpResponse, grpc.RpcError]:
+    """TestSmtp of the stored profile over v2 (steps) and v1 (the failed step as the error)."""
+    answer = v2_grpc.ConfigServiceStub(channel).TestSmtp(v2.TestSmtpRequest(test_recipient=RECIPIENT), timeout=30)
+    with pytest.raises(grpc.RpcError) as refused:
+        v1_grpc.ConfigServiceStub(channel).TestSmtp(v1.TestSmtpRequest(test_recipient=RECIPIENT), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION, refused.value.details()
+    return answer, refused.value
+
+
+test_stored_profile.__test__ = False  # type: ignore[attr-defined] - a helper, not a test
+
+
+def step_texts(answer: v2.TestSmtpResponse) -> list[str]:
+    return [text for s in answer.steps for text in (s.message, s.hint)]
+
+
+# --- SMTP replies ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+def test_a_relay_echoing_the_auth_payload_shows_no_credential_and_forges_no_line(
+    service: Service, net: Net, mechanism: str, fmt: str
+) -> None:
+    with smtp_kit(net, "starttls", mechanisms=[mechanism], credentials={USER: "other"}, auth_echo=True) as smtp:
+        service.store(basic(smtp))
+        with server_log(fmt) as out, as_tester(service) as channel:
+            answer, refused = test_stored_profile(service, channel)
+        assert [a.mechanism for a in smtp.auth_attempts] == [mechanism, mechanism]
+
+    forms = encodings(USER) | encodings(PASSWORD) | encodings(f"\0{USER}\0{PASSWORD}")
+    auth = step(answer, "auth")
+    assert auth.outcome == v2.STEP_OUTCOME_FAILED and auth.smtp_code == 535
+    assert "FORGED by the relay" in auth.message, auth.message  # the reply is shown, cleaned
+    check_texts(step_texts(answer) + [refused.details()], forms)
+    check_texts(audit_messages(service, "ConfigService/TestSmtp"), forms)
+    check_log(out, fmt, forms, "FORGED by the relay")
