@@ -23,13 +23,14 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from types import ModuleType
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from service.errors import FailedPrecondition, Unavailable
 from service.logs import remember_secret
 from service.metrics import NO_METRICS, AnyMetrics
 from service.model import RequestHeader
 from service.netguard import check_destination
+from service.scrub import Scrubber
 from service.secret import Secret
 
 # Refresh this long before expiry, so a token is never used in its last moments.
@@ -213,7 +214,10 @@ class TokenClient:
             ) as client:
                 answer = await client.fetch_token(request.endpoint, grant_type="client_credentials", **params)
         except OAuthError as error:
-            raise TokenError(str(error.error or "error"), _plain(error.description)) from None
+            # The IdP's words may echo the client credentials as they were sent (form-encoded,
+            # or HTTP Basic's base64), and carry line breaks.
+            scrub = Scrubber().client_credentials(request.client_id, request.client_secret).clean
+            raise TokenError(scrub(str(error.error or "error")), _plain(error.description, scrub)) from None
         except _ResponseTooLarge:
             raise Unavailable(f"the token endpoint's answer is larger than {MAX_RESPONSE_BYTES} bytes") from None
         except httpx.TimeoutException:
@@ -244,9 +248,8 @@ def _lifetime(expires_in: object) -> float:
     return seconds if seconds > 0 else DEFAULT_LIFETIME
 
 
-def _plain(text: object) -> str:
-    """An IdP's error_description, reduced to one bounded printable line."""
+def _plain(text: object, scrub: Callable[[object], str]) -> str:
+    """An IdP's error_description, scrubbed (one bounded line, no credential), or "" if none."""
     if not isinstance(text, str):
         return ""
-    line = "".join(c if c.isprintable() else " " for c in text)
-    return line[:300]
+    return scrub(text)

@@ -32,6 +32,8 @@ from smtpconfig.v2 import audit_service_pb2_grpc as audit_grpc
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from tests.applykit import (
+    CLIENT_ID,
+    CLIENT_SECRET,
     PASSWORD,
     RECIPIENT,
     SENDER,
@@ -39,20 +41,24 @@ from tests.applykit import (
     Net,
     Service,
     basic,
+    oauth,
     smtp_kit,
     step,
+    token_endpoint,
 )
-from tests.smtpkit import ECHO_FORGED_LINE
+from tests import oauthkit, smtpkit
 from tests.support import token_channel
 
 __all__ = ["net"]  # a fixture, imported for pytest
 from tests.applykit import net  # noqa: E402,F401
 
 TESTER_TOKEN = "PLANTED-tester-bearer-3e9d01"
+RESOLVER_TOKEN = "PLANTED-resolver-bearer-7c42b8"
 CALLERS = dict(
-    tokens=(("tester", token_hash(TESTER_TOKEN)),),
-    policy=(("tester", ("smtp:test",)),),
+    tokens=(("tester", token_hash(TESTER_TOKEN)), ("resolver", token_hash(RESOLVER_TOKEN))),
+    policy=(("tester", ("smtp:test",)), ("resolver", ("smtp:resolve",))),
 )
+FORGED = (smtpkit.ECHO_FORGED_LINE, oauthkit.ECHO_FORGED_LINE)
 # Longest message allowed: a sentence of ours around one capped third-party text.
 LONGEST = 500
 STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (\w+) (\S+)")
@@ -117,7 +123,7 @@ def ours(out: io.StringIO, fmt: str) -> list[str]:
                 pass  # not JSON: a line break inside a record (it stays, and fails the test)
         else:
             stamp = STAMP.match(line)
-            if stamp is not None and line[: len(ECHO_FORGED_LINE)] != ECHO_FORGED_LINE:
+            if stamp is not None and not line.startswith(FORGED):
                 keep = not stamp.group(2).startswith("mail.")
         if keep:
             lines.append(line)
@@ -128,7 +134,7 @@ def check_log(out: io.StringIO, fmt: str, forms: set[str], marker: str) -> None:
     lines = ours(out, fmt)
     assert any(marker in line for line in lines), f"the third party's text never reached the log ({marker!r})"
     assert leaked(lines, forms) == []
-    assert [line for line in lines if line.startswith(ECHO_FORGED_LINE)] == [], "a forged log line"
+    assert [line for line in lines if line.startswith(FORGED)] == [], "a forged log line"
     if fmt == "json":
         messages = [json.loads(line)["message"] for line in lines]
         assert not_one_line(messages) == []
@@ -165,6 +171,10 @@ def service(net: Net) -> Iterator[Service]:
 
 def as_tester(service: Service) -> grpc.Channel:
     return token_channel(service.server.target, TESTER_TOKEN)
+
+
+def as_resolver(service: Service) -> grpc.Channel:
+    return token_channel(service.server.target, RESOLVER_TOKEN)
 
 
 def test_stored_profile(service: Service, channel: grpc.Channel) -> tuple[v2.TestSmtpResponse, grpc.RpcError]:
@@ -204,3 +214,70 @@ def test_a_relay_echoing_the_auth_payload_shows_no_credential_and_forges_no_line
     check_texts(step_texts(answer) + [refused.details()], forms)
     check_texts(audit_messages(service, "ConfigService/TestSmtp"), forms)
     check_log(out, fmt, forms, "FORGED by the relay")
+
+
+def test_a_relay_echoing_the_xoauth2_payload_shows_no_token(service: Service, net: Net) -> None:
+    with contextlib.ExitStack() as stack:
+        idp = stack.enter_context(token_endpoint(net))
+        smtp = stack.enter_context(smtp_kit(net, "starttls", mechanisms=["XOAUTH2"], bearer_check=lambda u, t: False,
+                                            auth_echo=True))
+        service.store(oauth(smtp, idp))
+        with server_log("text") as out, as_tester(service) as channel:
+            answer, refused = test_stored_profile(service, channel)
+        # Each test is refused a token, fetches a fresh one and is refused again; the second
+        # test starts with the first one's fresh token, still cached.
+        assert [a.mechanism for a in smtp.auth_attempts] == ["XOAUTH2"] * 4
+        tokens = [t.access_token for t in idp.issued]
+    assert len(tokens) == 3
+    forms = encodings(CLIENT_SECRET)
+    for token in tokens:
+        forms |= encodings(token) | encodings(f"user={SENDER}\x01auth=Bearer {token}\x01\x01")
+    auth = step(answer, "auth")
+    assert auth.outcome == v2.STEP_OUTCOME_FAILED and "FORGED by the relay" in auth.message, auth.message
+    check_texts(step_texts(answer) + [refused.details()], forms)
+    check_texts(audit_messages(service, "ConfigService/TestSmtp"), forms)
+    check_log(out, "text", forms, "FORGED by the relay")
+
+
+# --- the identity provider's error and error_description ------------------------------------
+
+
+def echoing_endpoint(net: Net, how: str, stack: contextlib.ExitStack) -> oauthkit.TokenEndpoint:
+    """An endpoint that refuses the client and says back what it was sent."""
+    if how == "echo":
+        idp = stack.enter_context(token_endpoint(net, echo_credentials=True))
+        idp.revoke(CLIENT_ID)
+        return idp
+    idp = stack.enter_context(token_endpoint(net))
+    # Both fields planted, the error code too: an IdP may put anything in either.
+    basic_auth = base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
+    idp.force_error(f"invalid_client\n{quote_plus(CLIENT_SECRET)}",
+                    f"secret {CLIENT_SECRET.upper()}\r\n{oauthkit.ECHO_FORGED_LINE}\nBasic {basic_auth}" + " x" * 2000)
+    return idp
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+@pytest.mark.parametrize("how", ["echo", "planted"])
+def test_an_identity_provider_echoing_the_client_secret_shows_none_of_it(
+    service: Service, net: Net, how: str, fmt: str
+) -> None:
+    with contextlib.ExitStack() as stack:
+        idp = echoing_endpoint(net, how, stack)
+        smtp = stack.enter_context(smtp_kit(net, "starttls"))
+        service.store(oauth(smtp, idp))
+        with server_log(fmt) as out:
+            with as_tester(service) as channel:
+                answer, refused = test_stored_profile(service, channel)
+            with as_resolver(service) as channel, pytest.raises(grpc.RpcError) as resolved:
+                v2_grpc.ConfigServiceStub(channel).ResolveSmtp(v2.ResolveSmtpRequest(), timeout=30)
+        assert idp.token_requests, "the endpoint was asked"
+        assert smtp.auth_attempts == [], "the relay is never reached without a token"
+
+    forms = encodings(CLIENT_SECRET) | encodings(f"{CLIENT_ID}:{CLIENT_SECRET}")
+    forms |= encodings(f"{quote_plus(CLIENT_ID)}:{quote_plus(CLIENT_SECRET)}")
+    token = step(answer, "token")
+    assert token.outcome == v2.STEP_OUTCOME_FAILED and "FORGED by the identity provider" in token.message, token.message
+    assert resolved.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    check_texts([*step_texts(answer), refused.details(), resolved.value.details()], forms)
+    check_texts(audit_messages(service, "ConfigService/TestSmtp") + audit_messages(service, "ResolveSmtp"), forms)
+    check_log(out, fmt, forms, "FORGED by the identity provider")
