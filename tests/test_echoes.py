@@ -17,6 +17,9 @@ import io
 import json
 import logging
 import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Iterable, Iterator
 from urllib.parse import quote, quote_plus
 
@@ -31,6 +34,9 @@ from smtpconfig.v2 import audit_service_pb2 as audit_pb
 from smtpconfig.v2 import audit_service_pb2_grpc as audit_grpc
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
+from smtpconfig.v2 import secret_pb2
+from smtpconfig.v2 import secret_provider_service_pb2 as pb
+from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
 from tests.applykit import (
     CLIENT_ID,
     CLIENT_SECRET,
@@ -54,11 +60,16 @@ from tests.applykit import net  # noqa: E402,F401
 
 TESTER_TOKEN = "PLANTED-tester-bearer-3e9d01"
 RESOLVER_TOKEN = "PLANTED-resolver-bearer-7c42b8"
+CHECKER_TOKEN = "PLANTED-checker-bearer-0b6e55"
 CALLERS = dict(
-    tokens=(("tester", token_hash(TESTER_TOKEN)), ("resolver", token_hash(RESOLVER_TOKEN))),
-    policy=(("tester", ("smtp:test",)), ("resolver", ("smtp:resolve",))),
+    tokens=(("tester", token_hash(TESTER_TOKEN)), ("resolver", token_hash(RESOLVER_TOKEN)),
+            ("checker", token_hash(CHECKER_TOKEN))),
+    policy=(("tester", ("smtp:test",)), ("resolver", ("smtp:resolve",)), ("checker", ("providers:read",))),
 )
-FORGED = (smtpkit.ECHO_FORGED_LINE, oauthkit.ECHO_FORGED_LINE)
+VAULT_TOKEN = "PLANTED-vault-token-c81f7a"
+EXEC_TOKEN = "PLANTED-exec-token-4d2e90"
+PROVIDER_FORGED_LINE = "2026-01-01T00:00:00.000Z INFO service.calls FORGED by the backend"
+FORGED = (smtpkit.ECHO_FORGED_LINE, oauthkit.ECHO_FORGED_LINE, PROVIDER_FORGED_LINE)
 # Longest message allowed: a sentence of ours around one capped third-party text.
 LONGEST = 500
 STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (\w+) (\S+)")
@@ -177,6 +188,18 @@ def as_resolver(service: Service) -> grpc.Channel:
     return token_channel(service.server.target, RESOLVER_TOKEN)
 
 
+def as_checker(service: Service) -> grpc.Channel:
+    return token_channel(service.server.target, CHECKER_TOKEN)
+
+
+def check_secret(service: Service, provider: int, **parameters: str) -> grpc.RpcError:
+    """CheckSecret of a reference, as a caller holding only providers:read; it must fail."""
+    request = pb.CheckSecretRequest(secret=secret_pb2.SecretObject(provider=provider, parameters=parameters))
+    with as_checker(service) as channel, pytest.raises(grpc.RpcError) as refused:
+        pb_grpc.SecretProviderServiceStub(channel).CheckSecret(request, timeout=30)
+    return refused.value
+
+
 def test_stored_profile(service: Service, channel: grpc.Channel) -> tuple[v2.TestSmtpResponse, grpc.RpcError]:
     """TestSmtp of the stored profile over v2 (steps) and v1 (the failed step as the error)."""
     answer = v2_grpc.ConfigServiceStub(channel).TestSmtp(v2.TestSmtpRequest(test_recipient=RECIPIENT), timeout=30)
@@ -281,3 +304,115 @@ def test_an_identity_provider_echoing_the_client_secret_shows_none_of_it(
     check_texts([*step_texts(answer), refused.details(), resolved.value.details()], forms)
     check_texts(audit_messages(service, "ConfigService/TestSmtp") + audit_messages(service, "ResolveSmtp"), forms)
     check_log(out, fmt, forms, "FORGED by the identity provider")
+
+
+# --- provider errors: Vault's error bodies, a command's stderr --------------------------------
+
+
+def echo_of(token: str) -> str:
+    """How the backends below say a token back: upper-cased, in base64 and URL-encoded, over
+    several lines, one shaped like a log line of the service."""
+    return (f"token {token.upper()} is not allowed\n(base64 {b64(token)}, sent as {quote_plus(token)})\r\n"
+            f"{PROVIDER_FORGED_LINE}\n")
+
+
+class EchoingVault:
+    """A Vault stand-in on loopback: every request is refused (403) with an error that says the
+    request's X-Vault-Token back (`echo_of`). `requests` counts what it answered."""
+
+    def __init__(self) -> None:
+        owner = self
+        self.requests = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                owner.requests += 1
+                body = json.dumps({"errors": [echo_of(self.headers.get("X-Vault-Token", ""))]}).encode()
+                self.send_response(403)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_POST = do_PUT = do_GET
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+                return
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.address = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def __enter__(self) -> "EchoingVault":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_vault_error_echoing_the_token_shows_none_of_it(service: Service, fmt: str) -> None:
+    with EchoingVault() as vault:
+        instance = pb.ProviderInstance(name="echoing-vault", provider_type="vault")
+        instance.initialization["Host"].value = vault.address
+        instance.initialization["Token"].value = VAULT_TOKEN
+        created = service.providers.CreateProvider(pb.CreateProviderRequest(provider=instance), timeout=10).provider
+        with server_log(fmt) as out:
+            refused = check_secret(service, created.id, Secret="relay", Key="password")
+        assert vault.requests >= 1
+
+    assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION, refused.details()
+    assert "FORGED by the backend" in refused.details(), refused.details()
+    forms = encodings(VAULT_TOKEN)
+    check_texts([refused.details()], forms)
+    check_texts(audit_messages(service, "SecretProviderService/CheckSecret"), forms)
+    check_log(out, fmt, forms, "FORGED by the backend")
+
+
+# Prints 10,000 characters and 3,800 newlines, then the token back (`echo_of`), then more lines.
+NOISY_COMMAND = """#!/bin/sh
+head -c 10000 /dev/zero | tr '\\0' x >&2
+head -c 3800 /dev/zero | tr '\\0' '\\n' >&2
+t="$SMTPCONFIG_INIT_TOKEN"
+printf 'token %s is not allowed\\n' "$(printf '%s' "$t" | tr '[:lower:]' '[:upper:]')" >&2
+printf '(base64 %s)\\r\\n' "$(printf '%s' "$t" | base64)" >&2
+printf '%s\\n' '""" + PROVIDER_FORGED_LINE + """' >&2
+for i in 1 2 3 4 5 6 7 8 9 10; do printf 'more detail, line %s of ten\\n' "$i" >&2; done
+exit 3
+"""
+
+
+@pytest.fixture
+def noisy_exec(net: Net, tmp_path: Path) -> Iterator[Service]:
+    """A service with an exec instance declared in its config ([[providers]]), running
+    NOISY_COMMAND with EXEC_TOKEN (read from a file) as its Token."""
+    command = tmp_path / "vendor-cli"
+    command.write_text(NOISY_COMMAND)
+    command.chmod(0o755)
+    token = tmp_path / "exec.token"
+    token.write_text(EXEC_TOKEN + "\n")
+    declared = ({"id": 31, "name": "noisy-cli", "type": "exec",
+                 "initialization": {"Command": json.dumps([str(command)]), "Token": {"file": str(token)}}},)
+    svc = Service(net, providers=declared, **CALLERS)
+    try:
+        yield svc
+    finally:
+        svc.close()
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_command_echoing_its_token_on_stderr_shows_none_of_it(noisy_exec: Service, fmt: str) -> None:
+    with server_log(fmt) as out:
+        refused = check_secret(noisy_exec, 31, Name="relay-password")
+
+    assert refused.code() == grpc.StatusCode.UNAVAILABLE, refused.details()
+    details = refused.details()
+    assert "command exited with status 3" in details and "FORGED by the backend" in details, details
+    assert details.endswith("…[cut]"), details
+    forms = encodings(EXEC_TOKEN)
+    check_texts([details], forms)
+    check_texts(audit_messages(noisy_exec, "SecretProviderService/CheckSecret"), forms)
+    check_log(out, fmt, forms, "FORGED by the backend")
