@@ -30,7 +30,7 @@ from service.logs import remember_secret
 from service.metrics import NO_METRICS, AnyMetrics
 from service.model import RequestHeader
 from service.netguard import check_destination
-from service.scrub import Scrubber
+from service.scrub import Scrubber, cap
 from service.secret import Secret
 
 # Refresh this long before expiry, so a token is never used in its last moments.
@@ -39,6 +39,8 @@ REFRESH_MARGIN = 60.0
 DEFAULT_LIFETIME = 300.0
 # A token response is a few KiB at most; more is a misconfigured or hostile endpoint.
 MAX_RESPONSE_BYTES = 64 * 1024
+# OAuth error codes are short words (invalid_client); the description gets the usual 300 characters.
+MAX_ERROR_CODE = 64
 
 
 class _ResponseTooLarge(Exception):
@@ -217,7 +219,8 @@ class TokenClient:
             # The IdP's words may echo the client credentials as they were sent (form-encoded,
             # or HTTP Basic's base64), and carry line breaks.
             scrub = Scrubber().client_credentials(request.client_id, request.client_secret).clean
-            raise TokenError(scrub(str(error.error or "error")), _plain(error.description, scrub)) from None
+            code = cap(scrub(str(error.error or "error")), MAX_ERROR_CODE)
+            raise TokenError(code, _plain(error.description, scrub)) from None
         except _ResponseTooLarge:
             raise Unavailable(f"the token endpoint's answer is larger than {MAX_RESPONSE_BYTES} bytes") from None
         except httpx.TimeoutException:

@@ -126,7 +126,9 @@ class Scrubber:
         if self._values:
             # Runs first: a value's own form matched inside a longer echo would leave the rest
             # of the run (the user name, say) undecodable.
-            text = _BASE64_RUN.sub(self._masked_run, text)
+            wanted = [v.lower().encode("utf-8") for v in self._values if len(v) >= SHORT]
+            if wanted:
+                text = _BASE64_RUN.sub(lambda run: _masked_run(run.group(0), wanted), text)
             text = self._matcher().sub(MASK, text)
         return cap(one_line(text))
 
@@ -141,13 +143,13 @@ class Scrubber:
             self._pattern = re.compile("|".join(alternatives), re.IGNORECASE)
         return self._pattern
 
-    def _masked_run(self, match: re.Match[str]) -> str:
-        run = match.group(0)
-        wanted = [v.lower().encode("utf-8") for v in self._values if len(v) >= SHORT]
-        for decoded in _decodings(run):
-            if any(_holds(decoded.lower(), value) for value in wanted):
-                return MASK
-        return run
+
+def _masked_run(run: str, wanted: list[bytes]) -> str:
+    """`run` itself, or the mask when it stands for one of the `wanted` values (lower-cased)."""
+    for decoded in _decodings(run):
+        if any(_holds(decoded.lower(), value) for value in wanted):
+            return MASK
+    return run
 
 
 def _decodings(run: str) -> Iterator[bytes]:
