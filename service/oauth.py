@@ -39,7 +39,8 @@ REFRESH_MARGIN = 60.0
 DEFAULT_LIFETIME = 300.0
 # A token response is a few KiB at most; more is a misconfigured or hostile endpoint.
 MAX_RESPONSE_BYTES = 64 * 1024
-# OAuth error codes are short words (invalid_client); the description gets the usual 300 characters.
+# OAuth error codes and token types are short words (invalid_client, Bearer); an error
+# description gets the usual 300 characters.
 MAX_ERROR_CODE = 64
 
 
@@ -199,6 +200,9 @@ class TokenClient:
             params["scope"] = request.scope
         if request.audience:
             params["audience"] = request.audience
+        # What the IdP says back may echo the client credentials as they were sent (form-encoded,
+        # or HTTP Basic's base64) and carry line breaks.
+        scrub = Scrubber().client_credentials(request.client_id, request.client_secret).clean
         started = time.monotonic()
         try:
             async with AsyncOAuth2Client(
@@ -216,9 +220,6 @@ class TokenClient:
             ) as client:
                 answer = await client.fetch_token(request.endpoint, grant_type="client_credentials", **params)
         except OAuthError as error:
-            # The IdP's words may echo the client credentials as they were sent (form-encoded,
-            # or HTTP Basic's base64), and carry line breaks.
-            scrub = Scrubber().client_credentials(request.client_id, request.client_secret).clean
             code = cap(scrub(str(error.error or "error")), MAX_ERROR_CODE)
             raise TokenError(code, _plain(error.description, scrub)) from None
         except _ResponseTooLarge:
@@ -237,7 +238,9 @@ class TokenClient:
         lifetime = _lifetime(answer.get("expires_in"))
         expires_at = datetime.now(timezone.utc) + timedelta(seconds=lifetime)
         remember_secret(value)
-        token = AccessToken(Secret(value), str(answer.get("token_type") or "Bearer"), expires_at, fetched=True)
+        # token_type goes back to ResolveSmtp's caller, who must never see the client secret.
+        token_type = cap(scrub(str(answer.get("token_type") or "Bearer")), MAX_ERROR_CODE)
+        token = AccessToken(Secret(value), token_type, expires_at, fetched=True)
         # Reused until shortly before expiry: a minute early, or halfway for short-lived tokens.
         self._tokens[request.cache_key()] = (started + lifetime - min(REFRESH_MARGIN, lifetime / 2), token)
         return token

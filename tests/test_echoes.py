@@ -306,6 +306,24 @@ def test_an_identity_provider_echoing_the_client_secret_shows_none_of_it(
     check_log(out, fmt, forms, "FORGED by the identity provider")
 
 
+def test_a_token_type_echoing_the_client_secret_never_reaches_the_resolver(service: Service, net: Net) -> None:
+    access_token = "PLANTED-access-token-from-a-careless-idp-41aa"
+    token_type = f"Bearer {CLIENT_SECRET}\r\n{quote_plus(CLIENT_SECRET).lower()} {b64(CLIENT_ID + ':' + CLIENT_SECRET)}"
+    with contextlib.ExitStack() as stack:
+        idp = stack.enter_context(token_endpoint(net))
+        smtp = stack.enter_context(smtp_kit(net, "starttls"))
+        answer = json.dumps({"access_token": access_token, "token_type": token_type, "expires_in": 600})
+        idp.force_http_status(200, answer, content_type="application/json")
+        service.store(oauth(smtp, idp))
+        with as_resolver(service) as channel:
+            resolved = v2_grpc.ConfigServiceStub(channel).ResolveSmtp(v2.ResolveSmtpRequest(), timeout=30)
+    assert resolved.credentials.access_token == access_token  # what smtp:resolve is for
+    assert resolved.credentials.token_type.startswith("Bearer ")
+    forms = encodings(CLIENT_SECRET) | encodings(f"{CLIENT_ID}:{CLIENT_SECRET}")
+    assert leaked([str(resolved)], forms) == []
+    check_texts([resolved.credentials.token_type], forms)
+
+
 # --- provider errors: Vault's error bodies, a command's stderr --------------------------------
 
 
