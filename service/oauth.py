@@ -23,13 +23,14 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from types import ModuleType
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from service.errors import FailedPrecondition, Unavailable
 from service.logs import remember_secret
 from service.metrics import NO_METRICS, AnyMetrics
 from service.model import RequestHeader
 from service.netguard import check_destination
+from service.scrub import Scrubber, cap
 from service.secret import Secret
 
 # Refresh this long before expiry, so a token is never used in its last moments.
@@ -38,6 +39,9 @@ REFRESH_MARGIN = 60.0
 DEFAULT_LIFETIME = 300.0
 # A token response is a few KiB at most; more is a misconfigured or hostile endpoint.
 MAX_RESPONSE_BYTES = 64 * 1024
+# OAuth error codes and token types are short words (invalid_client, Bearer); an error
+# description gets the usual 300 characters.
+MAX_ERROR_CODE = 64
 
 
 class _ResponseTooLarge(Exception):
@@ -196,6 +200,9 @@ class TokenClient:
             params["scope"] = request.scope
         if request.audience:
             params["audience"] = request.audience
+        # What the IdP says back may echo the client credentials as they were sent (form-encoded,
+        # or HTTP Basic's base64) and carry line breaks.
+        scrub = Scrubber().client_credentials(request.client_id, request.client_secret).clean
         started = time.monotonic()
         try:
             async with AsyncOAuth2Client(
@@ -213,7 +220,8 @@ class TokenClient:
             ) as client:
                 answer = await client.fetch_token(request.endpoint, grant_type="client_credentials", **params)
         except OAuthError as error:
-            raise TokenError(str(error.error or "error"), _plain(error.description)) from None
+            code = cap(scrub(str(error.error or "error")), MAX_ERROR_CODE)
+            raise TokenError(code, _plain(error.description, scrub)) from None
         except _ResponseTooLarge:
             raise Unavailable(f"the token endpoint's answer is larger than {MAX_RESPONSE_BYTES} bytes") from None
         except httpx.TimeoutException:
@@ -230,7 +238,9 @@ class TokenClient:
         lifetime = _lifetime(answer.get("expires_in"))
         expires_at = datetime.now(timezone.utc) + timedelta(seconds=lifetime)
         remember_secret(value)
-        token = AccessToken(Secret(value), str(answer.get("token_type") or "Bearer"), expires_at, fetched=True)
+        # token_type goes back to ResolveSmtp's caller, who must never see the client secret.
+        token_type = cap(scrub(str(answer.get("token_type") or "Bearer")), MAX_ERROR_CODE)
+        token = AccessToken(Secret(value), token_type, expires_at, fetched=True)
         # Reused until shortly before expiry: a minute early, or halfway for short-lived tokens.
         self._tokens[request.cache_key()] = (started + lifetime - min(REFRESH_MARGIN, lifetime / 2), token)
         return token
@@ -244,9 +254,8 @@ def _lifetime(expires_in: object) -> float:
     return seconds if seconds > 0 else DEFAULT_LIFETIME
 
 
-def _plain(text: object) -> str:
-    """An IdP's error_description, reduced to one bounded printable line."""
+def _plain(text: object, scrub: Callable[[object], str]) -> str:
+    """An IdP's error_description, scrubbed (one bounded line, no credential), or "" if none."""
     if not isinstance(text, str):
         return ""
-    line = "".join(c if c.isprintable() else " " for c in text)
-    return line[:300]
+    return scrub(text)

@@ -9,6 +9,9 @@
 - Metrics: every provider call (type, outcome, latency, error class) and every cache lookup. A
   resolution that joins a call already in flight counts as a cache hit, so misses equal the number
   of backend calls. Each fetched value is handed to the log redactor.
+- A provider's error message carries its backend's words (an HTTP body, a command's stderr), which
+  may echo the instance's secret initialization values: it is scrubbed of them, made one line and
+  capped here, for every provider type, before callers, logs or the audit trail see it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from service.model import InlineSecret, ProviderRef, SecretSource
 from service.plugin import (
     AccessDenied,
     BadParameters,
+    ProviderError,
     ProviderUnavailable,
     Resolved,
     SecretNotFound,
@@ -39,6 +43,7 @@ from service.plugin import (
 from service.plugin_manager import Plugins
 from service.provider_service import ProviderService
 from service.providers import ProviderInstance, with_defaults
+from service.scrub import Scrubber
 from service.secret import Secret
 
 log = logging.getLogger(__name__)
@@ -223,6 +228,8 @@ class Resolver:
         """What callers are told about a failed provider call."""
         where = f"provider {instance.id} ({instance.name}, {instance.type_name})"
         reference = ", ".join(f"{k}={v}" for k, v in sorted(ref.parameters.items()))
+        if isinstance(error, _PUBLIC_ERRORS):
+            error = _scrubbed(error, instance)
         if isinstance(error, asyncio.TimeoutError):
             return Unavailable(f"{where} did not answer within {self._timeout:g}s")
         if isinstance(error, SecretNotFound):
@@ -242,6 +249,17 @@ class Resolver:
 
 
 _PUBLIC_ERRORS = (SecretNotFound, AccessDenied, ProviderUnavailable, BadParameters)
+
+
+def _scrubbed(error: ProviderError, instance: ProviderInstance) -> ProviderError:
+    """`error` as the plugin API class it is (a plugin's subclass included), its message cleaned
+    of the instance's secret initialization values."""
+    secrets = [value for value in instance.initialization.values() if isinstance(value, Secret)]
+    message = Scrubber(*secrets).clean(str(error))
+    if isinstance(error, BadParameters):
+        return BadParameters(message, error.parameter)
+    cls = next(c for c in _PUBLIC_ERRORS if isinstance(error, c))
+    return cls(message)
 
 
 def _error_kind(error: Exception) -> str:

@@ -3,7 +3,9 @@
 It runs on a worker thread (smtplib blocks) and reports every step with its outcome, duration, the
 SMTP reply code and a hint for known failures. It connects to the addresses `service.netguard`
 checked, while TLS verifies the certificate against the profile's host name. Credentials never go
-over a connection without TLS unless the operator allowed it. No secret is put in a report.
+over a connection without TLS unless the operator allowed it. No secret is put in a report, and the
+relay's reply text goes through the exchange's `Scrubber`, which knows every AUTH payload sent:
+a relay may echo one back.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from datetime import datetime, timezone
 from email.utils import format_datetime, make_msgid
 from typing import Callable
 
+from service.scrub import Scrubber
 from service.secret import Secret
 
 IMPLICIT_TLS_PORT = 465
@@ -69,6 +72,8 @@ class Exchange:
     # above all no message is sent for a test nobody waits for.
     abandoned: threading.Event = field(default_factory=threading.Event)
     client: smtplib.SMTP | None = None
+    # Told of each credential and AUTH payload as it is sent; cleans every reply text reported.
+    scrubber: Scrubber = field(default_factory=Scrubber)
 
 
 def abandon(exchange: Exchange) -> None:
@@ -123,6 +128,8 @@ class _Pinned(smtplib.SMTP):
 def run(exchange: Exchange) -> list[Step]:
     """Run the exchange, appending steps to `exchange.steps`; stop at the first failure."""
     implicit = exchange.use_ssl and exchange.port in exchange.implicit_tls_ports
+    if exchange.username is not None and exchange.password is not None:
+        exchange.scrubber.smtp_login(exchange.username, exchange.password)
     started = time.monotonic()
     client = _Pinned(
         exchange.host, exchange.addresses, exchange.timeout, exchange.context if implicit else None, exchange.abandoned
@@ -168,7 +175,7 @@ def _connect_failure(error: BaseException, exchange: Exchange) -> Step:
     if isinstance(error, (TimeoutError, socket.timeout)):
         message = f"no answer from {where} within {exchange.timeout:g}s"
     elif isinstance(error, smtplib.SMTPConnectError):
-        return Step("connect", FAILED, smtp_code=error.smtp_code, message=f"{where} refused the session: {_text(error.smtp_error)}",
+        return Step("connect", FAILED, smtp_code=error.smtp_code, message=f"{where} refused the session: {_text(error.smtp_error, exchange)}",
                     hint="the relay is reachable but does not accept sessions from this client")
     else:
         message = f"cannot connect to {where}: {type(error).__name__}"
@@ -200,7 +207,7 @@ def _tls(client: smtplib.SMTP, exchange: Exchange, implicit: bool) -> bool:
         return False
     except (OSError, smtplib.SMTPException) as error:
         exchange.steps.append(_timed(Step("tls", FAILED, smtp_code=getattr(error, "smtp_code", 0),
-                                          message=f"STARTTLS failed: {_describe(error)}"), started))
+                                          message=f"STARTTLS failed: {_describe(error, exchange)}"), started))
         return False
     exchange.steps.append(_timed(Step("tls", OK, smtp_code=code, message=f"STARTTLS ({_version(client)})"), started))
     return True
@@ -238,7 +245,7 @@ def _auth(client: smtplib.SMTP, exchange: Exchange) -> bool:
         else:
             mechanism, code = _xoauth2(client, exchange)
     except smtplib.SMTPAuthenticationError as error:
-        exchange.steps.append(_timed(_auth_failure(error), started))
+        exchange.steps.append(_timed(_auth_failure(error, exchange), started))
         return False
     except smtplib.SMTPNotSupportedError:
         exchange.steps.append(_timed(Step("auth", FAILED, message="the server offers no AUTH mechanism this profile can use",
@@ -246,7 +253,7 @@ def _auth(client: smtplib.SMTP, exchange: Exchange) -> bool:
         return False
     except (OSError, smtplib.SMTPException) as error:
         exchange.steps.append(_timed(Step("auth", FAILED, smtp_code=getattr(error, "smtp_code", 0),
-                                          message=f"AUTH failed: {_describe(error)}"), started))
+                                          message=f"AUTH failed: {_describe(error, exchange)}"), started))
         return False
     exchange.steps.append(_timed(Step("auth", OK, smtp_code=code, message=f"authenticated with AUTH {mechanism}"), started))
     return True
@@ -277,6 +284,7 @@ def _xoauth2(client: smtplib.SMTP, exchange: Exchange) -> tuple[str, int]:
     assert exchange.bearer is not None
     for fresh in (False, True):
         token = exchange.bearer(fresh)
+        exchange.scrubber.xoauth2(exchange.xoauth2_user, token)
         try:
             code, _ = client.auth("XOAUTH2", lambda challenge=None, t=token: _xoauth2_string(exchange.xoauth2_user, t))
             return "XOAUTH2", code
@@ -291,8 +299,8 @@ def _xoauth2_string(user: str, token: Secret) -> str:
     return f"user={user}\x01auth=Bearer {token.reveal()}\x01\x01"
 
 
-def _auth_failure(error: smtplib.SMTPAuthenticationError) -> Step:
-    text = _text(error.smtp_error)
+def _auth_failure(error: smtplib.SMTPAuthenticationError, exchange: Exchange) -> Step:
+    text = _text(error.smtp_error, exchange)
     hint = next((h for code, h in _AUTH_HINTS if code in text), "")
     if not hint:
         hint = "the server rejected the credentials: check the username and password, or the token's audience and scope"
@@ -314,21 +322,21 @@ def _send(client: smtplib.SMTP, exchange: Exchange) -> None:
         refused = client.send_message(message, from_addr=exchange.sender_account, to_addrs=[exchange.recipient])
     except smtplib.SMTPSenderRefused as error:
         exchange.steps.append(_timed(Step("send", FAILED, smtp_code=error.smtp_code,
-                                          message=f"MAIL FROM refused: {_text(error.smtp_error)}",
+                                          message=f"MAIL FROM refused: {_text(error.smtp_error, exchange)}",
                                           hint="the relay does not let this account send as SenderAccount"), started))
         return
     except smtplib.SMTPRecipientsRefused as error:
         code, text = next(iter(error.recipients.values()))
-        exchange.steps.append(_timed(Step("send", FAILED, smtp_code=code, message=f"recipient refused: {_text(text)}",
+        exchange.steps.append(_timed(Step("send", FAILED, smtp_code=code, message=f"recipient refused: {_text(text, exchange)}",
                                           hint="the relay refused TestRecipient"), started))
         return
     except (OSError, smtplib.SMTPException) as error:
         exchange.steps.append(_timed(Step("send", FAILED, smtp_code=getattr(error, "smtp_code", 0),
-                                          message=f"sending failed: {_describe(error)}"), started))
+                                          message=f"sending failed: {_describe(error, exchange)}"), started))
         return
     if refused:
         code, text = next(iter(refused.values()))
-        exchange.steps.append(_timed(Step("send", FAILED, smtp_code=code, message=f"recipient refused: {_text(text)}"), started))
+        exchange.steps.append(_timed(Step("send", FAILED, smtp_code=code, message=f"recipient refused: {_text(text, exchange)}"), started))
         return
     exchange.steps.append(_timed(Step("send", OK, smtp_code=250, message=f"test message sent to {exchange.recipient}"), started))
 
@@ -338,15 +346,14 @@ def _version(client: smtplib.SMTP) -> str:
     return version() if callable(version) else "TLS"
 
 
-def _text(raw: bytes | str) -> str:
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-    return " ".join(text.split())[:300]
+def _text(raw: bytes | str, exchange: Exchange) -> str:
+    return exchange.scrubber.clean(raw)
 
 
-def _describe(error: BaseException) -> str:
+def _describe(error: BaseException, exchange: Exchange) -> str:
     code = getattr(error, "smtp_code", None)
     reply = getattr(error, "smtp_error", None)
     if code is not None and reply is not None:
-        return f"{code} {_text(reply)}"
+        return f"{code} {_text(reply, exchange)}"
     return type(error).__name__
 

@@ -30,6 +30,12 @@ Protocol behaviour, as an identity provider would do it:
   a gateway's HTML page), `force_disconnect` (close without answering), ``delay`` (seconds before
   answering, for client timeouts); each for the next *n* token requests or until `clear_failures`.
 
+* ``echo_credentials``: a failed client authentication answers ``invalid_client`` with an
+  ``error_description`` that quotes what the client sent (the form body as it arrived, the client
+  secret decoded, the ``Authorization`` header, or the Basic one the body's credentials make)
+  over several lines, one shaped like a log line of the service (`ECHO_FORGED_LINE`): a careless
+  or hostile identity provider.
+
 Secrets never leave the kit: a recorded request has its ``client_secret`` field and the
 ``Authorization`` credentials replaced by ``[REDACTED]``, as is any registered secret that appears
 in another header or field; the server writes no log lines. Issued access tokens are kept in
@@ -70,6 +76,8 @@ CLIENT_SECRET_POST = "client_secret_post"
 _AUTH_METHODS = (CLIENT_SECRET_BASIC, CLIENT_SECRET_POST)
 _BASIC_DECODINGS = ("rfc6749", "raw", "either")
 _FORM_TYPE = "application/x-www-form-urlencoded"
+#: With `echo_credentials`, a line of the error description shaped like one of the service's log lines.
+ECHO_FORGED_LINE = "2026-01-01T00:00:00.000Z INFO service.calls FORGED by the identity provider"
 
 
 @dataclass
@@ -194,6 +202,17 @@ class _Handler(BaseHTTPRequestHandler):
     do_PUT = do_DELETE = do_PATCH = do_HEAD = do_GET
 
 
+def _echo(description: str | None, body: bytes, form: Mapping[str, str], authorization: str | None) -> str:
+    client_id, secret = form.get("client_id", ""), form.get("client_secret", "")
+    # The header as sent, or what it would have carried for the body's credentials.
+    basic = authorization or "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+    return "\r\n".join((
+        f"{description}, secret tried: {secret}",
+        ECHO_FORGED_LINE,
+        f"authorization: {basic}\nthe request was: {body.decode('utf-8', 'replace')}",
+    ))
+
+
 class TokenEndpoint:
     """An OAuth 2.0 client-credentials token endpoint on 127.0.0.1; see the module docstring."""
 
@@ -214,6 +233,7 @@ class TokenEndpoint:
         host: str = "127.0.0.1",
         url_host: str | None = None,
         include_expires_in: bool = True,
+        echo_credentials: bool = False,
     ) -> None:
         methods = tuple(auth_methods)
         unknown = [m for m in methods if m not in _AUTH_METHODS]
@@ -236,6 +256,7 @@ class TokenEndpoint:
         self.audience_error = audience_error
         self.basic_decoding = basic_decoding
         self.include_expires_in = include_expires_in
+        self.echo_credentials = echo_credentials
         self.host = host
         self.url_host = url_host or host
         self._certfile, self._keyfile = certfile, keyfile
@@ -589,6 +610,8 @@ class TokenEndpoint:
             payload = {"error": e.error}
             if e.description:
                 payload["error_description"] = e.description
+            if self.echo_credentials and e.error == "invalid_client":
+                payload["error_description"] = _echo(e.description, body, form, h.headers.get("Authorization"))
             headers = {}
             if e.status == 401:
                 headers["WWW-Authenticate"] = 'Basic realm="oauthkit", error="invalid_client"'

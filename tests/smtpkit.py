@@ -15,6 +15,7 @@ never recorded or logged.
 Failure scenarios are options rather than mocks: `offer_starttls=False` (a server that does not
 offer STARTTLS), `certs=pki.other_host` or `certs=pki.self_signed`, `auth_failure_replies` for the
 exact text a provider returns (Microsoft's "535 5.7.139 ... basic authentication is disabled"),
+`auth_echo` for a relay whose failure reply quotes what the client sent (see `ECHO_FORGED_LINE`),
 and `unused_port()`/`refusing_port()` for a server that is down.
 
 Notes on aiosmtpd 1.4 that shaped this:
@@ -52,6 +53,8 @@ from tests.testca import CertPaths, make_pki
 Mode = Literal["plain", "starttls", "implicit"]
 MECHANISMS = ("PLAIN", "LOGIN", "XOAUTH2")
 DEFAULT_FAILURE_REPLY = "535 5.7.8 Authentication credentials invalid"  # aiosmtpd's own text
+#: With `auth_echo`, a line of the failure reply shaped like one of the service's text log lines.
+ECHO_FORGED_LINE = "2026-01-01T00:00:00.000Z INFO service.calls FORGED by the relay"
 GREETING_NAME = "smtp.test"  # also spares aiosmtpd a socket.getfqdn() per connection
 
 
@@ -85,7 +88,10 @@ def _is_tls(server: SMTP) -> bool:
 
 
 class _QuietSession(Session):
-    """aiosmtpd's Session logs a deprecation warning whenever smtp_AUTH sets `login_data`."""
+    """aiosmtpd's Session logs a deprecation warning whenever smtp_AUTH sets `login_data`.
+    `auth_lines` keeps the base64 lines of the AUTH exchange in progress, for `auth_echo`."""
+
+    auth_lines: list[str]
 
     @property
     def login_data(self) -> Any:
@@ -110,9 +116,18 @@ class _RecordingSMTP(SMTP):
         if fresh:
             self.event_handler.record_connection()
 
+    async def challenge_auth(self, challenge: str | bytes, encode_to_b64: bool = True,
+                             log_client_response: bool = False) -> Any:
+        answer = await super().challenge_auth(challenge, encode_to_b64, log_client_response)
+        if isinstance(answer, bytes) and self.session is not None:
+            # What the client sent, re-encoded (it was valid base64, so this is the same line).
+            self.session.auth_lines.append(base64.b64encode(answer).decode("ascii"))
+        return answer
+
     @syntax("AUTH <mechanism>")
     async def smtp_AUTH(self, arg: str) -> None:
         assert self.session is not None
+        self.session.auth_lines = arg.split()[1:2]  # the initial response, when there is one
         if (arg and self.session.extended_smtp and self._auth_require_tls and not _is_tls(self)
                 and not self.session.authenticated):
             self.event_handler.record_auth(AuthAttempt(arg.split()[0].upper(), None, False, False))
@@ -132,7 +147,10 @@ class _Handler:
         with self._owner._lock:
             self._owner._connections += 1
 
-    def _failure(self, mechanism: str) -> str:
+    def _failure(self, mechanism: str, session: Session | None) -> str:
+        lines = getattr(session, "auth_lines", [])
+        if self._owner.auth_echo and lines:
+            return _echo(lines)
         return self._owner.auth_failure_replies.get(mechanism, DEFAULT_FAILURE_REPLY)
 
     def authenticate(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str,
@@ -146,7 +164,7 @@ class _Handler:
         if ok:
             # Only the user name goes on the session: aiosmtpd would otherwise keep the password there.
             return AuthResult(success=True, auth_data=username)
-        return AuthResult(success=False, handled=False, message=self._failure(mechanism))
+        return AuthResult(success=False, handled=False, message=self._failure(mechanism, session))
 
     async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:
         """SASL XOAUTH2: base64 of `user=<u>\\x01auth=Bearer <token>\\x01\\x01`, as the initial
@@ -177,7 +195,7 @@ class _Handler:
             # then the final failure reply.
             error = json.dumps({"status": "401", "schemes": "bearer", "scope": "https://mail.google.com/"})
             await server.challenge_auth(error)
-        return AuthResult(success=False, handled=False, message=self._failure("XOAUTH2"))
+        return AuthResult(success=False, handled=False, message=self._failure("XOAUTH2", server.session))
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
@@ -193,6 +211,22 @@ class _Handler:
         )
         self._owner._record(self._owner._messages, received)
         return "250 2.0.0 OK queued"
+
+
+def _echo(lines: list[str]) -> str:
+    """A multi-line 535 quoting the client's AUTH lines as sent, upper-cased and decoded (NUL and
+    \\x01 included), with a bare CR, a line shaped like a log line of the service, and 2,400
+    characters more."""
+    sent = " ".join(lines)
+    decoded = " ".join(base64.b64decode(line).decode("utf-8", "replace") for line in lines)
+    return "\r\n".join((
+        f"535-5.7.8 rejected AUTH {sent}",
+        f"535-5.7.8 REJECTED AUTH {sent.upper()}",
+        f"535-5.7.8 decoded\r{decoded}",
+        f"535-{ECHO_FORGED_LINE}",
+        "535-5.7.8 " + "more detail " * 200,
+        "535 5.7.8 Authentication credentials invalid",
+    ))
 
 
 def _parse_xoauth2(blob: bytes) -> tuple[str, str] | None:
@@ -280,6 +314,10 @@ class SmtpServer:
     auth_failure_replies: mechanism -> full reply line sent when that mechanism fails, instead of
         "535 5.7.8 Authentication credentials invalid".
     xoauth2_error_challenge: on a refused token, first send Gmail's 334 JSON error challenge.
+    auth_echo: a failed AUTH is answered with a multi-line 535 that quotes the client's AUTH
+        lines (base64 as sent, upper-cased, decoded), holds a bare CR, a line shaped like one of
+        the service's log lines (`ECHO_FORGED_LINE`) and 2,400 characters of padding: a careless
+        or hostile relay.
     """
 
     def __init__(
@@ -295,6 +333,7 @@ class SmtpServer:
         bearer_check: Callable[[str, str], bool] | None = None,
         auth_failure_replies: Mapping[str, str] | None = None,
         xoauth2_error_challenge: bool = False,
+        auth_echo: bool = False,
         host: str = "127.0.0.1",
     ) -> None:
         if mode not in ("plain", "starttls", "implicit"):
@@ -311,6 +350,7 @@ class SmtpServer:
         self.credentials = dict(credentials or {})
         self.bearer_check = bearer_check
         self.xoauth2_error_challenge = xoauth2_error_challenge
+        self.auth_echo = auth_echo
         self._tmp: tempfile.TemporaryDirectory | None = None
         if certs is None and mode != "plain":
             self._tmp = tempfile.TemporaryDirectory(prefix="smtpkit-")

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.oauthkit import REDACTED, TokenEndpoint
+from tests.oauthkit import ECHO_FORGED_LINE, REDACTED, TokenEndpoint
 
 CLIENT_ID = "smtp-relay-client"
 SECRET = "s3cret-value-0123456789"
@@ -251,6 +251,20 @@ def test_wrong_secret_is_invalid_client_with_401(idp: TokenEndpoint) -> None:
         assert (req.status, req.error, req.outcome) == (401, "invalid_client", "error")
     assert idp.issued == []
     assert_no_secret(idp, SECRET, "wrong-secret-value")
+
+
+@pytest.mark.parametrize("method", ["client_secret_basic", "client_secret_post"])
+def test_echo_credentials_quotes_what_the_client_sent(method: str) -> None:
+    with TokenEndpoint(CLIENTS, echo_credentials=True) as idp, pytest.raises(OAuthError) as info:
+        fetch(idp, method, secret="wrong/secret value")
+    basic = base64.b64encode(f"{CLIENT_ID}:wrong/secret value".encode()).decode()
+    lines = info.value.description.split("\r\n")
+    assert info.value.error == "invalid_client" and lines[1] == ECHO_FORGED_LINE
+    assert f"authorization: Basic {basic}\nthe request was: grant_type=client_credentials" in lines[2]
+    if method == "client_secret_post":
+        assert lines[0].endswith("secret tried: wrong/secret value")
+        assert "client_secret=wrong%2Fsecret+value" in lines[2]
+    assert_no_secret(idp, SECRET, "wrong/secret value")  # the records stay clean
 
 
 def test_unknown_client_and_no_client_authentication(idp: TokenEndpoint) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.smtpkit import AuthAttempt, SmtpServer, refusing_port, unused_port
+from tests.smtpkit import ECHO_FORGED_LINE, AuthAttempt, SmtpServer, refusing_port, unused_port
 from tests.testca import TestPKI, make_pki
 
 USER, PASSWORD = "relay-user", "relay-password-1"  # smtplib sends AUTH strings as ASCII
@@ -129,6 +129,23 @@ def test_basic_auth_checks_user_and_password(pki, mode, mechanism, user, passwor
             assert failed.value.smtp_error == b"5.7.8 Authentication credentials invalid"
     assert server.auth_attempts == [AuthAttempt(mechanism, user, success, True)]
     assert password not in repr(server.auth_attempts)
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+def test_auth_echo_quotes_what_the_client_sent(pki, mechanism):
+    with SmtpServer("starttls", certs=pki.localhost, credentials={USER: PASSWORD}, auth_echo=True) as server, \
+            connect(server) as client:
+        client.user, client.password = USER, "wrong"
+        with pytest.raises(smtplib.SMTPAuthenticationError) as failed:
+            client.auth(mechanism, client.auth_plain if mechanism == "PLAIN" else client.auth_login)
+    sent = [base64.b64encode(f"\0{USER}\0wrong".encode()).decode()] if mechanism == "PLAIN" else \
+        [base64.b64encode(USER.encode()).decode(), base64.b64encode(b"wrong").decode()]
+    reply = failed.value.smtp_error.decode()
+    assert failed.value.smtp_code == 535
+    assert f"rejected AUTH {' '.join(sent)}\n" in reply and " ".join(sent).upper() in reply
+    decoded = f"\0{USER}\0wrong" if mechanism == "PLAIN" else f"{USER} wrong"
+    assert f"decoded\r{decoded}\n" in reply
+    assert f"\n{ECHO_FORGED_LINE}\n" in reply and len(reply) > 2400
 
 
 # (token the client sends, reply code, why)
