@@ -31,6 +31,8 @@ from service import cli
 from service.audit import AuditLog, AuditRecord
 from service.auth import token_hash
 from service.calls import ANONYMOUS_RECORDS_BURST, ANONYMOUS_RECORDS_PER_SECOND
+from service.crypto import load_key
+from service.settings import KEY_NAME
 from service.store.sqlite import SqliteStore
 from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
@@ -769,6 +771,8 @@ async def _flood(target: str, count: int, token: str) -> list[str]:
 
 
 async def _seed(data_dir: Path, records: list[AuditRecord]) -> None:
+    # A data directory as a server leaves it: the key first (a database without its key is refused).
+    load_key(env_value=None, key_file=data_dir / KEY_NAME, create=True)
     store = await SqliteStore.open(data_dir)
     try:
         for record in records:

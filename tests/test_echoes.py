@@ -27,6 +27,7 @@ import grpc
 import pytest
 
 from service import logs
+from service.audit import MAX_MESSAGE
 from service.auth import token_hash
 from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
@@ -70,8 +71,9 @@ VAULT_TOKEN = "PLANTED-vault-token-c81f7a"
 EXEC_TOKEN = "PLANTED-exec-token-4d2e90"
 PROVIDER_FORGED_LINE = "2026-01-01T00:00:00.000Z INFO service.calls FORGED by the backend"
 FORGED = (smtpkit.ECHO_FORGED_LINE, oauthkit.ECHO_FORGED_LINE, PROVIDER_FORGED_LINE)
-# Longest message allowed: a sentence of ours around one capped third-party text.
-LONGEST = 500
+# Longest message allowed: a sentence of ours around one capped third-party text; an audit
+# record's message (a test's destinations, then its failure) is cut at MAX_MESSAGE with a mark.
+LONGEST = MAX_MESSAGE + len("…[cut, 100000 chars]")
 STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (\w+) (\S+)")
 
 
