@@ -23,13 +23,15 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from types import ModuleType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+from service import endpoint
+from service.endpoint import DEFAULT_PORTS
 from service.errors import FailedPrecondition, Unavailable
 from service.logs import remember_secret
 from service.metrics import NO_METRICS, AnyMetrics
 from service.model import RequestHeader
-from service.netguard import check_destination
+from service.netguard import Destination, check_destination
 from service.secret import Secret
 
 # Refresh this long before expiry, so a token is never used in its last moments.
@@ -48,7 +50,7 @@ class _Http(NamedTuple):
     httpx: ModuleType
     OAuthError: type[Exception]
     AsyncOAuth2Client: type
-    BoundedTransport: type
+    PinnedTransport: type
 
 
 @functools.cache
@@ -78,13 +80,31 @@ def _http() -> _Http:
         async def aclose(self) -> None:
             await self._stream.aclose()
 
-    class BoundedTransport(httpx.AsyncHTTPTransport):
-        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-            response = await super().handle_async_request(request)
-            response.stream = BoundedStream(response.stream)  # type: ignore[arg-type]
-            return response
+    class PinnedTransport(httpx.AsyncHTTPTransport):
+        """Sends to the checked addresses only, in order, keeping the URL's host for the Host
+        header, TLS SNI and the certificate check; reads at most MAX_RESPONSE_BYTES."""
 
-    return _Http(httpx, OAuthError, AsyncOAuth2Client, BoundedTransport)
+        def __init__(self, destination: Destination, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self._destination = destination
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            # The Host header was set from the URL when the request was built; only the dial changes.
+            request.extensions = {**request.extensions, "sni_hostname": self._destination.host}
+            failure: httpx.ConnectError | None = None
+            for address in self._destination.addresses:
+                request.url = request.url.copy_with(host=str(address))
+                try:
+                    response = await super().handle_async_request(request)
+                except httpx.ConnectError as error:  # nothing was sent: the next address may answer
+                    failure = error
+                    continue
+                response.stream = BoundedStream(response.stream)  # type: ignore[arg-type]
+                return response
+            assert failure is not None
+            raise failure
+
+    return _Http(httpx, OAuthError, AsyncOAuth2Client, PinnedTransport)
 
 
 DEFAULT_AUTH_METHOD = "client_secret_post"
@@ -188,9 +208,8 @@ class TokenClient:
         return token
 
     async def _request(self, request: TokenRequest, http: _Http) -> AccessToken:
-        httpx, OAuthError, AsyncOAuth2Client, BoundedTransport = http
-        host = httpx.URL(request.endpoint).host
-        await check_destination(host, httpx.URL(request.endpoint).port or 443, what="token endpoint", timeout=self._timeout)
+        httpx, OAuthError, AsyncOAuth2Client, PinnedTransport = http
+        destination = await self._destination(request.endpoint)
         params: dict[str, str] = {}
         if request.scope:
             params["scope"] = request.scope
@@ -206,7 +225,7 @@ class TokenClient:
                 verify=self._verify,
                 trust_env=False,
                 follow_redirects=False,
-                transport=BoundedTransport(verify=self._verify),
+                transport=PinnedTransport(destination, verify=self._verify),
                 # On the client, so they are merged with Authlib's own (passing them to
                 # fetch_token would replace those).
                 headers={h.name: h.value for h in request.headers},
@@ -234,6 +253,17 @@ class TokenClient:
         # Reused until shortly before expiry: a minute early, or halfway for short-lived tokens.
         self._tokens[request.cache_key()] = (started + lifetime - min(REFRESH_MARGIN, lifetime / 2), token)
         return token
+
+    async def _destination(self, url: str) -> Destination:
+        """The token endpoint's checked addresses, from the URL as httpx reads it."""
+        try:
+            parts = endpoint.parse(url)
+        except endpoint.BadEndpoint:
+            parts = None
+        if parts is None or parts.scheme not in DEFAULT_PORTS or not parts.host or not 0 < (parts.port or 0) < 65536:
+            # Stored before the current rules, or not through validation: refuse, do not crash.
+            raise FailedPrecondition("TokenEndpoint is not an http(s) URL the token client can use")
+        return await check_destination(parts.host, parts.port, what="token endpoint", timeout=self._timeout)
 
 
 def _lifetime(expires_in: object) -> float:
