@@ -286,3 +286,89 @@ def test_vault_tls_is_verified_against_the_host_name_while_dialling_its_address(
                 provider.resolve({"Secret": "smtp/relay", "Key": "password"}, by_address)
         finally:
             provider.close()
+
+
+# --- TokenEndpoint: what validation accepts, the client can use ---------------------------------
+
+# Pieces of odd URLs: each accepted combination must resolve or fail cleanly, never crash.
+SCHEMES = ["https://", "https://", "https://", "http://", "HTTP://", "hTtPs://", "ftp://", "https:/", "https:", "http:///", "//", ""]
+USERINFO = ["", "", "", "user@", "@", "u:p@", "evil.example\\@", "a%40b@", "127.0.0.1@"]
+HOSTS = [
+    "127.0.0.1", "localhost", "LOCALHOST", "localhost.", "ip6-localhost", "[::1]", "::1", "[::1", "::1]",
+    "[::ffff:127.0.0.1]", "[::ffff:7f00:1]", "127.1", "0x7f.0.0.1", "2130706433", "0177.0.0.1",
+    "[fe80::1%25lo]", "[fe80::1%lo]", "169.254.169.254", "[2002:a9fe:a9fe::1]", "[64:ff9b::a9fe:a9fe]",
+    "b\u00fccher.test", "xn--a", "xn--bcher-kva.test", "a" * 64 + ".test", "a..b", ".", "",
+    "%31%32%37.0.0.1", "127.0.0.1.", "ex ample.test", "\u2100", "\u017f.test", "\U0001d7cf\U0001d7d0\U0001d7d5.0.0.1",
+    "[v1.x]", "[127.0.0.1]", "idp.test", "under_score.test", "127.0.0.1\\", "127.0.0.1%00", "\uff0e",
+]
+SUFFIXES = ["/token", "", "/", "/token?x=1", "/token#f", "#", "?", "/t\\x", "/%2e%2e/token", "/t\u00f6k",
+            "/t t", "/@x", "\\token", "/token?a=@b", "/%zz", "/" + "t" * 3000]
+
+
+def _ports(port: int) -> Any:
+    from hypothesis import strategies as st
+
+    return st.sampled_from([f":{port}", f":{port}", "", ":", ":0", ":65536", ":99999", f":0{port}", ":-1",
+                            f": {port}", ":80x", ":" + "9" * 30, f":{port}:{port}", ":\u0661"])
+
+
+def _endpoints(port: int) -> Any:
+    from hypothesis import strategies as st
+
+    def usually(common: str, odd: Any) -> Any:  # mostly the ordinary piece, so many URLs pass
+        return st.integers(0, 2).flatmap(lambda i: odd if i == 0 else st.just(common))
+
+    hosts = st.integers(0, 5).flatmap(
+        lambda i: st.text(max_size=12) if i == 0 else st.sampled_from(HOSTS) if i < 4 else st.just("127.0.0.1"))
+    parts = st.tuples(usually("http://", st.sampled_from(SCHEMES)), usually("", st.sampled_from(USERINFO)), hosts,
+                      usually(f":{port}", _ports(port)),
+                      usually("/token", st.one_of(st.sampled_from(SUFFIXES), st.text(max_size=12))))
+    return st.integers(0, 4).flatmap(lambda i: st.text(max_size=40) if i == 0 else parts.map("".join))
+
+
+def _token_endpoint_property(examples: int) -> dict[str, Any]:
+    """In the namespace (only loopback; every name but the scripted ones is NXDOMAIN): every
+    TokenEndpoint UpdateSmtp accepts makes ResolveSmtp and TestSmtp answer, never INTERNAL or UNKNOWN."""
+    from hypothesis import HealthCheck, example, given, settings
+
+    seen = {"accepted": 0, "refused": 0, "codes": {}}
+    crashes = {"INTERNAL", "UNKNOWN"}
+    with TokenEndpoint({CLIENT_ID: CLIENT_SECRET}) as idp:
+        attacker = Attacker(OAUTH_ATTACKER + ("smtp:test",), smtp_timeout=2.0)
+        try:
+            @settings(max_examples=examples, deadline=None, database=None,
+                      suppress_health_check=list(HealthCheck))
+            @given(_endpoints(idp.port))
+            # Found before the fix: URLs both parsers accepted but the client then choked on.
+            @example(f"https://xn--a.test:{idp.port}/token")
+            @example("https://" + "a" * 64 + f".test:{idp.port}/token")
+            def accepted_endpoints_never_crash(url: str) -> None:
+                try:
+                    attacker.store_oauth(url)
+                except grpc.RpcError as error:
+                    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (url, error.code(), error.details())
+                    seen["refused"] += 1
+                    return
+                seen["accepted"] += 1
+                code, details, _ = attacker.resolve()
+                assert code not in crashes, (url, code, details)
+                seen["codes"][code] = seen["codes"].get(code, 0) + 1
+                try:
+                    attacker.config.TestSmtp(v2.TestSmtpRequest(test_recipient="ops@example.org"), timeout=20)
+                except grpc.RpcError as error:
+                    assert error.code().name not in crashes, (url, error.code(), error.details())
+
+            accepted_endpoints_never_crash()
+        finally:
+            attacker.close()
+    return seen
+
+
+def test_every_token_endpoint_validation_accepts_resolves_or_fails_cleanly() -> None:
+    import os
+
+    examples = int(os.environ.get("SMTPCONFIG_FUZZ_EXAMPLES", "150"))
+    seen = netns.run(_token_endpoint_property, examples, addresses=(METADATA,),
+                     names={"idp.test": [["127.0.0.1"]]}, timeout=600)
+    # The generator must reach both sides of validation, and real token fetches.
+    assert seen["accepted"] > 10 and seen["refused"] > 10 and seen["codes"].get("OK", 0) > 0, seen
