@@ -8,6 +8,10 @@ Tokens are cached per (endpoint, client, scope, audience, headers) until `REFRES
 they expire; concurrent callers share one fetch; `invalidate` drops a token the SMTP server refused
 (a 535 on XOAUTH2), so the next call fetches a fresh one.
 
+The endpoint is read by httpx's own parser (`service.endpoint`, as validation reads it), its host is
+checked by `service.netguard`, and the request is dialled only at the checked addresses, the name
+kept for the Host header, TLS SNI and the certificate check. Redirects are not followed.
+
 Each fetch is counted and timed in the metrics (cached tokens are not fetches), and each token
 fetched is handed to the log redactor.
 """
@@ -260,10 +264,11 @@ class TokenClient:
             parts = endpoint.parse(url)
         except endpoint.BadEndpoint:
             parts = None
-        if parts is None or parts.scheme not in DEFAULT_PORTS or not parts.host or not 0 < (parts.port or 0) < 65536:
+        port = parts.port if parts is not None else None
+        if parts is None or parts.scheme not in DEFAULT_PORTS or not parts.host or port is None or not 0 < port < 65536:
             # Stored before the current rules, or not through validation: refuse, do not crash.
             raise FailedPrecondition("TokenEndpoint is not an http(s) URL the token client can use")
-        return await check_destination(parts.host, parts.port, what="token endpoint", timeout=self._timeout)
+        return await check_destination(parts.host, port, what="token endpoint", timeout=self._timeout)
 
 
 def _lifetime(expires_in: object) -> float:
