@@ -8,6 +8,10 @@ Tokens are cached per (endpoint, client, scope, audience, headers) until `REFRES
 they expire; concurrent callers share one fetch; `invalidate` drops a token the SMTP server refused
 (a 535 on XOAUTH2), so the next call fetches a fresh one.
 
+The endpoint is read by httpx's own parser (`service.endpoint`, as validation reads it), its host is
+checked by `service.netguard`, and the request is dialled only at the checked addresses, the name
+kept for the Host header, TLS SNI and the certificate check. Redirects are not followed.
+
 Each fetch is counted and timed in the metrics (cached tokens are not fetches), and each token
 fetched is handed to the log redactor.
 """
@@ -23,13 +27,15 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from types import ModuleType
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
+from service import endpoint
+from service.endpoint import DEFAULT_PORTS
 from service.errors import FailedPrecondition, Unavailable
 from service.logs import remember_secret
 from service.metrics import NO_METRICS, AnyMetrics
 from service.model import RequestHeader
-from service.netguard import check_destination
+from service.netguard import Destination, check_destination
 from service.scrub import Scrubber, cap
 from service.secret import Secret
 
@@ -52,7 +58,7 @@ class _Http(NamedTuple):
     httpx: ModuleType
     OAuthError: type[Exception]
     AsyncOAuth2Client: type
-    BoundedTransport: type
+    PinnedTransport: type
 
 
 @functools.cache
@@ -82,13 +88,31 @@ def _http() -> _Http:
         async def aclose(self) -> None:
             await self._stream.aclose()
 
-    class BoundedTransport(httpx.AsyncHTTPTransport):
-        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-            response = await super().handle_async_request(request)
-            response.stream = BoundedStream(response.stream)  # type: ignore[arg-type]
-            return response
+    class PinnedTransport(httpx.AsyncHTTPTransport):
+        """Sends to the checked addresses only, in order, keeping the URL's host for the Host
+        header, TLS SNI and the certificate check; reads at most MAX_RESPONSE_BYTES."""
 
-    return _Http(httpx, OAuthError, AsyncOAuth2Client, BoundedTransport)
+        def __init__(self, destination: Destination, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self._destination = destination
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            # The Host header was set from the URL when the request was built; only the dial changes.
+            request.extensions = {**request.extensions, "sni_hostname": self._destination.host}
+            failure: httpx.ConnectError | None = None
+            for address in self._destination.addresses:
+                request.url = request.url.copy_with(host=str(address))
+                try:
+                    response = await super().handle_async_request(request)
+                except httpx.ConnectError as error:  # nothing was sent: the next address may answer
+                    failure = error
+                    continue
+                response.stream = BoundedStream(response.stream)  # type: ignore[arg-type]
+                return response
+            assert failure is not None
+            raise failure
+
+    return _Http(httpx, OAuthError, AsyncOAuth2Client, PinnedTransport)
 
 
 DEFAULT_AUTH_METHOD = "client_secret_post"
@@ -192,9 +216,8 @@ class TokenClient:
         return token
 
     async def _request(self, request: TokenRequest, http: _Http) -> AccessToken:
-        httpx, OAuthError, AsyncOAuth2Client, BoundedTransport = http
-        host = httpx.URL(request.endpoint).host
-        await check_destination(host, httpx.URL(request.endpoint).port or 443, what="token endpoint", timeout=self._timeout)
+        httpx, OAuthError, AsyncOAuth2Client, PinnedTransport = http
+        destination = await self._destination(request.endpoint)
         params: dict[str, str] = {}
         if request.scope:
             params["scope"] = request.scope
@@ -213,7 +236,7 @@ class TokenClient:
                 verify=self._verify,
                 trust_env=False,
                 follow_redirects=False,
-                transport=BoundedTransport(verify=self._verify),
+                transport=PinnedTransport(destination, verify=self._verify),
                 # On the client, so they are merged with Authlib's own (passing them to
                 # fetch_token would replace those).
                 headers={h.name: h.value for h in request.headers},
@@ -244,6 +267,18 @@ class TokenClient:
         # Reused until shortly before expiry: a minute early, or halfway for short-lived tokens.
         self._tokens[request.cache_key()] = (started + lifetime - min(REFRESH_MARGIN, lifetime / 2), token)
         return token
+
+    async def _destination(self, url: str) -> Destination:
+        """The token endpoint's checked addresses, from the URL as httpx reads it."""
+        try:
+            parts = endpoint.parse(url)
+        except endpoint.BadEndpoint:
+            parts = None
+        port = parts.port if parts is not None else None
+        if parts is None or parts.scheme not in DEFAULT_PORTS or not parts.host or port is None or not 0 < port < 65536:
+            # Stored before the current rules, or not through validation: refuse, do not crash.
+            raise FailedPrecondition("TokenEndpoint is not an http(s) URL the token client can use")
+        return await check_destination(parts.host, port, what="token endpoint", timeout=self._timeout)
 
 
 def _lifetime(expires_in: object) -> float:

@@ -34,6 +34,8 @@ from typing import Callable, ClassVar, Literal, Mapping
 
 import pluggy
 
+from service import netguard
+from service.errors import Unavailable
 from service.secret import Secret
 
 PROJECT = "smtpconfig"
@@ -181,6 +183,43 @@ class BadParameters(ProviderError):
         self.parameter = parameter
 
 
+# --- outbound connections -----------------------------------------------------------------------
+
+
+class DestinationRefused(ProviderError, netguard.RefusedDestination):
+    """The destination resolves to a link-local or cloud metadata address (in any spelling: mapped,
+    NAT64, 6to4, Teredo, ...). Callers are told FAILED_PRECONDITION with this message."""
+
+
+def check_destination(host: str, port: int, *, what: str) -> tuple[str, ...]:
+    """Check a destination before connecting to it, and return the IP addresses to dial.
+
+    A provider that connects anywhere calls this for every new connection, from `resolve` (or
+    code it calls on the same worker thread), and then connects to one of the returned addresses,
+    never to `host` again: a second lookup could answer differently (DNS rebinding). Keep `host`
+    for the HTTP ``Host`` header, TLS SNI and certificate verification.
+
+    Args:
+        host: a host name, or an IPv4 or IPv6 address (with or without brackets).
+        port: the port that will be dialled.
+        what: how messages name the destination, e.g. ``"Vault Host"``.
+
+    Returns:
+        The checked addresses as strings (IPv6 without brackets), in resolver order.
+
+    Raises:
+        DestinationRefused: an answer is a forbidden address; the whole name is refused.
+        ProviderUnavailable: the name cannot be resolved.
+    """
+    try:
+        destination = netguard.check_destination_blocking(host, port, what=what)
+    except netguard.RefusedDestination as error:
+        raise DestinationRefused(str(error)) from None
+    except Unavailable as error:
+        raise ProviderUnavailable(str(error)) from None
+    return tuple(str(address) for address in destination.addresses)
+
+
 #: What a plugin's ``register_secret_providers`` hook receives: call it once per provider class.
 Register = Callable[[type[SecretProvider]], None]
 
@@ -188,6 +227,7 @@ __all__ = [
     "AccessDenied",
     "BadParameters",
     "DataType",
+    "DestinationRefused",
     "InitializationValue",
     "Parameter",
     "ProviderError",
@@ -197,5 +237,6 @@ __all__ = [
     "Secret",
     "SecretNotFound",
     "SecretProvider",
+    "check_destination",
     "hookimpl",
 ]

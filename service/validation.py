@@ -10,8 +10,8 @@ from __future__ import annotations
 import ipaddress
 import re
 import unicodedata
-from urllib.parse import urlsplit
 
+from service import endpoint
 from service.catalog import ProviderCatalog
 from service.errors import FieldViolation, InvalidArgument, violation
 from service.model import (
@@ -362,7 +362,7 @@ def text_problems(text: str, limit: int) -> list[str]:
 
 
 def token_endpoint_problems(url: str) -> list[str]:
-    """Problems with an OAuth token endpoint URL."""
+    """Problems with an OAuth token endpoint URL, read by the token client's own parser."""
     if not url:
         return ["is required when RelayAuthenticationType is 3 (OAuth client credentials)"]
     if len(url) > MAX_URL:
@@ -370,21 +370,22 @@ def token_endpoint_problems(url: str) -> list[str]:
     if any(c.isspace() or unicodedata.category(c) == "Cc" for c in url):
         return ["must not contain whitespace or control characters"]
     try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
+        parts = endpoint.parse(url)
+    except endpoint.BadEndpoint:
         return ["must be an absolute URL such as https://login.example.com/oauth2/token"]
-    scheme = parts.scheme.lower()
-    if scheme not in ("https", "http") or not parts.hostname:
+    if parts.scheme not in ("https", "http") or not parts.host:
         return ["must be an absolute https URL such as https://login.example.com/oauth2/token"]
     problems = []
-    if "@" in parts.netloc:
+    if parts.userinfo:
         problems.append("must not contain user information (user:password@)")
-    if "#" in url:
+    if parts.fragment:
         problems.append("must not contain a fragment (#...)")
-    if port == 0:
+    if parts.given_port is not None and not 1 <= parts.given_port <= 65535:
         problems.append("port must be between 1 and 65535")
-    if scheme == "http" and not _is_loopback(parts.hostname):
+    if host_problems(parts.host):
+        # Percent-encoded, underscored or numeric-dotted hosts: names a resolver may read its own way.
+        problems.append("host must be a host name (internationalised names are fine) or an IP address")
+    elif parts.scheme == "http" and not _is_loopback(parts.host):
         problems.append("must use https; plain http is allowed only to a loopback host")
     return problems
 

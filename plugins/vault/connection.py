@@ -15,11 +15,10 @@ import time
 from pathlib import Path
 
 import hvac
-import requests
-from requests.adapters import HTTPAdapter
 
 from service.plugin import BadParameters
 
+from . import transport
 from .parameters import Settings
 
 log = logging.getLogger(__name__)
@@ -72,11 +71,7 @@ class Connection:
             s = self.settings
             if s.ca_bundle is not None and not Path(s.ca_bundle).is_file():
                 raise BadParameters(f"CaBundle {s.ca_bundle!r} is not a readable file", "CaBundle")
-            session = requests.Session()
-            for prefix in ("https://", "http://"):
-                session.mount(prefix, HTTPAdapter(pool_connections=1, pool_maxsize=POOL_SIZE))
-            # hvac takes `verify` from a given session, so set it there.
-            session.verify = s.ca_bundle or True
+            session = transport.session(s.ca_bundle or True, POOL_SIZE)
             token = s.token.reveal() if s.auth_method == "token" and s.token is not None else ""
             # token "" (not None): hvac would otherwise fall back to VAULT_TOKEN or ~/.vault-token.
             self._client = hvac.Client(url=s.host, token=token, verify=s.ca_bundle or True,
