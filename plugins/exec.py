@@ -17,7 +17,6 @@ import json
 import math
 import os
 import selectors
-import shlex
 import signal
 import subprocess
 import time
@@ -34,6 +33,7 @@ from service.plugin import (
     Secret,
     SecretNotFound,
     SecretProvider,
+    command_argv,
     hookimpl,
 )
 
@@ -68,13 +68,15 @@ class ExecProvider(SecretProvider):
     parameters = (
         Parameter(
             "Command",
+            kind="command",
             description='The program and its arguments: a JSON array of strings, e.g. ["/usr/bin/vendor-cli", '
             '"get", "{Name}"], or a command line split like a POSIX shell would (never run by one).',
         ),
-        Parameter("WorkingDirectory", required=False, description="Directory the command runs in."),
+        Parameter("WorkingDirectory", required=False, kind="path", description="Directory the command runs in."),
         Parameter(
             "Environment",
             required=False,
+            kind="environment",
             description="Extra environment variables as a JSON object of strings; the command otherwise "
             "sees only PATH, HOME and LANG.",
         ),
@@ -333,28 +335,8 @@ def _text(initialization: Mapping[str, InitializationValue], name: str) -> str:
 
 
 def _command(initialization: Mapping[str, InitializationValue]) -> list[str]:
-    raw = _text(initialization, "Command")
-    argv: object
-    if raw.startswith("["):
-        argv = _json(raw)
-        if not (isinstance(argv, list) and all(isinstance(arg, str) for arg in argv)):
-            raise BadParameters("Command must be a JSON array of strings", parameter="Command")
-    else:
-        argv = _split(raw)
-        if argv is None:
-            raise BadParameters("Command is not a valid command line (unbalanced quotes?)", parameter="Command")
-    if not argv or not argv[0]:
-        raise BadParameters("Command must name a program", parameter="Command")
-    if any("\0" in arg for arg in argv):
-        raise BadParameters("Command contains a NUL character", parameter="Command")
-    return list(argv)
-
-
-def _split(raw: str) -> list[str] | None:
-    try:
-        return shlex.split(raw)
-    except ValueError:
-        return None
+    # The host's parser: the argv it checked against exec_commands is the argv that runs.
+    return command_argv(_text(initialization, "Command"))
 
 
 def _substitute(argv: list[str], *, name: str, field: str) -> list[str]:

@@ -66,6 +66,7 @@ class FileProvider(SecretProvider):
     parameters = (
         Parameter(
             "Directory",
+            kind="path",
             description="Absolute path of the directory that holds the secret files, e.g. /run/secrets.",
         ),
         Parameter(
