@@ -1,8 +1,10 @@
 """Secret provider ``exec``: runs a configured command, such as a PAM vendor's CLI, and reads the
 secret from its standard output.
 
-The command runs without a shell, in a session of its own (a timeout kills the whole process
-group), with stdin closed and a minimal environment. Exit status 0 means stdout holds the value;
+The command runs without a shell, in a session of its own, with stdin closed and a minimal
+environment. On Linux it runs under a small reaper (plugins/exec_reaper.py), so nothing it starts
+outlives it, not even a process that left the session with setsid: when the command exits or
+times out, every process it started is killed. Elsewhere a timeout kills the process group only. Exit status 0 means stdout holds the value;
 any other status is reported with its stderr, never its stdout. Written only against the public
 plugin API, so it could move to its own distribution unchanged.
 
@@ -19,8 +21,10 @@ import os
 import selectors
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping
 
 from service.plugin import (
@@ -37,6 +41,11 @@ from service.plugin import (
     hookimpl,
 )
 
+#: Runs each command and ends whatever it started, setsid or not (see plugins/exec_reaper.py);
+#: None where the kernel has no child subreapers (not Linux), and only the process group is ended.
+REAPER: Path | None = Path(__file__).with_name("exec_reaper.py") if sys.platform == "linux" else None
+#: Seconds the reaper gets to end a timed-out command's processes before the group is killed.
+REAPER_GRACE = 2.0
 #: Largest stdout accepted; more means the command is not printing one secret.
 STDOUT_LIMIT = 1 << 20
 #: The tail of stderr kept for error reports.
@@ -198,38 +207,66 @@ class _TooMuchOutput(Exception):
 
 
 def _run(argv: list[str], env: dict[str, str], cwd: str | None, timeout: float) -> _Done:
+    report, report_end = os.pipe()
     try:
         process = subprocess.Popen(
-            argv, shell=False, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=env, cwd=cwd, start_new_session=True, close_fds=True,
+            _reaped(argv, report_end), shell=False, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, env=env, cwd=cwd, start_new_session=True, close_fds=True,
+            pass_fds=(report_end,) if REAPER else (),
         )
     except OSError as error:
+        os.close(report)
         raise _spawn_error(error, argv[0], cwd) from None
+    finally:
+        os.close(report_end)
     deadline = time.monotonic() + timeout
     try:
-        stdout, stderr = _collect(process, deadline)
+        stdout, stderr, problem = _collect(process, report, deadline)
         status = process.wait(max(0.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
-        _kill_group(process)
+        _end(process)
         raise ProviderUnavailable(f"command timed out after {timeout:g}s") from None
     except _TooMuchOutput:
-        _kill_group(process)
+        _end(process)
         raise BadParameters(f"command printed more than {STDOUT_LIMIT} bytes", parameter="Command") from None
     except BaseException:
-        _kill_group(process)
+        _end(process)
         raise
     finally:
         process.stdout.close()  # type: ignore[union-attr]
         process.stderr.close()  # type: ignore[union-attr]
+        os.close(report)
+    if problem:
+        raise _spawn_error(_reported(problem), argv[0], cwd)
     return _Done(status, bytes(stdout) if status == 0 else b"", bytes(stderr))
 
 
-def _collect(process: subprocess.Popen, deadline: float) -> tuple[bytearray, bytearray]:
-    """Read stdout (bounded) and the tail of stderr until both reach end of file or time runs out."""
-    stdout, stderr = bytearray(), bytearray()
+def _reaped(argv: list[str], report: int) -> list[str]:
+    """The command line that runs `argv` under the reaper, where there is one."""
+    if REAPER is None:
+        return argv
+    # -I -S: the command's environment (PYTHONPATH and the like) must not change the reaper.
+    return [sys.executable, "-I", "-S", str(REAPER), str(report), *argv]
+
+
+def _reported(problem: bytes) -> OSError:
+    """The reaper's account of a command it could not start, as the OSError it met."""
+    try:
+        doc = json.loads(problem)
+        number = int(doc["errno"])
+        return OSError(number, os.strerror(number), doc.get("filename"))
+    except (ValueError, KeyError, TypeError):
+        return OSError(0, "the command could not be started")
+
+
+def _collect(process: subprocess.Popen, report: int, deadline: float) -> tuple[bytearray, bytearray, bytearray]:
+    """Read stdout (bounded), the tail of stderr and the reaper's report until all reach end of
+    file or time runs out."""
+    stdout, stderr, problem = bytearray(), bytearray(), bytearray()
     with selectors.DefaultSelector() as selector:
         selector.register(process.stdout, selectors.EVENT_READ, stdout)  # type: ignore[arg-type]
         selector.register(process.stderr, selectors.EVENT_READ, stderr)  # type: ignore[arg-type]
+        selector.register(report, selectors.EVENT_READ, problem)
         while selector.get_map():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -243,19 +280,39 @@ def _collect(process: subprocess.Popen, deadline: float) -> tuple[bytearray, byt
                 buffer += chunk
                 if buffer is stdout and len(stdout) > STDOUT_LIMIT:
                     raise _TooMuchOutput
-                if buffer is stderr and len(stderr) > STDERR_KEEP:
-                    del stderr[:-STDERR_KEEP]
-    return stdout, stderr
+                if buffer is not stdout and len(buffer) > STDERR_KEEP:
+                    del buffer[:-STDERR_KEEP]
+    return stdout, stderr, problem
 
 
-def _kill_group(process: subprocess.Popen) -> None:
-    # The child leads its own session and is not reaped yet, so its pid still names the group and
-    # cannot have been reused.
+def _end(process: subprocess.Popen) -> None:
+    """End the command and everything it started."""
+    if REAPER is not None:
+        # The reaper kills what the command started, even what left the session, then exits.
+        try:
+            process.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        _wait_unreaped(process.pid, REAPER_GRACE)
+    # The reaper (or the command) leads its own session and is not reaped yet, so its pid still
+    # names the group and cannot have been reused: whatever is left in the group goes now.
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
     process.wait()
+
+
+def _wait_unreaped(pid: int, seconds: float) -> None:
+    """Wait up to `seconds` for `pid` to exit, leaving it unreaped."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return
+        except ChildProcessError:
+            return
+        time.sleep(0.005)
 
 
 def _spawn_error(error: OSError, program: str, cwd: str | None) -> BadParameters:
