@@ -16,6 +16,7 @@ Whatever is listed, no path reaches the server's own files: one inside the data 
 file, the Unix socket or the TLS key, or a directory that holds one of them, is refused; so are
 /proc, /sys and /dev (/proc/self/environ alone would show SMTPCONFIG_KEY). Instances declared in
 the config file are the operator's own: the lists do not apply to them, the server's own files do.
+API-made instances cannot reach the files declared instances take their secrets from either.
 
 Checks run when an instance is written (INVALID_ARGUMENT naming ``Initialization.<Name>`` and the
 setting that would allow it) and again before every resolution (FAILED_PRECONDITION naming the
@@ -67,6 +68,8 @@ class HostAccess:
     path_directories: tuple[Path, ...] = ()
     #: The server's own files and directories, by what they are.
     protected: tuple[tuple[str, Path], ...] = ()
+    #: Secret files the config file names for declared instances; out of reach of API-made ones.
+    secret_files: tuple[Path, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HostAccess:
@@ -75,7 +78,13 @@ class HostAccess:
             own.append(("the server's Unix socket", settings.socket_path))
         if settings.tls_key_file is not None:
             own.append(("the server's TLS key", settings.tls_key_file))
-        return cls(settings.exec_commands, settings.file_directories, settings.path_directories, tuple(own))
+        # The files declared instances take their secrets from: the operator's, not the API's.
+        secret_files = tuple(
+            Path(item["file"]) for table in settings.providers for item in table["initialization"].values()
+            if isinstance(item, dict) and "file" in item
+        )
+        return cls(settings.exec_commands, settings.file_directories, settings.path_directories, tuple(own),
+                   secret_files)
 
     def refusals(
         self, type_name: str, parameters: tuple[Parameter, ...], values: Mapping[str, str | Secret],
@@ -88,7 +97,7 @@ class HostAccess:
             value = values.get(parameter.name)
             if parameter.kind == "text" or parameter.instance_level or not isinstance(value, str) or not value.strip():
                 continue
-            problem = self._problem(type_name, parameter, value.strip(), declared)
+            problem = self._problem(type_name, parameter, value, declared)
             if problem:
                 found.append(violation(f"Initialization.{parameter.name}", problem))
         return found
@@ -118,22 +127,32 @@ class HostAccess:
         return f"must start with a command listed in exec_commands in the server's config: {listed}"
 
     def _path_problem(self, value: str, setting: str, declared: bool) -> str:
+        if value != value.strip():
+            # A provider that strips would open another path than the one checked ("/ok/.. ").
+            return "must not start or end with white space"
         if not os.path.isabs(value):
             return "must be an absolute path"
         real = os.path.realpath(value)
         for what, path in self.protected:
-            own = os.path.realpath(path)
-            if _within(real, own) or _within(own, real):
+            if _overlap(real, path):
                 return f"reaches {what}, which no provider instance may read"
         for system in SYSTEM_DIRECTORIES:
             if _within(real, system):
                 return f"is under {system}, which no provider instance may read"
         if declared:
             return ""
+        if any(_overlap(real, path) for path in self.secret_files):
+            return "reaches a secret file of a provider instance declared in the server's config"
         if not any(_within(real, os.path.realpath(d)) for d in getattr(self, setting)):
             return (f"is not under a directory listed in {setting} in the server's config"
                     " (symlinks followed)")
         return ""
+
+
+def _overlap(real: str, path: Path) -> bool:
+    """`real` is `path`, lies under it, or holds it (a directory holding a file reaches it)."""
+    own = os.path.realpath(path)
+    return _within(real, own) or _within(own, real)
 
 
 def _within(path: str, directory: str) -> bool:

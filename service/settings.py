@@ -355,7 +355,7 @@ def _coerce(name: str, value: Any, origin: str, base: Path | None, text: bool) -
             return value.lower() in ("1", "true", "yes", "on")
         raise SettingsError(f"{where} must be true or false")
     if name == "exec_commands":
-        return _exec_commands(value, where)
+        return _exec_commands(value, where, text)
     if name in ("file_directories", "path_directories"):
         return _directories(value, where, base)
     if name == "providers":
@@ -409,9 +409,9 @@ def _declared_providers(value: Any, where: str, base: Path | None) -> tuple[dict
     return tuple(declared)
 
 
-def _exec_commands(value: Any, where: str) -> tuple[tuple[str, ...], ...]:
+def _exec_commands(value: Any, where: str, text: bool) -> tuple[tuple[str, ...], ...]:
     """[[program, args...], ...]; from the environment, the same as a JSON array."""
-    if isinstance(value, str):
+    if text and isinstance(value, str):
         try:
             value = json.loads(value) if value.strip() else []
         except ValueError:

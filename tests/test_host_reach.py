@@ -22,6 +22,7 @@ import grpc
 import pytest
 
 from service.auth import token_hash
+from service.plugin import Parameter
 from smtpconfig.v2 import secret_pb2
 from smtpconfig.v2 import secret_provider_service_pb2 as pb
 from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
@@ -239,6 +240,22 @@ def test_resolution_checks_again_when_a_symlink_moves_or_settings_shrink(base: P
     assert "file_directories" in shrunk.value.details()
 
 
+def test_paths_are_checked_as_given_and_declared_secret_files_stay_out_of_reach(base: Path, reach) -> None:
+    allowed = base / "secrets"
+    (allowed / "app").mkdir(parents=True)
+    (allowed / "vault-token").write_text("PLANTED-declared-token")
+    declared = {"id": 9, "name": "ops-vault", "type": "exec",
+                "initialization": {"Command": "/bin/true", "Token": {"file": str(allowed / "vault-token")}}}
+    server = reach(file_directories=(allowed,), providers=(declared,))
+    # The operator's own secret file sits in the listed directory: still not the API's to read.
+    said = refused(lambda: server.create("file", Directory=str(allowed)), "Initialization.Directory")
+    assert "declared" in said
+    # A provider that strips white space would open the parent of what was checked.
+    said = refused(lambda: server.create("file", Directory=f"{allowed}/app/.. "), "Initialization.Directory")
+    assert "white space" in said
+    assert server.create("file", Directory=str(allowed / "app")).id
+
+
 # --- vault: paths and destinations -----------------------------------------------------------------
 
 
@@ -433,3 +450,24 @@ def test_declared_instances_are_the_operators_own(base: Path) -> None:
     reads_data = {"id": 4, "name": "oops", "type": "file", "initialization": {"Directory": str(base)}}
     with pytest.raises(Exception, match="reaches the data directory"):
         ServerThread(base / "data", providers=(reads_data,)).start()
+
+
+# --- the plugin API ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        ({"kind": "url"}, "kind must be one of"),
+        ({"kind": "path", "instance_level": True}, "only string initialization parameters"),
+        ({"kind": "command", "data_type": "secret"}, "only string initialization parameters"),
+    ],
+)
+def test_parameter_kinds_are_checked_when_a_plugin_declares_them(given: dict, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        Parameter("X", **given)
+
+
+def test_destinations_commands_and_environments_always_bind_secrets() -> None:
+    assert [Parameter("X", kind=k).binds_secrets for k in ("destination", "command", "environment")] == [True] * 3
+    assert not Parameter("X", kind="path").binds_secrets and Parameter("X", kind="path", binds_secrets=True).binds_secrets
