@@ -141,6 +141,10 @@ def test_exec_runs_nothing_that_exec_commands_does_not_list(base: Path, reach) -
         got = narrow.check(made.id, Name="db")
         assert got.success and got.fingerprint == narrow.check(made.id, Name="db").fingerprint
     assert not witness.exists()
+    # The Token given to one command does not follow a switch to another listed one.
+    vendor_made = narrow.create("exec", name="with-token", Command=f"{vendor} get", Token="PLANTED-exec-token")
+    said = refused(lambda: narrow.update(vendor_made, Command="/usr/bin/env vendor"), "Initialization.Token")
+    assert "Command changed" in said
 
 
 def test_exec_environment_cannot_change_what_code_runs(base: Path, reach) -> None:
