@@ -79,7 +79,8 @@ class ExecProvider(SecretProvider):
             "Command",
             kind="command",
             description='The program and its arguments: a JSON array of strings, e.g. ["/usr/bin/vendor-cli", '
-            '"get", "{Name}"], or a command line split like a POSIX shell would (never run by one).',
+            '"get", "{Name}"], or a command line split like a POSIX shell would (never run by one). Made '
+            "through the API, it must start with a command the server's exec_commands setting lists.",
         ),
         Parameter("WorkingDirectory", required=False, kind="path", description="Directory the command runs in."),
         Parameter(

@@ -67,7 +67,8 @@ class FileProvider(SecretProvider):
         Parameter(
             "Directory",
             kind="path",
-            description="Absolute path of the directory that holds the secret files, e.g. /run/secrets.",
+            description="Absolute path of the directory that holds the secret files, e.g. /run/secrets. Made "
+            "through the API, it must be in or under a directory the server's file_directories setting lists.",
         ),
         Parameter(
             "StripNewline",
