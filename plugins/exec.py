@@ -4,9 +4,10 @@ secret from its standard output.
 The command runs without a shell, in a session of its own, with stdin closed and a minimal
 environment. On Linux it runs under a small reaper (plugins/exec_reaper.py), so nothing it starts
 outlives it, not even a process that left the session with setsid: when the command exits or
-times out, every process it started is killed. Elsewhere a timeout kills the process group only. Exit status 0 means stdout holds the value;
-any other status is reported with its stderr, never its stdout. Written only against the public
-plugin API, so it could move to its own distribution unchanged.
+times out, every process it started is killed. Elsewhere a timeout kills the process group only.
+Exit status 0 means stdout holds the value; any other status is reported with its stderr, never
+its stdout. Written only against the public plugin API, so it could move to its own distribution
+unchanged.
 
 Newline rule: with raw output and StripNewline true (the default), exactly one trailing ``\n`` or
 ``\r\n`` is removed from stdout and nothing else (``"a\n\n"`` gives ``"a\n"``, ``"a "`` stays

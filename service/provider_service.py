@@ -236,7 +236,8 @@ class ProviderService:
             parameters = self._parameters(instance)
             names = canonical_names(parameters)
             sent = {names[k].name for k in init if k in names}  # "" counts: it clears on purpose
-            self._refuse_unreachable(instance, unbound_secrets(parameters, current.initialization, instance.initialization, sent))
+            unbound = unbound_secrets(parameters, current.initialization, instance.initialization, sent)
+            self._refuse_unreachable(instance, unbound)
             changed = (["Name"] if instance.name != current.name else []) + [
                 f"Initialization.{k}"
                 for k in sorted(set(instance.initialization) | set(current.initialization))
@@ -252,7 +253,9 @@ class ProviderService:
         )
         if refused:
             problems = "; ".join(f"{v.field} {v.description}" for v in refused)
-            raise FailedPrecondition(f"provider instance {instance.id} ({instance.name}) cannot be used here: {problems}")
+            raise FailedPrecondition(
+                f"provider instance {instance.id} ({instance.name}) cannot be used here: {problems}"
+            )
 
     def _parameters(self, instance: ProviderInstance) -> tuple[Parameter, ...]:
         info = self.plugins.provider_type(instance.type_name)
