@@ -194,6 +194,8 @@ def measure_all(args: argparse.Namespace) -> tuple[dict[str, int], list[dict[str
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="smtpconfig-bench-")))
         # The apply service trusts this CA from its start; the TLS servers present its server leaf.
         certs = make_certs(scratch)
+        # The file provider instances read from here: the services' operator allows that directory.
+        secrets = ("--file-directory", str(scratch / "secrets"))
         # The echo servers are given the service's grpc options rather than import the service.
         options = ("--options", json.dumps(service_options()))
         servers = {
@@ -201,11 +203,11 @@ def measure_all(args: argparse.Namespace) -> tuple[dict[str, int], list[dict[str
             BARE_THREADS: stack.enter_context(
                 Child(BARE_THREADS, "bench.servers", BARE_THREADS, *options, "--threads", str(args.threads))
             ),
-            SERVICE: stack.enter_context(Child(SERVICE, "bench.servers", SERVICE)),
+            SERVICE: stack.enter_context(Child(SERVICE, "bench.servers", SERVICE, *secrets)),
             # Another process: its stored profile (a password reference, then the local SMTP
             # server's) must not change what GetSmtp answers.
             RESOLVE_SMTP: stack.enter_context(
-                Child("apply service", "bench.servers", SERVICE, "--ca-bundle", str(certs.ca))
+                Child("apply service", "bench.servers", SERVICE, "--ca-bundle", str(certs.ca), *secrets)
             ),
         }
         if not args.skip_tls:

@@ -3,6 +3,7 @@
     python -m bench.servers bare-aio [--options JSON] [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]
     python -m bench.servers bare-threads [--options JSON] [--threads N]
     python -m bench.servers service [--ca-bundle PEM] [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]
+        [--file-directory DIR ...]
 
 Each binds 127.0.0.1 port 0, prints `PORT <n>` on stdout once it accepts calls, then serves until
 its stdin closes or it gets SIGTERM/SIGINT. Watching stdin means a server never outlives the
@@ -178,7 +179,7 @@ def run_bare_threads(options: tuple, threads: int) -> None:
 # --- the service --------------------------------------------------------------------------------
 
 
-async def run_service(ca_bundle: Path | None = None, tls: Tls | None = None) -> None:
+async def run_service(ca_bundle: Path | None = None, tls: Tls | None = None, file_directories: tuple[Path, ...] = ()) -> None:
     """The real `App`, as `smtpconfig serve` builds it, on TCP only (no Unix socket), with a fresh
     data directory and generated key, trusting `ca_bundle` for SMTP TLS if given, serving TLS (or
     mTLS) with `tls` if given. Callers are the bench token's identity and, over mTLS, the bench
@@ -195,7 +196,7 @@ async def run_service(ca_bundle: Path | None = None, tls: Tls | None = None) -> 
             policy=(("bench", ("*",)), (CLIENT_ID, ("*",))),
             tls_cert_file=tls.cert if tls else None, tls_key_file=tls.key if tls else None,
             tls_client_ca_file=tls.client_ca if tls else None,
-            resolve_rate=0.0, test_rate=0.0,
+            resolve_rate=0.0, test_rate=0.0, file_directories=file_directories,
         ))
         try:
             await app.start()
@@ -219,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         "--options", help="bare-aio, bare-threads: grpc server options as JSON pairs (default: the service's)"
     )
     parser.add_argument("--ca-bundle", type=Path, help="service: PEM CA bundle trusted for SMTP TLS")
+    parser.add_argument("--file-directory", type=Path, action="append", default=[],
+                        help="service: a directory `file` provider instances may read (repeatable)")
     parser.add_argument("--tls-cert", type=Path, help="bare-aio, service: serve TLS with this certificate chain")
     parser.add_argument("--tls-key", type=Path, help="bare-aio, service: the certificate's key")
     parser.add_argument("--tls-client-ca", type=Path, help="bare-aio, service: require client certificates (mTLS)")
@@ -234,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.kind == BARE_THREADS:
         run_bare_threads(_options(args.options), args.threads)
     else:
-        asyncio.run(run_service(args.ca_bundle, tls))
+        asyncio.run(run_service(args.ca_bundle, tls, tuple(args.file_directory)))
     return 0
 
 

@@ -1,10 +1,13 @@
 """Secret provider ``exec``: runs a configured command, such as a PAM vendor's CLI, and reads the
 secret from its standard output.
 
-The command runs without a shell, in a session of its own (a timeout kills the whole process
-group), with stdin closed and a minimal environment. Exit status 0 means stdout holds the value;
-any other status is reported with its stderr, never its stdout. Written only against the public
-plugin API, so it could move to its own distribution unchanged.
+The command runs without a shell, in a session of its own, with stdin closed and a minimal
+environment. On Linux it runs under a small reaper (plugins/exec_reaper.py), so nothing it starts
+outlives it, not even a process that left the session with setsid: when the command exits or
+times out, every process it started is killed. Elsewhere a timeout kills the process group only.
+Exit status 0 means stdout holds the value; any other status is reported with its stderr, never
+its stdout. Written only against the public plugin API, so it could move to its own distribution
+unchanged.
 
 Newline rule: with raw output and StripNewline true (the default), exactly one trailing ``\n`` or
 ``\r\n`` is removed from stdout and nothing else (``"a\n\n"`` gives ``"a\n"``, ``"a "`` stays
@@ -17,11 +20,12 @@ import json
 import math
 import os
 import selectors
-import shlex
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping
 
 from service.plugin import (
@@ -34,9 +38,15 @@ from service.plugin import (
     Secret,
     SecretNotFound,
     SecretProvider,
+    command_argv,
     hookimpl,
 )
 
+#: Runs each command and ends whatever it started, setsid or not (see plugins/exec_reaper.py);
+#: None where the kernel has no child subreapers (not Linux), and only the process group is ended.
+REAPER: Path | None = Path(__file__).with_name("exec_reaper.py") if sys.platform == "linux" else None
+#: Seconds the reaper gets to end a timed-out command's processes before the group is killed.
+REAPER_GRACE = 2.0
 #: Largest stdout accepted; more means the command is not printing one secret.
 STDOUT_LIMIT = 1 << 20
 #: The tail of stderr kept for error reports.
@@ -68,13 +78,16 @@ class ExecProvider(SecretProvider):
     parameters = (
         Parameter(
             "Command",
+            kind="command",
             description='The program and its arguments: a JSON array of strings, e.g. ["/usr/bin/vendor-cli", '
-            '"get", "{Name}"], or a command line split like a POSIX shell would (never run by one).',
+            '"get", "{Name}"], or a command line split like a POSIX shell would (never run by one). Made '
+            "through the API, it must start with a command the server's exec_commands setting lists.",
         ),
-        Parameter("WorkingDirectory", required=False, description="Directory the command runs in."),
+        Parameter("WorkingDirectory", required=False, kind="path", description="Directory the command runs in."),
         Parameter(
             "Environment",
             required=False,
+            kind="environment",
             description="Extra environment variables as a JSON object of strings; the command otherwise "
             "sees only PATH, HOME and LANG.",
         ),
@@ -196,38 +209,66 @@ class _TooMuchOutput(Exception):
 
 
 def _run(argv: list[str], env: dict[str, str], cwd: str | None, timeout: float) -> _Done:
+    report, report_end = os.pipe()
     try:
         process = subprocess.Popen(
-            argv, shell=False, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=env, cwd=cwd, start_new_session=True, close_fds=True,
+            _reaped(argv, report_end), shell=False, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, env=env, cwd=cwd, start_new_session=True, close_fds=True,
+            pass_fds=(report_end,) if REAPER else (),
         )
     except OSError as error:
+        os.close(report)
         raise _spawn_error(error, argv[0], cwd) from None
+    finally:
+        os.close(report_end)
     deadline = time.monotonic() + timeout
     try:
-        stdout, stderr = _collect(process, deadline)
+        stdout, stderr, problem = _collect(process, report, deadline)
         status = process.wait(max(0.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
-        _kill_group(process)
+        _end(process)
         raise ProviderUnavailable(f"command timed out after {timeout:g}s") from None
     except _TooMuchOutput:
-        _kill_group(process)
+        _end(process)
         raise BadParameters(f"command printed more than {STDOUT_LIMIT} bytes", parameter="Command") from None
     except BaseException:
-        _kill_group(process)
+        _end(process)
         raise
     finally:
         process.stdout.close()  # type: ignore[union-attr]
         process.stderr.close()  # type: ignore[union-attr]
+        os.close(report)
+    if problem:
+        raise _spawn_error(_reported(problem), argv[0], cwd)
     return _Done(status, bytes(stdout) if status == 0 else b"", bytes(stderr))
 
 
-def _collect(process: subprocess.Popen, deadline: float) -> tuple[bytearray, bytearray]:
-    """Read stdout (bounded) and the tail of stderr until both reach end of file or time runs out."""
-    stdout, stderr = bytearray(), bytearray()
+def _reaped(argv: list[str], report: int) -> list[str]:
+    """The command line that runs `argv` under the reaper, where there is one."""
+    if REAPER is None:
+        return argv
+    # -I -S: the command's environment (PYTHONPATH and the like) must not change the reaper.
+    return [sys.executable, "-I", "-S", str(REAPER), str(report), *argv]
+
+
+def _reported(problem: bytes) -> OSError:
+    """The reaper's account of a command it could not start, as the OSError it met."""
+    try:
+        doc = json.loads(problem)
+        number = int(doc["errno"])
+        return OSError(number, os.strerror(number), doc.get("filename"))
+    except (ValueError, KeyError, TypeError):
+        return OSError(0, "the command could not be started")
+
+
+def _collect(process: subprocess.Popen, report: int, deadline: float) -> tuple[bytearray, bytearray, bytearray]:
+    """Read stdout (bounded), the tail of stderr and the reaper's report until all reach end of
+    file or time runs out."""
+    stdout, stderr, problem = bytearray(), bytearray(), bytearray()
     with selectors.DefaultSelector() as selector:
         selector.register(process.stdout, selectors.EVENT_READ, stdout)  # type: ignore[arg-type]
         selector.register(process.stderr, selectors.EVENT_READ, stderr)  # type: ignore[arg-type]
+        selector.register(report, selectors.EVENT_READ, problem)
         while selector.get_map():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -241,19 +282,39 @@ def _collect(process: subprocess.Popen, deadline: float) -> tuple[bytearray, byt
                 buffer += chunk
                 if buffer is stdout and len(stdout) > STDOUT_LIMIT:
                     raise _TooMuchOutput
-                if buffer is stderr and len(stderr) > STDERR_KEEP:
-                    del stderr[:-STDERR_KEEP]
-    return stdout, stderr
+                if buffer is not stdout and len(buffer) > STDERR_KEEP:
+                    del buffer[:-STDERR_KEEP]
+    return stdout, stderr, problem
 
 
-def _kill_group(process: subprocess.Popen) -> None:
-    # The child leads its own session and is not reaped yet, so its pid still names the group and
-    # cannot have been reused.
+def _end(process: subprocess.Popen) -> None:
+    """End the command and everything it started."""
+    if REAPER is not None:
+        # The reaper kills what the command started, even what left the session, then exits.
+        try:
+            process.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        _wait_unreaped(process.pid, REAPER_GRACE)
+    # The reaper (or the command) leads its own session and is not reaped yet, so its pid still
+    # names the group and cannot have been reused: whatever is left in the group goes now.
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
     process.wait()
+
+
+def _wait_unreaped(pid: int, seconds: float) -> None:
+    """Wait up to `seconds` for `pid` to exit, leaving it unreaped."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return
+        except ChildProcessError:
+            return
+        time.sleep(0.005)
 
 
 def _spawn_error(error: OSError, program: str, cwd: str | None) -> BadParameters:
@@ -333,28 +394,8 @@ def _text(initialization: Mapping[str, InitializationValue], name: str) -> str:
 
 
 def _command(initialization: Mapping[str, InitializationValue]) -> list[str]:
-    raw = _text(initialization, "Command")
-    argv: object
-    if raw.startswith("["):
-        argv = _json(raw)
-        if not (isinstance(argv, list) and all(isinstance(arg, str) for arg in argv)):
-            raise BadParameters("Command must be a JSON array of strings", parameter="Command")
-    else:
-        argv = _split(raw)
-        if argv is None:
-            raise BadParameters("Command is not a valid command line (unbalanced quotes?)", parameter="Command")
-    if not argv or not argv[0]:
-        raise BadParameters("Command must name a program", parameter="Command")
-    if any("\0" in arg for arg in argv):
-        raise BadParameters("Command contains a NUL character", parameter="Command")
-    return list(argv)
-
-
-def _split(raw: str) -> list[str] | None:
-    try:
-        return shlex.split(raw)
-    except ValueError:
-        return None
+    # The host's parser: the argv it checked against exec_commands is the argv that runs.
+    return command_argv(_text(initialization, "Command"))
 
 
 def _substitute(argv: list[str], *, name: str, field: str) -> list[str]:

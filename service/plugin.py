@@ -29,6 +29,8 @@ Stability: names in ``__all__`` are the API; they change only with a new major v
 
 from __future__ import annotations
 
+import json
+import shlex
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Literal, Mapping
 
@@ -44,6 +46,14 @@ PROJECT = "smtpconfig"
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 DataType = Literal["string", "secret"]
+
+#: What an initialization parameter's value is, so the host can guard it for every provider type:
+#: ``"text"`` (anything else), ``"path"`` (a file or directory on the server's host),
+#: ``"command"`` (a program and its arguments, see `command_argv`), ``"environment"`` (a JSON
+#: object of variables for a program the provider runs) or ``"destination"`` (where the provider
+#: connects: a URL, host or address).
+ParameterKind = Literal["text", "path", "command", "environment", "destination"]
+_KINDS = ("text", "path", "command", "environment", "destination")
 
 
 @dataclass(frozen=True)
@@ -71,12 +81,30 @@ class Parameter:
     default: str | None = None
     #: Other names accepted on input and mapped to `name` (e.g. Keyfactor's names).
     aliases: tuple[str, ...] = ()
+    #: What the value is (see `ParameterKind`). For instances made through the API, the host checks
+    #: ``"path"`` and ``"command"`` values against the operator's allowlists and ``"environment"``
+    #: values against loader and interpreter variables, when they are written and again before
+    #: every `resolve`. Only initialization parameters have a kind other than ``"text"``.
+    kind: ParameterKind = "text"
+    #: True when changing this parameter changes who receives the instance's secret
+    #: initialization values (an auth method, a namespace, a CA bundle). An update that changes it
+    #: must send those secret values again. Always true for ``"destination"``, ``"command"`` and
+    #: ``"environment"`` parameters.
+    binds_secrets: bool = False
 
     def __post_init__(self) -> None:
         if self.data_type not in ("string", "secret"):
             raise ValueError(f"parameter {self.name}: data_type must be 'string' or 'secret'")
         if self.data_type == "secret" and self.instance_level:
             raise ValueError(f"parameter {self.name}: instance parameters name a secret, they are not one")
+        if self.kind not in _KINDS:
+            raise ValueError(f"parameter {self.name}: kind must be one of {', '.join(_KINDS)}")
+        if self.kind != "text" and (self.instance_level or self.data_type == "secret"):
+            # The host must read the value to guard it, and instance parameters are chosen by
+            # whoever references the instance: a provider confines those itself.
+            raise ValueError(f"parameter {self.name}: only string initialization parameters can be of kind {self.kind}")
+        if self.kind in ("destination", "command", "environment"):
+            object.__setattr__(self, "binds_secrets", True)
         if not self.display_name:
             object.__setattr__(self, "display_name", self.name)
 
@@ -103,6 +131,36 @@ class Resolved:
 
 #: The value of an initialization parameter: a str, or a `Secret` for ``data_type="secret"``.
 InitializationValue = str | Secret
+
+
+def command_argv(value: str, name: str = "Command") -> list[str]:
+    """The argument vector a ``kind="command"`` value states: a JSON array of strings when it
+    starts with ``[``, otherwise a command line split as a POSIX shell would (and never run by
+    one). The host checks commands with this function, so a provider must run what it returns.
+
+    Raises:
+        BadParameters: naming parameter `name`, when the value is not a valid command, names no
+            program, or holds a NUL.
+    """
+    raw = value.strip()
+    argv: object
+    if raw.startswith("["):
+        try:
+            argv = json.loads(raw)
+        except (ValueError, RecursionError):  # a decode error repeats the document: never let it escape
+            argv = None
+        if not (isinstance(argv, list) and all(isinstance(arg, str) for arg in argv)):
+            raise BadParameters(f"{name} must be a JSON array of strings", parameter=name)
+    else:
+        try:
+            argv = shlex.split(raw)
+        except ValueError:
+            raise BadParameters(f"{name} is not a valid command line (unbalanced quotes?)", parameter=name) from None
+    if not argv or not argv[0]:
+        raise BadParameters(f"{name} must name a program", parameter=name)
+    if any("\0" in arg for arg in argv):
+        raise BadParameters(f"{name} contains a NUL character", parameter=name)
+    return list(argv)
 
 
 class SecretProvider:
@@ -230,6 +288,7 @@ __all__ = [
     "DestinationRefused",
     "InitializationValue",
     "Parameter",
+    "ParameterKind",
     "ProviderError",
     "ProviderUnavailable",
     "Register",
@@ -238,5 +297,6 @@ __all__ = [
     "SecretNotFound",
     "SecretProvider",
     "check_destination",
+    "command_argv",
     "hookimpl",
 ]

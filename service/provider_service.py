@@ -13,9 +13,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from service.catalog import ProviderInstanceInfo
+from service.catalog import ProviderInstanceInfo, canonical_names
 from service.crypto import Sealer
-from service.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, violation
+from service.errors import Aborted, FailedPrecondition, FieldViolation, InvalidArgument, NotFound, violation
+from service.host_access import HostAccess
+from service.plugin import Parameter
 from service.plugin_manager import Plugins
 from service.providers import (
     API,
@@ -29,6 +31,7 @@ from service.providers import (
     validate_instance,
 )
 from service.secret import strip_line_ending
+from service.secret_binding import unbound_secrets
 from service.store.base import ABSENT, AuditHook, EtagMismatch, Store
 
 log = logging.getLogger(__name__)
@@ -36,9 +39,12 @@ log = logging.getLogger(__name__)
 _MASKABLE = {"name": "Name", "initialization": "Initialization"}
 
 
-def declared_instances(tables: Iterable[dict[str, Any]], plugins: Plugins, env: dict[str, str]) -> list[ProviderInstance]:
+def declared_instances(
+    tables: Iterable[dict[str, Any]], plugins: Plugins, env: dict[str, str], access: HostAccess | None = None,
+) -> list[ProviderInstance]:
     """Instances from the config file, with `{env=...}` and `{file=...}` values read now. A secret
-    parameter must come from one of those, never from a literal in the file."""
+    parameter must come from one of those, never from a literal in the file. The operator's own
+    instances may use any command or path (`access`), except the server's own files."""
     instances = []
     for table in tables:
         where = f"config file provider {table['name']!r}"
@@ -73,6 +79,11 @@ def declared_instances(tables: Iterable[dict[str, Any]], plugins: Plugins, env: 
         except InvalidArgument as error:
             problems = "; ".join(f"{v.field}: {v.description}" for v in error.violations)
             raise FailedPrecondition(f"{where}: {problems}") from None
+        refused = (access or HostAccess()).refusals(instance.type_name, info.cls.parameters if info else (),
+                                                   instance.initialization, declared=True)
+        if refused:
+            problems = "; ".join(f"{v.field}: {v.description}" for v in refused)
+            raise FailedPrecondition(f"{where}: {problems}")
         instances.append(replace(instance, etag=f"config-{instance.id}"))
     return instances
 
@@ -95,8 +106,11 @@ class ProviderService:
         plugins: Plugins,
         declared: list[ProviderInstance],
         write_lock: asyncio.Lock,
+        access: HostAccess | None = None,
     ) -> None:
         self._store = store
+        # What instances made through the API may reach on this host; nothing when not given.
+        self._access = access or HostAccess()
         self._sealer = sealer
         self.plugins = plugins
         self._lock = write_lock
@@ -191,6 +205,7 @@ class ProviderService:
             taken = {i.name for i in self.all()}
             provider_id = max((i.id for i in self.all()), default=0) + 1
             instance = validate_instance(draft, self.plugins, provider_id=provider_id, taken_names=taken)
+            self._refuse_unreachable(instance, [])
             changed = ["Name", "ProviderType", *(f"Initialization.{k}" for k in sorted(instance.initialization))]
             return await self._write(instance, ABSENT, "created", audit and audit(changed, provider=provider_id))
 
@@ -218,12 +233,38 @@ class ProviderService:
                 InstanceDraft(name, current.type_name, init), self.plugins,
                 provider_id=provider_id, taken_names=taken, keep=keep,
             )
+            parameters = self._parameters(instance)
+            names = canonical_names(parameters)
+            sent = {names[k].name for k in init if k in names}  # "" counts: it clears on purpose
+            unbound = unbound_secrets(parameters, current.initialization, instance.initialization, sent)
+            self._refuse_unreachable(instance, unbound)
             changed = (["Name"] if instance.name != current.name else []) + [
                 f"Initialization.{k}"
                 for k in sorted(set(instance.initialization) | set(current.initialization))
                 if instance.initialization.get(k) != current.initialization.get(k)
             ]
             return await self._write(instance, current.etag, "updated", audit and audit(changed, provider=provider_id))
+
+    def check_reach(self, instance: ProviderInstance) -> None:
+        """Refuse to resolve through an instance that reaches what this host does not allow
+        (checked before every backend call: settings shrink across restarts, symlinks change)."""
+        refused = self._access.refusals(
+            instance.type_name, self._parameters(instance), instance.initialization, declared=instance.source == CONFIG
+        )
+        if refused:
+            problems = "; ".join(f"{v.field} {v.description}" for v in refused)
+            raise FailedPrecondition(
+                f"provider instance {instance.id} ({instance.name}) cannot be used here: {problems}"
+            )
+
+    def _parameters(self, instance: ProviderInstance) -> tuple[Parameter, ...]:
+        info = self.plugins.provider_type(instance.type_name)
+        return info.cls.parameters if info is not None else ()
+
+    def _refuse_unreachable(self, instance: ProviderInstance, found: list[FieldViolation]) -> None:
+        found = found + self._access.refusals(instance.type_name, self._parameters(instance), instance.initialization)
+        if found:
+            raise InvalidArgument(found)
 
     async def delete(self, provider_id: int, etag: str, audit: AuditHook | None = None) -> None:
         async with self._lock:

@@ -199,6 +199,7 @@ class Resolver:
         """One backend call, turned into a cache entry (value or error), and measured."""
         started = time.monotonic()
         try:
+            self._providers.check_reach(instance)
             provider = self._provider(instance)
             resolved = await self._backend(provider, instance, ref)
         except Exception as error:  # noqa: BLE001 - each kind is mapped by _domain_error

@@ -39,6 +39,7 @@ from service.metrics import Metrics
 from service.tls import ReloadingCertificates
 from service.crypto import Sealer, load_key
 from service.errors import FailedPrecondition, Unavailable
+from service.host_access import HostAccess
 from service.plugin_manager import load_plugins
 from service.profiles import ProfileService
 from service.provider_service import ProviderService, declared_instances
@@ -119,10 +120,11 @@ class App:
         plugins = load_plugins(
             allow=settings.plugins_allow, block=settings.plugins_block, strict=settings.plugins_strict
         )
-        declared = declared_instances(settings.providers, plugins, dict(os.environ))
+        access = HostAccess.from_settings(settings)
+        declared = declared_instances(settings.providers, plugins, dict(os.environ), access)
         self._store = await SqliteStore.open(settings.data_dir)
         write_lock = asyncio.Lock()
-        self._provider_service = ProviderService(self._store, sealer, plugins, declared, write_lock)
+        self._provider_service = ProviderService(self._store, sealer, plugins, declared, write_lock, access)
         await self._provider_service.start()
         catalog = self._catalog or self._provider_service
         self._profiles = ProfileService(self._store, sealer, catalog, write_lock)

@@ -4,6 +4,7 @@ overriding the one before."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import tomllib
@@ -63,6 +64,15 @@ class Settings:
     implicit_tls_ports: tuple[int, ...] = (465,)
     # Provider instances declared in the config file ([[providers]] tables); read-only via the API.
     providers: tuple[dict[str, Any], ...] = ()
+    # What provider instances made through the API may reach on this host (declared ones are the
+    # operator's own and exempt). Commands an `exec` instance may run, each [absolute program,
+    # fixed leading arguments...]: its Command must start with one of them. Empty: none.
+    exec_commands: tuple[tuple[str, ...], ...] = ()
+    # Directories a `file` instance's Directory may be, or be under. Empty: none.
+    file_directories: tuple[Path, ...] = ()
+    # Directories every other path-valued parameter (JwtFile, CaBundle, WorkingDirectory, ...)
+    # may point into. Empty: none. The data directory is never reachable, whatever is listed.
+    path_directories: tuple[Path, ...] = ()
 
     # --- transport ---
     # Server certificate chain and key (PEM) for every TCP listener; re-read when the files change.
@@ -173,6 +183,9 @@ _ENV = {
     "resolve_burst": "RESOLVE_BURST",
     "test_rate": "TEST_RATE",
     "test_burst": "TEST_BURST",
+    "exec_commands": "EXEC_COMMANDS",
+    "file_directories": "FILE_DIRECTORIES",
+    "path_directories": "PATH_DIRECTORIES",
 }
 PERMISSIONS = (
     "smtp:read", "smtp:modify", "smtp:test", "smtp:resolve", "providers:read", "providers:modify", "audit:read",
@@ -353,6 +366,10 @@ def _coerce(name: str, value: Any, origin: str, base: Path | None, text: bool) -
         if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
             return value.lower() in ("1", "true", "yes", "on")
         raise SettingsError(f"{where} must be true or false")
+    if name == "exec_commands":
+        return _exec_commands(value, where, text)
+    if name in ("file_directories", "path_directories"):
+        return _directories(value, where, base)
     if name == "providers":
         if text:
             raise SettingsError(f"{where}: provider instances are declared in the config file only")
@@ -404,6 +421,45 @@ def _declared_providers(value: Any, where: str, base: Path | None) -> tuple[dict
     if len(set(names)) != len(names):
         raise SettingsError(f"{where}: two declared providers share a name")
     return tuple(declared)
+
+
+def _exec_commands(value: Any, where: str, text: bool) -> tuple[tuple[str, ...], ...]:
+    """[[program, args...], ...]; from the environment, the same as a JSON array."""
+    if text and isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else []
+        except ValueError:
+            raise SettingsError(f'{where} must be a JSON array of commands, e.g. [["/usr/bin/vendor-cli", "get"]]') from None
+    if not isinstance(value, (list, tuple)):
+        raise SettingsError(f'{where} must be a list of commands, e.g. [["/usr/bin/vendor-cli", "get"]]')
+    commands = []
+    for i, command in enumerate(value):
+        at = f"{where}[{i}]"
+        if not isinstance(command, (list, tuple)) or not command or not all(isinstance(a, str) for a in command):
+            raise SettingsError(f"{at} must be a non-empty list of strings: the program, then fixed arguments")
+        if not os.path.isabs(command[0]):
+            raise SettingsError(f"{at} must start with the program's absolute path (not {command[0]!r})")
+        if any("\0" in arg for arg in command):
+            raise SettingsError(f"{at} contains a NUL character")
+        commands.append(tuple(command))
+    return tuple(commands)
+
+
+def _directories(value: Any, where: str, base: Path | None) -> tuple[Path, ...]:
+    """A list of directories; from the environment, separated by ':' as PATH is."""
+    if isinstance(value, str):
+        value = [v for v in value.split(os.pathsep) if v.strip()]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, (str, Path)) and str(v) for v in value):
+        raise SettingsError(f"{where} must be a list of directories")
+    paths = []
+    for item in value:
+        path = Path(item).expanduser()
+        if base is not None and not path.is_absolute():
+            path = base / path
+        if not path.is_absolute():
+            raise SettingsError(f"{where}: {str(item)!r} must be an absolute path")
+        paths.append(path)
+    return tuple(paths)
 
 
 def _tokens(value: Any, where: str) -> tuple[tuple[str, str], ...]:

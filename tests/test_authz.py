@@ -350,7 +350,7 @@ ORDER_POLICY = (
 
 
 def _start(data_dir: Path, smtp: SmtpServer, ca: TestCA, files: Path, **settings) -> Deployment:
-    server = ServerThread(data_dir, ca_bundle=ca.path, smtp_timeout=10.0, **settings).start()
+    server = ServerThread(data_dir, ca_bundle=ca.path, smtp_timeout=10.0, file_directories=(files,), **settings).start()
     credentials = None
     if settings.get("tls_client_ca_file"):
         # On an mTLS listener the admin token still needs a client certificate to get through

@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+from typing import Iterator
+
+import pytest
 
 from service.cli import main
+from tests.support import ServerThread, short_dir
 
 PLANTED = "PLANTED-cli-provider-secret"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerThread]:
+    """A server whose operator lets instances read files under tmp_path and run /bin/true."""
+    data_dir = short_dir()
+    server = ServerThread(data_dir, file_directories=(tmp_path,), exec_commands=(("/bin/true",),)).start()
+    yield server
+    server.stop()
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

@@ -261,6 +261,34 @@ def test_timeout_kills_the_whole_process_tree(
     assert not any(_alive(pid) for pid in spawned)
 
 
+def _gone(pid: int, within: float = 2.0) -> bool:
+    deadline = time.monotonic() + within
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return not _alive(pid)
+
+
+@pytest.mark.parametrize("ends", ["times out", "exits"])
+def test_a_grandchild_that_left_the_session_is_ended_too(tmp_path: Path, ends: str) -> None:
+    pid_file = tmp_path / "grandchild"
+    # setsid puts the grandchild in a session (and group) of its own, out of reach of the group kill;
+    # its output goes elsewhere, so nothing waits on it: only the reaper can end it.
+    cli = sh_script(tmp_path, f"""\
+        setsid sh -c 'echo $$ > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}; exec sleep 60' \
+            </dev/null >/dev/null 2>&1 &
+        while [ ! -s {pid_file} ]; do sleep 0.01; done
+        echo value
+        {"sleep 30" if ends == "times out" else "exit 0"}
+    """)
+    if ends == "times out":
+        with pytest.raises(ProviderUnavailable, match="timed out"):
+            resolve([cli], timeout=1.0)
+    else:
+        assert value(resolve([cli])) == "value"
+    grandchild = int(pid_file.read_text())
+    assert _gone(grandchild), f"the setsid grandchild {grandchild} outlived the command"
+
+
 # --- failures ------------------------------------------------------------------------------------
 
 

@@ -403,7 +403,7 @@ def live() -> Iterator[Live]:
     logging.getLogger().addHandler(errors)
     server = ServerThread(
         data_dir / "data", plugins_block=("exec",), smtp_timeout=1.0, provider_timeout=2.0,
-        provider_failure_ttl=0.0,
+        provider_failure_ttl=0.0, file_directories=(secrets_dir,),
     ).start()
     state = Live(server, secrets_dir, closed.getsockname()[1], errors)
     try:

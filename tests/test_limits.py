@@ -57,6 +57,11 @@ print("value-of-" + name)
     return str(path), calls
 
 
+def vendor_allowed(directory: Path) -> dict:
+    """The setting that lets API-made exec instances run `vendor_script(directory)`."""
+    return {"exec_commands": ((str(directory / "vendor-cli"),),)}
+
+
 def runs(calls: Path) -> list[str]:
     return calls.read_text().splitlines() if calls.exists() else []
 
@@ -266,8 +271,8 @@ def test_a_request_over_max_message_bytes_is_refused_and_stores_nothing(small_me
 
 
 @pytest.fixture
-def short_deadline() -> Iterator[Running]:
-    yield from running(default_deadline=1.0, smtp_timeout=20.0, provider_timeout=20.0)
+def short_deadline(tmp_path: Path) -> Iterator[Running]:
+    yield from running(default_deadline=1.0, smtp_timeout=20.0, provider_timeout=20.0, **vendor_allowed(tmp_path))
 
 
 def test_a_call_without_a_deadline_gets_the_default_one(short_deadline: Running, tmp_path: Path) -> None:
@@ -398,8 +403,8 @@ def test_abandoned_smtp_tests_give_their_threads_back_at_once(short_deadline: Ru
 
 
 @pytest.fixture
-def two_at_a_time() -> Iterator[Running]:
-    yield from running(max_concurrent_rpcs=2, provider_timeout=20.0)
+def two_at_a_time(tmp_path: Path) -> Iterator[Running]:
+    yield from running(max_concurrent_rpcs=2, provider_timeout=20.0, **vendor_allowed(tmp_path))
 
 
 def test_calls_beyond_max_concurrent_rpcs_are_refused(two_at_a_time: Running, tmp_path: Path) -> None:
@@ -430,8 +435,8 @@ def test_calls_beyond_max_concurrent_rpcs_are_refused(two_at_a_time: Running, tm
 
 
 @pytest.fixture
-def resolve_limited() -> Iterator[Running]:
-    yield from running(resolve_rate=1.0, resolve_burst=3, **CALLERS)
+def resolve_limited(tmp_path: Path) -> Iterator[Running]:
+    yield from running(resolve_rate=1.0, resolve_burst=3, **CALLERS, **vendor_allowed(tmp_path))
 
 
 def test_resolutions_are_rate_limited_per_identity(resolve_limited: Running, tmp_path: Path) -> None:

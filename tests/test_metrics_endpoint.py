@@ -59,9 +59,9 @@ def moved(before: Samples, after: Samples, name: str, **labels: str) -> float:
 
 
 @pytest.fixture
-def server() -> Iterator[ServerThread]:
+def server(tmp_path: Path) -> Iterator[ServerThread]:
     data_dir = short_dir("me")
-    server = ServerThread(data_dir, metrics_listen="127.0.0.1:0").start()
+    server = ServerThread(data_dir, metrics_listen="127.0.0.1:0", file_directories=(tmp_path,)).start()
     try:
         yield server
     finally:

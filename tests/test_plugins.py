@@ -141,7 +141,7 @@ def test_declared_instances_are_served_read_only(tmp_path: Path, monkeypatch) ->
     """, {})
     monkeypatch.setenv("VENDOR_TTL", "30")
     data_dir = short_dir()
-    server = ServerThread(data_dir, providers=settings.providers).start()
+    server = ServerThread(data_dir, providers=settings.providers, exec_commands=(("/bin/true",),)).start()
     try:
         with server.channel() as channel:
             stub = pb_grpc.SecretProviderServiceStub(channel)
@@ -158,7 +158,7 @@ def test_declared_instances_are_served_read_only(tmp_path: Path, monkeypatch) ->
                 assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
                 assert "config file" in refused.value.details()
             created = stub.CreateProvider(pb.CreateProviderRequest(provider=pb.ProviderInstance(
-                name="api-made", provider_type="exec", initialization={"Command": pb.InitializationValue(value="true")})))
+                name="api-made", provider_type="exec", initialization={"Command": pb.InitializationValue(value="/bin/true")})))
             assert created.provider.id == 11  # after the declared ones
     finally:
         server.stop()

@@ -61,9 +61,11 @@ def count_calls(backend: Path, name: str | None = None) -> int:
 
 
 @pytest.fixture
-def server_fast_failures():
+def server_fast_failures(backend: Path):
     data_dir = short_dir()
-    server = ServerThread(data_dir, provider_timeout=2.0, provider_failure_ttl=1.0).start()
+    # The operator lets API-made exec instances run the vendor CLI (and nothing else).
+    server = ServerThread(data_dir, provider_timeout=2.0, provider_failure_ttl=1.0,
+                          exec_commands=((str(backend / "vendor-cli"),),)).start()
     yield server
     server.stop()
     shutil.rmtree(data_dir, ignore_errors=True)

@@ -35,6 +35,20 @@ def test_precedence_file_then_env_then_flags(tmp_path: Path) -> None:
     assert from_flags.sources == ("defaults", str(config), "env", "flags")
 
 
+def test_what_api_made_providers_may_reach(tmp_path: Path) -> None:
+    config = tmp_path / "smtpconfig.toml"
+    config.write_text('exec_commands = [["/usr/bin/vendor-cli", "get"], ["/opt/pam/fetch"]]\n'
+                      'file_directories = ["secrets", "/run/secrets"]\n')
+    settings = load(env={}, config_file=config)
+    assert settings.exec_commands == (("/usr/bin/vendor-cli", "get"), ("/opt/pam/fetch",))
+    assert settings.file_directories == (tmp_path / "secrets", Path("/run/secrets"))  # relative to the file
+    assert settings.path_directories == ()
+    from_env = load(env={"SMTPCONFIG_EXEC_COMMANDS": '[["/bin/vendor"]]',
+                         "SMTPCONFIG_PATH_DIRECTORIES": "/var/run/secrets/vault:/etc/ca"})
+    assert from_env.exec_commands == (("/bin/vendor",),)
+    assert from_env.path_directories == (Path("/var/run/secrets/vault"), Path("/etc/ca"))
+
+
 def test_empty_unix_socket_disables_it() -> None:
     assert load(env={"SMTPCONFIG_UNIX_SOCKET": ""}).socket_path is None
 
@@ -86,6 +100,12 @@ BAD = [
     ("negative rate", {"env": {"SMTPCONFIG_RESOLVE_RATE": "-1"}}, "between 0"),
     ("zero deadline", {"env": {"SMTPCONFIG_DEFAULT_DEADLINE": "0"}}, "more than 0"),
     ("burst of zero", {"env": {"SMTPCONFIG_TEST_BURST": "0"}}, "at least 1"),
+    ("exec command not a list", {"file": 'exec_commands = "/bin/sh"\n'}, "list of commands"),
+    ("exec command empty", {"file": "exec_commands = [[]]\n"}, "non-empty list of strings"),
+    ("exec command relative", {"file": 'exec_commands = [["vendor-cli", "get"]]\n'}, "absolute path"),
+    ("exec commands env not JSON", {"env": {"SMTPCONFIG_EXEC_COMMANDS": "/bin/sh"}}, "JSON array of commands"),
+    ("directories not a list", {"file": "file_directories = 5\n"}, "list of directories"),
+    ("directory from env relative", {"env": {"SMTPCONFIG_PATH_DIRECTORIES": "secrets"}}, "absolute path"),
 ]
 
 

@@ -28,12 +28,13 @@ from service.plugin import BadParameters, InitializationValue, Parameter, Secret
 AUTH_METHODS = ("token", "approle", "jwt")
 
 PARAMETERS: tuple[Parameter, ...] = (
-    Parameter("Host", "Vault Host", aliases=("Url", "Address"),
+    Parameter("Host", "Vault Host", aliases=("Url", "Address"), kind="destination",
               description="URL of Vault or OpenBao with its port, e.g. https://vault:8200 "
                           "(https:// is assumed when no scheme is given)."),
     Parameter("Token", "Vault Token", data_type="secret", required=False,
               description="Token for AuthMethod token, used as given."),
-    Parameter("AuthMethod", "Auth Method", required=False, default="token",
+    # Which login, mount and namespace receive the credentials: changing one re-aims them.
+    Parameter("AuthMethod", "Auth Method", required=False, default="token", binds_secrets=True,
               description="How to authenticate: token, approle or jwt (e.g. a Kubernetes service-account token)."),
     Parameter("RoleId", "AppRole Role ID", required=False, description="role_id for AuthMethod approle."),
     Parameter("SecretId", "AppRole Secret ID", data_type="secret", required=False,
@@ -41,13 +42,14 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("Role", "JWT Role", required=False, description="Role to log in as with AuthMethod jwt."),
     Parameter("Jwt", "JWT", data_type="secret", required=False,
               description="The JWT for AuthMethod jwt; or use JwtFile."),
-    Parameter("JwtFile", "JWT File", required=False,
+    Parameter("JwtFile", "JWT File", required=False, kind="path",
               description="File holding the JWT for AuthMethod jwt, re-read at every login, e.g. "
                           "/var/run/secrets/kubernetes.io/serviceaccount/token; surrounding whitespace is ignored."),
-    Parameter("AuthMount", "Auth Mount", required=False,
+    Parameter("AuthMount", "Auth Mount", required=False, binds_secrets=True,
               description="Mount path of the auth method; default approle or jwt, after AuthMethod."),
-    Parameter("Namespace", required=False, description="Vault namespace for login and reads."),
-    Parameter("CaBundle", "CA Bundle", required=False,
+    Parameter("Namespace", required=False, binds_secrets=True, description="Vault namespace for login and reads."),
+    # Whoever the bundle trusts can stand in for Host, so it binds the secrets as Host does.
+    Parameter("CaBundle", "CA Bundle", required=False, kind="path", binds_secrets=True,
               description="Path of a PEM file with the CAs that sign Vault's certificate; default: system CAs."),
     Parameter("Path", "KV Engine Path", required=False, default="secret", aliases=("Mount",),
               description="Mount of the KV engine: secret, secret/data, or Keyfactor's v1/secret/data "

@@ -66,7 +66,9 @@ class FileProvider(SecretProvider):
     parameters = (
         Parameter(
             "Directory",
-            description="Absolute path of the directory that holds the secret files, e.g. /run/secrets.",
+            kind="path",
+            description="Absolute path of the directory that holds the secret files, e.g. /run/secrets. Made "
+            "through the API, it must be in or under a directory the server's file_directories setting lists.",
         ),
         Parameter(
             "StripNewline",

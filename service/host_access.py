@@ -1,0 +1,179 @@
+"""What provider instances made through the API may reach on the server's host.
+
+`providers:modify` configures instances, and parameters can name programs and files on this host.
+The operator lists in the server's config, never through the API, what they may be: settings
+`exec_commands`, `file_directories` and `path_directories`. The host checks each initialization
+parameter by the kind its provider declares (`service.plugin.Parameter.kind`), so first- and
+third-party providers get the same guard:
+
+- ``command``: the argv (`service.plugin.command_argv`) starts with a listed command, element by
+  element; the trailing arguments are the instance's.
+- ``path``: absolute, and after following symlinks equal to or under a listed directory:
+  `file_directories` for the ``file`` type's paths, `path_directories` for every other.
+- ``environment``: no variable that decides which code a program loads (see `_CODE_NAMES`).
+
+Whatever is listed, no path reaches the server's own files: one inside the data directory, the key
+file, the Unix socket or the TLS key, or a directory that holds one of them, is refused; so are
+/proc, /sys and /dev (/proc/self/environ alone would show SMTPCONFIG_KEY). Instances declared in
+the config file are the operator's own: the lists do not apply to them, the server's own files do.
+API-made instances cannot reach the files declared instances take their secrets from either.
+
+Checks run when an instance is written (INVALID_ARGUMENT naming ``Initialization.<Name>`` and the
+setting that would allow it) and again before every resolution (FAILED_PRECONDITION naming the
+instance), because settings shrink across restarts and symlinks change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from service.errors import FieldViolation, violation
+from service.plugin import BadParameters, Parameter, command_argv
+from service.secret import Secret
+from service.settings import Settings
+
+# Kernel views of every process and device: never a directory of files meant for an instance.
+SYSTEM_DIRECTORIES = ("/proc", "/sys", "/dev")
+# Which setting lists the directories a provider type's paths may point into.
+_DIRECTORY_SETTING = {"file": "file_directories"}
+_OTHER_PATHS = "path_directories"
+
+# Variables that decide which code a program loads or runs, rather than what it does: the dynamic
+# loader's (glibc ignores most of them in setuid programs for this reason), the shells' start-up
+# hooks, and the interpreters' search paths and option variables. A vendor CLI's own settings
+# (URLs, profiles, regions) have other names; refusing a known list keeps those usable, which an
+# allowlist of names could not. PATH is here because a script the command runs finds its programs
+# with it; the operator sets it for the server, which the command inherits.
+_CODE_PREFIXES = (
+    "LD_", "DYLD_", "GCONV_", "MALLOC_", "GLIBC_", "BASH_FUNC_", "PYTHON", "PERL", "RUBY", "NODE_",
+    "LUA_", "JAVA_", "_JAVA_", "JDK_JAVA_", "GEM_", "PHP", "OPENSSL_",
+)
+_CODE_NAMES = frozenset({
+    "PATH", "BASH_ENV", "ENV", "IFS", "SHELLOPTS", "BASHOPTS", "PS4", "PROMPT_COMMAND", "CDPATH",
+    "GLOBIGNORE", "HOSTALIASES", "LOCPATH", "NLSPATH", "RESOLV_HOST_CONF", "RES_OPTIONS",
+    "LOCALDOMAIN", "TZDIR", "GETCONF_DIR", "NIS_PATH", "TMPDIR", "CLASSPATH", "RUBYOPT", "HOME",
+})
+
+
+@dataclass(frozen=True)
+class HostAccess:
+    """The operator's allowlists and the server's own files; empty lists allow nothing."""
+
+    exec_commands: tuple[tuple[str, ...], ...] = ()
+    file_directories: tuple[Path, ...] = ()
+    path_directories: tuple[Path, ...] = ()
+    #: The server's own files and directories, by what they are.
+    protected: tuple[tuple[str, Path], ...] = ()
+    #: Secret files the config file names for declared instances; out of reach of API-made ones.
+    secret_files: tuple[Path, ...] = ()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HostAccess:
+        own = [("the data directory", settings.data_dir), ("the key file", settings.key_path)]
+        if settings.socket_path is not None:
+            own.append(("the server's Unix socket", settings.socket_path))
+        if settings.tls_key_file is not None:
+            own.append(("the server's TLS key", settings.tls_key_file))
+        # The files declared instances take their secrets from: the operator's, not the API's.
+        secret_files = tuple(
+            Path(item["file"]) for table in settings.providers for item in table["initialization"].values()
+            if isinstance(item, dict) and "file" in item
+        )
+        return cls(settings.exec_commands, settings.file_directories, settings.path_directories, tuple(own),
+                   secret_files)
+
+    def refusals(
+        self, type_name: str, parameters: tuple[Parameter, ...], values: Mapping[str, str | Secret],
+        *, declared: bool = False,
+    ) -> list[FieldViolation]:
+        """One violation per initialization value this host does not let the instance use.
+        `declared`: the instance comes from the config file; only the server's own files count."""
+        found = []
+        for parameter in parameters:
+            value = values.get(parameter.name)
+            if parameter.kind == "text" or parameter.instance_level or not isinstance(value, str) or not value.strip():
+                continue
+            problem = self._problem(type_name, parameter, value, declared)
+            if problem:
+                found.append(violation(f"Initialization.{parameter.name}", problem))
+        return found
+
+    def _problem(self, type_name: str, parameter: Parameter, value: str, declared: bool) -> str:
+        if parameter.kind == "path":
+            return self._path_problem(value, _DIRECTORY_SETTING.get(type_name, _OTHER_PATHS), declared)
+        if declared:
+            return ""
+        if parameter.kind == "command":
+            return self._command_problem(value, parameter.name)
+        if parameter.kind == "environment":
+            return _environment_problem(value)
+        return ""
+
+    def _command_problem(self, value: str, name: str) -> str:
+        try:
+            argv = tuple(command_argv(value, name))
+        except BadParameters as error:
+            return str(error)
+        if not self.exec_commands:
+            return ("is refused: exec_commands in the server's config lists no command that provider"
+                    " instances made through the API may run")
+        if any(argv[: len(prefix)] == prefix for prefix in self.exec_commands):
+            return ""
+        listed = "; ".join(json.dumps(list(prefix)) for prefix in self.exec_commands)
+        return f"must start with a command listed in exec_commands in the server's config: {listed}"
+
+    def _path_problem(self, value: str, setting: str, declared: bool) -> str:
+        if value != value.strip():
+            # A provider that strips would open another path than the one checked ("/ok/.. ").
+            return "must not start or end with white space"
+        if not os.path.isabs(value):
+            return "must be an absolute path"
+        real = os.path.realpath(value)
+        for what, path in self.protected:
+            if _overlap(real, path):
+                return f"reaches {what}, which no provider instance may read"
+        for system in SYSTEM_DIRECTORIES:
+            if _within(real, system):
+                return f"is under {system}, which no provider instance may read"
+        if declared:
+            return ""
+        if any(_overlap(real, path) for path in self.secret_files):
+            return "reaches a secret file of a provider instance declared in the server's config"
+        if not any(_within(real, os.path.realpath(d)) for d in getattr(self, setting)):
+            return (f"is not under a directory listed in {setting} in the server's config"
+                    " (symlinks followed)")
+        return ""
+
+
+def _overlap(real: str, path: Path) -> bool:
+    """`real` is `path`, lies under it, or holds it (a directory holding a file reaches it)."""
+    own = os.path.realpath(path)
+    return _within(real, own) or _within(own, real)
+
+
+def _within(path: str, directory: str) -> bool:
+    """`path` is `directory` or under it; both are real paths."""
+    return path == directory or os.path.commonpath((path, directory)) == directory
+
+
+def _environment_problem(value: str) -> str:
+    try:
+        variables = json.loads(value)
+    except (ValueError, RecursionError):
+        variables = None
+    if not isinstance(variables, dict) or not all(isinstance(v, str) for v in variables.values()):
+        return "must be a JSON object of strings"
+    refused = sorted(name for name in variables if _controls_code(name))
+    if refused:
+        return (f"sets {', '.join(refused)}, which decide what code a program loads; provider"
+                " instances made through the API cannot set them")
+    return ""
+
+
+def _controls_code(name: str) -> bool:
+    upper = name.upper()
+    return upper in _CODE_NAMES or upper.startswith(_CODE_PREFIXES)
