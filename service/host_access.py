@@ -11,6 +11,10 @@ third-party providers get the same guard:
 - ``path``: absolute, and after following symlinks equal to or under a listed directory:
   `file_directories` for the ``file`` type's paths, `path_directories` for every other.
 - ``environment``: no variable that decides which code a program loads (see `_CODE_NAMES`).
+- ``destination``: a URL or host[:port] whose host, written as an address in any numeric form, is
+  not one the service never connects to (link-local, cloud metadata: `service.netguard`). Names
+  are checked where the provider connects (`service.plugin.check_destination`), since what they
+  resolve to can change.
 
 Whatever is listed, no path reaches the server's own files: one inside the data directory, the key
 file, the Unix socket or the TLS key, or a directory that holds one of them, is refused; so are
@@ -31,6 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from urllib.parse import urlsplit
+
+from service import netguard
 from service.errors import FieldViolation, violation
 from service.plugin import BadParameters, Parameter, command_argv
 from service.secret import Secret
@@ -105,6 +112,8 @@ class HostAccess:
     def _problem(self, type_name: str, parameter: Parameter, value: str, declared: bool) -> str:
         if parameter.kind == "path":
             return self._path_problem(value, _DIRECTORY_SETTING.get(type_name, _OTHER_PATHS), declared)
+        if parameter.kind == "destination":
+            return _destination_problem(value)
         if declared:
             return ""
         if parameter.kind == "command":
@@ -158,6 +167,15 @@ def _overlap(real: str, path: Path) -> bool:
 def _within(path: str, directory: str) -> bool:
     """`path` is `directory` or under it; both are real paths."""
     return path == directory or os.path.commonpath((path, directory)) == directory
+
+
+def _destination_problem(value: str) -> str:
+    """A destination given as an address the service never connects to, in any form."""
+    try:
+        host = urlsplit(value if "://" in value else f"//{value}").hostname
+    except ValueError:
+        return ""  # not a URL at all: the provider's own validation names what is wrong
+    return netguard.numeric_refusal(host) or "" if host else ""
 
 
 def _environment_problem(value: str) -> str:

@@ -124,6 +124,23 @@ def check_destination_blocking(host: str, port: int, *, what: str) -> Destinatio
     return _checked(host, port, _addresses(infos), what)
 
 
+def numeric_refusal(host: str) -> str | None:
+    """Why `host` is refused when it is an address in any numeric form the system's resolver reads
+    without a lookup (``169.254.169.254``, ``0xa9fea9fe``, ``[::ffff:a9fe:a9fe]``...); None for a
+    name or an allowed address. Cheap and offline: for checks when a destination is written, before
+    the connect-time check of whatever a name resolves to then."""
+    literal = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        infos = socket.getaddrinfo(literal, None, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+    except (socket.gaierror, UnicodeError, ValueError):
+        return None  # a name: checked when it is resolved to connect
+    for address in _addresses(infos):
+        reason = refusal(address)
+        if reason is not None:
+            return f"is {address}, {reason}; no connection goes there"
+    return None
+
+
 def _literal(host: str) -> IPAddress | None:
     literal = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:

@@ -84,7 +84,10 @@ class Parameter:
     #: What the value is (see `ParameterKind`). For instances made through the API, the host checks
     #: ``"path"`` and ``"command"`` values against the operator's allowlists and ``"environment"``
     #: values against loader and interpreter variables, when they are written and again before
-    #: every `resolve`. Only initialization parameters have a kind other than ``"text"``.
+    #: every `resolve`; a ``"destination"`` written as a forbidden address (link-local, cloud
+    #: metadata, in any spelling) is refused when written, and the provider checks names with
+    #: `check_destination` where it connects. Only initialization parameters have a kind other
+    #: than ``"text"``.
     kind: ParameterKind = "text"
     #: True when changing this parameter changes who receives the instance's secret
     #: initialization values (an auth method, a namespace, a CA bundle). An update that changes it
