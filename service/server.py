@@ -178,12 +178,7 @@ class App:
             await self._health.set(name, _NOT_SERVING)
         credentials = self.certificates.credentials() if self.certificates else None
         for address in settings.listen:
-            if credentials is not None:
-                port = server.add_secure_port(address, credentials)
-            else:
-                port = server.add_insecure_port(address)
-            if port == 0:
-                raise FailedPrecondition(f"could not listen on {address}")
+            port = _bind(server, address, credentials)
             self.ports[address] = port
         if settings.socket_path is not None:
             path = settings.socket_path.absolute()
@@ -379,6 +374,51 @@ def _clear_stale_socket(path: Path) -> None:
         raise FailedPrecondition(f"{path} is in use by a running server")
     finally:
         probe.close()
+
+
+def _bind(server: grpc.aio.Server, address: str, credentials) -> int:
+    """Listen on `address`, or say which address failed and how to pick another: grpcio's own
+    RuntimeError sends the reader to debug logging instead."""
+    if _taken(address):
+        port = 0
+    else:
+        try:
+            port = _add_port(server, address, credentials)
+        except RuntimeError:
+            port = 0
+    if port == 0:
+        raise FailedPrecondition(
+            f"cannot listen on {address}: the port is in use or the address is not on this machine;"
+            " choose another with SMTPCONFIG_LISTEN=HOST:PORT (or --listen HOST:PORT)"
+        )
+    return port
+
+
+def _add_port(server: grpc.aio.Server, address: str, credentials) -> int:
+    if credentials is not None:
+        return server.add_secure_port(address, credentials)
+    return server.add_insecure_port(address)
+
+
+def _taken(address: str) -> bool:
+    """Whether something already listens on `address`, asked before grpcio binds: its own failure
+    also writes a core error line of its own to stderr, which our one line makes redundant."""
+    host, port = split_address(address)
+    if port == 0:
+        return False
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return False  # grpcio will say what is wrong with the name
+    for family, kind, proto, _, where in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(where)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    return True
+    return False
 
 
 async def serve(settings: Settings) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -172,6 +173,18 @@ def test_non_loopback_listen_address_is_refused(data_dir, address: str) -> None:
     assert result.returncode == 2
     assert "not a loopback address" in result.stderr
     assert not data_dir.exists(), "nothing is created when settings are refused"
+
+
+def test_a_taken_port_is_one_line_naming_the_address_and_the_setting(data_dir) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        result = _serve_once("--data-dir", str(data_dir), "--listen", address)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "add_port" not in result.stderr
+    complaint = [line for line in result.stderr.splitlines() if "cannot start" in line]
+    assert len(complaint) == 1 and address in complaint[0] and "SMTPCONFIG_LISTEN=" in complaint[0]
 
 
 def test_socket_of_a_running_server_is_not_taken_over(data_dir) -> None:
