@@ -61,8 +61,14 @@ def draft_from_v2(msg: v2.SmtpProfile) -> ProfileDraft:
     )
 
 
-def _secret_from_v2(msg: v2.SmtpProfile, name: str) -> SecretDraft | None:
-    return secret_from_v2(getattr(msg, name)) if msg.HasField(name) else None
+def _secret_from_v2(msg: v2.SmtpProfile, name: str) -> SecretDraft | KeepStored | None:
+    if not msg.HasField(name):
+        return None
+    obj = getattr(msg, name)
+    # A read shows a write-only value as `{"HasValue": true}`: sent back alone, it stands for it.
+    if obj.has_value and not obj.HasField("secret_value") and not obj.HasField("provider") and not obj.parameters:
+        return KeepStored.VALUE
+    return secret_from_v2(obj)
 
 
 def secret_from_v2(obj: secret_pb2.SecretObject) -> SecretDraft:

@@ -101,9 +101,13 @@ class SecretDraft:
 
 
 class KeepStored(enum.Enum):
-    """v1's `UnsupportedPAMSecret` placeholder sent back: keep the stored provider reference."""
+    """A read's placeholder sent back in a write, standing for what is stored: v1's
+    `UnsupportedPAMSecret` keeps the stored provider reference; v2's `{"HasValue": true}` keeps the
+    stored inline value, when the write names the revision it was read from and the field's
+    destination is unchanged (see `profiles.ProfileService`)."""
 
     TOKEN = "UnsupportedPAMSecret"
+    VALUE = "HasValue"
 
 
 SecretInput = Union[SecretDraft, InlineSecret, ProviderRef, KeepStored, None]

@@ -16,14 +16,17 @@ from typing import Iterable
 from service.catalog import ProviderCatalog
 from service.codec import decode_profile, encode_profile
 from service.crypto import Sealer
-from service.errors import Aborted, FieldViolation, NotFound, violation
+from service.errors import Aborted, FieldViolation, InvalidArgument, NotFound, violation
 from service.model import (
     CREDENTIAL_FIELDS,
+    CREDENTIALS_FOR,
     FIELDS,
+    InlineSecret,
     KeepStored,
     Profile,
     ProfileDraft,
     ProviderRef,
+    SecretInput,
 )
 from service.store.base import ABSENT, AuditHook, EtagMismatch, Revision, Store
 from service.validation import validate
@@ -142,7 +145,7 @@ class ProfileService:
             current = self._current
             if etag and (current is None or current.etag != etag):
                 raise Aborted("the profile changed since that etag was read; read it again")
-            merged = self._merge(draft, mask, current)
+            merged = self._merge(draft, mask, current, etag)
             profile = validate(merged, self._providers, earlier)
             data = encode_profile(profile, self._sealer, PROFILE_KEY)
             expected = current.etag if current is not None else ABSENT
@@ -165,18 +168,64 @@ class ProfileService:
             self._apply(revision)
 
     @staticmethod
-    def _merge(draft: ProfileDraft, mask: frozenset[str] | None, current: StoredProfile | None) -> ProfileDraft:
+    def _merge(
+        draft: ProfileDraft, mask: frozenset[str] | None, current: StoredProfile | None, etag: str
+    ) -> ProfileDraft:
         if mask is not None:
             base = ProfileDraft.of(current.profile) if current else ProfileDraft()
             draft = replace(base, **{name: getattr(draft, name) for name in mask})
-        # v1 sends `UnsupportedPAMSecret` back for a provider-held username: keep the reference.
-        keep = {}
+        keep: dict[str, SecretInput] = {}
+        problems = []
+        used = CREDENTIALS_FOR.get(draft.relay_authentication_type, CREDENTIAL_FIELDS)
         for name in CREDENTIAL_FIELDS:
-            if getattr(draft, name) is KeepStored.TOKEN and current is not None:
+            given = getattr(draft, name)
+            # v1 sends `UnsupportedPAMSecret` back for a provider-held username: keep the reference.
+            if given is KeepStored.TOKEN and current is not None:
                 stored = getattr(current.profile, name)
                 if isinstance(stored, ProviderRef):
                     keep[name] = stored
+            elif given is KeepStored.VALUE:
+                kept = _kept_value(name, draft, current, etag) if name in used else None
+                if isinstance(kept, FieldViolation):
+                    problems.append(kept)
+                else:
+                    keep[name] = kept
+        if problems:
+            raise InvalidArgument(problems)
         return replace(draft, **keep) if keep else draft
+
+
+# Where each credential goes: a kept value may not follow the profile somewhere else.
+_DESTINATION = {
+    "relay_username": ("host", "port"),
+    "relay_password": ("host", "port"),
+    "client_id": ("token_endpoint",),
+    "client_secret": ("token_endpoint",),
+}
+
+
+def _kept_value(
+    name: str, draft: ProfileDraft, current: StoredProfile | None, etag: str
+) -> InlineSecret | FieldViolation:
+    """The stored inline value a `{"HasValue": true}` sent back stands for, or why it cannot be
+    kept. Like a GET followed by a PUT of what it returned: only with the etag of that GET (the
+    caller saw this very value marked), and only to the same destination, so a write never sends
+    a stored secret to a host it was not typed for."""
+    field = f"{FIELDS[name]}.HasValue"
+    if not etag:
+        return violation(
+            field, "keeps the stored value only in an update that sends the etag of the revision it was read from"
+        )
+    stored = getattr(current.profile, name) if current is not None else None
+    if current is None or not isinstance(stored, InlineSecret):
+        return violation(field, "no inline value is stored for this field; send SecretValue or Provider")
+    moved = [FIELDS[d] for d in _DESTINATION[name] if getattr(draft, d) != getattr(current.profile, d)]
+    if moved:
+        return violation(
+            field,
+            f"a stored value stays with its destination, and {' and '.join(moved)} changed; send the value again",
+        )
+    return stored
 
 
 def _changed_fields(before: Profile | None, after: Profile) -> list[str]:

@@ -179,6 +179,15 @@ def _secret(
             )
         )
         return None
+    if given is KeepStored.VALUE:
+        add(
+            violation(
+                f"{field}.HasValue",
+                "stands for the stored value, which only an update of the profile can keep;"
+                " send SecretValue or Provider",
+            )
+        )
+        return None
     if given is None or (given.value is None and given.provider is None):
         add(violation(field, _REQUIRED_BY[required_by]))
         return None

@@ -11,7 +11,11 @@ from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
+from smtpconfig.v2 import secret_pb2
+from smtpconfig.v2 import secret_provider_service_pb2 as providers_pb
+from smtpconfig.v2 import secret_provider_service_pb2_grpc as providers_grpc
 from tests.conftest import BASIC_V1, BASIC_V2, OAUTH_V2, as_json, v1_profile, v2_profile
+from tests.support import violations
 from tests.test_validation import DROP, edit
 
 
@@ -235,3 +239,86 @@ def test_concurrent_masked_updates_without_etag_all_land(v2_stub) -> None:
     shown = get2(v2_stub)
     for name, value in fields.items():
         assert shown.get(name, False) == value
+
+
+# --- a PUT of what GET returned: write-only secrets marked {"HasValue": true} ------------------
+
+
+def _fingerprint(channel, field: str) -> str:
+    stub = providers_grpc.SecretProviderServiceStub(channel)
+    return stub.CheckSecret(providers_pb.CheckSecretRequest(profile_field=field)).fingerprint
+
+
+def _inline_fingerprint(channel, value: str) -> str:
+    stub = providers_grpc.SecretProviderServiceStub(channel)
+    secret = secret_pb2.SecretObject(secret_value=value)
+    return stub.CheckSecret(providers_pb.CheckSecretRequest(secret=secret)).fingerprint
+
+
+@pytest.mark.parametrize("doc,field,value", [
+    (BASIC_V2, "RelayPassword", "relay-password"),
+    (OAUTH_V2, "ClientSecret", "client-secret-1"),
+], ids=["basic", "oauth"])
+def test_what_get_returned_put_back_with_its_etag_keeps_the_secret(channel, v2_stub, doc, field, value) -> None:
+    put2(v2_stub, doc)
+    read = v2_stub.GetSmtp(v2.GetSmtpRequest())
+    assert as_json(read.profile)[field] == {"HasValue": True}
+    edited = v2.SmtpProfile()
+    edited.CopyFrom(read.profile)
+    edited.sender_name = "Edited"
+    reply = v2_stub.UpdateSmtp(v2.UpdateSmtpRequest(profile=edited, etag=read.etag))
+    assert reply.profile.sender_name == "Edited"
+    assert _fingerprint(channel, field) == _inline_fingerprint(channel, value)
+
+
+HAS_VALUE_REFUSED = [
+    ("no etag: the writer may never have seen this value", BASIC_V2, {}, False, "RelayPassword.HasValue", "etag"),
+    ("the relay host changed", BASIC_V2, {"Host": "elsewhere.example.net"}, True, "RelayPassword.HasValue", "Host"),
+    ("the relay port changed", BASIC_V2, {"Port": 2525}, True, "RelayPassword.HasValue", "Port"),
+    ("the token endpoint changed", OAUTH_V2, {"TokenEndpoint": "https://idp.example.net/token"}, True,
+     "ClientSecret.HasValue", "TokenEndpoint"),
+]
+
+
+@pytest.mark.parametrize("reason,doc,changes,with_etag,field,says", HAS_VALUE_REFUSED, ids=[c[0] for c in HAS_VALUE_REFUSED])
+def test_has_value_is_refused_where_the_secret_would_move_or_was_not_seen(
+    v2_stub, reason, doc, changes, with_etag, field, says
+) -> None:
+    put2(v2_stub, doc)
+    read = v2_stub.GetSmtp(v2.GetSmtpRequest())
+    sent = {**as_json(read.profile), **changes}
+    with pytest.raises(grpc.RpcError) as failure:
+        put2(v2_stub, sent, etag=read.etag if with_etag else "")
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    found = dict(violations(failure.value))
+    assert field in found and says in found[field], found
+    assert v2_stub.GetSmtp(v2.GetSmtpRequest()).etag == read.etag, "nothing stored"
+
+
+def test_has_value_without_a_stored_value_is_refused(v2_stub) -> None:
+    anonymous = edit(BASIC_V2, RelayAuthenticationType=0, RelayUsername=DROP, RelayPassword=DROP)
+    etag = put2(v2_stub, anonymous).etag
+    sent = edit(BASIC_V2, RelayPassword={"HasValue": True})
+    with pytest.raises(grpc.RpcError) as failure:
+        put2(v2_stub, sent, etag=etag)
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "RelayPassword.HasValue" in dict(violations(failure.value))
+
+
+def test_has_value_with_a_stale_etag_is_aborted(v2_stub) -> None:
+    put2(v2_stub, BASIC_V2)
+    read = v2_stub.GetSmtp(v2.GetSmtpRequest())
+    current = put2(v2_stub, edit(BASIC_V2, SenderName="Meanwhile")).etag
+    with pytest.raises(grpc.RpcError) as failure:
+        v2_stub.UpdateSmtp(v2.UpdateSmtpRequest(profile=read.profile, etag=read.etag))
+    assert failure.value.code() == grpc.StatusCode.ABORTED
+    assert v2_stub.GetSmtp(v2.GetSmtpRequest()).etag == current
+
+
+def test_a_candidate_profile_marked_has_value_is_not_tested_with_the_stored_secret(v2_stub) -> None:
+    put2(v2_stub, BASIC_V2)
+    read = v2_stub.GetSmtp(v2.GetSmtpRequest())
+    with pytest.raises(grpc.RpcError) as failure:
+        v2_stub.TestSmtp(v2.TestSmtpRequest(profile=read.profile, test_recipient="ops@example.com"))
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "RelayPassword.HasValue" in dict(violations(failure.value))
