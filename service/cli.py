@@ -19,7 +19,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from service import logs
+from service import cli_json, logs
 from service import settings as settings_mod
 from service.cli_admin import add_commands as add_admin_commands
 from service.cli_providers import add_commands as add_provider_commands
@@ -152,10 +152,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def profile_doc(profile) -> dict[str, Any]:
-    """Keyfactor JSON of a profile message: PascalCase names, integer enums, every field."""
-    doc = json_format.MessageToDict(
-        profile, use_integers_for_enums=True, always_print_fields_with_no_presence=True
-    )
+    """Keyfactor JSON of a profile message, in the CLI's one JSON dialect (`cli_json`)."""
+    doc = cli_json.message_doc(profile)
     for value in doc.values():
         if isinstance(value, dict) and value.get("Parameters") == {}:
             del value["Parameters"]  # an inline secret object has no parameters to show
@@ -171,7 +169,10 @@ def _get(args: argparse.Namespace) -> int:
         doc = profile_doc(response.profile)
         if args.api == "v1":
             doc.pop("RelayPassword")  # v1 never returns it; an empty string would read as a value
-        print(json.dumps(doc, indent=2, ensure_ascii=False))
+        # The revision read rides along, so `put -f` of this file applies only on top of it.
+        reply = cli_json.message_doc(response)
+        doc.update(etag=reply["etag"], updateTime=reply["updateTime"])
+        print(cli_json.dumps(doc))
         return 0
     print(_describe(response, args.api))
     return 0
@@ -183,7 +184,10 @@ def _describe(response, api: str) -> str:
     lines = [f"SMTP profile (API {api}), etag {response.etag}, updated {when}"]
     for key, value in doc.items():
         if key == "RelayAuthenticationType":
-            value = f"{value} ({_AUTH_NAMES.get(value, 'unknown')})"
+            number = response.profile.relay_authentication_type
+            value = f"{number} ({_AUTH_NAMES.get(number, 'unknown')})"
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
         elif isinstance(value, dict):
             value = _describe_secret(value)
         elif isinstance(value, list):
@@ -211,37 +215,62 @@ def detect_api(payload: dict[str, Any]) -> str:
 
 
 def _payload_profile(args: argparse.Namespace):
-    """The profile message a Keyfactor JSON file states, for the API version it is in."""
+    """The profile message a Keyfactor JSON file states, for the API version it is in, and the
+    etag of the revision it was read from (`get --json` writes one), if it names one."""
     payload = read_payload(args.file)
     for key, why in _IGNORED_KEYS.items():
         if payload.pop(key, None) is not None:
             print(f"smtpconfig: ignoring {key} ({why})", file=sys.stderr)
+    etag = payload.pop("etag", "")
+    payload.pop("updateTime", None)
+    if not isinstance(etag, str):
+        raise CliError(f"{args.file}: etag must be a string, as `get --json` writes it", EXIT_BAD_INPUT)
     api = detect_api(payload) if args.api == "auto" else args.api
-    if api == "v1" and _V2_ONLY_KEYS & payload.keys():
-        names = ", ".join(sorted(_V2_ONLY_KEYS & payload.keys()))
-        raise CliError(f"{args.file}: {names} exist only in API v2; use --api v2 with secret objects", EXIT_BAD_INPUT)
+    _check_version(payload, api, args.file)
     module = v1 if api == "v1" else v2
     profile = module.SmtpProfile()
     try:
         json_format.ParseDict(payload, profile)
     except json_format.ParseError as error:
         raise CliError(f"{args.file} does not fit the API {api} profile: {error}", EXIT_BAD_INPUT) from None
-    return api, profile
+    return api, profile, etag
+
+
+def _check_version(payload: dict[str, Any], api: str, file: str) -> None:
+    """Say which API a payload is written for when it was sent to the other one: protobuf's own
+    complaint about a string in a message field names neither the field nor the fix."""
+    if api == "v1" and _V2_ONLY_KEYS & payload.keys():
+        names = ", ".join(sorted(_V2_ONLY_KEYS & payload.keys()))
+        raise CliError(f"{file}: {names} exist only in API v2; use --api v2 with secret objects", EXIT_BAD_INPUT)
+    for key in ("RelayUsername", "RelayPassword"):
+        value = payload.get(key)
+        if api == "v2" and isinstance(value, str):
+            raise CliError(
+                f"{file} is an API v1 payload ({key} is a plain string) sent to API v2, which takes a secret"
+                f' object such as {{"{key}": {{"SecretValue": "..."}}}}: use --api v1 (or auto, the default),'
+                " or write the credentials as secret objects", EXIT_BAD_INPUT,
+            )
+        if api == "v1" and isinstance(value, dict):
+            raise CliError(
+                f"{file} is an API v2 payload ({key} is a secret object) sent to API v1, which takes plain"
+                " strings: use --api v2 (or auto, the default)", EXIT_BAD_INPUT,
+            )
 
 
 _STEP_MARK = {v2.STEP_OUTCOME_OK: "ok", v2.STEP_OUTCOME_FAILED: "FAILED", v2.STEP_OUTCOME_SKIPPED: "skipped"}
 
 
 def _test(args: argparse.Namespace) -> int:
-    request = v2.TestSmtpRequest(test_recipient=args.to)
     if args.file:
-        api, profile = _payload_profile(args)
+        api, profile, _ = _payload_profile(args)
         if api == "v1":
-            raise CliError("test takes a v2 profile file (secret objects); read one with `get --json`", EXIT_BAD_INPUT)
-        request.profile.CopyFrom(profile)
+            return _test_v1(args, profile)
+        request = v2.TestSmtpRequest(profile=profile, test_recipient=args.to)
+    else:
+        request = v2.TestSmtpRequest(test_recipient=args.to)
     response = call(args, v2_grpc.ConfigServiceStub, "TestSmtp", request)
     if args.json:
-        print(json_format.MessageToJson(response, indent=2))
+        print(cli_json.dumps(cli_json.message_doc(response)))
     else:
         for step in response.steps:
             millis = step.duration.ToMilliseconds()
@@ -253,12 +282,24 @@ def _test(args: argparse.Namespace) -> int:
     return 0 if response.success else EXIT_FAILED
 
 
+def _test_v1(args: argparse.Namespace, profile) -> int:
+    """A v1 file goes through v1's TestSmtp, Keyfactor's contract: the profile back on success, a
+    status naming the failed step otherwise (the step report is v2's)."""
+    request = v1.TestSmtpRequest(profile=profile, test_recipient=args.to)
+    response = call(args, v1_grpc.ConfigServiceStub, "TestSmtp", request)
+    if args.json:
+        print(cli_json.dumps(cli_json.message_doc(response)))
+    else:
+        print("test message sent (API v1 reports no steps; write the file for v2 to see them)")
+    return 0
+
+
 def _resolve(args: argparse.Namespace) -> int:
+    response = call(args, v2_grpc.ConfigServiceStub, "ResolveSmtp", v2.ResolveSmtpRequest())
     print("smtpconfig: warning: the output contains credentials; keep it out of logs and terminals others see",
           file=sys.stderr)
-    response = call(args, v2_grpc.ConfigServiceStub, "ResolveSmtp", v2.ResolveSmtpRequest())
     if args.json:
-        print(json_format.MessageToJson(response, indent=2))
+        print(cli_json.dumps(cli_json.message_doc(response)))
         return 0
     creds = response.credentials
     print(f"{response.profile.host}:{response.profile.port} (etag {response.etag}), cache for {response.cache_for.seconds} s")
@@ -271,9 +312,10 @@ def _resolve(args: argparse.Namespace) -> int:
 
 
 def _put(args: argparse.Namespace) -> int:
-    api, profile = _payload_profile(args)
+    api, profile, etag = _payload_profile(args)
     module, stub_class = (v1, v1_grpc.ConfigServiceStub) if api == "v1" else (v2, v2_grpc.ConfigServiceStub)
-    request = module.UpdateSmtpRequest(profile=profile, etag=args.if_match or "")
+    # --if-match wins over the file's own etag; a file without one replaces whatever is stored.
+    request = module.UpdateSmtpRequest(profile=profile, etag=args.if_match or etag)
     if args.mask:
         request.update_mask.paths.extend(p.strip() for p in args.mask.split(",") if p.strip())
     response = call(args, stub_class, "UpdateSmtp", request)

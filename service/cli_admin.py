@@ -8,13 +8,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from datetime import datetime, timedelta, timezone
 
-from google.protobuf import json_format
-
+from service import cli_json
 from service.auth import new_token, token_hash
 from service.cli_client import EXIT_BAD_INPUT, CliError, add_connection_args, call
 from service.settings import _PLAIN_IDENTITY
@@ -92,15 +90,18 @@ def _audit(args: argparse.Namespace) -> int:
     request = pb.ListAuditRecordsRequest(page_size=1000)
     if args.since:
         request.since.FromDatetime(parse_since(args.since))
+    shown = 0
     while True:
         page = call(args, pb_grpc.AuditServiceStub, "ListAuditRecords", request)
+        shown += len(page.records)
         for record in page.records:
             if args.json:
-                doc = json_format.MessageToDict(record, always_print_fields_with_no_presence=True)
-                print(json.dumps(doc, ensure_ascii=False))
+                print(cli_json.dumps(cli_json.message_doc(record), one_line=True))
             else:
                 print(_line(record))
         if not page.next_page_token:
+            if not shown and not args.json:  # as `providers list` says so; JSON lines stay none
+                print("no audit records" + (f" since {args.since}" if args.since else ""))
             return 0
         request.page_token = page.next_page_token
 

@@ -7,7 +7,6 @@ Secret initialization values never go on the command line (shell history, `ps`):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Callable
 
 from google.protobuf import json_format
 
+from service import cli_json
 from service import settings as settings_mod
 from service.cli_client import EXIT_BAD_INPUT, EXIT_FAILED, CliError, add_connection_args, call, read_payload
 from service.secret import strip_line_ending
@@ -104,7 +104,7 @@ def _initialization(args: argparse.Namespace) -> dict[str, str]:
 
 def _print(message, args: argparse.Namespace, human: Callable[[], str]) -> None:
     if args.json:
-        print(json.dumps(json_format.MessageToDict(message), indent=2, ensure_ascii=False))
+        print(cli_json.dumps(cli_json.message_doc(message)))
     else:
         print(human())
 
@@ -131,7 +131,8 @@ def _plugins(args: argparse.Namespace) -> int:
     loaded = load_plugins(allow=settings.plugins_allow, block=settings.plugins_block)
     failed = any(s.status == "failed" for s in loaded.report)
     if args.json:
-        print(json.dumps([asdict(s) for s in loaded.report], indent=2))
+        # Not a protobuf message, but the same dialect: PascalCase keys as the provider messages use.
+        print(cli_json.dumps([{_pascal(k): v for k, v in asdict(s).items()} for s in loaded.report]))
         return EXIT_FAILED if failed else 0
     for status in loaded.report:
         types = ", ".join(status.provider_types) or "-"
@@ -140,6 +141,10 @@ def _plugins(args: argparse.Namespace) -> int:
         if status.error:
             print(f"{'':12} {status.error}")
     return EXIT_FAILED if failed else 0
+
+
+def _pascal(name: str) -> str:
+    return "".join(part.capitalize() for part in name.split("_"))
 
 
 def _types(args: argparse.Namespace) -> int:

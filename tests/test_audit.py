@@ -481,14 +481,17 @@ def test_smtpconfig_audit_prints_lines_json_and_filters_by_time(env: Env, capsys
     doc = next(d for d in docs if d["RequestId"] == update)
     assert (doc["Identity"], doc["Method"], doc["Outcome"], doc["Fields"]) == (
         "bob", "v2.ConfigService/UpdateSmtp", "OK", ["Port"])
-    sequences = [int(d["Sequence"]) for d in docs]
+    sequences = [d["Sequence"] for d in docs]
+    assert all(isinstance(s, int) for s in sequences), "int64 as JSON numbers, as every --json prints them"
     assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences)
 
     assert cli.main(["audit", "--since", "1h", "--json", *env.server.cli_args]) == 0
     recent = [json.loads(x)["RequestId"] for x in capsys.readouterr().out.splitlines()]
     assert update in recent and test in recent
     assert cli.main(["audit", "--since", "2999-01-01T00:00:00Z", *env.server.cli_args]) == 0
-    assert capsys.readouterr().out == ""
+    assert capsys.readouterr().out == "no audit records since 2999-01-01T00:00:00Z\n"
+    assert cli.main(["audit", "--since", "2999-01-01T00:00:00Z", "--json", *env.server.cli_args]) == 0
+    assert capsys.readouterr().out == ""  # JSON lines: no record, no line
 
     assert cli.main(["audit", "--since", "yesterday", *env.server.cli_args]) == 2
     err = capsys.readouterr().err

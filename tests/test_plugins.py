@@ -93,10 +93,10 @@ def test_plugins_command_reports_as_json(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     result = subprocess.run([sys.executable, "-m", "service.cli", "plugins", "--json"], capture_output=True, text=True, env=env)
     assert result.returncode == 1  # a failed plugin is worth a non-zero exit
-    report = {p["name"]: p for p in json.loads(result.stdout)}
-    assert report["broken"]["status"] == "failed" and "plugin import blew up" in report["broken"]["error"]
-    assert report["exec"]["status"] == "loaded" and report["exec"]["provider_types"] == ["exec"]
-    assert report["file"]["source"] == "entry point"
+    report = {p["Name"]: p for p in json.loads(result.stdout)}  # PascalCase, as provider messages
+    assert report["broken"]["Status"] == "failed" and "plugin import blew up" in report["broken"]["Error"]
+    assert report["exec"]["Status"] == "loaded" and report["exec"]["ProviderTypes"] == ["exec"]
+    assert report["file"]["Source"] == "entry point"
 
 
 def test_server_starts_past_a_broken_plugin_but_strict_mode_refuses(tmp_path: Path) -> None:
