@@ -55,6 +55,14 @@ def test_test_and_resolve_commands(relay, tmp_path: Path, capsys) -> None:
     assert run(capsys, "put", *t, "-f", str(profile))[0] == 0
     code, out, err = run(capsys, "test", *t, "--to", "ops@example.com", "--json")
     assert code == 0 and json.loads(out)["success"] is True
+    assert {s["outcome"] for s in json.loads(out)["steps"]} <= {"STEP_OUTCOME_OK", "STEP_OUTCOME_SKIPPED"}
+
+    code, out, err = run(capsys, "resolve", *t, "--json")
+    resolved = json.loads(out)
+    assert code == 0 and resolved["credentials"]["password"] == PASSWORD
+    # The one dialect: the profile's Keyfactor names, enums by name, the response's own names.
+    assert resolved["profile"]["RelayAuthenticationType"] == "RELAY_AUTHENTICATION_TYPE_BASIC"
+    assert resolved["cacheFor"].endswith("s") and resolved["etag"]
 
     code, out, err = run(capsys, "resolve", *t)
     assert code == 0 and "warning: the output contains credentials" in err
@@ -63,3 +71,28 @@ def test_test_and_resolve_commands(relay, tmp_path: Path, capsys) -> None:
     profile.write_text(profile.read_text().replace(PASSWORD, "wrong"))
     code, out, _ = run(capsys, "test", *t, "--to", "ops@example.com", "-f", str(profile))
     assert code == 1 and "auth     FAILED" in out and "hint:" in out and "test failed" in out
+
+
+def _v1_file(tmp_path: Path, port: int, password: str) -> str:
+    path = tmp_path / "v1.json"
+    path.write_text(json.dumps({
+        "Id": 1, "Host": "localhost", "Port": port, "RelayAuthenticationType": 2,
+        "RelayUsername": "relay", "RelayPassword": password,
+        "SenderAccount": "relay@example.com", "SenderName": "Relay", "UseSSL": True,
+    }))
+    return str(path)
+
+
+@pytest.mark.parametrize("api", [[], ["--api", "v1"]], ids=["detected", "named"])
+def test_a_v1_file_is_tested_through_v1(relay, tmp_path: Path, capsys, api) -> None:
+    server, smtp = relay
+    t = server.cli_args
+    code, out, err = run(capsys, "test", *t, *api, "--to", "ops@example.com", "-f", _v1_file(tmp_path, smtp.port, PASSWORD))
+    assert code == 0, err
+    assert "test message sent" in out
+    assert list(smtp.wait_for_message().rcpt_tos) == ["ops@example.com"]
+    assert PASSWORD not in out + err
+
+    code, out, err = run(capsys, "test", *t, *api, "--to", "ops@example.com", "-f", _v1_file(tmp_path, smtp.port, "wrong"))
+    assert code == 1 and "auth" in err and "test message sent" not in out
+    assert "read one with `get --json`" not in err
