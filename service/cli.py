@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from service import cli_json, logs
 from service import settings as settings_mod
 from service.cli_admin import add_commands as add_admin_commands
 from service.cli_providers import add_commands as add_provider_commands
-from service.cli_client import EXIT_BAD_INPUT, EXIT_FAILED, CliError, add_connection_args, call, read_payload
+from service.cli_client import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_PIPE, CliError, add_connection_args, call, read_payload
 from service.errors import SmtpConfigError
 from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
@@ -50,7 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        return args.run(args)
+        code = args.run(args)
+        sys.stdout.flush()  # a reader gone shows here, not in the interpreter's last flush
+        return code
+    except BrokenPipeError:
+        return _reader_gone()
     except CliError as error:
         print(f"smtpconfig: {error}", file=sys.stderr)
         return error.code
@@ -59,6 +64,18 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
+
+
+def _reader_gone() -> int:
+    """`smtpconfig audit | head -1`: the reader has what it wanted. End as a Unix tool that SIGPIPE
+    ended does, silently and with the status a shell gives one (128 + 13), and point stdout at
+    /dev/null so Python's final flush does not complain about the pipe a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass  # stdout is no file (an embedding caller's): nothing left to flush into the pipe
+    return EXIT_PIPE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,7 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--unix-socket", help="Unix socket path ('' for none; default DATA_DIR/smtpconfig.sock)")
     serve.add_argument("--key-file", help="encryption key file (default DATA_DIR/secret.key, generated)")
     serve.add_argument("--grace-period", type=float, help="seconds to drain calls on SIGTERM (default 10)")
-    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    serve.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error"), help="least severe log lines to write (default info)"
+    )
     serve.add_argument("--log-format", choices=("text", "json"), help="log lines as text (default) or JSON")
     serve.add_argument("--tls-cert", help="server certificate chain (PEM) for TCP listeners; enables TLS")
     serve.add_argument("--tls-key", help="key of the server certificate (PEM)")
@@ -89,8 +108,8 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     get = client("get", "show the stored SMTP profile")
-    get.add_argument("--api", choices=("v1", "v2"), default="v2", help="API version to read through")
-    get.add_argument("--json", action="store_true", help="print Keyfactor JSON (as `put -f` takes)")
+    get.add_argument("--api", choices=("v1", "v2"), default="v2", help="API version to read through (default %(default)s)")
+    get.add_argument("--json", action="store_true", help="print Keyfactor JSON with its etag (`put -f` takes it back)")
     get.set_defaults(run=_get)
 
     put = client("put", "store an SMTP profile from a Keyfactor JSON file")
@@ -100,13 +119,17 @@ def _parser() -> argparse.ArgumentParser:
         help="API version of the payload; auto: v1 when credentials are plain strings, else v2",
     )
     put.add_argument("--mask", help="comma-separated fields to change (e.g. Port,UseSSL); others stay")
-    put.add_argument("--if-match", metavar="ETAG", help="only apply on top of this revision")
+    put.add_argument(
+        "--if-match", metavar="ETAG",
+        help="only apply on top of this revision (default: the file's own etag, as `get --json` writes it)",
+    )
     put.set_defaults(run=_put)
 
     test = client("test", "send a test message through the relay and report each step")
     test.add_argument("--to", required=True, metavar="ADDRESS", help="recipient of the test message")
     test.add_argument("-f", "--file", help="test this Keyfactor JSON profile instead of the stored one (not saved)")
-    test.add_argument("--api", choices=("auto", "v1", "v2"), default="auto", help="API version of the file")
+    test.add_argument("--api", choices=("auto", "v1", "v2"), default="auto",
+                      help="API version of the file (default %(default)s: v1 when credentials are plain strings)")
     test.add_argument("--json", action="store_true", help="print the step report as JSON")
     test.set_defaults(run=_test, timeout=120.0)
 

@@ -8,7 +8,7 @@ import os
 import stat
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -18,6 +18,7 @@ from service.auth import ADMIN_TOKEN_NAME
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
+EXIT_PIPE = 141  # 128 + SIGPIPE: what a shell reports for `yes | head -1`
 
 
 class CliError(Exception):
@@ -51,7 +52,9 @@ def add_connection_args(parser: argparse.ArgumentParser, timeout: float = 10.0) 
         help="server address: host:port or unix:PATH (env SMTPCONFIG_TARGET; default: the data"
         " directory's socket)",
     )
-    parser.add_argument("--timeout", type=float, default=timeout, help="seconds to wait for an answer")
+    parser.add_argument(
+        "--timeout", type=float, default=timeout, help="seconds to wait for an answer (default %(default)s)"
+    )
     parser.add_argument(
         "--token-file",
         help="file holding a bearer token (env SMTPCONFIG_TOKEN_FILE, or the token itself in"
@@ -139,8 +142,11 @@ def _local(target: str) -> bool:
     return settings_mod.is_loopback(host)
 
 
-def call(args: argparse.Namespace, stub_class, method: str, request):
+def call(args: argparse.Namespace, stub_class, method: str, request, flags: Callable[[str], str] | None = None):
+    """Call `method`; a refusal becomes a CliError that names each bad field as `flags` spells it
+    (the command-line flag that gave it) when given."""
     target = args.target or default_target()
+    _check_target(target)
     token = find_token(args, target)
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
     secure = bool(getattr(args, "ca", None) or os.environ.get("SMTPCONFIG_TLS_CA"))
@@ -154,10 +160,29 @@ def call(args: argparse.Namespace, stub_class, method: str, request):
         try:
             return getattr(stub, method)(request, timeout=args.timeout, metadata=metadata)
         except grpc.RpcError as error:
-            raise explain(error, target) from None
+            raise explain(error, target, writes=method.startswith(_WRITES), flags=flags) from None
 
 
-def explain(error: grpc.RpcError, target: str) -> CliError:
+def _check_target(target: str) -> None:
+    """host:port or unix:PATH, said before anything is dialled: grpcio would take `nonsense` for a
+    name to look up, and fail later with a DNS error that hides the typo."""
+    if target.startswith("unix:"):
+        return
+    address = target.removeprefix("dns:///").removeprefix("ipv4:").removeprefix("ipv6:")
+    try:
+        settings_mod.split_address(address)
+    except settings_mod.SettingsError:
+        raise CliError(
+            f"--target {target!r} is not host:port (such as 127.0.0.1:2587) or unix:PATH", EXIT_BAD_INPUT
+        ) from None
+
+
+_WRITES = ("Update", "Create", "Delete")
+
+
+def explain(
+    error: grpc.RpcError, target: str, *, writes: bool = True, flags: Callable[[str], str] | None = None
+) -> CliError:
     code = error.code()
     if code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in (error.details() or "").lower():
         return CliError(f"cannot reach the server at {target}: is it running (make run)? ({error.details()})")
@@ -176,8 +201,8 @@ def explain(error: grpc.RpcError, target: str) -> CliError:
             if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
                 bad = error_details_pb2.BadRequest()
                 detail.Unpack(bad)
-                lines = ["the server refused the request (nothing was stored):"]
-                lines += [f"  {v.field}: {v.description}" for v in bad.field_violations]
+                lines = ["the server refused the request" + (" (nothing was stored):" if writes else ":")]
+                lines += [f"  {(flags or str)(v.field)}: {v.description}" for v in bad.field_violations]
     exit_code = EXIT_BAD_INPUT if code == grpc.StatusCode.INVALID_ARGUMENT else EXIT_FAILED
     return CliError("\n".join(lines), exit_code)
 

@@ -24,6 +24,9 @@ from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
 
 Stub = pb_grpc.SecretProviderServiceStub
 
+_ID_HELP = "the instance's Id, as `providers list` shows it"
+_IF_MATCH_HELP = "only if the instance is still at this etag (from `providers get`)"
+
 
 def add_commands(sub) -> None:
     plugins = sub.add_parser("plugins", help="list installed plugins and their provider types")
@@ -41,16 +44,16 @@ def add_commands(sub) -> None:
 
     verb("types", "list provider types", _types)
     verb("list", "list provider instances", _list)
-    verb("get", "show one provider instance", _get).add_argument("id", type=int)
+    verb("get", "show one provider instance", _get).add_argument("id", type=int, help=_ID_HELP)
     create = verb("create", "create a provider instance", _create)
     _instance_flags(create, creating=True)
     update = verb("update", "change a provider instance", _update)
-    update.add_argument("id", type=int)
+    update.add_argument("id", type=int, help=_ID_HELP)
     _instance_flags(update, creating=False)
     update.add_argument("--replace", action="store_true", help="replace all values (secret ones must be given again)")
     delete = verb("delete", "delete a provider instance", _delete)
-    delete.add_argument("id", type=int)
-    delete.add_argument("--if-match", metavar="ETAG")
+    delete.add_argument("id", type=int, help=_ID_HELP)
+    delete.add_argument("--if-match", metavar="ETAG", help=_IF_MATCH_HELP)
     check = verb("check", "resolve a secret and report how (never the value)", _check)
     what = check.add_mutually_exclusive_group(required=True)
     what.add_argument("--field", help="a credential field of the stored profile, e.g. RelayPassword")
@@ -71,7 +74,7 @@ def _instance_flags(p: argparse.ArgumentParser, *, creating: bool) -> None:
         p.add_argument("--type", help="provider type, e.g. vault")
         p.add_argument("-f", "--file", help="JSON provider instance (Name, ProviderType, Initialization)")
     else:
-        p.add_argument("--if-match", metavar="ETAG")
+        p.add_argument("--if-match", metavar="ETAG", help=_IF_MATCH_HELP)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a plain initialization value")
     p.add_argument("--set-file", action="append", default=[], metavar="KEY=PATH", help="a value read from a file")
     p.add_argument("--set-env", action="append", default=[], metavar="KEY=VAR", help="a value read from an env var")
@@ -218,7 +221,22 @@ def _delete(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_flag(field: str) -> str:
+    """The flag of `providers check` that gave a field the server refused."""
+    if field == "ProfileField":
+        return "--field"
+    if field == "Secret.Provider":
+        return "--provider"
+    if field.startswith("Secret.Parameters."):
+        return f"--param {field.removeprefix('Secret.Parameters.')}"
+    return field
+
+
 def _check(args: argparse.Namespace) -> int:
+    def in_file(field: str) -> str:
+        return f"{args.file}: {field.removeprefix('Secret.')}"
+
+    flags = _check_flag
     if args.field:
         request = pb.CheckSecretRequest(profile_field=args.field)
     elif args.provider is not None:
@@ -231,7 +249,8 @@ def _check(args: argparse.Namespace) -> int:
         except json_format.ParseError as error:
             raise CliError(f"{args.file} is not a secret object: {error}", EXIT_BAD_INPUT) from None
         request = pb.CheckSecretRequest(secret=secret)
-    reply = call(args, Stub, "CheckSecret", request)
+        flags = in_file
+    reply = call(args, Stub, "CheckSecret", request, flags=flags)
 
     def human() -> str:
         where = f"provider {reply.provider} ({reply.provider_name}, {reply.provider_type})" if reply.provider else "inline value"

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from service.cli import main
+from service.cli import _parser, main
 from service.cli_client import default_target
 from tests.conftest import BASIC_V1, BASIC_V2, OAUTH_V2
 from tests.test_validation import DROP, edit
@@ -141,3 +145,89 @@ EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.
 def test_shipped_examples_are_accepted(server, capsys, example: Path) -> None:
     code, _, err = run(capsys, "put", *server.cli_args, "-f", str(example))
     assert code == 0, err
+
+
+# --- issue 10: what a newcomer tripped over ------------------------------------------------------
+
+
+@pytest.mark.parametrize("doc,field", [(BASIC_V2, "RelayPassword"), (OAUTH_V2, "ClientSecret")], ids=["basic", "oauth"])
+def test_put_takes_back_exactly_what_get_json_printed(server, tmp_path, capsys, doc, field) -> None:
+    run(capsys, "put", *server.cli_args, "-f", write(tmp_path, doc))
+    _, out, _ = run(capsys, "get", *server.cli_args, "--json")
+    assert json.loads(out)[field] == {"HasValue": True}
+    code, out, err = run(capsys, "put", *server.cli_args, "-f", write(tmp_path, out, "read.json"))
+    assert code == 0, err
+    edited = {**json.loads(Path(tmp_path / "read.json").read_text()), "SenderName": "Edited"}
+    code, _, err = run(capsys, "put", *server.cli_args, "-f", write(tmp_path, edited, "edited.json"))
+    assert code == 1 and "ABORTED" in err, "the file's etag is stale after the put above"
+
+
+def test_a_read_file_cannot_move_the_stored_password_to_another_host(server, tmp_path, capsys) -> None:
+    run(capsys, "put", *server.cli_args, "-f", write(tmp_path, BASIC_V2))
+    _, out, _ = run(capsys, "get", *server.cli_args, "--json")
+    moved = {**json.loads(out), "Host": "collector.example.net"}
+    code, _, err = run(capsys, "put", *server.cli_args, "-f", write(tmp_path, moved))
+    assert code == 2 and "RelayPassword.HasValue" in err and "Host" in err
+
+
+def test_a_v1_payload_sent_to_v2_is_named_as_such(server, tmp_path, capsys) -> None:
+    v1_file = str(Path(__file__).parent.parent / "examples" / "basic-v1.json")
+    code, _, err = run(capsys, "put", *server.cli_args, "--api", "v2", "-f", v1_file)
+    assert code == 2 and "API v1 payload" in err and "--api v1" in err and "has no field named" not in err
+
+
+def test_get_text_writes_booleans_as_json_does(server, tmp_path, capsys) -> None:
+    run(capsys, "put", *server.cli_args, "-f", write(tmp_path, BASIC_V2))
+    _, out, _ = run(capsys, "get", *server.cli_args)
+    assert "UseSSL                   true" in out and "True" not in out
+
+
+def test_resolve_warns_about_credentials_only_when_it_prints_some(server, capsys) -> None:
+    code, _, err = run(capsys, "resolve", *server.cli_args)
+    assert code == 1 and "NOT_FOUND" in err and "warning" not in err
+
+
+@pytest.mark.parametrize("target", ["nonsense", "smtp.example.com", "127.0.0.1:port"])
+def test_a_target_that_is_no_address_is_refused_before_dialling(capsys, target) -> None:
+    code, _, err = run(capsys, "get", "--target", target, "--timeout", "30")
+    assert code == 2 and "host:port" in err and "unix:PATH" in err
+
+
+def test_providers_check_names_the_flag_and_stores_nothing_it_claims(server, capsys) -> None:
+    code, _, err = run(capsys, "providers", "check", *server.cli_args, "--field", "Nope")
+    assert code == 2 and "  --field: must be one of" in err
+    assert "nothing was stored" not in err and "ProfileField" not in err
+
+
+@pytest.mark.parametrize("command", [["audit"], ["get"], ["get", "--json"]])
+def test_a_reader_that_goes_away_ends_the_cli_quietly(server, tmp_path, capsys, command) -> None:
+    run(capsys, "put", *server.cli_args, "-f", write(tmp_path, BASIC_V2))
+    reader, writer = os.pipe()
+    os.close(reader)  # `| head -0`: gone before the first line
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "service.cli", *command, *server.cli_args],
+            stdout=writer, stderr=subprocess.PIPE, text=True, timeout=60,
+        )
+    finally:
+        os.close(writer)
+    assert result.stderr == "" and result.returncode == 141
+
+
+def _subparsers(parser: argparse.ArgumentParser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _subparsers(sub)
+
+
+def test_every_option_says_what_it_is_for_and_defaults_are_shown() -> None:
+    for parser in _subparsers(_parser()):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                continue
+            assert action.help, f"{parser.prog} {'/'.join(action.option_strings) or action.dest} has no help"
+            if action.option_strings and action.default not in (None, False, [], argparse.SUPPRESS):
+                text = action.help % {"default": action.default, "prog": parser.prog}
+                assert str(action.default) in text, f"{parser.prog} {action.option_strings[0]}: default not shown"
