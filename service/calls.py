@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import os
 import re
 import time
@@ -147,7 +148,7 @@ class Guard:
                     if wait:
                         self._metrics.rate_limited(name)
                         raise ResourceExhausted(
-                            f"{identity.name!r} is over the {spec.limit} rate limit; retry in {wait:.1f}s",
+                            f"{identity.name!r} is over the {spec.limit} rate limit; retry in {_after(wait)}",
                             retry_after=wait,
                         )
                 if spec.waits and context.time_remaining() is None:
@@ -265,3 +266,10 @@ def rpc(
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def _after(wait: float) -> str:
+    """A wait as a person reads it, rounded up: a bucket that refills in 8 ms is not `0.0s` away."""
+    if wait < 1:
+        return f"{max(1, math.ceil(wait * 1000))} ms"
+    return f"{math.ceil(wait * 10) / 10:.1f} s"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 import socket
 import sys
@@ -437,6 +438,20 @@ def test_calls_beyond_max_concurrent_rpcs_are_refused(two_at_a_time: Running, tm
 @pytest.fixture
 def resolve_limited(tmp_path: Path) -> Iterator[Running]:
     yield from running(resolve_rate=1.0, resolve_burst=3, **CALLERS, **vendor_allowed(tmp_path))
+
+
+def test_a_wait_under_a_tenth_of_a_second_is_not_said_as_zero() -> None:
+    s = Running(resolve_rate=10.0, resolve_burst=1)
+    try:
+        check = pb.CheckSecretRequest(secret=secret_pb2.SecretObject(secret_value="x"))
+        s.providers.CheckSecret(check, timeout=10)
+        with pytest.raises(grpc.RpcError) as refused:
+            s.providers.CheckSecret(check, timeout=10)  # within the 100 ms the bucket takes to refill
+    finally:
+        s.close()
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    said = re.search(r"retry in (\d+) ms", refused.value.details())
+    assert said and 1 <= int(said.group(1)) <= 100, refused.value.details()
 
 
 def test_resolutions_are_rate_limited_per_identity(resolve_limited: Running, tmp_path: Path) -> None:
