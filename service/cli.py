@@ -336,6 +336,12 @@ def _resolve(args: argparse.Namespace) -> int:
 
 def _put(args: argparse.Namespace) -> int:
     api, profile, etag = _payload_profile(args)
+    if api == "v1" and not args.mask and profile.relay_authentication_type == 2 and not profile.relay_password:
+        # v1 reads never return the password and v1 has no marker that keeps it (v2's HasValue).
+        raise CliError(
+            f"{args.file}: RelayPassword is missing, and an API v1 replace needs it: add it, or read and"
+            " write through v2 (`get --json`, then `put -f`), which keeps the stored one", EXIT_BAD_INPUT,
+        )
     module, stub_class = (v1, v1_grpc.ConfigServiceStub) if api == "v1" else (v2, v2_grpc.ConfigServiceStub)
     # --if-match wins over the file's own etag; a file without one replaces whatever is stored.
     request = module.UpdateSmtpRequest(profile=profile, etag=args.if_match or etag)

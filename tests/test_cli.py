@@ -231,3 +231,13 @@ def test_every_option_says_what_it_is_for_and_defaults_are_shown() -> None:
             if action.option_strings and action.default not in (None, False, [], argparse.SUPPRESS):
                 text = action.help % {"default": action.default, "prog": parser.prog}
                 assert str(action.default) in text, f"{parser.prog} {action.option_strings[0]}: default not shown"
+
+
+def test_a_v1_read_put_back_says_what_v1_cannot_keep(server, tmp_path, capsys) -> None:
+    run(capsys, "put", *server.cli_args, "-f", write(tmp_path, BASIC_V1))
+    _, out, _ = run(capsys, "get", *server.cli_args, "--api", "v1", "--json")
+    code, _, err = run(capsys, "put", *server.cli_args, "-f", write(tmp_path, out, "v1-read.json"))
+    assert code == 2 and "RelayPassword is missing" in err and "through v2" in err
+    back = {**json.loads(out), "RelayPassword": "relay-password"}
+    code, _, err = run(capsys, "put", *server.cli_args, "-f", write(tmp_path, back, "v1-back.json"))
+    assert code == 0, err
