@@ -310,7 +310,9 @@ def _test_v1(args: argparse.Namespace, profile) -> int:
     request = v1.TestSmtpRequest(profile=profile, test_recipient=args.to)
     response = call(args, v1_grpc.ConfigServiceStub, "TestSmtp", request)
     if args.json:
-        print(cli_json.dumps(cli_json.message_doc(response)))
+        doc = cli_json.message_doc(response)
+        doc["profile"].pop("RelayPassword", None)  # never returned; an empty string would read as a value
+        print(cli_json.dumps(doc))
     else:
         print("test message sent (API v1 reports no steps; write the file for v2 to see them)")
     return 0

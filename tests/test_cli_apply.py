@@ -92,6 +92,10 @@ def test_a_v1_file_is_tested_through_v1(relay, tmp_path: Path, capsys, api) -> N
     assert "test message sent" in out
     assert list(smtp.wait_for_message().rcpt_tos) == ["ops@example.com"]
     assert PASSWORD not in out + err
+    code, out, err = run(capsys, "test", *t, *api, "--json", "--to", "ops@example.com",
+                         "-f", _v1_file(tmp_path, smtp.port, PASSWORD))
+    assert code == 0 and json.loads(out)["profile"]["Host"] == "localhost"
+    assert "RelayPassword" not in json.loads(out)["profile"] and PASSWORD not in out
 
     code, out, err = run(capsys, "test", *t, *api, "--to", "ops@example.com", "-f", _v1_file(tmp_path, smtp.port, "wrong"))
     assert code == 1 and "auth" in err and "test message sent" not in out
