@@ -1,6 +1,6 @@
 """Loading plugins: entry points, broken plugins reported and skipped, strict mode, allow/block
-lists, the server's own report of them (what a restart would change), and provider instances
-declared in the config file."""
+lists, the server's own report of them (what a restart would change), provider instances declared
+in the config file, and what a plugin's author reads in the log when the plugin has a bug."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import pytest
 
 from service.plugin_manager import PluginError, load_plugins
 from service.settings import load as load_settings
+from smtpconfig.v2 import secret_pb2
 from smtpconfig.v2 import secret_provider_service_pb2 as pb
 from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
 from tests.support import ServerProcess, ServerThread, short_dir, violations
@@ -320,3 +321,61 @@ def test_declaration_shape_is_checked_with_the_settings(tmp_path: Path, body: st
     with pytest.raises(SettingsError, match=says):
         _declared(tmp_path, body, {})
 
+
+# --- a plugin's bug, as its author reads it -----------------------------------------------------
+
+BUGGY = """
+from service.plugin import Parameter, Resolved, Secret, SecretProvider, hookimpl
+
+class Buggy(SecretProvider):
+    name = "buggy"
+    parameters = (
+        Parameter("Token", data_type="secret", description="API token"),
+        Parameter("Name", instance_level=True, description="which secret"),
+    )
+    def resolve(self, instance_parameters, initialization):
+        return Resolved(Secret(parse_answer(instance_parameters["Name"], initialization["Token"].reveal())))
+
+def parse_answer(name, token):
+    raise ValueError(f"no field {name!r} in the answer to token {token}")
+
+@hookimpl
+def register_secret_providers(register):
+    register(Buggy)
+"""
+BUGGY_TOKEN = "PLANTED-buggy-token-7c1e"
+
+
+@pytest.mark.parametrize("level", ["debug", "info"])
+def test_a_plugin_bug_is_logged_with_its_message_and_at_debug_its_traceback(tmp_path: Path, level: str) -> None:
+    install_fake(tmp_path, "buggy", "fake_buggy", BUGGY)
+    base = short_dir()
+    server = ServerProcess(base / "data", "--log-level", level, env={"PYTHONPATH": str(tmp_path)})
+    try:
+        server.start()
+        with server.channel() as channel:
+            stub = pb_grpc.SecretProviderServiceStub(channel)
+            created = stub.CreateProvider(pb.CreateProviderRequest(provider=pb.ProviderInstance(
+                name="buggy", provider_type="buggy", initialization={"Token": pb.InitializationValue(value=BUGGY_TOKEN)})))
+            with pytest.raises(grpc.RpcError) as failed:
+                stub.CheckSecret(pb.CheckSecretRequest(
+                    secret=secret_pb2.SecretObject(provider=created.provider.id, parameters={"Name": "smtp"})))
+        assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert failed.value.details() == (
+            "provider 1 (buggy, buggy) failed (ValueError), a bug in the provider: the server log has the"
+            " message, and its traceback at log_level debug"
+        )
+        log = server.log()
+        assert (
+            "provider 1 (buggy, buggy) raised ValueError while resolving {Name=smtp}:"
+            " no field 'smtp' in the answer to token **********"
+        ) in log
+        traced = "Traceback (most recent call last):" in log and ", in parse_answer" in log
+        assert traced == (level == "debug")
+        if level == "debug":
+            assert "    raise ValueError(f\"no field {name!r} in the answer to token {token}\")" in log
+            assert "ValueError: no field 'smtp' in the answer to token **********" in log
+        assert BUGGY_TOKEN not in log and BUGGY_TOKEN not in failed.value.details()
+    finally:
+        server.terminate()
+        shutil.rmtree(base, ignore_errors=True)
