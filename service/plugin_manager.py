@@ -30,6 +30,7 @@ import pluggy
 
 from service import hookspecs
 from service.errors import FailedPrecondition
+from service.logs import redact
 from service.plugin import PROJECT, SecretProvider
 from service.scrub import plain
 
@@ -202,7 +203,8 @@ def load_plugins(
 
     def fail(status: PluginStatus, error: BaseException) -> None:
         status.status = "failed"
-        status.error = plain(f"{type(error).__name__}: {error}")
+        # Shown to callers of ListPlugins, not only logged: through the log redactor here too.
+        status.error = plain(redact(f"{type(error).__name__}: {error}"))
         log.warning("plugin %s (%s) skipped: %s", status.name, status.module, status.error)
         log.debug("plugin %s (%s) failed here:", status.name, status.module, exc_info=error)
         failed.append(status)

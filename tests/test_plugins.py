@@ -43,6 +43,8 @@ BROKEN = {
     "registers a non-provider": "from service.plugin import hookimpl\n\n@hookimpl\ndef register_secret_providers(register):\n    register(dict)\n",
     "registers a taken type name": GOOD.replace("{type_name}", "exec"),
     "hook raises": "from service.plugin import hookimpl\n\n@hookimpl\ndef register_secret_providers(register):\n    raise ValueError('no')\n",
+    # ListPlugins shows the error to providers:read callers: it goes through the log redactor.
+    "quotes a token": 'raise RuntimeError("login failed, token=PLANTED-import-token")\n',
 }
 SAYS = {
     "raises at import": "RuntimeError: plugin import blew up",
@@ -50,6 +52,7 @@ SAYS = {
     "registers a non-provider": "not a subclass",
     "registers a taken type name": "already registered by plugin exec",
     "hook raises": "ValueError: no",
+    "quotes a token": "RuntimeError: login failed, token=[REDACTED]",
 }
 
 
@@ -70,7 +73,7 @@ def test_broken_plugin_is_reported_and_skipped(tmp_path: Path, monkeypatch, case
     loaded = load_plugins()
     status = next(s for s in loaded.report if s.name == "fake")
     assert status.status == "failed"
-    assert SAYS[case] in status.error
+    assert SAYS[case] in status.error and "PLANTED" not in status.error
     assert {"exec", "inline"} <= loaded.provider_types.keys()  # the others are untouched
     assert loaded.provider_types["exec"].plugin == "exec"
     with pytest.raises(PluginError, match=r"1 plugin\(s\) failed to load: fake \("):
