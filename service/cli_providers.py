@@ -172,7 +172,8 @@ def _describe_plugins(reply: pb.ListPluginsResponse, where: str, *, local: bool)
         version = f" {p.version}" if p.version else ""
         source = "builtin" if p.builtin else "entry point"
         lines.append(f"{p.name:<12} {_STATES.get(p.state, '?'):<11} {source:<11} {p.module}{version}  types: {types}")
-        lines += [f"{'':12} {note}" for note in (p.error, p.restart_reason and f"{p.restart_reason}: restart the server") if note]
+        restart = f"{p.restart_reason}: restart the server" if p.restart_reason else ""
+        lines += [f"{'':12} {note}" for note in (p.error, restart) if note]
     lines += [f"warning: {w}" for w in reply.warnings]
     if not local and any(p.restart_reason or p.state == pb.PLUGIN_STATE_FAILED for p in reply.plugins):
         lines.append("plugins are loaded when the server starts: restart it after installing, upgrading or fixing one")

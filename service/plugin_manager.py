@@ -101,8 +101,8 @@ class Plugins:
         for status in self.report:
             copy = replace(status, provider_types=list(status.provider_types))
             ep = now.get(status.name)
-            if status.source == "builtin":
-                pass
+            if status.source == "builtin" or status.status not in ("loaded", "failed"):
+                pass  # a restart changes nothing for these
             elif ep is None:
                 copy.restart = "uninstalled since the server started"
             elif _dist_version(ep) != status.version:
@@ -235,17 +235,23 @@ def load_plugins(
         _register_types(pm, name, status, types, fail)
         if status.status == "loaded" and not status.provider_types:
             idle.append(name)
-    warnings = _unlisted("plugins_allow", allowed or (), report) + _unlisted("plugins_block", blocked, report)
+    warnings = _warnings(report, allowed or (), blocked, idle)
+    if strict and failed:
+        problems = "; ".join(f"{s.name} ({s.module}): {s.error}" for s in failed)
+        raise PluginError(f"plugins_strict is on and {len(failed)} plugin(s) failed to load: {problems}")
+    return Plugins(types, report, warnings, strict)
+
+
+def _warnings(report: list[PluginStatus], allowed: Iterable[str], blocked: Iterable[str], idle: list[str]) -> list[str]:
+    """Logged, and kept for the report: list names no plugin has, plugins that offer nothing."""
+    warnings = _unlisted("plugins_allow", allowed, report) + _unlisted("plugins_block", blocked, report)
     warnings += [
         f"plugin {name} registered no provider type: is its hook marked @hookimpl and named"
         " register_secret_providers?" for name in idle
     ]
     for warning in warnings:
         log.warning("%s", warning)
-    if strict and failed:
-        problems = "; ".join(f"{s.name} ({s.module}): {s.error}" for s in failed)
-        raise PluginError(f"plugins_strict is on and {len(failed)} plugin(s) failed to load: {problems}")
-    return Plugins(types, report, warnings, strict)
+    return warnings
 
 
 def _unknown_hooks(pm: pluggy.PluginManager, name: str) -> str:
