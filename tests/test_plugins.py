@@ -122,6 +122,14 @@ def test_plugins_local_reports_what_this_environment_loads_as_json(tmp_path: Pat
     assert report["exec"]["State"] == "PLUGIN_STATE_LOADED" and report["exec"]["ProviderTypes"] == ["exec"]
     assert report["exec"]["Builtin"] and not report["file"].get("Builtin")
 
+    # Without --local it asks the server; with none there, it says how to look without one.
+    unreached = subprocess.run(
+        [sys.executable, "-m", "service.cli", "plugins", "--target", f"unix:{tmp_path / 'absent.sock'}"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+    assert unreached.returncode == 1 and unreached.stdout == ""
+    assert unreached.stderr.rstrip().endswith("`smtpconfig plugins --local` shows what this environment would load")
+
 
 def _plugins_cli(server: ServerProcess, *flags: str) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -195,10 +203,13 @@ def test_plugins_shows_the_servers_view_and_when_a_restart_is_needed(tmp_path: P
     ("blocked", "SMTPCONFIG_PLUGINS_BLOCK=env", "plugin env is installed but plugins_block names it"),
     ("not allowed", "SMTPCONFIG_PLUGINS_ALLOW=file", "plugin env is installed but plugins_allow does not name it"),
     ("failed", "", "plugin env failed to load (RuntimeError: plugin import blew up); fix it and restart the server"),
+    ("no such plugin", "", "a plugin installed after the server started loads when the server restarts;"
+     " `smtpconfig plugins` shows what this server loaded and why any plugin failed"),
 ])
 def test_an_unknown_provider_type_says_why_its_plugin_is_missing(tmp_path: Path, reason, line, says) -> None:
     source = BROKEN["raises at import"] if reason == "failed" else GOOD.replace("{type_name}", "env")
-    install_fake(tmp_path, "env", f"fake_missing_{reason.replace(' ', '_')}", source)
+    if reason != "no such plugin":
+        install_fake(tmp_path, "env", f"fake_missing_{reason.replace(' ', '_')}", source)
     env = {"PYTHONPATH": str(tmp_path), **dict([line.split("=")] if line else [])}
     base = short_dir()
     server = ServerProcess(base / "data", env=env)
