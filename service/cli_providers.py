@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -16,7 +15,9 @@ from google.protobuf import json_format
 
 from service import cli_json
 from service import settings as settings_mod
-from service.cli_client import EXIT_BAD_INPUT, EXIT_FAILED, CliError, add_connection_args, call, read_payload
+from service.cli_client import (
+    EXIT_BAD_INPUT, EXIT_FAILED, CliError, add_connection_args, call, default_target, read_payload,
+)
 from service.secret import strip_line_ending
 from smtpconfig.v2 import secret_pb2
 from smtpconfig.v2 import secret_provider_service_pb2 as pb
@@ -29,8 +30,16 @@ _IF_MATCH_HELP = "only if the instance is still at this etag (from `providers ge
 
 
 def add_commands(sub) -> None:
-    plugins = sub.add_parser("plugins", help="list installed plugins and their provider types")
+    plugins = sub.add_parser(
+        "plugins", help="list the plugins the running server loaded, and what a restart would change"
+    )
     plugins.add_argument("--json", action="store_true", help="print JSON")
+    plugins.add_argument(
+        "--local", action="store_true",
+        help="load the plugins in this process instead of asking the server: what a server started"
+        " now from this environment and these settings would load",
+    )
+    add_connection_args(plugins)
     plugins.set_defaults(run=_plugins)
 
     providers = sub.add_parser("providers", help="secret provider types and instances")
@@ -125,30 +134,53 @@ def _describe_instance(p: pb.ProviderInstance) -> str:
 
 
 def _plugins(args: argparse.Namespace) -> int:
+    if args.local:
+        reply, where = _local_plugins(), "this environment (--local)"
+    else:
+        try:
+            args.target = args.target or default_target()
+            reply = call(args, Stub, "ListPlugins", pb.ListPluginsRequest())
+        except CliError as error:
+            hint = "`smtpconfig plugins --local` shows what this environment would load"
+            raise CliError(f"{error}\n  {hint}", error.code) from None
+        where = f"the server at {args.target}"
+    failed = any(p.state == pb.PLUGIN_STATE_FAILED for p in reply.plugins)
+    _print(reply, args, lambda: _describe_plugins(reply, where, local=args.local))
+    return EXIT_FAILED if failed else 0
+
+
+def _local_plugins() -> pb.ListPluginsResponse:
     import logging
 
     from service.plugin_manager import load_plugins
+    from service.provider_servicer import plugins_to_pb
 
     logging.getLogger("service.plugin_manager").setLevel(logging.ERROR)  # the report says it all
     settings = settings_mod.load()
     loaded = load_plugins(allow=settings.plugins_allow, block=settings.plugins_block)
-    failed = any(s.status == "failed" for s in loaded.report)
-    if args.json:
-        # Not a protobuf message, but the same dialect: PascalCase keys as the provider messages use.
-        print(cli_json.dumps([{_pascal(k): v for k, v in asdict(s).items()} for s in loaded.report]))
-        return EXIT_FAILED if failed else 0
-    for status in loaded.report:
-        types = ", ".join(status.provider_types) or "-"
-        version = f" {status.version}" if status.version else ""
-        print(f"{status.name:<12} {status.status:<11} {status.source:<11} {status.module}{version}  types: {types}")
-        if status.error:
-            print(f"{'':12} {status.error}")
-    return EXIT_FAILED if failed else 0
+    return plugins_to_pb(loaded.report, strict=settings.plugins_strict, warnings=loaded.warnings)
 
 
-def _pascal(name: str) -> str:
-    return "".join(part.capitalize() for part in name.split("_"))
+_STATES = {
+    pb.PLUGIN_STATE_LOADED: "loaded", pb.PLUGIN_STATE_FAILED: "failed", pb.PLUGIN_STATE_BLOCKED: "blocked",
+    pb.PLUGIN_STATE_NOT_ALLOWED: "not allowed", pb.PLUGIN_STATE_NOT_LOADED: "not loaded",
+}
 
+
+def _describe_plugins(reply: pb.ListPluginsResponse, where: str, *, local: bool) -> str:
+    strict = "on" if reply.strict else "off"
+    lines = [f"plugins of {where}; plugins_strict {strict}"]
+    for p in reply.plugins:
+        types = ", ".join(p.provider_types) or "-"
+        version = f" {p.version}" if p.version else ""
+        source = "builtin" if p.builtin else "entry point"
+        lines.append(f"{p.name:<12} {_STATES.get(p.state, '?'):<11} {source:<11} {p.module}{version}  types: {types}")
+        restart = f"{p.restart_reason}: restart the server" if p.restart_reason else ""
+        lines += [f"{'':12} {note}" for note in (p.error, restart) if note]
+    lines += [f"warning: {w}" for w in reply.warnings]
+    if not local and any(p.restart_reason or p.state == pb.PLUGIN_STATE_FAILED for p in reply.plugins):
+        lines.append("plugins are loaded when the server starts: restart it after installing, upgrading or fixing one")
+    return "\n".join(lines)
 
 def _types(args: argparse.Namespace) -> int:
     reply = call(args, Stub, "ListProviderTypes", pb.ListProviderTypesRequest())

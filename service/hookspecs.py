@@ -18,8 +18,9 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 def register_secret_providers(register: Register) -> None:
     """Add secret provider types.
 
-    Called: once when the server (or ``smtpconfig plugins``) starts, for each plugin on its own,
-    so a failing plugin is reported and skipped without affecting the others.
+    Called: once when the server (or ``smtpconfig plugins --local``) starts, for each plugin on
+    its own, so a failing plugin is reported and skipped without affecting the others. A
+    misspelt hook fails its plugin, naming the hook it probably meant.
 
     Args:
         register: call ``register(ProviderClass)`` once per `service.plugin.SecretProvider`

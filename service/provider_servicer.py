@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections import OrderedDict
 
@@ -11,7 +12,7 @@ from service.calls import Guard, rpc
 from service.errors import InvalidArgument, NotFound, violation
 from service.model import CREDENTIAL_FIELDS, FIELDS, InlineSecret, ProviderRef, SecretSource
 from service.plugin import Parameter
-from service.plugin_manager import ProviderTypeInfo
+from service.plugin_manager import PluginStatus, ProviderTypeInfo
 from service.profiles import ProfileService
 from service.provider_service import ProviderService
 from service.providers import CONFIG, IMPLICIT_TYPES, InstanceDraft, ProviderInstance
@@ -39,6 +40,25 @@ def provider_type_to_pb(info: ProviderTypeInfo) -> pb.ProviderType:
         name=cls.name, display_name=cls.display_name or cls.name, description=cls.description,
         parameters=[_parameter(p) for p in cls.parameters], plugin=info.plugin,
     )
+
+
+_PLUGIN_STATES = {
+    "loaded": pb.PLUGIN_STATE_LOADED, "failed": pb.PLUGIN_STATE_FAILED, "blocked": pb.PLUGIN_STATE_BLOCKED,
+    "not allowed": pb.PLUGIN_STATE_NOT_ALLOWED, "not loaded": pb.PLUGIN_STATE_NOT_LOADED,
+}
+
+
+def plugin_to_pb(status: PluginStatus) -> pb.Plugin:
+    return pb.Plugin(
+        name=status.name, builtin=status.source == "builtin", module=status.module, version=status.version,
+        state=_PLUGIN_STATES.get(status.status, pb.PLUGIN_STATE_UNSPECIFIED), error=status.error,
+        provider_types=status.provider_types, restart_reason=status.restart,
+    )
+
+
+def plugins_to_pb(report: list[PluginStatus], *, strict: bool, warnings: list[str]) -> pb.ListPluginsResponse:
+    """The plugin report as ListPlugins answers it (`smtpconfig plugins --local` prints the same)."""
+    return pb.ListPluginsResponse(plugins=[plugin_to_pb(s) for s in report], strict=strict, warnings=warnings)
 
 
 def instance_to_pb(instance: ProviderInstance) -> pb.ProviderInstance:
@@ -82,6 +102,13 @@ class SecretProviderServiceV2(pb_grpc.SecretProviderServiceServicer):
         return pb.ListProviderTypesResponse(
             provider_types=[provider_type_to_pb(t) for t in types if t.name not in IMPLICIT_TYPES]
         )
+
+    @rpc("providers:read")
+    async def ListPlugins(self, request, context: grpc.aio.ServicerContext):
+        plugins = self._providers.plugins
+        # Entry points are read again from disk, to tell what a restart would change.
+        report = await asyncio.to_thread(plugins.changed_since_start)
+        return plugins_to_pb(report, strict=plugins.strict, warnings=plugins.warnings)
 
     @rpc("providers:read", waits=False)
     async def ListProviders(self, request, context: grpc.aio.ServicerContext):

@@ -90,7 +90,11 @@ def validate_instance(
         add(violation("ProviderType", f"{draft.type_name} values go in SecretValue; no instance is needed"))
     elif info is None:
         known = ", ".join(sorted(set(plugins.provider_types) - IMPLICIT_TYPES)) or "none"
-        add(violation("ProviderType", f"no provider type {draft.type_name!r} is installed (installed: {known})"))
+        add(violation(
+            "ProviderType",
+            f"no provider type {draft.type_name!r} is installed (installed: {known}):"
+            f" {plugins.missing_type_hint(draft.type_name)}",
+        ))
     if info is None:
         raise InvalidArgument(found or [violation("ProviderType", "is unknown")])
 

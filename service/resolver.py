@@ -22,6 +22,7 @@ import inspect
 import logging
 import math
 import time
+import traceback
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -244,9 +245,11 @@ class Resolver:
             return InvalidArgument([FieldViolation(field, f"{where}: {error}")])
         if isinstance(error, SmtpConfigError):
             return error
-        # A plugin bug; its text could hold anything.
-        log.error("%s raised %s while resolving {%s}", where, type(error).__name__, reference)
-        return Unavailable(f"{where} failed ({type(error).__name__}); see the server log")
+        _log_plugin_bug(error, where, reference, instance)
+        return Unavailable(
+            f"{where} failed ({type(error).__name__}), a bug in the provider: the server log has the"
+            " message, and its traceback at log_level debug"
+        )
 
 
 _PUBLIC_ERRORS = (SecretNotFound, AccessDenied, ProviderUnavailable, BadParameters)
@@ -261,6 +264,22 @@ def _scrubbed(error: ProviderError, instance: ProviderInstance) -> ProviderError
         return BadParameters(message, error.parameter)
     cls = next(c for c in _PUBLIC_ERRORS if isinstance(error, c))
     return cls(message)
+
+
+def _log_plugin_bug(error: Exception, where: str, reference: str, instance: ProviderInstance) -> None:
+    """A plugin bug, for its author: the exception's message and, at debug, its traceback, both
+    without the instance's secret initialization values (the log redactor then masks every value
+    resolved so far). Callers get only the exception's type: its text could hold anything."""
+    scrubber = Scrubber(*(value for value in instance.initialization.values() if isinstance(value, Secret)))
+    log.error("%s raised %s while resolving {%s}: %s", where, type(error).__name__, reference, scrubber.clean(error))
+    if log.isEnabledFor(logging.DEBUG):
+        lines = traceback.format_exception(error)
+        shown = "\n".join(_indent(line) + scrubber.clean(line) for chunk in lines for line in chunk.splitlines())
+        log.debug("traceback of that %s (secret initialization values masked):\n%s", type(error).__name__, shown)
+
+
+def _indent(line: str) -> str:
+    return line[: len(line) - len(line.lstrip(" "))]
 
 
 def _error_kind(error: Exception) -> str:

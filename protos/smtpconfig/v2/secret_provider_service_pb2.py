@@ -27,7 +27,7 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from smtpconfig.v2 import secret_pb2 as smtpconfig_dot_v2_dot_secret__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+smtpconfig/v2/secret_provider_service.proto\x12\rsmtpconfig.v2\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1asmtpconfig/v2/secret.proto\"\xac\x02\n\x15ProviderTypeParameter\x12\x12\n\x04name\x18\x01 \x01(\tR\x04Name\x12!\n\x0c\x64isplay_name\x18\x02 \x01(\tR\x0b\x44isplayName\x12=\n\tdata_type\x18\x03 \x01(\x0e\x32 .smtpconfig.v2.ParameterDataTypeR\x08\x44\x61taType\x12%\n\x0einstance_level\x18\x04 \x01(\x08R\rInstanceLevel\x12\x1a\n\x08required\x18\x05 \x01(\x08R\x08Required\x12 \n\x0b\x64\x65scription\x18\x06 \x01(\tR\x0b\x44\x65scription\x12\x1e\n\rdefault_value\x18\x07 \x01(\tR\x07\x44\x65\x66\x61ult\x12\x18\n\x07\x61liases\x18\x08 \x03(\tR\x07\x41liases\"\xc5\x01\n\x0cProviderType\x12\x12\n\x04name\x18\x01 \x01(\tR\x04Name\x12!\n\x0c\x64isplay_name\x18\x02 \x01(\tR\x0b\x44isplayName\x12 \n\x0b\x64\x65scription\x18\x03 \x01(\tR\x0b\x44\x65scription\x12\x44\n\nparameters\x18\x04 \x03(\x0b\x32$.smtpconfig.v2.ProviderTypeParameterR\nParameters\x12\x16\n\x06plugin\x18\x05 \x01(\tR\x06Plugin\"W\n\x13InitializationValue\x12\x19\n\x05value\x18\x01 \x01(\tH\x00R\x05Value\x88\x01\x01\x12\x1b\n\thas_value\x18\x02 \x01(\x08R\x08HasValueB\x08\n\x06_value\"\xde\x02\n\x10ProviderInstance\x12\x0e\n\x02id\x18\x01 \x01(\x05R\x02Id\x12\x12\n\x04name\x18\x02 \x01(\tR\x04Name\x12#\n\rprovider_type\x18\x03 \x01(\tR\x0cProviderType\x12[\n\x0einitialization\x18\x04 \x03(\x0b\x32\x33.smtpconfig.v2.ProviderInstance.InitializationEntryR\x0eInitialization\x12\x35\n\x06source\x18\x05 \x01(\x0e\x32\x1d.smtpconfig.v2.ProviderSourceR\x06Source\x12\x12\n\x04\x65tag\x18\x06 \x01(\tR\x04\x45tag\x1aY\n\x13InitializationEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x31\n\x05value\x18\x02 \x01(\x0b\x32\".smtpconfig.v2.InitializationValue:\x02\x38\x01\"\x1a\n\x18ListProviderTypesRequest\"_\n\x19ListProviderTypesResponse\x12\x42\n\x0eprovider_types\x18\x01 \x03(\x0b\x32\x1b.smtpconfig.v2.ProviderTypeR\rProviderTypes\"\x16\n\x14ListProvidersRequest\"V\n\x15ListProvidersResponse\x12=\n\tproviders\x18\x01 \x03(\x0b\x32\x1f.smtpconfig.v2.ProviderInstanceR\tProviders\"$\n\x12GetProviderRequest\x12\x0e\n\x02id\x18\x01 \x01(\x05R\x02Id\"R\n\x13GetProviderResponse\x12;\n\x08provider\x18\x01 \x01(\x0b\x32\x1f.smtpconfig.v2.ProviderInstanceR\x08Provider\"T\n\x15\x43reateProviderRequest\x12;\n\x08provider\x18\x01 \x01(\x0b\x32\x1f.smtpconfig.v2.ProviderInstanceR\x08Provider\"U\n\x16\x43reateProviderResponse\x12;\n\x08provider\x18\x01 \x01(\x0b\x32\x1f.smtpconfig.v2.ProviderInstanceR\x08Provider\"\x93\x01\n\x15UpdateProviderRequest\x12;\n\x08provider\x18\x01 \x01(\x0b\x32\x1f.smtpconfig.v2.ProviderInstanceR\x08Provider\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\"U\n\x16UpdateProviderResponse\x12;\n\x08provider\x18\x01 \x01(\x0b\x32\x1f.smtpconfig.v2.ProviderInstanceR\x08Provider\"5\n\x15\x44\x65leteProviderRequest\x12\x0e\n\x02id\x18\x01 \x01(\x05R\x02Id\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"\x18\n\x16\x44\x65leteProviderResponse\"|\n\x12\x43heckSecretRequest\x12\x35\n\x06secret\x18\x01 \x01(\x0b\x32\x1b.smtpconfig.v2.SecretObjectH\x00R\x06Secret\x12%\n\rprofile_field\x18\x02 \x01(\tH\x00R\x0cProfileFieldB\x08\n\x06target\"\xe2\x02\n\x13\x43heckSecretResponse\x12\x18\n\x07success\x18\x01 \x01(\x08R\x07Success\x12\x1a\n\x08provider\x18\x02 \x01(\x05R\x08Provider\x12#\n\rprovider_name\x18\x03 \x01(\tR\x0cProviderName\x12#\n\rprovider_type\x18\x04 \x01(\tR\x0cProviderType\x12\x33\n\x07latency\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationR\x07Latency\x12\x16\n\x06\x63\x61\x63hed\x18\x06 \x01(\x08R\x06\x43\x61\x63hed\x12 \n\x0b\x66ingerprint\x18\x07 \x01(\tR\x0b\x46ingerprint\x12\x42\n\x0f\x63\x61\x63he_remaining\x18\x08 \x01(\x0b\x32\x19.google.protobuf.DurationR\x0e\x43\x61\x63heRemaining\x12\x18\n\x07version\x18\t \x01(\tR\x07Version*x\n\x11ParameterDataType\x12#\n\x1fPARAMETER_DATA_TYPE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aPARAMETER_DATA_TYPE_STRING\x10\x01\x12\x1e\n\x1aPARAMETER_DATA_TYPE_SECRET\x10\x02*f\n\x0eProviderSource\x12\x1f\n\x1bPROVIDER_SOURCE_UNSPECIFIED\x10\x00\x12\x17\n\x13PROVIDER_SOURCE_API\x10\x01\x12\x1a\n\x16PROVIDER_SOURCE_CONFIG\x10\x02\x32\xa4\x05\n\x15SecretProviderService\x12\x66\n\x11ListProviderTypes\x12\'.smtpconfig.v2.ListProviderTypesRequest\x1a(.smtpconfig.v2.ListProviderTypesResponse\x12Z\n\rListProviders\x12#.smtpconfig.v2.ListProvidersRequest\x1a$.smtpconfig.v2.ListProvidersResponse\x12T\n\x0bGetProvider\x12!.smtpconfig.v2.GetProviderRequest\x1a\".smtpconfig.v2.GetProviderResponse\x12]\n\x0e\x43reateProvider\x12$.smtpconfig.v2.CreateProviderRequest\x1a%.smtpconfig.v2.CreateProviderResponse\x12]\n\x0eUpdateProvider\x12$.smtpconfig.v2.UpdateProviderRequest\x1a%.smtpconfig.v2.UpdateProviderResponse\x12]\n\x0e\x44\x65leteProvider\x12$.smtpconfig.v2.DeleteProviderRequest\x1a%.smtpconfig.v2.DeleteProviderResponse\x12T\n\x0b\x43heckSecret\x12!.smtpconfig.v2.CheckSecretRequest\x1a\".smtpconfig.v2.CheckSecretResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+smtpconfig/v2/secret_provider_service.proto\x12\rsmtpconfig.v2\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1asmtpconfig/v2/secret.proto\"\xac\x02\n\x15ProviderTypeParameter\x12\x12\n\x04name\x18\x01 \x01(\tR\x04Name\x12!\n\x0c\x64isplay_name\x18\x02 \x01(\tR\x0b\x44isplayName\x12=\n\tdata_type\x18\x03 \x01(\x0e\x32 .smtpconfig.v2.ParameterDataTypeR\x08\x44\x61taType\x12%\n\x0einstance_level\x18\x04 \x01(\x08R\rInstanceLevel\x12\x1a\n\x08required\x18\x05 \x01(\x08R\x08Required\x12 \n\x0b\x64\x65scription\x18\x06 \x01(\tR\x0b\x44\x65scription\x12\x1e\n\rdefault_value\x18\x07 \x01(\tR\x07\x44\x65\x66\x61ult\x12\x18\n\x07\x61liases\x18\x08 \x03(\tR\x07\x41liases\"\xc5\x01\n\x0cProviderType\x12\x12\n\x04name\x18\x01 \x01(\tR\x04Name\x12!\n\x0c\x64isplay_name\x18\x02 \x01(\tR\x0b\x44isplayName\x12 \n\x0b\x64\x65scription\x18\x03 \x01(\tR\x0b\x44\x65scription\x12\x44\n\nparameters\x18\x04 \x03(\x0b\x32$.smtpconfig.v2.ProviderTypeParameterR\nParameters\x12\x16\n\x06plugin\x18\x05 \x01(\tR\x06Plugin\"W\n\x13InitializationValue\x12\x19\n\x05value\x18\x01 \x01(\tH\x00R\x05Value\x88\x01\x01\x12\x1b\n\thas_value\x18\x02 \x01(\x08R\x08HasValueB\x08\n\x06_value\"\xde\x02\n\x10ProviderInstance\x12\x0e\n\x02id\x18\x01 \x01(\x05R\x02Id\x12\x12\n\x04name\x18\x02 \x01(\tR\x04Name\x12#\n\rprovider_type\x18\x03 \x01(\tR\x0cProviderType\x12[\n\x0einitialization\x18\x04 \x03(\x0b\x32\x33.smtpconfig.v2.ProviderInstance.InitializationEntryR\x0eInitialization\x12\x35\n\x06source\x18\x05 \x01(\x0e\x32\x1d.smtpconfig.v2.ProviderSourceR\x06Source\x12\x12\n\x04\x65tag\x18\x06 \x01(\tR\x04\x45tag\x1aY\n\x13InitializationEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x31\n\x05value\x18\x02 \x01(\x0b\x32\".smtpconfig.v2.InitializationValue:\x02\x38\x01\"\x1a\n\x18ListProviderTypesRequest\"_\n\x19ListProviderTypesResponse\x12\x42\n\x0eprovider_types\x18\x01 \x03(\x0b\x32\x1b.smtpconfig.v2.ProviderTypeR\rProviderTypes\"\x14\n\x12ListPluginsRequest\"\xfe\x01\n\x06Plugin\x12\x12\n\x04name\x18\x01 \x01(\tR\x04Name\x12\x18\n\x07\x62uiltin\x18\x02 \x01(\x08R\x07\x42uiltin\x12\x16\n\x06module\x18\x03 \x01(\tR\x06Module\x12\x18\n\x07version\x18\x04 \x01(\tR\x07Version\x12\x30\n\x05state\x18\x05 \x01(\x0e\x32\x1a.smtpconfig.v2.PluginStateR\x05State\x12\x14\n\x05\x65rror\x18\x06 \x01(\tR\x05\x45rror\x12%\n\x0eprovider_types\x18\x07 \x03(\tR\rProviderTypes\x12%\n\x0erestart_reason\x18\x08 \x01(\tR\rRestartReason\"z\n\x13ListPluginsResponse\x12/\n\x07plugins\x18\x01 \x03(\x0b\x32\x15.smtpconfig.v2.PluginR\x07Plugins\x12\x16\n\x06strict\x18\x02 \x01(\x08R\x06Strict\x12\x1a\n\x08warnings\x18\x03 \x03(\tR\x08Warnings\"\x16\n\x14ListProvidersRequest\"V\n\x15ListProvidersResponse\x12=\n\tproviders\x18\x01 \x03(\x0b\x32\x1f.smtpconfig.v2.ProviderInstanceR\tProviders\"$\n\x12GetProviderRequest\x12\x0e\n\x02id\x18\x01 \x01(\x05R\x02Id\"R\n\x13GetProviderResponse\x12;\n\x08provider\x18\x01 \x01(\x0b\x32\x1f.smtpconfig.v2.ProviderInstanceR\x08Provider\"T\n\x15\x43reateProviderRequest\x12;\n\x08provider\x18\x01 \x01(\x0b\x32\x1f.smtpconfig.v2.ProviderInstanceR\x08Provider\"U\n\x16\x43reateProviderResponse\x12;\n\x08provider\x18\x01 \x01(\x0b\x32\x1f.smtpconfig.v2.ProviderInstanceR\x08Provider\"\x93\x01\n\x15UpdateProviderRequest\x12;\n\x08provider\x18\x01 \x01(\x0b\x32\x1f.smtpconfig.v2.ProviderInstanceR\x08Provider\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\"U\n\x16UpdateProviderResponse\x12;\n\x08provider\x18\x01 \x01(\x0b\x32\x1f.smtpconfig.v2.ProviderInstanceR\x08Provider\"5\n\x15\x44\x65leteProviderRequest\x12\x0e\n\x02id\x18\x01 \x01(\x05R\x02Id\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"\x18\n\x16\x44\x65leteProviderResponse\"|\n\x12\x43heckSecretRequest\x12\x35\n\x06secret\x18\x01 \x01(\x0b\x32\x1b.smtpconfig.v2.SecretObjectH\x00R\x06Secret\x12%\n\rprofile_field\x18\x02 \x01(\tH\x00R\x0cProfileFieldB\x08\n\x06target\"\xe2\x02\n\x13\x43heckSecretResponse\x12\x18\n\x07success\x18\x01 \x01(\x08R\x07Success\x12\x1a\n\x08provider\x18\x02 \x01(\x05R\x08Provider\x12#\n\rprovider_name\x18\x03 \x01(\tR\x0cProviderName\x12#\n\rprovider_type\x18\x04 \x01(\tR\x0cProviderType\x12\x33\n\x07latency\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationR\x07Latency\x12\x16\n\x06\x63\x61\x63hed\x18\x06 \x01(\x08R\x06\x43\x61\x63hed\x12 \n\x0b\x66ingerprint\x18\x07 \x01(\tR\x0b\x46ingerprint\x12\x42\n\x0f\x63\x61\x63he_remaining\x18\x08 \x01(\x0b\x32\x19.google.protobuf.DurationR\x0e\x43\x61\x63heRemaining\x12\x18\n\x07version\x18\t \x01(\tR\x07Version*x\n\x11ParameterDataType\x12#\n\x1fPARAMETER_DATA_TYPE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aPARAMETER_DATA_TYPE_STRING\x10\x01\x12\x1e\n\x1aPARAMETER_DATA_TYPE_SECRET\x10\x02*f\n\x0eProviderSource\x12\x1f\n\x1bPROVIDER_SOURCE_UNSPECIFIED\x10\x00\x12\x17\n\x13PROVIDER_SOURCE_API\x10\x01\x12\x1a\n\x16PROVIDER_SOURCE_CONFIG\x10\x02*\xb2\x01\n\x0bPluginState\x12\x1c\n\x18PLUGIN_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13PLUGIN_STATE_LOADED\x10\x01\x12\x17\n\x13PLUGIN_STATE_FAILED\x10\x02\x12\x18\n\x14PLUGIN_STATE_BLOCKED\x10\x03\x12\x1c\n\x18PLUGIN_STATE_NOT_ALLOWED\x10\x04\x12\x1b\n\x17PLUGIN_STATE_NOT_LOADED\x10\x05\x32\xfa\x05\n\x15SecretProviderService\x12\x66\n\x11ListProviderTypes\x12\'.smtpconfig.v2.ListProviderTypesRequest\x1a(.smtpconfig.v2.ListProviderTypesResponse\x12T\n\x0bListPlugins\x12!.smtpconfig.v2.ListPluginsRequest\x1a\".smtpconfig.v2.ListPluginsResponse\x12Z\n\rListProviders\x12#.smtpconfig.v2.ListProvidersRequest\x1a$.smtpconfig.v2.ListProvidersResponse\x12T\n\x0bGetProvider\x12!.smtpconfig.v2.GetProviderRequest\x1a\".smtpconfig.v2.GetProviderResponse\x12]\n\x0e\x43reateProvider\x12$.smtpconfig.v2.CreateProviderRequest\x1a%.smtpconfig.v2.CreateProviderResponse\x12]\n\x0eUpdateProvider\x12$.smtpconfig.v2.UpdateProviderRequest\x1a%.smtpconfig.v2.UpdateProviderResponse\x12]\n\x0e\x44\x65leteProvider\x12$.smtpconfig.v2.DeleteProviderRequest\x1a%.smtpconfig.v2.DeleteProviderResponse\x12T\n\x0b\x43heckSecret\x12!.smtpconfig.v2.CheckSecretRequest\x1a\".smtpconfig.v2.CheckSecretResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,10 +36,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PROVIDERINSTANCE_INITIALIZATIONENTRY']._loaded_options = None
   _globals['_PROVIDERINSTANCE_INITIALIZATIONENTRY']._serialized_options = b'8\001'
-  _globals['_PARAMETERDATATYPE']._serialized_start=2434
-  _globals['_PARAMETERDATATYPE']._serialized_end=2554
-  _globals['_PROVIDERSOURCE']._serialized_start=2556
-  _globals['_PROVIDERSOURCE']._serialized_end=2658
+  _globals['_PARAMETERDATATYPE']._serialized_start=2837
+  _globals['_PARAMETERDATATYPE']._serialized_end=2957
+  _globals['_PROVIDERSOURCE']._serialized_start=2959
+  _globals['_PROVIDERSOURCE']._serialized_end=3061
+  _globals['_PLUGINSTATE']._serialized_start=3064
+  _globals['_PLUGINSTATE']._serialized_end=3242
   _globals['_PROVIDERTYPEPARAMETER']._serialized_start=157
   _globals['_PROVIDERTYPEPARAMETER']._serialized_end=457
   _globals['_PROVIDERTYPE']._serialized_start=460
@@ -54,30 +56,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTPROVIDERTYPESREQUEST']._serialized_end=1127
   _globals['_LISTPROVIDERTYPESRESPONSE']._serialized_start=1129
   _globals['_LISTPROVIDERTYPESRESPONSE']._serialized_end=1224
-  _globals['_LISTPROVIDERSREQUEST']._serialized_start=1226
-  _globals['_LISTPROVIDERSREQUEST']._serialized_end=1248
-  _globals['_LISTPROVIDERSRESPONSE']._serialized_start=1250
-  _globals['_LISTPROVIDERSRESPONSE']._serialized_end=1336
-  _globals['_GETPROVIDERREQUEST']._serialized_start=1338
-  _globals['_GETPROVIDERREQUEST']._serialized_end=1374
-  _globals['_GETPROVIDERRESPONSE']._serialized_start=1376
-  _globals['_GETPROVIDERRESPONSE']._serialized_end=1458
-  _globals['_CREATEPROVIDERREQUEST']._serialized_start=1460
-  _globals['_CREATEPROVIDERREQUEST']._serialized_end=1544
-  _globals['_CREATEPROVIDERRESPONSE']._serialized_start=1546
-  _globals['_CREATEPROVIDERRESPONSE']._serialized_end=1631
-  _globals['_UPDATEPROVIDERREQUEST']._serialized_start=1634
-  _globals['_UPDATEPROVIDERREQUEST']._serialized_end=1781
-  _globals['_UPDATEPROVIDERRESPONSE']._serialized_start=1783
-  _globals['_UPDATEPROVIDERRESPONSE']._serialized_end=1868
-  _globals['_DELETEPROVIDERREQUEST']._serialized_start=1870
-  _globals['_DELETEPROVIDERREQUEST']._serialized_end=1923
-  _globals['_DELETEPROVIDERRESPONSE']._serialized_start=1925
-  _globals['_DELETEPROVIDERRESPONSE']._serialized_end=1949
-  _globals['_CHECKSECRETREQUEST']._serialized_start=1951
-  _globals['_CHECKSECRETREQUEST']._serialized_end=2075
-  _globals['_CHECKSECRETRESPONSE']._serialized_start=2078
-  _globals['_CHECKSECRETRESPONSE']._serialized_end=2432
-  _globals['_SECRETPROVIDERSERVICE']._serialized_start=2661
-  _globals['_SECRETPROVIDERSERVICE']._serialized_end=3337
+  _globals['_LISTPLUGINSREQUEST']._serialized_start=1226
+  _globals['_LISTPLUGINSREQUEST']._serialized_end=1246
+  _globals['_PLUGIN']._serialized_start=1249
+  _globals['_PLUGIN']._serialized_end=1503
+  _globals['_LISTPLUGINSRESPONSE']._serialized_start=1505
+  _globals['_LISTPLUGINSRESPONSE']._serialized_end=1627
+  _globals['_LISTPROVIDERSREQUEST']._serialized_start=1629
+  _globals['_LISTPROVIDERSREQUEST']._serialized_end=1651
+  _globals['_LISTPROVIDERSRESPONSE']._serialized_start=1653
+  _globals['_LISTPROVIDERSRESPONSE']._serialized_end=1739
+  _globals['_GETPROVIDERREQUEST']._serialized_start=1741
+  _globals['_GETPROVIDERREQUEST']._serialized_end=1777
+  _globals['_GETPROVIDERRESPONSE']._serialized_start=1779
+  _globals['_GETPROVIDERRESPONSE']._serialized_end=1861
+  _globals['_CREATEPROVIDERREQUEST']._serialized_start=1863
+  _globals['_CREATEPROVIDERREQUEST']._serialized_end=1947
+  _globals['_CREATEPROVIDERRESPONSE']._serialized_start=1949
+  _globals['_CREATEPROVIDERRESPONSE']._serialized_end=2034
+  _globals['_UPDATEPROVIDERREQUEST']._serialized_start=2037
+  _globals['_UPDATEPROVIDERREQUEST']._serialized_end=2184
+  _globals['_UPDATEPROVIDERRESPONSE']._serialized_start=2186
+  _globals['_UPDATEPROVIDERRESPONSE']._serialized_end=2271
+  _globals['_DELETEPROVIDERREQUEST']._serialized_start=2273
+  _globals['_DELETEPROVIDERREQUEST']._serialized_end=2326
+  _globals['_DELETEPROVIDERRESPONSE']._serialized_start=2328
+  _globals['_DELETEPROVIDERRESPONSE']._serialized_end=2352
+  _globals['_CHECKSECRETREQUEST']._serialized_start=2354
+  _globals['_CHECKSECRETREQUEST']._serialized_end=2478
+  _globals['_CHECKSECRETRESPONSE']._serialized_start=2481
+  _globals['_CHECKSECRETRESPONSE']._serialized_end=2835
+  _globals['_SECRETPROVIDERSERVICE']._serialized_start=3245
+  _globals['_SECRETPROVIDERSERVICE']._serialized_end=4007
 # @@protoc_insertion_point(module_scope)

@@ -23,12 +23,27 @@ class ProviderSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PROVIDER_SOURCE_UNSPECIFIED: _ClassVar[ProviderSource]
     PROVIDER_SOURCE_API: _ClassVar[ProviderSource]
     PROVIDER_SOURCE_CONFIG: _ClassVar[ProviderSource]
+
+class PluginState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PLUGIN_STATE_UNSPECIFIED: _ClassVar[PluginState]
+    PLUGIN_STATE_LOADED: _ClassVar[PluginState]
+    PLUGIN_STATE_FAILED: _ClassVar[PluginState]
+    PLUGIN_STATE_BLOCKED: _ClassVar[PluginState]
+    PLUGIN_STATE_NOT_ALLOWED: _ClassVar[PluginState]
+    PLUGIN_STATE_NOT_LOADED: _ClassVar[PluginState]
 PARAMETER_DATA_TYPE_UNSPECIFIED: ParameterDataType
 PARAMETER_DATA_TYPE_STRING: ParameterDataType
 PARAMETER_DATA_TYPE_SECRET: ParameterDataType
 PROVIDER_SOURCE_UNSPECIFIED: ProviderSource
 PROVIDER_SOURCE_API: ProviderSource
 PROVIDER_SOURCE_CONFIG: ProviderSource
+PLUGIN_STATE_UNSPECIFIED: PluginState
+PLUGIN_STATE_LOADED: PluginState
+PLUGIN_STATE_FAILED: PluginState
+PLUGIN_STATE_BLOCKED: PluginState
+PLUGIN_STATE_NOT_ALLOWED: PluginState
+PLUGIN_STATE_NOT_LOADED: PluginState
 
 class ProviderTypeParameter(_message.Message):
     __slots__ = ("name", "display_name", "data_type", "instance_level", "required", "description", "default_value", "aliases")
@@ -104,6 +119,40 @@ class ListProviderTypesResponse(_message.Message):
     PROVIDER_TYPES_FIELD_NUMBER: _ClassVar[int]
     provider_types: _containers.RepeatedCompositeFieldContainer[ProviderType]
     def __init__(self, provider_types: _Optional[_Iterable[_Union[ProviderType, _Mapping]]] = ...) -> None: ...
+
+class ListPluginsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Plugin(_message.Message):
+    __slots__ = ("name", "builtin", "module", "version", "state", "error", "provider_types", "restart_reason")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    BUILTIN_FIELD_NUMBER: _ClassVar[int]
+    MODULE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_TYPES_FIELD_NUMBER: _ClassVar[int]
+    RESTART_REASON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    builtin: bool
+    module: str
+    version: str
+    state: PluginState
+    error: str
+    provider_types: _containers.RepeatedScalarFieldContainer[str]
+    restart_reason: str
+    def __init__(self, name: _Optional[str] = ..., builtin: _Optional[bool] = ..., module: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[_Union[PluginState, str]] = ..., error: _Optional[str] = ..., provider_types: _Optional[_Iterable[str]] = ..., restart_reason: _Optional[str] = ...) -> None: ...
+
+class ListPluginsResponse(_message.Message):
+    __slots__ = ("plugins", "strict", "warnings")
+    PLUGINS_FIELD_NUMBER: _ClassVar[int]
+    STRICT_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    plugins: _containers.RepeatedCompositeFieldContainer[Plugin]
+    strict: bool
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, plugins: _Optional[_Iterable[_Union[Plugin, _Mapping]]] = ..., strict: _Optional[bool] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListProvidersRequest(_message.Message):
     __slots__ = ()

@@ -40,6 +40,11 @@ class SecretProviderServiceStub:
                 request_serializer=smtpconfig_dot_v2_dot_secret__provider__service__pb2.ListProviderTypesRequest.SerializeToString,
                 response_deserializer=smtpconfig_dot_v2_dot_secret__provider__service__pb2.ListProviderTypesResponse.FromString,
                 _registered_method=True)
+        self.ListPlugins = channel.unary_unary(
+                '/smtpconfig.v2.SecretProviderService/ListPlugins',
+                request_serializer=smtpconfig_dot_v2_dot_secret__provider__service__pb2.ListPluginsRequest.SerializeToString,
+                response_deserializer=smtpconfig_dot_v2_dot_secret__provider__service__pb2.ListPluginsResponse.FromString,
+                _registered_method=True)
         self.ListProviders = channel.unary_unary(
                 '/smtpconfig.v2.SecretProviderService/ListProviders',
                 request_serializer=smtpconfig_dot_v2_dot_secret__provider__service__pb2.ListProvidersRequest.SerializeToString,
@@ -78,6 +83,14 @@ class SecretProviderServiceServicer:
 
     def ListProviderTypes(self, request, context):
         """Lists the provider types the installed plugins offer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPlugins(self, request, context):
+        """Reports the plugins as this server process loaded them at start (which loaded, which
+        failed and why, their provider types) and what a restart would change.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -133,6 +146,11 @@ def add_SecretProviderServiceServicer_to_server(servicer, server):
                     servicer.ListProviderTypes,
                     request_deserializer=smtpconfig_dot_v2_dot_secret__provider__service__pb2.ListProviderTypesRequest.FromString,
                     response_serializer=smtpconfig_dot_v2_dot_secret__provider__service__pb2.ListProviderTypesResponse.SerializeToString,
+            ),
+            'ListPlugins': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPlugins,
+                    request_deserializer=smtpconfig_dot_v2_dot_secret__provider__service__pb2.ListPluginsRequest.FromString,
+                    response_serializer=smtpconfig_dot_v2_dot_secret__provider__service__pb2.ListPluginsResponse.SerializeToString,
             ),
             'ListProviders': grpc.unary_unary_rpc_method_handler(
                     servicer.ListProviders,
@@ -193,6 +211,33 @@ class SecretProviderService:
             '/smtpconfig.v2.SecretProviderService/ListProviderTypes',
             smtpconfig_dot_v2_dot_secret__provider__service__pb2.ListProviderTypesRequest.SerializeToString,
             smtpconfig_dot_v2_dot_secret__provider__service__pb2.ListProviderTypesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPlugins(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smtpconfig.v2.SecretProviderService/ListPlugins',
+            smtpconfig_dot_v2_dot_secret__provider__service__pb2.ListPluginsRequest.SerializeToString,
+            smtpconfig_dot_v2_dot_secret__provider__service__pb2.ListPluginsResponse.FromString,
             options,
             channel_credentials,
             insecure,
