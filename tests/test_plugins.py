@@ -120,7 +120,7 @@ def test_plugins_local_reports_what_this_environment_loads_as_json(tmp_path: Pat
     assert report["broken"]["State"] == "PLUGIN_STATE_FAILED"
     assert "plugin import blew up" in report["broken"]["Error"]
     assert report["exec"]["State"] == "PLUGIN_STATE_LOADED" and report["exec"]["ProviderTypes"] == ["exec"]
-    assert report["exec"]["Builtin"] and not report["file"].get("Builtin")
+    assert report["exec"]["Builtin"] and report["file"]["Builtin"] is False
 
     # Without --local it asks the server; with none there, it says how to look without one.
     unreached = subprocess.run(
@@ -181,7 +181,7 @@ def test_plugins_shows_the_servers_view_and_when_a_restart_is_needed(tmp_path: P
         report = json.loads(_plugins_cli(server, "--json").stdout)
         env_plugin = next(p for p in report["Plugins"] if p["Name"] == "env")
         assert env_plugin["State"] == "PLUGIN_STATE_LOADED" and env_plugin["ProviderTypes"] == ["env"]
-        assert "RestartReason" not in env_plugin
+        assert env_plugin["RestartReason"] == ""  # every field is printed, empty ones too
         assert _create_env_instance(server).provider.provider_type == "env"
 
         # An upgrade as pip does it: the old dist-info goes, a new one comes.
