@@ -59,6 +59,10 @@ def add_commands(sub) -> None:
     what.add_argument("--provider", type=int, help="a provider instance Id (with --param)")
     what.add_argument("-f", "--file", help="a JSON secret object, or - for standard input")
     check.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="instance parameter")
+    flush = verb("flush", "drop cached secret values, so the next use reads the backend (after a rotation)", _flush)
+    flush.add_argument("--provider", type=int, metavar="ID", help="only this provider instance (default: all)")
+    flush.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                       help="with --provider: only the reference these instance parameters name")
 
 
 def _client_parser(verbs, name: str, help: str) -> argparse.ArgumentParser:
@@ -274,3 +278,21 @@ def _check(args: argparse.Namespace) -> int:
     _print(reply, args, human)
     return 0
 
+
+
+def _flush(args: argparse.Namespace) -> int:
+    if args.param and args.provider is None:
+        raise CliError("--param needs --provider: the instance whose reference to flush", EXIT_BAD_INPUT)
+    if args.param:
+        secret = secret_pb2.SecretObject(provider=args.provider, parameters=dict(_pairs(args.param, "--param")))
+        request, where = pb.FlushCacheRequest(secret=secret), f"provider {args.provider}, one reference"
+    elif args.provider is not None:
+        request, where = pb.FlushCacheRequest(provider=args.provider), f"provider {args.provider}"
+    else:
+        request, where = pb.FlushCacheRequest(), "every provider"
+    reply = call(args, Stub, "FlushCache", request)
+    _print(reply, args, lambda: (
+        f"dropped {reply.values} cached values and {reply.failures} remembered failures ({where});"
+        " the next use reads the backend again"
+    ))
+    return 0
