@@ -78,7 +78,8 @@ def _instance_flags(p: argparse.ArgumentParser, *, creating: bool) -> None:
         p.add_argument("-f", "--file", help="JSON provider instance (Name, ProviderType, Initialization)")
     else:
         p.add_argument("--if-match", metavar="ETAG")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a plain initialization value (secrets: --set-file or --set-env)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a plain initialization value (secrets: --set-file or --set-env)")
     p.add_argument("--set-file", action="append", default=[], metavar="KEY=PATH", help="a value read from a file")
     p.add_argument("--set-env", action="append", default=[], metavar="KEY=VAR", help="a value read from an env var")
 

@@ -116,11 +116,11 @@ class SecretProviderServiceV2(pb_grpc.SecretProviderServiceServicer):
     @rpc("providers:modify", audit=True, waits=False)
     async def FlushCache(self, request: pb.FlushCacheRequest, context: grpc.aio.ServicerContext):
         provider, parameters = self._flush_scope(request)
-        call = calls.current()
-        call.note(provider=provider or 0)
         flushed = self._resolver.flush(provider, parameters)
         where = "" if parameters is None else " for {" + ", ".join(f"{k}={v}" for k, v in sorted(parameters.items())) + "}"
-        call.note(provider=provider or 0, message=f"dropped {flushed.values} values and {flushed.failures} failures{where}")
+        calls.current().note(
+            provider=provider or 0, message=f"dropped {flushed.values} values and {flushed.failures} failures{where}"
+        )
         return pb.FlushCacheResponse(values=flushed.values, failures=flushed.failures)
 
     def _flush_scope(self, request: pb.FlushCacheRequest) -> tuple[int | None, dict[str, str] | None]:
