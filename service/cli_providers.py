@@ -280,7 +280,6 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
-
 def _flush(args: argparse.Namespace) -> int:
     if args.param and args.provider is None:
         raise CliError("--param needs --provider: the instance whose reference to flush", EXIT_BAD_INPUT)
