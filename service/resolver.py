@@ -27,7 +27,7 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Hashable, NamedTuple
+from typing import Any, Callable, Hashable, NamedTuple
 
 from service.errors import FailedPrecondition, FieldViolation, InvalidArgument, SmtpConfigError, Unavailable
 from service.logs import remember_secret
@@ -128,11 +128,10 @@ class Resolver:
         canonical `parameters`). Calls in flight for them are left to finish for their callers,
         but new callers start a fresh call and what the old one read is not cached."""
 
-        def matches(key: Hashable) -> bool:
-            instance, _etag, params = key  # type: ignore[misc]
-            if provider_id is not None and instance != provider_id:
-                return False
-            return parameters is None or params == tuple(sorted(parameters.items()))
+        wanted = None if parameters is None else tuple(sorted(parameters.items()))
+
+        def matches(key: Any) -> bool:  # (instance id, its etag, sorted parameters), as `resolve` makes it
+            return (provider_id is None or key[0] == provider_id) and (wanted is None or key[2] == wanted)
 
         now = time.monotonic()
         dropped = [self._cache.pop(key) for key in [k for k in self._cache if matches(k)]]
