@@ -119,7 +119,7 @@ class SecretProviderServiceV2(pb_grpc.SecretProviderServiceServicer):
         flushed = self._resolver.flush(provider, parameters)
         where = "" if parameters is None else " for {" + ", ".join(f"{k}={v}" for k, v in sorted(parameters.items())) + "}"
         calls.current().note(
-            provider=provider or 0, message=f"dropped {flushed.values} values and {flushed.failures} failures{where}"
+            provider=provider or 0, message=f"dropped values: {flushed.values}, failures: {flushed.failures}{where}"
         )
         return pb.FlushCacheResponse(values=flushed.values, failures=flushed.failures)
 

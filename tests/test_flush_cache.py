@@ -94,8 +94,8 @@ def test_a_rotated_secret_is_cached_until_flushed_then_read_anew(
     flushes = [r for r in records if r.method == "v2.SecretProviderService/FlushCache"]
     assert [(r.identity, r.outcome, r.provider) for r in flushes[:3]] == [
         ("admin", "OK", vault), ("admin", "OK", vault), ("admin", "OK", 0)]
-    assert flushes[0].message == "dropped 1 values and 0 failures for {Key=password, Secret=flush/a}"
-    assert flushes[2].message == "dropped 2 values and 0 failures"
+    assert flushes[0].message == "dropped values: 1, failures: 0 for {Key=password, Secret=flush/a}"
+    assert flushes[2].message == "dropped values: 2, failures: 0"
     assert not any(secret in str(records) for secret in (OLD, NEW, bao.root_token))
 
 
