@@ -1,13 +1,15 @@
 """`smtpconfig plugins` and `smtpconfig providers ...`: secret providers from the command line.
 
 Secret initialization values never go on the command line (shell history, `ps`): give them with
-``--set-file KEY=PATH`` or ``--set-env KEY=VAR``; ``--set KEY=VALUE`` is for plain values.
+``--set-file KEY=PATH`` or ``--set-env KEY=VAR``; ``--set KEY=VALUE`` is for plain values, and a
+secret given with it is accepted with a warning that names the other two.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -69,6 +71,10 @@ def add_commands(sub) -> None:
     what.add_argument("--provider", type=int, help="a provider instance Id (with --param)")
     what.add_argument("-f", "--file", help="a JSON secret object, or - for standard input")
     check.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="instance parameter")
+    flush = verb("flush", "drop cached secret values, so the next use reads the backend (after a rotation)", _flush)
+    flush.add_argument("--provider", type=int, metavar="ID", help="only this provider instance (default: all)")
+    flush.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                       help="with --provider: only the reference these instance parameters name")
 
 
 def _client_parser(verbs, name: str, help: str) -> argparse.ArgumentParser:
@@ -84,7 +90,8 @@ def _instance_flags(p: argparse.ArgumentParser, *, creating: bool) -> None:
         p.add_argument("-f", "--file", help="JSON provider instance (Name, ProviderType, Initialization)")
     else:
         p.add_argument("--if-match", metavar="ETAG", help=_IF_MATCH_HELP)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a plain initialization value")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a plain initialization value (secrets: --set-file or --set-env)")
     p.add_argument("--set-file", action="append", default=[], metavar="KEY=PATH", help="a value read from a file")
     p.add_argument("--set-env", action="append", default=[], metavar="KEY=VAR", help="a value read from an env var")
 
@@ -112,6 +119,37 @@ def _initialization(args: argparse.Namespace) -> dict[str, str]:
             raise CliError(f"--set-env {key}: env var {var} is not set", EXIT_BAD_INPUT)
         values[key] = os.environ[var]
     return values
+
+
+def _warn_secrets_set(args: argparse.Namespace, written: pb.ProviderInstance) -> None:
+    """Name each secret parameter the command gave with --set: it still works, but the value now
+    sits in shell history and was visible in `ps` while the command ran."""
+    given = [key for key, _ in _pairs(args.set, "--set")]
+    if not given:
+        return
+    secret = _secret_parameter_names(args, written)
+    for key in given:
+        if key in secret:
+            print(
+                f"warning: {key} is a secret, and --set put it on the command line (shell history, ps);"
+                f" give it with --set-file {key}=PATH or --set-env {key}=VAR",
+                file=sys.stderr,
+            )
+
+
+def _secret_parameter_names(args: argparse.Namespace, written: pb.ProviderInstance) -> set[str]:
+    """Names (aliases included) of the secret parameters of the instance's type, as the server
+    declares them; without providers:read, the keys the written instance shows without a value."""
+    try:
+        types = call(args, Stub, "ListProviderTypes", pb.ListProviderTypesRequest()).provider_types
+    except CliError:
+        return {key for key, value in written.initialization.items() if not value.HasField("value")}
+    return {
+        name
+        for t in types if t.name == written.provider_type
+        for p in t.parameters if p.data_type == pb.PARAMETER_DATA_TYPE_SECRET
+        for name in (p.name, *p.aliases)
+    }
 
 
 def _print(message, args: argparse.Namespace, human: Callable[[], str]) -> None:
@@ -227,6 +265,7 @@ def _create(args: argparse.Namespace) -> int:
     for key, value in _initialization(args).items():
         instance.initialization[key].value = value
     reply = call(args, Stub, "CreateProvider", pb.CreateProviderRequest(provider=instance))
+    _warn_secrets_set(args, reply.provider)
     _print(reply.provider, args, lambda: "created\n" + _describe_instance(reply.provider))
     return 0
 
@@ -242,6 +281,7 @@ def _update(args: argparse.Namespace) -> int:
             raise CliError("nothing to change: give --name or --set/--set-file/--set-env", EXIT_BAD_INPUT)
         request.update_mask.paths.extend(paths)
     reply = call(args, Stub, "UpdateProvider", request)
+    _warn_secrets_set(args, reply.provider)
     _print(reply.provider, args, lambda: "updated\n" + _describe_instance(reply.provider))
     return 0
 
@@ -295,3 +335,20 @@ def _check(args: argparse.Namespace) -> int:
     _print(reply, args, human)
     return 0
 
+
+def _flush(args: argparse.Namespace) -> int:
+    if args.param and args.provider is None:
+        raise CliError("--param needs --provider: the instance whose reference to flush", EXIT_BAD_INPUT)
+    if args.param:
+        secret = secret_pb2.SecretObject(provider=args.provider, parameters=dict(_pairs(args.param, "--param")))
+        request, where = pb.FlushCacheRequest(secret=secret), f"provider {args.provider}, one reference"
+    elif args.provider is not None:
+        request, where = pb.FlushCacheRequest(provider=args.provider), f"provider {args.provider}"
+    else:
+        request, where = pb.FlushCacheRequest(), "every provider"
+    reply = call(args, Stub, "FlushCache", request)
+    _print(reply, args, lambda: (
+        f"dropped {reply.values} cached values and {reply.failures} remembered failures ({where});"
+        " the next use reads the backend again"
+    ))
+    return 0

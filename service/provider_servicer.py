@@ -138,6 +138,34 @@ class SecretProviderServiceV2(pb_grpc.SecretProviderServiceServicer):
         await self._providers.delete(request.id, request.etag, audit=calls.current().change_record)
         return pb.DeleteProviderResponse()
 
+    # providers:modify: whoever may change an instance can drop its cache that way already; this
+    # also reaches declared instances, and reveals nothing.
+    @rpc("providers:modify", audit=True, waits=False)
+    async def FlushCache(self, request: pb.FlushCacheRequest, context: grpc.aio.ServicerContext):
+        provider, parameters = self._flush_scope(request)
+        flushed = self._resolver.flush(provider, parameters)
+        where = "" if parameters is None else " for {" + ", ".join(f"{k}={v}" for k, v in sorted(parameters.items())) + "}"
+        calls.current().note(
+            provider=provider or 0, message=f"dropped values: {flushed.values}, failures: {flushed.failures}{where}"
+        )
+        return pb.FlushCacheResponse(values=flushed.values, failures=flushed.failures)
+
+    def _flush_scope(self, request: pb.FlushCacheRequest) -> tuple[int | None, dict[str, str] | None]:
+        """(instance Id or None for all, canonical reference parameters or None for all)."""
+        scope = request.WhichOneof("scope")
+        if scope == "provider":
+            if request.provider <= 0:
+                raise InvalidArgument([violation(
+                    "Provider", "must be the positive Id of a secret provider instance; leave it out to flush all")])
+            return self._providers.get(request.provider).id, None
+        if scope == "secret":
+            if not request.secret.HasField("provider") or request.secret.HasField("secret_value"):
+                raise InvalidArgument([violation("Secret", "give Provider and Parameters: only references are cached")])
+            source = validate_secret_object("Secret", convert.secret_from_v2(request.secret), self._providers)
+            assert isinstance(source, ProviderRef)
+            return source.provider, dict(source.parameters)
+        return None, None
+
     @rpc("providers:read", audit=True, limit="resolve")
     async def CheckSecret(self, request: pb.CheckSecretRequest, context: grpc.aio.ServicerContext):
         target = request.WhichOneof("target")

@@ -4,6 +4,8 @@
   never longer than a lease the backend gave.
 - Concurrent resolutions of one reference share one backend call.
 - Failures are remembered briefly (`failure_ttl`), so a broken reference cannot hammer a backend.
+- `flush` drops cached values and failures on demand (after a rotation), and detaches calls in
+  flight for them, so nothing read before the flush is handed out or cached after it.
 - Every backend call has a timeout. Blocking `resolve` methods run on a dedicated thread pool, so
   they never block the event loop, and a hung backend cannot take the threads of other work.
 - Metrics: every provider call (type, outcome, latency, error class) and every cache lookup. A
@@ -26,7 +28,7 @@ import traceback
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Hashable
+from typing import Any, Callable, Hashable, NamedTuple
 
 from service.errors import FailedPrecondition, FieldViolation, InvalidArgument, SmtpConfigError, Unavailable
 from service.logs import remember_secret
@@ -66,6 +68,13 @@ class Resolution:
     expires_in: float  # seconds the value stays cached (inf for inline)
     version: str | None = None
     fingerprint: str = ""  # keyed fingerprint, computed once per fetched value; "" for inline
+
+
+class Flushed(NamedTuple):
+    """What `Resolver.flush` dropped that was still in force."""
+
+    values: int
+    failures: int
 
 
 @dataclass
@@ -114,6 +123,26 @@ class Resolver:
             del self._cache[key]
         for key in [k for k in self._objects if k[0] == provider_id]:
             self._close(self._objects.pop(key))
+
+    def flush(self, provider_id: int | None = None, parameters: dict[str, str] | None = None) -> Flushed:
+        """Drop what is cached for every instance, one instance, or one of its references (its
+        canonical `parameters`). Calls in flight for them are left to finish for their callers,
+        but new callers start a fresh call and what the old one read is not cached."""
+
+        wanted = None if parameters is None else tuple(sorted(parameters.items()))
+
+        def matches(key: Any) -> bool:  # (instance id, its etag, sorted parameters), as `resolve` makes it
+            return (provider_id is None or key[0] == provider_id) and (wanted is None or key[2] == wanted)
+
+        now = time.monotonic()
+        dropped = [self._cache.pop(key) for key in [k for k in self._cache if matches(k)]]
+        for key in [k for k in self._inflight if matches(k)]:
+            del self._inflight[key]
+        live = [entry for entry in dropped if entry.expires > now]
+        flushed = Flushed(sum(e.error is None for e in live), sum(e.error is not None for e in live))
+        log.info("secret cache flushed (%s): %d values and %d failures dropped",
+                 "every instance" if provider_id is None else f"provider {provider_id}", *flushed)
+        return flushed
 
     async def close(self) -> None:
         for provider in self._objects.values():
@@ -170,7 +199,9 @@ class Resolver:
             self._inflight[key] = task
 
             def done(finished: asyncio.Task, key: Hashable = key) -> None:
-                self._inflight.pop(key, None)
+                if self._inflight.get(key) is not finished:
+                    return  # detached by `flush`: what it read may be what was flushed
+                del self._inflight[key]
                 if not finished.cancelled():
                     self._remember(key, finished.result())
 

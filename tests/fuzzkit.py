@@ -355,6 +355,10 @@ BASES: dict[str, list[Base]] = {
         # Referenced by the profile.
         _base(PS + "DeleteProvider", {"Id": FILE_ID, "etag": ETAG}, expect=grpc.StatusCode.FAILED_PRECONDITION),
     ],
+    PS + "FlushCache": [
+        _base(PS + "FlushCache", {"Provider": FILE_ID}),
+        _base(PS + "FlushCache", {"Secret": {"Provider": FILE_ID, "Parameters": {"File": "user.txt"}}}),
+    ],
     PS + "CheckSecret": [
         _base(PS + "CheckSecret", {"Secret": {"Provider": FILE_ID, "Parameters": {"File": "user.txt"}}}),
         _base(PS + "CheckSecret", {"Secret": {"SecretValue": "x"}}),

@@ -82,6 +82,7 @@ EXPECTED_PERMISSION = {
     "smtpconfig.v2.SecretProviderService/CreateProvider": "providers:modify",
     "smtpconfig.v2.SecretProviderService/UpdateProvider": "providers:modify",
     "smtpconfig.v2.SecretProviderService/DeleteProvider": "providers:modify",
+    "smtpconfig.v2.SecretProviderService/FlushCache": "providers:modify",
     "smtpconfig.v2.SecretProviderService/CheckSecret": "providers:read",
     "smtpconfig.v2.AuditService/ListAuditRecords": "audit:read",
 }
@@ -189,6 +190,13 @@ def _update_provider(d: Deployment) -> providers_pb.UpdateProviderRequest:
     return request
 
 
+def _flush_after_a_check(d: Deployment) -> providers_pb.FlushCacheRequest:
+    """A flush of the `file` instance with one value cached, so an OK answer shows it dropped."""
+    admin_call(d, "smtpconfig.v2.SecretProviderService/CheckSecret", providers_pb.CheckSecretRequest(
+        secret=secret_pb2.SecretObject(provider=d.files, parameters={"File": "smtp-password"})))
+    return providers_pb.FlushCacheRequest(provider=d.files)
+
+
 REQUESTS: dict[str, Callable[[Deployment], Any]] = {
     "smtpconfig.v1.ConfigService/GetSmtp": lambda d: v1.GetSmtpRequest(),
     "smtpconfig.v1.ConfigService/UpdateSmtp": lambda d: v1.UpdateSmtpRequest(profile=v1_profile(v1_doc(d.smtp_port))),
@@ -205,6 +213,7 @@ REQUESTS: dict[str, Callable[[Deployment], Any]] = {
         provider=file_instance(f"made-{uuid.uuid4().hex[:12]}", d.directory)),
     "smtpconfig.v2.SecretProviderService/UpdateProvider": _update_provider,
     "smtpconfig.v2.SecretProviderService/DeleteProvider": lambda d: providers_pb.DeleteProviderRequest(id=d.doomed),
+    "smtpconfig.v2.SecretProviderService/FlushCache": _flush_after_a_check,
     "smtpconfig.v2.SecretProviderService/CheckSecret": lambda d: providers_pb.CheckSecretRequest(
         secret=secret_pb2.SecretObject(provider=d.files, parameters={"File": "smtp-password"})),
     "smtpconfig.v2.AuditService/ListAuditRecords": lambda d: audit_pb.ListAuditRecordsRequest(),
@@ -238,6 +247,7 @@ CHECKS: dict[str, Callable[[Any, Deployment], None]] = {
     "smtpconfig.v2.SecretProviderService/GetProvider": lambda r, d: _expect(r.provider.id == d.files),
     "smtpconfig.v2.SecretProviderService/CreateProvider": _created,
     "smtpconfig.v2.SecretProviderService/DeleteProvider": _deleted,
+    "smtpconfig.v2.SecretProviderService/FlushCache": lambda r, d: _expect((r.values, r.failures) == (1, 0), str(r)),
     "smtpconfig.v2.SecretProviderService/CheckSecret": lambda r, d: _expect(
         r.success and r.provider == d.files and r.provider_type == "file"),
     "smtpconfig.v2.AuditService/ListAuditRecords": lambda r, d: _expect(len(r.records) > 0),

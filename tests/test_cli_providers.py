@@ -9,10 +9,12 @@ from typing import Iterator
 
 import pytest
 
+from service.auth import new_token, token_hash
 from service.cli import main
 from tests.support import ServerThread, short_dir
 
 PLANTED = "PLANTED-cli-provider-secret"
+TYPED = "PLANTED-typed-on-the-command-line"
 
 
 @pytest.fixture
@@ -96,3 +98,34 @@ def test_provider_command_errors_are_explained(server, tmp_path: Path, capsys) -
     assert code == 2 and "nothing to change" in err
     code, _, err = run(capsys, "providers", "get", *t, "5")
     assert code == 1 and "NOT_FOUND" in err
+
+
+def test_a_secret_given_with_set_is_stored_with_a_warning_naming_the_safe_flags(tmp_path: Path, capsys) -> None:
+    writer = new_token()  # providers:modify without providers:read: the warning comes from the reply
+    data_dir = short_dir()
+    server = ServerThread(data_dir, tokens=(("writer", token_hash(writer)),),
+                          policy=(("writer", ("providers:modify",)),)).start()
+    try:
+        t = server.cli_args
+        code, out, err = run(capsys, "providers", "create", *t, "--name", "bao", "--type", "vault",
+                             "--set", "Host=https://vault.example.com:8200", "--set", f"Token={TYPED}")
+        assert code == 0, err
+        assert "Token = (secret, set)" in out
+        assert "warning: Token is a secret" in err and "--set-file Token=PATH or --set-env Token=VAR" in err
+        assert "Host is a secret" not in err and TYPED not in out + err
+
+        # Plain values with --set, the secret from a file: nothing to warn about.
+        (tmp_path / "token").write_text("from-a-file\n")
+        code, out, err = run(capsys, "providers", "update", *t, "1", "--set", "Namespace=team-a",
+                             "--set-file", f"Token={tmp_path / 'token'}")
+        assert code == 0, err
+        assert "warning" not in err
+
+        (tmp_path / "writer.token").write_text(writer)
+        code, out, err = run(capsys, "providers", "update", "--target", server.target,
+                             "--token-file", str(tmp_path / "writer.token"), "1", "--set", f"Token={TYPED}")
+        assert code == 0, err
+        assert "warning: Token is a secret" in err and "--set-env Token=VAR" in err and TYPED not in out + err
+    finally:
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)

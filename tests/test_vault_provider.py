@@ -275,6 +275,9 @@ FAILURES: list[tuple[str, Callable[[Seed], dict[str, Any]], dict[str, str], type
                                            "Jwt": Secret(_foreign_jwt(s.issuer))}, RELAY, AccessDenied, "jwt login"),
     ("nothing listens on the port", lambda s: s.token(Host="http://127.0.0.1:9"), RELAY, ProviderUnavailable,
      "cannot connect"),
+    # https:// is assumed without a scheme; the fixture's first listener speaks plain HTTP, as a dev server does.
+    ("a Host without a scheme at a plain-HTTP Vault", lambda s: s.token(Host=s.server.address.removeprefix("http://")),
+     RELAY, ProviderUnavailable, "plain HTTP; if this Vault serves plain HTTP (a dev server), set Host to http://127.0.0.1:"),
 ]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 import hvac.exceptions as vault
 import requests.exceptions as http
@@ -24,16 +25,32 @@ class Rule:
     raises: type[ProviderError]
     message: str
     parameter: str | None = None
+    #: Narrows the rule to errors of its class for which this is true.
+    when: Callable[[BaseException], bool] | None = None
+
+
+# What OpenSSL says when a TLS client hello is answered by a plain-HTTP server ("HTTP/1.1 400 ..."
+# read as a TLS record): OpenSSL up to 3.1, then 3.2 and later.
+_PLAIN_HTTP_ANSWER = ("WRONG_VERSION_NUMBER", "wrong version number", "RECORD_LAYER_FAILURE", "record layer failure")
+
+
+def _plain_http_answer(error: BaseException) -> bool:
+    text = str(error)
+    return any(marker in text for marker in _PLAIN_HTTP_ANSWER)
 
 
 # First match wins, so subclasses come first (SSLError and ConnectTimeout are ConnectionErrors).
-# Placeholders: {what} the secret or login, {host}, {timeout}, {detail} Vault's scrubbed text.
+# Placeholders: {what} the secret or login, {host}, {timeout}, {detail} Vault's scrubbed text,
+# {plain} the host with http:// (a Host without a scheme gets https://, which a dev server lacks).
 _TRANSPORT = (
     Rule(vault.VaultDown, ProviderUnavailable, "Vault at {host} is sealed or unavailable (HTTP 503): {detail}"),
     Rule(vault.VaultNotInitialized, ProviderUnavailable, "Vault at {host} is not initialized (HTTP 501)"),
     Rule(vault.InternalServerError, ProviderUnavailable, "Vault at {host} failed (HTTP 500) on {what}: {detail}"),
     Rule(vault.BadGateway, ProviderUnavailable, "bad gateway (HTTP 502) between here and Vault at {host}"),
     Rule(vault.RateLimitExceeded, ProviderUnavailable, "Vault at {host} is rate-limiting (HTTP 429) {what}"),
+    Rule(http.SSLError, ProviderUnavailable, "TLS handshake failed for {host}: the server answered in plain HTTP; "
+                                             "if this Vault serves plain HTTP (a dev server), set Host to {plain} "
+                                             "(https:// is assumed when Host has no scheme)", when=_plain_http_answer),
     Rule(http.SSLError, ProviderUnavailable, "TLS {detail} for {host}; set CaBundle to the CA that signed "
                                              "Vault's certificate"),
     Rule(http.Timeout, ProviderUnavailable, "no answer from Vault at {host} within {timeout:g}s ({what})"),
@@ -91,9 +108,11 @@ def translate(error: BaseException, *, login: bool, what: str, host: str, timeou
               secrets: tuple[str, ...]) -> ProviderError | None:
     """The provider error for `error`, or None when it is not Vault's or the network's doing."""
     for rule in _LOGIN if login else _READ:
-        if isinstance(error, rule.error):
+        if isinstance(error, rule.error) and (rule.when is None or rule.when(error)):
             detail = scrub(_detail(error), secrets)
-            message = scrub(rule.message.format(what=what, host=host, timeout=timeout, detail=detail), secrets)
+            plain = re.sub(r"^https://", "http://", host)
+            message = rule.message.format(what=what, host=host, timeout=timeout, detail=detail, plain=plain)
+            message = scrub(message, secrets)
             if rule.raises is BadParameters:
                 return BadParameters(message, rule.parameter)
             return rule.raises(message)

@@ -216,6 +216,22 @@ class DeleteProviderResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class FlushCacheRequest(_message.Message):
+    __slots__ = ("provider", "secret")
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    provider: int
+    secret: _secret_pb2.SecretObject
+    def __init__(self, provider: _Optional[int] = ..., secret: _Optional[_Union[_secret_pb2.SecretObject, _Mapping]] = ...) -> None: ...
+
+class FlushCacheResponse(_message.Message):
+    __slots__ = ("values", "failures")
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    values: int
+    failures: int
+    def __init__(self, values: _Optional[int] = ..., failures: _Optional[int] = ...) -> None: ...
+
 class CheckSecretRequest(_message.Message):
     __slots__ = ("secret", "profile_field")
     SECRET_FIELD_NUMBER: _ClassVar[int]

@@ -70,6 +70,11 @@ class SecretProviderServiceStub:
                 request_serializer=smtpconfig_dot_v2_dot_secret__provider__service__pb2.DeleteProviderRequest.SerializeToString,
                 response_deserializer=smtpconfig_dot_v2_dot_secret__provider__service__pb2.DeleteProviderResponse.FromString,
                 _registered_method=True)
+        self.FlushCache = channel.unary_unary(
+                '/smtpconfig.v2.SecretProviderService/FlushCache',
+                request_serializer=smtpconfig_dot_v2_dot_secret__provider__service__pb2.FlushCacheRequest.SerializeToString,
+                response_deserializer=smtpconfig_dot_v2_dot_secret__provider__service__pb2.FlushCacheResponse.FromString,
+                _registered_method=True)
         self.CheckSecret = channel.unary_unary(
                 '/smtpconfig.v2.SecretProviderService/CheckSecret',
                 request_serializer=smtpconfig_dot_v2_dot_secret__provider__service__pb2.CheckSecretRequest.SerializeToString,
@@ -132,6 +137,15 @@ class SecretProviderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FlushCache(self, request, context):
+        """Drops cached values and remembered failures, of every instance, one instance or one reference,
+        so the next use reads the backend again (after a rotation, say). A resolution already in flight
+        finishes for its callers, but what it read is not cached. OAuth tokens stay: see the response.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CheckSecret(self, request, context):
         """Resolves a secret object and reports how; never returns the value.
         """
@@ -176,6 +190,11 @@ def add_SecretProviderServiceServicer_to_server(servicer, server):
                     servicer.DeleteProvider,
                     request_deserializer=smtpconfig_dot_v2_dot_secret__provider__service__pb2.DeleteProviderRequest.FromString,
                     response_serializer=smtpconfig_dot_v2_dot_secret__provider__service__pb2.DeleteProviderResponse.SerializeToString,
+            ),
+            'FlushCache': grpc.unary_unary_rpc_method_handler(
+                    servicer.FlushCache,
+                    request_deserializer=smtpconfig_dot_v2_dot_secret__provider__service__pb2.FlushCacheRequest.FromString,
+                    response_serializer=smtpconfig_dot_v2_dot_secret__provider__service__pb2.FlushCacheResponse.SerializeToString,
             ),
             'CheckSecret': grpc.unary_unary_rpc_method_handler(
                     servicer.CheckSecret,
@@ -373,6 +392,33 @@ class SecretProviderService:
             '/smtpconfig.v2.SecretProviderService/DeleteProvider',
             smtpconfig_dot_v2_dot_secret__provider__service__pb2.DeleteProviderRequest.SerializeToString,
             smtpconfig_dot_v2_dot_secret__provider__service__pb2.DeleteProviderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FlushCache(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smtpconfig.v2.SecretProviderService/FlushCache',
+            smtpconfig_dot_v2_dot_secret__provider__service__pb2.FlushCacheRequest.SerializeToString,
+            smtpconfig_dot_v2_dot_secret__provider__service__pb2.FlushCacheResponse.FromString,
             options,
             channel_credentials,
             insecure,
