@@ -223,6 +223,12 @@ class App:
             "mTLS" if self.certificates and self.certificates.mutual else "TLS" if self.certificates else "no TLS",
             settings.data_dir,
         )
+        if self.health_port is not None:
+            host = split_address(settings.health_listen)[0]
+            log.info("health checks (grpc.health.v1 only, no TLS) on %s", _host_port(host, self.health_port))
+        if self.metrics_port is not None:
+            host = split_address(settings.metrics_listen)[0]
+            log.info("metrics on http://%s/metrics", _host_port(host, self.metrics_port))
         if self.admin_token_path is not None:
             log.info("admin token in %s (the CLI reads it from there)", self.admin_token_path)
 
@@ -318,6 +324,11 @@ class App:
     async def wait(self) -> None:
         assert self._server is not None
         await self._server.wait_for_termination()
+
+
+def _host_port(host: str, port: int) -> str:
+    """`host:port`, with an IPv6 literal in brackets, as a listen setting is written."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _staging_path(path: Path) -> Path:

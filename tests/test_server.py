@@ -195,3 +195,23 @@ def test_stale_socket_file_is_replaced(data_dir) -> None:
     stale.close()  # the file stays, nobody listens: what a crash leaves behind
     server = ServerProcess(data_dir).start()
     server.terminate()
+
+
+def test_the_health_and_metrics_listeners_log_the_addresses_they_got(data_dir) -> None:
+    """With port 0 the log is the only place that says where probes and scrapers must go."""
+    import re
+    import urllib.request
+
+    env = {"SMTPCONFIG_HEALTH_LISTEN": "127.0.0.1:0", "SMTPCONFIG_METRICS_LISTEN": "127.0.0.1:0"}
+    server = ServerProcess(data_dir, env=env).start()
+    try:
+        log = server.log()
+        health = re.search(r"health checks \(grpc\.health\.v1 only, no TLS\) on (127\.0\.0\.1:(\d+))", log)
+        metrics = re.search(r"metrics on (http://127\.0\.0\.1:(\d+)/metrics)", log)
+        assert health and metrics, log
+        assert int(health.group(2)) != 0 and int(metrics.group(2)) != 0
+        wait_serving(health.group(1), timeout=10)
+        with urllib.request.urlopen(metrics.group(1), timeout=5) as reply:
+            assert "smtpconfig_rpc_requests_total" in reply.read().decode()
+    finally:
+        assert server.terminate() == 0
