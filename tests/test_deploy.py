@@ -521,6 +521,7 @@ def test_the_sidecar_config_serves_the_app_and_the_loader_over_the_socket(workdi
     assert replaced == 1, "the sidecar config has one profile-loader token entry to fill in"
     (workdir / "loader.token").write_text(token + "\n")
     sock = workdir / "run" / "smtpconfig.sock"
+    sock.parent.mkdir(mode=0o755)  # the pod's emptyDir: the server makes no directory outside its data
     group = os.getgroups()[-1] if os.getgroups() else os.getgid()
     server = Running(workdir, text, {"SMTPCONFIG_UNIX_SOCKET": str(sock), "SMTPCONFIG_UNIX_SOCKET_GROUP": str(group)})
     try:
