@@ -636,3 +636,62 @@ def test_the_standalone_config_serves_callers_by_certificate(workdir: Path) -> N
         assert get(None) == grpc.StatusCode.UNAVAILABLE, "no client certificate, no connection"
     finally:
         assert server.stop() == 0, server.log.read_text()
+
+
+# --- the guide's recipe for running the shipped configs on this machine ----------------------------
+
+
+def _guide_commands(config: str) -> tuple[list[tuple[dict[str, str], list[str]]], list[tuple[dict[str, str], list[str]]]]:
+    """(server command, CLI commands) of the guide's section on running the shipped configs
+    locally: each as (the variables it sets, its words)."""
+    section = GUIDE.read_text().split("### The shipped configs on this machine", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
+    commands = []
+    for block in blocks:
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line)
+            env = {}
+            while words and re.match(r"^[A-Z_]+=", words[0]):
+                name, _, value = words.pop(0).partition("=")
+                env[name] = value
+            commands.append((env, words))
+    servers = [c for c in commands if c[1][1:2] == ["serve"] and f"deploy/config/{config}.toml" in c[1]]
+    clients = [c for c in commands if c[1][1:2] != ["serve"]]
+    return servers, clients
+
+
+def _as_here(words: list[str]) -> list[str]:
+    """`.venv/bin/smtpconfig ...` as this interpreter runs it; paths in the checkout made absolute."""
+    assert words[0] == ".venv/bin/smtpconfig", words
+    rest = [str(ROOT / w) if (ROOT / w).exists() and "/" in w else w for w in words[1:]]
+    return [sys.executable, "-m", "service.cli", *rest]
+
+
+@pytest.mark.parametrize("config", ["sidecar", "standalone"])
+def test_the_guides_recipe_runs_each_shipped_config_on_this_machine(workdir: Path, config: str) -> None:
+    (server_env, server_words), = _guide_commands(config)[0]
+    # The guide's fixed API port may be taken on a shared machine: a free one here, nothing else changed.
+    env = {k: re.sub(r":\d+$", ":0", v) for k, v in server_env.items()}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SMTPCONFIG_")}
+    log = workdir / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(_as_here(server_words), stdout=out, stderr=out, env={**clean, **env}, cwd=workdir)
+    try:
+        socket_path = workdir / server_env["SMTPCONFIG_DATA_DIR"] / "smtpconfig.sock"
+        wait_serving(f"unix:{socket_path}", timeout=30, proc=proc)
+        health = re.search(r"health checks \(grpc\.health\.v1 only, no TLS\) on ([\w.:\[\]]+)", log.read_text())
+        assert health, log.read_text()
+        wait_serving(health.group(1), timeout=10)
+        data = server_env["SMTPCONFIG_DATA_DIR"]
+        for client_env, words in _guide_commands(config)[1]:
+            if config != "sidecar":  # the sidecar's profile names its declared Vault; this one has none
+                client_env = {**client_env, "SMTPCONFIG_DATA_DIR": data}
+                words = [str(ROOT / "examples" / "basic-v2.json") if w.endswith("sidecar-profile.json") else w
+                         for w in words]
+            done = subprocess.run(_as_here(words), capture_output=True, text=True, timeout=60,
+                                  env={**clean, **client_env}, cwd=workdir)
+            assert done.returncode == 0, (words, done.stdout, done.stderr)
+        assert "smtp.example.com" in done.stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()
