@@ -22,6 +22,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tomllib
 import urllib.request
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
@@ -695,3 +696,54 @@ def test_the_guides_recipe_runs_each_shipped_config_on_this_machine(workdir: Pat
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, log.read_text()
+
+
+def _inspection_recipe() -> tuple[list[str], str, list[list[str]]]:
+    """From the guide's "Inspecting a sidecar": the `token new` words, the grant line for
+    [policy], and the CLI words each `kubectl exec` runs."""
+    section = GUIDE.read_text().split("### Inspecting a sidecar", 1)[1].split("\n### ", 1)[0]
+    blocks = [b.replace("\\\n", " ") for b in re.findall(r"```(?:sh|toml)\n(.*?)```", section, re.S)]
+    (token_new,) = [shlex.split(b) for b in blocks if "token new" in b]
+    (grant,) = [b.strip() for b in blocks if b.strip().startswith("sidecar-inspector =")]
+    execs = [shlex.split(line) for b in blocks for line in b.splitlines() if line.startswith("kubectl exec")]
+    return token_new, grant, [words[words.index("--") + 2:] for words in execs]
+
+
+@pytest.mark.parametrize("config", ["sidecar", "standalone"])
+def test_token_new_appends_to_each_shipped_config_and_the_inspector_reads_a_sidecar(workdir: Path, config: str) -> None:
+    """The guide's inspection recipe, run for real: `token new ... 2>> CONFIG` leaves a config the
+    server starts with (even one that has [policy] and [[tokens]] already), and once the grant is
+    moved into [policy] the inspector reads the audit trail and the providers."""
+    token_new, grant, inspections = _inspection_recipe()
+    words = token_new[:token_new.index("2>>")]
+    assert words[:3] == ["smtpconfig", "token", "new"] and "--out" in words
+    words[words.index("--out") + 1] = str(workdir / "inspector.token")
+    made = subprocess.run([sys.executable, "-m", "service.cli", *words[1:]], capture_output=True, text=True,
+                          timeout=60, cwd=workdir)
+    assert made.returncode == 0 and made.stdout == "", made.stderr
+    assert stat.S_IMODE((workdir / "inspector.token").stat().st_mode) == 0o600
+    text = (ROOT / "deploy" / "config" / f"{config}.toml").read_text() + made.stderr  # `2>>`
+    assert "[policy]" in text and tomllib.loads(text), "appended as it is, the file is still TOML"
+    printed = made.stderr.split("# In [policy]:\n", 1)[1].strip().removeprefix("#   ")
+    assert tomllib.loads(printed) == tomllib.loads(grant), "the guide's grant is the one token new prints"
+    text = text.replace("\n[policy]\n", f"\n[policy]\n{grant}\n", 1)  # the grant moved into [policy]
+
+    sock = workdir / "run" / "smtpconfig.sock"
+    sock.parent.mkdir()
+    env = {"SMTPCONFIG_UNIX_SOCKET": str(sock), "SMTPCONFIG_UNIX_SOCKET_GROUP": "", "SMTPCONFIG_LISTEN": "127.0.0.1:0",
+           "SMTPCONFIG_TLS_CERT_FILE": "", "SMTPCONFIG_TLS_KEY_FILE": "", "SMTPCONFIG_TLS_CLIENT_CA_FILE": ""}
+    server = Running(workdir, text, env)
+    try:
+        app = server.cli("resolve", SMTPCONFIG_TARGET=f"unix:{sock}")  # audited, whatever its outcome
+        assert "ResolveSmtp" not in app.stdout
+        for args in inspections:
+            args[args.index("--target") + 1] = f"unix:{sock}"
+            args[args.index("--token-file") + 1] = str(workdir / "inspector.token")
+            done = server.cli(*args)
+            assert done.returncode == 0, (args, done.stdout, done.stderr)
+            if args[0] == "audit":
+                assert "v2.ConfigService/ResolveSmtp" in done.stdout, done.stdout
+            elif config == "sidecar":
+                assert "vault" in done.stdout, done.stdout
+    finally:
+        assert server.stop() == 0, server.log.read_text()
