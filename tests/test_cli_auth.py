@@ -276,9 +276,9 @@ def test_the_cli_over_mtls(capsys, clean: Path, mtls, profile_file: str, monkeyp
     monkeypatch.delenv("SMTPCONFIG_TLS_CERT")
     monkeypatch.delenv("SMTPCONFIG_TLS_KEY")
 
-    # Without a client certificate the handshake fails: the server cannot be reached.
+    # Without a client certificate the handshake fails, and the CLI says so (see below).
     code, _, err = run(capsys, "get", "--target", server.target, "--ca", str(ca.path))
-    assert code == 1 and "cannot reach the server" in err
+    assert code == 1 and f"TLS handshake with {server.target} failed" in err
     # A certificate needs its key.
     code, _, err = run(capsys, "get", "--target", server.target, "--ca", str(ca.path),
                        "--cert", str(clients["viewer"].cert))
@@ -286,6 +286,56 @@ def test_the_cli_over_mtls(capsys, clean: Path, mtls, profile_file: str, monkeyp
     code, _, err = run(capsys, "get", "--target", server.target, "--ca", str(ca.path),
                        "--cert", str(clients["viewer"].cert), "--key", str(ca.directory / "absent-key.pem"))
     assert code == 2 and "absent-key.pem" in err
+
+
+HANDSHAKES = [
+    ("no client certificate where the server asks for one", "mtls", ("--ca", "ca"),
+     "failed: the server closed the connection; most likely the server asks for a client certificate"),
+    ("a client certificate from another CA", "mtls", ("--ca", "ca", "--cert", "stranger.cert", "--key", "stranger.key"),
+     "most likely the server did not accept the client certificate"),
+    ("the server's certificate from a CA the client does not trust", "mtls",
+     ("--ca", "other-ca", "--cert", "viewer.cert", "--key", "viewer.key"), "is not trusted by --ca"),
+    ("plaintext to a TLS port", "mtls", (), "closed the connection before answering: it most likely talks TLS only"),
+    ("TLS to a plaintext port", "plain", ("--ca", "ca"), "the server does not talk TLS there; leave out --ca"),
+]
+
+
+@pytest.mark.parametrize(("case", "server", "flags", "says"), HANDSHAKES, ids=[h[0] for h in HANDSHAKES])
+def test_a_failed_tls_handshake_is_named_with_its_likely_cause(
+    capsys, clean: Path, mtls, tmp_path: Path, case: str, server: str, flags: tuple[str, ...], says: str
+) -> None:
+    tls_server, ca, clients = mtls
+    other = TestCA(tmp_path / "other")
+    files = {"ca": ca.path, "other-ca": other.path,
+             "viewer.cert": clients["viewer"].cert, "viewer.key": clients["viewer"].key}
+    stranger = other.issue_client("stranger", "stranger", dns=("viewer.test",))
+    files.update({"stranger.cert": stranger.cert, "stranger.key": stranger.key})
+    plain = ServerThread(tmp_path / "plain", unix_socket="").start() if server == "plain" else None
+    try:
+        target = plain.target if plain else tls_server.target
+        code, _, err = run(capsys, "get", "--target", target, *(str(files.get(f, f)) for f in flags))
+    finally:
+        if plain:
+            plain.stop()
+    assert code == 1 and says in err, err
+    assert "is it running" not in err, "the server is running: the handshake failed"
+
+
+def test_the_cli_prints_no_grpc_log_lines_before_its_explanation(tmp_path: Path) -> None:
+    """A failed handshake makes gRPC's C core log a line in the client (`I1206 ...
+    ssl_transport_security.cc ... Handshake failed`); the CLI's own sentence is what the user reads."""
+    ca = TestCA(tmp_path / "pki")
+    plain = ServerThread(tmp_path / "plain", unix_socket="").start()
+    try:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("SMTPCONFIG_", "GRPC_"))}
+        done = subprocess.run(
+            [sys.executable, "-m", "service.cli", "get", "--target", plain.target, "--ca", str(ca.path)],
+            capture_output=True, text=True, env=clean, timeout=60,
+        )
+    finally:
+        plain.stop()
+    assert done.returncode == 1 and done.stderr.startswith("smtpconfig: TLS handshake with"), done.stderr
+    assert "ssl_transport_security" not in done.stderr
 
 
 def test_the_cli_never_sends_a_token_in_clear_text_off_this_machine(tmp_path, capsys) -> None:
