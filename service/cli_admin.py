@@ -44,7 +44,8 @@ def add_commands(sub) -> None:
         help="a permission to grant it, repeatable (shown in the [policy] line to add); none by default:"
         " see the README's trust model table for what each one reaches",
     )
-    new.add_argument("--out", metavar="FILE", help="write the token to this new file, mode 0600, not to standard output")
+    new.add_argument("--out", metavar="FILE",
+                     help="write the token to this new file, mode 0600, not to standard output")
     new.set_defaults(run=_token_new)
     hashed = verbs.add_parser("hash", help="print the sha256 of a token read from FILE or standard input")
     hashed.add_argument("file", nargs="?", default="-", help="file holding the token (default: standard input)")

@@ -170,7 +170,8 @@ def _tls_failure(error: grpc.RpcError, target: str, args: argparse.Namespace) ->
     if "handshake failed" in said:
         reason = details[said.index("handshake failed"):]
         if "wrong_version_number" in said:
-            why = "the server does not talk TLS there; leave out --ca (and SMTPCONFIG_TLS_CA) for a server without TLS"
+            why = ("the server does not talk TLS there; leave out --ca (and SMTPCONFIG_TLS_CA) for a server"
+                   " without TLS")
         elif "certificate_verify_failed" in said or "peer name" in said:
             why = ("the server's certificate is not trusted by --ca (SMTPCONFIG_TLS_CA): give the CA that"
                    " signed it, and a target whose host name the certificate names")
