@@ -19,6 +19,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from service import grpc_log  # first: it sets gRPC's log level, which grpc reads when imported
 from service import cli_json, logs
 from service import settings as settings_mod
 from service.cli_admin import add_commands as add_admin_commands
@@ -161,6 +162,8 @@ def _serve(args: argparse.Namespace) -> int:
         "metrics_listen": args.metrics_listen,
     }
     settings = settings_mod.load(flags=flags, config_file=args.config)
+    if settings.log_format == "json":
+        grpc_log.wrap_stderr_as_json()
     logs.configure(settings.log_level, settings.log_format)
     try:
         asyncio.run(serve(settings))

@@ -160,7 +160,45 @@ def call(args: argparse.Namespace, stub_class, method: str, request, flags: Call
         try:
             return getattr(stub, method)(request, timeout=args.timeout, metadata=metadata)
         except grpc.RpcError as error:
-            raise explain(error, target, writes=method.startswith(_WRITES), flags=flags) from None
+            raise _tls_failure(error, target, args) or explain(
+                error, target, writes=method.startswith(_WRITES), flags=flags
+            ) from None
+
+
+def _tls_failure(error: grpc.RpcError, target: str, args: argparse.Namespace) -> CliError | None:
+    """What a connection that failed in or for lack of the TLS handshake most likely means. A
+    TLS server closes the connection without a word when a client sends plaintext, or brings no
+    client certificate (or one it does not trust) where it asks for one."""
+    if error.code() != grpc.StatusCode.UNAVAILABLE:
+        return None
+    secure = bool(getattr(args, "ca", None) or os.environ.get("SMTPCONFIG_TLS_CA"))
+    client_cert = bool(getattr(args, "cert", None) or os.environ.get("SMTPCONFIG_TLS_CERT"))
+    details = error.details() or ""
+    said = details.lower()
+    if "handshake failed" in said:
+        reason = details[said.index("handshake failed"):]
+        if "wrong_version_number" in said:
+            why = ("the server does not talk TLS there; leave out --ca (and SMTPCONFIG_TLS_CA) for a server"
+                   " without TLS")
+        elif "certificate_verify_failed" in said or "peer name" in said:
+            why = ("the server's certificate is not trusted by --ca (SMTPCONFIG_TLS_CA): give the CA that"
+                   " signed it, and a target whose host name the certificate names")
+        else:
+            why = "see the reason below"
+        return CliError(f"TLS handshake with {target} failed: {why}\n  ({reason})")
+    if "socket closed" not in said or "failed to connect" not in said:
+        return None
+    if secure:
+        why = ("the server asks for a client certificate signed by its tls_client_ca_file; give --cert and --key"
+               if not client_cert else
+               "the server did not accept the client certificate (--cert): it must be signed by the server's"
+               " tls_client_ca_file and allowed for client authentication")
+        return CliError(f"TLS handshake with {target} failed: the server closed the connection; most likely {why}")
+    return CliError(
+        f"the server at {target} closed the connection before answering: it most likely talks TLS only;"
+        " give --ca FILE (SMTPCONFIG_TLS_CA) with the CA that signed its certificate, and --cert and --key"
+        " if it asks for client certificates"
+    )
 
 
 def _check_target(target: str) -> None:

@@ -272,8 +272,7 @@ class Resolver:
         if isinstance(error, ProviderUnavailable):
             return Unavailable(f"{where} is unavailable: {error}")
         if isinstance(error, BadParameters):
-            field = f"Parameters.{error.parameter}" if error.parameter else "Parameters"
-            return InvalidArgument([FieldViolation(field, f"{where}: {error}")])
+            return self._bad_parameters(error, instance, where)
         if isinstance(error, SmtpConfigError):
             return error
         _log_plugin_bug(error, where, reference, instance)
@@ -281,6 +280,17 @@ class Resolver:
             f"{where} failed ({type(error).__name__}), a bug in the provider: the server log has the"
             " message, and its traceback at log_level debug"
         )
+
+    def _bad_parameters(self, error: BadParameters, instance: ProviderInstance, where: str) -> SmtpConfigError:
+        """INVALID_ARGUMENT only for a parameter of the reference, which its caller (or the
+        profile's author) wrote. An initialization parameter, or none named, is the instance's
+        own setting: the caller cannot fix it, the operator must."""
+        info = self._plugins.provider_type(instance.type_name)
+        names = {p.name for p in info.cls.parameters if p.instance_level} if info is not None else set()
+        if error.parameter in names:
+            return InvalidArgument([FieldViolation(f"Parameters.{error.parameter}", f"{where}: {error}")])
+        which = f"initialization parameter {error.parameter}" if error.parameter else "initialization parameters"
+        return FailedPrecondition(f"{where} cannot be used as configured (check its {which}): {error}")
 
 
 _PUBLIC_ERRORS = (SecretNotFound, AccessDenied, ProviderUnavailable, BadParameters)

@@ -15,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import grp
 import logging
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -101,10 +103,15 @@ class App:
         self.health_port: int | None = None
         self.certificates: ReloadingCertificates | None = None
         self.admin_token_path: Path | None = None
+        # The directory this start made for the data directory, removed again if the start fails
+        # before any caller could reach the server; and whether one could.
+        self._created_data_dir: Path | None = None
+        self._accepting = False
 
     async def start(self) -> None:
         settings = self.settings
-        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _check_socket_place(settings)  # before anything is created, so a refusal leaves nothing
+        self._created_data_dir = _make_data_dir(settings.data_dir)
         key = load_key(
             env_value=os.environ.get("SMTPCONFIG_KEY"),
             key_file=settings.key_path,
@@ -186,6 +193,7 @@ class App:
             self._staged_socket = _staging_path(path)  # ours from here on: removed again on stop
             server.add_insecure_port(f"unix:{self._staged_socket}")
         self._server = server
+        self._accepting = True  # from here on a caller may write: a failed start undoes nothing
         await server.start()
         if self._staged_socket is not None:
             _restrict_socket(
@@ -218,6 +226,12 @@ class App:
             "mTLS" if self.certificates and self.certificates.mutual else "TLS" if self.certificates else "no TLS",
             settings.data_dir,
         )
+        if self.health_port is not None:
+            host = split_address(settings.health_listen)[0]
+            log.info("health checks (grpc.health.v1 only, no TLS) on %s", _host_port(host, self.health_port))
+        if self.metrics_port is not None:
+            host = split_address(settings.metrics_listen)[0]
+            log.info("metrics on http://%s/metrics", _host_port(host, self.metrics_port))
         if self.admin_token_path is not None:
             log.info("admin token in %s (the CLI reads it from there)", self.admin_token_path)
 
@@ -309,10 +323,73 @@ class App:
         if self._staged_socket is not None:  # start failed before the socket was published
             self._staged_socket.unlink(missing_ok=True)
             self._staged_socket.parent.rmdir()
+        if not self._accepting and self._created_data_dir is not None:
+            _remove_unused(self._created_data_dir, self.settings.data_dir)
 
     async def wait(self) -> None:
         assert self._server is not None
         await self._server.wait_for_termination()
+
+
+def _make_data_dir(data_dir: Path) -> Path | None:
+    """Create the data directory (0700) and any missing parents; return the topmost directory
+    this made, or None when the data directory existed."""
+    if data_dir.is_dir():
+        return None
+    top = data_dir.absolute()
+    while not top.parent.exists():
+        top = top.parent
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return top if top.exists() else None
+
+
+def _remove_unused(top: Path, data_dir: Path) -> None:
+    """Remove the data directory a failed start made (the key and admin token it wrote with it),
+    unless another server has taken it in the meantime (it holds the store's lock)."""
+    lock = data_dir / "store.lock"
+    try:
+        fd = os.open(lock, os.O_RDWR) if lock.exists() else None
+    except OSError:
+        return
+    try:
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        shutil.rmtree(top)
+        log.info("removed %s, which this failed start had created", top)
+    except OSError:  # locked by a server that is using it, or not ours to remove after all
+        return
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _check_socket_place(settings: Settings) -> None:
+    """Refuse a socket whose directory is missing outside the data directory (creating it would
+    make a system directory, /run/smtpconfig say, with the server's owner and umask), or whose
+    group does not exist."""
+    path = settings.socket_path
+    if path is None:
+        return
+    parent = Path(os.path.abspath(path)).parent
+    if not parent.is_dir() and not parent.is_relative_to(os.path.abspath(settings.data_dir)):
+        raise FailedPrecondition(
+            f"the directory of unix_socket {path} does not exist: create {parent} (writable by the"
+            " server's user only), or set unix_socket to a path in an existing directory"
+        )
+    if settings.unix_socket_group:
+        _socket_gid(settings.unix_socket_group)
+
+
+def _socket_gid(group: str) -> int:
+    try:
+        return grp.getgrgid(int(group)).gr_gid if group.isdigit() else grp.getgrnam(group).gr_gid
+    except (KeyError, OverflowError):
+        raise FailedPrecondition(f"unix_socket_group {group!r} is not a group on this machine") from None
+
+
+def _host_port(host: str, port: int) -> str:
+    """`host:port`, with an IPv6 literal in brackets, as a listen setting is written."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _staging_path(path: Path) -> Path:
@@ -339,10 +416,7 @@ def _restrict_socket(path: Path, mode: int, group: str, data_dir: Path, final: P
     """The socket's owner, group and mode decide who may connect: they are its access boundary.
     `path` is where it is bound now, `final` where it will be served."""
     if group:
-        try:
-            gid = grp.getgrgid(int(group)).gr_gid if group.isdigit() else grp.getgrnam(group).gr_gid
-        except (KeyError, OverflowError):
-            raise FailedPrecondition(f"unix_socket_group {group!r} is not a group on this machine") from None
+        gid = _socket_gid(group)
         try:
             os.chown(path, -1, gid)
             if final.parent.resolve() == data_dir.resolve():
@@ -361,7 +435,8 @@ def _restrict_socket(path: Path, mode: int, group: str, data_dir: Path, final: P
 def _clear_stale_socket(path: Path) -> None:
     """Remove a socket file left by a crashed server; refuse one that still answers."""
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # Only inside the data directory: _check_socket_place refused a missing one elsewhere.
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         return
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

@@ -145,6 +145,7 @@ class Settings:
         return self.key_file is None
 
 
+_DEFAULTS = Settings()
 _ENV = {
     "data_dir": "DATA_DIR",
     "listen": "LISTEN",
@@ -215,7 +216,7 @@ def load(
         sources.append(str(path))
     from_env = {name: env[ENV_PREFIX + key] for name, key in _ENV.items() if ENV_PREFIX + key in env}
     if from_env:
-        settings = _apply(settings, from_env, "environment", base=None, text=True)
+        settings = _apply(_cleared(settings, from_env), from_env, "environment", base=None, text=True)
         sources.append("env")
     given = {k: v for k, v in (flags or {}).items() if v is not None}
     if given:
@@ -224,6 +225,21 @@ def load(
     settings = replace(settings, sources=tuple(sources))
     check(settings)
     return settings
+
+
+# Settings for which an empty variable says "none" (no TCP listener, no socket, no third-party
+# plugin). For every other setting an empty variable sets it back to its default, so that
+# `SMTPCONFIG_TLS_CERT_FILE=` undoes the config file's tls_cert_file.
+_EMPTY_MEANS_NONE = frozenset({"listen", "unix_socket", "plugins_allow"})
+
+
+def _cleared(settings: Settings, from_env: dict[str, str]) -> Settings:
+    """`settings` with each setting given as an empty variable back at its default; those
+    variables are taken out of `from_env`."""
+    cleared = [name for name, value in from_env.items() if not value.strip() and name not in _EMPTY_MEANS_NONE]
+    for name in cleared:
+        del from_env[name]
+    return replace(settings, **{name: getattr(_DEFAULTS, name) for name in cleared})
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

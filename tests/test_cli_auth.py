@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import tomllib
@@ -60,10 +61,18 @@ def data_dir() -> Iterator[Path]:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def new_token(capsys: pytest.CaptureFixture, identity: str) -> tuple[str, str]:
-    code, out, err = run(capsys, "token", "new", "--identity", identity)
+def new_token(capsys: pytest.CaptureFixture, identity: str, *extra: str) -> tuple[str, str]:
+    code, out, err = run(capsys, "token", "new", "--identity", identity, *extra)
     assert code == 0, err
     return out.strip(), err
+
+
+def with_policy(entry: str) -> str:
+    """`token new`'s lines as the operator finishes them for a file with no [policy] yet: the
+    commented grant moved into a [policy] table of its own."""
+    grant = entry.split("# In [policy]:\n", 1)[1].strip()
+    assert grant.startswith("#   ")
+    return entry + "\n[policy]\n" + grant.removeprefix("#   ") + "\n"
 
 
 # --- making tokens ------------------------------------------------------------------------------
@@ -72,12 +81,18 @@ def new_token(capsys: pytest.CaptureFixture, identity: str) -> tuple[str, str]:
 def test_token_new_prints_the_token_and_the_entry_that_admits_it(capsys) -> None:
     token, entry = new_token(capsys, "ci-runner")
     assert token.startswith(TOKEN_PREFIX) and len(token) > 40 and "\n" not in token
-    # Standard error is a config-file fragment, ready to paste.
+    # Standard error is a config-file fragment, ready to append: no [policy] table of its own.
     settings = tomllib.loads(entry)
-    assert settings["tokens"] == [{"identity": "ci-runner", "sha256": hashlib.sha256(token.encode()).hexdigest()}]
-    assert settings["policy"] == {"ci-runner": ["smtp:resolve"]}
+    assert settings == {"tokens": [{"identity": "ci-runner", "sha256": hashlib.sha256(token.encode()).hexdigest()}]}
+    # No permission is suggested unless one is named: the trust model table says which is which.
+    assert '#   "ci-runner" = [...]' in entry and "trust model" in entry and "smtp:" not in entry
     assert token not in entry, "the token goes to standard output only"
     assert new_token(capsys, "ci-runner")[0] != token
+    _, named = new_token(capsys, "loader", "--permission", "smtp:read", "--permission", "smtp:modify")
+    assert tomllib.loads(with_policy(named))["policy"] == {"loader": ["smtp:read", "smtp:modify"]}
+    with pytest.raises(SystemExit) as refused:
+        run(capsys, "token", "new", "--identity", "x", "--permission", "smtp:everything")
+    assert refused.value.code == 2 and "invalid choice" in capsys.readouterr().err
 
 
 def test_token_new_refuses_an_identity_the_settings_would_refuse(capsys) -> None:
@@ -98,15 +113,44 @@ def test_token_hash_matches_token_new(capsys, tmp_path: Path, monkeypatch: pytes
     assert code == 2 and "no token" in err
 
 
+def test_token_new_leaves_the_token_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """The real CLI, under umask 022: `--out` creates the file 0600; `> FILE` (made 0644 by the
+    shell) is narrowed to 0600 before the token goes in; standard error stays appendable TOML."""
+    def token_new(*extra: str, stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "service.cli", "token", "new", "--identity", "ci", *extra],
+            stdout=stdout, stderr=subprocess.PIPE, text=True, cwd=tmp_path, timeout=60,
+            preexec_fn=lambda: os.umask(0o022),
+        )
+
+    out = tmp_path / "ci.token"
+    made = token_new("--out", str(out))
+    assert made.returncode == 0 and made.stdout == "", made.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    token = out.read_text().strip()
+    assert tomllib.loads(made.stderr)["tokens"][0]["sha256"] == hashlib.sha256(token.encode()).hexdigest()
+    again = token_new("--out", str(out))
+    assert again.returncode == 2 and "exists" in again.stderr and out.read_text().strip() == token
+
+    redirected = tmp_path / "redirected.token"
+    with redirected.open("w") as file:
+        redirected.chmod(0o644)
+        shown = token_new(stdout=file)
+    assert shown.returncode == 0, shown.stderr
+    assert stat.S_IMODE(redirected.stat().st_mode) == 0o600 and "made it mode 0600" in shown.stderr
+    digest = hashlib.sha256(redirected.read_text().strip().encode()).hexdigest()
+    assert tomllib.loads(shown.stderr)["tokens"][0]["sha256"] == digest
+
+
 # --- a server that knows the token --------------------------------------------------------------
 
 
 def test_a_server_configured_with_token_new_output_accepts_the_token_file(
     capsys, clean: Path, tmp_path: Path, data_dir: Path, profile_file: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    token, entry = new_token(capsys, "ci")
+    token, entry = new_token(capsys, "ci", "--permission", "smtp:resolve")
     config = tmp_path / "smtpconfig.toml"
-    config.write_text(entry)  # pasted as `token new` printed it: the ci identity may resolve
+    config.write_text(with_policy(entry))  # as `token new` printed it, its grant put in [policy]
     token_file = tmp_path / "ci.token"
     token_file.write_text(token + "\n")
     token_file.chmod(0o600)
@@ -232,9 +276,9 @@ def test_the_cli_over_mtls(capsys, clean: Path, mtls, profile_file: str, monkeyp
     monkeypatch.delenv("SMTPCONFIG_TLS_CERT")
     monkeypatch.delenv("SMTPCONFIG_TLS_KEY")
 
-    # Without a client certificate the handshake fails: the server cannot be reached.
+    # Without a client certificate the handshake fails, and the CLI says so (see below).
     code, _, err = run(capsys, "get", "--target", server.target, "--ca", str(ca.path))
-    assert code == 1 and "cannot reach the server" in err
+    assert code == 1 and f"TLS handshake with {server.target} failed" in err
     # A certificate needs its key.
     code, _, err = run(capsys, "get", "--target", server.target, "--ca", str(ca.path),
                        "--cert", str(clients["viewer"].cert))
@@ -242,6 +286,56 @@ def test_the_cli_over_mtls(capsys, clean: Path, mtls, profile_file: str, monkeyp
     code, _, err = run(capsys, "get", "--target", server.target, "--ca", str(ca.path),
                        "--cert", str(clients["viewer"].cert), "--key", str(ca.directory / "absent-key.pem"))
     assert code == 2 and "absent-key.pem" in err
+
+
+HANDSHAKES = [
+    ("no client certificate where the server asks for one", "mtls", ("--ca", "ca"),
+     "failed: the server closed the connection; most likely the server asks for a client certificate"),
+    ("a client certificate from another CA", "mtls", ("--ca", "ca", "--cert", "stranger.cert", "--key", "stranger.key"),
+     "most likely the server did not accept the client certificate"),
+    ("the server's certificate from a CA the client does not trust", "mtls",
+     ("--ca", "other-ca", "--cert", "viewer.cert", "--key", "viewer.key"), "is not trusted by --ca"),
+    ("plaintext to a TLS port", "mtls", (), "closed the connection before answering: it most likely talks TLS only"),
+    ("TLS to a plaintext port", "plain", ("--ca", "ca"), "the server does not talk TLS there; leave out --ca"),
+]
+
+
+@pytest.mark.parametrize(("case", "server", "flags", "says"), HANDSHAKES, ids=[h[0] for h in HANDSHAKES])
+def test_a_failed_tls_handshake_is_named_with_its_likely_cause(
+    capsys, clean: Path, mtls, tmp_path: Path, case: str, server: str, flags: tuple[str, ...], says: str
+) -> None:
+    tls_server, ca, clients = mtls
+    other = TestCA(tmp_path / "other")
+    files = {"ca": ca.path, "other-ca": other.path,
+             "viewer.cert": clients["viewer"].cert, "viewer.key": clients["viewer"].key}
+    stranger = other.issue_client("stranger", "stranger", dns=("viewer.test",))
+    files.update({"stranger.cert": stranger.cert, "stranger.key": stranger.key})
+    plain = ServerThread(tmp_path / "plain", unix_socket="").start() if server == "plain" else None
+    try:
+        target = plain.target if plain else tls_server.target
+        code, _, err = run(capsys, "get", "--target", target, *(str(files.get(f, f)) for f in flags))
+    finally:
+        if plain:
+            plain.stop()
+    assert code == 1 and says in err, err
+    assert "is it running" not in err, "the server is running: the handshake failed"
+
+
+def test_the_cli_prints_no_grpc_log_lines_before_its_explanation(tmp_path: Path) -> None:
+    """A failed handshake makes gRPC's C core log a line in the client (`I1206 ...
+    ssl_transport_security.cc ... Handshake failed`); the CLI's own sentence is what the user reads."""
+    ca = TestCA(tmp_path / "pki")
+    plain = ServerThread(tmp_path / "plain", unix_socket="").start()
+    try:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("SMTPCONFIG_", "GRPC_"))}
+        done = subprocess.run(
+            [sys.executable, "-m", "service.cli", "get", "--target", plain.target, "--ca", str(ca.path)],
+            capture_output=True, text=True, env=clean, timeout=60,
+        )
+    finally:
+        plain.stop()
+    assert done.returncode == 1 and done.stderr.startswith("smtpconfig: TLS handshake with"), done.stderr
+    assert "ssl_transport_security" not in done.stderr
 
 
 def test_the_cli_never_sends_a_token_in_clear_text_off_this_machine(tmp_path, capsys) -> None:

@@ -22,6 +22,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tomllib
 import urllib.request
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
@@ -521,6 +522,7 @@ def test_the_sidecar_config_serves_the_app_and_the_loader_over_the_socket(workdi
     assert replaced == 1, "the sidecar config has one profile-loader token entry to fill in"
     (workdir / "loader.token").write_text(token + "\n")
     sock = workdir / "run" / "smtpconfig.sock"
+    sock.parent.mkdir(mode=0o755)  # the pod's emptyDir: the server makes no directory outside its data
     group = os.getgroups()[-1] if os.getgroups() else os.getgid()
     server = Running(workdir, text, {"SMTPCONFIG_UNIX_SOCKET": str(sock), "SMTPCONFIG_UNIX_SOCKET_GROUP": str(group)})
     try:
@@ -633,5 +635,115 @@ def test_the_standalone_config_serves_callers_by_certificate(workdir: Path) -> N
         assert get(billing) == grpc.StatusCode.PERMISSION_DENIED, "billing may resolve, not read"
         assert get(stranger) == grpc.StatusCode.PERMISSION_DENIED, "default deny"
         assert get(None) == grpc.StatusCode.UNAVAILABLE, "no client certificate, no connection"
+    finally:
+        assert server.stop() == 0, server.log.read_text()
+
+
+# --- the guide's recipe for running the shipped configs on this machine ----------------------------
+
+
+def _guide_commands(config: str) -> tuple[list[tuple[dict[str, str], list[str]]], list[tuple[dict[str, str], list[str]]]]:
+    """(server command, CLI commands) of the guide's section on running the shipped configs
+    locally: each as (the variables it sets, its words)."""
+    section = GUIDE.read_text().split("### The shipped configs on this machine", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
+    commands = []
+    for block in blocks:
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line)
+            env = {}
+            while words and re.match(r"^[A-Z_]+=", words[0]):
+                name, _, value = words.pop(0).partition("=")
+                env[name] = value
+            commands.append((env, words))
+    servers = [c for c in commands if c[1][1:2] == ["serve"] and f"deploy/config/{config}.toml" in c[1]]
+    clients = [c for c in commands if c[1][1:2] != ["serve"]]
+    return servers, clients
+
+
+def _as_here(words: list[str]) -> list[str]:
+    """`.venv/bin/smtpconfig ...` as this interpreter runs it; paths in the checkout made absolute."""
+    assert words[0] == ".venv/bin/smtpconfig", words
+    rest = [str(ROOT / w) if (ROOT / w).exists() and "/" in w else w for w in words[1:]]
+    return [sys.executable, "-m", "service.cli", *rest]
+
+
+@pytest.mark.parametrize("config", ["sidecar", "standalone"])
+def test_the_guides_recipe_runs_each_shipped_config_on_this_machine(workdir: Path, config: str) -> None:
+    (server_env, server_words), = _guide_commands(config)[0]
+    # The guide's fixed API port may be taken on a shared machine: a free one here, nothing else changed.
+    env = {k: re.sub(r":\d+$", ":0", v) for k, v in server_env.items()}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SMTPCONFIG_")}
+    log = workdir / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(_as_here(server_words), stdout=out, stderr=out, env={**clean, **env}, cwd=workdir)
+    try:
+        socket_path = workdir / server_env["SMTPCONFIG_DATA_DIR"] / "smtpconfig.sock"
+        wait_serving(f"unix:{socket_path}", timeout=30, proc=proc)
+        health = re.search(r"health checks \(grpc\.health\.v1 only, no TLS\) on ([\w.:\[\]]+)", log.read_text())
+        assert health, log.read_text()
+        wait_serving(health.group(1), timeout=10)
+        data = server_env["SMTPCONFIG_DATA_DIR"]
+        for client_env, words in _guide_commands(config)[1]:
+            if config != "sidecar":  # the sidecar's profile names its declared Vault; this one has none
+                client_env = {**client_env, "SMTPCONFIG_DATA_DIR": data}
+                words = [str(ROOT / "examples" / "basic-v2.json") if w.endswith("sidecar-profile.json") else w
+                         for w in words]
+            done = subprocess.run(_as_here(words), capture_output=True, text=True, timeout=60,
+                                  env={**clean, **client_env}, cwd=workdir)
+            assert done.returncode == 0, (words, done.stdout, done.stderr)
+        assert "smtp.example.com" in done.stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()
+
+
+def _inspection_recipe() -> tuple[list[str], str, list[list[str]]]:
+    """From the guide's "Inspecting a sidecar": the `token new` words, the grant line for
+    [policy], and the CLI words each `kubectl exec` runs."""
+    section = GUIDE.read_text().split("### Inspecting a sidecar", 1)[1].split("\n### ", 1)[0]
+    blocks = [b.replace("\\\n", " ") for b in re.findall(r"```(?:sh|toml)\n(.*?)```", section, re.S)]
+    (token_new,) = [shlex.split(b) for b in blocks if "token new" in b]
+    (grant,) = [b.strip() for b in blocks if b.strip().startswith("sidecar-inspector =")]
+    execs = [shlex.split(line) for b in blocks for line in b.splitlines() if line.startswith("kubectl exec")]
+    return token_new, grant, [words[words.index("--") + 2:] for words in execs]
+
+
+@pytest.mark.parametrize("config", ["sidecar", "standalone"])
+def test_token_new_appends_to_each_shipped_config_and_the_inspector_reads_a_sidecar(workdir: Path, config: str) -> None:
+    """The guide's inspection recipe, run for real: `token new ... 2>> CONFIG` leaves a config the
+    server starts with (even one that has [policy] and [[tokens]] already), and once the grant is
+    moved into [policy] the inspector reads the audit trail and the providers."""
+    token_new, grant, inspections = _inspection_recipe()
+    words = token_new[:token_new.index("2>>")]
+    assert words[:3] == ["smtpconfig", "token", "new"] and "--out" in words
+    words[words.index("--out") + 1] = str(workdir / "inspector.token")
+    made = subprocess.run([sys.executable, "-m", "service.cli", *words[1:]], capture_output=True, text=True,
+                          timeout=60, cwd=workdir)
+    assert made.returncode == 0 and made.stdout == "", made.stderr
+    assert stat.S_IMODE((workdir / "inspector.token").stat().st_mode) == 0o600
+    text = (ROOT / "deploy" / "config" / f"{config}.toml").read_text() + made.stderr  # `2>>`
+    assert "[policy]" in text and tomllib.loads(text), "appended as it is, the file is still TOML"
+    printed = made.stderr.split("# In [policy]:\n", 1)[1].strip().removeprefix("#   ")
+    assert tomllib.loads(printed) == tomllib.loads(grant), "the guide's grant is the one token new prints"
+    text = text.replace("\n[policy]\n", f"\n[policy]\n{grant}\n", 1)  # the grant moved into [policy]
+
+    sock = workdir / "run" / "smtpconfig.sock"
+    sock.parent.mkdir()
+    env = {"SMTPCONFIG_UNIX_SOCKET": str(sock), "SMTPCONFIG_UNIX_SOCKET_GROUP": "", "SMTPCONFIG_LISTEN": "127.0.0.1:0",
+           "SMTPCONFIG_TLS_CERT_FILE": "", "SMTPCONFIG_TLS_KEY_FILE": "", "SMTPCONFIG_TLS_CLIENT_CA_FILE": ""}
+    server = Running(workdir, text, env)
+    try:
+        app = server.cli("resolve", SMTPCONFIG_TARGET=f"unix:{sock}")  # audited, whatever its outcome
+        assert "ResolveSmtp" not in app.stdout
+        for args in inspections:
+            args[args.index("--target") + 1] = f"unix:{sock}"
+            args[args.index("--token-file") + 1] = str(workdir / "inspector.token")
+            done = server.cli(*args)
+            assert done.returncode == 0, (args, done.stdout, done.stderr)
+            if args[0] == "audit":
+                assert "v2.ConfigService/ResolveSmtp" in done.stdout, done.stdout
+            elif config == "sidecar":
+                assert "vault" in done.stdout, done.stdout
     finally:
         assert server.stop() == 0, server.log.read_text()

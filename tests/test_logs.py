@@ -293,3 +293,68 @@ def test_a_message_is_not_a_traceback() -> None:
     # A message shaped like a traceback frame (text a relay sent back, say) gets no exemption.
     assert redact('  File "x.py", line 1, in y\n    password = hunter22') == (
         '  File "x.py", line 1, in y\n    password = [REDACTED]')
+
+
+# --- gRPC's own lines (its C core writes to standard error directly) ----------------------------------
+
+
+def _tls_server(tmp_path, *extra: str, verbosity: str | None):
+    """`smtpconfig serve` with TLS on loopback; `verbosity` is the operator's GRPC_VERBOSITY."""
+    from tests.support import ServerProcess, short_dir
+    from tests.testca import TestCA
+
+    cert = TestCA(tmp_path / "pki").issue("server")
+    server = ServerProcess(short_dir("glog") / "data", "--tls-cert", str(cert.cert), "--tls-key", str(cert.key), *extra)
+    server.env.pop("GRPC_VERBOSITY", None)
+    if verbosity is not None:
+        server.env["GRPC_VERBOSITY"] = verbosity
+    return server.start()
+
+
+def _plaintext_call(server) -> None:
+    """A plaintext client on the TLS port: the server's handshake fails."""
+    from tests.support import wait_serving
+
+    address = server.log().split("serving on ", 1)[1].split(",", 1)[0]
+    with pytest.raises(TimeoutError, match="UNAVAILABLE"):
+        wait_serving(address, timeout=1)
+
+
+def test_with_log_format_json_the_stream_holds_json_lines_only(tmp_path) -> None:
+    """The operator turned gRPC's lines up (GRPC_VERBOSITY=INFO): a failed handshake's C-core line
+    comes out as a JSON object too, and nothing is lost at exit."""
+    server = _tls_server(tmp_path, "--log-format", "json", verbosity="INFO")
+    try:
+        _plaintext_call(server)
+    finally:
+        assert server.terminate() == 0
+    lines = [json.loads(line) for line in server.log().splitlines()]  # every line, or this fails
+    assert all(isinstance(line, dict) and {"time", "level", "logger", "message"} <= line.keys() for line in lines)
+    core = [line for line in lines if line["logger"] == "grpc"]
+    assert any("Handshake failed" in line["message"] for line in core), lines
+    assert lines[-1]["message"] == "stopped", "the last line written before exit is there"
+
+
+def test_grpc_logs_errors_only_unless_the_operator_asks(tmp_path) -> None:
+    server = _tls_server(tmp_path, verbosity=None)
+    try:
+        _plaintext_call(server)
+    finally:
+        assert server.terminate() == 0
+    assert "serving on" in server.log() and "ssl_transport_security" not in server.log()
+
+
+@pytest.mark.parametrize(("line", "logger", "level", "why"), [
+    ('{"time": "t", "level": "INFO", "logger": "x", "message": "m"}', "x", "INFO", "a JSON line passes as it is"),
+    ("I1206 13:06:30.472562   13565 ssl_transport_security.cc:2563] Handshake failed", "grpc", "INFO", "C core"),
+    ("E1206 13:06:30.472562 13565 chttp2_server.cc:1051] bind failed", "grpc", "ERROR", "C core error"),
+    ("Traceback (most recent call last):", "stderr", "WARNING", "anything else"),
+    ("{not json", "stderr", "WARNING", "only a JSON object passes"),
+])
+def test_each_foreign_line_becomes_one_json_object(line: str, logger: str, level: str, why: str) -> None:
+    from service.grpc_log import as_json_line
+
+    wrapped = json.loads(as_json_line(line + "\n"))
+    assert (wrapped["logger"], wrapped["level"]) == (logger, level), why
+    assert as_json_line("\n") is None
+    assert PLANTED not in as_json_line(f"W1206 13:06:30.472562 1 x.cc:1] authorization: Bearer {PLANTED}")

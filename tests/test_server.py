@@ -208,3 +208,68 @@ def test_stale_socket_file_is_replaced(data_dir) -> None:
     stale.close()  # the file stays, nobody listens: what a crash leaves behind
     server = ServerProcess(data_dir).start()
     server.terminate()
+
+
+def test_the_health_and_metrics_listeners_log_the_addresses_they_got(data_dir) -> None:
+    """With port 0 the log is the only place that says where probes and scrapers must go."""
+    import re
+    import urllib.request
+
+    env = {"SMTPCONFIG_HEALTH_LISTEN": "127.0.0.1:0", "SMTPCONFIG_METRICS_LISTEN": "127.0.0.1:0"}
+    server = ServerProcess(data_dir, env=env).start()
+    try:
+        log = server.log()
+        health = re.search(r"health checks \(grpc\.health\.v1 only, no TLS\) on (127\.0\.0\.1:(\d+))", log)
+        metrics = re.search(r"metrics on (http://127\.0\.0\.1:(\d+)/metrics)", log)
+        assert health and metrics, log
+        assert int(health.group(2)) != 0 and int(metrics.group(2)) != 0
+        wait_serving(health.group(1), timeout=10)
+        with urllib.request.urlopen(metrics.group(1), timeout=5) as reply:
+            assert "smtpconfig_rpc_requests_total" in reply.read().decode()
+    finally:
+        assert server.terminate() == 0
+
+
+def test_a_socket_in_a_missing_directory_outside_the_data_directory_is_refused(data_dir) -> None:
+    """Creating it would make a system directory (/run/smtpconfig) with the server's owner and
+    umask; the operator creates it, with the owner and mode they mean."""
+    missing = data_dir.parent / "run" / "smtpconfig"
+    result = _serve_once("--data-dir", str(data_dir), "--listen", "127.0.0.1:0",
+                         "--unix-socket", str(missing / "smtpconfig.sock"))
+    assert result.returncode != 0
+    assert f"the directory of unix_socket {missing / 'smtpconfig.sock'} does not exist" in result.stderr, result.stderr
+    assert not missing.parent.exists(), "no directory is made outside the data directory"
+    assert not data_dir.exists(), "refused before anything was created"
+
+
+def test_a_socket_in_the_data_directory_gets_its_missing_directory(data_dir) -> None:
+    server = ServerThread(data_dir, unix_socket=str(data_dir / "run" / "smtpconfig.sock")).start()
+    try:
+        assert stat.S_ISSOCK((data_dir / "run" / "smtpconfig.sock").lstat().st_mode)
+        assert stat.S_IMODE((data_dir / "run").stat().st_mode) == 0o700
+    finally:
+        server.stop()
+
+
+def test_a_failed_start_removes_the_data_directory_it_created(data_dir) -> None:
+    """Port taken: the start is refused after the key and the admin token were written. They go
+    with the directory this start made; a directory that was there stays as it was found."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        taken.setblocking(False)
+        address = "127.0.0.1:%d" % taken.getsockname()[1]
+        fresh = data_dir / "nested" / "data"
+        result = _serve_once("--data-dir", str(fresh), "--listen", address)
+        assert result.returncode != 0, result.stderr
+        assert not data_dir.exists(), f"left behind: {sorted(p.name for p in data_dir.rglob('*'))}"
+
+        data_dir.mkdir(mode=0o700)
+        (data_dir / "note.txt").write_text("the operator's\n")
+        result = _serve_once("--data-dir", str(data_dir), "--listen", address)
+        assert result.returncode != 0, result.stderr
+        assert (data_dir / "note.txt").read_text() == "the operator's\n"
+        with pytest.raises(BlockingIOError):
+            taken.accept()  # the refusal came at bind: nothing connected to the listener

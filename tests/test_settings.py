@@ -53,6 +53,25 @@ def test_empty_unix_socket_disables_it() -> None:
     assert load(env={"SMTPCONFIG_UNIX_SOCKET": ""}).socket_path is None
 
 
+def test_an_empty_variable_sets_the_config_files_setting_back_to_its_default(tmp_path: Path) -> None:
+    """How a shipped config runs on a laptop: `SMTPCONFIG_TLS_CERT_FILE=` drops its TLS files."""
+    config = tmp_path / "smtpconfig.toml"
+    config.write_text('listen = ["0.0.0.0:2587"]\ntls_cert_file = "tls.crt"\ntls_key_file = "tls.key"\n'
+                      'tls_client_ca_file = "ca.crt"\ngrace_period = 20\nlog_format = "json"\n'
+                      'health_listen = "0.0.0.0:8081"\nadmin_token = false\nplugins_allow = ["env"]\n')
+    env = {"SMTPCONFIG_TLS_CERT_FILE": "", "SMTPCONFIG_TLS_KEY_FILE": "", "SMTPCONFIG_TLS_CLIENT_CA_FILE": "",
+           "SMTPCONFIG_LISTEN": "127.0.0.1:0", "SMTPCONFIG_GRACE_PERIOD": "", "SMTPCONFIG_LOG_FORMAT": "",
+           "SMTPCONFIG_HEALTH_LISTEN": "", "SMTPCONFIG_ADMIN_TOKEN": ""}
+    settings = load(env=env, config_file=config)
+    assert (settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file) == (None, None, None)
+    assert (settings.grace_period, settings.log_format, settings.health_listen) == (10.0, "text", "")
+    assert settings.admin_token is True and settings.listen == ("127.0.0.1:0",)
+    assert settings.plugins_allow == ("env",), "an unset variable changes nothing"
+    # Where the table says empty means none, it still does.
+    none = load(env={"SMTPCONFIG_PLUGINS_ALLOW": "", "SMTPCONFIG_LISTEN": ""}, config_file=config)
+    assert none.plugins_allow == () and none.listen == ()
+
+
 BAD = [
     ("unknown key in file", {"file": "datadir = 'x'\n"}, "unknown setting 'datadir'"),
     ("file is not TOML", {"file": "listen = [\n"}, "not valid TOML"),

@@ -178,3 +178,46 @@ def test_planted_vault_secrets_stay_inside(openbao_server: OpenBao) -> None:
         for secret in planted:
             assert secret.encode() not in blob
     shutil.rmtree(base, ignore_errors=True)
+
+
+def test_an_instance_setting_that_cannot_work_is_failed_precondition_naming_the_instance(
+    openbao_server: OpenBao,
+) -> None:
+    """The operator's JwtFile is missing: the app that resolves sent no parameters and can fix
+    nothing, so it hears FAILED_PRECONDITION naming the instance, not INVALID_ARGUMENT. A bad
+    parameter of the reference itself stays INVALID_ARGUMENT naming it."""
+    root = short_dir()
+    declared = {"id": 3, "name": "vault-jwt", "type": "vault", "initialization": {
+        "Host": openbao_server.address, "AuthMethod": "jwt", "Role": "smtp", "JwtFile": str(root / "absent-token"),
+    }}
+    server = ServerThread(root / "data", providers=(declared,), provider_failure_ttl=0.1).start()
+    try:
+        with server.channel() as channel:
+            providers, config = pb_grpc.SecretProviderServiceStub(channel), v2_grpc.ConfigServiceStub(channel)
+            reference = {"Provider": 3, "Parameters": {"Secret": "svc/smtp", "Key": "password"}}
+            config.UpdateSmtp(v2.UpdateSmtpRequest(profile=v2_profile(edit(BASIC_V2, RelayPassword=reference))))
+            for call in (lambda: config.ResolveSmtp(v2.ResolveSmtpRequest()),
+                         lambda: providers.CheckSecret(pb.CheckSecretRequest(profile_field="RelayPassword"))):
+                with pytest.raises(grpc.RpcError) as failure:
+                    call()
+                assert failure.value.code() == grpc.StatusCode.FAILED_PRECONDITION, failure.value.details()
+                details = failure.value.details()
+                assert "provider 3 (vault-jwt, vault)" in details and "JwtFile" in details, details
+                assert violations_of(failure.value) == []
+
+            with pytest.raises(grpc.RpcError) as failure:
+                check(providers, 3, Secret="svc/smtp", Key="password", Version="latest")
+            assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert [field for field, _ in violations_of(failure.value)] == ["Parameters.Version"]
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def violations_of(error: grpc.RpcError) -> list[tuple[str, str]]:
+    from tests.support import violations
+
+    try:
+        return violations(error)
+    except AssertionError:  # no rich status at all: no BadRequest either
+        return []
