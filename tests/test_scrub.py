@@ -65,7 +65,7 @@ ECHOES = [
     (f"invalid_client: Basic {BASIC_HEADER}", "HTTP Basic as Authlib sends it"),
     (f"invalid_client: Basic {BASIC_RFC6749}", "HTTP Basic form-encoded first (RFC 6749)"),
     (f"invalid_client: client_id={CLIENT_ID}&client_secret={quote_plus(CLIENT_SECRET)}", "the whole form body"),
-    (f"PLANTED\u200b/smtp+password=9f3c", "a zero-width space inside the value"),
+    ("PLANTED\u200b/smtp+password=9f3c", "a zero-width space inside the value"),
     (f"\u202e{PASSWORD}\u202c", "wrapped in a right-to-left override"),
 ]
 
