@@ -169,7 +169,8 @@ def test_silent_calls_without_identity_cannot_starve_an_identified_caller(served
             outcomes = [asyncio.ensure_future(_outcome(c)) for c in calls]
             await asyncio.sleep(0.3)  # the flood has reached the server
             admin = await asyncio.get_running_loop().run_in_executor(None, admin_get_smtp, s)
-            return await asyncio.gather(*outcomes), admin, started
+            # Bounded, so that calls left waiting for ever fail the test instead of hanging it.
+            return await asyncio.wait_for(asyncio.gather(*outcomes), 10), admin, started
 
     outcomes, admin_seconds, started = asyncio.run(attack())
     assert admin_seconds < 1.0
@@ -255,7 +256,7 @@ def test_one_identity_gets_its_share_of_slots_and_silent_calls_end_at_the_defaul
             mallory = await loop.run_in_executor(None, s.call, GET_SMTP, b"", MALLORY, 1.0)
             seen["mallory"] = Code.OK if isinstance(mallory, bytes) else mallory.code()
             seen["still open"] = sum(not c.done() for c in calls)
-            return await asyncio.gather(*refused), started, seen
+            return await asyncio.wait_for(asyncio.gather(*refused), 10), started, seen
 
     outcomes, started, seen = asyncio.run(attack())
     assert seen == {"open": SHARE, "admin": seen["admin"], "carol": Code.OK, "mallory": Code.RESOURCE_EXHAUSTED,
