@@ -134,7 +134,9 @@ class Guard:
         self._in_progress = 0
         self._in_progress_by: dict[str, int] = {}
 
-    async def run(self, spec: RpcSpec, name: str, method, decode: Callable[[bytes], Any], context: grpc.aio.ServicerContext):
+    async def run(
+        self, spec: RpcSpec, name: str, method, decode: Callable[[bytes], Any], context: grpc.aio.ServicerContext
+    ):
         """Serve one call of `method` (the servicer's bound method, named `name` in logs, metrics
         and the audit trail) whose request message `decode` turns from bytes into the request."""
         started = time.perf_counter()
@@ -251,7 +253,9 @@ class Guard:
         else:
             del self._in_progress_by[identity]
 
-    async def _serve(self, spec: RpcSpec, method, decode: Callable[[bytes], Any], context: grpc.aio.ServicerContext):
+    async def _serve(
+        self, spec: RpcSpec, method, decode: Callable[[bytes], Any], context: grpc.aio.ServicerContext
+    ):
         """Read and decode the request, then answer it; without a deadline of the caller's, under
         the server's default one."""
         if context.time_remaining() is not None:
@@ -269,9 +273,11 @@ class Guard:
             if not scope.expired():
                 raise  # some other timeout inside the method: not ours to rename
             if reading:
+                # A caller holding its call open without a message (or without ending it after
+                # one) gets no more time than one that is slow to be answered.
                 raise DeadlineExceeded(
-                    f"no request message arrived within the server's default deadline of"
-                    f" {self._default_deadline:g}s"
+                    f"the request message and the end of the request stream did not arrive within"
+                    f" the server's default deadline of {self._default_deadline:g}s"
                 ) from None
             raise DeadlineExceeded(
                 f"the call took longer than the server's default deadline of"
@@ -309,7 +315,9 @@ async def _read(context: grpc.aio.ServicerContext, decode: Callable[[bytes], Any
             raise asyncio.CancelledError from None
         raise InvalidArgument([violation("request", "no request message was sent; this method takes exactly one")])
     if await context.read() is not grpc.aio.EOF:
-        raise InvalidArgument([violation("request", "more than one request message was sent; this method takes exactly one")])
+        raise InvalidArgument([violation(
+            "request", "more than one request message was sent; this method takes exactly one",
+        )])
     try:
         return decode(message)
     except DecodeError:

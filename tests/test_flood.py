@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -137,8 +138,9 @@ def _flood_channel(target: str) -> grpc.aio.Channel:
 
 
 def _rpc_counts(before, after, code: str) -> float:
-    return sum(moved(before, after, "smtpconfig_rpc_requests_total", method=f"{m.containing_service.full_name.split('.', 1)[1]}/{m.name}", code=code)
-               for m in METHODS)
+    # Metrics name a method as its servicer does: v2.ConfigService/GetSmtp.
+    names = [f"{m.containing_service.full_name.split('.', 1)[1]}/{m.name}" for m in METHODS]
+    return sum(moved(before, after, "smtpconfig_rpc_requests_total", method=name, code=code) for name in names)
 
 
 def _await_counts(s: Served, before, code: str, expected: int) -> dict:
@@ -269,7 +271,8 @@ def test_one_identity_gets_its_share_of_slots_and_silent_calls_end_at_the_defaul
     assert {d for _, d, _ in exhausted} == {
         "'mallory' has 40 calls in progress, the most one identity may have at once"
         " (max_concurrent_rpcs_per_identity); retry when one has ended"}
-    assert {d for _, d, _ in ended} == {"no request message arrived within the server's default deadline of 1s"}
+    assert {d for _, d, _ in ended} == {"the request message and the end of the request stream did not arrive"
+                                        " within the server's default deadline of 1s"}
     assert all(0.9 <= at - started < 2.5 for _, _, at in ended)
 
     assert isinstance(s.call(GET_SMTP, b"", MALLORY), bytes)  # her slots are free again
@@ -365,6 +368,23 @@ def test_a_unary_method_takes_exactly_one_request_message(served: Served) -> Non
             stream(iter(requests), metadata=metadata, timeout=10)
         assert failure.value.code() == Code.INVALID_ARGUMENT, failure.value.details()
         assert violations(failure.value) == [("request", description)]
+    assert s.call(GET_SMTP, b"", s.server.token) == stored
+
+    # One message and then nothing, the stream held open: the default deadline ends it too.
+    release = threading.Event()
+
+    def one_then_hold() -> Iterator[v2.UpdateSmtpRequest]:
+        yield changed
+        release.wait(10)
+
+    started = time.monotonic()
+    try:
+        with pytest.raises(grpc.RpcError) as failure:
+            stream(one_then_hold(), metadata=metadata)  # no deadline of its own
+    finally:
+        release.set()
+    assert failure.value.code() == Code.DEADLINE_EXCEEDED, failure.value.details()
+    assert 0.9 <= time.monotonic() - started < 2.5
     assert s.call(GET_SMTP, b"", s.server.token) == stored
     # Without the permission, the messages are never read.
     with pytest.raises(grpc.RpcError) as failure:
