@@ -28,6 +28,7 @@ from grpc_health.v1 import health_pb2
 
 from service.auth import token_hash
 from service.server import SERVICE_NAMES
+from service.settings import SettingsError, load
 from smtpconfig.v2 import config_service_pb2 as v2
 from tests.conftest import BASIC_V2, v2_profile
 from tests.support import ServerThread, short_dir, violations
@@ -422,3 +423,14 @@ def test_a_request_over_max_message_bytes_is_counted_as_the_transport_ended_it(s
     assert _rpc_counts(before, after, "INVALID_ARGUMENT") == 0
     outcomes = [r.outcome for r in list_records(s.admin, s.server.token) if r.request_id == request_id]
     assert outcomes == ["CANCELLED"]
+
+
+def test_the_per_identity_share_is_a_setting(tmp_path) -> None:
+    assert load(env={}).max_concurrent_rpcs_per_identity == 100
+    assert load(env={"SMTPCONFIG_MAX_CONCURRENT_RPCS_PER_IDENTITY": "0"}).max_concurrent_rpcs_per_identity == 0
+    config = tmp_path / "smtpconfig.toml"
+    config.write_text("max_concurrent_rpcs_per_identity = 8\n")
+    assert load(env={}, config_file=config).max_concurrent_rpcs_per_identity == 8
+    for bad in ("-1", "many", "1.5"):
+        with pytest.raises(SettingsError, match="max_concurrent_rpcs_per_identity must be"):
+            load(env={"SMTPCONFIG_MAX_CONCURRENT_RPCS_PER_IDENTITY": bad})
