@@ -434,3 +434,30 @@ def test_the_per_identity_share_is_a_setting(tmp_path) -> None:
     for bad in ("-1", "many", "1.5"):
         with pytest.raises(SettingsError, match="max_concurrent_rpcs_per_identity must be"):
             load(env={"SMTPCONFIG_MAX_CONCURRENT_RPCS_PER_IDENTITY": bad})
+
+
+def test_a_method_without_rpc_is_never_served() -> None:
+    """Every method of a registered service is served through the guard, or the server does not
+    start: one overridden without `@rpc`, or left to the generated base class, is refused."""
+    from service import handlers
+    from service.servicers import ConfigServiceV2
+    from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
+
+    class Careless(ConfigServiceV2):
+        async def GetSmtp(self, request, context):  # no @rpc: it would answer anyone
+            return v2.GetSmtpResponse()
+
+    class Partial(v2_grpc.ConfigServiceServicer):
+        SERVICE = "v2.ConfigService"
+
+    async def start(servicer_class) -> None:
+        servicer = servicer_class.__new__(servicer_class)  # never called: refused at registration
+        server = grpc.aio.server()
+        try:
+            handlers.register(server, servicer, v2.DESCRIPTOR.services_by_name["ConfigService"])
+        finally:
+            await server.stop(None)
+
+    for servicer_class in (Careless, Partial):
+        with pytest.raises(TypeError, match="has no @rpc method"):
+            asyncio.run(start(servicer_class))
