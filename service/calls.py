@@ -8,13 +8,23 @@ work, in this order:
    back in the `x-request-id` trailer and onto every log line and audit record of the call;
 2. the caller's identity (`service.auth`), else UNAUTHENTICATED;
 3. the method's permission in the policy, else PERMISSION_DENIED;
-4. the per-identity rate limit of limited methods, else RESOURCE_EXHAUSTED with a RetryInfo;
-5. the method itself, under the server's default deadline when the caller set none;
-6. domain errors mapped to statuses by `service.status`; anything else is INTERNAL with a
+4. a slot among the calls served at once: at most `max_concurrent_rpcs` in all and
+   `max_concurrent_rpcs_per_identity` for each identity, else RESOURCE_EXHAUSTED;
+5. the per-identity rate limit of limited methods, else RESOURCE_EXHAUSTED with a RetryInfo;
+6. the one request message, read and decoded only now (`service.handlers` registers every
+   method so that nothing is read before the checks above): none, two, or bytes that do not
+   decode as the request type are INVALID_ARGUMENT;
+7. the method itself. Reading the message, and the method unless it is declared
+   `waits=False`, run under the server's default deadline when the caller set none;
+8. domain errors mapped to statuses by `service.status`; anything else is INTERNAL with a
    fixed message;
-7. for audited methods an audit record, success or not, before the answer leaves; changes
+9. for audited methods an audit record, success or not, before the answer leaves; changes
    write theirs with the change itself (`Call.change_record`);
-8. the call's count and latency by method and status code.
+10. the call's count and latency by method and status code.
+
+Steps 1-5 need nothing the caller sends after its headers, so a caller without an identity or a
+permission is refused at once and holds nothing, and a caller that opens calls and never sends
+their message holds at most its identity's share of slots, each until the default deadline.
 
 Health and reflection are not servicers of ours and stay open to everyone.
 """
@@ -31,13 +41,14 @@ import re
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Mapping, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Mapping, Sequence, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from service.audit import AuditLog, encode
 from service.auth import Authenticator, Policy
-from service.errors import DeadlineExceeded, ResourceExhausted, SmtpConfigError
+from service.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, SmtpConfigError, violation
 from service.limits import RateLimiter
 from service.logs import CALL
 from service.refusals import RefusalRecords
@@ -49,6 +60,9 @@ REQUEST_ID = "x-request-id"
 # Audit records of refused calls that carry no identity at all, per second (and burst).
 ANONYMOUS_RECORDS_PER_SECOND = 10.0
 ANONYMOUS_RECORDS_BURST = 100
+# The RetryInfo of a call refused for want of a slot: slots free as calls end, which the server
+# cannot foresee, so this is a hint to back off rather than a promise.
+BUSY_RETRY_AFTER = 1.0
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}\Z")
 # Request ids the server makes: unique per process start, then a counter (cheaper than random
 # bytes per call; they only need to tell calls apart, not be unguessable).
@@ -112,6 +126,8 @@ class Guard:
         metrics,
         limiters: Mapping[str, RateLimiter],
         default_deadline: float,
+        max_concurrent: int = 0,
+        max_concurrent_per_identity: int = 0,
     ) -> None:
         self._authenticator = authenticator
         self._policy = policy
@@ -123,10 +139,19 @@ class Guard:
         self._refusals = RefusalRecords(
             RateLimiter(ANONYMOUS_RECORDS_PER_SECOND, ANONYMOUS_RECORDS_BURST), self._limiters["refusals"], metrics
         )
+        # Calls in progress, in all and by identity; 0 as a limit means none. One event loop
+        # serves every call, so plain counters need no lock.
+        self._max_concurrent = max_concurrent
+        self._max_per_identity = max_concurrent_per_identity
+        self._in_progress = 0
+        self._in_progress_by: dict[str, int] = {}
 
-    async def run(self, spec: RpcSpec, method, servicer, request, context: grpc.aio.ServicerContext):
+    async def run(
+        self, spec: RpcSpec, name: str, method, decode: Callable[[bytes], Any], context: grpc.aio.ServicerContext
+    ):
+        """Serve one call of `method` (the servicer's bound method, named `name` in logs, metrics
+        and the audit trail) whose request message `decode` turns from bytes into the request."""
         started = time.perf_counter()
-        name = f"{servicer.SERVICE}/{method.__name__}"
         metadata = context.invocation_metadata() or ()
         request_id = ""
         for key, value in metadata:
@@ -137,12 +162,14 @@ class Guard:
         call = Call(name, request_id or f"{_ID_PREFIX}{next(_ids):x}")
         token = CALL.set(call)
         code = "OK"
+        slot: str | None = None
         try:
             try:
                 identity = self._authenticator.identify(context, metadata)
                 call.identity = identity.name
                 self._policy.check(identity, spec.permission)
                 call.policy = self._policy
+                slot = self._take_slot(identity.name)
                 if spec.limit is not None:
                     wait = self._limiters[spec.limit].acquire(identity.name)
                     if wait:
@@ -151,19 +178,7 @@ class Guard:
                             f"{identity.name!r} is over the {spec.limit} rate limit; retry in {_after(wait)}",
                             retry_after=wait,
                         )
-                if spec.waits and context.time_remaining() is None:
-                    try:
-                        async with asyncio.timeout(self._default_deadline) as scope:
-                            response = await method(servicer, request, context)
-                    except TimeoutError:
-                        if not scope.expired():
-                            raise  # some other timeout inside the method: not ours to rename
-                        raise DeadlineExceeded(
-                            f"the call took longer than the server's default deadline of"
-                            f" {self._default_deadline:g}s; set a deadline to allow more"
-                        ) from None
-                else:
-                    response = await method(servicer, request, context)
+                response = await self._serve(spec, method, decode, context)
             except SmtpConfigError as error:
                 status_code, message, status = to_rpc_status(error)
                 code = status_code.name
@@ -222,8 +237,67 @@ class Guard:
                 trailing_metadata=((REQUEST_ID, call.request_id),),
             )
         finally:
+            if slot is not None:
+                self._give_slot(slot)
             CALL.reset(token)
             self._metrics.rpc(name, code, time.perf_counter() - started)
+
+    def _take_slot(self, identity: str) -> str:
+        """Count a call of `identity` among those in progress, or refuse it: no identity may
+        take every slot, so a flood from one cannot starve the others."""
+        held = self._in_progress_by.get(identity, 0)
+        if self._max_concurrent and self._in_progress >= self._max_concurrent:
+            raise ResourceExhausted(
+                f"the server is serving {self._in_progress} calls, the most it serves at once"
+                " (max_concurrent_rpcs); retry shortly", retry_after=BUSY_RETRY_AFTER,
+            )
+        if self._max_per_identity and held >= self._max_per_identity:
+            raise ResourceExhausted(
+                f"{identity!r} has {held} calls in progress, the most one identity may have at once"
+                " (max_concurrent_rpcs_per_identity); retry when one has ended", retry_after=BUSY_RETRY_AFTER,
+            )
+        self._in_progress += 1
+        self._in_progress_by[identity] = held + 1
+        return identity
+
+    def _give_slot(self, identity: str) -> None:
+        self._in_progress -= 1
+        held = self._in_progress_by[identity] - 1
+        if held:
+            self._in_progress_by[identity] = held
+        else:
+            del self._in_progress_by[identity]
+
+    async def _serve(
+        self, spec: RpcSpec, method, decode: Callable[[bytes], Any], context: grpc.aio.ServicerContext
+    ):
+        """Read and decode the request, then answer it; without a deadline of the caller's, under
+        the server's default one."""
+        if context.time_remaining() is not None:
+            # grpc itself ends the call when the caller's deadline passes.
+            return await method(await _read(context, decode), context)
+        reading = True
+        try:
+            async with asyncio.timeout(self._default_deadline) as scope:
+                request = await _read(context, decode)
+                reading = False
+                if not spec.waits:
+                    scope.reschedule(None)  # answered from memory: nothing left to cut short
+                return await method(request, context)
+        except TimeoutError:
+            if not scope.expired():
+                raise  # some other timeout inside the method: not ours to rename
+            if reading:
+                # A caller holding its call open without a message (or without ending it after
+                # one) gets no more time than one that is slow to be answered.
+                raise DeadlineExceeded(
+                    f"the request message and the end of the request stream did not arrive within"
+                    f" the server's default deadline of {self._default_deadline:g}s"
+                ) from None
+            raise DeadlineExceeded(
+                f"the call took longer than the server's default deadline of"
+                f" {self._default_deadline:g}s; set a deadline to allow more"
+            ) from None
 
     def _worth_recording(self, call: Call, code: str) -> bool:
         """Refusals are recorded up to a rate per caller (`service.refusals`): they cost the caller
@@ -242,6 +316,32 @@ def _after_note(call: Call, message: str) -> str:
     return f"{call.message}: {message}" if call.message else message
 
 
+async def _read(context: grpc.aio.ServicerContext, decode: Callable[[bytes], Any]):
+    """The call's one request message, decoded. The bytes are never echoed: they are the
+    caller's, and may hold anything."""
+    message = await context.read()
+    if message is grpc.aio.EOF:
+        # grpcio reads the same end for a caller who sent nothing and for a call that its core
+        # has ended itself (a message over max_message_bytes: the caller has RESOURCE_EXHAUSTED
+        # already). Only a call still open can take its headers, so sending them tells the two
+        # apart: the ended call stops here as cancelled, and is not called a caller's mistake.
+        try:
+            await context.send_initial_metadata(())
+        except Exception:  # noqa: BLE001 - grpcio's ExecuteBatchError: the call is over
+            raise asyncio.CancelledError from None
+        raise InvalidArgument([violation("request", "no request message was sent; this method takes exactly one")])
+    if await context.read() is not grpc.aio.EOF:
+        raise InvalidArgument([violation(
+            "request", "more than one request message was sent; this method takes exactly one",
+        )])
+    try:
+        return decode(message)
+    except DecodeError:
+        raise InvalidArgument([violation(
+            "request", "the request could not be decoded: corrupt wire data, or a string field that is not UTF-8",
+        )]) from None
+
+
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable])
 
 
@@ -250,20 +350,15 @@ def rpc(
 ) -> Callable[[Handler], Handler]:
     """Declare a servicer method: the permission it needs, whether its calls are audited, which
     per-identity rate limit applies, and whether it can wait on anything (a store write, a
-    backend, a relay). Methods that answer from memory (`waits=False`) skip the default
-    deadline, which costs a timer per call. The servicer class names its service in `SERVICE`
-    and holds the server's `Guard` in `guard`."""
+    backend, a relay). Methods that answer from memory (`waits=False`) run without the default
+    deadline once their request is read. The servicer class names its service in `SERVICE` and
+    holds the server's `Guard` in `guard`; `service.handlers` serves only methods declared so,
+    each through `Guard.run`."""
     spec = RpcSpec(permission, audit, limit, waits)
 
     def decorate(method: Handler) -> Handler:
-        async def wrapper(self, request, context):
-            return await self.guard.run(spec, method, self, request, context)
-
-        wrapper.__name__ = method.__name__
-        wrapper.__qualname__ = method.__qualname__
-        wrapper.__doc__ = method.__doc__
-        wrapper.rpc_spec = spec  # type: ignore[attr-defined]
-        return wrapper  # type: ignore[return-value]
+        method.rpc_spec = spec  # type: ignore[attr-defined]
+        return method
 
     return decorate
 

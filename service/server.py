@@ -30,6 +30,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from service import handlers
 from service.apply import Applier
 from service.audit import AuditLog
 from service.audit_servicer import AuditServiceV2
@@ -52,13 +53,9 @@ from service.servicers import ConfigServiceV1, ConfigServiceV2
 from service.settings import ALL_PERMISSIONS, DATABASE_NAME, Settings, split_address
 from service.store.sqlite import SqliteStore
 from smtpconfig.v1 import config_service_pb2 as v1
-from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
 from smtpconfig.v2 import audit_service_pb2 as audit_pb
-from smtpconfig.v2 import audit_service_pb2_grpc as audit_grpc
 from smtpconfig.v2 import config_service_pb2 as v2
-from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from smtpconfig.v2 import secret_provider_service_pb2 as providers_pb
-from smtpconfig.v2 import secret_provider_service_pb2_grpc as providers_grpc
 
 log = logging.getLogger(__name__)
 
@@ -154,11 +151,15 @@ class App:
                 "refusals": RateLimiter(settings.audit_refusals_rate, settings.audit_refusals_burst),
             },
             default_deadline=settings.default_deadline,
+            max_concurrent=settings.max_concurrent_rpcs,
+            max_concurrent_per_identity=settings.max_concurrent_rpcs_per_identity,
         )
 
+        # No maximum_concurrent_rpcs for grpcio: it counts calls before any code of ours runs,
+        # health Watch and reflection streams included, which anyone may hold open for ever; so
+        # a caller without an identity could fill it. The guard counts our calls instead.
         server = grpc.aio.server(
             options=SERVER_OPTIONS + (("grpc.max_receive_message_length", settings.max_message_bytes),),
-            maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
         )
         # One trust decision for every apply-time TLS peer: SMTP relays and token endpoints.
         tls = ssl.create_default_context(cafile=str(settings.ca_bundle) if settings.ca_bundle else None)
@@ -170,12 +171,14 @@ class App:
             allow_plaintext_auth=settings.allow_plaintext_auth,
             implicit_tls_ports=settings.implicit_tls_ports,
         )
-        v1_grpc.add_ConfigServiceServicer_to_server(ConfigServiceV1(self._profiles, self._applier, guard), server)
-        v2_grpc.add_ConfigServiceServicer_to_server(ConfigServiceV2(self._profiles, self._applier, guard), server)
-        providers_grpc.add_SecretProviderServiceServicer_to_server(
-            SecretProviderServiceV2(self._provider_service, self._profiles, self._resolver, guard), server
-        )
-        audit_grpc.add_AuditServiceServicer_to_server(AuditServiceV2(audit, guard), server)
+        for servicer, service in (
+            (ConfigServiceV1(self._profiles, self._applier, guard), v1.DESCRIPTOR.services_by_name["ConfigService"]),
+            (ConfigServiceV2(self._profiles, self._applier, guard), v2.DESCRIPTOR.services_by_name["ConfigService"]),
+            (SecretProviderServiceV2(self._provider_service, self._profiles, self._resolver, guard),
+             providers_pb.DESCRIPTOR.services_by_name["SecretProviderService"]),
+            (AuditServiceV2(audit, guard), audit_pb.DESCRIPTOR.services_by_name["AuditService"]),
+        ):
+            handlers.register(server, servicer, service)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             SERVICE_NAMES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),

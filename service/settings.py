@@ -120,6 +120,9 @@ class Settings:
     default_deadline: float = 30.0
     # Calls served at once; more are refused with RESOURCE_EXHAUSTED. 0: no limit.
     max_concurrent_rpcs: int = 1000
+    # Calls one identity may have in progress at once, so that no caller can take every slot.
+    # 0: no limit of its own (max_concurrent_rpcs still applies).
+    max_concurrent_rpcs_per_identity: int = 100
     # Per-identity token buckets (calls per second, burst). A rate of 0 means no limit.
     # ResolveSmtp and CheckSecret share the resolve bucket: both reveal what a secret holds.
     resolve_rate: float = 10.0
@@ -180,6 +183,7 @@ _ENV = {
     "max_message_bytes": "MAX_MESSAGE_BYTES",
     "default_deadline": "DEFAULT_DEADLINE",
     "max_concurrent_rpcs": "MAX_CONCURRENT_RPCS",
+    "max_concurrent_rpcs_per_identity": "MAX_CONCURRENT_RPCS_PER_IDENTITY",
     "resolve_rate": "RESOLVE_RATE",
     "resolve_burst": "RESOLVE_BURST",
     "test_rate": "TEST_RATE",
@@ -280,6 +284,8 @@ _NUMBERS: dict[str, tuple[type, float, float, bool, str, str]] = {
     "test_rate": (float, 0, 1e6, True, "calls per second (0 for no limit)", "between 0 (no limit) and 1000000"),
     "max_message_bytes": (int, 1024, 1 << 30, True, "a whole number", "at least 1024 and at most 2**30"),
     "max_concurrent_rpcs": (int, 0, 1 << 30, True, "a whole number", "at least 0 (no limit) and at most 2**30"),
+    "max_concurrent_rpcs_per_identity": (int, 0, 1 << 30, True, "a whole number",
+                                         "at least 0 (no limit) and at most 2**30"),
     "resolve_burst": (int, 1, 1 << 30, True, "a whole number", "at least 1 and at most 2**30"),
     "test_burst": (int, 1, 1 << 30, True, "a whole number", "at least 1 and at most 2**30"),
 }
