@@ -202,6 +202,8 @@ _DESTINATION = {
     "client_id": ("token_endpoint",),
     "client_secret": ("token_endpoint",),
 }
+# Credentials the relay receives: they may keep or gain TLS, never lose it (as service.reach rules).
+_OVER_TLS = frozenset({"relay_username", "relay_password"})
 
 
 def _kept_value(
@@ -220,6 +222,8 @@ def _kept_value(
     if current is None or not isinstance(stored, InlineSecret):
         return violation(field, "no inline value is stored for this field; send SecretValue or Provider")
     moved = [FIELDS[d] for d in _DESTINATION[name] if getattr(draft, d) != getattr(current.profile, d)]
+    if name in _OVER_TLS and current.profile.use_ssl and not draft.use_ssl:
+        moved.append("UseSSL")  # the same relay without TLS shows the value to the network
     if moved:
         return violation(
             field,

@@ -211,4 +211,9 @@ class ConfigServiceV1(v1_grpc.ConfigServiceServicer):
             text = f"{failed.name} step failed: {failed.message}" + (f" ({failed.hint})" if failed.hint else "")
             raise (Unavailable if failed.name == "connect" else FailedPrecondition)(text)
         _note_test(request, profile, steps)
-        return v1.TestSmtpResponse(profile=convert.profile_to_v1(profile), test_recipient=request.test_recipient)
+        # The profile tested, as Keyfactor echoes it: the caller's own candidate, or the stored
+        # one only to a caller who may read it.
+        shown = convert.profile_to_v1(profile)
+        return v1.TestSmtpResponse(
+            profile=shown if request.HasField("profile") else _readable(shown), test_recipient=request.test_recipient
+        )

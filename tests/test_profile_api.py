@@ -275,6 +275,7 @@ HAS_VALUE_REFUSED = [
     ("no etag: the writer may never have seen this value", BASIC_V2, {}, False, "RelayPassword.HasValue", "etag"),
     ("the relay host changed", BASIC_V2, {"Host": "elsewhere.example.net"}, True, "RelayPassword.HasValue", "Host"),
     ("the relay port changed", BASIC_V2, {"Port": 2525}, True, "RelayPassword.HasValue", "Port"),
+    ("TLS dropped for the relay", BASIC_V2, {"UseSSL": False}, True, "RelayPassword.HasValue", "UseSSL"),
     ("the token endpoint changed", OAUTH_V2, {"TokenEndpoint": "https://idp.example.net/token"}, True,
      "ClientSecret.HasValue", "TokenEndpoint"),
 ]

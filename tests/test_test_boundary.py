@@ -55,6 +55,7 @@ IDENTITIES = {
     "resolver": ("smtp:read", "smtp:test", "smtp:resolve"),
     "modifier": ("smtp:modify",),
     "editor": ("smtp:modify", "smtp:read"),
+    "runner": ("smtp:test",),
 }
 
 
@@ -389,6 +390,18 @@ def test_update_shows_the_profile_only_to_callers_who_may_read_it(world: World, 
     assert blind.etag and blind.HasField("update_time")
     assert seeing.HasField("profile") and seeing.profile.host == world.relay.host
     assert seeing.etag
+
+
+def test_a_v1_test_of_the_stored_profile_shows_it_only_to_callers_who_may_read_it(world: World) -> None:
+    # v1's TestSmtp echoes the profile it tested, as Keyfactor's does: the stored one only to a
+    # caller that may read it, or smtp:test alone would read what smtp:read guards.
+    world.store_basic()
+    blind = world.test_v1("runner", None)
+    seeing = world.test_v1("tester", None)
+    assert not isinstance(blind, grpc.RpcError), f"{blind.code()}: {blind.details()}"
+    assert not blind.HasField("profile"), "smtp:test alone read the stored profile"
+    assert blind.test_recipient == RECIPIENT
+    assert not isinstance(seeing, grpc.RpcError) and seeing.profile.host == world.relay.host
 
 
 # --- what counts as the same destination ----------------------------------------------------
