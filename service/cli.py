@@ -323,8 +323,9 @@ def _test_v1(args: argparse.Namespace, profile) -> int:
 
 def _resolve(args: argparse.Namespace) -> int:
     response = call(args, v2_grpc.ConfigServiceStub, "ResolveSmtp", v2.ResolveSmtpRequest())
-    print("smtpconfig: warning: the output contains credentials; keep it out of logs and terminals others see",
-          file=sys.stderr)
+    if response.HasField("credentials") and (response.credentials.password or response.credentials.access_token):
+        print("smtpconfig: warning: the output contains credentials; keep it out of logs and terminals others see",
+              file=sys.stderr)
     if args.json:
         print(cli_json.dumps(cli_json.message_doc(response)))
         return 0

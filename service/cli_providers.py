@@ -294,10 +294,10 @@ def _delete(args: argparse.Namespace) -> int:
 
 
 def _check_flag(field: str) -> str:
-    """The flag of `providers check` that gave a field the server refused."""
+    """The flag of `providers check` (or `providers flush`) that gave a field the server refused."""
     if field == "ProfileField":
         return "--field"
-    if field == "Secret.Provider":
+    if field in ("Secret.Provider", "Provider"):
         return "--provider"
     if field.startswith("Secret.Parameters."):
         return f"--param {field.removeprefix('Secret.Parameters.')}"
@@ -346,7 +346,7 @@ def _flush(args: argparse.Namespace) -> int:
         request, where = pb.FlushCacheRequest(provider=args.provider), f"provider {args.provider}"
     else:
         request, where = pb.FlushCacheRequest(), "every provider"
-    reply = call(args, Stub, "FlushCache", request)
+    reply = call(args, Stub, "FlushCache", request, flags=_check_flag)
     _print(reply, args, lambda: (
         f"dropped {reply.values} cached values and {reply.failures} remembered failures ({where});"
         " the next use reads the backend again"

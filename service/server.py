@@ -236,7 +236,10 @@ class App:
             host = split_address(settings.metrics_listen)[0]
             log.info("metrics on http://%s/metrics", _host_port(host, self.metrics_port))
         if self.admin_token_path is not None:
-            log.info("admin token in %s (the CLI reads it from there)", self.admin_token_path)
+            log.info(
+                "admin token in %s (the CLI sends it on its own only over the data directory's socket;"
+                " elsewhere give --token-file)", self.admin_token_path,
+            )
 
     def _callers(self) -> tuple[list[tuple[str, str]], Policy]:
         """Configured tokens and policy, plus the embedded default's admin token."""

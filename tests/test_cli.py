@@ -182,9 +182,14 @@ def test_get_text_writes_booleans_as_json_does(server, tmp_path, capsys) -> None
     assert "UseSSL                   true" in out and "True" not in out
 
 
-def test_resolve_warns_about_credentials_only_when_it_prints_some(server, capsys) -> None:
+def test_resolve_warns_about_credentials_only_when_it_prints_some(server, tmp_path, capsys) -> None:
     code, _, err = run(capsys, "resolve", *server.cli_args)
     assert code == 1 and "NOT_FOUND" in err and "warning" not in err
+    # An anonymous relay: the answer holds no credential, so nothing to warn about.
+    anonymous = {k: v for k, v in BASIC_V2.items() if k not in ("RelayUsername", "RelayPassword")}
+    run(capsys, "put", *server.cli_args, "-f", write(tmp_path, {**anonymous, "RelayAuthenticationType": 0}))
+    code, out, err = run(capsys, "resolve", *server.cli_args)
+    assert code == 0 and "warning" not in err and "password" not in out
 
 
 @pytest.mark.parametrize("target", ["nonsense", "smtp.example.com", "127.0.0.1:port"])
@@ -197,6 +202,12 @@ def test_providers_check_names_the_flag_and_stores_nothing_it_claims(server, cap
     code, _, err = run(capsys, "providers", "check", *server.cli_args, "--field", "Nope")
     assert code == 2 and "  --field: must be one of" in err
     assert "nothing was stored" not in err and "ProfileField" not in err
+
+
+def test_providers_flush_names_the_flag_that_gave_a_bad_field(server, capsys) -> None:
+    code, _, err = run(capsys, "providers", "flush", *server.cli_args, "--provider", "9", "--param", "Nope=x")
+    assert code == 2 and "  --provider: " in err, err
+    assert "Secret.Provider" not in err
 
 
 @pytest.mark.parametrize("command", [["audit"], ["get"], ["get", "--json"]])

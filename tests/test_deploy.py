@@ -711,18 +711,18 @@ def _inspection_recipe() -> tuple[list[str], str, list[list[str]]]:
 
 @pytest.mark.parametrize("config", ["sidecar", "standalone"])
 def test_token_new_appends_to_each_shipped_config_and_the_inspector_reads_a_sidecar(workdir: Path, config: str) -> None:
-    """The guide's inspection recipe, run for real: `token new ... 2>> CONFIG` leaves a config the
+    """The guide's inspection recipe, run for real: `token new ... 2> ENTRY && cat ENTRY >> CONFIG` leaves a config the
     server starts with (even one that has [policy] and [[tokens]] already), and once the grant is
     moved into [policy] the inspector reads the audit trail and the providers."""
     token_new, grant, inspections = _inspection_recipe()
-    words = token_new[:token_new.index("2>>")]
+    words = token_new[:token_new.index("2>")]
     assert words[:3] == ["smtpconfig", "token", "new"] and "--out" in words
     words[words.index("--out") + 1] = str(workdir / "inspector.token")
     made = subprocess.run([sys.executable, "-m", "service.cli", *words[1:]], capture_output=True, text=True,
                           timeout=60, cwd=workdir)
     assert made.returncode == 0 and made.stdout == "", made.stderr
     assert stat.S_IMODE((workdir / "inspector.token").stat().st_mode) == 0o600
-    text = (ROOT / "deploy" / "config" / f"{config}.toml").read_text() + made.stderr  # `2>>`
+    text = (ROOT / "deploy" / "config" / f"{config}.toml").read_text() + made.stderr  # `cat ENTRY >> CONFIG`
     assert "[policy]" in text and tomllib.loads(text), "appended as it is, the file is still TOML"
     printed = made.stderr.split("# In [policy]:\n", 1)[1].strip().removeprefix("#   ")
     assert tomllib.loads(printed) == tomllib.loads(grant), "the guide's grant is the one token new prints"
