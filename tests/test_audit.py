@@ -718,7 +718,8 @@ def test_refusals_of_one_identity_are_recorded_only_up_to_its_rate(caplog) -> No
             # Requests that do not decode end before UpdateSmtp starts: capped like refusals.
             alice = [rid("alice-bad") for _ in range(burst + 30)]
             for request_id in alice:
-                invoke(_raw(channel, UPDATE_SMTP), UNDECODABLE, ALICE_TOKEN, request_id, grpc.StatusCode.INVALID_ARGUMENT)
+                invoke(_raw(channel, UPDATE_SMTP), UNDECODABLE, ALICE_TOKEN, request_id,
+                       grpc.StatusCode.INVALID_ARGUMENT)
             invoke(stub.UpdateSmtp, v2.UpdateSmtpRequest(profile=v2_profile(BASIC_V2)), ALICE_TOKEN, later["alice-ok"])
             resolved = rid("alice-resolve")
             invoke(stub.ResolveSmtp, v2.ResolveSmtpRequest(), ALICE_TOKEN, resolved)
@@ -791,10 +792,12 @@ def test_outcomes_after_the_method_started_are_recorded_however_spent_the_cap_is
                                ALICE_TOKEN, rid("create")).provider.id
             spent = [rid("undecodable") for _ in range(burst + 5)]
             for request_id in spent:
-                invoke(_raw(channel, CHECK_SECRET), UNDECODABLE, ALICE_TOKEN, request_id, grpc.StatusCode.INVALID_ARGUMENT)
+                invoke(_raw(channel, CHECK_SECRET), UNDECODABLE, ALICE_TOKEN, request_id,
+                       grpc.StatusCode.INVALID_ARGUMENT)
 
             def check(name: str) -> pb.CheckSecretRequest:
-                return pb.CheckSecretRequest(secret=secret_pb2.SecretObject(provider=vendor_id, parameters={"Name": name}))
+                secret = secret_pb2.SecretObject(provider=vendor_id, parameters={"Name": name})
+                return pb.CheckSecretRequest(secret=secret)
 
             # The command runs and prints what is not text; the provider refuses a name the command
             # would read as an option.
