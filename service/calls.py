@@ -19,7 +19,8 @@ work, in this order:
 8. domain errors mapped to statuses by `service.status`; anything else is INTERNAL with a
    fixed message;
 9. for audited methods an audit record, success or not, before the answer leaves; changes
-   write theirs with the change itself (`Call.change_record`);
+   write theirs with the change itself (`Call.change_record`). A call that ended before step 7,
+   whatever its code, is recorded only up to its caller's cap (`service.refusals`);
 10. the call's count and latency by method and status code.
 
 Steps 1-5 need nothing the caller sends after its headers, so a caller without an identity or a
@@ -85,6 +86,8 @@ class Call:
     recorded: bool = False
     # The policy, once the caller is identified: `holds` asks it only when a method wants to know.
     policy: Policy | None = None
+    # The method itself has begun: from here on the call may have acted, so its record is never capped.
+    started: bool = False
 
     def change_record(self, fields: Sequence[str] = (), provider: int = 0):
         """The audit entry a change stores together with itself (outcome OK)."""
@@ -178,7 +181,7 @@ class Guard:
                             f"{identity.name!r} is over the {spec.limit} rate limit; retry in {_after(wait)}",
                             retry_after=wait,
                         )
-                response = await self._serve(spec, method, decode, context)
+                response = await self._serve(call, spec, method, decode, context)
             except SmtpConfigError as error:
                 status_code, message, status = to_rpc_status(error)
                 code = status_code.name
@@ -211,7 +214,7 @@ class Guard:
             raise
         except asyncio.CancelledError:
             code = "CANCELLED"
-            if spec.audit and not call.recorded:
+            if spec.audit and not call.recorded and self._worth_recording(call, code):
                 # The caller gave up or its deadline passed; what was started is still on record.
                 with contextlib.suppress(Exception):
                     await asyncio.shield(
@@ -269,18 +272,20 @@ class Guard:
             del self._in_progress_by[identity]
 
     async def _serve(
-        self, spec: RpcSpec, method, decode: Callable[[bytes], Any], context: grpc.aio.ServicerContext
+        self, call: Call, spec: RpcSpec, method, decode: Callable[[bytes], Any], context: grpc.aio.ServicerContext
     ):
         """Read and decode the request, then answer it; without a deadline of the caller's, under
         the server's default one."""
         if context.time_remaining() is not None:
             # grpc itself ends the call when the caller's deadline passes.
-            return await method(await _read(context, decode), context)
+            request = await _read(context, decode)
+            call.started = True
+            return await method(request, context)
         reading = True
         try:
             async with asyncio.timeout(self._default_deadline) as scope:
                 request = await _read(context, decode)
-                reading = False
+                reading, call.started = False, True
                 if not spec.waits:
                     scope.reschedule(None)  # answered from memory: nothing left to cut short
                 return await method(request, context)
@@ -300,9 +305,11 @@ class Guard:
             ) from None
 
     def _worth_recording(self, call: Call, code: str) -> bool:
-        """Refusals are recorded up to a rate per caller (`service.refusals`): they cost the caller
-        nothing, and must not be able to fill the disk."""
-        return self._refusals.admit(call.identity, code)
+        """A call that ended before its method started (refused, undecodable, cancelled or out of
+        time while its message was awaited) did nothing and cost its caller nothing, so its record
+        is subject to the per-caller cap of `service.refusals`, whatever its code; once the method
+        started it may have acted, so the record is always kept."""
+        return call.started or self._refusals.admit(call.identity, code)
 
     async def _record(self, call: Call, outcome: str, message: str) -> None:
         await self._audit.append_entry(

@@ -1,15 +1,20 @@
-"""Which refused calls of audited methods get an audit record: each, up to a rate per caller.
+"""Which audited calls that ended before their method started get an audit record: each, up to a
+rate per caller.
 
-A refusal costs its caller nothing (no permission needed, no valid request), so without a cap one
-caller could fill the disk with records of them. Callers with an identity each have a bucket
-(`audit_refusals_rate`, `audit_refusals_burst`); callers with none share one, since anyone who
-reaches the port is one of them. A refusal over the cap is counted in the metrics as
-``<CODE>_NOT_RECORDED`` and reported in the log at most once per `REPORT_EVERY` seconds per
+A call ends before its method starts when it is refused (no identity, no permission, a slot or rate
+limit, a request message missing, doubled or undecodable) or when it is cancelled or runs out of
+time while its message is awaited. Either way it did nothing and cost its caller nothing (no
+permission, no valid request, not even a message), so without a cap one caller could fill the disk
+with records of them. Callers with an identity each have a bucket (`audit_refusals_rate`,
+`audit_refusals_burst`); callers with none share one, since anyone who reaches the port is one of
+them. A call over the cap is counted in the metrics as ``<CODE>_NOT_RECORDED`` (CANCELLED and
+DEADLINE_EXCEEDED included) and reported in the log at most once per `REPORT_EVERY` seconds per
 identity, with how many went unrecorded, so a flood is seen without flooding the log in turn.
 
-Only refusals are capped: calls turned away before they did anything. Outcomes after which a call
-may have acted (a change, a test that reached a relay, a resolution that reached a backend) are
-always recorded, so a caller cannot spend the cap first to hide what it did next.
+Only those calls are capped. Once the method has started, the call may have acted (a change, a test
+that reached a relay, a resolution or check that reached a backend), so its outcome is always
+recorded, whatever its code: a caller cannot spend the cap first to hide what it did next.
+`service.calls.Guard` decides which side of that line a call ended on.
 """
 
 from __future__ import annotations
@@ -23,17 +28,14 @@ from service.limits import RateLimiter
 
 log = logging.getLogger(__name__)
 
-REFUSALS = frozenset({
-    "UNAUTHENTICATED", "PERMISSION_DENIED", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "ABORTED",
-    "NOT_FOUND", "UNIMPLEMENTED",
-})
 REPORT_EVERY = 60.0
 # As many identities as the rate limiter keeps buckets for; the oldest report is forgotten first.
 _MAX_IDENTITIES = 10_000
 
 
 class RefusalRecords:
-    """Decides, call by call, whether a refusal is recorded; counts and reports those that are not."""
+    """Decides, call by call, whether a call that ended before its method started is recorded;
+    counts and reports those that are not."""
 
     def __init__(self, anonymous: RateLimiter, identified: RateLimiter, metrics) -> None:
         self._anonymous = anonymous
@@ -43,9 +45,8 @@ class RefusalRecords:
         self._unreported: OrderedDict[str, tuple[int, float]] = OrderedDict()
 
     def admit(self, identity: str, code: str) -> bool:
-        """Whether the refusal of `identity`'s call with status `code` gets its audit record."""
-        if code not in REFUSALS:
-            return True
+        """Whether `identity`'s call that ended with status `code` before its method started gets
+        its audit record."""
         limiter = self._identified if identity else self._anonymous
         if limiter.acquire(identity) == 0.0:
             return True

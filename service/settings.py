@@ -108,8 +108,9 @@ class Settings:
     readiness_interval: float = 5.0
     # Days audit records are kept; older ones are deleted hourly. 0 keeps them all.
     audit_retention_days: float = 0.0
-    # Refused calls of one identity that get an audit record (per second, burst); more are only
-    # counted in the metrics. A rate of 0 records every refusal.
+    # Calls of one identity that end before their method starts (refused, cancelled, out of time)
+    # and get an audit record (per second, burst); more are only counted in the metrics. A rate of
+    # 0 records every one.
     audit_refusals_rate: float = 1.0
     audit_refusals_burst: int = 100
 

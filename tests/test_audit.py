@@ -715,10 +715,11 @@ def test_refusals_of_one_identity_are_recorded_only_up_to_its_rate(caplog) -> No
             later = {"bob": rid("bob-denied"), "": rid("nobody"), "alice-ok": rid("alice-ok")}
             invoke(stub.ResolveSmtp, v2.ResolveSmtpRequest(), BOB_TOKEN, later["bob"], grpc.StatusCode.NOT_FOUND)
             invoke(stub.ResolveSmtp, v2.ResolveSmtpRequest(), None, later[""], grpc.StatusCode.UNAUTHENTICATED)
+            # Requests that do not decode end before UpdateSmtp starts: capped like refusals.
             alice = [rid("alice-bad") for _ in range(burst + 30)]
             for request_id in alice:
-                invoke(stub.UpdateSmtp, v2.UpdateSmtpRequest(profile=v2_profile(edit(BASIC_V2, Host="bad host"))),
-                       ALICE_TOKEN, request_id, grpc.StatusCode.INVALID_ARGUMENT)
+                invoke(_raw(channel, UPDATE_SMTP), UNDECODABLE, ALICE_TOKEN, request_id,
+                       grpc.StatusCode.INVALID_ARGUMENT)
             invoke(stub.UpdateSmtp, v2.UpdateSmtpRequest(profile=v2_profile(BASIC_V2)), ALICE_TOKEN, later["alice-ok"])
             resolved = rid("alice-resolve")
             invoke(stub.ResolveSmtp, v2.ResolveSmtpRequest(), ALICE_TOKEN, resolved)
@@ -751,6 +752,76 @@ def test_refusals_of_one_identity_are_recorded_only_up_to_its_rate(caplog) -> No
     assert found[later["alice-ok"]] == ("alice", "OK") and found[resolved] == ("alice", "OK")
     assert found[failed_test] == ("alice", "UNAVAILABLE")
     assert burst <= len([i for i in alice if i in found]) < len(alice)
+
+
+UPDATE_SMTP = "/smtpconfig.v2.ConfigService/UpdateSmtp"
+CHECK_SECRET = "/smtpconfig.v2.SecretProviderService/CheckSecret"
+# A length-delimited field 1 of 5 bytes with 2 of them sent: no request type decodes it.
+UNDECODABLE = b"\x0a\x05ab"
+# Prints bytes that are not UTF-8 for `binary`, nothing for any other name.
+BINARY_VENDOR = """#!/bin/sh
+[ "$SMTPCONFIG_SECRET_NAME" = binary ] && printf '\\377\\376'
+exit 0
+"""
+
+
+def _raw(channel: grpc.Channel, path: str):
+    """`path` called with request bytes as given."""
+    return channel.unary_unary(path, request_serializer=None, response_deserializer=None)
+
+
+def test_outcomes_after_the_method_started_are_recorded_however_spent_the_cap_is(tmp_path: Path) -> None:
+    """Once a method has started it may have acted (reached a backend, changed something), so its
+    outcome is on the trail whatever its code, even when its caller's cap is spent: a caller must
+    not be able to spend it first on calls that do nothing, to hide what it does next."""
+    burst = 3
+    vendor = tmp_path / "vendor-cli"
+    vendor.write_text(BINARY_VENDOR)
+    vendor.chmod(0o755)
+    data_dir = short_dir("as")
+    # Next to no refill: once spent, the cap stays spent for the whole test.
+    server = ServerThread(data_dir, exec_commands=((str(vendor), "{Name}"),), audit_refusals_rate=0.001,
+                          audit_refusals_burst=burst, **CALLERS).start()
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            stub, providers = v2_grpc.ConfigServiceStub(channel), pb_grpc.SecretProviderServiceStub(channel)
+            invoke(stub.UpdateSmtp, v2.UpdateSmtpRequest(profile=v2_profile(BASIC_V2)), ALICE_TOKEN, rid("update"))
+            instance = pb.ProviderInstance(name="binary-vendor", provider_type="exec")
+            instance.initialization["Command"].value = json.dumps([str(vendor), "{Name}"])
+            vendor_id = invoke(providers.CreateProvider, pb.CreateProviderRequest(provider=instance),
+                               ALICE_TOKEN, rid("create")).provider.id
+            spent = [rid("undecodable") for _ in range(burst + 5)]
+            for request_id in spent:
+                invoke(_raw(channel, CHECK_SECRET), UNDECODABLE, ALICE_TOKEN, request_id,
+                       grpc.StatusCode.INVALID_ARGUMENT)
+
+            def check(name: str) -> pb.CheckSecretRequest:
+                secret = secret_pb2.SecretObject(provider=vendor_id, parameters={"Name": name})
+                return pb.CheckSecretRequest(secret=secret)
+
+            # The command runs and prints what is not text; the provider refuses a name the command
+            # would read as an option.
+            after = {rid("binary"): ("FAILED_PRECONDITION", providers.CheckSecret, check("binary")),
+                     rid("option"): ("INVALID_ARGUMENT", providers.CheckSecret, check("-option")),
+                     rid("resolve"): ("OK", stub.ResolveSmtp, v2.ResolveSmtpRequest()),
+                     rid("bad-host"): ("INVALID_ARGUMENT", stub.UpdateSmtp, v2.UpdateSmtpRequest(
+                         profile=v2_profile(edit(BASIC_V2, Host="bad host"))))}
+            replies = {request_id: invoke(method, request, ALICE_TOKEN, request_id, getattr(grpc.StatusCode, code))
+                       for request_id, (code, method, request) in after.items()}
+            late = rid("undecodable-late")
+            invoke(_raw(channel, CHECK_SECRET), UNDECODABLE, ALICE_TOKEN, late, grpc.StatusCode.INVALID_ARGUMENT)
+            records = {r.request_id: r for r in list_records(channel, server.token)}
+    finally:
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+    binary, option = list(after)[:2]
+    assert "not UTF-8" in replies[binary].details() and "cannot start with '-'" in replies[option].details()
+    # The cap was spent before those outcomes, and still was after them.
+    assert len([i for i in spent if i in records]) == burst and late not in records
+    assert {i: (records[i].identity, records[i].outcome) for i in after if i in records} == {
+        i: ("alice", code) for i, (code, _, _) in after.items()}
+    assert {records[binary].provider, records[option].provider} == {vendor_id}
 
 
 async def _flood(target: str, count: int, token: str) -> list[str]:

@@ -292,6 +292,85 @@ def test_one_identity_gets_its_share_of_slots_and_silent_calls_end_at_the_defaul
     assert _rpc_counts(before, after, "RESOURCE_EXHAUSTED") == len(exhausted) + 1  # and mallory's complete call
 
 
+# --- the audit trail of calls that never sent their message ---------------------------------------
+
+BURST = 5  # audit_refusals_burst of `capped`; audit_refusals_rate stays at its default, 1 per second
+UPDATE = "v2.ConfigService/UpdateSmtp"
+
+
+@pytest.fixture
+def capped() -> Iterator[Served]:
+    """A server whose every caller may hold any number of calls, so that only the audit record cap
+    stands between a flood of silent calls and the trail."""
+    data_dir = short_dir("fc")
+    server = ServerThread(
+        data_dir, max_concurrent_rpcs=1000, max_concurrent_rpcs_per_identity=0, default_deadline=0.5,
+        audit_refusals_burst=BURST, metrics_listen="127.0.0.1:0", **CALLERS,
+    ).start()
+    admin, plain = server.channel(), grpc.insecure_channel(server.target)
+    try:
+        yield Served(server, admin, plain)
+    finally:
+        admin.close()
+        plain.close()
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _silent_updates(s: Served, timeout: float | None) -> tuple[list[tuple[Code, str, float]], float]:
+    """300 UpdateSmtp calls by writer (who holds smtp:modify) that never send their message; their
+    outcomes once the server has ended every one, and the seconds that took."""
+
+    async def flood() -> list[tuple[Code, str, float]]:
+        async with _flood_channel(s.server.target) as channel:
+            metadata = (("authorization", f"Bearer {WRITER}"),)
+            calls = [channel.stream_unary(UPDATE_SMTP, request_serializer=None, response_deserializer=None)(
+                metadata=metadata, timeout=timeout) for _ in range(300)]
+            return await asyncio.wait_for(asyncio.gather(*(_outcome(c) for c in calls)), 10)
+
+    started = time.monotonic()
+    outcomes = asyncio.run(flood())
+    _await_quiet(s)  # the server has ended (and recorded, or not) each call it saw
+    return outcomes, time.monotonic() - started
+
+
+def _assert_capped(s: Served, before, code: str, elapsed: float) -> int:
+    """Writer's calls that ended with `code` are on the trail only up to the cap, and counted as
+    not recorded beyond it; returns how many the server saw."""
+    _, after = scrape(s.metrics_port)
+    seen = moved(before, after, "smtpconfig_rpc_requests_total", method=UPDATE, code=code)
+    recorded = [r for r in list_records(s.admin, s.server.token) if r.identity == "writer"]
+    assert {(r.method, r.outcome) for r in recorded} <= {(UPDATE, code)}
+    # The default rate (1 per second) refills the burst while the flood lasts.
+    assert len(recorded) <= BURST + elapsed + 1, (len(recorded), seen, elapsed)
+    assert moved(before, after, "smtpconfig_audit_records_total", outcome=code) == len(recorded)
+    assert moved(before, after, "smtpconfig_audit_records_total",
+                 outcome=f"{code}_NOT_RECORDED") == seen - len(recorded)
+    return seen
+
+
+def test_silent_calls_that_the_caller_cancels_are_recorded_only_up_to_its_cap(capped: Served) -> None:
+    """The reviewer's flood: writer opens UpdateSmtp calls (no rate limit) with a 0.05 s deadline
+    and never sends the message. Each ends CANCELLED at the server before the method started, so
+    its record costs the caller nothing and must come out of the same cap as a refusal's."""
+    s = capped
+    _, before = scrape(s.metrics_port)
+    outcomes, elapsed = _silent_updates(s, timeout=0.05)
+    assert {code for code, _, _ in outcomes} == {Code.DEADLINE_EXCEEDED}
+    assert _assert_capped(s, before, "CANCELLED", elapsed) >= 50  # the flood reached the guard
+
+
+def test_silent_calls_ended_by_the_default_deadline_are_recorded_only_up_to_the_cap(capped: Served) -> None:
+    """The same flood without a deadline of the caller's: the server's default deadline (0.5 s)
+    ends each call while its message is awaited, DEADLINE_EXCEEDED, before the method started."""
+    s = capped
+    _, before = scrape(s.metrics_port)
+    outcomes, elapsed = _silent_updates(s, timeout=None)
+    ended = [o for o in outcomes if o[0] == Code.DEADLINE_EXCEEDED]
+    assert len(ended) + transport_cancelled(outcomes) == len(outcomes)
+    assert _assert_capped(s, before, "DEADLINE_EXCEEDED", elapsed) == len(ended)
+
+
 # --- requests that do not decode -------------------------------------------------------------------
 
 
