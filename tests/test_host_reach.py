@@ -297,6 +297,22 @@ def test_resolution_checks_again_when_a_symlink_moves_or_settings_shrink(base: P
     assert "file_directories" in shrunk.value.details()
 
 
+def test_a_listed_directory_means_what_it_held_when_the_server_started(base: Path, reach) -> None:
+    # The operator lists a symlink; someone who can re-point it later does not widen the list.
+    for name in ("v1", "elsewhere"):
+        (base / name).mkdir()
+        (base / name / "smtp-password").write_text(PLANTED)
+    listed = base / "listed"
+    listed.symlink_to(base / "v1")
+    server = reach(file_directories=(listed,))
+    assert server.check(server.create("file", name="v1", Directory=str(listed)).id, File="smtp-password").success
+    listed.unlink()
+    listed.symlink_to(base / "elsewhere")
+    for directory in (listed, base / "elsewhere"):
+        assert "file_directories" in refused(lambda: server.create("file", Directory=str(directory)),
+                                             "Initialization.Directory")
+
+
 def test_paths_are_checked_as_given_and_declared_secret_files_stay_out_of_reach(base: Path, reach) -> None:
     allowed = base / "secrets"
     (allowed / "app").mkdir(parents=True)
