@@ -500,6 +500,17 @@ def test_fifty_threads_share_one_provider(tmp_path: Path) -> None:
     assert elapsed < 50 * 0.2 / 2, "the calls should overlap"
 
 
+def test_a_command_that_cannot_be_handed_its_environment_leaks_no_descriptor(tmp_path: Path) -> None:
+    # JSON lets a value hold a lone surrogate, which no environment can carry: Popen raises
+    # UnicodeEncodeError, not OSError, and the pipe the reaper reports through must close anyway.
+    provider = ExecProvider(timeout=5.0)
+    open_before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        with pytest.raises(UnicodeEncodeError):
+            resolve(["/bin/echo", "x"], provider=provider, Environment='{"VENDOR_PROFILE": "\\ud800"}')
+    assert len(os.listdir("/proc/self/fd")) < open_before + 5
+
+
 # --- through a running server ---------------------------------------------------------------------
 
 
