@@ -32,6 +32,7 @@ from service.plugin import (
     BadParameters,
     InitializationValue,
     Parameter,
+    ProviderError,
     ProviderUnavailable,
     Register,
     Resolved,
@@ -218,7 +219,10 @@ def _run(argv: list[str], env: dict[str, str], cwd: str | None, timeout: float) 
         )
     except OSError as error:
         os.close(report)
-        raise _spawn_error(error, argv[0], cwd) from None
+        raise _start_error(error, argv[0], cwd) from None
+    except BaseException:
+        os.close(report)
+        raise
     finally:
         os.close(report_end)
     deadline = time.monotonic() + timeout
@@ -315,6 +319,14 @@ def _wait_unreaped(pid: int, seconds: float) -> None:
         except ChildProcessError:
             return
         time.sleep(0.005)
+
+
+def _start_error(error: OSError, program: str, cwd: str | None) -> ProviderError:
+    """What Popen met. Under the reaper Popen starts the reaper's interpreter, not the command (whose
+    own failure comes back through the report pipe): only WorkingDirectory is then the instance's."""
+    if REAPER is None or (cwd is not None and error.filename == cwd):
+        return _spawn_error(error, program, cwd)
+    return ProviderUnavailable(f"the server cannot start its command runner: {error.strerror}")
 
 
 def _spawn_error(error: OSError, program: str, cwd: str | None) -> BadParameters:

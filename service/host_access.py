@@ -10,7 +10,10 @@ third-party providers get the same guard:
   element; the trailing arguments are the instance's.
 - ``path``: absolute, and after following symlinks equal to or under a listed directory:
   `file_directories` for the ``file`` type's paths, `path_directories` for every other.
-- ``environment``: no variable that decides which code a program loads (see `_CODE_NAMES`).
+- ``environment``: only variables `exec_environment` names, exactly; and never one that decides
+  which code a program loads (`service.code_variables`), listed or not. A vendor CLI's settings
+  reach somewhere too (VAULT_ADDR, HTTPS_PROXY, SSL_CERT_FILE): with the server's HOME, a CLI
+  would send the server user's own credentials where a variable points.
 - ``destination``: a URL or host[:port] whose host, written as an address in any numeric form, is
   not one the service never connects to (link-local, cloud metadata: `service.netguard`). Names
   are checked where the provider connects (`service.plugin.check_destination`), since what they
@@ -38,6 +41,7 @@ from typing import Mapping
 from urllib.parse import urlsplit
 
 from service import netguard
+from service.code_variables import controls_code
 from service.errors import FieldViolation, violation
 from service.plugin import BadParameters, Parameter, command_argv
 from service.secret import Secret
@@ -49,28 +53,12 @@ SYSTEM_DIRECTORIES = ("/proc", "/sys", "/dev")
 _DIRECTORY_SETTING = {"file": "file_directories"}
 _OTHER_PATHS = "path_directories"
 
-# Variables that decide which code a program loads or runs, rather than what it does: the dynamic
-# loader's (glibc ignores most of them in setuid programs for this reason), the shells' start-up
-# hooks, and the interpreters' search paths and option variables. A vendor CLI's own settings
-# (URLs, profiles, regions) have other names; refusing a known list keeps those usable, which an
-# allowlist of names could not. PATH is here because a script the command runs finds its programs
-# with it; the operator sets it for the server, which the command inherits.
-_CODE_PREFIXES = (
-    "LD_", "DYLD_", "GCONV_", "MALLOC_", "GLIBC_", "BASH_FUNC_", "PYTHON", "PERL", "RUBY", "NODE_",
-    "LUA_", "JAVA_", "_JAVA_", "JDK_JAVA_", "GEM_", "PHP", "OPENSSL_",
-)
-_CODE_NAMES = frozenset({
-    "PATH", "BASH_ENV", "ENV", "IFS", "SHELLOPTS", "BASHOPTS", "PS4", "PROMPT_COMMAND", "CDPATH",
-    "GLOBIGNORE", "HOSTALIASES", "LOCPATH", "NLSPATH", "RESOLV_HOST_CONF", "RES_OPTIONS",
-    "LOCALDOMAIN", "TZDIR", "GETCONF_DIR", "NIS_PATH", "TMPDIR", "CLASSPATH", "RUBYOPT", "HOME",
-})
-
-
 @dataclass(frozen=True)
 class HostAccess:
     """The operator's allowlists and the server's own files; empty lists allow nothing."""
 
     exec_commands: tuple[tuple[str, ...], ...] = ()
+    exec_environment: frozenset[str] = frozenset()
     file_directories: tuple[Path, ...] = ()
     path_directories: tuple[Path, ...] = ()
     #: The server's own files and directories, by what they are.
@@ -90,8 +78,12 @@ class HostAccess:
             Path(item["file"]) for table in settings.providers for item in table["initialization"].values()
             if isinstance(item, dict) and "file" in item
         )
-        return cls(settings.exec_commands, settings.file_directories, settings.path_directories, tuple(own),
-                   secret_files)
+        # Resolved once: each check runs on the event loop, and the value checked is resolved anyway.
+        return cls(
+            settings.exec_commands, frozenset(settings.exec_environment), _real(settings.file_directories),
+            _real(settings.path_directories), tuple((what, _real((path,))[0]) for what, path in own),
+            _real(secret_files),
+        )
 
     def refusals(
         self, type_name: str, parameters: tuple[Parameter, ...], values: Mapping[str, str | Secret],
@@ -119,7 +111,7 @@ class HostAccess:
         if parameter.kind == "command":
             return self._command_problem(value, parameter.name)
         if parameter.kind == "environment":
-            return _environment_problem(value)
+            return _environment_problem(value, self.exec_environment)
         return ""
 
     def _command_problem(self, value: str, name: str) -> str:
@@ -152,15 +144,20 @@ class HostAccess:
             return ""
         if any(_overlap(real, path) for path in self.secret_files):
             return "reaches a secret file of a provider instance declared in the server's config"
-        if not any(_within(real, os.path.realpath(d)) for d in getattr(self, setting)):
+        if not any(_within(real, str(d)) for d in getattr(self, setting)):
             return (f"is not under a directory listed in {setting} in the server's config"
                     " (symlinks followed)")
         return ""
 
 
+def _real(paths: tuple[Path, ...]) -> tuple[Path, ...]:
+    return tuple(Path(os.path.realpath(path)) for path in paths)
+
+
 def _overlap(real: str, path: Path) -> bool:
-    """`real` is `path`, lies under it, or holds it (a directory holding a file reaches it)."""
-    own = os.path.realpath(path)
+    """`real` is `path`, lies under it, or holds it (a directory holding a file reaches it);
+    `path` is already a real path."""
+    own = str(path)
     return _within(real, own) or _within(own, real)
 
 
@@ -178,20 +175,20 @@ def _destination_problem(value: str) -> str:
     return netguard.numeric_refusal(host) or "" if host else ""
 
 
-def _environment_problem(value: str) -> str:
+def _environment_problem(value: str, allowed: frozenset[str]) -> str:
     try:
         variables = json.loads(value)
     except (ValueError, RecursionError):
         variables = None
     if not isinstance(variables, dict) or not all(isinstance(v, str) for v in variables.values()):
         return "must be a JSON object of strings"
-    refused = sorted(name for name in variables if _controls_code(name))
+    refused = sorted(name for name in variables if controls_code(name))
     if refused:
         return (f"sets {', '.join(refused)}, which decide what code a program loads; provider"
                 " instances made through the API cannot set them")
+    # Exact names: the environment is case-sensitive, and a CLI's settings are reach too.
+    unlisted = sorted(name for name in variables if name not in allowed)
+    if unlisted:
+        return (f"sets {', '.join(unlisted)}, which exec_environment in the server's config does not list;"
+                " provider instances made through the API may set only the variables it names")
     return ""
-
-
-def _controls_code(name: str) -> bool:
-    upper = name.upper()
-    return upper in _CODE_NAMES or upper.startswith(_CODE_PREFIXES)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from service.bidi import RULE as BIDI_RULE, has_bidi_control
+from service.code_variables import controls_code
 
 ENV_PREFIX = "SMTPCONFIG_"
 DEFAULT_DATA_DIR = Path("smtpconfig-data")
@@ -73,6 +74,10 @@ class Settings:
     # Directories every other path-valued parameter (JwtFile, CaBundle, WorkingDirectory, ...)
     # may point into. Empty: none. The data directory is never reachable, whatever is listed.
     path_directories: tuple[Path, ...] = ()
+    # Environment variable names an API-made instance may set for its command (an `exec`
+    # instance's Environment), matched exactly. Empty: none. Names that decide which code a
+    # program loads (LD_PRELOAD, PATH, ...) cannot be listed.
+    exec_environment: tuple[str, ...] = ()
 
     # --- transport ---
     # Server certificate chain and key (PEM) for every TCP listener; re-read when the files change.
@@ -192,6 +197,7 @@ _ENV = {
     "exec_commands": "EXEC_COMMANDS",
     "file_directories": "FILE_DIRECTORIES",
     "path_directories": "PATH_DIRECTORIES",
+    "exec_environment": "EXEC_ENVIRONMENT",
 }
 PERMISSIONS = (
     "smtp:read", "smtp:modify", "smtp:test", "smtp:resolve", "providers:read", "providers:modify", "audit:read",
@@ -203,6 +209,7 @@ _PLAIN_IDENTITY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}\Z")
 _CERT_IDENTITY = re.compile(r"^(dns:|cn:|[a-z][a-z0-9+.-]*://)\S+\Z")
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}\Z")
 _LEVELS = ("debug", "info", "warning", "error")
+_VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 def load(
@@ -393,6 +400,8 @@ def _coerce(name: str, value: Any, origin: str, base: Path | None, text: bool) -
         return _exec_commands(value, where, text)
     if name in ("file_directories", "path_directories"):
         return _directories(value, where, base)
+    if name == "exec_environment":
+        return _variable_names(value, where)
     if name == "providers":
         if text:
             raise SettingsError(f"{where}: provider instances are declared in the config file only")
@@ -541,6 +550,22 @@ def split_address(address: str) -> tuple[str, int]:
     if not 0 <= number <= 65535:
         raise SettingsError(f"listen address {address!r}: port must be 0-65535")
     return host, number
+
+
+def _variable_names(value: Any, where: str) -> tuple[str, ...]:
+    """Environment variable names; from the environment, separated by ':' or ','."""
+    if isinstance(value, str):
+        value = [v.strip() for v in re.split(r"[:,]", value) if v.strip()]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise SettingsError(f"{where} must be a list of environment variable names")
+    for name in value:
+        if not _VARIABLE_NAME.match(name):
+            raise SettingsError(f"{where}: {name!r} is not an environment variable name")
+        if controls_code(name):
+            raise SettingsError(f"{where}: {name} decides what code a program loads; it cannot be allowed")
+        if name.upper().startswith(ENV_PREFIX):
+            raise SettingsError(f"{where}: {name} is the exec provider's own variable; it cannot be allowed")
+    return tuple(dict.fromkeys(value))
 
 
 def is_loopback(host: str) -> bool:

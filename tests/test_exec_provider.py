@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import sys
 import textwrap
 import time
@@ -13,10 +14,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from plugins.exec import INHERITED, STDERR_KEEP, ExecProvider, register_secret_providers
 from service.plugin import BadParameters, ProviderError, ProviderUnavailable, Resolved, Secret, SecretNotFound
+from smtpconfig.v2 import secret_pb2
+from smtpconfig.v2 import secret_provider_service_pb2 as pb
+from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
+from tests.support import ServerProcess, short_dir
 
 PLANTED = "PLANTED-stdout-value-7f3a9c"
 
@@ -493,3 +499,51 @@ def test_fifty_threads_share_one_provider(tmp_path: Path) -> None:
             assert result == f"value-of-secret-{i}"
     assert elapsed < 50 * 0.2 / 2, "the calls should overlap"
 
+
+def test_a_command_that_cannot_be_handed_its_environment_leaks_no_descriptor(tmp_path: Path) -> None:
+    # JSON lets a value hold a lone surrogate, which no environment can carry: Popen raises
+    # UnicodeEncodeError, not OSError, and the pipe the reaper reports through must close anyway.
+    provider = ExecProvider(timeout=5.0)
+    open_before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        with pytest.raises(UnicodeEncodeError):
+            resolve(["/bin/echo", "x"], provider=provider, Environment='{"VENDOR_PROFILE": "\\ud800"}')
+    assert len(os.listdir("/proc/self/fd")) < open_before + 5
+
+
+# --- through a running server ---------------------------------------------------------------------
+
+
+def test_a_command_runner_that_cannot_start_is_not_blamed_on_the_command() -> None:
+    # The server runs from an interpreter that an upgrade then removes: the reaper cannot start.
+    # That is the server's trouble (UNAVAILABLE), not the instance's Command (a caller's mistake).
+    base = short_dir("screaper")
+    runtime = base / "runtime"
+    (runtime / "bin").mkdir(parents=True)
+    shutil.copy(Path(sys.prefix) / "pyvenv.cfg", runtime / "pyvenv.cfg")
+    (runtime / "lib").symlink_to(Path(sys.prefix) / "lib")
+    python = runtime / "bin" / "python"
+    python.symlink_to(os.path.realpath(sys.executable))
+    server = ServerProcess(base / "data", env={"SMTPCONFIG_EXEC_COMMANDS": '[["/bin/echo"]]'})
+    server.args[0] = str(python)
+    server.start()
+    try:
+        with server.channel() as channel:
+            stub = pb_grpc.SecretProviderServiceStub(channel)
+            instance = pb.ProviderInstance(name="echo", provider_type="exec")
+            instance.initialization["Command"].value = '["/bin/echo", "value"]'
+            made = stub.CreateProvider(pb.CreateProviderRequest(provider=instance)).provider
+
+            def check(name: str) -> pb.CheckSecretResponse:
+                return stub.CheckSecret(pb.CheckSecretRequest(
+                    secret=secret_pb2.SecretObject(provider=made.id, parameters={"Name": name})))
+
+            assert check("before").success
+            python.unlink()
+            with pytest.raises(grpc.RpcError) as failure:
+                check("after")
+        assert failure.value.code() == grpc.StatusCode.UNAVAILABLE, failure.value.details()
+        assert "command runner" in failure.value.details() and "/bin/echo" not in failure.value.details()
+    finally:
+        server.terminate()
+        shutil.rmtree(base, ignore_errors=True)

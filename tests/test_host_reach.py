@@ -23,6 +23,7 @@ import pytest
 
 from service.auth import token_hash
 from service.plugin import Parameter
+from service.settings import SettingsError, load
 from smtpconfig.v2 import secret_pb2
 from smtpconfig.v2 import secret_provider_service_pb2 as pb
 from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
@@ -149,17 +150,69 @@ def test_exec_runs_nothing_that_exec_commands_does_not_list(base: Path, reach) -
 
 def test_exec_environment_cannot_change_what_code_runs(base: Path, reach) -> None:
     vendor = script(base / "vendor-cli", 'print(os.environ.get("VENDOR_URL", "none"))')
-    server = reach(exec_commands=((vendor,),))
-    for variables in ({"LD_PRELOAD": "/tmp/evil.so"}, {"PATH": "/tmp"}, {"PYTHONPATH": "/tmp"},
-                      {"BASH_ENV": "/tmp/x"}, {"ld_library_path": "/tmp"}, {"NODE_OPTIONS": "--require /tmp/x"}):
+    attacks = ({"LD_PRELOAD": "/tmp/evil.so"}, {"PATH": "/tmp"}, {"PYTHONPATH": "/tmp"},
+               {"BASH_ENV": "/tmp/x"}, {"ld_library_path": "/tmp"}, {"NODE_OPTIONS": "--require /tmp/x"})
+    # Listed or not: loading settings refuses such a list, and the host refuses the names anyway.
+    server = reach(exec_commands=((vendor,),), exec_environment=("VENDOR_URL", *(next(iter(a)) for a in attacks)))
+    for variables in attacks:
         said = refused(lambda: server.create("exec", Command=vendor, Environment=json.dumps(variables)),
                        "Initialization.Environment")
-        assert next(iter(variables)) in said
+        assert next(iter(variables)) in said and "what code a program loads" in said
     made = server.create("exec", Command=vendor, Environment=json.dumps({"VENDOR_URL": "https://pam.example"}))
     assert server.check(made.id, Name="db").success
     # A masked update cannot slip one in later either.
     refused(lambda: server.update(made, Environment=json.dumps({"LD_PRELOAD": "/tmp/evil.so"})),
             "Initialization.Environment")
+
+
+def test_exec_environment_sets_only_what_exec_environment_lists(base: Path, reach) -> None:
+    # A vault-like CLI: it would send the server user's own token wherever VAULT_ADDR points.
+    seen = base / "seen"
+    vendor = script(base / "vendor-cli", f'import json\nopen({str(seen)!r}, "w").write(json.dumps(dict(os.environ)))\n'
+                                          'print("value")')
+    attacks = ({"VAULT_ADDR": "https://127.0.0.1:1"}, {"HTTPS_PROXY": "http://127.0.0.1:1"},
+               {"SSL_CERT_FILE": "/tmp/ca.pem"}, {"vendor_profile": "other"})
+    nothing = reach(exec_commands=((vendor,),))
+    for variables in attacks:
+        said = refused(lambda: nothing.create("exec", Command=vendor, Environment=json.dumps(variables)),
+                       "Initialization.Environment")
+        assert next(iter(variables)) in said and "exec_environment" in said  # which setting would allow it
+    assert nothing.stored() == []
+    nothing.close()
+
+    listed = reach(exec_commands=((vendor,),), exec_environment=("VENDOR_PROFILE", "VENDOR_REGION"))
+    for variables in attacks:  # a listed name does not open others, nor itself in another case
+        said = refused(lambda: listed.create("exec", Command=vendor, Environment=json.dumps(
+            {"VENDOR_PROFILE": "smtp", **variables})), "Initialization.Environment")
+        assert next(iter(variables)) in said and "VENDOR_PROFILE" not in said
+    assert listed.stored() == [] and not seen.exists()
+    made = listed.create("exec", Command=vendor, Environment=json.dumps({"VENDOR_PROFILE": "smtp"}))
+    assert listed.check(made.id, Name="db").success
+    assert json.loads(seen.read_text())["VENDOR_PROFILE"] == "smtp"  # the command saw it
+    refused(lambda: listed.update(made, Environment=json.dumps({"VAULT_ADDR": "https://127.0.0.1:1"})),
+            "Initialization.Environment")
+    assert "VAULT_ADDR" not in json.loads(seen.read_text())
+
+    # The operator takes the name off the list and restarts: the stored instance no longer runs.
+    seen.unlink()
+    listed.close()
+    narrowed = reach(exec_commands=((vendor,),), exec_environment=("VENDOR_REGION",))
+    with pytest.raises(grpc.RpcError) as shrunk:
+        narrowed.check(made.id, Name="db")
+    assert shrunk.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "exec_environment" in shrunk.value.details() and not seen.exists()
+
+
+@pytest.mark.parametrize("name", ["LD_PRELOAD", "PATH", "PYTHONSTARTUP", "SMTPCONFIG_INIT_TOKEN"])
+def test_the_operator_cannot_list_a_variable_that_decides_what_code_runs(base: Path, name: str) -> None:
+    config = base / "smtpconfig.toml"
+    config.write_text(f'exec_environment = ["VENDOR_URL", "{name}"]\n')
+    with pytest.raises(SettingsError, match=f"exec_environment.*{name}"):
+        load(config_file=config, env={})
+    with pytest.raises(SettingsError, match=f"exec_environment.*{name}"):
+        load(env={"SMTPCONFIG_EXEC_ENVIRONMENT": f"VENDOR_URL:{name}"})
+    assert load(env={"SMTPCONFIG_EXEC_ENVIRONMENT": "VENDOR_URL:VAULT_NAMESPACE, AWS_PROFILE"}).exec_environment == (
+        "VENDOR_URL", "VAULT_NAMESPACE", "AWS_PROFILE")
 
 
 def test_exec_working_directory_is_a_path_parameter(base: Path, reach) -> None:
@@ -242,6 +295,22 @@ def test_resolution_checks_again_when_a_symlink_moves_or_settings_shrink(base: P
         narrowed.check(made.id, File="smtp-password")
     assert shrunk.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "file_directories" in shrunk.value.details()
+
+
+def test_a_listed_directory_means_what_it_held_when_the_server_started(base: Path, reach) -> None:
+    # The operator lists a symlink; someone who can re-point it later does not widen the list.
+    for name in ("v1", "elsewhere"):
+        (base / name).mkdir()
+        (base / name / "smtp-password").write_text(PLANTED)
+    listed = base / "listed"
+    listed.symlink_to(base / "v1")
+    server = reach(file_directories=(listed,))
+    assert server.check(server.create("file", name="v1", Directory=str(listed)).id, File="smtp-password").success
+    listed.unlink()
+    listed.symlink_to(base / "elsewhere")
+    for directory in (listed, base / "elsewhere"):
+        assert "file_directories" in refused(lambda: server.create("file", Directory=str(directory)),
+                                             "Initialization.Directory")
 
 
 def test_paths_are_checked_as_given_and_declared_secret_files_stay_out_of_reach(base: Path, reach) -> None:

@@ -63,10 +63,11 @@ def count_calls(backend: Path, name: str | None = None) -> int:
 @pytest.fixture
 def server_fast_failures(backend: Path):
     data_dir = short_dir()
-    # The operator lets API-made exec instances run the vendor CLI (and nothing else), and lets
-    # one identity have 200 calls at once (the coalescing test sends that many as the admin).
+    # The operator lets API-made exec instances run the vendor CLI (and nothing else) with its
+    # VENDOR_DELAY set, and lets one identity have 200 calls at once (the coalescing test sends
+    # that many as the admin).
     server = ServerThread(data_dir, provider_timeout=2.0, provider_failure_ttl=1.0,
-                          exec_commands=((str(backend / "vendor-cli"),),),
+                          exec_commands=((str(backend / "vendor-cli"),),), exec_environment=("VENDOR_DELAY",),
                           max_concurrent_rpcs_per_identity=200).start()
     yield server
     server.stop()
