@@ -182,6 +182,9 @@ def _environment_problem(value: str, allowed: frozenset[str]) -> str:
         variables = None
     if not isinstance(variables, dict) or not all(isinstance(v, str) for v in variables.values()):
         return "must be a JSON object of strings"
+    if not all(_is_utf8(text) for item in variables.items() for text in item):
+        # JSON's \ud800 escapes decode to lone surrogates, which no environment can hold.
+        return "must hold text only: a \\uD800-\\uDFFF escape that is not part of a pair is not a character"
     refused = sorted(name for name in variables if controls_code(name))
     if refused:
         return (f"sets {', '.join(refused)}, which decide what code a program loads; provider"
@@ -192,3 +195,11 @@ def _environment_problem(value: str, allowed: frozenset[str]) -> str:
         return (f"sets {', '.join(unlisted)}, which exec_environment in the server's config does not list;"
                 " provider instances made through the API may set only the variables it names")
     return ""
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -186,6 +186,10 @@ def test_exec_environment_sets_only_what_exec_environment_lists(base: Path, reac
             {"VENDOR_PROFILE": "smtp", **variables})), "Initialization.Environment")
         assert next(iter(variables)) in said and "VENDOR_PROFILE" not in said
     assert listed.stored() == [] and not seen.exists()
+    # A lone surrogate (JSON's "\ud800") is no text an environment can carry: refused when written.
+    said = refused(lambda: listed.create("exec", Command=vendor, Environment='{"VENDOR_PROFILE": "\\ud800"}'),
+                   "Initialization.Environment")
+    assert "text only" in said
     made = listed.create("exec", Command=vendor, Environment=json.dumps({"VENDOR_PROFILE": "smtp"}))
     assert listed.check(made.id, Name="db").success
     assert json.loads(seen.read_text())["VENDOR_PROFILE"] == "smtp"  # the command saw it
