@@ -264,9 +264,12 @@ def _forms(credential: str) -> list[bytes]:
     return [credential.encode(), credential.upper().encode(), base64.b64encode(credential.encode())]
 
 
-def test_a_token_a_login_returned_is_masked_where_vault_echoes_it(tmp_path: Path) -> None:
-    shown, log, files = _echoed_and_recorded(tmp_path, "token", AuthMethod="approle", RoleId="role",
-                                             SecretId="PLANTED-secret-id-0d3e")
+@pytest.mark.parametrize("login", [
+    {"AuthMethod": "approle", "RoleId": "role", "SecretId": "PLANTED-secret-id-0d3e"},
+    {"AuthMethod": "jwt", "Role": "smtp", "Jwt": JWT},
+], ids=["approle", "jwt"])
+def test_a_token_a_login_returned_is_masked_where_vault_echoes_it(tmp_path: Path, login: dict[str, str]) -> None:
+    shown, log, files = _echoed_and_recorded(tmp_path, "token", **login)
     assert "FAILED_PRECONDITION" in shown and "permission denied for token" in shown, shown
     assert "**********" in shown and "(as **********, as **********)" in shown, shown
     assert "permission denied for token" in log, "the log line quoting Vault's answer is the one searched"
