@@ -24,6 +24,9 @@ and an entry point in group ``smtpconfig`` naming that module. The contract mirr
 ports mechanically: its instance parameters arrive as `instance_parameters`, its initialization
 info as `initialization`. See docs/plugins.md for the whole walk-through.
 
+Messages a provider raises must hold no secret: `mask_secrets` masks the credentials it obtained
+at run time (a login's token, a key read from a file), which the service cannot know of.
+
 Stability: names in ``__all__`` are the API; they change only with a new major version.
 """
 
