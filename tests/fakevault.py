@@ -1,7 +1,7 @@
 """A stand-in for Vault's HTTP API, for what a real OpenBao cannot be made to do: answer with a
 redirect, serve TLS with a certificate for a name only, or echo a credential in an error. It serves
-KV v2 reads and AppRole and JWT logins on one address, records each request (path, Host header, whether a Vault token came with it, the
-TLS server name the client asked for) and never logs. Real OpenBao covers everything else
+KV v2 reads and AppRole and JWT logins on one address, records each request (path, Host header,
+whether a Vault token came with it, the TLS server name the client asked for) and never logs. Real OpenBao covers everything else
 (tests/openbao.py).
 """
 

@@ -237,7 +237,8 @@ def _echoed_and_recorded(tmp_path: Path, echo: str, **init: str) -> tuple[str, s
     """CheckSecret, as an identity holding only providers:modify and providers:read, on a Vault
     that echoes a credential in its error: (status and details, server log at debug, data files)."""
     config = tmp_path / "smtpconfig.toml"
-    config.write_text(f'log_level = "debug"\npath_directories = ["{tmp_path}"]\n[[tokens]]\nidentity = "echoer"\nsha256 = "{token_hash(ECHOER)}"\n'
+    config.write_text(f'log_level = "debug"\npath_directories = ["{tmp_path}"]\n'
+                      f'[[tokens]]\nidentity = "echoer"\nsha256 = "{token_hash(ECHOER)}"\n'
                       '[policy]\nechoer = ["providers:modify", "providers:read"]\n')
     base = short_dir()
     server = ServerProcess(base / "data", "--config", str(config)).start()
