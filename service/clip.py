@@ -4,15 +4,21 @@ Callers choose the names, paths and addresses that audit records and error detai
 whole, a megabyte field makes a megabyte record (the audit trail then fills the disk) or a status
 trailer larger than any client accepts; a CR or LF in it forges a line in `smtpconfig audit`.
 So every such text is cut to a limit, with a mark saying it was cut and how long it was, and its
-control characters (C0, C1, the Unicode line and paragraph separators, the bidirectional
-overrides that reorder what a terminal shows) are written as escapes.
+control characters (C0, C1, the Unicode line and paragraph separators, the bidirectional controls
+of `service.bidi` that reorder what a terminal shows) are written as escapes.
+
+Escaped, not dropped: this text is the caller's, kept as evidence, so a record must show what was
+sent. Text from a third party shown to people (`service.scrub`) is collapsed instead: there, what
+matters is that it reads as one line and hides no credential.
 """
 
 from __future__ import annotations
 
 import re
 
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+from service.bidi import BIDI_CONTROLS
+
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029" + re.escape("".join(sorted(BIDI_CONTROLS))) + "]")
 
 
 def _escape(match: re.Match[str]) -> str:

@@ -129,7 +129,7 @@ def numeric_refusal(host: str) -> str | None:
     without a lookup (``169.254.169.254``, ``0xa9fea9fe``, ``[::ffff:a9fe:a9fe]``...); None for a
     name or an allowed address. Cheap and offline: for checks when a destination is written, before
     the connect-time check of whatever a name resolves to then."""
-    literal = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    literal = unbracketed(host)
     try:
         infos = socket.getaddrinfo(literal, None, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
     except (socket.gaierror, UnicodeError, ValueError):
@@ -141,10 +141,14 @@ def numeric_refusal(host: str) -> str | None:
     return None
 
 
+def unbracketed(host: str) -> str:
+    """`host` without the brackets a URL puts around an IPv6 address (``[::1]`` is ``::1``)."""
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
 def _literal(host: str) -> IPAddress | None:
-    literal = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
-        return ipaddress.ip_address(literal)
+        return ipaddress.ip_address(unbracketed(host))
     except ValueError:
         return None
 

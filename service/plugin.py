@@ -24,6 +24,9 @@ and an entry point in group ``smtpconfig`` naming that module. The contract mirr
 ports mechanically: its instance parameters arrive as `instance_parameters`, its initialization
 info as `initialization`. See docs/plugins.md for the whole walk-through.
 
+Messages a provider raises must hold no secret: `mask_secrets` masks the credentials it obtained
+at run time (a login's token, a key read from a file), which the service cannot know of.
+
 Stability: names in ``__all__`` are the API; they change only with a new major version.
 """
 
@@ -38,6 +41,7 @@ import pluggy
 
 from service import netguard
 from service.errors import Unavailable
+from service.scrub import Scrubber
 from service.secret import Secret
 
 PROJECT = "smtpconfig"
@@ -281,6 +285,22 @@ def check_destination(host: str, port: int, *, what: str) -> tuple[str, ...]:
     return tuple(str(address) for address in destination.addresses)
 
 
+# --- messages -----------------------------------------------------------------------------------
+
+
+def mask_secrets(text: object, *values: Secret | str) -> str:
+    """`text` fit for a message, with every one of `values` masked.
+
+    For the backend's own words and for anything holding a credential the service does not know
+    of: one your provider read from a file, or a token a login returned. Each value is masked as
+    plain text, base64 and URL-encoded, in any letter case; the text comes back on one line and
+    cut to 300 characters (masking comes first, so a cut leaves no piece of a value behind).
+    Empty values are ignored. The service masks the instance's secret initialization values
+    again before a message reaches anyone.
+    """
+    return Scrubber(*values).clean(text)
+
+
 #: What a plugin's ``register_secret_providers`` hook receives: call it once per provider class.
 Register = Callable[[type[SecretProvider]], None]
 
@@ -302,4 +322,5 @@ __all__ = [
     "check_destination",
     "command_argv",
     "hookimpl",
+    "mask_secrets",
 ]

@@ -17,10 +17,11 @@ anything is resolved or dialled.
 from __future__ import annotations
 
 import ipaddress
-from urllib.parse import urlsplit
 
+from service import endpoint
 from service.errors import PermissionDenied
 from service.model import CREDENTIALS_FOR, FIELDS, AuthType, InlineSecret, Profile, ProviderRef
+from service.netguard import unbracketed
 
 RESOLVE = "smtp:resolve"
 
@@ -118,19 +119,33 @@ def _fold_authority(url: str) -> str:
 
 def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        return ipaddress.ip_address(host[1:-1] if host.startswith("[") and host.endswith("]") else host)
+        return ipaddress.ip_address(unbracketed(host))
     except ValueError:
         return None
 
 
 def destinations(profile: Profile) -> str:
     """Where a test of `profile` sends things, for the audit record: relay host:port and the
-    token endpoint's host (never its path or query)."""
-    host = f"[{profile.host.strip('[]')}]" if ":" in profile.host else profile.host
-    where = f"relay {host}:{profile.port}"
+    token endpoint's host:port (never its user information, path or query)."""
+    where = f"relay {_authority(profile.host, profile.port)}"
     if profile.relay_authentication_type is AuthType.OAUTH_CLIENT_CREDENTIALS:
-        where += f", token endpoint {urlsplit(profile.token_endpoint).netloc}"
+        where += f", token endpoint {_token_endpoint(profile.token_endpoint)}"
     return where
+
+
+def _token_endpoint(url: str) -> str:
+    # Read as the token client reads it, so the record names the host and port it dials.
+    try:
+        parts = endpoint.parse(url)
+    except endpoint.BadEndpoint:
+        return "(not a readable URL)"
+    return _authority(parts.host, parts.port)
+
+
+def _authority(host: str, port: int | None) -> str:
+    host = unbracketed(host)
+    shown = f"[{host}]" if ":" in host else host
+    return shown if port is None else f"{shown}:{port}"
 
 
 def _and(items: list[str]) -> str:

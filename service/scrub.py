@@ -4,8 +4,9 @@ or a command sends back, before it reaches a reply, a log line or an audit recor
 A `Scrubber` knows the credentials in play and the forms in which the service itself put them on
 the wire (the builders: `smtp_login`, `xoauth2`, `client_credentials`). `clean(text)`:
 
-1. drops format characters (bidirectional controls, zero-width marks): they reorder what a reader
-   sees, and one put inside a value would hide it from the matching below;
+1. drops format characters (`service.bidi.is_format`: bidirectional controls, zero-width marks):
+   they reorder what a reader sees, and one put inside a value would hide it from the matching
+   below;
 2. masks every base64-looking run that decodes, at any of the four alignments, to bytes holding a
    credential, or starting with the end of one or ending with the start of one: echoes of a
    payload cut at either end, or of a value inside something longer;
@@ -18,6 +19,10 @@ the wire (the builders: `smtp_login`, `xoauth2`, `client_credentials`). `clean(t
 
 Masking comes before cutting, so a cap never leaves a recognisable piece of a value behind.
 
+Collapsed, not escaped as `service.clip` does with a caller's text in audit records: this text is
+a third party's, shown to people, and need not survive byte for byte; a control turned into a
+space cannot forge a line, and the cut mark needs no length since nobody compares it to a request.
+
 Short values: a credential of fewer than `SHORT` characters would match inside ordinary words and
 turn every message into asterisks, so it and its own encodings are masked only where they stand
 alone (no letter or digit on either side), and the base64 run check ignores it. Payloads that hold
@@ -29,10 +34,10 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-import unicodedata
 from typing import Iterator
 from urllib.parse import quote, quote_plus
 
+from service.bidi import is_format
 from service.secret import Secret
 
 MASK = "**********"
@@ -122,7 +127,7 @@ class Scrubber:
         """`text` without credentials, on one line, at most `MAX_TEXT` characters."""
         if isinstance(text, bytes):
             text = text.decode("utf-8", "replace")
-        text = "".join(c for c in str(text) if not _is_format(c))
+        text = "".join(c for c in str(text) if not is_format(c))
         if self._values:
             # Runs first: a value's own form matched inside a longer echo would leave the rest
             # of the run (the user name, say) undecodable.
@@ -170,11 +175,6 @@ def _holds(decoded: bytes, value: bytes) -> bool:
         return True
     least = min(_OVERLAP, len(value))
     return any(decoded.endswith(value[:n]) or decoded.startswith(value[-n:]) for n in range(least, len(value)))
-
-
-def _is_format(character: str) -> bool:
-    # Unicode category Cf: bidirectional embeddings, overrides and isolates, zero-width marks.
-    return unicodedata.category(character) == "Cf"
 
 
 def one_line(text: str) -> str:

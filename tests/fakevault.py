@@ -1,12 +1,13 @@
 """A stand-in for Vault's HTTP API, for what a real OpenBao cannot be made to do: answer with a
-redirect, or serve TLS with a certificate for a name only. It serves KV v2 reads and AppRole logins
-on one address, records each request (path, Host header, whether a Vault token came with it, the
-TLS server name the client asked for) and never logs. Real OpenBao covers everything else
+redirect, serve TLS with a certificate for a name only, or echo a credential in an error. It serves
+KV v2 reads and AppRole and JWT logins on one address, records each request (path, Host header,
+whether a Vault token came with it, the TLS server name the client asked for) and never logs. Real OpenBao covers everything else
 (tests/openbao.py).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import ssl
 import threading
@@ -26,14 +27,21 @@ class Seen:
 
 
 class FakeVault:
-    """Serves `secrets` ({"path": {"key": "value"}}) at KV v2 mount ``secret``; with `redirect_to`,
-    answers every request with a 307 to that URL prefix instead."""
+    """Serves `secrets` ({"path": {"key": "value"}}) at KV v2 mount ``secret``, and logins that
+    return `login_token`; with `redirect_to`, answers every request (with `logins_too` False, every
+    one but a login) with a 307 to that URL prefix instead, ``{token}`` in it replaced by the
+    request's Vault token. `echo` ``"token"`` refuses every read (403) with an error quoting the request's Vault
+    token; ``"jwt"`` refuses every JWT login (400) quoting its JWT: as sent, upper-cased, base64."""
 
     def __init__(self, secrets: dict[str, dict[str, str]] | None = None, *, host: str = "127.0.0.1",
                  port: int = 0, redirect_to: str | None = None, certfile: str | None = None,
-                 keyfile: str | None = None) -> None:
+                 keyfile: str | None = None, login_token: str = "fake-login-token",
+                 echo: str | None = None, logins_too: bool = True) -> None:
         self.secrets = secrets or {}
         self.redirect_to = redirect_to
+        self.login_token = login_token
+        self.echo = echo
+        self.logins_too = logins_too
         self.seen: list[Seen] = []
         self._names: dict[int, str | None] = {}
         kit = self
@@ -76,10 +84,16 @@ class FakeVault:
         body = h.rfile.read(length) if length else b""
         name = self._names.get(id(h.connection)) if isinstance(h.connection, ssl.SSLSocket) else None
         self.seen.append(Seen(h.command, h.path, h.headers.get("Host"), h.headers.get("X-Vault-Token"), body, name))
-        if self.redirect_to is not None:
-            self._send(h, 307, {}, {"Location": self.redirect_to + h.path})
-        elif h.path.startswith("/v1/auth/approle/login"):
-            self._send(h, 200, {"auth": {"client_token": "fake-login-token", "lease_duration": 3600}})
+        login = h.path.startswith("/v1/auth/")
+        if self.redirect_to is not None and (self.logins_too or not login):
+            there = self.redirect_to.replace("{token}", h.headers.get("X-Vault-Token", ""))
+            self._send(h, 307, {}, {"Location": there + h.path})
+        elif self.echo == "jwt" and h.path.startswith("/v1/auth/jwt/login"):
+            self._send(h, 400, {"errors": [_echoed("invalid jwt", json.loads(body).get("jwt", ""))]})
+        elif h.path.startswith(("/v1/auth/approle/login", "/v1/auth/jwt/login")):
+            self._send(h, 200, {"auth": {"client_token": self.login_token, "lease_duration": 3600}})
+        elif self.echo == "token" and h.path.startswith("/v1/secret/data/"):
+            self._send(h, 403, {"errors": [_echoed("permission denied for token", h.headers.get("X-Vault-Token", ""))]})
         elif h.path.startswith("/v1/secret/data/"):
             data = self.secrets.get(h.path.removeprefix("/v1/secret/data/").split("?")[0])
             if data is None:
@@ -99,3 +113,8 @@ class FakeVault:
             h.send_header(key, value)
         h.end_headers()
         h.wfile.write(body)
+
+
+def _echoed(what: str, credential: str) -> str:
+    encoded = base64.b64encode(credential.encode()).decode()
+    return f"{what} {credential} (as {credential.upper()}, as {encoded})"

@@ -977,3 +977,17 @@ def test_every_acknowledged_change_keeps_its_record_through_kill_9() -> None:
     finally:
         server.terminate()
         shutil.rmtree(data_dir.parent, ignore_errors=True)
+
+
+@pytest.mark.parametrize("mark", ["\u200e", "\u200f", "\u061c", "\u202e"])
+def test_a_bidirectional_mark_in_quoted_caller_text_is_recorded_as_an_escape(env: Env, mark: str) -> None:
+    """U+200E LEFT-TO-RIGHT MARK, U+200F RIGHT-TO-LEFT MARK and U+061C ARABIC LETTER MARK reorder
+    what `smtpconfig audit` shows as the overrides do: the record keeps them, as escapes."""
+    request_id = rid("bidi")
+    field = f"Relay{mark}Password"
+    invoke(env.providers.CheckSecret, pb.CheckSecretRequest(profile_field=field), ALICE_TOKEN, request_id,
+           grpc.StatusCode.INVALID_ARGUMENT)
+    record = env.record(request_id)
+    texts = [record.identity, record.message, *record.fields]
+    assert not any(mark in text for text in texts), record
+    assert f"Relay\\u{ord(mark):04x}Password" in " ".join(texts), record

@@ -263,6 +263,19 @@ def test_vault_redirect_is_an_error_and_the_other_host_receives_nothing(vault_at
     assert VAULT_TOKEN not in details and SECRET_ID not in details and "/v1/" not in details
 
 
+def test_a_vault_redirect_that_names_the_login_token_is_reported_without_it(vault_attacker: Attacker) -> None:
+    """The refusal quotes where the redirect pointed: a Vault that puts the token its AppRole
+    login returned (which the service never saw) into that host name does not get it into the
+    message, though the host name is lower-cased on the way."""
+    token = "PLANTED-Login-Token-9a7e"
+    with FakeVault(redirect_to="http://{token}.invalid", login_token=token, logins_too=False) as vault:
+        code, details = vault_attacker.check(vault_attacker.vault(
+            f"http://127.0.0.1:{vault.port}", AuthMethod="approle", RoleId="role", SecretId=SECRET_ID))
+        assert [s.token for s in vault.seen] == [None, token], "the login, then the read"
+    assert code == "UNAVAILABLE" and "redirect (HTTP 307) to http://**********.invalid" in details, details
+    assert token.lower() not in details.lower()
+
+
 def test_token_endpoint_redirect_is_an_error_and_the_other_host_receives_nothing() -> None:
     attacker = Attacker(OAUTH_ATTACKER)
     try:

@@ -343,6 +343,16 @@ def test_every_test_record_names_the_references_and_destinations(world: World) -
     assert f"relay {world.relay.host}:{world.relay.port}" in record.message
 
 
+def test_the_record_names_the_token_endpoint_as_the_token_client_reads_it(world: World) -> None:
+    """Host and port as the token client dials them: the name as it is looked up, the port the
+    scheme implies. Refused before anything is dialled, and recorded all the same."""
+    stored = world.store_oauth()
+    expect_denied(world.test_v2("tester", {**stored, "TokenEndpoint": "http://LocalHost/token"}))
+    record = world.last_test_record("tester")
+    assert record.outcome == "PERMISSION_DENIED"
+    assert "token endpoint localhost:80 " in record.message, record.message
+
+
 def test_an_abandoned_test_keeps_its_destinations_on_record(world: World) -> None:
     world.store_basic()
     with SilentListener() as silent:  # accepts, never greets: the test waits until the caller gives up

@@ -3,6 +3,7 @@ profile, CheckSecret, the engine's cache and single flight, outages and recovery
 
 from __future__ import annotations
 
+import base64
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,9 +18,11 @@ from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from smtpconfig.v2 import secret_pb2
 from smtpconfig.v2 import secret_provider_service_pb2 as pb
 from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
+from service.auth import token_hash
 from tests.conftest import BASIC_V2, v2_profile
+from tests.fakevault import FakeVault
 from tests.openbao import OpenBao
-from tests.support import ServerProcess, ServerThread, short_dir
+from tests.support import ServerProcess, ServerThread, short_dir, token_channel
 from tests.test_validation import edit
 
 
@@ -221,3 +224,67 @@ def violations_of(error: grpc.RpcError) -> list[tuple[str, str]]:
         return violations(error)
     except AssertionError:  # no rich status at all: no BadRequest either
         return []
+
+
+# --- credentials the provider obtains at run time ----------------------------------------------
+
+LOGIN_TOKEN = "PLANTED-login-token-c41d9e"
+JWT = "PLANTED.jwt-from-file.7b2f0a"
+ECHOER = "echoer-" + "e" * 40
+
+
+def _echoed_and_recorded(tmp_path: Path, echo: str, **init: str) -> tuple[str, str, bytes]:
+    """CheckSecret, as an identity holding only providers:modify and providers:read, on a Vault
+    that echoes a credential in its error: (status and details, server log at debug, data files)."""
+    config = tmp_path / "smtpconfig.toml"
+    config.write_text(f'log_level = "debug"\npath_directories = ["{tmp_path}"]\n'
+                      f'[[tokens]]\nidentity = "echoer"\nsha256 = "{token_hash(ECHOER)}"\n'
+                      '[policy]\nechoer = ["providers:modify", "providers:read"]\n')
+    base = short_dir()
+    server = ServerProcess(base / "data", "--config", str(config)).start()
+    try:
+        with FakeVault({"smtp/relay": {"password": "unused"}}, login_token=LOGIN_TOKEN, echo=echo) as vault:
+            with token_channel(server.target, ECHOER) as channel:
+                stub = pb_grpc.SecretProviderServiceStub(channel)
+                instance = pb.ProviderInstance(name="echoing", provider_type="vault")
+                for key, value in {"Host": f"http://127.0.0.1:{vault.port}", **init}.items():
+                    instance.initialization[key].value = value
+                provider = stub.CreateProvider(pb.CreateProviderRequest(provider=instance)).provider.id
+                with pytest.raises(grpc.RpcError) as failure:
+                    check(stub, provider, Secret="smtp/relay", Key="password")
+                shown = f"{failure.value.code().name} {failure.value.details()} {failure.value!r}"
+    finally:
+        server.terminate()
+    files = b"".join(p.read_bytes() for p in (base / "data").rglob("*") if p.is_file())
+    log = server.log()
+    shutil.rmtree(base, ignore_errors=True)
+    return shown, log, files
+
+
+def _forms(credential: str) -> list[bytes]:
+    return [credential.encode(), credential.upper().encode(), base64.b64encode(credential.encode())]
+
+
+@pytest.mark.parametrize("login", [
+    {"AuthMethod": "approle", "RoleId": "role", "SecretId": "PLANTED-secret-id-0d3e"},
+    {"AuthMethod": "jwt", "Role": "smtp", "Jwt": JWT},
+], ids=["approle", "jwt"])
+def test_a_token_a_login_returned_is_masked_where_vault_echoes_it(tmp_path: Path, login: dict[str, str]) -> None:
+    shown, log, files = _echoed_and_recorded(tmp_path, "token", **login)
+    assert "FAILED_PRECONDITION" in shown and "permission denied for token" in shown, shown
+    assert "**********" in shown and "(as **********, as **********)" in shown, shown
+    assert "permission denied for token" in log, "the log line quoting Vault's answer is the one searched"
+    for item in (shown.encode(), log.encode(), files):
+        for form in _forms(LOGIN_TOKEN):
+            assert form not in item
+
+
+def test_the_jwt_read_from_jwt_file_is_masked_where_vault_echoes_it(tmp_path: Path) -> None:
+    jwt_file = tmp_path / "token"
+    jwt_file.write_text(JWT + "\n")
+    shown, log, files = _echoed_and_recorded(tmp_path, "jwt", AuthMethod="jwt", Role="smtp", JwtFile=str(jwt_file))
+    assert "FAILED_PRECONDITION" in shown and "invalid jwt" in shown, shown
+    assert "(as **********, as **********)" in shown, shown
+    for item in (shown.encode(), log.encode(), files):
+        for form in _forms(JWT):
+            assert form not in item

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 REFRESH_AFTER = 0.75
 #: Connections kept per host: concurrent resolutions run on many worker threads.
 POOL_SIZE = 32
+# Credentials obtained at run time that are still masked (the newest ones).
+_KEPT = 4
 
 
 class Connection:
@@ -41,6 +43,9 @@ class Connection:
         self._refresh_at: float | None = None  # monotonic time a new login is due; None: never
         #: Successful logins so far, for logs and tests.
         self.logins = 0
+        # Credentials obtained at run time (the JWT read from JwtFile, tokens logins returned),
+        # newest last: Vault may echo any of them in an error, and only this provider knows them.
+        self._obtained: tuple[str, ...] = ()
 
     def client(self) -> tuple[hvac.Client, int]:
         """The client, logged in with a token that is not due for refresh, and its login generation."""
@@ -51,6 +56,15 @@ class Connection:
             ):
                 self._login(client)
             return client, self._generation
+
+    def credentials(self) -> tuple[str, ...]:
+        """Every credential in play: the inline ones, and those obtained at run time."""
+        return self.settings.secrets() + self._obtained
+
+    def _obtain(self, credential: str) -> None:
+        # A few: the token before the last login may still be echoed by a read in flight.
+        if credential and credential not in self._obtained:
+            self._obtained = (*self._obtained, credential)[-_KEPT:]
 
     def relogin(self, generation: int) -> hvac.Client:
         """Log in again unless another thread did since `generation` was handed out."""
@@ -89,6 +103,7 @@ class Connection:
             raise BadParameters(f"JwtFile {s.jwt_file!r} cannot be read: {type(error).__name__}", "JwtFile") from None
         if not text:
             raise BadParameters(f"JwtFile {s.jwt_file!r} is empty", "JwtFile")
+        self._obtain(text)
         return text
 
     def _login(self, client: hvac.Client) -> None:
@@ -100,6 +115,7 @@ class Connection:
                                                mount_point=s.auth_mount, use_token=True)
         else:
             answer = client.auth.jwt.jwt_login(role=s.role, jwt=self._jwt(), path=s.auth_mount, use_token=True)
+        self._obtain(str(answer["auth"].get("client_token") or ""))
         lease = float(answer["auth"].get("lease_duration") or 0)
         self._refresh_at = started + lease * REFRESH_AFTER if lease > 0 else None
         self._generation += 1

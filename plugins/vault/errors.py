@@ -1,8 +1,10 @@
 """What Vault and the network answered, as the plugin API's errors: one table, one function.
 
 Messages name the host, the mount, the path, the key and Vault's own error text, never a secret
-value or credential: Vault's text is scrubbed of the provider's credentials anyway, and the hvac or
-requests exception is not chained (its attributes hold the raw response).
+value or credential: every message is masked (`service.plugin.mask_secrets`) with each credential
+the provider holds at that moment, the ones it obtained at run time included (the JWT read from
+JwtFile, the token a login returned), and the hvac or requests exception is not chained (its
+attributes hold the raw response).
 """
 
 from __future__ import annotations
@@ -14,9 +16,16 @@ from typing import Callable
 import hvac.exceptions as vault
 import requests.exceptions as http
 
-from service.plugin import AccessDenied, BadParameters, ProviderError, ProviderUnavailable, SecretNotFound
+from service.plugin import (
+    AccessDenied,
+    BadParameters,
+    ProviderError,
+    ProviderUnavailable,
+    SecretNotFound,
+    mask_secrets,
+)
 
-_MASK = "**********"
+from .transport import Redirected
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,7 @@ def _plain_http_answer(error: BaseException) -> bool:
 # Placeholders: {what} the secret or login, {host}, {timeout}, {detail} Vault's scrubbed text,
 # {plain} the host with http:// (a Host without a scheme gets https://, which a dev server lacks).
 _TRANSPORT = (
+    Rule(Redirected, ProviderUnavailable, "{detail}"),
     Rule(vault.VaultDown, ProviderUnavailable, "Vault at {host} is sealed or unavailable (HTTP 503): {detail}"),
     Rule(vault.VaultNotInitialized, ProviderUnavailable, "Vault at {host} is not initialized (HTTP 501)"),
     Rule(vault.InternalServerError, ProviderUnavailable, "Vault at {host} failed (HTTP 500) on {what}: {detail}"),
@@ -74,13 +84,9 @@ _READ = (
 )
 
 
-def scrub(text: str, secrets: tuple[str, ...]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, _MASK)
-    return text
-
-
 def _detail(error: BaseException) -> str:
+    if isinstance(error, Redirected):
+        return str(error)
     if isinstance(error, vault.InvalidPath):
         # KV v2 answers 404 with the version's metadata (never its data) when it is deleted or destroyed.
         body = error.json if isinstance(error.json, dict) else {}
@@ -96,7 +102,7 @@ def _detail(error: BaseException) -> str:
         text = "; ".join(str(e) for e in errors) or str(error.args[0] if error.args else "") or "no detail"
         # Vault wraps some errors as "1 error occurred:\n\t* permission denied".
         text = re.sub(r"^\d+ errors? occurred:\s*", "", text.strip()).replace("\n\t* ", "; ").lstrip("* ")
-        return " ".join(text.split())[:300]
+        return text  # cut by the masking, after it: a cut first could leave part of a credential
     if isinstance(error, http.SSLError):
         verify = "CERTIFICATE_VERIFY_FAILED" in str(error)
         return "certificate verification failed" if verify else "handshake failed"
@@ -109,10 +115,10 @@ def translate(error: BaseException, *, login: bool, what: str, host: str, timeou
     """The provider error for `error`, or None when it is not Vault's or the network's doing."""
     for rule in _LOGIN if login else _READ:
         if isinstance(error, rule.error) and (rule.when is None or rule.when(error)):
-            detail = scrub(_detail(error), secrets)
+            detail = mask_secrets(_detail(error), *secrets)
             plain = re.sub(r"^https://", "http://", host)
             message = rule.message.format(what=what, host=host, timeout=timeout, detail=detail, plain=plain)
-            message = scrub(message, secrets)
+            message = mask_secrets(message, *secrets)
             if rule.raises is BadParameters:
                 return BadParameters(message, rule.parameter)
             return rule.raises(message)

@@ -93,7 +93,7 @@ class Settings:
     ttl: float | None = None
 
     def secrets(self) -> tuple[str, ...]:
-        """Credential strings that must never appear in a message."""
+        """The inline credentials; `Connection.credentials` adds those obtained at run time."""
         return tuple(s.reveal() for s in (self.token, self.secret_id, self.jwt) if s is not None and s.reveal())
 
 

@@ -76,16 +76,16 @@ class VaultProvider(SecretProvider):
         connection = self._connect(settings)
         what = _describe(settings, reference)
         login = f"the {settings.auth_method} login at auth/{settings.auth_mount}"
-        client, generation = self._call(settings, True, login, connection.client)
+        client, generation = self._call(connection, True, login, connection.client)
         try:
-            answer = self._call(settings, False, what, _read, client, settings, reference)
+            answer = self._call(connection, False, what, _read, client, settings, reference)
         except AccessDenied:
             if settings.auth_method == "token":
                 raise
             # The token may have expired or been revoked early: one new login, one more read.
             log.info("vault: permission denied reading %s; logging in again once", what)
-            client = self._call(settings, True, login, connection.relogin, generation)
-            answer = self._call(settings, False, what, _read, client, settings, reference)
+            client = self._call(connection, True, login, connection.relogin, generation)
+            answer = self._call(connection, False, what, _read, client, settings, reference)
         return self._resolved(answer, settings, reference, what)
 
     def close(self) -> None:
@@ -105,15 +105,16 @@ class VaultProvider(SecretProvider):
             old.close()  # the instance's initialization changed
         return self._connection
 
-    def _call(self, settings: Settings, login: bool, what: str, function, *args: Any) -> Any:
+    def _call(self, connection: Connection, login: bool, what: str, function, *args: Any) -> Any:
         try:
             return function(*args)
         except ProviderError:
             raise
         except Exception as error:
             _, errors = _hvac_modules()
-            mapped = errors.translate(error, login=login, what=what, host=settings.host, timeout=self.timeout,
-                                      secrets=settings.secrets())
+            # The credentials held now: a login may have returned a token since the call began.
+            mapped = errors.translate(error, login=login, what=what, host=connection.settings.host,
+                                      timeout=self.timeout, secrets=connection.credentials())
             if mapped is None:
                 raise
             raise mapped from None

@@ -29,7 +29,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.util import connection as sockets
 
-from service.plugin import ProviderUnavailable, check_destination
+from service.plugin import check_destination
 
 WHAT = "Vault Host"
 
@@ -94,12 +94,17 @@ def session(verify: str | bool, pool_size: int) -> requests.Session:
     return s
 
 
+class Redirected(Exception):
+    """Vault answered with a redirect, which is not followed. Not a `ProviderError` yet: the
+    message names what the server sent, so it goes through the provider's masking first."""
+
+
 def _refuse_redirect(response: requests.Response, *args: Any, **kwargs: Any) -> None:
     if not response.is_redirect:
         return
     status, here, there = response.status_code, _origin(response.url), _origin(response.headers.get("location", ""))
     response.close()
-    raise ProviderUnavailable(
+    raise Redirected(
         f"Vault at {here} answered with a redirect (HTTP {status}) to {there}; not followed, since it would "
         f"carry the Vault token there: set Host to the address Vault should be reached at"
     )
