@@ -202,7 +202,7 @@ def check_secret(service: Service, provider: int, **parameters: str) -> grpc.Rpc
     return refused.value
 
 
-def test_stored_profile(service: Service, channel: grpc.Channel) -> tuple[v2.TestSmtpResponse, grpc.RpcError]:
+def stored_profile_tested(service: Service, channel: grpc.Channel) -> tuple[v2.TestSmtpResponse, grpc.RpcError]:
     """TestSmtp of the stored profile over v2 (steps) and v1 (the failed step as the error)."""
     answer = v2_grpc.ConfigServiceStub(channel).TestSmtp(v2.TestSmtpRequest(test_recipient=RECIPIENT), timeout=30)
     with pytest.raises(grpc.RpcError) as refused:
@@ -211,7 +211,6 @@ def test_stored_profile(service: Service, channel: grpc.Channel) -> tuple[v2.Tes
     return answer, refused.value
 
 
-test_stored_profile.__test__ = False  # type: ignore[attr-defined] - a helper, not a test
 
 
 def step_texts(answer: v2.TestSmtpResponse) -> list[str]:
@@ -229,7 +228,7 @@ def test_a_relay_echoing_the_auth_payload_shows_no_credential_and_forges_no_line
     with smtp_kit(net, "starttls", mechanisms=[mechanism], credentials={USER: "other"}, auth_echo=True) as smtp:
         service.store(basic(smtp))
         with server_log(fmt) as out, as_tester(service) as channel:
-            answer, refused = test_stored_profile(service, channel)
+            answer, refused = stored_profile_tested(service, channel)
         assert [a.mechanism for a in smtp.auth_attempts] == [mechanism, mechanism]
 
     forms = encodings(USER) | encodings(PASSWORD) | encodings(f"\0{USER}\0{PASSWORD}")
@@ -248,7 +247,7 @@ def test_a_relay_echoing_the_xoauth2_payload_shows_no_token(service: Service, ne
                                             auth_echo=True))
         service.store(oauth(smtp, idp))
         with server_log("text") as out, as_tester(service) as channel:
-            answer, refused = test_stored_profile(service, channel)
+            answer, refused = stored_profile_tested(service, channel)
         # Each test is refused a token, fetches a fresh one and is refused again; the second
         # test starts with the first one's fresh token, still cached.
         assert [a.mechanism for a in smtp.auth_attempts] == ["XOAUTH2"] * 4
@@ -293,7 +292,7 @@ def test_an_identity_provider_echoing_the_client_secret_shows_none_of_it(
         service.store(oauth(smtp, idp))
         with server_log(fmt) as out:
             with as_tester(service) as channel:
-                answer, refused = test_stored_profile(service, channel)
+                answer, refused = stored_profile_tested(service, channel)
             with as_resolver(service) as channel, pytest.raises(grpc.RpcError) as resolved:
                 v2_grpc.ConfigServiceStub(channel).ResolveSmtp(v2.ResolveSmtpRequest(), timeout=30)
         assert idp.token_requests, "the endpoint was asked"
