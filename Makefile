@@ -23,8 +23,9 @@ $(VENV)/.test.stamp: $(BIN)/python pyproject.toml constraints.txt plugins/file-p
 run: $(VENV)/.run.stamp
 	exec $(BIN)/smtpconfig serve
 
-## Set up what the tests need and run them all.
+## Set up what the tests need, check the layer contracts (pyproject.toml) and run the tests.
 test: $(VENV)/.test.stamp
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 ## Regenerate the committed protobuf and gRPC code next to the .proto files.

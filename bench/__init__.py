@@ -6,7 +6,7 @@ the right server model? Three servers are measured side by side, each in its own
 
   bare-aio      grpc.aio echo server with the service's SERVER_OPTIONS: the ceiling.
   bare-threads  threaded grpcio echo server, same options: the other server model.
-  service       `service.server.App` answering `smtpconfig.v2.ConfigService/GetSmtp`, and
+  service       `smtpconfig.app.App` answering `smtpconfig.v2.ConfigService/GetSmtp`, and
                 `SecretProviderService/CheckSecret` on a warm cache (a `file` provider secret).
 
 Unless `--skip-tls`, GetSmtp is also measured over TLS, against two more service processes and two
@@ -116,7 +116,7 @@ SERVICE = "service"
 CHECK_SECRET = "checksecret"
 RESOLVE_SMTP = "resolvesmtp"
 # GetSmtp over TLS (`--skip-tls` leaves them out): a service process and a bare-aio one per kind,
-# the bare one with the same server credentials (service.tls.ReloadingCertificates).
+# the bare one with the same server credentials (smtpconfig.api.tls.ReloadingCertificates).
 BARE_AIO_TLS = "bare-aio-tls"
 SERVICE_TLS = "service-tls"
 BARE_AIO_MTLS = "bare-aio-mtls"

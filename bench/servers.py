@@ -13,12 +13,12 @@ Why a process each: a server sharing a process (and so a GIL and an event loop) 
 or with the load generator would be measured together with them. Both echo servers use the
 service's own SERVER_OPTIONS so the only differences left are the server model and the handler.
 The benchmark passes them (`--options`, JSON) rather than have the echo servers import
-`service.server`: that import alone brings the whole service's modules (about 20 MiB resident),
+`smtpconfig.app`: that import alone brings the whole service's modules (about 20 MiB resident),
 and the echo servers' memory is the baseline the service's is compared with.
 
 With `--tls-cert` and `--tls-key` the TCP port serves TLS, and with `--tls-client-ca` too it requires
 a client certificate chaining to that CA (mTLS). bare-aio then builds its credentials as
-`service.tls.ReloadingCertificates` does for the service (dynamic credentials from one certificate
+`smtpconfig.api.tls.ReloadingCertificates` does for the service (dynamic credentials from one certificate
 configuration), so the TLS of a bare-aio twin is the service's; only the service's check of its
 files for a newer certificate at each handshake is left out, once per measurement and untimed.
 """
@@ -130,7 +130,7 @@ class Tls:
     client_ca: Path | None = None
 
     def credentials(self) -> grpc.ServerCredentials:
-        """As service.tls.ReloadingCertificates makes them, with no reloading."""
+        """As smtpconfig.api.tls.ReloadingCertificates makes them, with no reloading."""
         client_ca = self.client_ca.read_bytes() if self.client_ca else None
         config = grpc.ssl_server_certificate_configuration(
             [(self.key.read_bytes(), self.cert.read_bytes())], root_certificates=client_ca
@@ -140,7 +140,7 @@ class Tls:
 
 def service_options() -> tuple:
     """The service's SERVER_OPTIONS, for `--options` (this imports the service)."""
-    from service.server import SERVER_OPTIONS
+    from smtpconfig.app import SERVER_OPTIONS
 
     return SERVER_OPTIONS
 
@@ -185,9 +185,9 @@ async def run_service(ca_bundle: Path | None = None, tls: Tls | None = None, fil
     mTLS) with `tls` if given. Callers are the bench token's identity and, over mTLS, the bench
     client certificate's URI SAN, both with every permission. This process owns the directory, so
     it is removed whenever the server stops, even when the parent was killed."""
-    from service.auth import token_hash
-    from service.server import App
-    from service.settings import Settings
+    from smtpconfig.api.auth import token_hash
+    from smtpconfig.app import App
+    from smtpconfig.settings import Settings
 
     with tempfile.TemporaryDirectory(prefix="smtpconfig-bench-") as data_dir:
         app = App(Settings(

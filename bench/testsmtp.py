@@ -81,7 +81,7 @@ def _profile(port: int) -> v2.SmtpProfile:
 
 
 def _message(port: int) -> EmailMessage:
-    """What the service sends (service.smtp_check), built per exchange as there."""
+    """What the service sends (smtpconfig.outbound.smtp_check), built per exchange as there."""
     message = EmailMessage()
     message["From"] = Address(display_name=SENDER_NAME, addr_spec=SENDER)
     message["To"] = RECIPIENT

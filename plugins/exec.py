@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from service.plugin import (
+from smtpconfig.plugin import (
     BadParameters,
     InitializationValue,
     Parameter,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from service.plugin import InitializationValue, Parameter, Resolved, Secret, SecretProvider, hookimpl
+from smtpconfig.plugin import InitializationValue, Parameter, Resolved, Secret, SecretProvider, hookimpl
 
 INLINE = "inline"
 

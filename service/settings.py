@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from service.bidi import RULE as BIDI_RULE, has_bidi_control
-from service.code_variables import controls_code
+from smtpconfig.core.bidi import RULE as BIDI_RULE, has_bidi_control
+from smtpconfig.core.code_variables import controls_code
 
 ENV_PREFIX = "SMTPCONFIG_"
 DEFAULT_DATA_DIR = Path("smtpconfig-data")

@@ -9,8 +9,8 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
-from service.catalog import ProviderInstanceInfo, StaticCatalog
-from service.plugin import Parameter
+from smtpconfig.domain.catalog import ProviderInstanceInfo, StaticCatalog
+from smtpconfig.plugin import Parameter
 from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
 from smtpconfig.v2 import config_service_pb2 as v2

@@ -77,7 +77,7 @@ _AUTH_METHODS = (CLIENT_SECRET_BASIC, CLIENT_SECRET_POST)
 _BASIC_DECODINGS = ("rfc6749", "raw", "either")
 _FORM_TYPE = "application/x-www-form-urlencoded"
 #: With `echo_credentials`, a line of the error description shaped like one of the service's log lines.
-ECHO_FORGED_LINE = "2026-01-01T00:00:00.000Z INFO service.calls FORGED by the identity provider"
+ECHO_FORGED_LINE = "2026-01-01T00:00:00.000Z INFO smtpconfig.api.calls FORGED by the identity provider"
 
 
 @dataclass

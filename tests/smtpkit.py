@@ -54,7 +54,7 @@ Mode = Literal["plain", "starttls", "implicit"]
 MECHANISMS = ("PLAIN", "LOGIN", "XOAUTH2")
 DEFAULT_FAILURE_REPLY = "535 5.7.8 Authentication credentials invalid"  # aiosmtpd's own text
 #: With `auth_echo`, a line of the failure reply shaped like one of the service's text log lines.
-ECHO_FORGED_LINE = "2026-01-01T00:00:00.000Z INFO service.calls FORGED by the relay"
+ECHO_FORGED_LINE = "2026-01-01T00:00:00.000Z INFO smtpconfig.api.calls FORGED by the relay"
 GREETING_NAME = "smtp.test"  # also spares aiosmtpd a socket.getfqdn() per connection
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.catalog import ProviderCatalog
-from service.server import App
-from service.settings import Settings
+from smtpconfig.domain.catalog import ProviderCatalog
+from smtpconfig.app import App
+from smtpconfig.settings import Settings
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -168,7 +168,7 @@ class ServerProcess(_Caller):
         self.socket = data_dir / "smtpconfig.sock"
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
         self.args = [
-            sys.executable, "-m", "service.cli", "serve",
+            sys.executable, "-m", "smtpconfig.cli", "serve",
             "--data-dir", str(data_dir), "--listen", "127.0.0.1:0", "--grace-period", "2", *extra,
         ]
         self.env = {**os.environ, "SMTPCONFIG_RESOLVE_RATE": "0", "SMTPCONFIG_TEST_RATE": "0", **(env or {})}

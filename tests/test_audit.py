@@ -27,13 +27,13 @@ import grpc
 import pytest
 from google.protobuf import field_mask_pb2
 
-from service import cli
-from service.audit import AuditLog, AuditRecord
-from service.auth import token_hash
-from service.calls import ANONYMOUS_RECORDS_BURST, ANONYMOUS_RECORDS_PER_SECOND
-from service.crypto import load_key
-from service.settings import KEY_NAME
-from service.store.sqlite import SqliteStore
+from smtpconfig.cli import main as cli
+from smtpconfig.ops.audit import AuditLog, AuditRecord
+from smtpconfig.api.auth import token_hash
+from smtpconfig.api.calls import ANONYMOUS_RECORDS_BURST, ANONYMOUS_RECORDS_PER_SECOND
+from smtpconfig.domain.crypto import load_key
+from smtpconfig.settings import KEY_NAME
+from smtpconfig.store.sqlite import SqliteStore
 from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
 from smtpconfig.v2 import audit_service_pb2 as audit_pb
@@ -698,7 +698,7 @@ def test_refusals_quoting_a_megabyte_field_keep_a_few_hundred_characters_of_it_o
 def test_refusals_of_one_identity_are_recorded_only_up_to_its_rate(caplog) -> None:
     """carol holds only smtp:read; every refusal she can cause is a record somebody has to keep."""
     flood, rate, burst = 10_000, 2.0, 20
-    caplog.set_level(logging.WARNING, logger="service.refusals")
+    caplog.set_level(logging.WARNING, logger="smtpconfig.api.refusals")
     data_dir = short_dir("ai")
     server = ServerThread(data_dir, metrics_listen="127.0.0.1:0", audit_refusals_rate=rate,
                           audit_refusals_burst=burst, **CALLERS).start()
@@ -744,7 +744,7 @@ def test_refusals_of_one_identity_are_recorded_only_up_to_its_rate(caplog) -> No
     assert moved(before, after, "smtpconfig_audit_records_total",
                  outcome="PERMISSION_DENIED_NOT_RECORDED") == flood - len(recorded)
     # The log says so, without a line per refusal.
-    reports = [r.getMessage() for r in caplog.records if r.name == "service.refusals"]
+    reports = [r.getMessage() for r in caplog.records if r.name == "smtpconfig.api.refusals"]
     assert len(reports) == 2 and "'carol'" in reports[0] and "'alice'" in reports[1], reports
     found = {r.request_id: (r.identity, r.outcome) for r in records}
     assert found[later["bob"]] == ("bob", "NOT_FOUND")

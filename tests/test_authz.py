@@ -32,11 +32,11 @@ from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from service.audit_servicer import AuditServiceV2
-from service.auth import new_token, token_hash
-from service.provider_servicer import SecretProviderServiceV2
-from service.servicers import ConfigServiceV1, ConfigServiceV2
-from service.settings import PERMISSIONS
+from smtpconfig.api.audit_servicer import AuditServiceV2
+from smtpconfig.api.auth import new_token, token_hash
+from smtpconfig.api.provider_servicer import SecretProviderServiceV2
+from smtpconfig.api.servicers import ConfigServiceV1, ConfigServiceV2
+from smtpconfig.settings import PERMISSIONS
 from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v2 import audit_service_pb2 as audit_pb
 from smtpconfig.v2 import config_service_pb2 as v2
@@ -381,7 +381,7 @@ def world() -> Iterator[World]:
     root = short_dir("authz")
     log = ServerLog()
     logging.getLogger().addHandler(log)
-    watched = [logging.getLogger(name) for name in ("service", "smtpconfig_file_provider")]
+    watched = [logging.getLogger(name) for name in ("smtpconfig", "smtpconfig_file_provider")]
     levels = [logger.level for logger in watched]
     for logger in watched:
         logger.setLevel(logging.DEBUG)

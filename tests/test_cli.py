@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import _parser, main
-from service.cli_client import default_target
+from smtpconfig.cli.main import _parser, main
+from smtpconfig.cli.client import default_target
 from tests.conftest import BASIC_V1, BASIC_V2, OAUTH_V2
 from tests.test_validation import DROP, edit
 
@@ -128,7 +128,7 @@ def test_empty_store_get_is_not_found(server, capsys) -> None:
 
 
 def test_default_target_is_the_data_directory_socket_or_nothing(tmp_path) -> None:
-    from service.cli_client import CliError
+    from smtpconfig.cli.client import CliError
 
     assert default_target({"SMTPCONFIG_TARGET": "127.0.0.1:1"}) == "127.0.0.1:1"
     (tmp_path / "smtpconfig.sock").touch()
@@ -217,7 +217,7 @@ def test_a_reader_that_goes_away_ends_the_cli_quietly(server, tmp_path, capsys, 
     os.close(reader)  # `| head -0`: gone before the first line
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "service.cli", *command, *server.cli_args],
+            [sys.executable, "-m", "smtpconfig.cli", *command, *server.cli_args],
             stdout=writer, stderr=subprocess.PIPE, text=True, timeout=60,
         )
     finally:

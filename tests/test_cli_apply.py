@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import main
+from smtpconfig.cli.main import main
 from tests.smtpkit import SmtpServer
 from tests.support import ServerThread, short_dir
 from tests.testca import make_pki

@@ -21,8 +21,8 @@ from typing import Iterator
 import grpc
 import pytest
 
-from service.auth import TOKEN_PREFIX
-from service.cli import main
+from smtpconfig.api.auth import TOKEN_PREFIX
+from smtpconfig.cli.main import main
 from tests.conftest import BASIC_V2
 from tests.support import ServerProcess, ServerThread, short_dir
 from tests.testca import TestCA
@@ -118,7 +118,7 @@ def test_token_new_leaves_the_token_readable_by_its_owner_only(tmp_path: Path) -
     shell) is narrowed to 0600 before the token goes in; standard error stays appendable TOML."""
     def token_new(*extra: str, stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "service.cli", "token", "new", "--identity", "ci", *extra],
+            [sys.executable, "-m", "smtpconfig.cli", "token", "new", "--identity", "ci", *extra],
             stdout=stdout, stderr=subprocess.PIPE, text=True, cwd=tmp_path, timeout=60,
             preexec_fn=lambda: os.umask(0o022),
         )
@@ -200,7 +200,7 @@ def test_a_named_token_file_is_used_even_beside_an_admin_token(capsys, clean: Pa
 
 
 def test_without_a_token_the_cli_says_how_to_give_one(capsys, clean: Path, server, caplog) -> None:
-    caplog.set_level(logging.DEBUG, logger="service")
+    caplog.set_level(logging.DEBUG, logger="smtpconfig")
     assert server.target.startswith("127.0.0.1:")
     code, out, err = run(capsys, "get", "--target", server.target)
     assert code == 1 and out == ""
@@ -215,7 +215,7 @@ def test_without_a_token_the_cli_says_how_to_give_one(capsys, clean: Path, serve
 def test_the_cli_finds_the_admin_token_beside_the_socket(
     capsys, clean: Path, server, profile_file: str, monkeypatch: pytest.MonkeyPatch, caplog
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="service")
+    caplog.set_level(logging.DEBUG, logger="smtpconfig")
     target = f"unix:{server.app.socket_path}"
     assert server.app.socket_path.parent / "admin.token" == server.token_path
     code, _, err = run(capsys, "put", "--target", target, "-f", profile_file)
@@ -329,7 +329,7 @@ def test_the_cli_prints_no_grpc_log_lines_before_its_explanation(tmp_path: Path)
     try:
         clean = {k: v for k, v in os.environ.items() if not k.startswith(("SMTPCONFIG_", "GRPC_"))}
         done = subprocess.run(
-            [sys.executable, "-m", "service.cli", "get", "--target", plain.target, "--ca", str(ca.path)],
+            [sys.executable, "-m", "smtpconfig.cli", "get", "--target", plain.target, "--ca", str(ca.path)],
             capture_output=True, text=True, env=clean, timeout=60,
         )
     finally:
@@ -340,7 +340,7 @@ def test_the_cli_prints_no_grpc_log_lines_before_its_explanation(tmp_path: Path)
 
 def test_the_cli_never_sends_a_token_in_clear_text_off_this_machine(tmp_path, capsys) -> None:
     # 192.0.2.1 (TEST-NET-1) is never dialled: the CLI refuses before opening a channel.
-    from service.cli import main
+    from smtpconfig.cli.main import main
 
     token_file = tmp_path / "t"
     token_file.write_text("sct_some-token-value-for-the-test\n")
@@ -378,7 +378,7 @@ class Listener:
 def cli_process(cwd: Path, data: Path, *argv: str, **env: str) -> subprocess.CompletedProcess:
     clean_env = {k: v for k, v in os.environ.items() if not k.startswith("SMTPCONFIG_")}
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", "get", "--timeout", "5", *argv],
+        [sys.executable, "-m", "smtpconfig.cli", "get", "--timeout", "5", *argv],
         capture_output=True, text=True, cwd=cwd, timeout=60,
         env={**clean_env, "SMTPCONFIG_DATA_DIR": str(data), **env},
     )

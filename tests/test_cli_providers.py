@@ -9,8 +9,8 @@ from typing import Iterator
 
 import pytest
 
-from service.auth import new_token, token_hash
-from service.cli import main
+from smtpconfig.api.auth import new_token, token_hash
+from smtpconfig.cli.main import main
 from tests.support import ServerThread, short_dir
 
 PLANTED = "PLANTED-cli-provider-secret"

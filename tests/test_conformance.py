@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from plugins.exec import ExecProvider
-from service.plugin import Parameter, Resolved, Secret, SecretNotFound, SecretProvider
-from service.plugin_testing import (
+from smtpconfig.providers.exec import ExecProvider
+from smtpconfig.plugin import Parameter, Resolved, Secret, SecretNotFound, SecretProvider
+from smtpconfig.plugin.testing import (
     ProviderConformance,
     check_missing_parameters,
     check_no_leaks,

@@ -35,9 +35,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from service import cli_client
-from service import settings as settings_mod
-from service.auth import new_token, token_hash
+from smtpconfig.cli import client as cli_client
+from smtpconfig import settings as settings_mod
+from smtpconfig.api.auth import new_token, token_hash
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from tests.support import short_dir, wait_serving
@@ -480,7 +480,7 @@ class Running:
         self.log = workdir / "server.log"
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "service.cli", "serve", "--config", str(self.config)],
+                [sys.executable, "-m", "smtpconfig.cli", "serve", "--config", str(self.config)],
                 stdout=out, stderr=out, env=self.env, cwd=workdir,
             )
         try:
@@ -493,7 +493,7 @@ class Running:
         """The CLI as a separate process, in a directory with no smtpconfig-data of its own."""
         clean = {k: v for k, v in os.environ.items() if not k.startswith("SMTPCONFIG_")}
         return subprocess.run(
-            [sys.executable, "-m", "service.cli", *args], capture_output=True, text=True,
+            [sys.executable, "-m", "smtpconfig.cli", *args], capture_output=True, text=True,
             env={**clean, **env}, cwd=self.workdir, timeout=60,
         )
 
@@ -665,7 +665,7 @@ def _as_here(words: list[str]) -> list[str]:
     """`.venv/bin/smtpconfig ...` as this interpreter runs it; paths in the checkout made absolute."""
     assert words[0] == ".venv/bin/smtpconfig", words
     rest = [str(ROOT / w) if (ROOT / w).exists() and "/" in w else w for w in words[1:]]
-    return [sys.executable, "-m", "service.cli", *rest]
+    return [sys.executable, "-m", "smtpconfig.cli", *rest]
 
 
 @pytest.mark.parametrize("config", ["sidecar", "standalone"])
@@ -718,7 +718,7 @@ def test_token_new_appends_to_each_shipped_config_and_the_inspector_reads_a_side
     words = token_new[:token_new.index("2>")]
     assert words[:3] == ["smtpconfig", "token", "new"] and "--out" in words
     words[words.index("--out") + 1] = str(workdir / "inspector.token")
-    made = subprocess.run([sys.executable, "-m", "service.cli", *words[1:]], capture_output=True, text=True,
+    made = subprocess.run([sys.executable, "-m", "smtpconfig.cli", *words[1:]], capture_output=True, text=True,
                           timeout=60, cwd=workdir)
     assert made.returncode == 0 and made.stdout == "", made.stderr
     assert stat.S_IMODE((workdir / "inspector.token").stat().st_mode) == 0o600

@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from service import hookspecs, plugin
+from smtpconfig.plugin import hookspecs
+from smtpconfig import plugin
 
 ROOT = Path(__file__).resolve().parent.parent
 GUIDE = ROOT / "docs" / "plugins.md"
@@ -40,7 +41,7 @@ def test_public_plugin_api_is_documented() -> None:
     for name in plugin.__all__:
         obj = getattr(plugin, name)
         if inspect.isclass(obj) or inspect.isfunction(obj):
-            assert inspect.getdoc(obj), f"service.plugin.{name} has no docstring"
+            assert inspect.getdoc(obj), f"smtpconfig.plugin.{name} has no docstring"
     for method in ("resolve", "close"):
         assert inspect.getdoc(getattr(plugin.SecretProvider, method)), method
 
@@ -90,7 +91,7 @@ def test_the_guides_example_passes_the_conformance_kit_and_its_opt_out_is_skippe
 def test_every_setting_and_permission_is_in_the_readme() -> None:
     from dataclasses import fields
 
-    from service.settings import _ENV, PERMISSIONS, Settings
+    from smtpconfig.settings import _ENV, PERMISSIONS, Settings
 
     readme = (ROOT / "README.md").read_text()
     missing = [f.name for f in fields(Settings) if f.name != "sources" and f"`{f.name}`" not in readme

@@ -5,7 +5,7 @@ payload in base64, the client secret as the form body carried it, the instance's
 test here runs the real service against a real component that echoes (the SMTP kit with
 `auth_echo`, the OAuth kit with `echo_credentials`, a loopback Vault stand-in, a real command),
 calls as an identity holding only the permission the call needs, and then searches the reply, the
-server's log lines (text and JSON, as `service.logs.configure` writes them) and the audit trail
+server's log lines (text and JSON, as `smtpconfig.ops.logs.configure` writes them) and the audit trail
 for the planted values in every encoding, for line breaks and for length.
 """
 
@@ -26,9 +26,9 @@ from urllib.parse import quote, quote_plus
 import grpc
 import pytest
 
-from service import logs
-from service.audit import MAX_MESSAGE
-from service.auth import token_hash
+from smtpconfig.ops import logs
+from smtpconfig.ops.audit import MAX_MESSAGE
+from smtpconfig.api.auth import token_hash
 from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
 from smtpconfig.v2 import audit_service_pb2 as audit_pb
@@ -69,7 +69,7 @@ CALLERS = dict(
 )
 VAULT_TOKEN = "PLANTED-vault-token-c81f7a"
 EXEC_TOKEN = "PLANTED-exec-token-4d2e90"
-PROVIDER_FORGED_LINE = "2026-01-01T00:00:00.000Z INFO service.calls FORGED by the backend"
+PROVIDER_FORGED_LINE = "2026-01-01T00:00:00.000Z INFO smtpconfig.api.calls FORGED by the backend"
 FORGED = (smtpkit.ECHO_FORGED_LINE, oauthkit.ECHO_FORGED_LINE, PROVIDER_FORGED_LINE)
 # Longest message allowed: a sentence of ours around one capped third-party text; an audit
 # record's message (a test's destinations, then its failure) is cut at MAX_MESSAGE with a mark.
@@ -109,7 +109,7 @@ def too_long(texts: Iterable[str]) -> list[int]:
 
 @contextlib.contextmanager
 def server_log(fmt: str) -> Iterator[io.StringIO]:
-    """The root handler `service.logs.configure` installs, writing to a buffer at debug level."""
+    """The root handler `smtpconfig.ops.logs.configure` installs, writing to a buffer at debug level."""
     out = io.StringIO()
     root = logging.getLogger()
     level = root.level

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from service.plugin import AccessDenied, BadParameters, Resolved, SecretNotFound
+from smtpconfig.plugin import AccessDenied, BadParameters, Resolved, SecretNotFound
 from smtpconfig_file_provider import FileProvider, register_secret_providers
 
 PLANTED = "PLANTED-file-secret-3e1d"

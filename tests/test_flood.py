@@ -26,12 +26,12 @@ from google.protobuf.message import DecodeError
 from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health_pb2
 
-from service.auth import token_hash
-from service.audit_servicer import AuditServiceV2
-from service.provider_servicer import SecretProviderServiceV2
-from service.server import SERVICE_NAMES
-from service.servicers import ConfigServiceV1, ConfigServiceV2
-from service.settings import SettingsError, load
+from smtpconfig.api.auth import token_hash
+from smtpconfig.api.audit_servicer import AuditServiceV2
+from smtpconfig.api.provider_servicer import SecretProviderServiceV2
+from smtpconfig.app import SERVICE_NAMES
+from smtpconfig.api.servicers import ConfigServiceV1, ConfigServiceV2
+from smtpconfig.settings import SettingsError, load
 from smtpconfig.v2 import config_service_pb2 as v2
 from tests.conftest import BASIC_V2, v2_profile
 from tests.support import ServerThread, short_dir, violations
@@ -528,8 +528,8 @@ def test_the_per_identity_share_is_a_setting(tmp_path) -> None:
 def test_a_method_without_rpc_is_never_served() -> None:
     """Every method of a registered service is served through the guard, or the server does not
     start: one overridden without `@rpc`, or left to the generated base class, is refused."""
-    from service import handlers
-    from service.servicers import ConfigServiceV2
+    from smtpconfig.api import handlers
+    from smtpconfig.api.servicers import ConfigServiceV2
     from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 
     class Careless(ConfigServiceV2):

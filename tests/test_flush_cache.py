@@ -12,7 +12,7 @@ from typing import Iterator
 import grpc
 import pytest
 
-from service.cli import main
+from smtpconfig.cli.main import main
 from smtpconfig.v2 import audit_service_pb2 as audit_pb
 from smtpconfig.v2 import audit_service_pb2_grpc as audit_grpc
 from smtpconfig.v2 import secret_pb2

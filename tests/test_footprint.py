@@ -25,8 +25,8 @@ SERVE = textwrap.dedent("""
 
     import grpc
 
-    from service import settings as settings_mod
-    from service.server import App
+    from smtpconfig import settings as settings_mod
+    from smtpconfig.app import App
     from smtpconfig.v2 import secret_provider_service_pb2 as pb
     from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
 
@@ -66,8 +66,8 @@ SERVE = textwrap.dedent("""
 INSTANTIATE = textwrap.dedent("""
     import json, sys
 
-    from plugins.vault import VaultProvider
-    from service.oauth import TokenClient
+    from smtpconfig.providers.vault import VaultProvider
+    from smtpconfig.outbound.oauth import TokenClient
 
     HEAVY = {heavy!r}
 

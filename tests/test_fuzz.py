@@ -1,6 +1,6 @@
 """Robustness: random and malformed requests at every RPC, with hypothesis.
 
-Every method of every service the server registers (`service.server.SERVICE_NAMES`, looked up in
+Every method of every service the server registers (`smtpconfig.app.SERVICE_NAMES`, looked up in
 the generated descriptors, so a new RPC is fuzzed without touching this file) gets requests from
 the three generators of `tests.fuzzkit`: structured (built from the request descriptor), mutated
 (valid requests, bent) and raw (malformed bytes). Most calls come as the admin, so validation is
@@ -60,8 +60,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, note, seed, settings
 from hypothesis import strategies as st
 
-from service.server import SERVICE_NAMES
-from service.validation import host_problems, token_endpoint_problems
+from smtpconfig.app import SERVICE_NAMES
+from smtpconfig.domain.validation import host_problems, token_endpoint_problems
 from smtpconfig.v2 import audit_service_pb2 as audit_pb
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import secret_provider_service_pb2 as providers_pb

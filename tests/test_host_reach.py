@@ -21,9 +21,9 @@ from typing import Iterator
 import grpc
 import pytest
 
-from service.auth import token_hash
-from service.plugin import Parameter
-from service.settings import SettingsError, load
+from smtpconfig.api.auth import token_hash
+from smtpconfig.plugin import Parameter
+from smtpconfig.settings import SettingsError, load
 from smtpconfig.v2 import secret_pb2
 from smtpconfig.v2 import secret_provider_service_pb2 as pb
 from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
@@ -456,7 +456,7 @@ def test_a_new_host_never_receives_the_stored_token(reach, openbao_server: OpenB
 
 NOTES = """
 import os
-from service.plugin import Parameter, Resolved, Secret, SecretProvider, hookimpl
+from smtpconfig.plugin import Parameter, Resolved, Secret, SecretProvider, hookimpl
 
 class Notes(SecretProvider):
     name = "notes"

@@ -365,7 +365,7 @@ def test_an_abandoned_smtp_test_sends_nothing(short_deadline: Running) -> None:
         waits: "OK", gives_up: "CANCELLED", defaulted: "DEADLINE_EXCEEDED"}
 
 
-POOL = 16  # threads running SMTP tests (service.apply.Applier's `workers`)
+POOL = 16  # threads running SMTP tests (smtpconfig.outbound.apply.Applier's `workers`)
 
 
 def test_abandoned_smtp_tests_give_their_threads_back_at_once(short_deadline: Running) -> None:

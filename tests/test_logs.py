@@ -1,4 +1,4 @@
-"""`service.logs`: JSON and text lines as configured on the root logger, the call's fields, and the
+"""`smtpconfig.ops.logs`: JSON and text lines as configured on the root logger, the call's fields, and the
 redactor as a backstop for values that reach a log call by mistake."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Iterator
 
 import pytest
 
-from service import logs
-from service.logs import CALL, MASK, Redactor, call_fields, configure, forget_secrets, redact, remember_secret
-from service.secret import Secret
+from smtpconfig.ops import logs
+from smtpconfig.ops.logs import CALL, MASK, Redactor, call_fields, configure, forget_secrets, redact, remember_secret
+from smtpconfig.core.secret import Secret
 
 PLANTED = "PLANTED-log-secret-c0ffee"
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -66,16 +66,16 @@ def in_call(call: Call):
 
 def test_json_lines_carry_time_level_logger_message(out: io.StringIO) -> None:
     configure("info", "json", stream=out)
-    logging.getLogger("service.test").info("applied profile %s", 3)
-    logging.getLogger("service.test").debug("below the level")
+    logging.getLogger("smtpconfig.test").info("applied profile %s", 3)
+    logging.getLogger("smtpconfig.test").debug("below the level")
     (line,) = json_lines(out)
     assert TIME.match(line["time"]), line["time"]
-    assert line == {"time": line["time"], "level": "INFO", "logger": "service.test", "message": "applied profile 3"}
+    assert line == {"time": line["time"], "level": "INFO", "logger": "smtpconfig.test", "message": "applied profile 3"}
 
 
 def test_lines_inside_a_call_carry_its_request_id_method_and_identity(out: io.StringIO) -> None:
     configure("debug", "json", stream=out)
-    log = logging.getLogger("service.test")
+    log = logging.getLogger("smtpconfig.test")
     with in_call(Call("req-41", "v2.ConfigService/GetSmtp", "spiffe://example/app")):
         assert call_fields() == {"request_id": "req-41", "method": "v2.ConfigService/GetSmtp",
                                  "identity": "spiffe://example/app"}
@@ -93,14 +93,14 @@ def test_lines_inside_a_call_carry_its_request_id_method_and_identity(out: io.St
 
 def test_text_lines_show_the_request_id(out: io.StringIO) -> None:
     configure("info", "text", stream=out)
-    log = logging.getLogger("service.test")
+    log = logging.getLogger("smtpconfig.test")
     with in_call(Call("req-7", "v2.ConfigService/GetSmtp", "uid:1000")):
         log.warning("slow backend")
     log.warning("no call")
     inside, outside = out.getvalue().splitlines()
     stamp, rest = inside.split(" ", 1)
-    assert TIME.match(stamp) and rest == "WARNING service.test [req-7] slow backend"
-    assert outside.split(" ", 1)[1] == "WARNING service.test no call"
+    assert TIME.match(stamp) and rest == "WARNING smtpconfig.test [req-7] slow backend"
+    assert outside.split(" ", 1)[1] == "WARNING smtpconfig.test no call"
 
 
 def test_exceptions_give_exc_type_and_a_redacted_traceback(out: io.StringIO) -> None:
@@ -108,7 +108,7 @@ def test_exceptions_give_exc_type_and_a_redacted_traceback(out: io.StringIO) -> 
     try:
         raise ValueError(f"could not log in with password={PLANTED}")
     except ValueError:
-        logging.getLogger("service.test").exception("login failed")
+        logging.getLogger("smtpconfig.test").exception("login failed")
     (line,) = json_lines(out)
     assert line["exc_type"] == "ValueError"
     assert "Traceback" in line["exc_info"] and "password=[REDACTED]" in line["exc_info"]
@@ -118,7 +118,7 @@ def test_exceptions_give_exc_type_and_a_redacted_traceback(out: io.StringIO) -> 
 def test_configure_writes_to_stderr_and_replaces_its_own_handler(capsys) -> None:
     configure("info", "text")
     configure("info", "json")  # again: one handler, the new format
-    logging.getLogger("service.test").info("to stderr")
+    logging.getLogger("smtpconfig.test").info("to stderr")
     captured = capsys.readouterr()
     (line,) = captured.err.splitlines()
     assert json.loads(line)["message"] == "to stderr" and captured.out == ""
@@ -184,7 +184,7 @@ def test_only_the_most_recent_values_are_remembered() -> None:
 
 def test_a_planted_secret_in_log_arguments_never_reaches_the_stream(out: io.StringIO) -> None:
     configure("debug", "json", stream=out)
-    log = logging.getLogger("service.test")
+    log = logging.getLogger("smtpconfig.test")
     log.info("header %s", f"Authorization: Bearer {PLANTED}")
     log.info("form %s", {"client_secret": PLANTED})
     log.info("wrapped %s", Secret(PLANTED))
@@ -220,7 +220,7 @@ def test_a_call_whose_arguments_do_not_fit_is_still_logged_and_redacted() -> Non
 
 def test_a_secret_references_path_stays_readable() -> None:
     # `Secret` is the Keyfactor parameter naming where a secret lives, not the secret itself.
-    from service.logs import redact
+    from smtpconfig.ops.logs import redact
 
     assert redact("secret not found {Secret=smtp/relay, Key=password}") == "secret not found {Secret=smtp/relay, Key=password}"
     assert redact("secret=abc client_secret=def") == "secret=[REDACTED] client_secret=[REDACTED]"
@@ -279,7 +279,7 @@ def test_a_traceback_keeps_its_source_lines_and_masks_its_values(out: io.StringI
     try:
         _log_in(password=relay_password)
     except ValueError:
-        logging.getLogger("service.test").exception("login failed")
+        logging.getLogger("smtpconfig.test").exception("login failed")
     text = out.getvalue()
     # Code names values and holds none: its lines stay readable...
     assert "\n    _log_in(password=relay_password)\n" in text
@@ -352,7 +352,7 @@ def test_grpc_logs_errors_only_unless_the_operator_asks(tmp_path) -> None:
     ("{not json", "stderr", "WARNING", "only a JSON object passes"),
 ])
 def test_each_foreign_line_becomes_one_json_object(line: str, logger: str, level: str, why: str) -> None:
-    from service.grpc_log import as_json_line
+    from smtpconfig.ops.grpc_log import as_json_line
 
     wrapped = json.loads(as_json_line(line + "\n"))
     assert (wrapped["logger"], wrapped["level"]) == (logger, level), why

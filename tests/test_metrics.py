@@ -1,4 +1,4 @@
-"""`service.metrics` for real: counters in a private registry, the text exposition parsed back, the
+"""`smtpconfig.ops.metrics` for real: counters in a private registry, the text exposition parsed back, the
 HTTP endpoint scraped over loopback, and the resolver and token client moving the counters while
 they call the real `exec` provider and a real token endpoint."""
 
@@ -14,16 +14,16 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.crypto import Sealer
-from service.logs import forget_secrets, redact
-from service.metrics import MAX_SERIES, NO_METRICS, OTHER, Metrics
-from service.model import InlineSecret, ProviderRef
-from service.oauth import TokenClient, TokenError, TokenRequest
-from service.plugin_manager import load_plugins
-from service.provider_service import ProviderService, declared_instances
-from service.resolver import Resolver
-from service.secret import Secret
-from service.store.sqlite import SqliteStore
+from smtpconfig.domain.crypto import Sealer
+from smtpconfig.ops.logs import forget_secrets, redact
+from smtpconfig.ops.metrics import MAX_SERIES, NO_METRICS, OTHER, Metrics
+from smtpconfig.domain.model import InlineSecret, ProviderRef
+from smtpconfig.outbound.oauth import TokenClient, TokenError, TokenRequest
+from smtpconfig.plugin.manager import load_plugins
+from smtpconfig.domain.provider_service import ProviderService, declared_instances
+from smtpconfig.domain.resolver import Resolver
+from smtpconfig.core.secret import Secret
+from smtpconfig.store.sqlite import SqliteStore
 from tests.oauthkit import TokenEndpoint
 
 # Only loopback: a proxy from the environment must not see (or answer) the scrape.

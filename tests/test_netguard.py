@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from service.netguard import RefusedDestination, check_destination, check_destination_blocking
+from smtpconfig.core.netguard import RefusedDestination, check_destination, check_destination_blocking
 
 
 def check(host: str, port: int = 587):
@@ -76,7 +76,7 @@ def test_names_are_resolved_once_and_the_checked_addresses_returned() -> None:
 
 @pytest.mark.parametrize("front", [check, check_blocking], ids=["async", "blocking"])
 def test_a_name_the_idna_codec_refuses_is_a_failed_lookup_not_a_crash(front) -> None:
-    from service.errors import Unavailable
+    from smtpconfig.core.errors import Unavailable
 
     with pytest.raises(Unavailable, match="not a valid host name"):
         front("a" * 64 + ".example")

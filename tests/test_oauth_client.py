@@ -7,10 +7,10 @@ import ssl
 
 import pytest
 
-from service.errors import Unavailable
-from service.model import RequestHeader
-from service.oauth import TokenClient, TokenError, TokenRequest
-from service.secret import Secret
+from smtpconfig.core.errors import Unavailable
+from smtpconfig.domain.model import RequestHeader
+from smtpconfig.outbound.oauth import TokenClient, TokenError, TokenRequest
+from smtpconfig.core.secret import Secret
 from tests.oauthkit import TokenEndpoint
 
 CLIENT_SECRET = "PLANTED-client-secret-0a1b"

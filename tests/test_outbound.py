@@ -19,10 +19,10 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
-from plugins.vault import VaultProvider
-from service.auth import token_hash
-from service.plugin import ProviderUnavailable
-from service.secret import Secret
+from smtpconfig.providers.vault import VaultProvider
+from smtpconfig.api.auth import token_hash
+from smtpconfig.plugin import ProviderUnavailable
+from smtpconfig.core.secret import Secret
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from smtpconfig.v2 import secret_pb2

@@ -16,15 +16,15 @@ from pathlib import Path
 import grpc
 import pytest
 
-from service.plugin_manager import PluginError, load_plugins
-from service.settings import load as load_settings
+from smtpconfig.plugin.manager import PluginError, load_plugins
+from smtpconfig.settings import load as load_settings
 from smtpconfig.v2 import secret_pb2
 from smtpconfig.v2 import secret_provider_service_pb2 as pb
 from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
 from tests.support import ServerProcess, ServerThread, short_dir, violations
 
 GOOD = """
-from service.plugin import Resolved, Secret, SecretProvider, Parameter, hookimpl
+from smtpconfig.plugin import Resolved, Secret, SecretProvider, Parameter, hookimpl
 
 class Echo(SecretProvider):
     name = "{type_name}"
@@ -39,10 +39,10 @@ def register_secret_providers(register):
 
 BROKEN = {
     "raises at import": 'raise RuntimeError("plugin import blew up")\n',
-    "misspelt hook": "from service.plugin import hookimpl\n\n@hookimpl\ndef register_secret_provider(register):\n    pass\n",
-    "registers a non-provider": "from service.plugin import hookimpl\n\n@hookimpl\ndef register_secret_providers(register):\n    register(dict)\n",
+    "misspelt hook": "from smtpconfig.plugin import hookimpl\n\n@hookimpl\ndef register_secret_provider(register):\n    pass\n",
+    "registers a non-provider": "from smtpconfig.plugin import hookimpl\n\n@hookimpl\ndef register_secret_providers(register):\n    register(dict)\n",
     "registers a taken type name": GOOD.replace("{type_name}", "exec"),
-    "hook raises": "from service.plugin import hookimpl\n\n@hookimpl\ndef register_secret_providers(register):\n    raise ValueError('no')\n",
+    "hook raises": "from smtpconfig.plugin import hookimpl\n\n@hookimpl\ndef register_secret_providers(register):\n    raise ValueError('no')\n",
     # ListPlugins shows the error to providers:read callers: it goes through the log redactor.
     "quotes a token": 'raise RuntimeError("login failed, token=PLANTED-import-token")\n',
 }
@@ -113,7 +113,7 @@ def test_names_in_the_plugin_lists_that_no_plugin_has_are_warned_about(tmp_path:
 def test_plugins_local_reports_what_this_environment_loads_as_json(tmp_path: Path) -> None:
     install_fake(tmp_path, "broken", "fake_cli_broken", BROKEN["raises at import"])
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-m", "service.cli", "plugins", "--local", "--json"],
+    result = subprocess.run([sys.executable, "-m", "smtpconfig.cli", "plugins", "--local", "--json"],
                             capture_output=True, text=True, env=env)
     assert result.returncode == 1  # a failed plugin is worth a non-zero exit
     report = {p["Name"]: p for p in json.loads(result.stdout)["Plugins"]}
@@ -124,7 +124,7 @@ def test_plugins_local_reports_what_this_environment_loads_as_json(tmp_path: Pat
 
     # Without --local it asks the server; with none there, it says how to look without one.
     unreached = subprocess.run(
-        [sys.executable, "-m", "service.cli", "plugins", "--target", f"unix:{tmp_path / 'absent.sock'}"],
+        [sys.executable, "-m", "smtpconfig.cli", "plugins", "--target", f"unix:{tmp_path / 'absent.sock'}"],
         capture_output=True, text=True, env=env, timeout=60,
     )
     assert unreached.returncode == 1 and unreached.stdout == ""
@@ -133,7 +133,7 @@ def test_plugins_local_reports_what_this_environment_loads_as_json(tmp_path: Pat
 
 def _plugins_cli(server: ServerProcess, *flags: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", "plugins", *server.cli_args, *flags],
+        [sys.executable, "-m", "smtpconfig.cli", "plugins", *server.cli_args, *flags],
         capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": ""},
     )
 
@@ -236,7 +236,7 @@ def test_server_starts_past_a_broken_plugin_but_strict_mode_refuses(tmp_path: Pa
         server.terminate()
         assert "plugin broken (fake_srv_broken) skipped: RuntimeError" in server.log()
         result = subprocess.run(
-            [sys.executable, "-m", "service.cli", "serve", "--data-dir", str(base / "strict"), "--listen", "127.0.0.1:0"],
+            [sys.executable, "-m", "smtpconfig.cli", "serve", "--data-dir", str(base / "strict"), "--listen", "127.0.0.1:0"],
             capture_output=True, text=True, env={**os.environ, **env, "SMTPCONFIG_PLUGINS_STRICT": "true"}, timeout=30,
         )
         # Every failure at once, not one per restart.
@@ -330,7 +330,7 @@ def test_bad_declarations_stop_the_server_with_a_clear_message(tmp_path: Path, r
     ("[[providers]]\nid = 1\nname = 'x'\ntype = 'exec'\n[providers.initialization]\nToken = { vault = 'x' }\n", "env"),
 ])
 def test_declaration_shape_is_checked_with_the_settings(tmp_path: Path, body: str, says: str) -> None:
-    from service.settings import SettingsError
+    from smtpconfig.settings import SettingsError
 
     with pytest.raises(SettingsError, match=says):
         _declared(tmp_path, body, {})
@@ -339,7 +339,7 @@ def test_declaration_shape_is_checked_with_the_settings(tmp_path: Path, body: st
 # --- a plugin's bug, as its author reads it -----------------------------------------------------
 
 BUGGY = """
-from service.plugin import Parameter, Resolved, Secret, SecretProvider, hookimpl
+from smtpconfig.plugin import Parameter, Resolved, Secret, SecretProvider, hookimpl
 
 class Buggy(SecretProvider):
     name = "buggy"

@@ -17,7 +17,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.server import SERVICE_NAMES
+from smtpconfig.app import SERVICE_NAMES
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from tests.conftest import BASIC_V2, v2_profile

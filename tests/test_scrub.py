@@ -1,4 +1,4 @@
-"""`service.scrub`: third-party text cleaned of every form of the credentials in play, made one
+"""`smtpconfig.core.scrub`: third-party text cleaned of every form of the credentials in play, made one
 line and capped. Table-driven: each case says which echo it stands for."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from service.scrub import CUT, MASK, MAX_TEXT, Scrubber, plain
-from service.secret import Secret
+from smtpconfig.core.scrub import CUT, MASK, MAX_TEXT, Scrubber, plain
+from smtpconfig.core.secret import Secret
 
 USER = "relay-user"
 PASSWORD = "PLANTED/smtp+password=9f3c"  # '/', '+' and '=' differ in base64, URL and form encodings

@@ -8,8 +8,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from service.crypto import Sealer
-from service.secret import Secret
+from smtpconfig.domain.crypto import Sealer
+from smtpconfig.core.secret import Secret
 from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
 from smtpconfig.v2 import config_service_pb2 as v2
@@ -107,7 +107,7 @@ def test_sealed_value_is_bound_to_its_key_and_place() -> None:
     token = sealer.seal(Secret(PASSWORD), "smtp/profile/1#RelayPassword")
     _assert_clean("sealed token", token)
     assert sealer.open(token, "smtp/profile/1#RelayPassword") == Secret(PASSWORD)
-    from service.crypto import KeyProblem
+    from smtpconfig.domain.crypto import KeyProblem
 
     with pytest.raises(KeyProblem, match="failed authentication"):
         sealer.open(token, "smtp/profile/1#ClientSecret")  # moved to another field

@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from tests.conftest import BASIC_V2, v2_profile
-from service.crypto import KeyProblem
+from smtpconfig.domain.crypto import KeyProblem
 from tests.support import ServerProcess, ServerThread, short_dir, wait_serving
 
 
@@ -31,7 +31,7 @@ def data_dir():
 
 def _serve_once(*args: str, env: dict | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", "serve", *args],
+        [sys.executable, "-m", "smtpconfig.cli", "serve", *args],
         capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
     )
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import DEFAULT_LISTEN, Settings, SettingsError, load
+from smtpconfig.settings import DEFAULT_LISTEN, Settings, SettingsError, load
 
 
 def test_defaults() -> None:
@@ -98,7 +98,7 @@ BAD = [
     ("unknown permission", {"file": '[policy]\napp = ["smtp:write"]\n'}, "unknown permission 'smtp:write'"),
     ("policy value not a list", {"file": '[policy]\napp = "smtp:read"\n'}, "list of permissions"),
     ("policy identity malformed", {"file": '[policy]\n"has space" = ["smtp:read"]\n'}, "an identity is"),
-    # Bidirectional controls make a name show as another in logs and audit records (service/bidi.py).
+    # Bidirectional controls make a name show as another in logs and audit records (service/core/bidi.py).
     ("policy URI identity with an override", {"file": '[policy]\n"spiffe://x/ns/\\u202enimda" = ["smtp:read"]\n'},
      r"policy\.'spiffe://x/ns/\\u202enimda': an identity must not contain bidirectional control"),
     ("policy dns: identity with an isolate", {"file": '[policy]\n"dns:ops\\u2067.example" = ["smtp:read"]\n'},

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from service.errors import FailedPrecondition
-from service.store.base import ABSENT, EtagMismatch
-from service.store.sqlite import SqliteStore
+from smtpconfig.core.errors import FailedPrecondition
+from smtpconfig.store.base import ABSENT, EtagMismatch
+from smtpconfig.store.sqlite import SqliteStore
 
 
 def run(coro):

@@ -87,7 +87,7 @@ def port_update(port: int) -> v2.UpdateSmtpRequest:
 
 
 def test_a_write_while_another_process_holds_the_lock_is_unavailable(server: ServerThread, caplog) -> None:
-    caplog.set_level(logging.INFO, logger="service.calls")
+    caplog.set_level(logging.INFO, logger="smtpconfig.api.calls")
     with grpc.insecure_channel(server.target) as channel:
         stub = v2_grpc.ConfigServiceStub(channel)
         stored = invoke(stub.UpdateSmtp, v2.UpdateSmtpRequest(profile=v2_profile(BASIC_V2)), ALICE_TOKEN, rid("first"))

@@ -25,8 +25,8 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
-from service.auth import new_token, token_hash
-from service.reach import same_endpoint, same_host
+from smtpconfig.api.auth import new_token, token_hash
+from smtpconfig.outbound.reach import same_endpoint, same_host
 from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
 from smtpconfig.v2 import audit_service_pb2 as audit_pb
@@ -149,7 +149,7 @@ def world(net: Net, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]
                     "initialization": {"Directory": str(files)}},),
     )
     log = LogLines()
-    watched = [logging.getLogger(name) for name in ("service", "smtpconfig_file_provider")]
+    watched = [logging.getLogger(name) for name in ("smtpconfig", "smtpconfig_file_provider")]
     levels = [logger.level for logger in watched]
     logging.getLogger().addHandler(log)
     for logger in watched:

@@ -28,8 +28,8 @@ import pytest
 from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.errors import FailedPrecondition
-from service.settings import SettingsError, load
+from smtpconfig.core.errors import FailedPrecondition
+from smtpconfig.settings import SettingsError, load
 from smtpconfig.v2 import secret_provider_service_pb2 as pb
 from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
 from tests.support import ServerThread, short_dir, token_channel, wait_serving
@@ -109,7 +109,7 @@ REFUSED_CLIENTS = {
 def test_a_client_certificate_the_ca_did_not_issue_for_clients_fails_the_handshake(
     root: Path, case: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="service")
+    caplog.set_level(logging.DEBUG, logger="smtpconfig")
     ca = TestCA(root / "ca")
     server_cert = ca.issue("server")
     good = ca.issue_client("good", "good", uris=("spiffe://test/ns/x",))
@@ -138,7 +138,7 @@ def test_a_certificate_name_with_bidirectional_controls_is_no_identity(
 ) -> None:
     # "reader\u202e" shows as "reader" in a log line or an audit record; the policy could never
     # name it (settings refuse such identities), so the caller is not identified at all.
-    caplog.set_level(logging.DEBUG, logger="service")
+    caplog.set_level(logging.DEBUG, logger="smtpconfig")
     ca = TestCA(root / "ca")
     server_cert = ca.issue("server")
     spoof = ca.issue_client("spoof", "reader\u202e")  # a CN and no SANs: the CN is its only name
@@ -161,7 +161,7 @@ def test_a_certificate_name_with_bidirectional_controls_is_no_identity(
 
 
 def test_a_replaced_server_certificate_is_served_without_a_restart(root: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="service")
+    caplog.set_level(logging.INFO, logger="smtpconfig")
     first_ca, second_ca = TestCA(root / "first", name="first CA"), TestCA(root / "second", name="second CA")
     first, second = first_ca.issue("server"), second_ca.issue("server")
     live = root / "live"
@@ -194,7 +194,7 @@ def test_a_replaced_server_certificate_is_served_without_a_restart(root: Path, c
         key.unlink()
         for _ in range(2):
             assert served_serial(port) == serial_of(first.cert), "a missing key file"
-        warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "service.tls"]
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "smtpconfig.api.tls"]
         assert len(warnings) == 3, [r.getMessage() for r in warnings]
         assert "does not belong to the certificate" in warnings[0].getMessage()
         assert server.app.certificates is not None and server.app.certificates.reloads == 0
@@ -463,7 +463,7 @@ def test_an_unknown_socket_group_fails_start_up_clearly(root: Path) -> None:
     # As an operator sees it: `smtpconfig serve` says why and exits 1.
     data_dir = root / "process"
     result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "serve", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0"],
+        [sys.executable, "-m", "smtpconfig.cli", "serve", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0"],
         env={**os.environ, "SMTPCONFIG_UNIX_SOCKET_GROUP": "no-such-group-7f3a"},
         capture_output=True, text=True, timeout=60,
     )
@@ -478,7 +478,7 @@ def test_a_socket_group_the_server_may_not_use_fails_start_up_clearly() -> None:
     try:
         own = set(os.getgroups()) | {os.getgid()}
         group = next(g for g in grp.getgrall() if g.gr_gid not in own).gr_name
-        command = [sys.executable, "-m", "service.cli", "serve", "--data-dir", str(root / "d"), "--listen", "127.0.0.1:0"]
+        command = [sys.executable, "-m", "smtpconfig.cli", "serve", "--data-dir", str(root / "d"), "--listen", "127.0.0.1:0"]
         if os.geteuid() == 0:
             setpriv = shutil.which("setpriv")
             assert setpriv, "setpriv (util-linux) is needed to drop root's CAP_CHOWN"
@@ -547,7 +547,7 @@ def test_under_umask_000_the_socket_is_never_open_to_others(root: Path, place: s
     data_dir.mkdir(mode=0o700)
     events = DirectoryEvents(path.parent)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0",
+        [sys.executable, "-m", "smtpconfig.cli", "serve", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0",
          "--unix-socket", str(path)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=lambda: os.umask(0),
     )

@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 import pytest
 
-from service.status import MAX_VIOLATIONS
+from smtpconfig.api.status import MAX_VIOLATIONS
 from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
 from smtpconfig.v2 import config_service_pb2 as v2

@@ -16,9 +16,9 @@ from typing import Any, Callable
 
 import pytest
 
-from plugins.vault import VaultProvider, register_secret_providers
-from service.plugin import AccessDenied, BadParameters, ProviderUnavailable, Resolved, Secret, SecretNotFound
-from service.plugin_testing import ProviderConformance
+from smtpconfig.providers.vault import VaultProvider, register_secret_providers
+from smtpconfig.plugin import AccessDenied, BadParameters, ProviderUnavailable, Resolved, Secret, SecretNotFound
+from smtpconfig.plugin.testing import ProviderConformance
 from tests.openbao import AppRole, JwtIssuer, OpenBao
 
 VALUE = "PLANTED-vault-välue-5e1f"
@@ -221,7 +221,7 @@ def test_a_rotated_secret_is_read_fresh_on_every_resolve(seed: Seed, provider: V
 def test_an_expiring_approle_token_is_replaced_before_any_call_fails(
     seed: Seed, provider: VaultProvider, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="plugins.vault")
+    caplog.set_level(logging.INFO, logger="smtpconfig.providers.vault")
     logins = seed.server.count_requests("auth/approle-short/login")
     init = seed.role(seed.short)
     deadline = time.monotonic() + 4.8  # the token lives 3 s: due for a new login after 2.25 s

@@ -1,13 +1,13 @@
 """The first-party Vault provider (type ``vault``): HashiCorp Vault and OpenBao KV secrets.
 
-Written against the public plugin API only (`service.plugin`); hvac is used in this package and
+Written against the public plugin API only (`smtpconfig.plugin`); hvac is used in this package and
 nowhere else. Modules: `parameters` (names, spellings, checks), `connection` (client and login),
 `errors` (Vault's answers as provider errors), `provider` (`VaultProvider.resolve`).
 """
 
 from __future__ import annotations
 
-from service.plugin import Register, hookimpl
+from smtpconfig.plugin import Register, hookimpl
 
 from .provider import VaultProvider
 

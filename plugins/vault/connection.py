@@ -16,7 +16,7 @@ from pathlib import Path
 
 import hvac
 
-from service.plugin import BadParameters
+from smtpconfig.plugin import BadParameters
 
 from . import transport
 from .parameters import Settings

@@ -1,7 +1,7 @@
 """What Vault and the network answered, as the plugin API's errors: one table, one function.
 
 Messages name the host, the mount, the path, the key and Vault's own error text, never a secret
-value or credential: every message is masked (`service.plugin.mask_secrets`) with each credential
+value or credential: every message is masked (`smtpconfig.plugin.mask_secrets`) with each credential
 the provider holds at that moment, the ones it obtained at run time included (the JWT read from
 JwtFile, the token a login returned), and the hvac or requests exception is not chained (its
 attributes hold the raw response).
@@ -16,7 +16,7 @@ from typing import Callable
 import hvac.exceptions as vault
 import requests.exceptions as http
 
-from service.plugin import (
+from smtpconfig.plugin import (
     AccessDenied,
     BadParameters,
     ProviderError,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Mapping
 from urllib.parse import urlsplit
 
-from service.plugin import BadParameters, InitializationValue, Parameter, Secret
+from smtpconfig.plugin import BadParameters, InitializationValue, Parameter, Secret
 
 AUTH_METHODS = ("token", "approle", "jwt")
 

@@ -8,7 +8,7 @@ import threading
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Mapping
 
-from service.plugin import (
+from smtpconfig.plugin import (
     AccessDenied,
     InitializationValue,
     ProviderError,

@@ -1,5 +1,5 @@
 """The HTTP session the Vault client talks through: every connection goes to an address the
-destination guard (`service.plugin.check_destination`) checked, and no redirect is followed.
+destination guard (`smtpconfig.plugin.check_destination`) checked, and no redirect is followed.
 
 Pinning is per connection: a urllib3 connection checks its host when it opens a socket and dials
 one of the checked addresses, never the name again, so a name that answers differently on a second
@@ -29,7 +29,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.util import connection as sockets
 
-from service.plugin import check_destination
+from smtpconfig.plugin import check_destination
 
 WHAT = "Vault Host"
 

@@ -25,8 +25,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import AsyncIterator, Callable, TypeVar
 
-from service.errors import FailedPrecondition, Unavailable
-from service.store.base import ABSENT, AuditEntry, Change, EtagMismatch, Revision, _Absent, make_etag
+from smtpconfig.core.errors import FailedPrecondition, Unavailable
+from smtpconfig.store.base import ABSENT, AuditEntry, Change, EtagMismatch, Revision, _Absent, make_etag
 
 T = TypeVar("T")
 

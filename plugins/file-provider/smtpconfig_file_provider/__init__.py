@@ -6,7 +6,7 @@ Installed as its own distribution; smtpconfig finds it through the entry point `
 
 from __future__ import annotations
 
-from service.plugin import Register, hookimpl
+from smtpconfig.plugin import Register, hookimpl
 
 from smtpconfig_file_provider.provider import FileProvider
 

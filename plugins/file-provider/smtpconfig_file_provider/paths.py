@@ -6,7 +6,7 @@ import os
 import stat
 from pathlib import PurePosixPath
 
-from service.plugin import BadParameters
+from smtpconfig.plugin import BadParameters
 
 
 def check_name(file: str) -> None:

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Mapping
 
-from service.plugin import (
+from smtpconfig.plugin import (
     AccessDenied,
     BadParameters,
     InitializationValue,

@@ -1,0 +1,377 @@
+"""What happens around every RPC: identity, permission, rate limit, deadline, errors, audit, metrics.
+
+Each servicer method is declared with `@rpc(permission, ...)`; nothing answers without one, so
+a method cannot be left open by forgetting it. The servicer's `guard` (one per server) does the
+work, in this order:
+
+1. a request id: the caller's `x-request-id` when it is a sane token, else a new one; it goes
+   back in the `x-request-id` trailer and onto every log line and audit record of the call;
+2. the caller's identity (`smtpconfig.api.auth`), else UNAUTHENTICATED;
+3. the method's permission in the policy, else PERMISSION_DENIED;
+4. a slot among the calls served at once: at most `max_concurrent_rpcs` in all and
+   `max_concurrent_rpcs_per_identity` for each identity, else RESOURCE_EXHAUSTED;
+5. the per-identity rate limit of limited methods, else RESOURCE_EXHAUSTED with a RetryInfo;
+6. the one request message, read and decoded only now (`smtpconfig.api.handlers` registers every
+   method so that nothing is read before the checks above): none, two, or bytes that do not
+   decode as the request type are INVALID_ARGUMENT;
+7. the method itself. Reading the message, and the method unless it is declared
+   `waits=False`, run under the server's default deadline when the caller set none;
+8. domain errors mapped to statuses by `smtpconfig.api.status`; anything else is INTERNAL with a
+   fixed message;
+9. for audited methods an audit record, success or not, before the answer leaves; changes
+   write theirs with the change itself (`Call.change_record`). A call that ended before step 7,
+   whatever its code, is recorded only up to its caller's cap (`smtpconfig.api.refusals`);
+10. the call's count and latency by method and status code.
+
+Steps 1-5 need nothing the caller sends after its headers, so a caller without an identity or a
+permission is refused at once and holds nothing, and a caller that opens calls and never sends
+their message holds at most its identity's share of slots, each until the default deadline.
+
+Health and reflection are not servicers of ours and stay open to everyone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import math
+import os
+import re
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Mapping, Sequence, TypeVar
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from smtpconfig.ops.audit import AuditLog, encode
+from smtpconfig.api.auth import Authenticator, Policy
+from smtpconfig.core.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, SmtpConfigError, violation
+from smtpconfig.api.limits import RateLimiter
+from smtpconfig.ops.logs import CALL
+from smtpconfig.api.refusals import RefusalRecords
+from smtpconfig.api.status import DETAILS_KEY, to_rpc_status
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID = "x-request-id"
+# Audit records of refused calls that carry no identity at all, per second (and burst).
+ANONYMOUS_RECORDS_PER_SECOND = 10.0
+ANONYMOUS_RECORDS_BURST = 100
+# The RetryInfo of a call refused for want of a slot: slots free as calls end, which the server
+# cannot foresee, so this is a hint to back off rather than a promise.
+BUSY_RETRY_AFTER = 1.0
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}\Z")
+# Request ids the server makes: unique per process start, then a counter (cheaper than random
+# bytes per call; they only need to tell calls apart, not be unguessable).
+_ID_PREFIX = os.urandom(4).hex() + "-"
+_ids = itertools.count(1)
+
+
+@dataclass(slots=True)
+class Call:
+    """The call in progress, as logs and the audit trail see it."""
+
+    method: str
+    request_id: str
+    identity: str = ""
+    # What the audit record names: fields changed or revealed, the provider changed, a summary.
+    fields: tuple[str, ...] = ()
+    provider: int = 0
+    message: str = ""
+    # The change wrote its record itself, atomically with the change.
+    recorded: bool = False
+    # The policy, once the caller is identified: `holds` asks it only when a method wants to know.
+    policy: Policy | None = None
+    # The method itself has begun: from here on the call may have acted, so its record is never capped.
+    started: bool = False
+
+    def change_record(self, fields: Sequence[str] = (), provider: int = 0):
+        """The audit entry a change stores together with itself (outcome OK)."""
+        self.fields, self.provider, self.recorded = tuple(fields), provider, True
+        return encode(self.identity, self.method, self.request_id, "OK", self.fields, provider, self.message)
+
+    def note(self, *, fields: Sequence[str] = (), provider: int = 0, message: str = "") -> None:
+        """What the audit record of this call should name besides who, when and the outcome."""
+        self.fields, self.provider, self.message = tuple(fields), provider, message
+
+    def holds(self, permission: str) -> bool:
+        """Whether the caller also holds `permission`, for methods whose answer depends on more
+        than the permission they need (which the guard has checked already)."""
+        return self.policy is not None and self.policy.allows(self.identity, permission)
+
+
+def current() -> Call | None:
+    """The call being served on this task, if any."""
+    return CALL.get()
+
+
+@dataclass(frozen=True, slots=True)
+class RpcSpec:
+    permission: str
+    audit: bool
+    limit: str | None
+    waits: bool
+
+
+class Guard:
+    """The checks and records around every call of one server."""
+
+    def __init__(
+        self,
+        *,
+        authenticator: Authenticator,
+        policy: Policy,
+        audit: AuditLog,
+        metrics,
+        limiters: Mapping[str, RateLimiter],
+        default_deadline: float,
+        max_concurrent: int = 0,
+        max_concurrent_per_identity: int = 0,
+    ) -> None:
+        self._authenticator = authenticator
+        self._policy = policy
+        self._audit = audit
+        self._metrics = metrics
+        self._limiters = dict(limiters)
+        self._default_deadline = default_deadline
+        # `limiters["refusals"]`: how many refusals per identity get an audit record.
+        self._refusals = RefusalRecords(
+            RateLimiter(ANONYMOUS_RECORDS_PER_SECOND, ANONYMOUS_RECORDS_BURST), self._limiters["refusals"], metrics
+        )
+        # Calls in progress, in all and by identity; 0 as a limit means none. One event loop
+        # serves every call, so plain counters need no lock.
+        self._max_concurrent = max_concurrent
+        self._max_per_identity = max_concurrent_per_identity
+        self._in_progress = 0
+        self._in_progress_by: dict[str, int] = {}
+
+    async def run(
+        self, spec: RpcSpec, name: str, method, decode: Callable[[bytes], Any], context: grpc.aio.ServicerContext
+    ):
+        """Serve one call of `method` (the servicer's bound method, named `name` in logs, metrics
+        and the audit trail) whose request message `decode` turns from bytes into the request."""
+        started = time.perf_counter()
+        metadata = context.invocation_metadata() or ()
+        request_id = ""
+        for key, value in metadata:
+            if key == REQUEST_ID:
+                if _SANE_REQUEST_ID.match(value):
+                    request_id = value
+                break
+        call = Call(name, request_id or f"{_ID_PREFIX}{next(_ids):x}")
+        token = CALL.set(call)
+        code = "OK"
+        slot: str | None = None
+        try:
+            try:
+                identity = self._authenticator.identify(context, metadata)
+                call.identity = identity.name
+                self._policy.check(identity, spec.permission)
+                call.policy = self._policy
+                slot = self._take_slot(identity.name)
+                if spec.limit is not None:
+                    wait = self._limiters[spec.limit].acquire(identity.name)
+                    if wait:
+                        self._metrics.rate_limited(name)
+                        raise ResourceExhausted(
+                            f"{identity.name!r} is over the {spec.limit} rate limit; retry in {_after(wait)}",
+                            retry_after=wait,
+                        )
+                response = await self._serve(call, spec, method, decode, context)
+            except SmtpConfigError as error:
+                status_code, message, status = to_rpc_status(error)
+                code = status_code.name
+                # Domain messages are written never to hold a value, so operators see them whole.
+                log.info("%s refused: %s %s", name, code, message)
+                if spec.audit and self._worth_recording(call, code):
+                    try:
+                        await self._record(call, code, _after_note(call, message))
+                    except Exception as failure:  # noqa: BLE001 - the refusal still goes out as it is
+                        log.error("%s: the audit record of a refused call could not be written (%s)", name, type(failure).__name__)
+                await context.abort(
+                    status_code, message,
+                    trailing_metadata=((DETAILS_KEY, status.SerializeToString()), (REQUEST_ID, call.request_id)),
+                )
+            if spec.audit and call.recorded:
+                self._metrics.audit_record("OK")
+            elif spec.audit:
+                try:
+                    await self._record(call, "OK", call.message)
+                except Exception:  # noqa: BLE001 - a revealing call without its record is not answered
+                    code = "UNAVAILABLE"
+                    log.error("%s: the audit record could not be written; the answer is withheld", name)
+                    await context.abort(
+                        grpc.StatusCode.UNAVAILABLE, "the audit trail cannot be written; try again later",
+                        trailing_metadata=((REQUEST_ID, call.request_id),),
+                    )
+            context.set_trailing_metadata(((REQUEST_ID, call.request_id),))
+            return response
+        except grpc.aio.AbortError:
+            raise
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            if spec.audit and not call.recorded and self._worth_recording(call, code):
+                # The caller gave up or its deadline passed; what was started is still on record.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(
+                        self._record(call, "CANCELLED", _after_note(call, "the caller cancelled or its deadline passed"))
+                    )
+            raise
+        except Exception as error:  # noqa: BLE001 - the last line of defence for callers
+            if context.done():
+                # The caller's deadline passed (or it hung up) just as the answer was sent, so
+                # grpc refused to send it (ExecuteBatchError from abort). Nothing failed here and
+                # nobody is left to answer.
+                code = "CANCELLED"
+                log.info("%s: the caller was gone before the answer could be sent", name)
+                raise asyncio.CancelledError from None
+            code = "INTERNAL"
+            # The frames say where; the message could hold anything, so it is left out.
+            log.error(
+                "internal error in %s: %s\n%s", name, type(error).__name__,
+                "".join(traceback.format_tb(error.__traceback__)),
+            )
+            await context.abort(
+                grpc.StatusCode.INTERNAL, "internal error; see the server log",
+                trailing_metadata=((REQUEST_ID, call.request_id),),
+            )
+        finally:
+            if slot is not None:
+                self._give_slot(slot)
+            CALL.reset(token)
+            self._metrics.rpc(name, code, time.perf_counter() - started)
+
+    def _take_slot(self, identity: str) -> str:
+        """Count a call of `identity` among those in progress, or refuse it: no identity may
+        take every slot, so a flood from one cannot starve the others."""
+        held = self._in_progress_by.get(identity, 0)
+        if self._max_concurrent and self._in_progress >= self._max_concurrent:
+            raise ResourceExhausted(
+                f"the server is serving {self._in_progress} calls, the most it serves at once"
+                " (max_concurrent_rpcs); retry shortly", retry_after=BUSY_RETRY_AFTER,
+            )
+        if self._max_per_identity and held >= self._max_per_identity:
+            raise ResourceExhausted(
+                f"{identity!r} has {held} calls in progress, the most one identity may have at once"
+                " (max_concurrent_rpcs_per_identity); retry when one has ended", retry_after=BUSY_RETRY_AFTER,
+            )
+        self._in_progress += 1
+        self._in_progress_by[identity] = held + 1
+        return identity
+
+    def _give_slot(self, identity: str) -> None:
+        self._in_progress -= 1
+        held = self._in_progress_by[identity] - 1
+        if held:
+            self._in_progress_by[identity] = held
+        else:
+            del self._in_progress_by[identity]
+
+    async def _serve(
+        self, call: Call, spec: RpcSpec, method, decode: Callable[[bytes], Any], context: grpc.aio.ServicerContext
+    ):
+        """Read and decode the request, then answer it; without a deadline of the caller's, under
+        the server's default one."""
+        if context.time_remaining() is not None:
+            # grpc itself ends the call when the caller's deadline passes.
+            request = await _read(context, decode)
+            call.started = True
+            return await method(request, context)
+        reading = True
+        try:
+            async with asyncio.timeout(self._default_deadline) as scope:
+                request = await _read(context, decode)
+                reading, call.started = False, True
+                if not spec.waits:
+                    scope.reschedule(None)  # answered from memory: nothing left to cut short
+                return await method(request, context)
+        except TimeoutError:
+            if not scope.expired():
+                raise  # some other timeout inside the method: not ours to rename
+            if reading:
+                # A caller holding its call open without a message (or without ending it after
+                # one) gets no more time than one that is slow to be answered.
+                raise DeadlineExceeded(
+                    f"the request message and the end of the request stream did not arrive within"
+                    f" the server's default deadline of {self._default_deadline:g}s"
+                ) from None
+            raise DeadlineExceeded(
+                f"the call took longer than the server's default deadline of"
+                f" {self._default_deadline:g}s; set a deadline to allow more"
+            ) from None
+
+    def _worth_recording(self, call: Call, code: str) -> bool:
+        """A call that ended before its method started (refused, undecodable, cancelled or out of
+        time while its message was awaited) did nothing and cost its caller nothing, so its record
+        is subject to the per-caller cap of `smtpconfig.api.refusals`, whatever its code; once the method
+        started it may have acted, so the record is always kept."""
+        return call.started or self._refusals.admit(call.identity, code)
+
+    async def _record(self, call: Call, outcome: str, message: str) -> None:
+        await self._audit.append_entry(
+            encode(call.identity, call.method, call.request_id, outcome, call.fields, call.provider, message), outcome
+        )
+
+
+def _after_note(call: Call, message: str) -> str:
+    """A call that ended early keeps on record what its method noted so far (a test's
+    destinations), followed by how it ended."""
+    return f"{call.message}: {message}" if call.message else message
+
+
+async def _read(context: grpc.aio.ServicerContext, decode: Callable[[bytes], Any]):
+    """The call's one request message, decoded. The bytes are never echoed: they are the
+    caller's, and may hold anything."""
+    message = await context.read()
+    if message is grpc.aio.EOF:
+        # grpcio reads the same end for a caller who sent nothing and for a call that its core
+        # has ended itself (a message over max_message_bytes: the caller has RESOURCE_EXHAUSTED
+        # already). Only a call still open can take its headers, so sending them tells the two
+        # apart: the ended call stops here as cancelled, and is not called a caller's mistake.
+        try:
+            await context.send_initial_metadata(())
+        except Exception:  # noqa: BLE001 - grpcio's ExecuteBatchError: the call is over
+            raise asyncio.CancelledError from None
+        raise InvalidArgument([violation("request", "no request message was sent; this method takes exactly one")])
+    if await context.read() is not grpc.aio.EOF:
+        raise InvalidArgument([violation(
+            "request", "more than one request message was sent; this method takes exactly one",
+        )])
+    try:
+        return decode(message)
+    except DecodeError:
+        raise InvalidArgument([violation(
+            "request", "the request could not be decoded: corrupt wire data, or a string field that is not UTF-8",
+        )]) from None
+
+
+Handler = TypeVar("Handler", bound=Callable[..., Awaitable])
+
+
+def rpc(
+    permission: str, *, audit: bool = False, limit: str | None = None, waits: bool = True
+) -> Callable[[Handler], Handler]:
+    """Declare a servicer method: the permission it needs, whether its calls are audited, which
+    per-identity rate limit applies, and whether it can wait on anything (a store write, a
+    backend, a relay). Methods that answer from memory (`waits=False`) run without the default
+    deadline once their request is read. The servicer class names its service in `SERVICE` and
+    holds the server's `Guard` in `guard`; `smtpconfig.api.handlers` serves only methods declared so,
+    each through `Guard.run`."""
+    spec = RpcSpec(permission, audit, limit, waits)
+
+    def decorate(method: Handler) -> Handler:
+        method.rpc_spec = spec  # type: ignore[attr-defined]
+        return method
+
+    return decorate
+
+
+def _after(wait: float) -> str:
+    """A wait as a person reads it, rounded up: a bucket that refills in 8 ms is not `0.0s` away."""
+    if wait < 1:
+        return f"{max(1, math.ceil(wait * 1000))} ms"
+    return f"{math.ceil(wait * 10) / 10:.1f} s"

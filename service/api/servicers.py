@@ -1,0 +1,219 @@
+"""Thin gRPC servicers for both API versions: proto to domain, call the domain, domain to proto."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import grpc
+
+from smtpconfig.api import convert
+from smtpconfig.api import calls
+from smtpconfig.outbound import reach
+from smtpconfig.outbound.apply import Applier, succeeded
+from smtpconfig.api.calls import Guard, rpc
+from smtpconfig.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from smtpconfig.outbound.smtp_check import FAILED, OK, SKIPPED, Step
+from smtpconfig.domain.model import FIELDS, V1_FIELDS, Profile
+from smtpconfig.domain.profiles import ProfileService, StoredProfile, parse_mask
+from smtpconfig.v1 import config_service_pb2 as v1
+from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
+from smtpconfig.v2 import config_service_pb2 as v2
+from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
+
+
+class _PerRevision:
+    """The GetSmtp response of the current revision, built once: reads far outnumber writes, and
+    a revision never changes, so every read of it can share one immutable answer."""
+
+    def __init__(self, build) -> None:
+        self._build = build
+        self._revision = -1
+        self._response = None
+
+    def __call__(self, stored: StoredProfile):
+        if stored.revision != self._revision:
+            self._response, self._revision = self._build(stored), stored.revision
+        return self._response
+
+
+def _mask(request, allowed) -> tuple[frozenset[str] | None, list]:
+    if not request.HasField("update_mask") or not request.update_mask.paths:
+        return None, []
+    return parse_mask(request.update_mask.paths, allowed)
+
+
+Shown = TypeVar("Shown", v1.SmtpProfile, v2.SmtpProfile)
+
+_OUTCOMES = {OK: v2.STEP_OUTCOME_OK, FAILED: v2.STEP_OUTCOME_FAILED, SKIPPED: v2.STEP_OUTCOME_SKIPPED}
+
+
+def _step_to_v2(step: Step) -> v2.TestStep:
+    return v2.TestStep(
+        name=step.name, outcome=_OUTCOMES[step.outcome], duration=convert.duration(step.duration),
+        smtp_code=step.smtp_code, message=step.message, hint=step.hint,
+    )
+
+
+def _note_test(request, profile: Profile, steps: list[Step] | None = None) -> None:
+    """The test's record: which profile, its destinations and the credentials it takes from
+    providers; once it ran, the recipient (checked by then) and how it ended."""
+    what = "the request's profile" if request.HasField("profile") else "the stored profile"
+    named = reach.named_credentials(profile)
+    taken = "; ".join(f"{field} from {origin}" for field, origin in named.items()) or "no provider references"
+    where = f"via {reach.destinations(profile)} ({taken})"
+    if steps is None:
+        calls.current().note(fields=list(named), message=f"test of {what} {where}")
+        return
+    ending = "sent" if succeeded(steps) else f"{steps[-1].name} step failed"
+    calls.current().note(fields=list(named), message=f"test of {what} to {request.test_recipient} {where}: {ending}")
+
+
+def _check_reach(request, profile: Profile, profiles: ProfileService) -> None:
+    """Put the test's destinations on its record, then refuse a candidate profile that would send
+    credentials the caller did not type anywhere but the stored profile's destinations."""
+    _note_test(request, profile)
+    if not request.HasField("profile"):
+        return  # the stored profile goes to its own destinations
+    try:
+        stored: Profile | None = profiles.get().profile
+    except NotFound:
+        stored = None
+    reach.check_test_reach(profile, stored, calls.current().holds(reach.RESOLVE))
+
+
+def _readable(profile: Shown) -> Shown | None:
+    """UpdateSmtp's reply shows the profile only to callers who may read it: smtp:modify alone
+    writes blind."""
+    return profile if calls.current().holds("smtp:read") else None
+
+
+class ConfigServiceV2(v2_grpc.ConfigServiceServicer):
+    """`smtpconfig.v2.ConfigService`."""
+
+    SERVICE = "v2.ConfigService"
+
+    def __init__(self, profiles: ProfileService, applier: Applier, guard: Guard) -> None:
+        self.guard = guard
+        self._profiles = profiles
+        self._applier = applier
+        self._read = _PerRevision(
+            lambda stored: v2.GetSmtpResponse(
+                profile=convert.profile_to_v2(stored.profile),
+                etag=stored.etag,
+                update_time=convert.timestamp(stored.updated_at),
+            )
+        )
+
+    @rpc("smtp:read", waits=False)
+    async def GetSmtp(self, request: v2.GetSmtpRequest, context: grpc.aio.ServicerContext) -> v2.GetSmtpResponse:
+        return self._read(self._profiles.get())
+
+    @rpc("smtp:modify", audit=True)
+    async def UpdateSmtp(
+        self, request: v2.UpdateSmtpRequest, context: grpc.aio.ServicerContext
+    ) -> v2.UpdateSmtpResponse:
+        mask, problems = _mask(request, FIELDS)
+        if problems:
+            raise InvalidArgument(problems)
+        stored, _ = await self._profiles.update(
+            convert.draft_from_v2(request.profile), mask=mask, etag=request.etag, audit=calls.current().change_record
+        )
+        return v2.UpdateSmtpResponse(
+            profile=_readable(convert.profile_to_v2(stored.profile)),
+            etag=stored.etag,
+            update_time=convert.timestamp(stored.updated_at),
+        )
+
+    @rpc("smtp:test", audit=True, limit="test")
+    async def TestSmtp(self, request: v2.TestSmtpRequest, context: grpc.aio.ServicerContext) -> v2.TestSmtpResponse:
+        if request.HasField("profile"):
+            profile = self._profiles.check(convert.draft_from_v2(request.profile))
+        else:
+            profile = self._profiles.get().profile
+        _check_reach(request, profile, self._profiles)
+        steps = await self._applier.test(profile, request.test_recipient)
+        _note_test(request, profile, steps)
+        return v2.TestSmtpResponse(success=succeeded(steps), steps=[_step_to_v2(s) for s in steps])
+
+    @rpc("smtp:resolve", audit=True, limit="resolve")
+    async def ResolveSmtp(self, request, context: grpc.aio.ServicerContext) -> v2.ResolveSmtpResponse:
+        stored = self._profiles.get()
+        credentials = await self._applier.credentials(stored.profile)
+        response = v2.ResolveSmtpResponse(
+            profile=self._read(stored).profile, etag=stored.etag, cache_for=convert.duration(credentials.cache_for)
+        )
+        if credentials.username is not None and credentials.password is not None:
+            response.credentials.username = credentials.username.reveal()
+            response.credentials.password = credentials.password.reveal()
+        revealed = []
+        if credentials.username is not None and credentials.password is not None:
+            revealed += ["RelayUsername", "RelayPassword"]
+        if credentials.token is not None:
+            revealed += ["AccessToken"]
+        calls.current().note(fields=revealed, message=f"profile etag {stored.etag}")
+        if credentials.token is not None:
+            response.credentials.access_token = credentials.token.value.reveal()
+            response.credentials.token_type = credentials.token.token_type
+            response.credentials.token_expire_time.FromDatetime(credentials.token.expires_at)
+        return response
+
+
+class ConfigServiceV1(v1_grpc.ConfigServiceServicer):
+    """`smtpconfig.v1.ConfigService`: Keyfactor's v1 contract over the same stored profile."""
+
+    SERVICE = "v1.ConfigService"
+
+    def __init__(self, profiles: ProfileService, applier: Applier, guard: Guard) -> None:
+        self.guard = guard
+        self._profiles = profiles
+        self._applier = applier
+        self._read = _PerRevision(
+            lambda stored: v1.GetSmtpResponse(
+                profile=convert.profile_to_v1(stored.profile),
+                etag=stored.etag,
+                update_time=convert.timestamp(stored.updated_at),
+            )
+        )
+
+    @rpc("smtp:read", waits=False)
+    async def GetSmtp(self, request: v1.GetSmtpRequest, context: grpc.aio.ServicerContext) -> v1.GetSmtpResponse:
+        return self._read(self._profiles.get())
+
+    @rpc("smtp:modify", audit=True)
+    async def UpdateSmtp(
+        self, request: v1.UpdateSmtpRequest, context: grpc.aio.ServicerContext
+    ) -> v1.UpdateSmtpResponse:
+        mask, problems = _mask(request, V1_FIELDS)
+        draft, v1_problems = convert.draft_from_v1(request.profile, mask)
+        if problems:
+            raise InvalidArgument(problems + v1_problems)
+        stored, _ = await self._profiles.update(
+            draft, mask=mask, etag=request.etag, earlier=v1_problems, audit=calls.current().change_record
+        )
+        return v1.UpdateSmtpResponse(
+            profile=_readable(convert.profile_to_v1(stored.profile)),
+            etag=stored.etag,
+            update_time=convert.timestamp(stored.updated_at),
+        )
+
+    @rpc("smtp:test", audit=True, limit="test")
+    async def TestSmtp(self, request: v1.TestSmtpRequest, context: grpc.aio.ServicerContext) -> v1.TestSmtpResponse:
+        if request.HasField("profile"):
+            draft, problems = convert.draft_from_v1(request.profile, None)
+            profile = self._profiles.check(draft, problems)
+        else:
+            profile = self._profiles.get().profile
+        _check_reach(request, profile, self._profiles)
+        steps = await self._applier.test(profile, request.test_recipient)
+        if not succeeded(steps):
+            # The record keeps the destinations noted above and adds this error, which names the step.
+            failed = steps[-1]
+            text = f"{failed.name} step failed: {failed.message}" + (f" ({failed.hint})" if failed.hint else "")
+            raise (Unavailable if failed.name == "connect" else FailedPrecondition)(text)
+        _note_test(request, profile, steps)
+        # The profile tested, as Keyfactor echoes it: the caller's own candidate, or the stored
+        # one only to a caller who may read it.
+        shown = convert.profile_to_v1(profile)
+        return v1.TestSmtpResponse(
+            profile=shown if request.HasField("profile") else _readable(shown), test_recipient=request.test_recipient
+        )

@@ -1,0 +1,521 @@
+"""Building and running the gRPC server.
+
+`App` wires the store, the key, the domain and the servicers; `serve` runs an `App` until SIGTERM or
+SIGINT and then drains. Tests use `App` directly on port 0.
+
+Server model: grpc.aio on one event loop, chosen by measurement (`make bench`). On quick unary
+calls a threaded grpcio server answers 1.1-1.4x more calls per second on 2 cores, but each call
+that waits on the network holds one of its threads: with 32 such calls in flight (as TestSmtp,
+provider and token fetches will be), its quick calls fell from ~5,000 to ~25 per second while the
+aio server kept ~4,400. Waiting is what this service's apply-time calls mostly do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import grp
+import logging
+import os
+import shutil
+import signal
+import socket
+import ssl
+import tempfile
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from smtpconfig.api import handlers
+from smtpconfig.outbound.apply import Applier
+from smtpconfig.ops.audit import AuditLog
+from smtpconfig.api.audit_servicer import AuditServiceV2
+from smtpconfig.api.auth import ADMIN, Authenticator, Policy, ensure_admin_token, token_hash
+from smtpconfig.api.calls import Guard
+from smtpconfig.domain.catalog import ProviderCatalog
+from smtpconfig.api.limits import RateLimiter
+from smtpconfig.ops.metrics import Metrics
+from smtpconfig.api.tls import ReloadingCertificates
+from smtpconfig.domain.crypto import Sealer, load_key
+from smtpconfig.core.errors import FailedPrecondition, Unavailable
+from smtpconfig.domain.host_access import HostAccess
+from smtpconfig.plugin.manager import load_plugins
+from smtpconfig.domain.profiles import ProfileService
+from smtpconfig.domain.provider_service import ProviderService, declared_instances
+from smtpconfig.api.provider_servicer import SecretProviderServiceV2
+from smtpconfig.outbound.oauth import TokenClient
+from smtpconfig.domain.resolver import Resolver
+from smtpconfig.api.servicers import ConfigServiceV1, ConfigServiceV2
+from smtpconfig.settings import ALL_PERMISSIONS, DATABASE_NAME, Settings, split_address
+from smtpconfig.store.sqlite import SqliteStore
+from smtpconfig.v1 import config_service_pb2 as v1
+from smtpconfig.v2 import audit_service_pb2 as audit_pb
+from smtpconfig.v2 import config_service_pb2 as v2
+from smtpconfig.v2 import secret_provider_service_pb2 as providers_pb
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    v1.DESCRIPTOR.services_by_name["ConfigService"].full_name,
+    v2.DESCRIPTOR.services_by_name["ConfigService"].full_name,
+    providers_pb.DESCRIPTOR.services_by_name["SecretProviderService"].full_name,
+    audit_pb.DESCRIPTOR.services_by_name["AuditService"].full_name,
+)
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+_SUN_PATH_MAX = 107  # bytes of a socket path: sun_path holds 108 with the terminating NUL
+
+# One server per port: without this a second server could silently share a port with the first.
+SERVER_OPTIONS = (("grpc.so_reuseport", 0),)
+
+
+class App:
+    """One running smtpconfig server."""
+
+    def __init__(self, settings: Settings, catalog: ProviderCatalog | None = None) -> None:
+        self.settings = settings
+        # A catalog for profile validation in place of the provider instances (tests, tools).
+        self._catalog = catalog
+        self.ports: dict[str, int] = {}
+        self.socket_path: Path | None = None
+        self._staged_socket: Path | None = None
+        self._server: grpc.aio.Server | None = None
+        self._store: SqliteStore | None = None
+        self._profiles: ProfileService | None = None
+        self._provider_service: ProviderService | None = None
+        self._resolver: Resolver | None = None
+        self._applier: Applier | None = None
+        self._health = health.aio.HealthServicer()
+        self._health_server: grpc.aio.Server | None = None
+        self._readiness: asyncio.Task | None = None
+        self._audit: AuditLog | None = None
+        self._ready: bool | None = None
+        self.metrics = Metrics()
+        self.metrics_port: int | None = None
+        self.health_port: int | None = None
+        self.certificates: ReloadingCertificates | None = None
+        self.admin_token_path: Path | None = None
+        # The directory this start made for the data directory, removed again if the start fails
+        # before any caller could reach the server; and whether one could.
+        self._created_data_dir: Path | None = None
+        self._accepting = False
+
+    async def start(self) -> None:
+        settings = self.settings
+        _check_socket_place(settings)  # before anything is created, so a refusal leaves nothing
+        self._created_data_dir = _make_data_dir(settings.data_dir)
+        key = load_key(
+            env_value=os.environ.get("SMTPCONFIG_KEY"),
+            key_file=settings.key_path,
+            create=settings.key_is_generated,
+            sealed_data=settings.data_dir / DATABASE_NAME,
+        )
+        sealer = Sealer(key)
+        if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+            self.certificates = ReloadingCertificates(
+                settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
+            )
+        guard_tokens, policy = self._callers()
+        plugins = load_plugins(
+            allow=settings.plugins_allow, block=settings.plugins_block, strict=settings.plugins_strict
+        )
+        access = HostAccess.from_settings(settings)
+        declared = declared_instances(settings.providers, plugins, dict(os.environ), access)
+        self._store = await SqliteStore.open(settings.data_dir)
+        write_lock = asyncio.Lock()
+        self._provider_service = ProviderService(self._store, sealer, plugins, declared, write_lock, access)
+        await self._provider_service.start()
+        catalog = self._catalog or self._provider_service
+        self._profiles = ProfileService(self._store, sealer, catalog, write_lock)
+        await self._profiles.start()
+        self._provider_service.use_references(self._profiles.referenced_providers)
+        self._resolver = Resolver(
+            self._provider_service, plugins,
+            timeout=settings.provider_timeout, failure_ttl=settings.provider_failure_ttl,
+            fingerprint=sealer.fingerprint, metrics=self.metrics,
+        )
+        audit = self._audit = AuditLog(self._store, on_record=self.metrics.audit_record)
+        guard = Guard(
+            authenticator=Authenticator(guard_tokens, policy, settings.unix_socket_identity),
+            policy=policy,
+            audit=audit,
+            metrics=self.metrics,
+            limiters={
+                "resolve": RateLimiter(settings.resolve_rate, settings.resolve_burst),
+                "test": RateLimiter(settings.test_rate, settings.test_burst),
+                "refusals": RateLimiter(settings.audit_refusals_rate, settings.audit_refusals_burst),
+            },
+            default_deadline=settings.default_deadline,
+            max_concurrent=settings.max_concurrent_rpcs,
+            max_concurrent_per_identity=settings.max_concurrent_rpcs_per_identity,
+        )
+
+        # No maximum_concurrent_rpcs for grpcio: it counts calls before any code of ours runs,
+        # health Watch and reflection streams included, which anyone may hold open for ever; so
+        # a caller without an identity could fill it. The guard counts our calls instead.
+        server = grpc.aio.server(
+            options=SERVER_OPTIONS + (("grpc.max_receive_message_length", settings.max_message_bytes),),
+        )
+        # One trust decision for every apply-time TLS peer: SMTP relays and token endpoints.
+        tls = ssl.create_default_context(cafile=str(settings.ca_bundle) if settings.ca_bundle else None)
+        self._applier = Applier(
+            self._resolver,
+            TokenClient(timeout=settings.smtp_timeout, context=tls, metrics=self.metrics),
+            smtp_timeout=settings.smtp_timeout,
+            context=tls,
+            allow_plaintext_auth=settings.allow_plaintext_auth,
+            implicit_tls_ports=settings.implicit_tls_ports,
+        )
+        for servicer, service in (
+            (ConfigServiceV1(self._profiles, self._applier, guard), v1.DESCRIPTOR.services_by_name["ConfigService"]),
+            (ConfigServiceV2(self._profiles, self._applier, guard), v2.DESCRIPTOR.services_by_name["ConfigService"]),
+            (SecretProviderServiceV2(self._provider_service, self._profiles, self._resolver, guard),
+             providers_pb.DESCRIPTOR.services_by_name["SecretProviderService"]),
+            (AuditServiceV2(audit, guard), audit_pb.DESCRIPTOR.services_by_name["AuditService"]),
+        ):
+            handlers.register(server, servicer, service)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            SERVICE_NAMES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
+        for name in ("",) + SERVICE_NAMES:
+            await self._health.set(name, _NOT_SERVING)
+        credentials = self.certificates.credentials() if self.certificates else None
+        for address in settings.listen:
+            port = _bind(server, address, credentials)
+            self.ports[address] = port
+        if settings.socket_path is not None:
+            path = settings.socket_path.absolute()
+            _clear_stale_socket(path)
+            self._staged_socket = _staging_path(path)  # ours from here on: removed again on stop
+            server.add_insecure_port(f"unix:{self._staged_socket}")
+        self._server = server
+        self._accepting = True  # from here on a caller may write: a failed start undoes nothing
+        await server.start()
+        if self._staged_socket is not None:
+            _restrict_socket(
+                self._staged_socket, settings.unix_socket_mode, settings.unix_socket_group, settings.data_dir, path
+            )
+            self.socket_path = _publish_socket(self._staged_socket, path)
+            self._staged_socket = None
+        if settings.health_listen:
+            # Probes (kubelet's gRPC probe) dial without TLS or identity: this listener serves
+            # health and nothing else, so it can be open where the API is not.
+            self._health_server = grpc.aio.server(options=SERVER_OPTIONS)
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, self._health_server)
+            self.health_port = self._health_server.add_insecure_port(settings.health_listen)
+            if self.health_port == 0:
+                raise FailedPrecondition(f"could not listen on {settings.health_listen}")
+            await self._health_server.start()
+        if settings.metrics_listen:
+            host, port = split_address(settings.metrics_listen)
+            try:
+                self.metrics_port = self.metrics.serve(host, port)
+            except OSError as error:
+                raise FailedPrecondition(f"could not serve metrics on {settings.metrics_listen}: {error.strerror}") from None
+        await self._check_readiness()
+        self._readiness = asyncio.create_task(self._follow_readiness(), name="readiness")
+        where = [f"{a.rsplit(':', 1)[0]}:{p}" for a, p in self.ports.items()]
+        if self.socket_path is not None:
+            where.append(f"unix:{self.socket_path}")
+        log.info(
+            "smtpconfig serving on %s (%s; data in %s)", ", ".join(where),
+            "mTLS" if self.certificates and self.certificates.mutual else "TLS" if self.certificates else "no TLS",
+            settings.data_dir,
+        )
+        if self.health_port is not None:
+            host = split_address(settings.health_listen)[0]
+            log.info("health checks (grpc.health.v1 only, no TLS) on %s", _host_port(host, self.health_port))
+        if self.metrics_port is not None:
+            host = split_address(settings.metrics_listen)[0]
+            log.info("metrics on http://%s/metrics", _host_port(host, self.metrics_port))
+        if self.admin_token_path is not None:
+            log.info(
+                "admin token in %s (the CLI sends it on its own only over the data directory's socket;"
+                " elsewhere give --token-file)", self.admin_token_path,
+            )
+
+    def _callers(self) -> tuple[list[tuple[str, str]], Policy]:
+        """Configured tokens and policy, plus the embedded default's admin token."""
+        settings = self.settings
+        tokens = list(settings.tokens)
+        entries = list(settings.policy)
+        if settings.admin_token:
+            token = ensure_admin_token(settings.data_dir)
+            self.admin_token_path = settings.data_dir / "admin.token"
+            tokens.append((ADMIN, token_hash(token)))
+            if ADMIN not in {identity for identity, _ in entries}:
+                entries.append((ADMIN, (ALL_PERMISSIONS,)))
+        return tokens, Policy(entries)
+
+    async def _check_readiness(self) -> bool:
+        assert self._store is not None
+        try:
+            # Not asyncio.wait_for: on Python 3.11 it swallows a cancel that lands as the ping
+            # completes, and stop() would then wait for this loop forever.
+            async with asyncio.timeout(max(1.0, self.settings.readiness_interval)):
+                await self._store.ping()
+            ready = True
+        except Exception as error:  # noqa: BLE001 - any failure means not ready
+            # The store's own errors name the cause (a full disk, a lock) and never a value.
+            why = str(error) if isinstance(error, Unavailable) else type(error).__name__
+            log.warning("the store is not reachable (%s); health says NOT_SERVING", why)
+            ready = False
+        if ready != self._ready:  # health watchers hear of changes only, not of every check
+            self._ready = ready
+            for name in ("",) + SERVICE_NAMES:
+                await self._health.set(name, _SERVING if ready else _NOT_SERVING)
+        return ready
+
+    async def _follow_readiness(self) -> None:
+        """Check the store every readiness interval; prune the audit trail once an hour."""
+        pruned_at = float("-inf")
+        while True:
+            await asyncio.sleep(self.settings.readiness_interval)
+            ready = await self._check_readiness()
+            loop_time = asyncio.get_running_loop().time()
+            if ready and self.settings.audit_retention_days and loop_time - pruned_at >= 3600:
+                pruned_at = loop_time
+                try:
+                    count = await self._audit.prune(self.settings.audit_retention_days)
+                except Exception as error:  # noqa: BLE001 - tried again in an hour
+                    log.warning("pruning the audit trail failed (%s)", type(error).__name__)
+                else:
+                    if count:
+                        log.info("pruned %s audit records older than %g days", count, self.settings.audit_retention_days)
+
+    @property
+    def target(self) -> str:
+        """An address a client on this machine can dial."""
+        if self.ports:
+            address, port = next(iter(self.ports.items()))
+            return f"{address.rsplit(':', 1)[0]}:{port}"
+        return f"unix:{self.socket_path}"
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop taking calls, let in-flight ones finish for `grace` seconds, then release all."""
+        grace = self.settings.grace_period if grace is None else grace
+        if self._readiness is not None:
+            self._readiness.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._readiness
+        await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
+        self.metrics.stop()
+        if self._profiles is not None:
+            await self._profiles.stop()
+        if self._provider_service is not None:
+            await self._provider_service.stop()
+        if self._resolver is not None:
+            await self._resolver.close()
+        if self._applier is not None:
+            self._applier.close()
+        if self._store is not None:
+            await self._store.close()
+        if self.socket_path is not None:
+            try:
+                self.socket_path.unlink()
+            except FileNotFoundError:
+                pass
+        if self._staged_socket is not None:  # start failed before the socket was published
+            self._staged_socket.unlink(missing_ok=True)
+            self._staged_socket.parent.rmdir()
+        if not self._accepting and self._created_data_dir is not None:
+            _remove_unused(self._created_data_dir, self.settings.data_dir)
+
+    async def wait(self) -> None:
+        assert self._server is not None
+        await self._server.wait_for_termination()
+
+
+def _make_data_dir(data_dir: Path) -> Path | None:
+    """Create the data directory (0700) and any missing parents; return the topmost directory
+    this made, or None when the data directory existed."""
+    if data_dir.is_dir():
+        return None
+    top = data_dir.absolute()
+    while not top.parent.exists():
+        top = top.parent
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return top if top.exists() else None
+
+
+def _remove_unused(top: Path, data_dir: Path) -> None:
+    """Remove the data directory a failed start made (the key and admin token it wrote with it),
+    unless another server has taken it in the meantime (it holds the store's lock)."""
+    lock = data_dir / "store.lock"
+    try:
+        fd = os.open(lock, os.O_RDWR) if lock.exists() else None
+    except OSError:
+        return
+    try:
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        shutil.rmtree(top)
+        log.info("removed %s, which this failed start had created", top)
+    except OSError:  # locked by a server that is using it, or not ours to remove after all
+        return
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _check_socket_place(settings: Settings) -> None:
+    """Refuse a socket whose directory is missing outside the data directory (creating it would
+    make a system directory, /run/smtpconfig say, with the server's owner and umask), or whose
+    group does not exist."""
+    path = settings.socket_path
+    if path is None:
+        return
+    parent = Path(os.path.abspath(path)).parent
+    if not parent.is_dir() and not parent.is_relative_to(os.path.abspath(settings.data_dir)):
+        raise FailedPrecondition(
+            f"the directory of unix_socket {path} does not exist: create {parent} (writable by the"
+            " server's user only), or set unix_socket to a path in an existing directory"
+        )
+    if settings.unix_socket_group:
+        _socket_gid(settings.unix_socket_group)
+
+
+def _socket_gid(group: str) -> int:
+    try:
+        return grp.getgrgid(int(group)).gr_gid if group.isdigit() else grp.getgrnam(group).gr_gid
+    except (KeyError, OverflowError):
+        raise FailedPrecondition(f"unix_socket_group {group!r} is not a group on this machine") from None
+
+
+def _host_port(host: str, port: int) -> str:
+    """`host:port`, with an IPv6 literal in brackets, as a listen setting is written."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _staging_path(path: Path) -> Path:
+    """Where the socket is bound first: a new directory beside `path`, mode 0700 whatever the
+    umask. A socket is created with the mode the umask leaves (0777 under umask 000) and can only be
+    chmod-ed once it exists; in there no one else can reach it until its mode and group are set."""
+    staged = Path(tempfile.mkdtemp(prefix=".", dir=path.parent)) / "s"
+    if len(os.fsencode(staged)) > _SUN_PATH_MAX:
+        staged.parent.rmdir()
+        raise FailedPrecondition(
+            f"unix socket path {path} leaves no room to create the socket beside it; set a shorter unix_socket"
+        )
+    return staged
+
+
+def _publish_socket(staged: Path, path: Path) -> Path:
+    """Move the finished socket to its place (a rename keeps it bound and listening)."""
+    os.rename(staged, path)
+    staged.parent.rmdir()
+    return path
+
+
+def _restrict_socket(path: Path, mode: int, group: str, data_dir: Path, final: Path) -> None:
+    """The socket's owner, group and mode decide who may connect: they are its access boundary.
+    `path` is where it is bound now, `final` where it will be served."""
+    if group:
+        gid = _socket_gid(group)
+        try:
+            os.chown(path, -1, gid)
+            if final.parent.resolve() == data_dir.resolve():
+                # The group must get through the data directory (0700) to reach the socket: let
+                # it pass (x) without listing or reading anything; every file in it is 0600.
+                os.chown(data_dir, -1, gid)
+                os.chmod(data_dir, 0o710)
+        except OSError as error:
+            raise FailedPrecondition(
+                f"cannot give the socket {path} to group {group!r}: {error.strerror}"
+                " (the server's user must be a member of that group)"
+            ) from None
+    os.chmod(path, mode)
+
+
+def _clear_stale_socket(path: Path) -> None:
+    """Remove a socket file left by a crashed server; refuse one that still answers."""
+    if not path.exists():
+        # Only inside the data directory: _check_socket_place refused a missing one elsewhere.
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError as error:
+        if error.errno not in (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTSOCK):
+            raise
+        path.unlink(missing_ok=True)
+    else:
+        raise FailedPrecondition(f"{path} is in use by a running server")
+    finally:
+        probe.close()
+
+
+def _bind(server: grpc.aio.Server, address: str, credentials) -> int:
+    """Listen on `address`, or say which address failed and how to pick another: grpcio's own
+    RuntimeError sends the reader to debug logging instead."""
+    if _taken(address):
+        port = 0
+    else:
+        try:
+            port = _add_port(server, address, credentials)
+        except RuntimeError:
+            port = 0
+    if port == 0:
+        raise FailedPrecondition(
+            f"cannot listen on {address}: the port is in use or the address is not on this machine;"
+            " choose another with SMTPCONFIG_LISTEN=HOST:PORT (or --listen HOST:PORT)"
+        )
+    return port
+
+
+def _add_port(server: grpc.aio.Server, address: str, credentials) -> int:
+    if credentials is not None:
+        return server.add_secure_port(address, credentials)
+    return server.add_insecure_port(address)
+
+
+def _taken(address: str) -> bool:
+    """Whether something already listens on `address`, asked before grpcio binds: its own failure
+    also writes a core error line of its own to stderr, which our one line makes redundant."""
+    host, port = split_address(address)
+    if port == 0:
+        return False
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return False  # grpcio will say what is wrong with the name
+    for family, kind, proto, _, where in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(where)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    return True
+    return False
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then drain in-flight calls for the grace period."""
+    app = App(settings)
+    try:
+        await app.start()
+    except BaseException:
+        await app.stop(0)
+        raise
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    log.info("shutting down: draining in-flight calls for up to %ss", settings.grace_period)
+    await app.stop()
+    log.info("stopped")
+

@@ -1,0 +1,198 @@
+"""Apply time: the profile turned into working credentials (ResolveSmtp) and tried against the
+relay (TestSmtp). Both use the same resolution engine and token cache."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import ssl
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from smtpconfig.outbound import smtp_check
+from smtpconfig.core.errors import InvalidArgument, SmtpConfigError, violation
+from smtpconfig.domain.model import AuthType, Profile
+from smtpconfig.core.netguard import check_destination
+from smtpconfig.outbound.oauth import AccessToken, TokenClient, TokenRequest
+from smtpconfig.domain.resolver import Resolver
+from smtpconfig.core.secret import Secret
+from smtpconfig.outbound.smtp_check import FAILED, OK, SKIPPED, Exchange, Step
+from smtpconfig.domain.validation import mailbox_problems
+
+# Never tell a caller to cache credentials longer than this.
+MAX_CACHE_FOR = 300.0
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Concrete credentials of the effective profile."""
+
+    username: Secret | None = None
+    password: Secret | None = None
+    token: AccessToken | None = None
+    cache_for: float = MAX_CACHE_FOR
+
+
+class Applier:
+    """Resolves credentials and runs test exchanges with the relay."""
+
+    def __init__(
+        self,
+        resolver: Resolver,
+        tokens: TokenClient,
+        *,
+        smtp_timeout: float,
+        context: ssl.SSLContext,
+        allow_plaintext_auth: bool,
+        implicit_tls_ports: tuple[int, ...] = (465,),
+        workers: int = 16,
+    ) -> None:
+        self._implicit_tls_ports = implicit_tls_ports
+        self._resolver = resolver
+        self._tokens = tokens
+        self._timeout = smtp_timeout
+        self._context = context
+        self._allow_plaintext_auth = allow_plaintext_auth
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="smtp")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # --- ResolveSmtp ----------------------------------------------------------------------------
+
+    async def credentials(self, profile: Profile) -> Credentials:
+        """Resolve what the profile's auth type needs; errors propagate as domain errors."""
+        kind = profile.relay_authentication_type
+        if kind is AuthType.ANONYMOUS:
+            return Credentials()
+        # One after the other: on the hot path both are cache hits that never suspend, and tasks
+        # for a concurrent gather would cost more than they save; cold, each is one backend call.
+        if kind is AuthType.BASIC:
+            user = await self._resolver.resolve(profile.relay_username)
+            password = await self._resolver.resolve(profile.relay_password)
+            return Credentials(user.value, password.value, cache_for=_cache_for(user.expires_in, password.expires_in))
+        client_id = await self._resolver.resolve(profile.client_id)
+        client_secret = await self._resolver.resolve(profile.client_secret)
+        token = await self._tokens.token(_token_request(profile, client_id.value, client_secret.value))
+        return Credentials(
+            token=token,
+            cache_for=_cache_for(client_id.expires_in, client_secret.expires_in, token.expires_in() - 60),
+        )
+
+    # --- TestSmtp -------------------------------------------------------------------------------
+
+    async def test(self, profile: Profile, recipient: str) -> list[Step]:
+        problems = mailbox_problems(recipient)
+        if problems:
+            raise InvalidArgument([violation("TestRecipient", p) for p in problems])
+        steps: list[Step] = []
+        kind = profile.relay_authentication_type
+
+        started = time.monotonic()
+        if kind is AuthType.ANONYMOUS:
+            steps.append(Step("resolve", SKIPPED, message="anonymous relay: no credentials"))
+            secrets: tuple = ()
+        else:
+            fields = (
+                (profile.relay_username, profile.relay_password) if kind is AuthType.BASIC
+                else (profile.client_id, profile.client_secret)
+            )
+            try:
+                resolved = await asyncio.gather(*(self._resolver.resolve(f) for f in fields))
+            except SmtpConfigError as error:
+                steps.append(_failed("resolve", started, str(error), "check the secret references with CheckSecret"))
+                return steps
+            secrets = tuple(r.value for r in resolved)
+            where = ", ".join(sorted({r.provider_type for r in resolved}))
+            steps.append(_ok("resolve", started, f"credentials resolved ({where})"))
+
+        started = time.monotonic()
+        token_request = None
+        if kind is AuthType.OAUTH_CLIENT_CREDENTIALS:
+            token_request = _token_request(profile, *secrets)
+            try:
+                token = await self._tokens.token(token_request)
+            except SmtpConfigError as error:
+                steps.append(_failed("token", started, str(error), _token_hint(str(error))))
+                return steps
+            steps.append(_ok("token", started, "token from cache" if not token.fetched else "token fetched"))
+        else:
+            steps.append(Step("token", SKIPPED, message="no OAuth for this authentication type"))
+
+        started = time.monotonic()
+        try:
+            destination = await check_destination(profile.host, profile.port, what="SMTP host", timeout=self._timeout)
+        except SmtpConfigError as error:
+            steps.append(_failed("connect", started, str(error), "check that the relay is reachable from here"))
+            return steps
+
+        loop = asyncio.get_running_loop()
+        tokens = self._tokens
+
+        def bearer(fresh: bool) -> Secret:
+            assert token_request is not None
+            if fresh:
+                tokens.invalidate(token_request, token.value)
+            future = asyncio.run_coroutine_threadsafe(tokens.token(token_request), loop)
+            return future.result(self._timeout * 2).value
+
+        exchange = Exchange(
+            host=profile.host,
+            port=profile.port,
+            addresses=tuple(str(a) for a in destination.addresses),
+            use_ssl=profile.use_ssl,
+            sender_account=profile.sender_account,
+            sender_name=profile.sender_name,
+            recipient=recipient,
+            timeout=self._timeout,
+            context=self._context,
+            allow_plaintext_auth=self._allow_plaintext_auth,
+            implicit_tls_ports=self._implicit_tls_ports,
+            username=secrets[0] if kind is AuthType.BASIC else None,
+            password=secrets[1] if kind is AuthType.BASIC else None,
+            xoauth2_user=profile.sender_account,
+            bearer=bearer if kind is AuthType.OAUTH_CLIENT_CREDENTIALS else None,
+            steps=steps,
+        )
+        running = loop.run_in_executor(self._pool, smtp_check.run, exchange)
+        try:
+            return await asyncio.shield(running)
+        except asyncio.CancelledError:
+            # The caller is gone: its thread must not go on to send a message nobody asked for
+            # any more, nor hold a pool thread until the SMTP timeout.
+            smtp_check.abandon(exchange)
+            raise
+
+
+def succeeded(steps: list[Step]) -> bool:
+    return bool(steps) and all(s.outcome != FAILED for s in steps) and steps[-1].name == "send"
+
+
+def _token_request(profile: Profile, client_id: Secret, client_secret: Secret) -> TokenRequest:
+    return TokenRequest(
+        profile.token_endpoint, client_id, client_secret, profile.scope, profile.audience, profile.request_headers
+    )
+
+
+def _cache_for(*seconds: float) -> float:
+    finite = [s for s in seconds if not math.isinf(s)]
+    return max(0.0, min([MAX_CACHE_FOR, *finite]))
+
+
+def _ok(name: str, started: float, message: str) -> Step:
+    return Step(name, OK, time.monotonic() - started, message=message)
+
+
+def _failed(name: str, started: float, message: str, hint: str) -> Step:
+    return Step(name, FAILED, time.monotonic() - started, message=message, hint=hint)
+
+
+def _token_hint(message: str) -> str:
+    if "invalid_client" in message:
+        return "the identity provider refused the client: check ClientId and ClientSecret (expired or revoked?)"
+    if "invalid_scope" in message:
+        return "the identity provider refused the scope: check Scope"
+    if "cannot be reached" in message or "did not answer" in message:
+        return "check TokenEndpoint and that the identity provider is reachable from here"
+    return "see the identity provider's error above"
