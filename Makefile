@@ -23,8 +23,9 @@ $(VENV)/.test.stamp: $(BIN)/python pyproject.toml constraints.txt plugins/file-p
 run: $(VENV)/.run.stamp
 	exec $(BIN)/smtpconfig serve
 
-## Set up what the tests need, check the layer contracts (pyproject.toml) and run the tests.
+## Set up what the tests need, lint ([tool.ruff]), check the layer contracts (pyproject.toml) and run the tests.
 test: $(VENV)/.test.stamp
+	$(BIN)/ruff check service plugins tests bench
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 

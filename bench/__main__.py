@@ -55,8 +55,10 @@ from bench import (
     WAIT_SECONDS,
     BenchError,
     Transport,
+    cold,
+    openbao,
+    testsmtp,
 )
-from bench import cold, openbao, testsmtp
 from bench.certs import CLIENT_ID, Certs, make_certs
 from bench.load import Command, memory
 from bench.procs import Child

@@ -46,7 +46,7 @@ def make_certs(directory: Path) -> Certs:
                              data_encipherment=False, key_agreement=False, key_cert_sign=signs,
                              crl_sign=signs, encipher_only=False, decipher_only=False)
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
 
     def builder(subject: str, public_key) -> x509.CertificateBuilder:

@@ -21,8 +21,9 @@ from __future__ import annotations
 import secrets as random
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 import hvac
@@ -111,7 +112,7 @@ def _compare(direct: hvac.Client, check, provider: int, values: list[str], round
             "direct_p50_ms": percentile(sorted(d), 0.50) * 1e3,
             "service_p50_ms": percentile(sorted(s), 0.50) * 1e3,
         }
-        for r, (d, s) in enumerate(zip(times["direct"], times["service"]))
+        for r, (d, s) in enumerate(zip(times["direct"], times["service"], strict=True))
     ]
     for r in per_round:
         r["ratio"] = r["service_p50_ms"] / r["direct_p50_ms"]

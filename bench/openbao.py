@@ -71,7 +71,7 @@ class DevServer:
         self._child: Child | None = None
         self._client = hvac.Client(url=self.address, token=self.token, timeout=10)
 
-    def __enter__(self) -> "DevServer":
+    def __enter__(self) -> DevServer:
         argv = [
             binary(), "server", "-dev", f"-dev-root-token-id={self.token}",
             f"-dev-listen-address=127.0.0.1:{self.port}", "-dev-no-store-token", "-log-level=warn",

@@ -15,8 +15,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Sequence
+from typing import IO
 
 from bench import BenchError
 
@@ -37,7 +38,7 @@ class Child:
         self._start(name, [sys.executable, "-m", module, *args], patience, child_env(), subprocess.PIPE)
 
     @classmethod
-    def program(cls, name: str, argv: Sequence[str], *, env: dict[str, str], output: IO[bytes]) -> "Child":
+    def program(cls, name: str, argv: Sequence[str], *, env: dict[str, str], output: IO[bytes]) -> Child:
         """Any executable, its stdout and stderr going to `output`. It is not expected to watch its
         stdin, so `close` sends SIGTERM at once, and on Linux it gets SIGKILL when the parent dies."""
         child = cls.__new__(cls)
@@ -120,7 +121,7 @@ class Child:
             except subprocess.TimeoutExpired:
                 continue
 
-    def __enter__(self) -> "Child":
+    def __enter__(self) -> Child:
         return self
 
     def __exit__(self, *exc_info) -> None:

@@ -24,11 +24,12 @@ import smtplib
 import ssl
 import statistics
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 
@@ -86,7 +87,7 @@ def _message(port: int) -> EmailMessage:
     message["From"] = Address(display_name=SENDER_NAME, addr_spec=SENDER)
     message["To"] = RECIPIENT
     message["Subject"] = "smtpconfig test message"
-    message["Date"] = format_datetime(datetime.now(timezone.utc))
+    message["Date"] = format_datetime(datetime.now(UTC))
     message["Message-ID"] = make_msgid(domain=SENDER.rpartition("@")[2])
     message.set_content(f"This message was sent by smtpconfig to test the SMTP relay {HOST}:{port}.\n")
     return message
@@ -133,7 +134,7 @@ def _compare(direct: Callable[[], None], test, calls: int, rounds: int) -> dict[
         if not reply.success or [s.name for s in reply.steps][-1:] != ["send"]:
             raise BenchError(f"TestSmtp did not succeed: {reply}")
     per_round = []
-    for r, (d, s) in enumerate(zip(times["direct"], times["service"])):
+    for r, (d, s) in enumerate(zip(times["direct"], times["service"], strict=True)):
         direct_p50, service_p50 = percentile(sorted(d), 0.50) * 1e3, percentile(sorted(s), 0.50) * 1e3
         per_round.append({"round": r + 1, "direct_p50_ms": direct_p50, "service_p50_ms": service_p50,
                           "ratio": service_p50 / direct_p50})

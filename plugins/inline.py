@@ -7,7 +7,7 @@ fingerprints). It is implicit: no provider instance of this type is ever created
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from smtpconfig.plugin import InitializationValue, Parameter, Resolved, Secret, SecretProvider, hookimpl
 

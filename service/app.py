@@ -31,25 +31,25 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from smtpconfig.api import handlers
-from smtpconfig.outbound.apply import Applier
-from smtpconfig.ops.audit import AuditLog
 from smtpconfig.api.audit_servicer import AuditServiceV2
 from smtpconfig.api.auth import ADMIN, Authenticator, Policy, ensure_admin_token, token_hash
 from smtpconfig.api.calls import Guard
-from smtpconfig.domain.catalog import ProviderCatalog
 from smtpconfig.api.limits import RateLimiter
-from smtpconfig.ops.metrics import Metrics
+from smtpconfig.api.provider_servicer import SecretProviderServiceV2
+from smtpconfig.api.servicers import ConfigServiceV1, ConfigServiceV2
 from smtpconfig.api.tls import ReloadingCertificates
-from smtpconfig.domain.crypto import Sealer, load_key
 from smtpconfig.core.errors import FailedPrecondition, Unavailable
+from smtpconfig.domain.catalog import ProviderCatalog
+from smtpconfig.domain.crypto import Sealer, load_key
 from smtpconfig.domain.host_access import HostAccess
-from smtpconfig.plugin.manager import load_plugins
 from smtpconfig.domain.profiles import ProfileService
 from smtpconfig.domain.provider_service import ProviderService, declared_instances
-from smtpconfig.api.provider_servicer import SecretProviderServiceV2
-from smtpconfig.outbound.oauth import TokenClient
 from smtpconfig.domain.resolver import Resolver
-from smtpconfig.api.servicers import ConfigServiceV1, ConfigServiceV2
+from smtpconfig.ops.audit import AuditLog
+from smtpconfig.ops.metrics import Metrics
+from smtpconfig.outbound.apply import Applier
+from smtpconfig.outbound.oauth import TokenClient
+from smtpconfig.plugin.manager import load_plugins
 from smtpconfig.settings import ALL_PERMISSIONS, DATABASE_NAME, Settings, split_address
 from smtpconfig.store.sqlite import SqliteStore
 from smtpconfig.v1 import config_service_pb2 as v1

@@ -8,11 +8,13 @@ import json
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-from smtpconfig.core.bidi import RULE as BIDI_RULE, has_bidi_control
+from smtpconfig.core.bidi import RULE as BIDI_RULE
+from smtpconfig.core.bidi import has_bidi_control
 from smtpconfig.core.code_variables import controls_code
 
 ENV_PREFIX = "SMTPCONFIG_"

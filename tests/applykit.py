@@ -12,8 +12,9 @@ import errno
 import random
 import shutil
 import socket
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -265,6 +266,6 @@ def serialized(message) -> list[str | bytes]:
 
 def error_blobs(error: grpc.RpcError) -> list[str | bytes]:
     blobs: list[str | bytes] = [error.details() or "", repr(error), str(error)]
-    for key, value in error.trailing_metadata() or ():
+    for _key, value in error.trailing_metadata() or ():
         blobs.append(value if isinstance(value, bytes) else str(value))
     return blobs

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import shutil
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -15,6 +16,7 @@ from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
+from tests.openbao import openbao_server  # noqa: F401  (a fixture, offered to every test module)
 from tests.support import ServerThread, short_dir
 
 # A provider instance for reference tests, shaped like the Vault type: which secret, which key.
@@ -118,4 +120,3 @@ def v1_stub(channel) -> v1_grpc.ConfigServiceStub:
 @pytest.fixture
 def v2_stub(channel) -> v2_grpc.ConfigServiceStub:
     return v2_grpc.ConfigServiceStub(channel)
-from tests.openbao import openbao_server  # noqa: F401

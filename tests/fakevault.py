@@ -68,7 +68,7 @@ class FakeVault:
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name=f"fakevault-{self.port}", daemon=True)
 
-    def __enter__(self) -> "FakeVault":
+    def __enter__(self) -> FakeVault:
         self._thread.start()
         return self
 

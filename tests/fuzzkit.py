@@ -17,8 +17,9 @@ etags, the secrets directory, the admin token) are drawn as placeholders for the
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import grpc
 from google.protobuf import descriptor_pool, json_format

@@ -28,7 +28,8 @@ import subprocess
 import sys
 import tempfile
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from tests.support import ROOT
 

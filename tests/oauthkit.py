@@ -65,9 +65,10 @@ import ssl
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 REDACTED = "[REDACTED]"
 
@@ -162,7 +163,7 @@ class _OAuthError(Exception):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True  # a restart rebinds the same port despite TIME_WAIT connections
-    endpoint: "TokenEndpoint"
+    endpoint: TokenEndpoint
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # TLS handshakes a client refused, resets, a client that gave up waiting: count, do not print.
@@ -277,7 +278,7 @@ class TokenEndpoint:
 
     # ----- lifecycle -------------------------------------------------------------------------
 
-    def start(self) -> "TokenEndpoint":
+    def start(self) -> TokenEndpoint:
         """Listen (again). A restart after `stop()` reuses the same port, so ``url`` is unchanged."""
         if self._server is not None:
             raise RuntimeError("already started")
@@ -316,7 +317,7 @@ class TokenEndpoint:
             self._thread.join(5)
             self._thread = None
 
-    def __enter__(self) -> "TokenEndpoint":
+    def __enter__(self) -> TokenEndpoint:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

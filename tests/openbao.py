@@ -30,9 +30,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import jwt as pyjwt
 import pytest
@@ -76,7 +77,7 @@ def _pem_private(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def write_tls_files(directory: Path) -> tuple[Path, Path, Path]:
     """A CA and a server certificate for 127.0.0.1 and localhost: (ca.pem, server.pem, server-key.pem)."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "smtpconfig test CA")])
     ca = (
@@ -171,7 +172,7 @@ class OpenBao:
             stanzas.append(f'audit "file" "file" {{\n  options {{\n    file_path = "{self.audit_log}"\n  }}\n}}')
         self._config.write_text("\n".join(stanzas) + "\n")
 
-    def start(self) -> "OpenBao":
+    def start(self) -> OpenBao:
         """Start the process (same ports, same data), initialise on first start, unseal, wait until active."""
         if self.running:
             return self
@@ -203,7 +204,7 @@ class OpenBao:
             proc.kill()
             proc.wait()
 
-    def restart(self) -> "OpenBao":
+    def restart(self) -> OpenBao:
         self.stop()
         return self.start()
 

@@ -16,10 +16,9 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from smtpconfig.domain.catalog import ProviderCatalog
 from smtpconfig.app import App
+from smtpconfig.domain.catalog import ProviderCatalog
 from smtpconfig.settings import Settings
-
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -125,7 +124,7 @@ class ServerThread(_Caller):
         await self._stopping.wait()
         await self.app.stop(1.0)
 
-    def start(self) -> "ServerThread":
+    def start(self) -> ServerThread:
         self._thread.start()
         self._ready.wait(30)
         if self._error is not None:
@@ -178,7 +177,7 @@ class ServerProcess(_Caller):
     def target(self) -> str:
         return f"unix:{self.socket}"
 
-    def start(self) -> "ServerProcess":
+    def start(self) -> ServerProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(self.args, stdout=log, stderr=log, env=self.env)
         log.close()

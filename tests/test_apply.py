@@ -8,9 +8,10 @@ import contextlib
 import logging
 import re
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 import pytest
@@ -18,9 +19,35 @@ import pytest
 from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v2 import config_service_pb2 as v2
 from tests.applykit import (
-    AUDIENCE, CLIENT_ID, CLIENT_SECRET, FAILED, HEADER, OK, PASSWORD, RECIPIENT, SCOPE, SENDER,
-    SENDER_NAME, STEP_NAMES, USER, Net, Service, anonymous, basic, bearer_check, describe,
-    error_blobs, leaks, net, oauth, outcomes, serialized, serve, smtp_kit, step, token_endpoint,
+    AUDIENCE,
+    CLIENT_ID,
+    CLIENT_SECRET,
+    FAILED,
+    HEADER,
+    OK,
+    PASSWORD,
+    RECIPIENT,
+    SCOPE,
+    SENDER,
+    SENDER_NAME,
+    STEP_NAMES,
+    USER,
+    Net,
+    Service,
+    anonymous,
+    basic,
+    bearer_check,
+    describe,
+    error_blobs,
+    leaks,
+    net,
+    oauth,
+    outcomes,
+    serialized,
+    serve,
+    smtp_kit,
+    step,
+    token_endpoint,
     v1_profile,
 )
 from tests.openbao import OpenBao
@@ -63,7 +90,7 @@ def expect_steps(response: v2.TestSmtpResponse, expected: list[tuple[str, str | 
     got = outcomes(response)
     ok = len(got) == len(expected) and all(
         name == want_name and (outcome == want if isinstance(want, str) else outcome in want)
-        for (name, outcome), (want_name, want) in zip(got, expected))
+        for (name, outcome), (want_name, want) in zip(got, expected, strict=True))
     assert ok, f"steps {got}, expected {expected}\n{describe(response)}"
     for s in response.steps:
         if s.outcome in (OK, FAILED):
@@ -498,8 +525,8 @@ def test_resolve_oauth_returns_a_token_never_the_client_secret(svc: Service, net
         assert idp.token_valid(credentials.access_token, scope=SCOPE, audience=AUDIENCE)
         assert credentials.token_type == "Bearer"
         assert (credentials.username, credentials.password) == ("", "")
-        expires = credentials.token_expire_time.ToDatetime(tzinfo=timezone.utc)
-        now = datetime.now(timezone.utc)
+        expires = credentials.token_expire_time.ToDatetime(tzinfo=UTC)
+        now = datetime.now(UTC)
         assert now < expires <= now + timedelta(seconds=1800 + 5)
         cache_for = answer.cache_for.ToTimedelta().total_seconds()
         assert 0 < cache_for <= (expires - now).total_seconds() + 1

@@ -17,21 +17,22 @@ import shutil
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
 
-from smtpconfig.cli import main as cli
-from smtpconfig.ops.audit import AuditLog, AuditRecord
 from smtpconfig.api.auth import token_hash
 from smtpconfig.api.calls import ANONYMOUS_RECORDS_BURST, ANONYMOUS_RECORDS_PER_SECOND
+from smtpconfig.cli import main as cli
 from smtpconfig.domain.crypto import load_key
+from smtpconfig.ops.audit import AuditLog, AuditRecord
 from smtpconfig.settings import KEY_NAME
 from smtpconfig.store.sqlite import SqliteStore
 from smtpconfig.v1 import config_service_pb2 as v1
@@ -862,9 +863,9 @@ def test_prune_deletes_only_records_older_than_the_days_kept(tmp_path: Path) -> 
         try:
             audit = AuditLog(store)
             await store.put("profile", b"kept")
-            written = datetime.now(timezone.utc)
+            written = datetime.now(UTC)
             for n in range(3):  # written now, as the server writes them
-                await audit.append(AuditRecord(datetime.now(timezone.utc), "alice", "m", f"first-{n}", "OK"))
+                await audit.append(AuditRecord(datetime.now(UTC), "alice", "m", f"first-{n}", "OK"))
             later = written + timedelta(days=5)
             for n in range(2):
                 await audit.append(AuditRecord(later, "bob", "m", f"later-{n}", "OK"))
@@ -888,7 +889,7 @@ def test_prune_deletes_only_records_older_than_the_days_kept(tmp_path: Path) -> 
 
 def test_a_server_keeping_audit_days_prunes_on_its_first_readiness_tick() -> None:
     data_dir = short_dir("ar")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     ages = {"ancient": 400.0, "old": 2.0, "recent": 0.5}  # days
     asyncio.run(_seed(data_dir, [
         AuditRecord(now - timedelta(days=days), "alice", "v2.ConfigService/ResolveSmtp", label, "OK")

@@ -17,14 +17,14 @@ Servers, each started once for the module:
 
 from __future__ import annotations
 
-import re
-
 import logging
+import re
 import shutil
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -227,7 +227,8 @@ def _deleted(response, d: Deployment) -> None:
 
 def _created(response, d: Deployment) -> None:
     assert response.provider.id > 0
-    got = admin_call(d, "smtpconfig.v2.SecretProviderService/GetProvider", providers_pb.GetProviderRequest(id=response.provider.id))
+    got = admin_call(d, "smtpconfig.v2.SecretProviderService/GetProvider",
+                     providers_pb.GetProviderRequest(id=response.provider.id))
     assert got.provider.name == response.provider.name
 
 
@@ -439,7 +440,7 @@ def world() -> Iterator[World]:
             deployment.server.stop()
         smtp.stop()
         logging.getLogger().removeHandler(log)
-        for logger, level in zip(watched, levels):
+        for logger, level in zip(watched, levels, strict=True):
             logger.setLevel(level)
         shutil.rmtree(root, ignore_errors=True)
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from smtpconfig.cli.main import _parser, main
 from smtpconfig.cli.client import default_target
+from smtpconfig.cli.main import _parser, main
 from tests.conftest import BASIC_V1, BASIC_V2, OAUTH_V2
 from tests.test_validation import DROP, edit
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from smtpconfig.providers.exec import ExecProvider
 from smtpconfig.plugin import Parameter, Resolved, Secret, SecretNotFound, SecretProvider
 from smtpconfig.plugin.testing import (
     ProviderConformance,
@@ -17,6 +16,7 @@ from smtpconfig.plugin.testing import (
     check_schema,
     check_timeout,
 )
+from smtpconfig.providers.exec import ExecProvider
 from smtpconfig_file_provider import FileProvider
 
 VALUE = "conformance-Value-9d2e"

@@ -24,8 +24,9 @@ import subprocess
 import sys
 import tomllib
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -35,9 +36,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from smtpconfig.cli import client as cli_client
 from smtpconfig import settings as settings_mod
 from smtpconfig.api.auth import new_token, token_hash
+from smtpconfig.cli import client as cli_client
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from tests.support import short_dir, wait_serving
@@ -485,9 +486,9 @@ class Running:
             )
         try:
             wait_serving(self.health, timeout=30, proc=self.proc)
-        except BaseException:
+        except BaseException as error:
             self.stop()
-            raise AssertionError(self.log.read_text())
+            raise AssertionError(self.log.read_text()) from error
 
     def cli(self, *args: str, **env: str) -> subprocess.CompletedProcess:
         """The CLI as a separate process, in a directory with no smtpconfig-data of its own."""
@@ -566,7 +567,7 @@ class _CA:
         self.cert = self._sign(_name("deploy test CA"), self.key.public_key(), ca=True)
 
     def _sign(self, subject, public_key, *, ca=False, sans=(), usage=None) -> x509.Certificate:
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         builder = (
             x509.CertificateBuilder().subject_name(subject).issuer_name(_name("deploy test CA"))
             .public_key(public_key).serial_number(x509.random_serial_number())

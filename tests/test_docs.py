@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from smtpconfig.plugin import hookspecs
 from smtpconfig import plugin
+from smtpconfig.plugin import hookspecs
 
 ROOT = Path(__file__).resolve().parent.parent
 GUIDE = ROOT / "docs" / "plugins.md"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 
-
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from tests.conftest import BASIC_V2, v2_profile

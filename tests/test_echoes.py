@@ -18,17 +18,18 @@ import json
 import logging
 import re
 import threading
+from collections.abc import Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 from urllib.parse import quote, quote_plus
 
 import grpc
 import pytest
 
+from smtpconfig.api.auth import token_hash
 from smtpconfig.ops import logs
 from smtpconfig.ops.audit import MAX_MESSAGE
-from smtpconfig.api.auth import token_hash
 from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
 from smtpconfig.v2 import audit_service_pb2 as audit_pb
@@ -38,6 +39,7 @@ from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from smtpconfig.v2 import secret_pb2
 from smtpconfig.v2 import secret_provider_service_pb2 as pb
 from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
+from tests import oauthkit, smtpkit
 from tests.applykit import (
     CLIENT_ID,
     CLIENT_SECRET,
@@ -53,7 +55,6 @@ from tests.applykit import (
     step,
     token_endpoint,
 )
-from tests import oauthkit, smtpkit
 from tests.support import token_channel
 
 __all__ = ["net"]  # a fixture, imported for pytest
@@ -364,7 +365,7 @@ class EchoingVault:
         self.address = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
-    def __enter__(self) -> "EchoingVault":
+    def __enter__(self) -> EchoingVault:
         self._thread.start()
         return self
 

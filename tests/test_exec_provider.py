@@ -17,8 +17,8 @@ from typing import Any
 import grpc
 import pytest
 
-from smtpconfig.providers.exec import INHERITED, STDERR_KEEP, ExecProvider, register_secret_providers
 from smtpconfig.plugin import BadParameters, ProviderError, ProviderUnavailable, Resolved, Secret, SecretNotFound
+from smtpconfig.providers.exec import INHERITED, STDERR_KEEP, ExecProvider, register_secret_providers
 from smtpconfig.v2 import secret_pb2
 from smtpconfig.v2 import secret_provider_service_pb2 as pb
 from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc

@@ -11,15 +11,14 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from tests.support import copy_checkout, short_dir
 from tests.test_docs import write_guide_files
-
 
 # Run with `python -I`: no current directory on sys.path, no PYTHON* variables, no user site.
 PROBE = textwrap.dedent("""\

@@ -15,9 +15,9 @@ import logging
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator
 
 import grpc
 import pytest
@@ -26,11 +26,11 @@ from google.protobuf.message import DecodeError
 from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health_pb2
 
-from smtpconfig.api.auth import token_hash
 from smtpconfig.api.audit_servicer import AuditServiceV2
+from smtpconfig.api.auth import token_hash
 from smtpconfig.api.provider_servicer import SecretProviderServiceV2
-from smtpconfig.app import SERVICE_NAMES
 from smtpconfig.api.servicers import ConfigServiceV1, ConfigServiceV2
+from smtpconfig.app import SERVICE_NAMES
 from smtpconfig.settings import SettingsError, load
 from smtpconfig.v2 import config_service_pb2 as v2
 from tests.conftest import BASIC_V2, v2_profile
@@ -399,7 +399,7 @@ def undecodable(method: MethodDescriptor) -> dict[str, bytes]:
     if text is not None:  # only a declared string field is checked for UTF-8
         payloads["invalid UTF-8"] = _tag(text.number, 2) + bytes([len(MARKER)]) + MARKER
     request = GetMessageClass(method.input_type)
-    for kind, payload in payloads.items():
+    for payload in payloads.values():
         with pytest.raises(DecodeError):
             request.FromString(payload)
     return payloads

@@ -44,9 +44,9 @@ import re
 import shutil
 import socket
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
 import grpc
@@ -75,8 +75,8 @@ from tests.fuzzkit import (
     FILE_ID,
     FILE_INSTANCE,
     MAX_MESSAGE_BYTES,
-    PS,
     POOL,
+    PS,
     RCPT,
     REFERENCING_V2,
     V2,

@@ -14,9 +14,9 @@ import os
 import shutil
 import sys
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import pytest
@@ -132,7 +132,7 @@ def test_exec_runs_nothing_that_exec_commands_does_not_list(base: Path, reach) -
         f"{vendor}x get {{Name}}",  # a look-alike path
         json.dumps(["/usr/bin/env", "sh", "-c", "id"]),  # a listed program, its fixed argument changed
     ):
-        said = refused(lambda: narrow.create("exec", Command=command), "Initialization.Command")
+        said = refused(lambda command=command: narrow.create("exec", Command=command), "Initialization.Command")
         assert "exec_commands" in said and vendor in said  # it says what may be picked
     assert narrow.stored() == [] and not witness.exists()
 
@@ -155,7 +155,7 @@ def test_exec_environment_cannot_change_what_code_runs(base: Path, reach) -> Non
     # Listed or not: loading settings refuses such a list, and the host refuses the names anyway.
     server = reach(exec_commands=((vendor,),), exec_environment=("VENDOR_URL", *(next(iter(a)) for a in attacks)))
     for variables in attacks:
-        said = refused(lambda: server.create("exec", Command=vendor, Environment=json.dumps(variables)),
+        said = refused(lambda variables=variables: server.create("exec", Command=vendor, Environment=json.dumps(variables)),
                        "Initialization.Environment")
         assert next(iter(variables)) in said and "what code a program loads" in said
     made = server.create("exec", Command=vendor, Environment=json.dumps({"VENDOR_URL": "https://pam.example"}))
@@ -174,7 +174,7 @@ def test_exec_environment_sets_only_what_exec_environment_lists(base: Path, reac
                {"SSL_CERT_FILE": "/tmp/ca.pem"}, {"vendor_profile": "other"})
     nothing = reach(exec_commands=((vendor,),))
     for variables in attacks:
-        said = refused(lambda: nothing.create("exec", Command=vendor, Environment=json.dumps(variables)),
+        said = refused(lambda variables=variables: nothing.create("exec", Command=vendor, Environment=json.dumps(variables)),
                        "Initialization.Environment")
         assert next(iter(variables)) in said and "exec_environment" in said  # which setting would allow it
     assert nothing.stored() == []
@@ -182,7 +182,7 @@ def test_exec_environment_sets_only_what_exec_environment_lists(base: Path, reac
 
     listed = reach(exec_commands=((vendor,),), exec_environment=("VENDOR_PROFILE", "VENDOR_REGION"))
     for variables in attacks:  # a listed name does not open others, nor itself in another case
-        said = refused(lambda: listed.create("exec", Command=vendor, Environment=json.dumps(
+        said = refused(lambda variables=variables: listed.create("exec", Command=vendor, Environment=json.dumps(
             {"VENDOR_PROFILE": "smtp", **variables})), "Initialization.Environment")
         assert next(iter(variables)) in said and "VENDOR_PROFILE" not in said
     assert listed.stored() == [] and not seen.exists()
@@ -248,7 +248,7 @@ def test_file_never_reads_the_servers_own_files_even_when_everything_is_listed(b
         ("/dev", "/dev"),
         ("relative/dir", "absolute"),
     ):
-        said = refused(lambda: server.create("file", Directory=directory), "Initialization.Directory")
+        said = refused(lambda directory=directory: server.create("file", Directory=directory), "Initialization.Directory")
         assert says in said, (directory, said)
     assert server.stored() == []
 
@@ -313,7 +313,7 @@ def test_a_listed_directory_means_what_it_held_when_the_server_started(base: Pat
     listed.unlink()
     listed.symlink_to(base / "elsewhere")
     for directory in (listed, base / "elsewhere"):
-        assert "file_directories" in refused(lambda: server.create("file", Directory=str(directory)),
+        assert "file_directories" in refused(lambda directory=directory: server.create("file", Directory=str(directory)),
                                              "Initialization.Directory")
 
 
@@ -437,7 +437,7 @@ def test_a_new_host_never_receives_the_stored_token(reach, openbao_server: OpenB
     refused(lambda: server.stub.UpdateProvider(request), "Initialization.Token")
     # Other parameters that aim the token elsewhere bind it too.
     for moved in ({"Namespace": "other"}, {"AuthMethod": "approle", "RoleId": "r"}, {"AuthMount": "elsewhere"}):
-        refused(lambda: server.update(made, **moved), "Initialization.Token")
+        refused(lambda moved=moved: server.update(made, **moved), "Initialization.Token")
     assert [p.etag for p in server.stored()] == [made.etag]
     openbao_server.kv_put("secret", "reach/host", {"password": PLANTED})
     assert server.check(made.id, Secret="reach/host", Key="password").success  # still the admin's Vault

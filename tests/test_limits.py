@@ -16,9 +16,9 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import pytest
@@ -117,7 +117,7 @@ class SilentListener:
                 continue
             self.accepted.append(conn)
 
-    def __enter__(self) -> "SilentListener":
+    def __enter__(self) -> SilentListener:
         self._thread.start()
         return self
 
@@ -192,7 +192,7 @@ class SlowRelay:
         with self._lock:
             assert self._lock.wait_for(lambda: self.passed >= count, timeout), f"{self.passed} of {count} passed on"
 
-    def __enter__(self) -> "SlowRelay":
+    def __enter__(self) -> SlowRelay:
         self._threads[0].start()
         return self
 
@@ -427,7 +427,8 @@ def test_calls_beyond_max_concurrent_rpcs_are_refused(two_at_a_time: Running, tm
     # it has gone out).
     counted = s.server.app.metrics.registry.get_sample_value
     for method in ("v2.SecretProviderService/CheckSecret", "v2.ConfigService/GetSmtp"):
-        wait_until(lambda: counted("smtpconfig_rpc_requests_total", {"method": method, "code": "RESOURCE_EXHAUSTED"}) == 1)
+        labels = {"method": method, "code": "RESOURCE_EXHAUSTED"}
+        wait_until(lambda labels=labels: counted("smtpconfig_rpc_requests_total", labels) == 1)
     assert all(f.result().success for f in slow)
     assert sorted(runs(calls)) == ["slow-1.5-0", "slow-1.5-1"]  # the refused call never ran
 

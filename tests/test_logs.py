@@ -7,14 +7,14 @@ import io
 import json
 import logging
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import pytest
 
+from smtpconfig.core.secret import Secret
 from smtpconfig.ops import logs
 from smtpconfig.ops.logs import CALL, MASK, Redactor, call_fields, configure, forget_secrets, redact, remember_secret
-from smtpconfig.core.secret import Secret
 
 PLANTED = "PLANTED-log-secret-c0ffee"
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

@@ -16,7 +16,6 @@ from tests.conftest import BASIC_V1
 from tests.support import copy_checkout, short_dir, wait_serving
 
 
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from smtpconfig.core.secret import Secret
 from smtpconfig.domain.crypto import Sealer
-from smtpconfig.ops.logs import forget_secrets, redact
-from smtpconfig.ops.metrics import MAX_SERIES, NO_METRICS, OTHER, Metrics
 from smtpconfig.domain.model import InlineSecret, ProviderRef
-from smtpconfig.outbound.oauth import TokenClient, TokenError, TokenRequest
-from smtpconfig.plugin.manager import load_plugins
 from smtpconfig.domain.provider_service import ProviderService, declared_instances
 from smtpconfig.domain.resolver import Resolver
-from smtpconfig.core.secret import Secret
+from smtpconfig.ops.logs import forget_secrets, redact
+from smtpconfig.ops.metrics import MAX_SERIES, NO_METRICS, OTHER, Metrics
+from smtpconfig.outbound.oauth import TokenClient, TokenError, TokenRequest
+from smtpconfig.plugin.manager import load_plugins
 from smtpconfig.store.sqlite import SqliteStore
 from tests.oauthkit import TokenEndpoint
 
@@ -228,7 +228,7 @@ def test_resolver_counts_provider_calls_and_cache_hits(tmp_path: Path) -> None:
 def test_resolver_counts_errors_by_provider_error_class(tmp_path: Path) -> None:
     async def scenario(resolver: Resolver) -> None:
         for name in ("missing", "missing", "broken", "-dash"):
-            with pytest.raises(Exception):
+            with pytest.raises(Exception):  # noqa: B017 (each name fails with a different error class, counted below)
                 await resolver.resolve(ref(name))
 
     m = run_with_resolver(tmp_path, scenario)

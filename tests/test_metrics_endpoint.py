@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import shutil
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import pytest

@@ -8,9 +8,9 @@ import ssl
 import pytest
 
 from smtpconfig.core.errors import Unavailable
+from smtpconfig.core.secret import Secret
 from smtpconfig.domain.model import RequestHeader
 from smtpconfig.outbound.oauth import TokenClient, TokenError, TokenRequest
-from smtpconfig.core.secret import Secret
 from tests.oauthkit import TokenEndpoint
 
 CLIENT_SECRET = "PLANTED-client-secret-0a1b"

@@ -12,8 +12,9 @@ import ssl
 import time
 import urllib.parse
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -69,7 +70,7 @@ def _leaf(ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, names: 
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """ca.pem; leaf for localhost + 127.0.0.1 (cert/key); leaf for localhost only (name_cert/name_key)."""
     directory = tmp_path_factory.mktemp("oauthkit-tls")
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = (
         x509.CertificateBuilder()

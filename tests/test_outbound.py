@@ -13,16 +13,17 @@ connection proves the refusal came before any connection. Redirect and TLS tests
 from __future__ import annotations
 
 import shutil
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
 from google.protobuf import json_format
 
-from smtpconfig.providers.vault import VaultProvider
 from smtpconfig.api.auth import token_hash
-from smtpconfig.plugin import ProviderUnavailable
 from smtpconfig.core.secret import Secret
+from smtpconfig.plugin import ProviderUnavailable
+from smtpconfig.providers.vault import VaultProvider
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from smtpconfig.v2 import secret_pb2
@@ -160,7 +161,7 @@ def test_vault_hosts_that_reach_a_forbidden_address_are_refused_before_any_conne
     results = netns.run(_vault_refusals, [list(h) for h in VAULT_HOSTS], addresses=tuple(FORBIDDEN.values()),
                         names=NAMES)
     assert [r["case"] for r in results] == [h[0] for h in VAULT_HOSTS]
-    for result, (_, host, _) in zip(results, VAULT_HOSTS):
+    for result, (_, host, _) in zip(results, VAULT_HOSTS, strict=True):
         assert result["trap"] == [], f"{result['case']}: the forbidden address was dialled: {result['trap']}"
         assert VAULT_TOKEN not in result["details"], result
         if host.endswith(".test"):  # a name: what it resolves to is known only when connecting
@@ -314,7 +315,8 @@ def test_vault_tls_is_verified_against_the_host_name_while_dialling_its_address(
 # --- TokenEndpoint: what validation accepts, the client can use ---------------------------------
 
 # Pieces of odd URLs: each accepted combination must resolve or fail cleanly, never crash.
-SCHEMES = ["https://", "https://", "https://", "http://", "HTTP://", "hTtPs://", "ftp://", "https:/", "https:", "http:///", "//", ""]
+SCHEMES = ["https://", "https://", "https://", "http://", "HTTP://", "hTtPs://",
+           "ftp://", "https:/", "https:", "http:///", "//", ""]
 USERINFO = ["", "", "", "user@", "@", "u:p@", "evil.example\\@", "a%40b@", "127.0.0.1@"]
 HOSTS = [
     "127.0.0.1", "localhost", "LOCALHOST", "localhost.", "ip6-localhost", "[::1]", "::1", "[::1", "::1]",

@@ -40,9 +40,11 @@ def register_secret_providers(register):
 BROKEN = {
     "raises at import": 'raise RuntimeError("plugin import blew up")\n',
     "misspelt hook": "from smtpconfig.plugin import hookimpl\n\n@hookimpl\ndef register_secret_provider(register):\n    pass\n",
-    "registers a non-provider": "from smtpconfig.plugin import hookimpl\n\n@hookimpl\ndef register_secret_providers(register):\n    register(dict)\n",
+    "registers a non-provider": "from smtpconfig.plugin import hookimpl\n\n"
+                                "@hookimpl\ndef register_secret_providers(register):\n    register(dict)\n",
     "registers a taken type name": GOOD.replace("{type_name}", "exec"),
-    "hook raises": "from smtpconfig.plugin import hookimpl\n\n@hookimpl\ndef register_secret_providers(register):\n    raise ValueError('no')\n",
+    "hook raises": "from smtpconfig.plugin import hookimpl\n\n"
+                   "@hookimpl\ndef register_secret_providers(register):\n    raise ValueError('no')\n",
     # ListPlugins shows the error to providers:read callers: it goes through the log redactor.
     "quotes a token": 'raise RuntimeError("login failed, token=PLANTED-import-token")\n',
 }

@@ -11,7 +11,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import grpc
 import pytest

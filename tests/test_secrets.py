@@ -8,8 +8,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from smtpconfig.domain.crypto import Sealer
 from smtpconfig.core.secret import Secret
+from smtpconfig.domain.crypto import Sealer
 from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
 from smtpconfig.v2 import config_service_pb2 as v2
@@ -70,7 +70,8 @@ def test_planted_secrets_never_leave_the_service() -> None:
                     call(request)
                 error = failure.value
                 seen.append(("error details", error.details() or ""))
-                seen.append(("error metadata", b"".join(v if isinstance(v, bytes) else v.encode() for _, v in error.trailing_metadata())))
+                metadata = b"".join(v if isinstance(v, bytes) else v.encode() for _, v in error.trailing_metadata())
+                seen.append(("error metadata", metadata))
                 seen.append(("error repr", repr(error)))
         for path, content in _files_under(data_dir).items():
             if not path.endswith(".sock"):
@@ -89,7 +90,7 @@ def test_planted_secrets_never_leave_the_service() -> None:
 
 def test_secret_value_type_never_prints() -> None:
     secret = Secret(PASSWORD)
-    shown = [repr(secret), str(secret), f"{secret}", f"{secret!r:>40}", "%s %r" % (secret, secret), repr([secret])]
+    shown = [repr(secret), str(secret), f"{secret}", f"{secret!r:>40}", "%s %r" % (secret, secret), repr([secret])]  # noqa: UP031 (%-formatting is a path under test)
     for text in shown:
         _assert_clean("Secret formatting", text)
     assert secret == Secret(PASSWORD) and secret != Secret(PASSWORD + "x")

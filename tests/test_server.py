@@ -15,10 +15,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from smtpconfig.domain.crypto import KeyProblem
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from tests.conftest import BASIC_V2, v2_profile
-from smtpconfig.domain.crypto import KeyProblem
 from tests.support import ServerProcess, ServerThread, short_dir, wait_serving
 
 
@@ -260,7 +260,7 @@ def test_a_failed_start_removes_the_data_directory_it_created(data_dir) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         taken.setblocking(False)
-        address = "127.0.0.1:%d" % taken.getsockname()[1]
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
         fresh = data_dir / "nested" / "data"
         result = _serve_once("--data-dir", str(fresh), "--listen", address)
         assert result.returncode != 0, result.stderr

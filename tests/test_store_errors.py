@@ -16,8 +16,8 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import pytest
@@ -71,7 +71,7 @@ class LockHolder:
         self._proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       text=True)
 
-    def __enter__(self) -> "LockHolder":
+    def __enter__(self) -> LockHolder:
         assert self._proc.stdout is not None and self._proc.stdout.readline() == "held\n", "the lock was not taken"
         return self
 

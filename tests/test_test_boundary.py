@@ -18,8 +18,9 @@ from __future__ import annotations
 import copy
 import logging
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -34,8 +35,25 @@ from smtpconfig.v2 import audit_service_pb2_grpc as audit_grpc
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from tests.applykit import (
-    CLIENT_ID, CLIENT_SECRET, PASSWORD, RECIPIENT, USER, Net, Service, basic, bearer_check, describe,
-    error_blobs, leaks, net, oauth, serialized, smtp_kit, token_endpoint, v1_profile, v2_profile,
+    CLIENT_ID,
+    CLIENT_SECRET,
+    PASSWORD,
+    RECIPIENT,
+    USER,
+    Net,
+    Service,
+    basic,
+    bearer_check,
+    describe,
+    error_blobs,
+    leaks,
+    net,
+    oauth,
+    serialized,
+    smtp_kit,
+    token_endpoint,
+    v1_profile,
+    v2_profile,
 )
 from tests.oauthkit import TokenEndpoint
 from tests.smtpkit import SmtpServer
@@ -164,7 +182,7 @@ def world(net: Net, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]
             for service in services:
                 service.close()
             logging.getLogger().removeHandler(log)
-            for logger, level in zip(watched, levels):
+            for logger, level in zip(watched, levels, strict=True):
                 logger.setLevel(level)
             shutil.rmtree(files, ignore_errors=True)
 

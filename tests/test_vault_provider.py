@@ -9,16 +9,17 @@ import logging
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
-from smtpconfig.providers.vault import VaultProvider, register_secret_providers
 from smtpconfig.plugin import AccessDenied, BadParameters, ProviderUnavailable, Resolved, Secret, SecretNotFound
 from smtpconfig.plugin.testing import ProviderConformance
+from smtpconfig.providers.vault import VaultProvider, register_secret_providers
 from tests.openbao import AppRole, JwtIssuer, OpenBao
 
 VALUE = "PLANTED-vault-välue-5e1f"

@@ -13,12 +13,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from smtpconfig.api.auth import token_hash
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from smtpconfig.v2 import secret_pb2
 from smtpconfig.v2 import secret_provider_service_pb2 as pb
 from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
-from smtpconfig.api.auth import token_hash
 from tests.conftest import BASIC_V2, v2_profile
 from tests.fakevault import FakeVault
 from tests.openbao import OpenBao

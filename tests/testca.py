@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -80,7 +80,7 @@ def _leaf_builder(subject: x509.Name, issuer: x509.Name, key: ec.EllipticCurvePr
     # `own_anchor`: a self-signed server certificate shaped like `openssl req -x509` makes (CA:TRUE,
     # may sign certificates), so that OpenSSL sees it as self-signed, reports "self-signed
     # certificate" when it is not trusted, and accepts it when it is given as its own CA file.
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     return (
         x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
         .public_key(key.public_key()).serial_number(x509.random_serial_number())
@@ -109,7 +109,7 @@ class TestCA:
         self._lifetime = lifetime
         self._key = ec.generate_private_key(ec.SECP256R1())
         self._name = _name(name)
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         self.certificate = (
             x509.CertificateBuilder().subject_name(self._name).issuer_name(self._name)
             .public_key(self._key.public_key()).serial_number(x509.random_serial_number())
@@ -147,7 +147,7 @@ class TestCA:
         that order (a leaf with neither has no SAN extension at all: only its CN names it),
         written as `<stem>.pem` and `<stem>-key.pem`."""
         key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         builder = (
             x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(self._name)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())

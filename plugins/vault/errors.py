@@ -10,8 +10,8 @@ attributes hold the raw response).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import hvac.exceptions as vault
 import requests.exceptions as http

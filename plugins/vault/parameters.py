@@ -19,8 +19,8 @@ Keyfactor reference carries over unchanged; our own names are aliases.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 from urllib.parse import urlsplit
 
 from smtpconfig.plugin import BadParameters, InitializationValue, Parameter, Secret
@@ -140,7 +140,7 @@ def _host(raw: str | None) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
         raise BadParameters(f"Host {raw!r} is not an http(s) URL like https://vault:8200", "Host")
     try:
-        parts.port
+        _ = parts.port  # parsing the port is the check
     except ValueError:
         raise BadParameters(f"Host {raw!r} has an invalid port", "Host") from None
     return url.rstrip("/")

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import re
-from datetime import timezone
+from datetime import UTC
 
 import grpc
 
 from smtpconfig.api import convert
-from smtpconfig.ops.audit import AuditLog, AuditRecord
 from smtpconfig.api.calls import Guard, rpc
 from smtpconfig.core.errors import InvalidArgument, violation
+from smtpconfig.ops.audit import AuditLog, AuditRecord
 from smtpconfig.v2 import audit_service_pb2 as pb
 from smtpconfig.v2 import audit_service_pb2_grpc as pb_grpc
 
@@ -53,7 +53,7 @@ class AuditServiceV2(pb_grpc.AuditServiceServicer):
         if problems:
             raise InvalidArgument(problems)
         size = request.page_size or DEFAULT_PAGE
-        since = request.since.ToDatetime(tzinfo=timezone.utc) if request.HasField("since") else None
+        since = request.since.ToDatetime(tzinfo=UTC) if request.HasField("since") else None
         records = await self._audit.read(after=after, since=since, limit=size)
         response = pb.ListAuditRecordsResponse(records=[record_to_pb(r) for r in records])
         if len(records) == min(size, 1000):

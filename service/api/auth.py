@@ -21,11 +21,12 @@ import hmac
 import os
 import re
 import secrets
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
-from smtpconfig.core.bidi import RULE as BIDI_RULE, has_bidi_control
+from smtpconfig.core.bidi import RULE as BIDI_RULE
+from smtpconfig.core.bidi import has_bidi_control
 from smtpconfig.core.errors import FailedPrecondition, PermissionDenied, Unauthenticated
 from smtpconfig.settings import ALL_PERMISSIONS, PERMISSIONS
 
@@ -62,7 +63,7 @@ def ensure_admin_token(data_dir: Path) -> str:
             ) from None
         token = path.read_text(encoding="utf-8").strip()
         if not token:
-            raise FailedPrecondition(f"{path} is empty; delete it to have a new one made")
+            raise FailedPrecondition(f"{path} is empty; delete it to have a new one made") from None
         return token
     token = new_token()
     with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -41,19 +41,20 @@ import os
 import re
 import time
 import traceback
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
 
-from smtpconfig.ops.audit import AuditLog, encode
 from smtpconfig.api.auth import Authenticator, Policy
-from smtpconfig.core.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, SmtpConfigError, violation
 from smtpconfig.api.limits import RateLimiter
-from smtpconfig.ops.logs import CALL
 from smtpconfig.api.refusals import RefusalRecords
 from smtpconfig.api.status import DETAILS_KEY, to_rpc_status
+from smtpconfig.core.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, SmtpConfigError, violation
+from smtpconfig.ops.audit import AuditLog, encode
+from smtpconfig.ops.logs import CALL
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +192,8 @@ class Guard:
                     try:
                         await self._record(call, code, _after_note(call, message))
                     except Exception as failure:  # noqa: BLE001 - the refusal still goes out as it is
-                        log.error("%s: the audit record of a refused call could not be written (%s)", name, type(failure).__name__)
+                        log.error("%s: the audit record of a refused call could not be written (%s)",
+                                  name, type(failure).__name__)
                 await context.abort(
                     status_code, message,
                     trailing_metadata=((DETAILS_KEY, status.SerializeToString()), (REQUEST_ID, call.request_id)),

@@ -7,18 +7,19 @@ import math
 from collections import OrderedDict
 
 import grpc
+
 from smtpconfig.api import calls, convert
 from smtpconfig.api.calls import Guard, rpc
 from smtpconfig.core.errors import InvalidArgument, NotFound, violation
+from smtpconfig.core.secret import Secret
 from smtpconfig.domain.model import CREDENTIAL_FIELDS, FIELDS, InlineSecret, ProviderRef, SecretSource
-from smtpconfig.plugin import Parameter
-from smtpconfig.plugin.manager import PluginStatus, ProviderTypeInfo
 from smtpconfig.domain.profiles import ProfileService
 from smtpconfig.domain.provider_service import ProviderService
 from smtpconfig.domain.providers import CONFIG, IMPLICIT_TYPES, InstanceDraft, ProviderInstance
 from smtpconfig.domain.resolver import Resolver
-from smtpconfig.core.secret import Secret
 from smtpconfig.domain.validation import validate_secret_object
+from smtpconfig.plugin import Parameter
+from smtpconfig.plugin.manager import PluginStatus, ProviderTypeInfo
 from smtpconfig.v2 import secret_provider_service_pb2 as pb
 from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
 

@@ -23,8 +23,8 @@ import logging
 import time
 from collections import OrderedDict
 
-from smtpconfig.core.clip import one_line
 from smtpconfig.api.limits import RateLimiter
+from smtpconfig.core.clip import one_line
 
 log = logging.getLogger(__name__)
 

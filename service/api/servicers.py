@@ -6,15 +6,14 @@ from typing import TypeVar
 
 import grpc
 
-from smtpconfig.api import convert
-from smtpconfig.api import calls
-from smtpconfig.outbound import reach
-from smtpconfig.outbound.apply import Applier, succeeded
+from smtpconfig.api import calls, convert
 from smtpconfig.api.calls import Guard, rpc
 from smtpconfig.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from smtpconfig.outbound.smtp_check import FAILED, OK, SKIPPED, Step
 from smtpconfig.domain.model import FIELDS, V1_FIELDS, Profile
 from smtpconfig.domain.profiles import ProfileService, StoredProfile, parse_mask
+from smtpconfig.outbound import reach
+from smtpconfig.outbound.apply import Applier, succeeded
+from smtpconfig.outbound.smtp_check import FAILED, OK, SKIPPED, Step
 from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
 from smtpconfig.v2 import config_service_pb2 as v2

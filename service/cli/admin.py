@@ -13,10 +13,10 @@ import os
 import re
 import stat
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
-from smtpconfig.cli import json as cli_json
 from smtpconfig.api.auth import new_token, token_hash
+from smtpconfig.cli import json as cli_json
 from smtpconfig.cli.client import EXIT_BAD_INPUT, CliError, add_connection_args, call
 from smtpconfig.settings import _PLAIN_IDENTITY, ALL_PERMISSIONS, PERMISSIONS
 from smtpconfig.v2 import audit_service_pb2 as pb
@@ -130,7 +130,7 @@ def _token_hash(args: argparse.Namespace) -> int:
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:
     """`30m`, `12h`, `7d` (ago) or an ISO 8601 time (UTC when it names no zone)."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     ago = _AGO.match(text)
     if ago:
         try:
@@ -141,7 +141,7 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
         when = datetime.fromisoformat(text)
     except ValueError:
         raise CliError(f"--since {text!r} is neither an age (30m, 12h, 7d) nor an ISO 8601 time", EXIT_BAD_INPUT) from None
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def _audit(args: argparse.Namespace) -> int:

@@ -7,8 +7,9 @@ import json
 import os
 import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2

@@ -20,18 +20,19 @@ from typing import Any
 from google.protobuf import json_format
 
 from smtpconfig.ops import grpc_log  # first: it sets gRPC's log level, which grpc reads when imported
-from smtpconfig.cli import json as cli_json
-from smtpconfig.ops import logs
+
+# isort: split
 from smtpconfig import settings as settings_mod
+from smtpconfig.cli import json as cli_json
 from smtpconfig.cli.admin import add_commands as add_admin_commands
-from smtpconfig.cli.providers import add_commands as add_provider_commands
 from smtpconfig.cli.client import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_PIPE, CliError, add_connection_args, call, read_payload
+from smtpconfig.cli.providers import add_commands as add_provider_commands
 from smtpconfig.core.errors import SmtpConfigError
+from smtpconfig.ops import logs
 from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
-
 
 # Keys Keyfactor payloads may carry that mean nothing here.
 _IGNORED_KEYS = {"SenderAddress": "deprecated by Keyfactor Command", "TestRecipient": "used only by test"}

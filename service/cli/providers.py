@@ -10,15 +10,21 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from google.protobuf import json_format
 
-from smtpconfig.cli import json as cli_json
 from smtpconfig import settings as settings_mod
+from smtpconfig.cli import json as cli_json
 from smtpconfig.cli.client import (
-    EXIT_BAD_INPUT, EXIT_FAILED, CliError, add_connection_args, call, default_target, read_payload,
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    CliError,
+    add_connection_args,
+    call,
+    default_target,
+    read_payload,
 )
 from smtpconfig.core.secret import strip_line_ending
 from smtpconfig.v2 import secret_pb2
@@ -190,8 +196,8 @@ def _plugins(args: argparse.Namespace) -> int:
 def _local_plugins() -> pb.ListPluginsResponse:
     import logging
 
-    from smtpconfig.plugin.manager import load_plugins
     from smtpconfig.api.provider_servicer import plugins_to_pb
+    from smtpconfig.plugin.manager import load_plugins
 
     logging.getLogger("smtpconfig.plugin.manager").setLevel(logging.ERROR)  # the report says it all
     settings = settings_mod.load()

@@ -103,7 +103,7 @@ async def check_destination(host: str, port: int, *, what: str, timeout: float) 
     try:
         async with asyncio.timeout(timeout):  # not wait_for, which can swallow a cancel (3.11)
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise Unavailable(f"{what} {host}: name lookup timed out after {timeout:g}s") from None
     except (socket.gaierror, UnicodeError) as error:
         raise _lookup_failed(host, what, error) from None

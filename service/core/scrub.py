@@ -34,7 +34,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from typing import Iterator
+from collections.abc import Iterator
 from urllib.parse import quote, quote_plus
 
 from smtpconfig.core.bidi import is_format
@@ -86,7 +86,7 @@ class Scrubber:
         self._pattern: re.Pattern[str] | None = None
         self.add(*values)
 
-    def add(self, *values: Secret | str) -> "Scrubber":
+    def add(self, *values: Secret | str) -> Scrubber:
         """Mask these credentials (empty ones are ignored) in every encoding."""
         for value in map(_reveal, values):
             if not value or value in self._values:
@@ -98,24 +98,24 @@ class Scrubber:
             self._pattern = None
         return self
 
-    def add_payload(self, payload: str) -> "Scrubber":
+    def add_payload(self, payload: str) -> Scrubber:
         """Mask a payload the service built from credentials (added separately) in base64."""
         for form in _encodings(payload):
             self._forms[form] = False
         self._pattern = None
         return self
 
-    def smtp_login(self, user: Secret | str, password: Secret | str) -> "Scrubber":
+    def smtp_login(self, user: Secret | str, password: Secret | str) -> Scrubber:
         """AUTH PLAIN sends base64 of ``\\0user\\0password``; AUTH LOGIN each one in base64."""
         self.add(user, password)
         return self.add_payload(f"\0{_reveal(user)}\0{_reveal(password)}")
 
-    def xoauth2(self, user: str, token: Secret | str) -> "Scrubber":
+    def xoauth2(self, user: str, token: Secret | str) -> Scrubber:
         """AUTH XOAUTH2 sends base64 of ``user=<user>\\x01auth=Bearer <token>\\x01\\x01``."""
         self.add(token)
         return self.add_payload(f"user={user}\x01auth=Bearer {_reveal(token)}\x01\x01")
 
-    def client_credentials(self, client_id: Secret | str, client_secret: Secret | str) -> "Scrubber":
+    def client_credentials(self, client_id: Secret | str, client_secret: Secret | str) -> Scrubber:
         """The token request: id and secret form-encoded in the body (client_secret_post), or in
         HTTP Basic as base64 of ``id:secret``, raw (Authlib) or form-encoded first (RFC 6749)."""
         client, secret = _reveal(client_id), _reveal(client_secret)

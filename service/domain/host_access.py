@@ -34,17 +34,16 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
-
 from urllib.parse import urlsplit
 
 from smtpconfig.core import netguard
 from smtpconfig.core.code_variables import controls_code
 from smtpconfig.core.errors import FieldViolation, violation
-from smtpconfig.plugin import BadParameters, Parameter, command_argv
 from smtpconfig.core.secret import Secret
+from smtpconfig.plugin import BadParameters, Parameter, command_argv
 from smtpconfig.settings import Settings
 
 # Kernel views of every process and device: never a directory of files meant for an instance.

@@ -8,9 +8,9 @@ them to Keyfactor's JSON names, which are also the names used in error details.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping, Union
 
 from smtpconfig.core.secret import Secret
 
@@ -47,7 +47,7 @@ class ProviderRef:
         object.__setattr__(self, "parameters", MappingProxyType(dict(self.parameters)))
 
 
-SecretSource = Union[InlineSecret, ProviderRef]
+SecretSource = InlineSecret | ProviderRef
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ class KeepStored(enum.Enum):
     VALUE = "HasValue"
 
 
-SecretInput = Union[SecretDraft, InlineSecret, ProviderRef, KeepStored, None]
+SecretInput = SecretDraft | InlineSecret | ProviderRef | KeepStored | None
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ class ProfileDraft:
     request_headers: tuple[RequestHeader, ...] = ()
 
     @classmethod
-    def of(cls, profile: Profile) -> "ProfileDraft":
+    def of(cls, profile: Profile) -> ProfileDraft:
         """The draft that states a stored profile exactly (the base of a masked update)."""
         return cls(
             id=PROFILE_ID,

@@ -9,14 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Iterable
 
+from smtpconfig.core.errors import Aborted, FieldViolation, InvalidArgument, NotFound, violation
 from smtpconfig.domain.catalog import ProviderCatalog
 from smtpconfig.domain.codec import decode_profile, encode_profile
 from smtpconfig.domain.crypto import Sealer
-from smtpconfig.core.errors import Aborted, FieldViolation, InvalidArgument, NotFound, violation
 from smtpconfig.domain.model import (
     CREDENTIAL_FIELDS,
     CREDENTIALS_FOR,
@@ -28,8 +28,8 @@ from smtpconfig.domain.model import (
     ProviderRef,
     SecretInput,
 )
-from smtpconfig.store.base import ABSENT, AuditHook, EtagMismatch, Revision, Store
 from smtpconfig.domain.validation import validate
+from smtpconfig.store.base import ABSENT, AuditHook, EtagMismatch, Revision, Store
 
 log = logging.getLogger(__name__)
 

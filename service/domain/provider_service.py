@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
+from smtpconfig.core.errors import Aborted, FailedPrecondition, FieldViolation, InvalidArgument, NotFound, violation
+from smtpconfig.core.secret import strip_line_ending
 from smtpconfig.domain.catalog import ProviderInstanceInfo, canonical_names
 from smtpconfig.domain.crypto import Sealer
-from smtpconfig.core.errors import Aborted, FailedPrecondition, FieldViolation, InvalidArgument, NotFound, violation
 from smtpconfig.domain.host_access import HostAccess
-from smtpconfig.plugin import Parameter
-from smtpconfig.plugin.manager import Plugins
 from smtpconfig.domain.providers import (
     API,
     CONFIG,
@@ -30,8 +30,9 @@ from smtpconfig.domain.providers import (
     provider_key,
     validate_instance,
 )
-from smtpconfig.core.secret import strip_line_ending
 from smtpconfig.domain.secret_binding import unbound_secrets
+from smtpconfig.plugin import Parameter
+from smtpconfig.plugin.manager import Plugins
 from smtpconfig.store.base import ABSENT, AuditHook, EtagMismatch, Store
 
 log = logging.getLogger(__name__)
@@ -302,5 +303,6 @@ class ProviderService:
         self._stored[instance.id] = stored
         self._changed(instance.id)
         fields = ", ".join(sorted(instance.initialization)) or "none"
-        log.info("provider instance %s (%s, %s) %s; initialization: %s", instance.id, instance.name, instance.type_name, verb, fields)
+        log.info("provider instance %s (%s, %s) %s; initialization: %s",
+                 instance.id, instance.name, instance.type_name, verb, fields)
         return stored

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import json
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
 
-from smtpconfig.core.bidi import RULE as BIDI_RULE, has_bidi_control
+from smtpconfig.core.bidi import RULE as BIDI_RULE
+from smtpconfig.core.bidi import has_bidi_control
+from smtpconfig.core.errors import FieldViolation, InvalidArgument, violation
+from smtpconfig.core.secret import Secret
 from smtpconfig.domain.catalog import canonical_names
 from smtpconfig.domain.crypto import Sealer
-from smtpconfig.core.errors import FieldViolation, InvalidArgument, violation
 from smtpconfig.plugin import Parameter
 from smtpconfig.plugin.manager import Plugins
-from smtpconfig.core.secret import Secret
 
 PROVIDER_PREFIX = "providers/"
 MAX_NAME = 128

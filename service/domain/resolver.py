@@ -26,14 +26,19 @@ import math
 import time
 import traceback
 from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable, NamedTuple
+from typing import Any, NamedTuple
 
 from smtpconfig.core.errors import FailedPrecondition, FieldViolation, InvalidArgument, SmtpConfigError, Unavailable
+from smtpconfig.core.scrub import Scrubber
+from smtpconfig.core.secret import Secret
+from smtpconfig.domain.model import InlineSecret, ProviderRef, SecretSource
+from smtpconfig.domain.provider_service import ProviderService
+from smtpconfig.domain.providers import ProviderInstance, with_defaults
 from smtpconfig.ops.logs import remember_secret
 from smtpconfig.ops.metrics import NO_METRICS, AnyMetrics
-from smtpconfig.domain.model import InlineSecret, ProviderRef, SecretSource
 from smtpconfig.plugin import (
     AccessDenied,
     BadParameters,
@@ -44,10 +49,6 @@ from smtpconfig.plugin import (
     SecretProvider,
 )
 from smtpconfig.plugin.manager import Plugins
-from smtpconfig.domain.provider_service import ProviderService
-from smtpconfig.domain.providers import ProviderInstance, with_defaults
-from smtpconfig.core.scrub import Scrubber
-from smtpconfig.core.secret import Secret
 
 log = logging.getLogger(__name__)
 

@@ -8,12 +8,12 @@ caller who may change Host but never read the token could aim the stored token a
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from smtpconfig.core.errors import FieldViolation, violation
-from smtpconfig.plugin import Parameter
-from smtpconfig.domain.providers import with_defaults
 from smtpconfig.core.secret import Secret
+from smtpconfig.domain.providers import with_defaults
+from smtpconfig.plugin import Parameter
 
 
 def unbound_secrets(

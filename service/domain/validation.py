@@ -12,8 +12,9 @@ import re
 import unicodedata
 
 from smtpconfig.core import endpoint
-from smtpconfig.domain.catalog import ProviderCatalog
 from smtpconfig.core.errors import FieldViolation, InvalidArgument, violation
+from smtpconfig.core.secret import Secret
+from smtpconfig.domain.catalog import ProviderCatalog
 from smtpconfig.domain.model import (
     CREDENTIAL_FIELDS,
     CREDENTIALS_FOR,
@@ -30,7 +31,6 @@ from smtpconfig.domain.model import (
     SecretInput,
     SecretSource,
 )
-from smtpconfig.core.secret import Secret
 
 MAX_HOST = 253
 MAX_MAILBOX = 254

@@ -21,9 +21,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Sequence
+from datetime import UTC, datetime, timedelta
 
 from smtpconfig.core.clip import one_line
 from smtpconfig.store.base import AuditEntry, Store
@@ -46,7 +46,7 @@ def micros(when: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def encode(
@@ -82,7 +82,7 @@ class AuditRecord:
                       self.provider, self.message, at=micros(self.time))
 
     @classmethod
-    def from_entry(cls, sequence: int, at: int, data: bytes) -> "AuditRecord":
+    def from_entry(cls, sequence: int, at: int, data: bytes) -> AuditRecord:
         identity, method, request_id, outcome, fields, provider, message = json.loads(data)
         when = _EPOCH + timedelta(microseconds=at)
         return cls(when, identity, method, request_id, outcome, tuple(fields), provider, message, sequence)
@@ -139,5 +139,5 @@ class AuditLog:
 
     async def prune(self, keep_days: float, now: datetime | None = None) -> int:
         """Delete records older than `keep_days`; returns how many went."""
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         return await self._store.prune_audit(micros(now - timedelta(days=keep_days)))

@@ -13,7 +13,7 @@ naming arbitrary methods cannot grow memory without bound.
 
 from __future__ import annotations
 
-from typing import Hashable
+from collections.abc import Hashable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, start_http_server
 

@@ -10,15 +10,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from smtpconfig.outbound import smtp_check
 from smtpconfig.core.errors import InvalidArgument, SmtpConfigError, violation
-from smtpconfig.domain.model import AuthType, Profile
 from smtpconfig.core.netguard import check_destination
-from smtpconfig.outbound.oauth import AccessToken, TokenClient, TokenRequest
-from smtpconfig.domain.resolver import Resolver
 from smtpconfig.core.secret import Secret
-from smtpconfig.outbound.smtp_check import FAILED, OK, SKIPPED, Exchange, Step
+from smtpconfig.domain.model import AuthType, Profile
+from smtpconfig.domain.resolver import Resolver
 from smtpconfig.domain.validation import mailbox_problems
+from smtpconfig.outbound import smtp_check
+from smtpconfig.outbound.oauth import AccessToken, TokenClient, TokenRequest
+from smtpconfig.outbound.smtp_check import FAILED, OK, SKIPPED, Exchange, Step
 
 # Never tell a caller to cache credentials longer than this.
 MAX_CACHE_FOR = 300.0

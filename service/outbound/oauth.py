@@ -24,20 +24,21 @@ import hashlib
 import ssl
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from types import ModuleType
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 from smtpconfig.core import endpoint
 from smtpconfig.core.endpoint import DEFAULT_PORTS
 from smtpconfig.core.errors import FailedPrecondition, Unavailable
-from smtpconfig.ops.logs import remember_secret
-from smtpconfig.ops.metrics import NO_METRICS, AnyMetrics
-from smtpconfig.domain.model import RequestHeader
 from smtpconfig.core.netguard import Destination, check_destination
 from smtpconfig.core.scrub import Scrubber, cap
 from smtpconfig.core.secret import Secret
+from smtpconfig.domain.model import RequestHeader
+from smtpconfig.ops.logs import remember_secret
+from smtpconfig.ops.metrics import NO_METRICS, AnyMetrics
 
 # Refresh this long before expiry, so a token is never used in its last moments.
 REFRESH_MARGIN = 60.0
@@ -146,7 +147,7 @@ class AccessToken:
     fetched: bool  # True when this call fetched it, False when it came from the cache
 
     def expires_in(self, now: datetime | None = None) -> float:
-        return (self.expires_at - (now or datetime.now(timezone.utc))).total_seconds()
+        return (self.expires_at - (now or datetime.now(UTC))).total_seconds()
 
 
 class TokenError(FailedPrecondition):
@@ -259,7 +260,7 @@ class TokenClient:
         if not isinstance(value, str) or not value:
             raise Unavailable("the token endpoint's answer has no access_token")
         lifetime = _lifetime(answer.get("expires_in"))
-        expires_at = datetime.now(timezone.utc) + timedelta(seconds=lifetime)
+        expires_at = datetime.now(UTC) + timedelta(seconds=lifetime)
         remember_secret(value)
         # token_type goes back to ResolveSmtp's caller, who must never see the client secret.
         token_type = cap(scrub(str(answer.get("token_type") or "Bearer")), MAX_ERROR_CODE)

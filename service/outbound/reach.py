@@ -20,8 +20,8 @@ import ipaddress
 
 from smtpconfig.core import endpoint
 from smtpconfig.core.errors import PermissionDenied
-from smtpconfig.domain.model import CREDENTIALS_FOR, FIELDS, AuthType, InlineSecret, Profile, ProviderRef
 from smtpconfig.core.netguard import unbracketed
+from smtpconfig.domain.model import CREDENTIALS_FOR, FIELDS, AuthType, InlineSecret, Profile, ProviderRef
 
 RESOLVE = "smtp:resolve"
 

@@ -15,12 +15,12 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
-from datetime import datetime, timezone
 from email.utils import format_datetime, make_msgid
-from typing import Callable
 
 from smtpconfig.core.scrub import Scrubber
 from smtpconfig.core.secret import Secret
@@ -30,8 +30,10 @@ OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 
 # Known 535 replies (by enhanced status code in the text) and what to do about them.
 _AUTH_HINTS = (
-    ("5.7.139", "basic authentication is disabled for this tenant or mailbox; use OAuth client credentials (RelayAuthenticationType 3)"),
-    ("5.7.3", "the account or app is not permitted to send over SMTP AUTH; enable SMTP AUTH for the mailbox or grant the app SMTP.SendAsApp"),
+    ("5.7.139", "basic authentication is disabled for this tenant or mailbox;"
+                " use OAuth client credentials (RelayAuthenticationType 3)"),
+    ("5.7.3", "the account or app is not permitted to send over SMTP AUTH;"
+              " enable SMTP AUTH for the mailbox or grant the app SMTP.SendAsApp"),
 )
 
 
@@ -175,7 +177,8 @@ def _connect_failure(error: BaseException, exchange: Exchange) -> Step:
     if isinstance(error, (TimeoutError, socket.timeout)):
         message = f"no answer from {where} within {exchange.timeout:g}s"
     elif isinstance(error, smtplib.SMTPConnectError):
-        return Step("connect", FAILED, smtp_code=error.smtp_code, message=f"{where} refused the session: {_text(error.smtp_error, exchange)}",
+        return Step("connect", FAILED, smtp_code=error.smtp_code,
+                    message=f"{where} refused the session: {_text(error.smtp_error, exchange)}",
                     hint="the relay is reachable but does not accept sessions from this client")
     else:
         message = f"cannot connect to {where}: {type(error).__name__}"
@@ -222,7 +225,8 @@ def _tls_failure(error: ssl.SSLError, started: float) -> Step:
         hint = "the certificate is not signed by a trusted CA: set the server's ca_bundle to the relay's CA bundle"
     else:
         hint = "the TLS handshake failed: check the relay's TLS settings and the port"
-    return _timed(Step("tls", FAILED, message=f"certificate verification failed: {text}" if code else f"TLS failed: {text}", hint=hint), started)
+    message = f"certificate verification failed: {text}" if code else f"TLS failed: {text}"
+    return _timed(Step("tls", FAILED, message=message, hint=hint), started)
 
 
 def _auth(client: smtplib.SMTP, exchange: Exchange) -> bool:
@@ -313,7 +317,7 @@ def _send(client: smtplib.SMTP, exchange: Exchange) -> None:
     message["From"] = Address(display_name=exchange.sender_name, addr_spec=exchange.sender_account)
     message["To"] = exchange.recipient
     message["Subject"] = "smtpconfig test message"
-    message["Date"] = format_datetime(datetime.now(timezone.utc))
+    message["Date"] = format_datetime(datetime.now(UTC))
     message["Message-ID"] = make_msgid(domain=exchange.sender_account.rpartition("@")[2] or None)
     message.set_content(
         f"This message was sent by smtpconfig to test the SMTP relay {exchange.host}:{exchange.port}.\n"
@@ -336,7 +340,8 @@ def _send(client: smtplib.SMTP, exchange: Exchange) -> None:
         return
     if refused:
         code, text = next(iter(refused.values()))
-        exchange.steps.append(_timed(Step("send", FAILED, smtp_code=code, message=f"recipient refused: {_text(text, exchange)}"), started))
+        step = Step("send", FAILED, smtp_code=code, message=f"recipient refused: {_text(text, exchange)}")
+        exchange.steps.append(_timed(step, started))
         return
     exchange.steps.append(_timed(Step("send", OK, smtp_code=250, message=f"test message sent to {exchange.recipient}"), started))
 

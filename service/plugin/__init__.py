@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Literal, Mapping
+from typing import ClassVar, Literal
 
 import pluggy
 

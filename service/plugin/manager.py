@@ -21,18 +21,17 @@ import importlib
 import inspect
 import logging
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, entry_points, version
 from types import ModuleType
-from typing import Callable, Iterable
 
 import pluggy
 
-from smtpconfig.plugin import hookspecs
 from smtpconfig.core.errors import FailedPrecondition
-from smtpconfig.ops.logs import redact
-from smtpconfig.plugin import PROJECT, SecretProvider
 from smtpconfig.core.scrub import plain
+from smtpconfig.ops.logs import redact
+from smtpconfig.plugin import PROJECT, SecretProvider, hookspecs
 
 log = logging.getLogger(__name__)
 

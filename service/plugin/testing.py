@@ -35,9 +35,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Mapping
+from typing import Any
 
+from smtpconfig.domain.catalog import canonical_names
+from smtpconfig.domain.providers import with_defaults
 from smtpconfig.plugin import (
     InitializationValue,
     ProviderError,
@@ -46,9 +49,7 @@ from smtpconfig.plugin import (
     SecretNotFound,
     SecretProvider,
 )
-from smtpconfig.domain.catalog import canonical_names
 from smtpconfig.plugin.manager import check_provider_class
-from smtpconfig.domain.providers import with_defaults
 
 Params = Mapping[str, str]
 

@@ -8,9 +8,10 @@ made through this store (and, for a shared backend, by other replicas).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import AsyncIterator, Callable, Protocol
+from typing import Protocol
 
 
 class _Absent:

@@ -20,10 +20,11 @@ import contextlib
 import fcntl
 import os
 import sqlite3
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import AsyncIterator, Callable, TypeVar
+from typing import TypeVar
 
 from smtpconfig.core.errors import FailedPrecondition, Unavailable
 from smtpconfig.store.base import ABSENT, AuditEntry, Change, EtagMismatch, Revision, _Absent, make_etag
@@ -96,7 +97,7 @@ class SqliteStore:
         self._write_failure: str | None = None
 
     @classmethod
-    async def open(cls, data_dir: Path, filename: str = "smtpconfig.db") -> "SqliteStore":
+    async def open(cls, data_dir: Path, filename: str = "smtpconfig.db") -> SqliteStore:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         lock_fd = os.open(data_dir / "store.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -168,7 +169,7 @@ class SqliteStore:
                     raise EtagMismatch(key)
                 number = self._next_revision(db)
                 revision = Revision(
-                    key, value, number, make_etag(number, value), datetime.now(timezone.utc)
+                    key, value, number, make_etag(number, value), datetime.now(UTC)
                 )
                 db.execute(
                     "INSERT INTO kv (key, value, revision, etag, updated_at) VALUES (?, ?, ?, ?, ?)"

@@ -7,7 +7,6 @@ Installed as its own distribution; smtpconfig finds it through the entry point `
 from __future__ import annotations
 
 from smtpconfig.plugin import Register, hookimpl
-
 from smtpconfig_file_provider.provider import FileProvider
 
 __all__ = ["FileProvider", "register_secret_providers"]

@@ -6,8 +6,8 @@ import errno
 import os
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from smtpconfig.plugin import (
     AccessDenied,
@@ -20,7 +20,6 @@ from smtpconfig.plugin import (
     SecretNotFound,
     SecretProvider,
 )
-
 from smtpconfig_file_provider.paths import NotRegular, TooBig, check_name, read_regular, resolve_inside
 
 #: Seconds the service may cache a value: short, so a rotated file is picked up soon.
