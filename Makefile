@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt
 PROTOS := $(wildcard protos/smtpconfig/v1/*.proto protos/smtpconfig/v2/*.proto)
 
-.PHONY: run test proto bench clean
+.PHONY: run test typecheck proto bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,11 +23,22 @@ $(VENV)/.test.stamp: $(BIN)/python pyproject.toml constraints.txt plugins/file-p
 run: $(VENV)/.run.stamp
 	exec $(BIN)/smtpconfig serve
 
-## Set up what the tests need, lint ([tool.ruff]), check the layer contracts (pyproject.toml) and run the tests.
+## Set up what the tests need, lint ([tool.ruff]), type-check ([tool.mypy]), check the layer contracts
+## (pyproject.toml) and run the tests.
 test: $(VENV)/.test.stamp
 	$(BIN)/ruff check service plugins tests bench
+	$(MAKE) typecheck
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
+
+## mypy over service/ and plugins/ as installed: build/mypy/smtpconfig links the folders that
+## [tool.setuptools.package-dir] maps, since mypy cannot read setuptools' editable finder.
+typecheck: $(VENV)/.test.stamp
+	rm -rf build/mypy && mkdir -p build/mypy/smtpconfig
+	ln -s $(CURDIR)/service/* build/mypy/smtpconfig/
+	ln -s $(CURDIR)/plugins build/mypy/smtpconfig/providers
+	ln -s $(CURDIR)/protos/smtpconfig/v1 $(CURDIR)/protos/smtpconfig/v2 build/mypy/smtpconfig/
+	$(BIN)/mypy
 
 ## Regenerate the committed protobuf and gRPC code next to the .proto files.
 proto: $(VENV)/.test.stamp

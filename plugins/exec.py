@@ -239,6 +239,7 @@ def _run(argv: list[str], env: dict[str, str], cwd: str | None, timeout: float) 
         _end(process)
         raise
     finally:
+        # Started with stdout=PIPE and stderr=PIPE, so neither is None (here and in `_collect`).
         process.stdout.close()  # type: ignore[union-attr]
         process.stderr.close()  # type: ignore[union-attr]
         os.close(report)
@@ -255,7 +256,7 @@ def _reaped(argv: list[str], report: int) -> list[str]:
     return [sys.executable, "-I", "-S", str(REAPER), str(report), *argv]
 
 
-def _reported(problem: bytes) -> OSError:
+def _reported(problem: bytes | bytearray) -> OSError:
     """The reaper's account of a command it could not start, as the OSError it met."""
     try:
         doc = json.loads(problem)

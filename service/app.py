@@ -280,10 +280,11 @@ class App:
             await asyncio.sleep(self.settings.readiness_interval)
             ready = await self._check_readiness()
             loop_time = asyncio.get_running_loop().time()
-            if ready and self.settings.audit_retention_days and loop_time - pruned_at >= 3600:
+            audit = self._audit  # set by `start`, before this task begins
+            if audit is not None and ready and self.settings.audit_retention_days and loop_time - pruned_at >= 3600:
                 pruned_at = loop_time
                 try:
-                    count = await self._audit.prune(self.settings.audit_retention_days)
+                    count = await audit.prune(self.settings.audit_retention_days)
                 except Exception as error:  # noqa: BLE001 - tried again in an hour
                     log.warning("pruning the audit trail failed (%s)", type(error).__name__)
                 else:

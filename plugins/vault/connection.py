@@ -88,8 +88,10 @@ class Connection:
             session = transport.session(s.ca_bundle or True, POOL_SIZE)
             token = s.token.reveal() if s.auth_method == "token" and s.token is not None else ""
             # token "" (not None): hvac would otherwise fall back to VAULT_TOKEN or ~/.vault-token.
+            # types-hvac says int; hvac hands the timeout to requests, which takes seconds as a float.
             self._client = hvac.Client(url=s.host, token=token, verify=s.ca_bundle or True,
-                                       timeout=self._timeout, namespace=s.namespace, session=session)
+                                       timeout=self._timeout,  # type: ignore[arg-type]
+                                       namespace=s.namespace, session=session)
         return self._client
 
     def _jwt(self) -> str:

@@ -54,7 +54,8 @@ class _Pinned:
                 last = error
         if isinstance(last, TimeoutError):
             raise ConnectTimeoutError(self, f"Connection to {self.host} timed out (connect timeout={self.timeout})")
-        raise NewConnectionError(self, f"Failed to establish a new connection: {last}")
+        # A mixin: `self` is the HTTPConnection it is mixed into (the classes below).
+        raise NewConnectionError(self, f"Failed to establish a new connection: {last}")  # type: ignore[arg-type]
 
 
 class _PinnedHTTPConnection(_Pinned, HTTPConnection):

@@ -112,11 +112,13 @@ class Authenticator:
         self._policy = policy
         self._unix = Identity(unix_identity, "unix") if unix_identity else None
 
-    def identify(self, context, metadata: Sequence) -> Identity:
+    def identify(self, context, metadata: Iterable[tuple[str, str | bytes]]) -> Identity:
         """The caller of the call behind `context`, whose invocation metadata is `metadata`.
         Raises `Unauthenticated` when it has none or brings a bad one."""
         for key, value in metadata:
             if key == "authorization":
+                if not isinstance(value, str):  # only keys ending in -bin carry bytes: fail closed
+                    raise Unauthenticated("the authorization metadata is not text")
                 return self._from_token(value)
         peer = context.peer()
         if peer.startswith("unix:"):

@@ -105,9 +105,13 @@ class Call:
         return self.policy is not None and self.policy.allows(self.identity, permission)
 
 
-def current() -> Call | None:
-    """The call being served on this task, if any."""
-    return CALL.get()
+def current() -> Call:
+    """The call being served on this task. Servicers run only inside `Guard.run`, which sets it, so
+    its absence is a programming error, not a request's."""
+    call = CALL.get()
+    if call is None:
+        raise RuntimeError("no gRPC call is being served on this task (a servicer ran outside Guard.run)")
+    return call
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +164,7 @@ class Guard:
         request_id = ""
         for key, value in metadata:
             if key == REQUEST_ID:
-                if _SANE_REQUEST_ID.match(value):
+                if isinstance(value, str) and _SANE_REQUEST_ID.match(value):  # only -bin keys carry bytes
                     request_id = value
                 break
         call = Call(name, request_id or f"{_ID_PREFIX}{next(_ids):x}")
@@ -366,7 +370,7 @@ def rpc(
     spec = RpcSpec(permission, audit, limit, waits)
 
     def decorate(method: Handler) -> Handler:
-        method.rpc_spec = spec  # type: ignore[attr-defined]
+        method.rpc_spec = spec  # type: ignore[attr-defined]  # a function attribute, read back by the handlers
         return method
 
     return decorate

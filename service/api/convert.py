@@ -84,7 +84,8 @@ def profile_to_v2(profile: Profile) -> v2.SmtpProfile:
         id=1,
         host=profile.host,
         port=profile.port,
-        relay_authentication_type=int(profile.relay_authentication_type),
+        # protoc's .pyi types an enum field as its enum class; the runtime takes the int value.
+        relay_authentication_type=int(profile.relay_authentication_type),  # type: ignore[arg-type]
         sender_account=profile.sender_account,
         sender_name=profile.sender_name,
         use_ssl=profile.use_ssl,

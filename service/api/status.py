@@ -91,7 +91,8 @@ def _bad_request(violations: list[FieldViolation]) -> tuple[error_details_pb2.Ba
 
 def _summary(listed: list[str], total: int) -> str:
     """The message of an INVALID_ARGUMENT: as many violations as fit, then how many did not."""
-    shown, size = [], 0
+    shown: list[str] = []
+    size = 0
     for text in listed:
         size += len(text.encode()) + 2
         if shown and size > _MESSAGE_BYTES:

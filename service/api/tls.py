@@ -21,6 +21,7 @@ from pathlib import Path
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from smtpconfig.core.errors import FailedPrecondition
 
@@ -55,7 +56,8 @@ class ReloadingCertificates:
 
     def credentials(self) -> grpc.ServerCredentials:
         return grpc.dynamic_ssl_server_credentials(
-            self._current.config, self.fetch, require_client_authentication=self.mutual
+            # grpc documents that the fetcher returns None for "no change"; grpc-stubs leaves None out.
+            self._current.config, self.fetch, require_client_authentication=self.mutual,  # type: ignore[arg-type]
         )
 
     def _stamp(self) -> tuple:
@@ -76,7 +78,7 @@ class ReloadingCertificates:
             private = serialization.load_pem_private_key(key, password=None)
         except (ValueError, TypeError) as error:
             raise ValueError(f"{self._key_file} holds no usable unencrypted PEM private key ({error})") from None
-        if private.public_key().public_numbers() != leaf.public_key().public_numbers():
+        if _spki(private.public_key()) != _spki(leaf.public_key()):
             raise ValueError(f"the key in {self._key_file} does not belong to the certificate in {self._cert_file}")
         client_ca = None
         if self._client_ca_file is not None:
@@ -112,3 +114,9 @@ class ReloadingCertificates:
         if stamp != self._failed_stamp:
             self._failed_stamp = stamp
             log.warning("%s", message)
+
+
+def _spki(key: PublicKeyTypes) -> bytes:
+    """A public key as DER SubjectPublicKeyInfo: comparable for every key type (`public_numbers`
+    exists only for RSA, DSA, EC and DH keys)."""
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)

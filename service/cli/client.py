@@ -232,8 +232,10 @@ def explain(
             " only over the data directory's Unix socket)"
         )
     lines = [f"{code.name}: {error.details()}"] if code != grpc.StatusCode.INVALID_ARGUMENT else []
-    for key, value in error.trailing_metadata() or ():
-        if key != "grpc-status-details-bin":
+    # grpc-stubs types an RpcError's trailing metadata as objects; at run time they are (key, value) pairs.
+    metadata: tuple[tuple[str, str | bytes], ...] = error.trailing_metadata() or ()  # type: ignore[assignment]
+    for key, value in metadata:
+        if key != "grpc-status-details-bin" or not isinstance(value, bytes):  # a -bin key's value is bytes
             continue
         status = status_pb2.Status.FromString(value)
         for detail in status.details:

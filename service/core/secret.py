@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from typing import NoReturn
 
 _MASK = "**********"
 
@@ -48,5 +49,5 @@ class Secret:
     # Hashing would put a function of the value into dict internals; secrets are not keys.
     __hash__ = None  # type: ignore[assignment]
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> NoReturn:
         raise TypeError("a Secret is not pickled; pass it by reference or reveal it on purpose")

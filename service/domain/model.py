@@ -169,7 +169,7 @@ CREDENTIAL_FIELDS = ("relay_username", "relay_password", "client_id", "client_se
 WRITE_ONLY_FIELDS = frozenset({"relay_password", "client_secret"})
 
 # Which credential fields each auth type uses; the others are not stored.
-CREDENTIALS_FOR = {
+CREDENTIALS_FOR: dict[int, tuple[str, ...]] = {
     AuthType.ANONYMOUS: (),
     AuthType.BASIC: ("relay_username", "relay_password"),
     AuthType.OAUTH_CLIENT_CREDENTIALS: ("client_id", "client_secret"),

@@ -192,7 +192,8 @@ class ProfileService:
                     keep[name] = kept
         if problems:
             raise InvalidArgument(problems)
-        return replace(draft, **keep) if keep else draft
+        # Keys are CREDENTIAL_FIELDS, each typed SecretInput; mypy checks `**` against every field.
+        return replace(draft, **keep) if keep else draft  # type: ignore[arg-type]
 
 
 # Where each credential goes: a kept value may not follow the profile somewhere else.

@@ -50,7 +50,7 @@ def declared_instances(
     for table in tables:
         where = f"config file provider {table['name']!r}"
         info = plugins.provider_type(table["type"])
-        secret_names = set()
+        secret_names: set[str] = set()
         if info is not None:
             for parameter in info.cls.parameters:
                 if parameter.data_type == "secret":
@@ -235,8 +235,8 @@ class ProviderService:
                 provider_id=provider_id, taken_names=taken, keep=keep,
             )
             parameters = self._parameters(instance)
-            names = canonical_names(parameters)
-            sent = {names[k].name for k in init if k in names}  # "" counts: it clears on purpose
+            canonical = canonical_names(parameters)
+            sent = {canonical[k].name for k in init if k in canonical}  # "" counts: it clears on purpose
             unbound = unbound_secrets(parameters, current.initialization, instance.initialization, sent)
             self._refuse_unreachable(instance, unbound)
             changed = (["Name"] if instance.name != current.name else []) + [

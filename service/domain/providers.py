@@ -12,6 +12,7 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TypeVar
 
 from smtpconfig.core.bidi import RULE as BIDI_RULE
 from smtpconfig.core.bidi import has_bidi_control
@@ -144,9 +145,12 @@ def decode_instance(data: bytes, sealer: Sealer, etag: str) -> ProviderInstance:
     return ProviderInstance(doc["id"], doc["name"], doc["type"], init, API, etag)
 
 
-def with_defaults(parameters: tuple[Parameter, ...], given: Mapping[str, str | Secret]) -> dict[str, str | Secret]:
+_V = TypeVar("_V")
+
+
+def with_defaults(parameters: tuple[Parameter, ...], given: Mapping[str, _V]) -> dict[str, _V | str]:
     """`given` plus the defaults of optional parameters not given."""
-    values = dict(given)
+    values: dict[str, _V | str] = dict(given)
     for parameter in parameters:
         if parameter.name not in values and parameter.default is not None:
             values[parameter.name] = parameter.default

@@ -26,7 +26,7 @@ import math
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -52,6 +52,8 @@ from smtpconfig.plugin.manager import Plugins
 
 log = logging.getLogger(__name__)
 
+# (instance id, instance etag, sorted instance parameters): one cached reference.
+_CacheKey = tuple[int, str, tuple[tuple[str, str], ...]]
 MAX_ENTRIES = 1024  # distinct references cached; CheckSecret callers can name arbitrary ones
 MAX_TTL = 24 * 3600.0
 
@@ -107,8 +109,8 @@ class Resolver:
         self._timeout = timeout
         self._failure_ttl = failure_ttl
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="provider")
-        self._cache: OrderedDict[Hashable, _Entry] = OrderedDict()
-        self._inflight: dict[Hashable, asyncio.Task[_Entry]] = {}
+        self._cache: OrderedDict[_CacheKey, _Entry] = OrderedDict()
+        self._inflight: dict[_CacheKey, asyncio.Task[_Entry]] = {}
         self._objects: dict[tuple[int, str], SecretProvider] = {}
         inline = plugins.provider_type("inline")
         self._inline = inline.cls(timeout=timeout) if inline is not None else None
@@ -122,8 +124,8 @@ class Resolver:
         """Drop what is cached for an instance that changed or went away, and close its object."""
         for key in [k for k in self._cache if k[0] == provider_id]:
             del self._cache[key]
-        for key in [k for k in self._objects if k[0] == provider_id]:
-            self._close(self._objects.pop(key))
+        for object_key in [k for k in self._objects if k[0] == provider_id]:
+            self._close(self._objects.pop(object_key))
 
     def flush(self, provider_id: int | None = None, parameters: dict[str, str] | None = None) -> Flushed:
         """Drop what is cached for every instance, one instance, or one of its references (its
@@ -190,7 +192,7 @@ class Resolver:
             entry.fingerprint,
         )
 
-    async def _shared_call(self, key: Hashable, instance: ProviderInstance, ref: ProviderRef) -> _Entry:
+    async def _shared_call(self, key: _CacheKey, instance: ProviderInstance, ref: ProviderRef) -> _Entry:
         """Join the call in flight for `key`, or start it. The call runs as its own task, so a
         caller that gives up (deadline, cancellation) does not cancel it for the others."""
         task = self._inflight.get(key)
@@ -199,7 +201,7 @@ class Resolver:
             task = asyncio.create_task(self._call(instance, ref), name=f"resolve-{instance.id}")
             self._inflight[key] = task
 
-            def done(finished: asyncio.Task, key: Hashable = key) -> None:
+            def done(finished: asyncio.Task, key: _CacheKey = key) -> None:
                 if self._inflight.get(key) is not finished:
                     return  # detached by `flush`: what it read may be what was flushed
                 del self._inflight[key]
@@ -209,7 +211,7 @@ class Resolver:
             task.add_done_callback(done)
         return await asyncio.shield(task)
 
-    def _remember(self, key: Hashable, entry: _Entry) -> None:
+    def _remember(self, key: _CacheKey, entry: _Entry) -> None:
         self._cache[key] = entry
         self._cache.move_to_end(key)
         while len(self._cache) > MAX_ENTRIES:

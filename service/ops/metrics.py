@@ -13,7 +13,9 @@ naming arbitrary methods cannot grow memory without bound.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Hashable
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, start_http_server
 
@@ -86,8 +88,8 @@ class Metrics:
             "smtpconfig_audit_records_total", "Audit records, by outcome.", ("outcome",), registry=r))
         self._hit = self._cache.get(("hit",))
         self._miss = self._cache.get(("miss",))
-        self._http = None
-        self._http_thread = None
+        self._http: WSGIServer | None = None
+        self._http_thread: threading.Thread | None = None
 
     def rpc(self, method: str, code: str, seconds: float) -> None:
         """One answered RPC. `method`: ``v2.ConfigService/GetSmtp``; `code`: a status code name, ``OK``."""
@@ -124,8 +126,9 @@ class Metrics:
         return the bound port (port 0 picks a free one)."""
         if self._http is not None:
             raise RuntimeError("metrics are already served")
-        self._http, self._http_thread = start_http_server(port, addr=host, registry=self.registry)
-        return self._http.server_address[1]
+        http, self._http_thread = start_http_server(port, addr=host, registry=self.registry)
+        self._http = http
+        return http.server_address[1]
 
     def stop(self) -> None:
         """Stop the HTTP server, if one runs."""

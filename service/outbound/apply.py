@@ -10,10 +10,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from smtpconfig.core.errors import InvalidArgument, SmtpConfigError, violation
+from smtpconfig.core.errors import FailedPrecondition, InvalidArgument, SmtpConfigError, violation
 from smtpconfig.core.netguard import check_destination
 from smtpconfig.core.secret import Secret
-from smtpconfig.domain.model import AuthType, Profile
+from smtpconfig.domain.model import AuthType, Profile, SecretSource
 from smtpconfig.domain.resolver import Resolver
 from smtpconfig.domain.validation import mailbox_problems
 from smtpconfig.outbound import smtp_check
@@ -69,11 +69,11 @@ class Applier:
         # One after the other: on the hot path both are cache hits that never suspend, and tasks
         # for a concurrent gather would cost more than they save; cold, each is one backend call.
         if kind is AuthType.BASIC:
-            user = await self._resolver.resolve(profile.relay_username)
-            password = await self._resolver.resolve(profile.relay_password)
+            user = await self._resolver.resolve(_required(profile.relay_username, "RelayUsername"))
+            password = await self._resolver.resolve(_required(profile.relay_password, "RelayPassword"))
             return Credentials(user.value, password.value, cache_for=_cache_for(user.expires_in, password.expires_in))
-        client_id = await self._resolver.resolve(profile.client_id)
-        client_secret = await self._resolver.resolve(profile.client_secret)
+        client_id = await self._resolver.resolve(_required(profile.client_id, "ClientId"))
+        client_secret = await self._resolver.resolve(_required(profile.client_secret, "ClientSecret"))
         token = await self._tokens.token(_token_request(profile, client_id.value, client_secret.value))
         return Credentials(
             token=token,
@@ -95,8 +95,9 @@ class Applier:
             secrets: tuple = ()
         else:
             fields = (
-                (profile.relay_username, profile.relay_password) if kind is AuthType.BASIC
-                else (profile.client_id, profile.client_secret)
+                (_required(profile.relay_username, "RelayUsername"), _required(profile.relay_password, "RelayPassword"))
+                if kind is AuthType.BASIC
+                else (_required(profile.client_id, "ClientId"), _required(profile.client_secret, "ClientSecret"))
             )
             try:
                 resolved = await asyncio.gather(*(self._resolver.resolve(f) for f in fields))
@@ -167,6 +168,14 @@ class Applier:
 
 def succeeded(steps: list[Step]) -> bool:
     return bool(steps) and all(s.outcome != FAILED for s in steps) and steps[-1].name == "send"
+
+
+def _required(source: SecretSource | None, name: str) -> SecretSource:
+    """A secret the profile's auth type needs. Validation refuses a profile without it on write,
+    so a stored profile that lacks one is corrupt: say which field, rather than fail inside a provider."""
+    if source is None:
+        raise FailedPrecondition(f"the stored profile has no {name}, which its RelayAuthenticationType needs")
+    return source
 
 
 def _token_request(profile: Profile, client_id: Secret, client_secret: Secret) -> TokenRequest:

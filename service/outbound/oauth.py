@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import ModuleType
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from smtpconfig.core import endpoint
 from smtpconfig.core.endpoint import DEFAULT_PORTS
@@ -39,6 +39,9 @@ from smtpconfig.core.secret import Secret
 from smtpconfig.domain.model import RequestHeader
 from smtpconfig.ops.logs import remember_secret
 from smtpconfig.ops.metrics import NO_METRICS, AnyMetrics
+
+if TYPE_CHECKING:  # imported on first use at run time (see `_http`)
+    from authlib.integrations.base_client.errors import OAuthError as _AuthlibOAuthError
 
 # Refresh this long before expiry, so a token is never used in its last moments.
 REFRESH_MARGIN = 60.0
@@ -57,7 +60,7 @@ class _ResponseTooLarge(Exception):
 
 class _Http(NamedTuple):
     httpx: ModuleType
-    OAuthError: type[Exception]
+    OAuthError: type[_AuthlibOAuthError]
     AsyncOAuth2Client: type
     PinnedTransport: type
 
@@ -108,6 +111,7 @@ def _http() -> _Http:
                 except httpx.ConnectError as error:  # nothing was sent: the next address may answer
                     failure = error
                     continue
+                # An async transport's response stream is the async kind httpx types as either.
                 response.stream = BoundedStream(response.stream)  # type: ignore[arg-type]
                 return response
             assert failure is not None
@@ -186,7 +190,7 @@ class TokenClient:
         if task is None:
             task = asyncio.create_task(self._fetch(request), name="oauth-token")
             self._inflight[key] = task
-            task.add_done_callback(lambda t, key=key: self._fetched(key, t))
+            task.add_done_callback(functools.partial(self._fetched, key))
         token = await asyncio.shield(task)
         return token
 
@@ -284,7 +288,7 @@ class TokenClient:
 
 def _lifetime(expires_in: object) -> float:
     try:
-        seconds = float(expires_in)  # type: ignore[arg-type]
+        seconds = float(expires_in)  # type: ignore[arg-type]  # any JSON value; what float() refuses is caught
     except (TypeError, ValueError):
         return DEFAULT_LIFETIME
     return seconds if seconds > 0 else DEFAULT_LIFETIME

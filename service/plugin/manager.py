@@ -17,6 +17,7 @@ can say what a restart would change (a plugin installed, upgraded or removed sin
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import inspect
 import logging
@@ -166,7 +167,7 @@ def _candidates() -> Iterable[tuple[str, str, str, str, Callable[[], ModuleType]
     """(name, source, module path, version, loader) of every plugin, first-party ones first."""
     own = _own_version()
     for name, path in BUILTINS.items():
-        yield name, "builtin", path, own, lambda path=path: importlib.import_module(path)
+        yield name, "builtin", path, own, functools.partial(importlib.import_module, path)
     for ep in entry_points(group=PROJECT):
         yield ep.name, "entry point", ep.value, _dist_version(ep), ep.load
 

@@ -7,6 +7,7 @@ made through this store (and, for a shared backend, by other replicas).
 
 from __future__ import annotations
 
+import builtins  # `list` names a method inside the store classes
 import hashlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -80,10 +81,10 @@ class Store(Protocol):
         """Delete `key` (only at etag `expected` when given); True if it existed. `audit` as for
         `put`, written only when something was deleted."""
 
-    async def append_audit(self, entries: list[AuditEntry]) -> None:
+    async def append_audit(self, entries: builtins.list[AuditEntry]) -> None:
         """Append audit records durably, all in one write."""
 
-    async def read_audit(self, after: int, since: int | None, limit: int) -> list[tuple[int, int, bytes]]:
+    async def read_audit(self, after: int, since: int | None, limit: int) -> builtins.list[tuple[int, int, bytes]]:
         """Up to `limit` (sequence, time, record) triples with sequence above `after` and time at
         or after `since` (microseconds), oldest first."""
 

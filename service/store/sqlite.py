@@ -16,6 +16,7 @@ to it every few seconds while all is well.
 from __future__ import annotations
 
 import asyncio
+import builtins  # `list` names a method inside the store classes
 import contextlib
 import fcntl
 import os
@@ -227,7 +228,7 @@ class SqliteStore:
         task.add_done_callback(publish)  # runs before the caller resumes, as the publish did before
         return await asyncio.shield(task)
 
-    async def append_audit(self, entries: list[AuditEntry]) -> None:
+    async def append_audit(self, entries: builtins.list[AuditEntry]) -> None:
         def write() -> None:
             # Records of reads and tests are committed to the WAL without an fsync of their own:
             # they survive the server's crash (kill -9), as the OS holds them, and the next
@@ -248,7 +249,7 @@ class SqliteStore:
 
         await self._run(write)
 
-    async def read_audit(self, after: int, since: int | None, limit: int) -> list[tuple[int, int, bytes]]:
+    async def read_audit(self, after: int, since: int | None, limit: int) -> builtins.list[tuple[int, int, bytes]]:
         def read() -> list[tuple[int, int, bytes]]:
             rows = self._conn.execute(
                 "SELECT seq, time, record FROM audit WHERE seq > ? AND time >= ? ORDER BY seq LIMIT ?",
