@@ -39,7 +39,6 @@ from smtpconfig.api.provider_servicer import SecretProviderServiceV2
 from smtpconfig.api.servicers import ConfigServiceV1, ConfigServiceV2
 from smtpconfig.api.tls import ReloadingCertificates
 from smtpconfig.core.errors import FailedPrecondition, Unavailable
-from smtpconfig.domain.catalog import ProviderCatalog
 from smtpconfig.domain.crypto import Sealer, load_key
 from smtpconfig.domain.host_access import HostAccess
 from smtpconfig.domain.profiles import ProfileService
@@ -77,10 +76,8 @@ SERVER_OPTIONS = (("grpc.so_reuseport", 0),)
 class App:
     """One running smtpconfig server."""
 
-    def __init__(self, settings: Settings, catalog: ProviderCatalog | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        # A catalog for profile validation in place of the provider instances (tests, tools).
-        self._catalog = catalog
         self.ports: dict[str, int] = {}
         self.socket_path: Path | None = None
         self._staged_socket: Path | None = None
@@ -109,6 +106,20 @@ class App:
         settings = self.settings
         _check_socket_place(settings)  # before anything is created, so a refusal leaves nothing
         self._created_data_dir = _make_data_dir(settings.data_dir)
+        sealer = self._open_key()
+        guard_tokens, policy = self._callers()
+        await self._open_domain(sealer)
+        guard = self._make_guard(guard_tokens, policy)
+        server = await self._build_server(guard)
+        await self._listen(server)
+        await self._start_side_listeners()
+        await self._check_readiness()
+        self._readiness = asyncio.create_task(self._follow_readiness(), name="readiness")
+        self._log_started()
+
+    def _open_key(self) -> Sealer:
+        """The data key (loaded or made) as a sealer, and the TLS certificates if configured."""
+        settings = self.settings
         key = load_key(
             env_value=os.environ.get("SMTPCONFIG_KEY"),
             key_file=settings.key_path,
@@ -120,7 +131,11 @@ class App:
             self.certificates = ReloadingCertificates(
                 settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
             )
-        guard_tokens, policy = self._callers()
+        return sealer
+
+    async def _open_domain(self, sealer: Sealer) -> None:
+        """Plugins, declared provider instances, the store and the domain services over them."""
+        settings = self.settings
         plugins = load_plugins(
             allow=settings.plugins_allow, block=settings.plugins_block, strict=settings.plugins_strict
         )
@@ -130,8 +145,7 @@ class App:
         write_lock = asyncio.Lock()
         self._provider_service = ProviderService(self._store, sealer, plugins, declared, write_lock, access)
         await self._provider_service.start()
-        catalog = self._catalog or self._provider_service
-        self._profiles = ProfileService(self._store, sealer, catalog, write_lock)
+        self._profiles = ProfileService(self._store, sealer, self._provider_service, write_lock)
         await self._profiles.start()
         self._provider_service.use_references(self._profiles.referenced_providers)
         self._resolver = Resolver(
@@ -139,8 +153,13 @@ class App:
             timeout=settings.provider_timeout, failure_ttl=settings.provider_failure_ttl,
             fingerprint=sealer.fingerprint, metrics=self.metrics,
         )
+
+    def _make_guard(self, guard_tokens: list[tuple[str, str]], policy: Policy) -> Guard:
+        """The audit log and the guard every call of ours passes: identity, permission, limits."""
+        settings = self.settings
+        assert self._store is not None
         audit = self._audit = AuditLog(self._store, on_record=self.metrics.audit_record)
-        guard = Guard(
+        return Guard(
             authenticator=Authenticator(guard_tokens, policy, settings.unix_socket_identity),
             policy=policy,
             audit=audit,
@@ -155,6 +174,11 @@ class App:
             max_concurrent_per_identity=settings.max_concurrent_rpcs_per_identity,
         )
 
+    async def _build_server(self, guard: Guard) -> grpc.aio.Server:
+        """The gRPC server with the servicers, health (not serving yet) and reflection; no ports."""
+        settings = self.settings
+        assert self._resolver is not None and self._profiles is not None
+        assert self._provider_service is not None and self._audit is not None
         # No maximum_concurrent_rpcs for grpcio: it counts calls before any code of ours runs,
         # health Watch and reflection streams included, which anyone may hold open for ever; so
         # a caller without an identity could fill it. The guard counts our calls instead.
@@ -176,7 +200,7 @@ class App:
             (ConfigServiceV2(self._profiles, self._applier, guard), v2.DESCRIPTOR.services_by_name["ConfigService"]),
             (SecretProviderServiceV2(self._provider_service, self._profiles, self._resolver, guard),
              providers_pb.DESCRIPTOR.services_by_name["SecretProviderService"]),
-            (AuditServiceV2(audit, guard), audit_pb.DESCRIPTOR.services_by_name["AuditService"]),
+            (AuditServiceV2(self._audit, guard), audit_pb.DESCRIPTOR.services_by_name["AuditService"]),
         ):
             handlers.register(server, servicer, service)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -186,24 +210,33 @@ class App:
         )
         for name in ("",) + SERVICE_NAMES:
             await self._health.set(name, _NOT_SERVING)
+        return server
+
+    async def _listen(self, server: grpc.aio.Server) -> None:
+        """Bind the API's ports and Unix socket, start serving, then publish the socket."""
+        settings = self.settings
         credentials = self.certificates.credentials() if self.certificates else None
         for address in settings.listen:
             port = _bind(server, address, credentials)
             self.ports[address] = port
-        if settings.socket_path is not None:
-            path = settings.socket_path.absolute()
+        path = settings.socket_path.absolute() if settings.socket_path is not None else None
+        if path is not None:
             _clear_stale_socket(path)
             self._staged_socket = _staging_path(path)  # ours from here on: removed again on stop
             server.add_insecure_port(f"unix:{self._staged_socket}")
         self._server = server
         self._accepting = True  # from here on a caller may write: a failed start undoes nothing
         await server.start()
-        if self._staged_socket is not None:
+        if self._staged_socket is not None and path is not None:
             _restrict_socket(
                 self._staged_socket, settings.unix_socket_mode, settings.unix_socket_group, settings.data_dir, path
             )
             self.socket_path = _publish_socket(self._staged_socket, path)
             self._staged_socket = None
+
+    async def _start_side_listeners(self) -> None:
+        """The plaintext health listener for probes and the metrics endpoint, if configured."""
+        settings = self.settings
         if settings.health_listen:
             # Probes (kubelet's gRPC probe) dial without TLS or identity: this listener serves
             # health and nothing else, so it can be open where the API is not.
@@ -219,8 +252,9 @@ class App:
                 self.metrics_port = self.metrics.serve(host, port)
             except OSError as error:
                 raise FailedPrecondition(f"could not serve metrics on {settings.metrics_listen}: {error.strerror}") from None
-        await self._check_readiness()
-        self._readiness = asyncio.create_task(self._follow_readiness(), name="readiness")
+
+    def _log_started(self) -> None:
+        settings = self.settings
         where = [f"{a.rsplit(':', 1)[0]}:{p}" for a, p in self.ports.items()]
         if self.socket_path is not None:
             where.append(f"unix:{self.socket_path}")

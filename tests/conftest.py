@@ -10,8 +10,6 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
-from smtpconfig.domain.catalog import ProviderInstanceInfo, StaticCatalog
-from smtpconfig.plugin import Parameter
 from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
 from smtpconfig.v2 import config_service_pb2 as v2
@@ -19,18 +17,14 @@ from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from tests.openbao import openbao_server  # noqa: F401  (a fixture, offered to every test module)
 from tests.support import ServerThread, short_dir
 
-# A provider instance for reference tests, shaped like the Vault type: which secret, which key.
-TEST_PROVIDER = ProviderInstanceInfo(
-    id=7,
-    name="test-vault",
-    type_name="test-kv",
-    parameters=(
-        Parameter("Host"),
-        Parameter("Secret", instance_level=True),
-        Parameter("Key", instance_level=True, aliases=("Field",)),
-        Parameter("Version", instance_level=True, required=False),
-    ),
-)
+# A provider instance for reference tests, declared as an operator would: the first-party Vault
+# type (which secret, which key). Validation never dials it, so its Host need not answer.
+TEST_PROVIDER: dict[str, Any] = {
+    "id": 7,
+    "name": "test-vault",
+    "type": "vault",
+    "initialization": {"Host": "https://127.0.0.1:1"},
+}
 
 BASIC_V2: dict[str, Any] = {
     "Id": 1,
@@ -84,9 +78,9 @@ def as_json(message) -> dict[str, Any]:
     return json_format.MessageToDict(message, use_integers_for_enums=True)
 
 
-def _serve(catalog=None) -> Iterator[ServerThread]:
+def _serve(**settings: Any) -> Iterator[ServerThread]:
     data_dir = short_dir()
-    server = ServerThread(data_dir, catalog).start()
+    server = ServerThread(data_dir, **settings).start()
     try:
         yield server
     finally:
@@ -103,7 +97,7 @@ def server() -> Iterator[ServerThread]:
 @pytest.fixture
 def server_with_provider() -> Iterator[ServerThread]:
     """A server that knows provider instance 7 (see TEST_PROVIDER)."""
-    yield from _serve(StaticCatalog([TEST_PROVIDER]))
+    yield from _serve(providers=(TEST_PROVIDER,))
 
 
 @pytest.fixture

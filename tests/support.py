@@ -17,7 +17,6 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from smtpconfig.app import App
-from smtpconfig.domain.catalog import ProviderCatalog
 from smtpconfig.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,12 +91,12 @@ class _Caller:
 class ServerThread(_Caller):
     """An `App` on port 0, running on its own event loop in a background thread."""
 
-    def __init__(self, data_dir: Path, catalog: ProviderCatalog | None = None, **settings) -> None:
+    def __init__(self, data_dir: Path, **settings) -> None:
         self.data_dir = data_dir
         settings = {**UNLIMITED, **settings}
         settings.setdefault("listen", ("127.0.0.1:0",))
         self.settings = Settings(data_dir=data_dir, grace_period=1.0, **settings)
-        self.app = App(self.settings, catalog)
+        self.app = App(self.settings)
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._error: BaseException | None = None

@@ -1,7 +1,6 @@
 """What validation needs to know about secret provider instances: their ids, types and parameters.
 
-`smtpconfig.domain.provider_service.ProviderService` is the catalog of a running server; `StaticCatalog`
-serves tools and tests.
+`smtpconfig.domain.provider_service.ProviderService` is the catalog of a running server.
 """
 
 from __future__ import annotations
@@ -46,12 +45,3 @@ class ProviderCatalog(Protocol):
 
     def instance(self, provider_id: int) -> ProviderInstanceInfo | None: ...
 
-
-class StaticCatalog:
-    """A fixed set of provider instances."""
-
-    def __init__(self, instances: list[ProviderInstanceInfo] | tuple[ProviderInstanceInfo, ...] = ()) -> None:
-        self._by_id = {i.id: i for i in instances}
-
-    def instance(self, provider_id: int) -> ProviderInstanceInfo | None:
-        return self._by_id.get(provider_id)
