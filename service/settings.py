@@ -8,7 +8,7 @@ import json
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -313,102 +313,165 @@ def _number(name: str, value: Any, where: str) -> float | int:
     return number
 
 
+# One coercer per kind of setting, all with the signature (value, where, base, text): `where` names
+# the setting in errors, `base` is the config file's directory for relative paths (None for the
+# environment and flags), `text` says the value came as a string from the environment or a flag.
+_Coercer = Callable[[Any, str, Path | None, bool], Any]
+
+
 def _coerce(name: str, value: Any, origin: str, base: Path | None, text: bool) -> Any:
     where = f"{origin}: {name}"
     if name in _NUMBERS:
         return _number(name, value, where)
-    if name in ("data_dir", "key_file", "ca_bundle", "tls_cert_file", "tls_key_file", "tls_client_ca_file"):
-        if not isinstance(value, (str, Path)) or not str(value):
-            raise SettingsError(f"{where} must be a path")
-        path = Path(value).expanduser()
-        return base / path if base is not None and not path.is_absolute() else path
-    if name == "unix_socket":
-        if not isinstance(value, str):
-            raise SettingsError(f"{where} must be a path, or empty for none")
-        if value and base is not None and not Path(value).is_absolute():
-            return str(base / value)
+    coerce = _COERCERS.get(name)
+    if coerce is None:
+        raise AssertionError(name)
+    return coerce(value, where, base, text)
+
+
+def _comma_list(value: Any) -> Any:
+    """A comma-separated string as its non-empty items; anything else as it is."""
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return value
+
+
+def _path(value: Any, where: str, base: Path | None, text: bool) -> Path:
+    if not isinstance(value, (str, Path)) or not str(value):
+        raise SettingsError(f"{where} must be a path")
+    path = Path(value).expanduser()
+    return base / path if base is not None and not path.is_absolute() else path
+
+
+def _socket_path(value: Any, where: str, base: Path | None, text: bool) -> str:
+    if not isinstance(value, str):
+        raise SettingsError(f"{where} must be a path, or empty for none")
+    if value and base is not None and not Path(value).is_absolute():
+        return str(base / value)
+    return value
+
+
+def _listen(value: Any, where: str, base: Path | None, text: bool) -> tuple[str, ...]:
+    value = _comma_list(value)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise SettingsError(f"{where} must be a list of host:port addresses")
+    return tuple(value)
+
+
+def _log_level(value: Any, where: str, base: Path | None, text: bool) -> str:
+    if not isinstance(value, str) or value.lower() not in _LEVELS:
+        raise SettingsError(f"{where} must be one of {', '.join(_LEVELS)}")
+    return value.lower()
+
+
+def _ports(value: Any, where: str, base: Path | None, text: bool) -> tuple[int, ...]:
+    value = _comma_list(value)
+    try:
+        ports = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{where} must be a list of port numbers") from None
+    if not all(1 <= p <= 65535 for p in ports):
+        raise SettingsError(f"{where} must be ports between 1 and 65535")
+    return ports
+
+
+def _plugin_names(value: Any, where: str, base: Path | None, text: bool) -> tuple[str, ...]:
+    value = _comma_list(value)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise SettingsError(f"{where} must be a list of plugin names")
+    return tuple(value)
+
+
+def _optional_address(value: Any, where: str, base: Path | None, text: bool) -> str:
+    if not isinstance(value, str):
+        raise SettingsError(f"{where} must be host:port, or empty for none")
+    if value:
+        split_address(value)
+    return value
+
+
+def _socket_mode(value: Any, where: str, base: Path | None, text: bool) -> int:
+    try:
+        mode = int(value, 8) if isinstance(value, str) else int(value)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{where} must be an octal file mode such as \"0660\"") from None
+    if mode & ~0o777 or not mode & 0o600 == 0o600:
+        raise SettingsError(f"{where} must be a file mode within 0777 that lets the owner read and write")
+    if mode & 0o007:
+        raise SettingsError(f"{where} must not open the socket to every local user (use a group)")
+    return mode
+
+
+def _socket_group(value: Any, where: str, base: Path | None, text: bool) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise SettingsError(f"{where} must be a group name or number")
+    return value
+
+
+def _socket_identity(value: Any, where: str, base: Path | None, text: bool) -> str:
+    if not isinstance(value, str) or (value and not _PLAIN_IDENTITY.match(value)):
+        raise SettingsError(f"{where} must be a plain name (letters, digits, . _ @ -)")
+    return value
+
+
+def _log_format(value: Any, where: str, base: Path | None, text: bool) -> str:
+    if not isinstance(value, str) or value.lower() not in ("text", "json"):
+        raise SettingsError(f"{where} must be text or json")
+    return value.lower()
+
+
+def _flag(value: Any, where: str, base: Path | None, text: bool) -> bool:
+    if isinstance(value, bool):
         return value
-    if name == "listen":
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise SettingsError(f"{where} must be a list of host:port addresses")
-        return tuple(value)
-    if name == "log_level":
-        if not isinstance(value, str) or value.lower() not in _LEVELS:
-            raise SettingsError(f"{where} must be one of {', '.join(_LEVELS)}")
-        return value.lower()
-    if name == "implicit_tls_ports":
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        try:
-            ports = tuple(int(v) for v in value)
-        except (TypeError, ValueError):
-            raise SettingsError(f"{where} must be a list of port numbers") from None
-        if not all(1 <= p <= 65535 for p in ports):
-            raise SettingsError(f"{where} must be ports between 1 and 65535")
-        return ports
-    if name in ("plugins_allow", "plugins_block"):
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise SettingsError(f"{where} must be a list of plugin names")
-        return tuple(value)
-    if name in ("metrics_listen", "health_listen"):
-        if not isinstance(value, str):
-            raise SettingsError(f"{where} must be host:port, or empty for none")
-        if value:
-            split_address(value)
-        return value
-    if name == "unix_socket_mode":
-        try:
-            mode = int(value, 8) if isinstance(value, str) else int(value)
-        except (TypeError, ValueError):
-            raise SettingsError(f"{where} must be an octal file mode such as \"0660\"") from None
-        if mode & ~0o777 or not mode & 0o600 == 0o600:
-            raise SettingsError(f"{where} must be a file mode within 0777 that lets the owner read and write")
-        if mode & 0o007:
-            raise SettingsError(f"{where} must not open the socket to every local user (use a group)")
-        return mode
-    if name == "unix_socket_group":
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = str(value)
-        if not isinstance(value, str):
-            raise SettingsError(f"{where} must be a group name or number")
-        return value
-    if name == "unix_socket_identity":
-        if not isinstance(value, str) or (value and not _PLAIN_IDENTITY.match(value)):
-            raise SettingsError(f"{where} must be a plain name (letters, digits, . _ @ -)")
-        return value
-    if name == "log_format":
-        if not isinstance(value, str) or value.lower() not in ("text", "json"):
-            raise SettingsError(f"{where} must be text or json")
-        return value.lower()
-    if name == "tokens":
-        if text:
-            raise SettingsError(f"{where}: tokens are declared in the config file only")
-        return _tokens(value, where)
-    if name == "policy":
-        if text:
-            raise SettingsError(f"{where}: the policy is declared in the config file only")
-        return _policy(value, where)
-    if name in ("plugins_strict", "allow_plaintext_auth", "allow_insecure_listen", "admin_token"):
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-            return value.lower() in ("1", "true", "yes", "on")
-        raise SettingsError(f"{where} must be true or false")
-    if name == "exec_commands":
-        return _exec_commands(value, where, text)
-    if name in ("file_directories", "path_directories"):
-        return _directories(value, where, base)
-    if name == "exec_environment":
-        return _variable_names(value, where)
-    if name == "providers":
-        if text:
-            raise SettingsError(f"{where}: provider instances are declared in the config file only")
-        return _declared_providers(value, where, base)
-    raise AssertionError(name)
+    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        return value.lower() in ("1", "true", "yes", "on")
+    raise SettingsError(f"{where} must be true or false")
+
+
+def _file_tokens(value: Any, where: str, base: Path | None, text: bool) -> tuple[tuple[str, str], ...]:
+    if text:
+        raise SettingsError(f"{where}: tokens are declared in the config file only")
+    return _tokens(value, where)
+
+
+def _file_policy(value: Any, where: str, base: Path | None, text: bool) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    if text:
+        raise SettingsError(f"{where}: the policy is declared in the config file only")
+    return _policy(value, where)
+
+
+def _file_providers(value: Any, where: str, base: Path | None, text: bool) -> tuple[dict[str, Any], ...]:
+    if text:
+        raise SettingsError(f"{where}: provider instances are declared in the config file only")
+    return _declared_providers(value, where, base)
+
+
+_COERCERS: dict[str, _Coercer] = {
+    **dict.fromkeys(
+        ("data_dir", "key_file", "ca_bundle", "tls_cert_file", "tls_key_file", "tls_client_ca_file"), _path
+    ),
+    "unix_socket": _socket_path,
+    "listen": _listen,
+    "log_level": _log_level,
+    "implicit_tls_ports": _ports,
+    **dict.fromkeys(("plugins_allow", "plugins_block"), _plugin_names),
+    **dict.fromkeys(("metrics_listen", "health_listen"), _optional_address),
+    "unix_socket_mode": _socket_mode,
+    "unix_socket_group": _socket_group,
+    "unix_socket_identity": _socket_identity,
+    "log_format": _log_format,
+    "tokens": _file_tokens,
+    "policy": _file_policy,
+    **dict.fromkeys(("plugins_strict", "allow_plaintext_auth", "allow_insecure_listen", "admin_token"), _flag),
+    "exec_commands": lambda value, where, base, text: _exec_commands(value, where, text),
+    **dict.fromkeys(
+        ("file_directories", "path_directories"), lambda value, where, base, text: _directories(value, where, base)
+    ),
+    "exec_environment": lambda value, where, base, text: _variable_names(value, where),
+    "providers": _file_providers,
+}
 
 
 def _declared_providers(value: Any, where: str, base: Path | None) -> tuple[dict[str, Any], ...]:
