@@ -30,7 +30,6 @@ from smtpconfig.core.errors import (
     SmtpConfigError,
     Unauthenticated,
     Unavailable,
-    Unimplemented,
 )
 
 STATUS_FOR: dict[type[SmtpConfigError], grpc.StatusCode] = {
@@ -39,7 +38,6 @@ STATUS_FOR: dict[type[SmtpConfigError], grpc.StatusCode] = {
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     Aborted: grpc.StatusCode.ABORTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
-    Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
