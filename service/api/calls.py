@@ -43,7 +43,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -51,7 +51,7 @@ from google.protobuf.message import DecodeError
 from smtpconfig.api.auth import Authenticator, Policy
 from smtpconfig.api.limits import RateLimiter
 from smtpconfig.api.refusals import RefusalRecords
-from smtpconfig.api.status import DETAILS_KEY, to_rpc_status
+from smtpconfig.api.status import to_rpc_status
 from smtpconfig.core.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, SmtpConfigError, violation
 from smtpconfig.ops.audit import AuditLog, encode
 from smtpconfig.ops.logs import CALL
@@ -228,22 +228,22 @@ class Guard:
     async def _refuse(
         self, progress: _Progress, call: Call, spec: RpcSpec, error: SmtpConfigError,
         context: grpc.aio.ServicerContext,
-    ) -> None:
+    ) -> NoReturn:
         """Answer a domain error with its status and details (the abort raises), recorded first
         when the method is audited and the record is worth keeping."""
-        status_code, message, status = to_rpc_status(error)
-        progress.code = status_code.name
+        status = to_rpc_status(error)
+        progress.code = status.code.name
         # Domain messages are written never to hold a value, so operators see them whole.
-        log.info("%s refused: %s %s", call.method, progress.code, message)
+        log.info("%s refused: %s %s", call.method, progress.code, status.details)
         if spec.audit and self._worth_recording(call, progress.code):
             try:
-                await self._record(call, progress.code, _after_note(call, message))
+                await self._record(call, progress.code, _after_note(call, status.details))
             except Exception as failure:  # noqa: BLE001 - the refusal still goes out as it is
                 log.error("%s: the audit record of a refused call could not be written (%s)",
                           call.method, type(failure).__name__)
         await context.abort(
-            status_code, message,
-            trailing_metadata=((DETAILS_KEY, status.SerializeToString()), (REQUEST_ID, call.request_id)),
+            status.code, status.details,
+            trailing_metadata=(*status.trailing_metadata, (REQUEST_ID, call.request_id)),
         )
 
     async def _record_outcome(
@@ -275,7 +275,7 @@ class Guard:
 
     async def _fail(
         self, progress: _Progress, call: Call, error: Exception, context: grpc.aio.ServicerContext
-    ) -> None:
+    ) -> NoReturn:
         """An error nothing expected: INTERNAL with a fixed message, or a cancellation when the
         caller is gone already."""
         if context.done():
