@@ -75,10 +75,9 @@ def ensure_admin_token(data_dir: Path) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """A caller as the policy names it, and how it proved that."""
+    """A caller as the policy names it."""
 
     name: str
-    via: str  # "token", "certificate" or "unix"
 
 
 class Policy:
@@ -110,7 +109,7 @@ class Authenticator:
     def __init__(self, tokens: Iterable[tuple[str, str]], policy: Policy, unix_identity: str = "") -> None:
         self._tokens = [(bytes.fromhex(digest), identity) for identity, digest in tokens]
         self._policy = policy
-        self._unix = Identity(unix_identity, "unix") if unix_identity else None
+        self._unix = Identity(unix_identity) if unix_identity else None
 
     def identify(self, context, metadata: Iterable[tuple[str, str | bytes]]) -> Identity:
         """The caller of the call behind `context`, whose invocation metadata is `metadata`.
@@ -143,7 +142,7 @@ class Authenticator:
                 found = identity
         if found is None:
             raise Unauthenticated("the bearer token is not known to this server")
-        return Identity(found, "token")
+        return Identity(found)
 
     def _from_certificate(self, auth: dict) -> Identity | None:
         if auth.get("transport_security_type") != [b"ssl"]:
@@ -161,5 +160,5 @@ class Authenticator:
             raise Unauthenticated(f"the client certificate's names {BIDI_RULE}")
         for name in names:
             if self._policy.names(name):
-                return Identity(name, "certificate")
-        return Identity(names[0], "certificate")
+                return Identity(name)
+        return Identity(names[0])

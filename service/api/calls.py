@@ -43,7 +43,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -51,7 +51,7 @@ from google.protobuf.message import DecodeError
 from smtpconfig.api.auth import Authenticator, Policy
 from smtpconfig.api.limits import RateLimiter
 from smtpconfig.api.refusals import RefusalRecords
-from smtpconfig.api.status import DETAILS_KEY, to_rpc_status
+from smtpconfig.api.status import to_rpc_status
 from smtpconfig.core.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, SmtpConfigError, violation
 from smtpconfig.ops.audit import AuditLog, encode
 from smtpconfig.ops.logs import CALL
@@ -122,6 +122,25 @@ class RpcSpec:
     waits: bool
 
 
+@dataclass(slots=True)
+class _Progress:
+    """What the end of a call needs to know: the status code it ended with (for the metrics) and
+    the slot it holds, if it took one."""
+
+    code: str = "OK"
+    slot: str | None = None
+
+
+def _request_id(metadata) -> str:
+    """The caller's `x-request-id` when it is a sane token, else a new one."""
+    for key, value in metadata:
+        if key == REQUEST_ID:
+            if isinstance(value, str) and _SANE_REQUEST_ID.match(value):  # only -bin keys carry bytes
+                return value
+            break
+    return f"{_ID_PREFIX}{next(_ids):x}"
+
+
 class Guard:
     """The checks and records around every call of one server."""
 
@@ -161,95 +180,121 @@ class Guard:
         and the audit trail) whose request message `decode` turns from bytes into the request."""
         started = time.perf_counter()
         metadata = context.invocation_metadata() or ()
-        request_id = ""
-        for key, value in metadata:
-            if key == REQUEST_ID:
-                if isinstance(value, str) and _SANE_REQUEST_ID.match(value):  # only -bin keys carry bytes
-                    request_id = value
-                break
-        call = Call(name, request_id or f"{_ID_PREFIX}{next(_ids):x}")
+        call = Call(name, _request_id(metadata))
         token = CALL.set(call)
-        code = "OK"
-        slot: str | None = None
+        progress = _Progress()
         try:
             try:
-                identity = self._authenticator.identify(context, metadata)
-                call.identity = identity.name
-                self._policy.check(identity, spec.permission)
-                call.policy = self._policy
-                slot = self._take_slot(identity.name)
-                if spec.limit is not None:
-                    wait = self._limiters[spec.limit].acquire(identity.name)
-                    if wait:
-                        self._metrics.rate_limited(name)
-                        raise ResourceExhausted(
-                            f"{identity.name!r} is over the {spec.limit} rate limit; retry in {_after(wait)}",
-                            retry_after=wait,
-                        )
+                self._admit(progress, call, spec, metadata, context)
                 response = await self._serve(call, spec, method, decode, context)
             except SmtpConfigError as error:
-                status_code, message, status = to_rpc_status(error)
-                code = status_code.name
-                # Domain messages are written never to hold a value, so operators see them whole.
-                log.info("%s refused: %s %s", name, code, message)
-                if spec.audit and self._worth_recording(call, code):
-                    try:
-                        await self._record(call, code, _after_note(call, message))
-                    except Exception as failure:  # noqa: BLE001 - the refusal still goes out as it is
-                        log.error("%s: the audit record of a refused call could not be written (%s)",
-                                  name, type(failure).__name__)
-                await context.abort(
-                    status_code, message,
-                    trailing_metadata=((DETAILS_KEY, status.SerializeToString()), (REQUEST_ID, call.request_id)),
-                )
-            if spec.audit and call.recorded:
-                self._metrics.audit_record("OK")
-            elif spec.audit:
-                try:
-                    await self._record(call, "OK", call.message)
-                except Exception:  # noqa: BLE001 - a revealing call without its record is not answered
-                    code = "UNAVAILABLE"
-                    log.error("%s: the audit record could not be written; the answer is withheld", name)
-                    await context.abort(
-                        grpc.StatusCode.UNAVAILABLE, "the audit trail cannot be written; try again later",
-                        trailing_metadata=((REQUEST_ID, call.request_id),),
-                    )
+                await self._refuse(progress, call, spec, error, context)
+            await self._record_outcome(progress, call, spec, context)
             context.set_trailing_metadata(((REQUEST_ID, call.request_id),))
             return response
         except grpc.aio.AbortError:
             raise
         except asyncio.CancelledError:
-            code = "CANCELLED"
-            if spec.audit and not call.recorded and self._worth_recording(call, code):
-                # The caller gave up or its deadline passed; what was started is still on record.
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(
-                        self._record(call, "CANCELLED", _after_note(call, "the caller cancelled or its deadline passed"))
-                    )
+            progress.code = "CANCELLED"
+            await self._record_cancelled(call, spec)
             raise
         except Exception as error:  # noqa: BLE001 - the last line of defence for callers
-            if context.done():
-                # The caller's deadline passed (or it hung up) just as the answer was sent, so
-                # grpc refused to send it (ExecuteBatchError from abort). Nothing failed here and
-                # nobody is left to answer.
-                code = "CANCELLED"
-                log.info("%s: the caller was gone before the answer could be sent", name)
-                raise asyncio.CancelledError from None
-            code = "INTERNAL"
-            # The frames say where; the message could hold anything, so it is left out.
-            log.error(
-                "internal error in %s: %s\n%s", name, type(error).__name__,
-                "".join(traceback.format_tb(error.__traceback__)),
-            )
+            await self._fail(progress, call, error, context)
+        finally:
+            if progress.slot is not None:
+                self._give_slot(progress.slot)
+            CALL.reset(token)
+            self._metrics.rpc(name, progress.code, time.perf_counter() - started)
+
+    def _admit(
+        self, progress: _Progress, call: Call, spec: RpcSpec, metadata, context: grpc.aio.ServicerContext
+    ) -> None:
+        """Steps 2-5, in this order: identify the caller, check its permission, take a slot, take
+        from its rate limit. Each raises the domain error that refuses the call."""
+        identity = self._authenticator.identify(context, metadata)
+        call.identity = identity.name
+        self._policy.check(identity, spec.permission)
+        call.policy = self._policy
+        progress.slot = self._take_slot(identity.name)
+        if spec.limit is not None:
+            wait = self._limiters[spec.limit].acquire(identity.name)
+            if wait:
+                self._metrics.rate_limited(call.method)
+                raise ResourceExhausted(
+                    f"{identity.name!r} is over the {spec.limit} rate limit; retry in {_after(wait)}",
+                    retry_after=wait,
+                )
+
+    async def _refuse(
+        self, progress: _Progress, call: Call, spec: RpcSpec, error: SmtpConfigError,
+        context: grpc.aio.ServicerContext,
+    ) -> NoReturn:
+        """Answer a domain error with its status and details (the abort raises), recorded first
+        when the method is audited and the record is worth keeping."""
+        status = to_rpc_status(error)
+        progress.code = status.code.name
+        # Domain messages are written never to hold a value, so operators see them whole.
+        log.info("%s refused: %s %s", call.method, progress.code, status.details)
+        if spec.audit and self._worth_recording(call, progress.code):
+            try:
+                await self._record(call, progress.code, _after_note(call, status.details))
+            except Exception as failure:  # noqa: BLE001 - the refusal still goes out as it is
+                log.error("%s: the audit record of a refused call could not be written (%s)",
+                          call.method, type(failure).__name__)
+        await context.abort(
+            status.code, status.details,
+            trailing_metadata=(*status.trailing_metadata, (REQUEST_ID, call.request_id)),
+        )
+
+    async def _record_outcome(
+        self, progress: _Progress, call: Call, spec: RpcSpec, context: grpc.aio.ServicerContext
+    ) -> None:
+        """The audit record of an answered call; without it a revealing answer is withheld."""
+        if not spec.audit:
+            return
+        if call.recorded:
+            self._metrics.audit_record("OK")
+            return
+        try:
+            await self._record(call, "OK", call.message)
+        except Exception:  # noqa: BLE001 - a revealing call without its record is not answered
+            progress.code = "UNAVAILABLE"
+            log.error("%s: the audit record could not be written; the answer is withheld", call.method)
             await context.abort(
-                grpc.StatusCode.INTERNAL, "internal error; see the server log",
+                grpc.StatusCode.UNAVAILABLE, "the audit trail cannot be written; try again later",
                 trailing_metadata=((REQUEST_ID, call.request_id),),
             )
-        finally:
-            if slot is not None:
-                self._give_slot(slot)
-            CALL.reset(token)
-            self._metrics.rpc(name, code, time.perf_counter() - started)
+
+    async def _record_cancelled(self, call: Call, spec: RpcSpec) -> None:
+        if spec.audit and not call.recorded and self._worth_recording(call, "CANCELLED"):
+            # The caller gave up or its deadline passed; what was started is still on record.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(
+                    self._record(call, "CANCELLED", _after_note(call, "the caller cancelled or its deadline passed"))
+                )
+
+    async def _fail(
+        self, progress: _Progress, call: Call, error: Exception, context: grpc.aio.ServicerContext
+    ) -> NoReturn:
+        """An error nothing expected: INTERNAL with a fixed message, or a cancellation when the
+        caller is gone already."""
+        if context.done():
+            # The caller's deadline passed (or it hung up) just as the answer was sent, so
+            # grpc refused to send it (ExecuteBatchError from abort). Nothing failed here and
+            # nobody is left to answer.
+            progress.code = "CANCELLED"
+            log.info("%s: the caller was gone before the answer could be sent", call.method)
+            raise asyncio.CancelledError from None
+        progress.code = "INTERNAL"
+        # The frames say where; the message could hold anything, so it is left out.
+        log.error(
+            "internal error in %s: %s\n%s", call.method, type(error).__name__,
+            "".join(traceback.format_tb(error.__traceback__)),
+        )
+        await context.abort(
+            grpc.StatusCode.INTERNAL, "internal error; see the server log",
+            trailing_metadata=((REQUEST_ID, call.request_id),),
+        )
 
     def _take_slot(self, identity: str) -> str:
         """Count a call of `identity` among those in progress, or refuse it: no identity may

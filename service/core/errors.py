@@ -45,10 +45,6 @@ class Unavailable(SmtpConfigError):
     """A backend the request needs cannot be reached; the caller may retry."""
 
 
-class Unimplemented(SmtpConfigError):
-    """The method is declared but not built yet."""
-
-
 class Unauthenticated(SmtpConfigError):
     """The call carries no identity this server accepts (no token, an unknown token, no client
     certificate, or a Unix socket without a configured identity)."""

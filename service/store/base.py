@@ -37,10 +37,9 @@ class Revision:
 
 @dataclass(frozen=True)
 class Change:
-    """A key was written (`revision` set) or deleted (`revision` None) at store revision `number`."""
+    """A key was written (`revision` set) or deleted (`revision` None)."""
 
     key: str
-    number: int
     revision: Revision | None
 
 
