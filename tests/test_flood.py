@@ -11,6 +11,7 @@ the callers who must still get through use another.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import threading
@@ -90,23 +91,27 @@ class Served:
             return error
 
 
-@pytest.fixture
-def served() -> Iterator[Served]:
-    data_dir = short_dir("fl")
-    server = ServerThread(
-        data_dir, max_concurrent_rpcs=100, max_concurrent_rpcs_per_identity=SHARE, default_deadline=1.0,
-        metrics_listen="127.0.0.1:0", **CALLERS,
-    ).start()
+@contextlib.contextmanager
+def serving(prefix: str, **settings) -> Iterator[Served]:
+    """A server with the test's callers and a metrics endpoint, an admin and a bare channel to it."""
+    data_dir = short_dir(prefix)
+    server = ServerThread(data_dir, metrics_listen="127.0.0.1:0", **CALLERS, **settings).start()
     admin, plain = server.channel(), grpc.insecure_channel(server.target)
     try:
-        admin.unary_unary(UPDATE_SMTP)(  # a profile, so GetSmtp answers OK
-            v2.UpdateSmtpRequest(profile=v2_profile(BASIC_V2)).SerializeToString(), timeout=10)
         yield Served(server, admin, plain)
     finally:
         admin.close()
         plain.close()
         server.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def served() -> Iterator[Served]:
+    with serving("fl", max_concurrent_rpcs=100, max_concurrent_rpcs_per_identity=SHARE, default_deadline=1.0) as s:
+        s.admin.unary_unary(UPDATE_SMTP)(  # a profile, so GetSmtp answers OK
+            v2.UpdateSmtpRequest(profile=v2_profile(BASIC_V2)).SerializeToString(), timeout=10)
+        yield s
 
 
 def admin_get_smtp(s: Served) -> float:
@@ -302,19 +307,9 @@ UPDATE = "v2.ConfigService/UpdateSmtp"
 def capped() -> Iterator[Served]:
     """A server whose every caller may hold any number of calls, so that only the audit record cap
     stands between a flood of silent calls and the trail."""
-    data_dir = short_dir("fc")
-    server = ServerThread(
-        data_dir, max_concurrent_rpcs=1000, max_concurrent_rpcs_per_identity=0, default_deadline=0.5,
-        audit_refusals_burst=BURST, metrics_listen="127.0.0.1:0", **CALLERS,
-    ).start()
-    admin, plain = server.channel(), grpc.insecure_channel(server.target)
-    try:
-        yield Served(server, admin, plain)
-    finally:
-        admin.close()
-        plain.close()
-        server.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
+    with serving("fc", max_concurrent_rpcs=1000, max_concurrent_rpcs_per_identity=0, default_deadline=0.5,
+                 audit_refusals_burst=BURST) as s:
+        yield s
 
 
 def _silent_updates(s: Served, timeout: float | None) -> tuple[list[tuple[Code, str, float]], float]:

@@ -34,7 +34,7 @@ from smtpconfig.v2 import secret_provider_service_pb2 as pb
 from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
 from tests.conftest import BASIC_V2, v1_profile, v2_profile
 from tests.smtpkit import SmtpServer
-from tests.support import ServerThread, short_dir
+from tests.support import ServerThread, SilentListener, short_dir, wait_until
 from tests.test_audit import ALICE_TOKEN, BOB_TOKEN, CALLERS, anonymous, invoke, list_records, rid
 from tests.test_validation import edit
 
@@ -67,13 +67,6 @@ def runs(calls: Path) -> list[str]:
     return calls.read_text().splitlines() if calls.exists() else []
 
 
-def wait_until(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
-
-
 def create_exec(stub: pb_grpc.SecretProviderServiceStub, command: str, **init: str) -> int:
     instance = pb.ProviderInstance(name="vendor", provider_type="exec")
     instance.initialization["Command"].value = json.dumps([command])
@@ -96,37 +89,6 @@ def retry_delay(error: grpc.RpcError) -> float:
             detail.Unpack(info)
             return info.retry_delay.ToTimedelta().total_seconds()
     raise AssertionError("no RetryInfo detail")
-
-
-class SilentListener:
-    """A TCP server on 127.0.0.1 that accepts connections and never sends a byte."""
-
-    def __init__(self) -> None:
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self._sock.settimeout(0.05)
-        self.port = self._sock.getsockname()[1]
-        self.accepted: list[socket.socket] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                continue
-            self.accepted.append(conn)
-
-    def __enter__(self) -> SilentListener:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        for conn in self.accepted:
-            conn.close()
-        self._sock.close()
 
 
 class SlowRelay:

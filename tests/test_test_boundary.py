@@ -57,8 +57,7 @@ from tests.applykit import (
 )
 from tests.oauthkit import TokenEndpoint
 from tests.smtpkit import SmtpServer
-from tests.support import token_channel
-from tests.test_limits import SilentListener, wait_until
+from tests.support import SilentListener, token_channel, wait_until
 
 __all__ = ["net"]  # a fixture, imported for pytest
 

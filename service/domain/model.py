@@ -174,3 +174,13 @@ CREDENTIALS_FOR: dict[int, tuple[str, ...]] = {
     AuthType.BASIC: ("relay_username", "relay_password"),
     AuthType.OAUTH_CLIENT_CREDENTIALS: ("client_id", "client_secret"),
 }
+
+# Where each credential is sent: the relay's go to host:port with the TLS use_ssl asks for (the
+# same relay without it shows them to the network), the OAuth client's to the token endpoint.
+# A stored credential may follow no change of these (a test's candidate, a kept HasValue).
+SENT_TO: dict[str, tuple[str, ...]] = {
+    "relay_username": ("host", "port", "use_ssl"),
+    "relay_password": ("host", "port", "use_ssl"),
+    "client_id": ("token_endpoint",),
+    "client_secret": ("token_endpoint",),
+}

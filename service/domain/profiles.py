@@ -21,6 +21,7 @@ from smtpconfig.domain.model import (
     CREDENTIAL_FIELDS,
     CREDENTIALS_FOR,
     FIELDS,
+    SENT_TO,
     InlineSecret,
     KeepStored,
     Profile,
@@ -196,17 +197,6 @@ class ProfileService:
         return replace(draft, **keep) if keep else draft  # type: ignore[arg-type]
 
 
-# Where each credential goes: a kept value may not follow the profile somewhere else.
-_DESTINATION = {
-    "relay_username": ("host", "port"),
-    "relay_password": ("host", "port"),
-    "client_id": ("token_endpoint",),
-    "client_secret": ("token_endpoint",),
-}
-# Credentials the relay receives: they may keep or gain TLS, never lose it (as smtpconfig.outbound.reach rules).
-_OVER_TLS = frozenset({"relay_username", "relay_password"})
-
-
 def _kept_value(
     name: str, draft: ProfileDraft, current: StoredProfile | None, etag: str
 ) -> InlineSecret | FieldViolation:
@@ -222,15 +212,21 @@ def _kept_value(
     stored = getattr(current.profile, name) if current is not None else None
     if current is None or not isinstance(stored, InlineSecret):
         return violation(field, "no inline value is stored for this field; send SecretValue or Provider")
-    moved = [FIELDS[d] for d in _DESTINATION[name] if getattr(draft, d) != getattr(current.profile, d)]
-    if name in _OVER_TLS and current.profile.use_ssl and not draft.use_ssl:
-        moved.append("UseSSL")  # the same relay without TLS shows the value to the network
+    moved = [FIELDS[d] for d in SENT_TO[name] if _moved(d, getattr(draft, d), getattr(current.profile, d))]
     if moved:
         return violation(
             field,
             f"a stored value stays with its destination, and {' and '.join(moved)} changed; send the value again",
         )
     return stored
+
+
+def _moved(destination: str, draft: object, stored: object) -> bool:
+    """Whether the draft sends a credential elsewhere than the stored profile: TLS may be kept or
+    added, never dropped; every other destination must stay as stored."""
+    if destination == "use_ssl":
+        return bool(stored) and not draft
+    return draft != stored
 
 
 def _changed_fields(before: Profile | None, after: Profile) -> list[str]:

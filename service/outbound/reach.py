@@ -21,18 +21,26 @@ import ipaddress
 from smtpconfig.core import endpoint
 from smtpconfig.core.errors import PermissionDenied
 from smtpconfig.core.netguard import unbracketed
-from smtpconfig.domain.model import CREDENTIALS_FOR, FIELDS, AuthType, InlineSecret, Profile, ProviderRef
+from smtpconfig.domain.model import (
+    CREDENTIALS_FOR,
+    FIELDS,
+    SENT_TO,
+    AuthType,
+    InlineSecret,
+    Profile,
+    ProviderRef,
+)
 
 RESOLVE = "smtp:resolve"
 
-# Keyfactor names of the destinations each kind of credential reaches. OAuth needs the relay too:
-# the access token obtained with the client credentials is sent there, and an access token is
-# exactly what smtp:resolve reveals.
-# UseSSL stands with them: the same host and port without TLS hands the credential to anyone on
-# the path, so a test may keep or add TLS but never drop what the stored profile asks for.
+# Keyfactor names of the destinations each kind of credential reaches (`SENT_TO`). OAuth needs
+# the relay's too: the access token obtained with the client credentials is sent there, and an
+# access token is exactly what smtp:resolve reveals.
 _DESTINATIONS = {
-    AuthType.BASIC: ("Host", "Port", "UseSSL"),
-    AuthType.OAUTH_CLIENT_CREDENTIALS: ("TokenEndpoint", "Host", "Port", "UseSSL"),
+    kind: tuple(FIELDS[d] for d in dict.fromkeys(
+        [*(d for credential in CREDENTIALS_FOR[kind] for d in SENT_TO[credential]), *SENT_TO["relay_password"]]
+    ))
+    for kind in (AuthType.BASIC, AuthType.OAUTH_CLIENT_CREDENTIALS)
 }
 
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
