@@ -17,7 +17,6 @@ Newline rule: with raw output and StripNewline true (the default), exactly one t
 from __future__ import annotations
 
 import json
-import math
 import os
 import selectors
 import signal
@@ -27,10 +26,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from smtpconfig.plugin import (
     BadParameters,
-    InitializationValue,
     Parameter,
     ProviderError,
     ProviderUnavailable,
@@ -39,8 +38,8 @@ from smtpconfig.plugin import (
     Secret,
     SecretNotFound,
     SecretProvider,
-    command_argv,
     hookimpl,
+    strip_newline,
 )
 
 #: Runs each command and ends whatever it started, setsid or not (see plugins/exec_reaper.py);
@@ -56,15 +55,6 @@ STDERR_KEEP = 4096
 INHERITED = ("PATH", "HOME", "LANG")
 _RESERVED_PREFIX = "SMTPCONFIG_"
 _MASK = "**********"
-
-
-def strip_one_newline(text: str) -> str:
-    """Remove exactly one trailing ``\\n`` or ``\\r\\n``; touch nothing else."""
-    if text.endswith("\r\n"):
-        return text[:-2]
-    if text.endswith("\n"):
-        return text[:-1]
-    return text
 
 
 class ExecProvider(SecretProvider):
@@ -90,29 +80,36 @@ class ExecProvider(SecretProvider):
             required=False,
             kind="environment",
             description="Extra environment variables as a JSON object of strings; the command otherwise "
-            "sees only PATH, HOME and LANG.",
+            "sees only PATH, HOME and LANG. Names starting with SMTPCONFIG_ are the provider's own.",
         ),
         Parameter(
             "Token",
-            data_type="secret",
+            kind="secret",
             required=False,
             description="Credential passed to the command as the environment variable SMTPCONFIG_INIT_TOKEN.",
         ),
-        Parameter("TtlSeconds", required=False, default="300", description="Seconds a value may be cached."),
+        Parameter("TtlSeconds", kind="seconds", required=False, default="300", minimum=0, maximum=86400,
+                  description="Seconds a value may be cached."),
         Parameter(
             "TimeoutSeconds",
+            kind="seconds",
             required=False,
+            minimum=0.01,
+            maximum=3600,
             description="Seconds the command may run; at most the provider instance's timeout, which is "
             "also the default.",
         ),
         Parameter(
             "OutputFormat",
+            kind="choice",
+            choices=("raw", "json"),
             required=False,
             default="raw",
             description="raw: stdout is the value; json: stdout is a JSON object and Field names the value.",
         ),
         Parameter(
             "StripNewline",
+            kind="bool",
             required=False,
             default="true",
             description="With raw output, true removes exactly one trailing \\n or \\r\\n and nothing else.",
@@ -127,31 +124,39 @@ class ExecProvider(SecretProvider):
     )
     default_ttl = 300.0
 
+    @classmethod
+    def check_initialization(cls, initialization: Mapping[str, Any]) -> None:
+        environment = initialization.get("Environment")
+        if isinstance(environment, Mapping):
+            own = sorted(key for key in environment if key.upper().startswith(_RESERVED_PREFIX))
+            if own:
+                raise BadParameters(f"Environment sets {', '.join(own)}, which the provider sets itself",
+                                    parameter="Environment")
+
     def resolve(
-        self, instance_parameters: Mapping[str, str], initialization: Mapping[str, InitializationValue]
+        self, instance_parameters: Mapping[str, Any], initialization: Mapping[str, Any]
     ) -> Resolved:
-        name = instance_parameters.get("Name") or ""
-        field = instance_parameters.get("Field") or ""
+        # Typed and checked by the host (see the kinds in `parameters`).
+        name = instance_parameters.get("Name", "")
+        field = instance_parameters.get("Field", "")
         if not name:
             raise BadParameters("Name must name a secret", parameter="Name")
-        output_format = (_text(initialization, "OutputFormat") or "raw").lower()
-        if output_format not in ("raw", "json"):
-            raise BadParameters("OutputFormat must be raw or json", parameter="OutputFormat")
+        output_format = initialization["OutputFormat"]
         if output_format == "json" and not field:
             raise BadParameters("Field is required when OutputFormat is json", parameter="Field")
-        strip = _flag(initialization, "StripNewline", True)
-        ttl = _seconds(initialization, "TtlSeconds", self.default_ttl, allow_zero=True)
-        timeout = min(self.timeout, _seconds(initialization, "TimeoutSeconds", self.timeout, allow_zero=False))
-        argv = _substitute(_command(initialization), name=name, field=field)
-        cwd = _text(initialization, "WorkingDirectory") or None
+        timeout = min(self.timeout, initialization.get("TimeoutSeconds", self.timeout))
+        argv = _substitute(initialization["Command"], name=name, field=field)
+        cwd = initialization.get("WorkingDirectory")
         if cwd is not None and not os.path.isdir(cwd):
             raise BadParameters(f"WorkingDirectory {cwd!r} is not a directory", parameter="WorkingDirectory")
-        token = _token(initialization)
-        env = self._environment(initialization, instance_parameters, name, token)
+        token = initialization.get("Token")
+        token_text = token.reveal() if isinstance(token, Secret) else ""
+        extra = initialization.get("Environment", {})
+        env = self._environment(extra, instance_parameters, name, token_text)
 
         done = _run(argv, env, cwd, timeout)
         if done.status != 0:
-            raise ProviderUnavailable(_failure(done, token))
+            raise ProviderUnavailable(_failure(done, token_text))
         if not done.stdout:
             raise SecretNotFound(f"command printed nothing for secret {name!r}")
         # Decoded outside an except block: a UnicodeDecodeError holds the bytes it failed on, and it
@@ -159,22 +164,24 @@ class ExecProvider(SecretProvider):
         text = _utf8(done.stdout)
         if text is None:
             raise BadParameters("command output is not UTF-8 text", parameter="Command")
-        value = _pick(text, field) if output_format == "json" else strip_one_newline(text) if strip else text
+        if output_format == "json":
+            value = _pick(text, field)
+        else:
+            value = strip_newline(text) if initialization["StripNewline"] else text
         if not value:
             raise SecretNotFound(f"command printed an empty value for secret {name!r}")
-        return Resolved(Secret(value), ttl=ttl)
+        return Resolved(Secret(value), ttl=initialization["TtlSeconds"])
 
     def _environment(
-        self, initialization: Mapping[str, InitializationValue], instance_parameters: Mapping[str, str],
-        name: str, token: str,
+        self, extra: Mapping[str, str], instance_parameters: Mapping[str, Any], name: str, token: str,
     ) -> dict[str, str]:
         env = {key: os.environ[key] for key in INHERITED if key in os.environ}
         env.setdefault("PATH", os.defpath)
-        env.update(_extra_environment(initialization))
+        env.update(extra)
         for parameter in self.parameters:
             value = instance_parameters.get(parameter.name) if parameter.instance_level else None
             if value is not None:
-                env[f"{_RESERVED_PREFIX}PARAM_{parameter.name.upper()}"] = value
+                env[f"{_RESERVED_PREFIX}PARAM_{parameter.name.upper()}"] = str(value)
         env[f"{_RESERVED_PREFIX}SECRET_NAME"] = name
         if token:
             env[f"{_RESERVED_PREFIX}INIT_TOKEN"] = token
@@ -397,21 +404,7 @@ def _pick(text: str, field: str) -> str:
 # --- parameters ---------------------------------------------------------------------------------
 
 
-def _text(initialization: Mapping[str, InitializationValue], name: str) -> str:
-    value = initialization.get(name)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise BadParameters(f"{name} must be a string", parameter=name)
-    return value.strip()
-
-
-def _command(initialization: Mapping[str, InitializationValue]) -> list[str]:
-    # The host's parser: the argv it checked against exec_commands is the argv that runs.
-    return command_argv(_text(initialization, "Command"))
-
-
-def _substitute(argv: list[str], *, name: str, field: str) -> list[str]:
+def _substitute(argv: tuple[str, ...], *, name: str, field: str) -> list[str]:
     """Replace arguments that are exactly ``{Name}`` or ``{Field}``; nothing else is expanded."""
     out = [argv[0]]
     for arg in argv[1:]:
@@ -428,49 +421,3 @@ def _substitute(argv: list[str], *, name: str, field: str) -> list[str]:
             raise BadParameters("a parameter contains a NUL character")
         out.append(arg)
     return out
-
-
-def _token(initialization: Mapping[str, InitializationValue]) -> str:
-    value = initialization.get("Token")
-    if isinstance(value, Secret):
-        return value.reveal()
-    return value or ""
-
-
-def _extra_environment(initialization: Mapping[str, InitializationValue]) -> dict[str, str]:
-    raw = _text(initialization, "Environment")
-    if not raw:
-        return {}
-    parsed = _json(raw)
-    if not isinstance(parsed, dict) or not all(isinstance(v, str) for v in parsed.values()):
-        raise BadParameters("Environment must be a JSON object of strings", parameter="Environment")
-    for key in parsed:
-        if not key or "=" in key or "\0" in key:
-            raise BadParameters(f"Environment: {key!r} is not a variable name", parameter="Environment")
-        if key.upper().startswith(_RESERVED_PREFIX):
-            raise BadParameters(f"Environment: {key} is set by the provider itself", parameter="Environment")
-    return parsed
-
-
-def _flag(initialization: Mapping[str, InitializationValue], name: str, default: bool) -> bool:
-    value = _text(initialization, name).lower()
-    if not value:
-        return default
-    if value in ("true", "false"):
-        return value == "true"
-    raise BadParameters(f"{name} must be true or false", parameter=name)
-
-
-def _seconds(
-    initialization: Mapping[str, InitializationValue], name: str, default: float, *, allow_zero: bool
-) -> float:
-    value = _text(initialization, name)
-    if not value:
-        return default
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = math.nan
-    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
-        raise BadParameters(f"{name} must be a {'non-negative' if allow_zero else 'positive'} number", parameter=name)
-    return seconds

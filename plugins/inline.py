@@ -8,8 +8,9 @@ fingerprints). It is implicit: no provider instance of this type is ever created
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
-from smtpconfig.plugin import InitializationValue, Parameter, Resolved, Secret, SecretProvider, hookimpl
+from smtpconfig.plugin import Parameter, Resolved, Secret, SecretProvider, hookimpl
 
 INLINE = "inline"
 
@@ -21,14 +22,12 @@ class InlineProvider(SecretProvider):
     display_name = "Inline (stored by smtpconfig)"
     description = "A value stored in smtpconfig itself, encrypted at rest and never returned by reads."
     parameters = (
-        Parameter("SecretValue", data_type="secret", description="the value itself"),
+        Parameter("SecretValue", kind="secret", description="the value itself"),
     )
     # Nothing to refresh: the value changes only when the profile does.
     default_ttl = float("inf")
 
-    def resolve(
-        self, instance_parameters: Mapping[str, str], initialization: Mapping[str, InitializationValue]
-    ) -> Resolved:
+    def resolve(self, instance_parameters: Mapping[str, Any], initialization: Mapping[str, Any]) -> Resolved:
         value = initialization["SecretValue"]
         assert isinstance(value, Secret)
         return Resolved(value)

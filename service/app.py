@@ -48,7 +48,7 @@ from smtpconfig.ops.audit import AuditLog
 from smtpconfig.ops.metrics import Metrics
 from smtpconfig.outbound.apply import Applier
 from smtpconfig.outbound.oauth import TokenClient
-from smtpconfig.plugin.manager import load_plugins
+from smtpconfig.plugin.manager import Plugins, load_plugins
 from smtpconfig.settings import ALL_PERMISSIONS, DATABASE_NAME, Settings, split_address
 from smtpconfig.store.sqlite import SqliteStore
 from smtpconfig.v1 import config_service_pb2 as v1
@@ -86,6 +86,7 @@ class App:
         self._profiles: ProfileService | None = None
         self._provider_service: ProviderService | None = None
         self._resolver: Resolver | None = None
+        self._plugins: Plugins | None = None
         self._applier: Applier | None = None
         self._health = health.aio.HealthServicer()
         self._health_server: grpc.aio.Server | None = None
@@ -136,7 +137,7 @@ class App:
     async def _open_domain(self, sealer: Sealer) -> None:
         """Plugins, declared provider instances, the store and the domain services over them."""
         settings = self.settings
-        plugins = load_plugins(
+        self._plugins = plugins = load_plugins(
             allow=settings.plugins_allow, block=settings.plugins_block, strict=settings.plugins_strict
         )
         access = HostAccess.from_settings(settings)
@@ -178,7 +179,7 @@ class App:
         """The gRPC server with the servicers, health (not serving yet) and reflection; no ports."""
         settings = self.settings
         assert self._resolver is not None and self._profiles is not None
-        assert self._provider_service is not None and self._audit is not None
+        assert self._provider_service is not None and self._audit is not None and self._plugins is not None
         # No maximum_concurrent_rpcs for grpcio: it counts calls before any code of ours runs,
         # health Watch and reflection streams included, which anyone may hold open for ever; so
         # a caller without an identity could fill it. The guard counts our calls instead.
@@ -198,7 +199,7 @@ class App:
         for servicer, service in (
             (ConfigServiceV1(self._profiles, self._applier, guard), v1.DESCRIPTOR.services_by_name["ConfigService"]),
             (ConfigServiceV2(self._profiles, self._applier, guard), v2.DESCRIPTOR.services_by_name["ConfigService"]),
-            (SecretProviderServiceV2(self._provider_service, self._profiles, self._resolver, guard),
+            (SecretProviderServiceV2(self._provider_service, self._plugins, self._profiles, self._resolver, guard),
              providers_pb.DESCRIPTOR.services_by_name["SecretProviderService"]),
             (AuditServiceV2(self._audit, guard), audit_pb.DESCRIPTOR.services_by_name["AuditService"]),
         ):

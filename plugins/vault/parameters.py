@@ -21,26 +21,27 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from typing import Any
 
-from smtpconfig.plugin import BadParameters, InitializationValue, Parameter, Secret
+from smtpconfig.plugin import BadParameters, Parameter, Secret
 
 AUTH_METHODS = ("token", "approle", "jwt")
 
 PARAMETERS: tuple[Parameter, ...] = (
-    Parameter("Host", "Vault Host", aliases=("Url", "Address"), kind="destination",
+    Parameter("Host", "Vault Host", aliases=("Url", "Address"), kind="url", schemes=("https", "http"),
               description="URL of Vault or OpenBao with its port, e.g. https://vault:8200 "
                           "(https:// is assumed when no scheme is given)."),
-    Parameter("Token", "Vault Token", data_type="secret", required=False,
+    Parameter("Token", "Vault Token", kind="secret", required=False,
               description="Token for AuthMethod token, used as given."),
     # Which login, mount and namespace receive the credentials: changing one re-aims them.
-    Parameter("AuthMethod", "Auth Method", required=False, default="token", binds_secrets=True,
+    Parameter("AuthMethod", "Auth Method", kind="choice", choices=AUTH_METHODS, required=False, default="token",
+              binds_secrets=True,
               description="How to authenticate: token, approle or jwt (e.g. a Kubernetes service-account token)."),
     Parameter("RoleId", "AppRole Role ID", required=False, description="role_id for AuthMethod approle."),
-    Parameter("SecretId", "AppRole Secret ID", data_type="secret", required=False,
+    Parameter("SecretId", "AppRole Secret ID", kind="secret", required=False,
               description="secret_id for AuthMethod approle."),
     Parameter("Role", "JWT Role", required=False, description="Role to log in as with AuthMethod jwt."),
-    Parameter("Jwt", "JWT", data_type="secret", required=False,
+    Parameter("Jwt", "JWT", kind="secret", required=False,
               description="The JWT for AuthMethod jwt; or use JwtFile."),
     Parameter("JwtFile", "JWT File", required=False, kind="path",
               description="File holding the JWT for AuthMethod jwt, re-read at every login, e.g. "
@@ -54,21 +55,20 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("Path", "KV Engine Path", required=False, default="secret", aliases=("Mount",),
               description="Mount of the KV engine: secret, secret/data, or Keyfactor's v1/secret/data "
                           "or v1/{namespace}/{mount}/data."),
-    Parameter("KvVersion", "KV Version", required=False,
+    Parameter("KvVersion", "KV Version", kind="int", minimum=1, maximum=2, required=False,
               description="KV engine version, 1 or 2; default 2, except that Keyfactor's v1/{mount} form "
                           "without /data means 1."),
-    Parameter("TtlSeconds", "Cache Seconds", required=False,
+    Parameter("TtlSeconds", "Cache Seconds", kind="seconds", minimum=0, maximum=86400, required=False,
               description="Seconds a value read from Vault may be cached (default 300); a shorter "
                           "KV v1 lease wins. 0 reads Vault on every use."),
     Parameter("Secret", "KV Secret Name", instance_level=True, aliases=("SecretPath",),
               description="Path of the secret under the mount, e.g. apps/smtp."),
     Parameter("Key", "KV Secret Key", instance_level=True, aliases=("Field",),
               description="Key inside the secret's data."),
-    Parameter("Version", instance_level=True, required=False,
-              description="KV v2 only: read this version (a whole number) instead of the latest."),
+    Parameter("Version", kind="int", minimum=1, instance_level=True, required=False,
+              description="KV v2 only: read this version instead of the latest."),
 )
 
-_BY_NAME = {p.name: p for p in PARAMETERS}
 # What an HTTP header value can carry as it is: Token and Namespace travel as X-Vault-* headers.
 _HEADER_VALUE = re.compile(r"[\x21-\x7e]+")
 
@@ -106,44 +106,16 @@ class Reference:
     version: int | None
 
 
-def _value(values: Mapping[str, object], name: str) -> object | None:
-    """A parameter by canonical name or alias (the host maps aliases; direct callers may not)."""
-    for key in (name, *_BY_NAME[name].aliases):
-        value = values.get(key)
-        if value is not None and value != "":
-            return value
-    return None
-
-
-def _text(values: Mapping[str, object], name: str) -> str | None:
-    value = _value(values, name)
-    if value is None:
-        return None
-    if isinstance(value, Secret):
-        value = value.reveal()
-    text = str(value).strip()
+def _text(values: Mapping[str, Any], name: str) -> str | None:
+    """A string parameter, stripped; None when absent or blank."""
+    value = values.get(name)
+    text = value.strip() if isinstance(value, str) else ""
     return text or None
 
 
-def _secret(values: Mapping[str, object], name: str) -> Secret | None:
-    value = _value(values, name)
-    if value is None or isinstance(value, Secret):
-        return value
-    return Secret(str(value))  # a direct caller passed a plain str; keep it bytes-exact
-
-
-def _host(raw: str | None) -> str:
-    if raw is None:
-        raise BadParameters("Host is required: the URL of Vault, e.g. https://vault:8200", "Host")
-    url = raw if "://" in raw else f"https://{raw}"
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
-        raise BadParameters(f"Host {raw!r} is not an http(s) URL like https://vault:8200", "Host")
-    try:
-        _ = parts.port  # parsing the port is the check
-    except ValueError:
-        raise BadParameters(f"Host {raw!r} has an invalid port", "Host") from None
-    return url.rstrip("/")
+def _secret(values: Mapping[str, Any], name: str) -> Secret | None:
+    value = values.get(name)
+    return value if isinstance(value, Secret) and value.reveal() else None
 
 
 def _mount(raw: str) -> tuple[str, int | None]:
@@ -160,13 +132,12 @@ def _mount(raw: str) -> tuple[str, int | None]:
     return text, implied
 
 
-def parse_settings(initialization: Mapping[str, InitializationValue]) -> Settings:
-    host = _host(_text(initialization, "Host"))
-    method = (_text(initialization, "AuthMethod") or "token").lower()
-    if method not in AUTH_METHODS:
-        raise BadParameters(f"AuthMethod {method!r} is not one of {', '.join(AUTH_METHODS)}", "AuthMethod")
+def parse_settings(initialization: Mapping[str, Any]) -> Settings:
+    """The settings typed initialization values state (see `PARAMETERS` for each kind), or
+    BadParameters for a rule across parameters: also `VaultProvider.check_initialization`."""
+    method = initialization.get("AuthMethod", "token")
     given = {name for name in ("Token", "RoleId", "SecretId", "Role", "Jwt", "JwtFile")
-             if _value(initialization, name) is not None}
+             if _text(initialization, name) is not None or _secret(initialization, name) is not None}
     needs = {"token": ("Token",), "approle": ("RoleId", "SecretId"), "jwt": ("Role",)}[method]
     for name in needs:
         if name not in given:
@@ -182,63 +153,42 @@ def parse_settings(initialization: Mapping[str, InitializationValue]) -> Setting
         raise BadParameters(f"{unused[0]} is not used with AuthMethod {method}; remove it or change AuthMethod",
                             unused[0])
 
-    mount, implied = _mount(_text(initialization, "Path") or "secret")
-    version_text = _text(initialization, "KvVersion")
-    if version_text not in (None, "1", "2"):
-        raise BadParameters(f"KvVersion must be 1 or 2, not {version_text!r}", "KvVersion")
-    kv_version = int(version_text) if version_text else (implied or 2)
+    path = _text(initialization, "Path") or "secret"
+    mount, implied = _mount(path)
+    kv_version = initialization.get("KvVersion") or implied or 2
     if implied is not None and kv_version != implied:
-        raise BadParameters(f"Path {_text(initialization, 'Path')!r} means KV version {implied}, "
-                            f"but KvVersion is {kv_version}", "KvVersion")
+        raise BadParameters(f"Path {path!r} means KV version {implied}, but KvVersion is {kv_version}", "KvVersion")
     namespace = _text(initialization, "Namespace")
     token = _secret(initialization, "Token")
     for name, value in (("Token", token.reveal() if token else None), ("Namespace", namespace)):
         if value is not None and not _HEADER_VALUE.fullmatch(value):
             raise BadParameters(f"{name} must be printable ASCII without spaces (it is sent as an HTTP header)", name)
     return Settings(
-        host=host,
+        host=initialization["Host"].rstrip("/"),
         auth_method=method,
         token=token,
         role_id=_text(initialization, "RoleId"),
         secret_id=_secret(initialization, "SecretId"),
         role=_text(initialization, "Role"),
         jwt=_secret(initialization, "Jwt"),
-        jwt_file=_text(initialization, "JwtFile"),
+        jwt_file=initialization.get("JwtFile"),
         auth_mount=(_text(initialization, "AuthMount") or method).strip("/"),
         namespace=namespace.strip("/") if namespace else None,
-        ca_bundle=_text(initialization, "CaBundle"),
+        ca_bundle=initialization.get("CaBundle"),
         mount=mount,
         kv_version=kv_version,
-        ttl=_ttl(_text(initialization, "TtlSeconds")),
+        ttl=initialization.get("TtlSeconds"),
     )
 
 
-def _ttl(raw: str | None) -> float | None:
-    if raw is None:
-        return None
-    try:
-        seconds = float(raw)
-    except ValueError:
-        raise BadParameters(f"TtlSeconds {raw!r} is not a number of seconds", "TtlSeconds") from None
-    if not 0 <= seconds <= 86400:
-        raise BadParameters("TtlSeconds must be between 0 and 86400", "TtlSeconds")
-    return seconds
-
-
-def parse_reference(instance_parameters: Mapping[str, str], settings: Settings) -> Reference:
+def parse_reference(instance_parameters: Mapping[str, Any], settings: Settings) -> Reference:
     path = (_text(instance_parameters, "Secret") or "").strip("/")
     if not path:
         raise BadParameters("Secret is required: the path of the secret under the mount", "Secret")
-    key = _value(instance_parameters, "Key")
-    if key is None:
+    key = instance_parameters.get("Key")
+    if not key:
         raise BadParameters("Key is required: the key inside the secret's data", "Key")
-    version_text = _text(instance_parameters, "Version")
-    version = None
-    if version_text is not None:
-        if not re.fullmatch(r"[0-9]+", version_text) or int(version_text) < 1:
-            raise BadParameters(f"Version must be a whole number from 1, not {version_text!r}", "Version")
-        if settings.kv_version == 1:
-            raise BadParameters("Version applies to KV version 2 only; this provider reads KV version 1",
-                                "Version")
-        version = int(version_text)
-    return Reference(path=path, key=str(key), version=version)
+    version = instance_parameters.get("Version")
+    if version is not None and settings.kv_version == 1:
+        raise BadParameters("Version applies to KV version 2 only; this provider reads KV version 1", "Version")
+    return Reference(path=path, key=key, version=version)

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 from smtpconfig.plugin import (
     AccessDenied,
-    InitializationValue,
     ProviderError,
     Resolved,
     Secret,
@@ -69,9 +68,11 @@ class VaultProvider(SecretProvider):
         """Logins made by the current client (AppRole and JWT)."""
         return self._connection.logins if self._connection else 0
 
-    def resolve(
-        self, instance_parameters: Mapping[str, str], initialization: Mapping[str, InitializationValue]
-    ) -> Resolved:
+    @classmethod
+    def check_initialization(cls, initialization: Mapping[str, Any]) -> None:
+        parse_settings(initialization)  # the rules across parameters: an auth method's credentials, ...
+
+    def resolve(self, instance_parameters: Mapping[str, Any], initialization: Mapping[str, Any]) -> Resolved:
         settings = parse_settings(initialization)
         reference = parse_reference(instance_parameters, settings)
         connection = self._connect(settings)

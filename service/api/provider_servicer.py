@@ -19,7 +19,7 @@ from smtpconfig.domain.providers import CONFIG, IMPLICIT_TYPES, InstanceDraft, P
 from smtpconfig.domain.resolver import Resolver
 from smtpconfig.domain.validation import validate_secret_object
 from smtpconfig.plugin import Parameter
-from smtpconfig.plugin.manager import PluginStatus, ProviderTypeInfo
+from smtpconfig.plugin.manager import Plugins, PluginStatus, ProviderTypeInfo
 from smtpconfig.v2 import secret_provider_service_pb2 as pb
 from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
 
@@ -32,6 +32,9 @@ def _parameter(p: Parameter) -> pb.ProviderTypeParameter:
         name=p.name, display_name=p.display_name, data_type=_DATA_TYPES[p.data_type],
         instance_level=p.instance_level, required=p.required, description=p.description,
         default_value=p.default or "", aliases=list(p.aliases),
+        kind=f"PARAMETER_KIND_{p.kind.upper()}", minimum=p.minimum, maximum=p.maximum,
+        choices=list(p.choices), schemes=list(p.schemes) if p.kind == "url" else [],
+        binds_secrets=p.binds_secrets,
     )
 
 
@@ -88,9 +91,12 @@ class SecretProviderServiceV2(pb_grpc.SecretProviderServiceServicer):
 
     SERVICE = "v2.SecretProviderService"
 
-    def __init__(self, providers: ProviderService, profiles: ProfileService, resolver: Resolver, guard: Guard) -> None:
+    def __init__(
+        self, providers: ProviderService, plugins: Plugins, profiles: ProfileService, resolver: Resolver, guard: Guard,
+    ) -> None:
         self.guard = guard
         self._providers = providers
+        self._plugins = plugins
         self._profiles = profiles
         self._resolver = resolver
         # Checked secret objects by their wire bytes: callers poll the same few references, and
@@ -99,14 +105,14 @@ class SecretProviderServiceV2(pb_grpc.SecretProviderServiceServicer):
 
     @rpc("providers:read", waits=False)
     async def ListProviderTypes(self, request, context: grpc.aio.ServicerContext):
-        types = sorted(self._providers.plugins.provider_types.values(), key=lambda t: t.name)
+        types = sorted(self._plugins.provider_types.values(), key=lambda t: t.name)
         return pb.ListProviderTypesResponse(
             provider_types=[provider_type_to_pb(t) for t in types if t.name not in IMPLICIT_TYPES]
         )
 
     @rpc("providers:read")
     async def ListPlugins(self, request, context: grpc.aio.ServicerContext):
-        plugins = self._providers.plugins
+        plugins = self._plugins
         # Entry points are read again from disk, to tell what a restart would change.
         report = await asyncio.to_thread(plugins.changed_since_start)
         return plugins_to_pb(report, strict=plugins.strict, warnings=plugins.warnings)

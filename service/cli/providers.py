@@ -235,14 +235,29 @@ def _types(args: argparse.Namespace) -> int:
             lines.append(f"{t.name}  ({t.display_name}; plugin {t.plugin})")
             for p in t.parameters:
                 level = "instance" if p.instance_level else "init"
-                kind = "secret" if p.data_type == pb.PARAMETER_DATA_TYPE_SECRET else "string"
                 need = "required" if p.required else f"optional{', default ' + p.default_value if p.default_value else ''}"
                 also = f" (also {', '.join(p.aliases)})" if p.aliases else ""
-                lines.append(f"    {p.name:<14} {level:<8} {kind:<6} {need}{also}  {p.description}")
+                lines.append(f"    {p.name:<16} {level:<8} {_kind(p):<18} {need}{also}  {p.description}")
         return "\n".join(lines)
 
     _print(reply, args, human)
     return 0
+
+
+def _kind(p: pb.ProviderTypeParameter) -> str:
+    """``int 1..2``, ``seconds 0..86400``, ``choice raw|json``, ``url https|http``, ``path``."""
+    name = pb.ParameterKind.Name(p.kind).removeprefix("PARAMETER_KIND_").lower()
+    if name == "unspecified":
+        name = "secret" if p.data_type == pb.PARAMETER_DATA_TYPE_SECRET else "string"
+    if p.choices:
+        return f"{name} {'|'.join(p.choices)}"
+    if p.schemes:
+        return f"{name} {'|'.join(p.schemes)}"
+    if p.HasField("minimum") or p.HasField("maximum"):
+        low = f"{p.minimum:g}" if p.HasField("minimum") else ""
+        high = f"{p.maximum:g}" if p.HasField("maximum") else ""
+        return f"{name} {low}..{high}"
+    return name
 
 
 def _list(args: argparse.Namespace) -> int:

@@ -5,11 +5,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Protocol
 
-from smtpconfig.plugin import Parameter
+from smtpconfig.plugin import BadParameters, Parameter, SecretProvider
 
 
 def canonical_names(parameters: tuple[Parameter, ...] | list[Parameter]) -> dict[str, Parameter]:
@@ -18,6 +19,12 @@ def canonical_names(parameters: tuple[Parameter, ...] | list[Parameter]) -> dict
     for parameter in parameters:
         names.update({alias: parameter for alias in parameter.aliases} | {parameter.name: parameter})
     return names
+
+
+def problem_of(error: BadParameters) -> str:
+    """What `Parameter.parse` found, without the parameter's name in front (the field names it)."""
+    text, name = str(error), error.parameter or ""
+    return text[len(name) + 1:] if name and text.startswith(f"{name} ") else text
 
 
 @dataclass(frozen=True)
@@ -35,9 +42,9 @@ class ProviderInstanceInfo:
         return tuple(p for p in self.parameters if p.instance_level)
 
     @cached_property
-    def instance_names(self) -> dict[str, str]:
-        """Every accepted instance parameter name (canonical and alias) to the canonical one."""
-        return {name: p.name for name, p in canonical_names(self.instance_parameters).items()}
+    def instance_names(self) -> dict[str, Parameter]:
+        """Every accepted instance parameter name (canonical and alias) to its parameter."""
+        return canonical_names(self.instance_parameters)
 
 
 class ProviderCatalog(Protocol):
@@ -45,3 +52,26 @@ class ProviderCatalog(Protocol):
 
     def instance(self, provider_id: int) -> ProviderInstanceInfo | None: ...
 
+
+
+class ProviderTypeEntry(Protocol):
+    """An installed provider type."""
+
+    @property
+    def cls(self) -> type[SecretProvider]: ...
+
+    @property
+    def name(self) -> str: ...
+
+
+class ProviderTypes(Protocol):
+    """The installed provider types (`smtpconfig.plugin.manager.Plugins` in a running server)."""
+
+    @property
+    def provider_types(self) -> Mapping[str, ProviderTypeEntry]: ...
+
+    def provider_type(self, name: str) -> ProviderTypeEntry | None: ...
+
+    def missing_type_hint(self, type_name: str) -> str:
+        """Why `type_name` may be missing, for a message that names it."""
+        ...

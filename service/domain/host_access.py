@@ -4,18 +4,19 @@
 The operator lists in the server's config, never through the API, what they may be: settings
 `exec_commands`, `file_directories` and `path_directories`. The host checks each initialization
 parameter by the kind its provider declares (`smtpconfig.plugin.Parameter.kind`), so first- and
-third-party providers get the same guard:
+third-party providers get the same guard. The values are the typed ones a provider receives, so
+what is checked is what is used:
 
-- ``command``: the argv (`smtpconfig.plugin.command_argv`) starts with a listed command, element by
-  element; the trailing arguments are the instance's.
+- ``command``: the argument vector starts with a listed command, element by element; the trailing
+  arguments are the instance's.
 - ``path``: absolute, and after following symlinks equal to or under a listed directory:
   `file_directories` for the ``file`` type's paths, `path_directories` for every other.
 - ``environment``: only variables `exec_environment` names, exactly; and never one that decides
   which code a program loads (`smtpconfig.core.code_variables`), listed or not. A vendor CLI's settings
   reach somewhere too (VAULT_ADDR, HTTPS_PROXY, SSL_CERT_FILE): with the server's HOME, a CLI
   would send the server user's own credentials where a variable points.
-- ``destination``: a URL or host[:port] whose host, written as an address in any numeric form, is
-  not one the service never connects to (link-local, cloud metadata: `smtpconfig.core.netguard`). Names
+- ``url``: a URL whose host, written as an address in any numeric form, is not one the service
+  never connects to (link-local, cloud metadata: `smtpconfig.core.netguard`). Names
   are checked where the provider connects (`smtpconfig.plugin.check_destination`), since what they
   resolve to can change.
 
@@ -42,8 +43,7 @@ from urllib.parse import urlsplit
 from smtpconfig.core import netguard
 from smtpconfig.core.code_variables import controls_code
 from smtpconfig.core.errors import FieldViolation, violation
-from smtpconfig.core.secret import Secret
-from smtpconfig.plugin import BadParameters, Parameter, command_argv
+from smtpconfig.plugin import Parameter, ParameterValue
 from smtpconfig.settings import Settings
 
 # Kernel views of every process and device: never a directory of files meant for an instance.
@@ -85,39 +85,36 @@ class HostAccess:
         )
 
     def refusals(
-        self, type_name: str, parameters: tuple[Parameter, ...], values: Mapping[str, str | Secret],
+        self, type_name: str, parameters: tuple[Parameter, ...], values: Mapping[str, ParameterValue],
         *, declared: bool = False,
     ) -> list[FieldViolation]:
         """One violation per initialization value this host does not let the instance use.
+        `values` are typed as the provider receives them (`smtpconfig.plugin.values_for`).
         `declared`: the instance comes from the config file; only the server's own files count."""
         found = []
         for parameter in parameters:
             value = values.get(parameter.name)
-            if parameter.kind == "text" or parameter.instance_level or not isinstance(value, str) or not value.strip():
+            if parameter.instance_level or value is None:
                 continue
             problem = self._problem(type_name, parameter, value, declared)
             if problem:
                 found.append(violation(f"Initialization.{parameter.name}", problem))
         return found
 
-    def _problem(self, type_name: str, parameter: Parameter, value: str, declared: bool) -> str:
-        if parameter.kind == "path":
+    def _problem(self, type_name: str, parameter: Parameter, value: ParameterValue, declared: bool) -> str:
+        if parameter.kind == "path" and isinstance(value, str):
             return self._path_problem(value, _DIRECTORY_SETTING.get(type_name, _OTHER_PATHS), declared)
-        if parameter.kind == "destination":
+        if parameter.kind == "url" and isinstance(value, str):
             return _destination_problem(value)
         if declared:
             return ""
-        if parameter.kind == "command":
-            return self._command_problem(value, parameter.name)
-        if parameter.kind == "environment":
+        if parameter.kind == "command" and isinstance(value, tuple):
+            return self._command_problem(value)
+        if parameter.kind == "environment" and isinstance(value, Mapping):
             return _environment_problem(value, self.exec_environment)
         return ""
 
-    def _command_problem(self, value: str, name: str) -> str:
-        try:
-            argv = tuple(command_argv(value, name))
-        except BadParameters as error:
-            return str(error)
+    def _command_problem(self, argv: tuple[str, ...]) -> str:
         if not self.exec_commands:
             return ("is refused: exec_commands in the server's config lists no command that provider"
                     " instances made through the API may run")
@@ -127,11 +124,7 @@ class HostAccess:
         return f"must start with a command listed in exec_commands in the server's config: {listed}"
 
     def _path_problem(self, value: str, setting: str, declared: bool) -> str:
-        if value != value.strip():
-            # A provider that strips would open another path than the one checked ("/ok/.. ").
-            return "must not start or end with white space"
-        if not os.path.isabs(value):
-            return "must be an absolute path"
+        # Absolute and without surrounding white space: the kind's own rule has made sure.
         real = os.path.realpath(value)
         for what, path in self.protected:
             if _overlap(real, path):
@@ -166,24 +159,15 @@ def _within(path: str, directory: str) -> bool:
 
 
 def _destination_problem(value: str) -> str:
-    """A destination given as an address the service never connects to, in any form."""
+    """A URL whose host is an address the service never connects to, in any form."""
     try:
-        host = urlsplit(value if "://" in value else f"//{value}").hostname
+        host = urlsplit(value).hostname
     except ValueError:
-        return ""  # not a URL at all: the provider's own validation names what is wrong
+        return ""  # the kind's own rule has read it already
     return netguard.numeric_refusal(host) or "" if host else ""
 
 
-def _environment_problem(value: str, allowed: frozenset[str]) -> str:
-    try:
-        variables = json.loads(value)
-    except (ValueError, RecursionError):
-        variables = None
-    if not isinstance(variables, dict) or not all(isinstance(v, str) for v in variables.values()):
-        return "must be a JSON object of strings"
-    if not all(_is_utf8(text) for item in variables.items() for text in item):
-        # JSON's \ud800 escapes decode to lone surrogates, which no environment can hold.
-        return "must hold text only: a \\uD800-\\uDFFF escape that is not part of a pair is not a character"
+def _environment_problem(variables: Mapping[str, str], allowed: frozenset[str]) -> str:
     refused = sorted(name for name in variables if controls_code(name))
     if refused:
         return (f"sets {', '.join(refused)}, which decide what code a program loads; provider"
@@ -194,11 +178,3 @@ def _environment_problem(value: str, allowed: frozenset[str]) -> str:
         return (f"sets {', '.join(unlisted)}, which exec_environment in the server's config does not list;"
                 " provider instances made through the API may set only the variables it names")
     return ""
-
-
-def _is_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True

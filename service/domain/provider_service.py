@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from smtpconfig.core.errors import Aborted, FailedPrecondition, FieldViolation, InvalidArgument, NotFound, violation
 from smtpconfig.core.secret import strip_line_ending
-from smtpconfig.domain.catalog import ProviderInstanceInfo, canonical_names
+from smtpconfig.domain.catalog import ProviderInstanceInfo, ProviderTypes, canonical_names
 from smtpconfig.domain.crypto import Sealer
 from smtpconfig.domain.host_access import HostAccess
 from smtpconfig.domain.providers import (
@@ -28,11 +29,11 @@ from smtpconfig.domain.providers import (
     decode_instance,
     encode_instance,
     provider_key,
+    typed_initialization,
     validate_instance,
 )
 from smtpconfig.domain.secret_binding import unbound_secrets
-from smtpconfig.plugin import Parameter
-from smtpconfig.plugin.manager import Plugins
+from smtpconfig.plugin import Parameter, ParameterValue
 from smtpconfig.store.base import ABSENT, AuditHook, EtagMismatch, Store
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ _MASKABLE = {"name": "Name", "initialization": "Initialization"}
 
 
 def declared_instances(
-    tables: Iterable[dict[str, Any]], plugins: Plugins, env: dict[str, str], access: HostAccess | None = None,
+    tables: Iterable[dict[str, Any]], plugins: ProviderTypes, env: dict[str, str], access: HostAccess | None = None,
 ) -> list[ProviderInstance]:
     """Instances from the config file, with `{env=...}` and `{file=...}` values read now. A secret
     parameter must come from one of those, never from a literal in the file. The operator's own
@@ -80,8 +81,11 @@ def declared_instances(
         except InvalidArgument as error:
             problems = "; ".join(f"{v.field}: {v.description}" for v in error.violations)
             raise FailedPrecondition(f"{where}: {problems}") from None
-        refused = (access or HostAccess()).refusals(instance.type_name, info.cls.parameters if info else (),
-                                                   instance.initialization, declared=True)
+        assert info is not None  # validate_instance refuses an unknown type
+        refused = (access or HostAccess()).refusals(
+            instance.type_name, info.cls.parameters, typed_initialization(info.cls, instance.initialization),
+            declared=True,
+        )
         if refused:
             problems = "; ".join(f"{v.field}: {v.description}" for v in refused)
             raise FailedPrecondition(f"{where}: {problems}")
@@ -104,7 +108,7 @@ class ProviderService:
         self,
         store: Store,
         sealer: Sealer,
-        plugins: Plugins,
+        plugins: ProviderTypes,
         declared: list[ProviderInstance],
         write_lock: asyncio.Lock,
         access: HostAccess | None = None,
@@ -121,6 +125,7 @@ class ProviderService:
         self._listeners: list[Callable[[int], None]] = []
         self._follower: asyncio.Task | None = None
         self._infos: dict[int, tuple[str, ProviderInstanceInfo]] = {}
+        self._values: dict[int, tuple[str, Mapping[str, ParameterValue]]] = {}
         #: Increases whenever any instance changes; lets callers cache what they derived from them.
         self.revision = 0
 
@@ -166,6 +171,7 @@ class ProviderService:
 
     def _changed(self, provider_id: int) -> None:
         self.revision += 1
+        self._values.pop(provider_id, None)
         for listener in self._listeners:
             listener(provider_id)
 
@@ -196,6 +202,24 @@ class ProviderService:
         view = ProviderInstanceInfo(instance.id, instance.name, instance.type_name, parameters)
         self._infos[provider_id] = (instance.etag, view)
         return view
+
+    def values(self, instance: ProviderInstance) -> Mapping[str, ParameterValue]:
+        """The typed initialization values a provider receives (read by their kinds, defaults
+        filled in), built once per instance revision. InvalidArgument names a stored value its
+        parameter no longer takes (the plugin changed since it was written)."""
+        cached = self._values.get(instance.id)
+        if cached is not None and cached[0] == instance.etag and instance.etag:
+            return cached[1]
+        info = self.plugins.provider_type(instance.type_name)
+        if info is None:
+            raise FailedPrecondition(
+                f"provider instance {instance.id} ({instance.name}) needs provider type"
+                f" {instance.type_name!r}, which is not installed"
+            )
+        values = MappingProxyType(typed_initialization(info.cls, instance.initialization))
+        if instance.etag:
+            self._values[instance.id] = (instance.etag, values)
+        return values
 
     # --- writes ---------------------------------------------------------------------------------
 
@@ -249,8 +273,16 @@ class ProviderService:
     def check_reach(self, instance: ProviderInstance) -> None:
         """Refuse to resolve through an instance that reaches what this host does not allow
         (checked before every backend call: settings shrink across restarts, symlinks change)."""
+        try:
+            values = self.values(instance)
+        except InvalidArgument as error:
+            problems = "; ".join(f"{v.field} {v.description}" for v in error.violations)
+            raise FailedPrecondition(
+                f"provider instance {instance.id} ({instance.name}) cannot be used as stored: {problems};"
+                " update it"
+            ) from None
         refused = self._access.refusals(
-            instance.type_name, self._parameters(instance), instance.initialization, declared=instance.source == CONFIG
+            instance.type_name, self._parameters(instance), values, declared=instance.source == CONFIG
         )
         if refused:
             problems = "; ".join(f"{v.field} {v.description}" for v in refused)
@@ -263,7 +295,9 @@ class ProviderService:
         return info.cls.parameters if info is not None else ()
 
     def _refuse_unreachable(self, instance: ProviderInstance, found: list[FieldViolation]) -> None:
-        found = found + self._access.refusals(instance.type_name, self._parameters(instance), instance.initialization)
+        found = found + self._access.refusals(
+            instance.type_name, self._parameters(instance), self.values(instance)
+        )
         if found:
             raise InvalidArgument(found)
 

@@ -18,10 +18,9 @@ from smtpconfig.core.bidi import RULE as BIDI_RULE
 from smtpconfig.core.bidi import has_bidi_control
 from smtpconfig.core.errors import FieldViolation, InvalidArgument, violation
 from smtpconfig.core.secret import Secret
-from smtpconfig.domain.catalog import canonical_names
+from smtpconfig.domain.catalog import ProviderTypes, canonical_names, problem_of
 from smtpconfig.domain.crypto import Sealer
-from smtpconfig.plugin import Parameter
-from smtpconfig.plugin.manager import Plugins
+from smtpconfig.plugin import BadParameters, Parameter, ParameterValue, SecretProvider, values_for
 
 PROVIDER_PREFIX = "providers/"
 MAX_NAME = 128
@@ -61,7 +60,7 @@ class InstanceDraft:
 
 def validate_instance(
     draft: InstanceDraft,
-    plugins: Plugins,
+    plugins: ProviderTypes,
     *,
     provider_id: int,
     taken_names: set[str],
@@ -114,13 +113,34 @@ def validate_instance(
         elif value == "":
             values.pop(parameter.name, None)
         else:
-            values[parameter.name] = Secret(value) if parameter.data_type == "secret" else value
+            try:
+                parameter.parse(value)
+            except BadParameters as error:
+                add(violation(where, problem_of(error)))
+                continue
+            values[parameter.name] = Secret(value) if parameter.kind == "secret" else value
     for parameter in init_params:
         if parameter.required and parameter.name not in values:
             add(violation(f"Initialization.{parameter.name}", f"is required by provider type {info.name}"))
     if found:
         raise InvalidArgument(found)
+    # Stored values were read by their kinds when written; a plugin upgrade may have changed one.
+    typed = typed_initialization(info.cls, values)
+    try:
+        info.cls.check_initialization(typed)
+    except BadParameters as error:
+        field_name = f"Initialization.{error.parameter}" if error.parameter else "Initialization"
+        raise InvalidArgument([violation(field_name, str(error))]) from None
     return ProviderInstance(provider_id, name, info.name, values, source)
+
+
+def typed_initialization(cls: type[SecretProvider], values: Mapping[str, str | Secret]) -> dict[str, ParameterValue]:
+    """The typed initialization values `resolve` receives (`smtpconfig.plugin.values_for`), or
+    InvalidArgument naming the stored value its parameter's kind no longer takes."""
+    try:
+        return values_for(cls.parameters, values, instance_level=False)
+    except BadParameters as error:
+        raise InvalidArgument([violation(f"Initialization.{error.parameter}", problem_of(error))]) from None
 
 
 def encode_instance(instance: ProviderInstance, sealer: Sealer) -> bytes:

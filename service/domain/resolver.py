@@ -26,29 +26,30 @@ import math
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from smtpconfig.core.errors import FailedPrecondition, FieldViolation, InvalidArgument, SmtpConfigError, Unavailable
 from smtpconfig.core.scrub import Scrubber
 from smtpconfig.core.secret import Secret
+from smtpconfig.domain.catalog import ProviderTypes
 from smtpconfig.domain.model import InlineSecret, ProviderRef, SecretSource
-from smtpconfig.domain.provider_service import ProviderService
-from smtpconfig.domain.providers import ProviderInstance, with_defaults
+from smtpconfig.domain.providers import ProviderInstance
 from smtpconfig.ops.logs import remember_secret
 from smtpconfig.ops.metrics import NO_METRICS, AnyMetrics
 from smtpconfig.plugin import (
     AccessDenied,
     BadParameters,
+    ParameterValue,
     ProviderError,
     ProviderUnavailable,
     Resolved,
     SecretNotFound,
     SecretProvider,
+    values_for,
 )
-from smtpconfig.plugin.manager import Plugins
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +89,32 @@ class _Entry:
     fingerprint: str = ""
 
 
+class Instances(Protocol):
+    """The provider instances a resolver reads through
+    (`smtpconfig.domain.provider_service.ProviderService` in a running server)."""
+
+    def find(self, provider_id: int) -> ProviderInstance | None: ...
+
+    def values(self, instance: ProviderInstance) -> Mapping[str, ParameterValue]:
+        """The typed initialization values its provider receives."""
+        ...
+
+    def check_reach(self, instance: ProviderInstance) -> None:
+        """Raise when the instance may not be used on this host now."""
+        ...
+
+    def on_change(self, listener: Callable[[int], None]) -> None:
+        """Call `listener(provider_id)` whenever an instance changes or goes away."""
+        ...
+
+
 class Resolver:
     """Resolves secret sources through provider instances."""
 
     def __init__(
         self,
-        providers: ProviderService,
-        plugins: Plugins,
+        providers: Instances,
+        plugins: ProviderTypes,
         *,
         timeout: float = 10.0,
         failure_ttl: float = 5.0,
@@ -247,8 +267,9 @@ class Resolver:
         return _Entry(time.monotonic() + ttl, resolved=resolved, fingerprint=self._fingerprint(resolved.value))
 
     async def _backend(self, provider: SecretProvider, instance: ProviderInstance, ref: ProviderRef) -> Resolved:
-        params = with_defaults(tuple(p for p in provider.parameters if p.instance_level), ref.parameters)
-        init = with_defaults(tuple(p for p in provider.parameters if not p.instance_level), instance.initialization)
+        # Typed as the plugin API promises; the reference was read by the same kinds when written.
+        params = values_for(provider.parameters, ref.parameters, instance_level=True)
+        init = self._providers.values(instance)
         # asyncio.timeout rather than wait_for: on Python 3.11 wait_for can swallow a cancel that
         # lands as the call completes, and a resolver being closed must stop.
         async with asyncio.timeout(self._timeout):

@@ -14,7 +14,7 @@ import unicodedata
 from smtpconfig.core import endpoint
 from smtpconfig.core.errors import FieldViolation, InvalidArgument, violation
 from smtpconfig.core.secret import Secret
-from smtpconfig.domain.catalog import ProviderCatalog
+from smtpconfig.domain.catalog import ProviderCatalog, problem_of
 from smtpconfig.domain.model import (
     CREDENTIAL_FIELDS,
     CREDENTIALS_FOR,
@@ -31,6 +31,7 @@ from smtpconfig.domain.model import (
     SecretInput,
     SecretSource,
 )
+from smtpconfig.plugin import BadParameters, Parameter
 
 MAX_HOST = 253
 MAX_MAILBOX = 254
@@ -226,8 +227,8 @@ def _reference(field, provider_id, parameters, providers: ProviderCatalog, add) 
     known = instance.instance_names
     canonical: dict[str, str] = {}
     for key, value in parameters.items():
-        name = known.get(key)
-        if name is None:
+        spec = known.get(key)
+        if spec is None:
             names = ", ".join(p.name for p in instance.instance_parameters) or "none"
             add(
                 violation(
@@ -237,14 +238,17 @@ def _reference(field, provider_id, parameters, providers: ProviderCatalog, add) 
                 )
             )
             ok = False
-        elif name in canonical:
-            add(violation(f"{field}.Parameters.{key}", f"gives {name} a second time (under another name)"))
+        elif spec.name in canonical:
+            add(violation(f"{field}.Parameters.{key}", f"gives {spec.name} a second time (under another name)"))
             ok = False
         elif len(value) > MAX_PARAMETER_VALUE or "\x00" in value:
             add(violation(f"{field}.Parameters.{key}", "must be under 4096 characters, without NUL"))
             ok = False
+        elif value and (problem := _kind_problem(spec, value)):
+            add(violation(f"{field}.Parameters.{key}", problem))
+            ok = False
         else:
-            canonical[name] = value
+            canonical[spec.name] = value
     for spec in instance.instance_parameters:
         if spec.required and not canonical.get(spec.name):
             add(
@@ -255,6 +259,15 @@ def _reference(field, provider_id, parameters, providers: ProviderCatalog, add) 
             )
             ok = False
     return canonical if ok else None
+
+
+def _kind_problem(parameter: Parameter, value: str) -> str:
+    """What the parameter's kind finds wrong with `value` (the provider would get it typed)."""
+    try:
+        parameter.parse(value)
+    except BadParameters as error:
+        return problem_of(error)
+    return ""
 
 
 def _headers(headers: tuple[RequestHeader, ...], add) -> None:

@@ -8,11 +8,16 @@ A plugin is an importable module with a hook implementation::
     class EnvProvider(SecretProvider):
         name = "env"
         display_name = "Environment variable"
-        parameters = (Parameter("Variable", instance_level=True, description="which variable"),)
+        parameters = (
+            Parameter("TtlSeconds", kind="seconds", required=False, default="60", minimum=0,
+                      description="how long a value may be cached"),
+            Parameter("Variable", instance_level=True, description="which variable"),
+        )
 
         def resolve(self, instance_parameters, initialization):
+            value = os.environ.get(instance_parameters["Variable"])
             ...
-            return Resolved(Secret(value), ttl=60)
+            return Resolved(Secret(value), ttl=initialization["TtlSeconds"])  # a float already
 
 
     @hookimpl
@@ -24,6 +29,27 @@ and an entry point in group ``smtpconfig`` naming that module. The contract mirr
 ports mechanically: its instance parameters arrive as `instance_parameters`, its initialization
 info as `initialization`. See docs/plugins.md for the whole walk-through.
 
+Each `Parameter` has a kind, and the host checks values by it when an instance or a profile is
+written, then hands `resolve` typed values:
+
+=============== ====================================================== ==========================
+kind            accepts                                                `resolve` receives
+=============== ====================================================== ==========================
+``string``      any text (the default)                                 ``str``
+``secret``      any text; encrypted at rest, never returned            `Secret`
+``bool``        true/false, yes/no, on/off, 1/0 (any letter case)      ``bool``
+``int``         a whole number within `minimum`/`maximum`              ``int``
+``seconds``     30, 2.5, 90s, 5m, 1h, 1d, 500ms within the bounds      ``float`` seconds
+``choice``      one of `choices`, in any letter case                   ``str``, as declared
+``url``         a URL with one of `schemes` (the first when omitted)   ``str`` with the scheme
+``path``        an absolute path the operator allows (host-guarded)    ``str``
+``command``     JSON array or shell-style line the operator allows     ``tuple[str, ...]`` argv
+``environment`` JSON object of strings the operator allows             ``Mapping[str, str]``
+=============== ====================================================== ==========================
+
+``url``, ``path``, ``command`` and ``environment`` are initialization parameters only: the host
+guards them against the operator's allowlists (see README, "Trust model") for every provider type.
+
 Messages a provider raises must hold no secret: `mask_secrets` masks the credentials it obtained
 at run time (a login's token, a key read from a file), which the service cannot know of.
 
@@ -32,89 +58,123 @@ Stability: names in ``__all__`` are the API; they change only with a new major v
 
 from __future__ import annotations
 
-import json
-import shlex
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import pluggy
 
 from smtpconfig.core import netguard
 from smtpconfig.core.errors import Unavailable
 from smtpconfig.core.scrub import Scrubber
-from smtpconfig.core.secret import Secret
+from smtpconfig.core.secret import Secret, strip_line_ending
+from smtpconfig.plugin.kinds import BINDING, GUARDED, KINDS, ParameterKind
+from smtpconfig.plugin.kinds import parse as parse_kind
 
 PROJECT = "smtpconfig"
 
 #: Marks a function in a plugin module as a hook implementation.
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
+#: What `Parameter.data_type` reports, as Keyfactor's PAM DataType does: a secret or not.
 DataType = Literal["string", "secret"]
-
-#: What an initialization parameter's value is, so the host can guard it for every provider type:
-#: ``"text"`` (anything else), ``"path"`` (a file or directory on the server's host),
-#: ``"command"`` (a program and its arguments, see `command_argv`), ``"environment"`` (a JSON
-#: object of variables for a program the provider runs) or ``"destination"`` (where the provider
-#: connects: a URL, host or address).
-ParameterKind = Literal["text", "path", "command", "environment", "destination"]
-_KINDS = ("text", "path", "command", "environment", "destination")
 
 
 @dataclass(frozen=True)
 class Parameter:
-    """One parameter of a provider type (Keyfactor's PAM provider type parameter).
+    """One parameter of a provider type (Keyfactor's PAM provider type parameter), and what its
+    value may be.
 
     Initialization parameters (``instance_level=False``) say how to reach the backend and are set
     once on a provider instance; instance parameters (``instance_level=True``) say which secret to
     read and are set on each secret object that references the instance.
+
+    The host reads every value by its `kind` when an instance or a profile is written, answering
+    INVALID_ARGUMENT naming ``Initialization.<Name>`` or ``Parameters.<Name>``, and hands
+    `SecretProvider.resolve` the typed value (see `ParameterKind`); defaults are read the same way
+    when the class is defined, so a wrong default fails at import, not at a caller.
     """
 
     #: The key used in JSON, TOML and `Parameters` maps, e.g. ``"Host"``.
     name: str
     #: Shown to people; defaults to `name`.
     display_name: str = ""
-    #: ``"secret"`` values are encrypted at rest, never returned, and reach `resolve` as `Secret`.
-    data_type: DataType = "string"
+    #: What the value is and what the provider receives (see `ParameterKind`).
+    kind: ParameterKind = "string"
     #: True for instance parameters, False for initialization parameters.
     instance_level: bool = False
     #: A required parameter must be given and non-empty.
     required: bool = True
     #: One sentence for people configuring it.
     description: str = ""
-    #: Used when the parameter is not given (only for optional parameters).
+    #: The value, as text, used when the parameter is not given (only for optional parameters).
     default: str | None = None
     #: Other names accepted on input and mapped to `name` (e.g. Keyfactor's names).
     aliases: tuple[str, ...] = ()
-    #: What the value is (see `ParameterKind`). For instances made through the API, the host checks
-    #: ``"path"`` and ``"command"`` values against the operator's allowlists and ``"environment"``
-    #: values against loader and interpreter variables, when they are written and again before
-    #: every `resolve`; a ``"destination"`` written as a forbidden address (link-local, cloud
-    #: metadata, in any spelling) is refused when written, and the provider checks names with
-    #: `check_destination` where it connects. Only initialization parameters have a kind other
-    #: than ``"text"``.
-    kind: ParameterKind = "text"
+    #: Bounds of an ``"int"`` or ``"seconds"`` value, inclusive; None: unbounded.
+    minimum: float | None = None
+    maximum: float | None = None
+    #: The values a ``"choice"`` accepts, in the spelling the provider receives (input is matched
+    #: without regard to letter case).
+    choices: tuple[str, ...] = ()
+    #: The schemes a ``"url"`` accepts; a value written without one gets the first.
+    schemes: tuple[str, ...] = ("https",)
     #: True when changing this parameter changes who receives the instance's secret
     #: initialization values (an auth method, a namespace, a CA bundle). An update that changes it
-    #: must send those secret values again. Always true for ``"destination"``, ``"command"`` and
+    #: must send those secret values again. Always true for ``"url"``, ``"command"`` and
     #: ``"environment"`` parameters.
     binds_secrets: bool = False
 
     def __post_init__(self) -> None:
-        if self.data_type not in ("string", "secret"):
-            raise ValueError(f"parameter {self.name}: data_type must be 'string' or 'secret'")
-        if self.data_type == "secret" and self.instance_level:
-            raise ValueError(f"parameter {self.name}: instance parameters name a secret, they are not one")
-        if self.kind not in _KINDS:
-            raise ValueError(f"parameter {self.name}: kind must be one of {', '.join(_KINDS)}")
-        if self.kind != "text" and (self.instance_level or self.data_type == "secret"):
-            # The host must read the value to guard it, and instance parameters are chosen by
-            # whoever references the instance: a provider confines those itself.
-            raise ValueError(f"parameter {self.name}: only string initialization parameters can be of kind {self.kind}")
-        if self.kind in ("destination", "command", "environment"):
+        where = f"parameter {self.name}"
+        if self.kind not in KINDS:
+            raise ValueError(f"{where}: kind must be one of {', '.join(KINDS)}")
+        if self.instance_level and self.kind == "secret":
+            raise ValueError(f"{where}: instance parameters name a secret, they are not one")
+        if self.instance_level and self.kind in GUARDED:
+            # The host guards these for the operator, and instance parameters are chosen by
+            # whoever writes the profile: a provider confines those itself.
+            raise ValueError(f"{where}: only initialization parameters can be of kind {self.kind}")
+        if (self.kind == "choice") != bool(self.choices):
+            raise ValueError(f"{where}: choices are given for, and only for, kind choice")
+        if (self.minimum is not None or self.maximum is not None) and self.kind not in ("int", "seconds"):
+            raise ValueError(f"{where}: minimum and maximum apply to kinds int and seconds only")
+        if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
+            raise ValueError(f"{where}: minimum is above maximum")
+        if self.kind == "url" and not (self.schemes and all(re.fullmatch(r"[a-z][a-z0-9+.-]*", s) for s in self.schemes)):
+            raise ValueError(f"{where}: schemes must be lower-case URL schemes")
+        if self.kind in BINDING:
             object.__setattr__(self, "binds_secrets", True)
         if not self.display_name:
             object.__setattr__(self, "display_name", self.name)
+        if self.default is not None:
+            try:
+                self._read(self.default)
+            except ValueError as error:
+                raise ValueError(f"{where}: the default {self.default!r} {error}") from None
+
+    @property
+    def data_type(self) -> DataType:
+        """``"secret"`` for kind secret (encrypted at rest, never returned), else ``"string"``."""
+        return "secret" if self.kind == "secret" else "string"
+
+    def parse(self, text: str | Secret) -> ParameterValue:
+        """The typed value `text` states for this parameter, as the host hands it to `resolve`.
+
+        Raises:
+            BadParameters: naming this parameter, when the value is not one this parameter takes.
+        """
+        try:
+            return self._read(text)
+        except ValueError as error:
+            raise BadParameters(f"{self.name} {error}", parameter=self.name) from None
+
+    def _read(self, text: str | Secret) -> ParameterValue:
+        """`parse`, with the problem as a ValueError phrased to follow the parameter's name."""
+        return parse_kind(  # type: ignore[return-value]
+            self.kind, text, minimum=self.minimum, maximum=self.maximum, choices=self.choices, schemes=self.schemes
+        )
 
 
 @dataclass(frozen=True)
@@ -137,38 +197,16 @@ class Resolved:
             raise ValueError("Resolved.ttl cannot be negative")
 
 
-#: The value of an initialization parameter: a str, or a `Secret` for ``data_type="secret"``.
-InitializationValue = str | Secret
+#: What a parameter's value is when a provider receives it, by kind: ``str`` (string, choice, url,
+#: path), `Secret` (secret), ``bool``, ``int``, ``float`` (seconds), ``tuple[str, ...]`` (command),
+#: ``Mapping[str, str]`` (environment).
+ParameterValue = str | Secret | bool | int | float | tuple[str, ...] | Mapping[str, str]
 
 
-def command_argv(value: str, name: str = "Command") -> list[str]:
-    """The argument vector a ``kind="command"`` value states: a JSON array of strings when it
-    starts with ``[``, otherwise a command line split as a POSIX shell would (and never run by
-    one). The host checks commands with this function, so a provider must run what it returns.
-
-    Raises:
-        BadParameters: naming parameter `name`, when the value is not a valid command, names no
-            program, or holds a NUL.
-    """
-    raw = value.strip()
-    argv: object
-    if raw.startswith("["):
-        try:
-            argv = json.loads(raw)
-        except (ValueError, RecursionError):  # a decode error repeats the document: never let it escape
-            argv = None
-        if not (isinstance(argv, list) and all(isinstance(arg, str) for arg in argv)):
-            raise BadParameters(f"{name} must be a JSON array of strings", parameter=name)
-    else:
-        try:
-            argv = shlex.split(raw)
-        except ValueError:
-            raise BadParameters(f"{name} is not a valid command line (unbalanced quotes?)", parameter=name) from None
-    if not argv or not argv[0]:
-        raise BadParameters(f"{name} must name a program", parameter=name)
-    if any("\0" in arg for arg in argv):
-        raise BadParameters(f"{name} contains a NUL character", parameter=name)
-    return list(argv)
+def strip_newline(text: str) -> str:
+    """`text` without one trailing ``\\n`` or ``\\r\\n`` and nothing else: what editors and ``echo``
+    add after a value in a file or a program's output (``"a\\n\\n"`` gives ``"a\\n"``, ``"a "`` stays)."""
+    return strip_line_ending(text)
 
 
 class SecretProvider:
@@ -196,16 +234,17 @@ class SecretProvider:
         #: Seconds the service waits for one `resolve` call.
         self.timeout = timeout
 
-    def resolve(
-        self, instance_parameters: Mapping[str, str], initialization: Mapping[str, InitializationValue]
-    ) -> Resolved:
+    def resolve(self, instance_parameters: Mapping[str, Any], initialization: Mapping[str, Any]) -> Resolved:
         """Read one secret.
 
         Args:
             instance_parameters: the instance-level parameters of the secret object, by canonical
-                name, optional ones filled with their defaults.
-            initialization: the provider instance's initialization values, by canonical name;
-                secret-typed ones as `Secret`.
+                name, typed by kind (see `ParameterValue`: values are typed `Any` here so a
+                provider reads them without casts), optional ones filled with their
+                defaults; an optional one without a default is absent.
+            initialization: the provider instance's initialization values, the same way; ``secret``
+                ones as `Secret`. Both were checked by the host; check only what their kinds
+                cannot say (see `check_initialization`).
 
         Returns:
             `Resolved` (a bare `str` or `Secret` is accepted too and cached for the default TTL).
@@ -216,6 +255,20 @@ class SecretProvider:
             as the provider being unavailable.
         """
         raise NotImplementedError
+
+    @classmethod
+    def check_initialization(cls, initialization: Mapping[str, Any]) -> None:
+        """Check rules that join several initialization values (an auth method that needs a
+        credential, two settings that contradict each other). Optional; the default accepts all.
+
+        The host calls it when an instance is written, with the typed values as `resolve` gets
+        them (after each was checked by its kind), and answers INVALID_ARGUMENT naming
+        ``Initialization.<parameter>`` of the `BadParameters` raised. It runs on the event loop:
+        never do I/O here (a path's existence, a backend call); `resolve` finds those.
+
+        Raises:
+            BadParameters: naming the parameter to change; the message must hold no secret.
+        """
 
     def close(self) -> None:
         """Release connections. Called when the instance is changed or deleted and at shutdown."""
@@ -247,6 +300,29 @@ class BadParameters(ProviderError):
     def __init__(self, message: str, parameter: str | None = None) -> None:
         super().__init__(message)
         self.parameter = parameter
+
+
+def values_for(
+    parameters: Iterable[Parameter], given: Mapping[str, str | Secret], *, instance_level: bool,
+) -> dict[str, ParameterValue]:
+    """The typed values `resolve` receives for `given` text: by canonical name (aliases are
+    mapped), each read by its parameter's kind, optional ones not given filled with their default.
+    Empty values count as not given. What the host does before every call, for test suites.
+
+    Raises:
+        BadParameters: naming the first parameter whose value its kind does not take.
+    """
+    level = [p for p in parameters if p.instance_level == instance_level]
+    names = {alias: p for p in level for alias in (p.name, *p.aliases)}
+    values: dict[str, ParameterValue] = {}
+    for key, text in given.items():
+        parameter = names.get(key)
+        if parameter is not None and text != "" and parameter.name not in values:
+            values[parameter.name] = parameter.parse(text)
+    for parameter in level:
+        if parameter.name not in values and parameter.default is not None:
+            values[parameter.name] = parameter.parse(parameter.default)
+    return values
 
 
 # --- outbound connections -----------------------------------------------------------------------
@@ -310,9 +386,9 @@ __all__ = [
     "BadParameters",
     "DataType",
     "DestinationRefused",
-    "InitializationValue",
     "Parameter",
     "ParameterKind",
+    "ParameterValue",
     "ProviderError",
     "ProviderUnavailable",
     "Register",
@@ -321,7 +397,8 @@ __all__ = [
     "SecretNotFound",
     "SecretProvider",
     "check_destination",
-    "command_argv",
     "hookimpl",
     "mask_secrets",
+    "strip_newline",
+    "values_for",
 ]

@@ -39,41 +39,37 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from smtpconfig.domain.catalog import canonical_names
-from smtpconfig.domain.providers import with_defaults
 from smtpconfig.plugin import (
-    InitializationValue,
+    ParameterValue,
     ProviderError,
     Resolved,
     Secret,
     SecretNotFound,
     SecretProvider,
+    values_for,
 )
 from smtpconfig.plugin.manager import check_provider_class
 
-Params = Mapping[str, str]
+#: Parameters as a profile states them: text by name.
+Given = Mapping[str, str]
+#: Parameters as the host hands them to `resolve`: typed by kind (see `prepare_parameters`).
+Params = Mapping[str, ParameterValue]
 
 
-def prepare_initialization(cls: type[SecretProvider], given: Mapping[str, str]) -> dict[str, InitializationValue]:
-    """Initialization values as the service passes them: canonical names, defaults filled in,
-    secret-typed ones wrapped in `Secret`."""
-    init = [p for p in cls.parameters if not p.instance_level]
-    names = canonical_names(init)
-    values: dict[str, InitializationValue] = {}
-    for key, value in given.items():
-        parameter = names[key]
-        values[parameter.name] = Secret(value) if parameter.data_type == "secret" else value
-    return with_defaults(tuple(init), values)
+def prepare_initialization(cls: type[SecretProvider], given: Given) -> dict[str, ParameterValue]:
+    """Initialization values as the service passes them: canonical names, read by their kinds
+    (secret ones as `Secret`), defaults filled in. Raises BadParameters as the host would refuse."""
+    return values_for(cls.parameters, given, instance_level=False)
 
 
-def prepare_parameters(cls: type[SecretProvider], given: Params) -> dict[str, str]:
-    """Instance parameters as the service passes them: canonical names, defaults filled in."""
-    instance = [p for p in cls.parameters if p.instance_level]
-    names = canonical_names(instance)
-    return with_defaults(tuple(instance), {names[k].name: v for k, v in given.items()})
+def prepare_parameters(cls: type[SecretProvider], given: Given) -> dict[str, ParameterValue]:
+    """Instance parameters as the service passes them: canonical names, typed, defaults filled in."""
+    return values_for(cls.parameters, given, instance_level=True)
 
 
-def call_resolve(provider: SecretProvider, params: Params, init: Mapping[str, InitializationValue]) -> Resolved:
+def call_resolve(
+    provider: SecretProvider, params: Mapping[str, ParameterValue], init: Mapping[str, ParameterValue],
+) -> Resolved:
     """Call `resolve` as the service would (awaiting it if it is async) and normalise the result."""
     result: Any = provider.resolve(params, init)
     if inspect.isawaitable(result):
@@ -173,15 +169,15 @@ class ProviderConformance:
         """Initialization values of a working instance (plain strings, secret ones included)."""
         raise NotImplementedError
 
-    def existing(self) -> tuple[Params, str]:
+    def existing(self) -> tuple[Given, str]:
         """Instance parameters of a secret that exists, and its exact value."""
         raise NotImplementedError
 
-    def missing(self) -> Params:
+    def missing(self) -> Given:
         """Instance parameters of a secret that does not exist."""
         raise NotImplementedError
 
-    def slow(self) -> Params | None:
+    def slow(self) -> Given | None:
         """Instance parameters for which the backend answers after more than `timeout`; return
         None to state that your backend cannot be made slow in a test (the check is then off)."""
         raise NotImplementedError("describe slow() or return None from it to opt out explicitly")
@@ -195,7 +191,9 @@ class ProviderConformance:
         return self.provider_class(timeout=self.timeout)
 
     def _init(self):
-        return prepare_initialization(self.provider_class, self.initialization())
+        values = prepare_initialization(self.provider_class, self.initialization())
+        self.provider_class.check_initialization(values)  # the host refuses what this refuses
+        return values
 
     def _secrets(self, value: str) -> list[str]:
         secret_names = {p.name for p in self.provider_class.parameters if p.data_type == "secret"}

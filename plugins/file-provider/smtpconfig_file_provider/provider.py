@@ -8,23 +8,26 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from smtpconfig.plugin import (
     AccessDenied,
     BadParameters,
-    InitializationValue,
     Parameter,
     ProviderUnavailable,
     Resolved,
     Secret,
     SecretNotFound,
     SecretProvider,
+    strip_newline,
 )
 from smtpconfig_file_provider.paths import NotRegular, TooBig, check_name, read_regular, resolve_inside
 
 #: Seconds the service may cache a value: short, so a rotated file is picked up soon.
 TTL_SECONDS = 5.0
 DEFAULT_MAX_BYTES = 65536
+#: The largest MaxBytes an instance may set: a secret file, not a disk image.
+MAX_BYTES_LIMIT = 1 << 24
 #: A file modified this recently is read again on every call, because a rewrite within one
 #: timestamp tick can keep inode, size and mtime unchanged (git's "racy clean" problem).
 RACY_NS = 2_000_000_000
@@ -32,15 +35,6 @@ RACY_NS = 2_000_000_000
 #: while Kubernetes swaps the ``..data`` symlink and removes the old timestamped directory: again
 #: as long as each attempt resolves to a new path (a swap happened), at most this many times.
 ATTEMPTS = 10
-
-
-def strip_one_newline(text: str) -> str:
-    """Remove exactly one trailing ``\\n`` or ``\\r\\n``; touch nothing else."""
-    if text.endswith("\r\n"):
-        return text[:-2]
-    if text.endswith("\n"):
-        return text[:-1]
-    return text
 
 
 @dataclass(frozen=True)
@@ -71,14 +65,18 @@ class FileProvider(SecretProvider):
         ),
         Parameter(
             "StripNewline",
+            kind="bool",
             required=False,
             default="true",
             description="true: remove exactly one trailing \\n or \\r\\n; false: use the content as it is.",
         ),
         Parameter(
             "MaxBytes",
+            kind="int",
             required=False,
             default=str(DEFAULT_MAX_BYTES),
+            minimum=1,
+            maximum=MAX_BYTES_LIMIT,
             description="Largest file accepted, in bytes.",
         ),
         Parameter(
@@ -94,17 +92,16 @@ class FileProvider(SecretProvider):
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, str], _Entry] = {}
 
-    def resolve(
-        self, instance_parameters: Mapping[str, str], initialization: Mapping[str, InitializationValue]
-    ) -> Resolved:
-        base = _directory(initialization)
-        strip = _flag(initialization, "StripNewline", True)
-        max_bytes = _max_bytes(initialization)
+    def resolve(self, instance_parameters: Mapping[str, Any], initialization: Mapping[str, Any]) -> Resolved:
+        # Typed and checked by the host: an absolute Directory, a bool and a bounded int.
+        base = _directory(initialization["Directory"])
+        strip = initialization["StripNewline"]
+        max_bytes = initialization["MaxBytes"]
         file = instance_parameters.get("File") or ""
         check_name(file)
         text = self._read(base, file, max_bytes)
         if strip:
-            text = strip_one_newline(text)
+            text = strip_newline(text)
         if not text:
             raise SecretNotFound(f"file {file!r} is empty")
         return Resolved(Secret(text), ttl=TTL_SECONDS)
@@ -185,42 +182,8 @@ def _too_big(file: str, max_bytes: int) -> BadParameters:
     return BadParameters(f"file {file!r} is larger than MaxBytes ({max_bytes})", parameter="MaxBytes")
 
 
-def _text(initialization: Mapping[str, InitializationValue], name: str) -> str:
-    value = initialization.get(name)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise BadParameters(f"{name} must be a string", parameter=name)
-    return value.strip()
-
-
-def _directory(initialization: Mapping[str, InitializationValue]) -> str:
-    directory = _text(initialization, "Directory")
-    if not directory or not os.path.isabs(directory):
-        raise BadParameters("Directory must be an absolute path", parameter="Directory")
+def _directory(directory: str) -> str:
     base = os.path.realpath(directory)
     if not os.path.isdir(base):
         raise BadParameters(f"Directory {directory!r} is not a directory", parameter="Directory")
     return base
-
-
-def _flag(initialization: Mapping[str, InitializationValue], name: str, default: bool) -> bool:
-    value = _text(initialization, name).lower()
-    if not value:
-        return default
-    if value in ("true", "false"):
-        return value == "true"
-    raise BadParameters(f"{name} must be true or false", parameter=name)
-
-
-def _max_bytes(initialization: Mapping[str, InitializationValue]) -> int:
-    value = _text(initialization, "MaxBytes")
-    if not value:
-        return DEFAULT_MAX_BYTES
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number <= 0:
-        raise BadParameters("MaxBytes must be a positive whole number", parameter="MaxBytes")
-    return number

@@ -18,6 +18,20 @@ class ParameterDataType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PARAMETER_DATA_TYPE_STRING: _ClassVar[ParameterDataType]
     PARAMETER_DATA_TYPE_SECRET: _ClassVar[ParameterDataType]
 
+class ParameterKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PARAMETER_KIND_UNSPECIFIED: _ClassVar[ParameterKind]
+    PARAMETER_KIND_STRING: _ClassVar[ParameterKind]
+    PARAMETER_KIND_SECRET: _ClassVar[ParameterKind]
+    PARAMETER_KIND_BOOL: _ClassVar[ParameterKind]
+    PARAMETER_KIND_INT: _ClassVar[ParameterKind]
+    PARAMETER_KIND_SECONDS: _ClassVar[ParameterKind]
+    PARAMETER_KIND_CHOICE: _ClassVar[ParameterKind]
+    PARAMETER_KIND_URL: _ClassVar[ParameterKind]
+    PARAMETER_KIND_PATH: _ClassVar[ParameterKind]
+    PARAMETER_KIND_COMMAND: _ClassVar[ParameterKind]
+    PARAMETER_KIND_ENVIRONMENT: _ClassVar[ParameterKind]
+
 class ProviderSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     PROVIDER_SOURCE_UNSPECIFIED: _ClassVar[ProviderSource]
@@ -35,6 +49,17 @@ class PluginState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 PARAMETER_DATA_TYPE_UNSPECIFIED: ParameterDataType
 PARAMETER_DATA_TYPE_STRING: ParameterDataType
 PARAMETER_DATA_TYPE_SECRET: ParameterDataType
+PARAMETER_KIND_UNSPECIFIED: ParameterKind
+PARAMETER_KIND_STRING: ParameterKind
+PARAMETER_KIND_SECRET: ParameterKind
+PARAMETER_KIND_BOOL: ParameterKind
+PARAMETER_KIND_INT: ParameterKind
+PARAMETER_KIND_SECONDS: ParameterKind
+PARAMETER_KIND_CHOICE: ParameterKind
+PARAMETER_KIND_URL: ParameterKind
+PARAMETER_KIND_PATH: ParameterKind
+PARAMETER_KIND_COMMAND: ParameterKind
+PARAMETER_KIND_ENVIRONMENT: ParameterKind
 PROVIDER_SOURCE_UNSPECIFIED: ProviderSource
 PROVIDER_SOURCE_API: ProviderSource
 PROVIDER_SOURCE_CONFIG: ProviderSource
@@ -46,7 +71,7 @@ PLUGIN_STATE_NOT_ALLOWED: PluginState
 PLUGIN_STATE_NOT_LOADED: PluginState
 
 class ProviderTypeParameter(_message.Message):
-    __slots__ = ("name", "display_name", "data_type", "instance_level", "required", "description", "default_value", "aliases")
+    __slots__ = ("name", "display_name", "data_type", "instance_level", "required", "description", "default_value", "aliases", "kind", "minimum", "maximum", "choices", "schemes", "binds_secrets")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     DATA_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -55,6 +80,12 @@ class ProviderTypeParameter(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_VALUE_FIELD_NUMBER: _ClassVar[int]
     ALIASES_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MINIMUM_FIELD_NUMBER: _ClassVar[int]
+    MAXIMUM_FIELD_NUMBER: _ClassVar[int]
+    CHOICES_FIELD_NUMBER: _ClassVar[int]
+    SCHEMES_FIELD_NUMBER: _ClassVar[int]
+    BINDS_SECRETS_FIELD_NUMBER: _ClassVar[int]
     name: str
     display_name: str
     data_type: ParameterDataType
@@ -63,7 +94,13 @@ class ProviderTypeParameter(_message.Message):
     description: str
     default_value: str
     aliases: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., data_type: _Optional[_Union[ParameterDataType, str]] = ..., instance_level: _Optional[bool] = ..., required: _Optional[bool] = ..., description: _Optional[str] = ..., default_value: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ...) -> None: ...
+    kind: ParameterKind
+    minimum: float
+    maximum: float
+    choices: _containers.RepeatedScalarFieldContainer[str]
+    schemes: _containers.RepeatedScalarFieldContainer[str]
+    binds_secrets: bool
+    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., data_type: _Optional[_Union[ParameterDataType, str]] = ..., instance_level: _Optional[bool] = ..., required: _Optional[bool] = ..., description: _Optional[str] = ..., default_value: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., kind: _Optional[_Union[ParameterKind, str]] = ..., minimum: _Optional[float] = ..., maximum: _Optional[float] = ..., choices: _Optional[_Iterable[str]] = ..., schemes: _Optional[_Iterable[str]] = ..., binds_secrets: _Optional[bool] = ...) -> None: ...
 
 class ProviderType(_message.Message):
     __slots__ = ("name", "display_name", "description", "parameters", "plugin")
