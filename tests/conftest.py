@@ -18,12 +18,14 @@ from tests.openbao import openbao_server  # noqa: F401  (a fixture, offered to e
 from tests.support import ServerThread, short_dir
 
 # A provider instance for reference tests, declared as an operator would: the first-party Vault
-# type (which secret, which key). Validation never dials it, so its Host need not answer.
+# type (which secret, which key). Validation never dials it, so its Host need not answer, and its
+# JWT login file need not exist (a secret literal cannot be declared in the config file).
 TEST_PROVIDER: dict[str, Any] = {
     "id": 7,
     "name": "test-vault",
     "type": "vault",
-    "initialization": {"Host": "https://127.0.0.1:1"},
+    "initialization": {"Host": "https://127.0.0.1:1", "AuthMethod": "jwt", "Role": "smtp",
+                       "JwtFile": "/nonexistent/jwt"},
 }
 
 BASIC_V2: dict[str, Any] = {

@@ -18,6 +18,7 @@ import grpc
 import pytest
 
 from smtpconfig.plugin import BadParameters, ProviderError, ProviderUnavailable, Resolved, Secret, SecretNotFound
+from smtpconfig.plugin.testing import prepare_initialization, prepare_parameters
 from smtpconfig.providers.exec import INHERITED, STDERR_KEEP, ExecProvider, register_secret_providers
 from smtpconfig.v2 import secret_pb2
 from smtpconfig.v2 import secret_provider_service_pb2 as pb
@@ -43,9 +44,12 @@ def sh_script(tmp_path: Path, body: str, name: str = "cli.sh") -> str:
 
 def resolve(command: str | list[str], *, name: str = "db", field: str | None = None, timeout: float = 10.0,
             provider: ExecProvider | None = None, **init: Any) -> Resolved:
+    """Resolve as the host does: parameters read by their kinds, then the rules across them."""
     provider = provider or ExecProvider(timeout=timeout)
-    params = {"Name": name} if field is None else {"Name": name, "Field": field}
-    initialization = {"Command": command if isinstance(command, str) else json.dumps(command), **init}
+    params = prepare_parameters(ExecProvider, {"Name": name} if field is None else {"Name": name, "Field": field})
+    text = {"Command": command if isinstance(command, str) else json.dumps(command), **init}
+    initialization = prepare_initialization(ExecProvider, text)
+    ExecProvider.check_initialization(initialization)
     return provider.resolve(params, initialization)
 
 
@@ -70,25 +74,25 @@ def test_the_hook_registers_the_exec_type() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "instance_level", "required", "data_type", "default"),
+    ("name", "instance_level", "required", "kind", "default"),
     [
-        ("Command", False, True, "string", None),
-        ("WorkingDirectory", False, False, "string", None),
-        ("Environment", False, False, "string", None),
+        ("Command", False, True, "command", None),
+        ("WorkingDirectory", False, False, "path", None),
+        ("Environment", False, False, "environment", None),
         ("Token", False, False, "secret", None),
-        ("TtlSeconds", False, False, "string", "300"),
-        ("TimeoutSeconds", False, False, "string", None),
-        ("OutputFormat", False, False, "string", "raw"),
-        ("StripNewline", False, False, "string", "true"),
+        ("TtlSeconds", False, False, "seconds", "300"),
+        ("TimeoutSeconds", False, False, "seconds", None),
+        ("OutputFormat", False, False, "choice", "raw"),
+        ("StripNewline", False, False, "bool", "true"),
         ("Name", True, True, "string", None),
         ("Field", True, False, "string", None),
     ],
 )
-def test_parameter_table(name: str, instance_level: bool, required: bool, data_type: str, default: str | None) -> None:
+def test_parameter_table(name: str, instance_level: bool, required: bool, kind: str, default: str | None) -> None:
     by_name = {p.name: p for p in ExecProvider.parameters}
     parameter = by_name[name]
-    assert (parameter.instance_level, parameter.required, parameter.data_type, parameter.default) == (
-        instance_level, required, data_type, default)
+    assert (parameter.instance_level, parameter.required, parameter.kind, parameter.default) == (
+        instance_level, required, kind, default)
     assert parameter.description
 
 
@@ -370,14 +374,15 @@ def _write(tmp_path: Path, name: str, content: bytes, mode: int) -> str:
         ("missing working directory", BadParameters, "WorkingDirectory", "not a directory"),
         ("environment not an object", BadParameters, "Environment", "JSON object"),
         ("environment value not a string", BadParameters, "Environment", "JSON object"),
-        ("environment overrides a provider variable", BadParameters, "Environment", "set by the provider"),
-        ("unknown output format", BadParameters, "OutputFormat", "raw or json"),
+        ("environment overrides a provider variable", BadParameters, "Environment", "provider sets itself"),
+        ("environment variable name with '='", BadParameters, "Environment", "without '='"),
+        ("unknown output format", BadParameters, "OutputFormat", "one of raw, json"),
         ("json without Field", BadParameters, "Field", "Field is required"),
         ("bad StripNewline", BadParameters, "StripNewline", "true or false"),
-        ("negative TtlSeconds", BadParameters, "TtlSeconds", "non-negative"),
-        ("zero TimeoutSeconds", BadParameters, "TimeoutSeconds", "positive"),
+        ("negative TtlSeconds", BadParameters, "TtlSeconds", "number of seconds from 0 to 86400"),
+        ("zero TimeoutSeconds", BadParameters, "TimeoutSeconds", "from 0.01 to 3600"),
         ("Name as an option", BadParameters, "Name", "cannot start with '-'"),
-        ("empty Name", BadParameters, "Name", "must name a secret"),
+        ("empty Name", BadParameters, "Name", "Name is required"),
     ],
 )
 def test_bad_configuration(tmp_path: Path, case: str, expected: type, parameter: str, match: str) -> None:
@@ -415,8 +420,10 @@ def test_bad_configuration(tmp_path: Path, case: str, expected: type, parameter:
         init["OutputFormat"] = "xml"
     elif case == "json without Field":
         init["OutputFormat"] = "json"
+    elif case == "environment variable name with '='":
+        init["Environment"] = '{"A=B": "1"}'
     elif case == "bad StripNewline":
-        init["StripNewline"] = "yes"
+        init["StripNewline"] = "maybe"
     elif case == "negative TtlSeconds":
         init["TtlSeconds"] = "-1"
     elif case == "zero TimeoutSeconds":
@@ -503,11 +510,14 @@ def test_fifty_threads_share_one_provider(tmp_path: Path) -> None:
 def test_a_command_that_cannot_be_handed_its_environment_leaks_no_descriptor(tmp_path: Path) -> None:
     # JSON lets a value hold a lone surrogate, which no environment can carry: Popen raises
     # UnicodeEncodeError, not OSError, and the pipe the reaper reports through must close anyway.
+    # The host refuses such an Environment when it is written; a provider called directly copes.
     provider = ExecProvider(timeout=5.0)
+    init = prepare_initialization(ExecProvider, {"Command": "/bin/echo x"})
+    init["Environment"] = {"VENDOR_PROFILE": "\ud800"}
     open_before = len(os.listdir("/proc/self/fd"))
     for _ in range(20):
         with pytest.raises(UnicodeEncodeError):
-            resolve(["/bin/echo", "x"], provider=provider, Environment='{"VENDOR_PROFILE": "\\ud800"}')
+            provider.resolve({"Name": "db"}, init)
     assert len(os.listdir("/proc/self/fd")) < open_before + 5
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from smtpconfig.plugin import AccessDenied, BadParameters, Resolved, SecretNotFound
+from smtpconfig.plugin.testing import prepare_initialization, prepare_parameters
 from smtpconfig_file_provider import FileProvider, register_secret_providers
 
 PLANTED = "PLANTED-file-secret-3e1d"
@@ -31,8 +32,10 @@ def shown(error: BaseException) -> str:
 
 
 def resolve(directory: Path, file: str, provider: FileProvider | None = None, **init: Any) -> Resolved:
+    """Resolve as the host does: parameters read by their kinds first."""
     provider = provider or FileProvider()
-    return provider.resolve({"File": file}, {"Directory": str(directory), **init})
+    params = prepare_parameters(FileProvider, {"File": file})
+    return provider.resolve(params, prepare_initialization(FileProvider, {"Directory": str(directory), **init}))
 
 
 def value(resolved: Resolved) -> str:
@@ -155,7 +158,7 @@ def test_directory_may_itself_be_a_symlink(tmp_path: Path, secrets: Path) -> Non
 @pytest.mark.parametrize(
     ("file", "match", "reason"),
     [
-        ("", "must name a file", "no name"),
+        ("", "File is required", "no name"),
         ("/etc/passwd", "must be relative", "absolute path"),
         ("{outside}", "must be relative", "absolute path to the planted file"),
         ("../outside/secret", "must not contain '..'", "parent component"),
@@ -324,7 +327,7 @@ def test_a_file_deleted_after_caching_is_not_found(secrets: Path) -> None:
 @pytest.mark.parametrize(
     ("directory", "match"),
     [
-        ("", "absolute path"),
+        (" /run/secrets", "white space"),
         ("relative/secrets", "absolute path"),
         ("{tmp}/missing", "is not a directory"),
         ("{tmp}/secrets/file", "is not a directory"),
@@ -333,7 +336,7 @@ def test_a_file_deleted_after_caching_is_not_found(secrets: Path) -> None:
 def test_bad_directory(tmp_path: Path, secrets: Path, directory: str, match: str) -> None:
     (secrets / "file").write_text(PLANTED)
     with pytest.raises(BadParameters, match=match) as caught:
-        FileProvider().resolve({"File": "file"}, {"Directory": directory.replace("{tmp}", str(tmp_path))})
+        resolve(Path(directory.replace("{tmp}", str(tmp_path))), "file")
     assert caught.value.parameter == "Directory"
     assert PLANTED not in shown(caught.value)
 
@@ -361,7 +364,7 @@ def test_bad_max_bytes(secrets: Path, setting: str, parameter: str) -> None:
 def test_bad_strip_newline(secrets: Path) -> None:
     (secrets / "s").write_text("v")
     with pytest.raises(BadParameters) as caught:
-        resolve(secrets, "s", StripNewline="yes")
+        resolve(secrets, "s", StripNewline="maybe")
     assert caught.value.parameter == "StripNewline"
 
 
@@ -385,11 +388,13 @@ def test_only_regular_files_are_read(secrets: Path) -> None:
 
 _UNPRIVILEGED_READ = """
 import json, sys
+from smtpconfig.plugin.testing import prepare_initialization
 from smtpconfig_file_provider import FileProvider
 out = {}
+init = prepare_initialization(FileProvider, {"Directory": sys.argv[1]})
 for name in sys.argv[2:]:
     try:
-        FileProvider().resolve({"File": name}, {"Directory": sys.argv[1]})
+        FileProvider().resolve({"File": name}, init)
         out[name] = ["ok", ""]
     except Exception as error:
         out[name] = [type(error).__name__, str(error)]

@@ -436,7 +436,7 @@ def test_a_new_host_never_receives_the_stored_token(reach, openbao_server: OpenB
     request.provider.initialization["Url"].value = listener.url
     refused(lambda: server.stub.UpdateProvider(request), "Initialization.Token")
     # Other parameters that aim the token elsewhere bind it too.
-    for moved in ({"Namespace": "other"}, {"AuthMethod": "approle", "RoleId": "r"}, {"AuthMount": "elsewhere"}):
+    for moved in ({"Namespace": "other"}, {"AuthMount": "elsewhere"}):
         refused(lambda moved=moved: server.update(made, **moved), "Initialization.Token")
     assert [p.etag for p in server.stored()] == [made.etag]
     openbao_server.kv_put("secret", "reach/host", {"password": PLANTED})
@@ -535,9 +535,11 @@ def test_declared_instances_are_the_operators_own(base: Path) -> None:
 @pytest.mark.parametrize(
     ("given", "says"),
     [
-        ({"kind": "url"}, "kind must be one of"),
-        ({"kind": "path", "instance_level": True}, "only string initialization parameters"),
-        ({"kind": "command", "data_type": "secret"}, "only string initialization parameters"),
+        ({"kind": "destination"}, "kind must be one of"),
+        ({"kind": "path", "instance_level": True}, "only initialization parameters"),
+        ({"kind": "command", "instance_level": True}, "only initialization parameters"),
+        ({"kind": "url", "instance_level": True}, "only initialization parameters"),
+        ({"kind": "environment", "instance_level": True}, "only initialization parameters"),
     ],
 )
 def test_parameter_kinds_are_checked_when_a_plugin_declares_them(given: dict, says: str) -> None:
@@ -546,5 +548,5 @@ def test_parameter_kinds_are_checked_when_a_plugin_declares_them(given: dict, sa
 
 
 def test_destinations_commands_and_environments_always_bind_secrets() -> None:
-    assert [Parameter("X", kind=k).binds_secrets for k in ("destination", "command", "environment")] == [True] * 3
+    assert [Parameter("X", kind=k).binds_secrets for k in ("url", "command", "environment")] == [True] * 3
     assert not Parameter("X", kind="path").binds_secrets and Parameter("X", kind="path", binds_secrets=True).binds_secrets

@@ -346,7 +346,7 @@ from smtpconfig.plugin import Parameter, Resolved, Secret, SecretProvider, hooki
 class Buggy(SecretProvider):
     name = "buggy"
     parameters = (
-        Parameter("Token", data_type="secret", description="API token"),
+        Parameter("Token", kind="secret", description="API token"),
         Parameter("Name", instance_level=True, description="which secret"),
     )
     def resolve(self, instance_parameters, initialization):

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from smtpconfig.plugin import AccessDenied, BadParameters, ProviderUnavailable, Resolved, Secret, SecretNotFound
-from smtpconfig.plugin.testing import ProviderConformance
+from smtpconfig.plugin.testing import ProviderConformance, resolve_as_host
 from smtpconfig.providers.vault import VaultProvider, register_secret_providers
 from tests.openbao import AppRole, JwtIssuer, OpenBao
 
@@ -168,7 +168,7 @@ def test_reads(seed: Seed, provider: VaultProvider, case, changes, instance, val
         init["Url"] = init.pop("Host")
     if changes.get("Token") == "ROOT":
         init["Token"] = Secret(seed.server.root_token)
-    resolved = provider.resolve(instance, init)
+    resolved = resolve_as_host(provider, instance, init)
     assert isinstance(resolved, Resolved)
     assert (resolved.value.reveal(), resolved.version, resolved.ttl, resolved.lease_id) == (value, version, ttl, None)
 
@@ -194,7 +194,7 @@ def _jwt_file(directory: Path, text: str) -> Path:
 def test_logins(seed: Seed, provider: VaultProvider, tmp_path: Path, case, make_init, value) -> None:
     init = make_init(seed, tmp_path)
     for _ in range(3):
-        assert provider.resolve(RELAY, init).value.reveal() == value
+        assert resolve_as_host(provider, RELAY, init).value.reveal() == value
     assert provider.logins == 1, "one login serves many reads"
 
 
@@ -203,9 +203,9 @@ def test_tls_with_the_ca_bundle_and_refused_without(seed: Seed, provider: VaultP
     assert bao.tls_address and bao.ca_file
     for host in (bao.tls_address, bao.tls_address.replace("127.0.0.1", "localhost")):
         init = seed.token(Host=host, CaBundle=str(bao.ca_file))
-        assert provider.resolve(RELAY, init).value.reveal() == VALUE
+        assert resolve_as_host(provider, RELAY, init).value.reveal() == VALUE
     with pytest.raises(ProviderUnavailable, match="certificate verification failed") as caught:
-        VaultProvider(timeout=TIMEOUT).resolve(RELAY, seed.token(Host=bao.tls_address))
+        resolve_as_host(VaultProvider(timeout=TIMEOUT), RELAY, seed.token(Host=bao.tls_address))
     assert "CaBundle" in str(caught.value)
 
 
@@ -214,7 +214,7 @@ def test_a_rotated_secret_is_read_fresh_on_every_resolve(seed: Seed, provider: V
     reads = bao.count_reads("secret/data/smtp/rotating")
     for n in range(1, 4):
         version = bao.kv_put("secret", "smtp/rotating", {"password": f"rotation-{n}"})
-        resolved = provider.resolve(reference, seed.token())
+        resolved = resolve_as_host(provider, reference, seed.token())
         assert (resolved.value.reveal(), resolved.version) == (f"rotation-{n}", str(version))
     assert bao.count_reads("secret/data/smtp/rotating") == reads + 3, "the provider keeps no cache"
 
@@ -227,7 +227,7 @@ def test_an_expiring_approle_token_is_replaced_before_any_call_fails(
     init = seed.role(seed.short)
     deadline = time.monotonic() + 4.8  # the token lives 3 s: due for a new login after 2.25 s
     while time.monotonic() < deadline:
-        assert provider.resolve(RELAY, init).value.reveal() == VALUE
+        assert resolve_as_host(provider, RELAY, init).value.reveal() == VALUE
         time.sleep(0.1)
     assert provider.logins >= 2
     assert seed.server.count_requests("auth/approle-short/login") - logins == provider.logins
@@ -236,26 +236,26 @@ def test_an_expiring_approle_token_is_replaced_before_any_call_fails(
 
 def test_a_revoked_token_costs_one_new_login_and_no_failed_call(seed: Seed, provider: VaultProvider) -> None:
     init = seed.role(seed.revocable)
-    assert provider.resolve(RELAY, init).value.reveal() == VALUE
+    assert resolve_as_host(provider, RELAY, init).value.reveal() == VALUE
     seed.server.revoke_logins(seed.revocable.mount)
-    assert provider.resolve(RELAY, init).value.reveal() == VALUE
+    assert resolve_as_host(provider, RELAY, init).value.reveal() == VALUE
     assert provider.logins == 2
     # A path the role may not read: one new login, one retry, then AccessDenied.
     with pytest.raises(AccessDenied, match="permission denied"):
-        provider.resolve({"Secret": "denied/relay", "Key": "password"}, init)
+        resolve_as_host(provider, {"Secret": "denied/relay", "Key": "password"}, init)
     assert provider.logins == 3
 
 
 def test_jwt_file_is_read_again_at_every_login(seed: Seed, provider: VaultProvider, tmp_path: Path) -> None:
     jwt_file = _jwt_file(tmp_path, seed.issuer.mint())
     init = {"Host": seed.server.address, "AuthMethod": "jwt", "Role": "smtp", "JwtFile": str(jwt_file)}
-    assert provider.resolve(RELAY, init).value.reveal() == VALUE
+    assert resolve_as_host(provider, RELAY, init).value.reveal() == VALUE
     _jwt_file(tmp_path, "not-a-jwt")
     seed.server.revoke_logins(seed.issuer.mount)
     with pytest.raises(AccessDenied, match="jwt login"):
-        provider.resolve(RELAY, init)
+        resolve_as_host(provider, RELAY, init)
     _jwt_file(tmp_path, seed.issuer.mint())
-    assert provider.resolve(RELAY, init).value.reveal() == VALUE
+    assert resolve_as_host(provider, RELAY, init).value.reveal() == VALUE
 
 
 # (case, initialization from the seed, instance parameters, error, text the message names)
@@ -289,7 +289,7 @@ def _foreign_jwt(issuer: JwtIssuer) -> str:
 @pytest.mark.parametrize("case, make_init, instance, error, named", FAILURES, ids=[f[0] for f in FAILURES])
 def test_errors_are_mapped(seed: Seed, provider: VaultProvider, case, make_init, instance, error, named) -> None:
     with pytest.raises(error) as caught:
-        provider.resolve(instance, make_init(seed))
+        resolve_as_host(provider, instance, make_init(seed))
     assert named in str(caught.value)
     _assert_clean(seed, str(caught.value), repr(caught.value), *traceback.format_exception(caught.value))
 
@@ -326,7 +326,7 @@ def test_impossible_parameters_name_the_culprit(seed: Seed, case, init_changes, 
     init = {k: v for k, v in seed.token(**init_changes).items() if v != ""}
     reads = seed.server.count_requests("")
     with pytest.raises(BadParameters) as caught:
-        VaultProvider(timeout=TIMEOUT).resolve({**RELAY, **instance_changes}, init)
+        resolve_as_host(VaultProvider(timeout=TIMEOUT), {**RELAY, **instance_changes}, init)
     assert caught.value.parameter == parameter
     assert seed.server.count_requests("") == reads, "refused before any request"
     _assert_clean(seed, str(caught.value))
@@ -336,18 +336,18 @@ def test_stopped_server_is_unavailable_within_the_timeout_then_the_same_provider
     by_token, by_role = VaultProvider(timeout=TIMEOUT), VaultProvider(timeout=TIMEOUT)
     inits = {by_token: seed.token(), by_role: seed.role(seed.approle)}
     for provider, init in inits.items():
-        assert provider.resolve(RELAY, init).value.reveal() == VALUE
+        assert resolve_as_host(provider, RELAY, init).value.reveal() == VALUE
     seed.server.stop()
     try:
         for provider, init in inits.items():
             started = time.monotonic()
             with pytest.raises(ProviderUnavailable, match="cannot connect"):
-                provider.resolve(RELAY, init)
+                resolve_as_host(provider, RELAY, init)
             assert time.monotonic() - started < TIMEOUT
     finally:
         seed.server.start()
     for provider, init in inits.items():
-        assert provider.resolve(RELAY, init).value.reveal() == VALUE
+        assert resolve_as_host(provider, RELAY, init).value.reveal() == VALUE
     assert by_role.logins == 1, "the AppRole token survived the restart"
     by_token.close(), by_role.close()
 
@@ -357,17 +357,17 @@ def test_a_hung_server_times_out_and_a_sealed_one_is_unavailable(seed: Seed, pro
     started = time.monotonic()
     try:
         with pytest.raises(ProviderUnavailable, match="no answer"):
-            provider.resolve(RELAY, seed.token())
+            resolve_as_host(provider, RELAY, seed.token())
     finally:
         seed.server.resume()
     assert time.monotonic() - started < TIMEOUT + 1
     seed.server.seal()
     try:
         with pytest.raises(ProviderUnavailable, match="sealed"):
-            provider.resolve(RELAY, seed.token())
+            resolve_as_host(provider, RELAY, seed.token())
     finally:
         seed.server.unseal()
-    assert provider.resolve(RELAY, seed.token()).value.reveal() == VALUE
+    assert resolve_as_host(provider, RELAY, seed.token()).value.reveal() == VALUE
 
 
 def test_fifty_concurrent_resolutions_share_one_login_and_get_their_own_values(seed: Seed) -> None:
@@ -380,7 +380,7 @@ def test_fifty_concurrent_resolutions_share_one_login_and_get_their_own_values(s
     def one(n: int) -> tuple[str, str]:
         instance, value = wanted[n % len(wanted)]
         start.wait()
-        return provider.resolve(instance, init).value.reveal(), value
+        return resolve_as_host(provider, instance, init).value.reveal(), value
 
     with ThreadPoolExecutor(50) as pool:
         results = list(pool.map(one, range(50)))
@@ -405,7 +405,7 @@ def test_secrets_never_appear_in_repr_messages_or_logs(
         provider = VaultProvider(timeout=TIMEOUT)
         for instance in instances:
             try:
-                seen.append(repr(provider.resolve(instance, init)))
+                seen.append(repr(resolve_as_host(provider, instance, init)))
             except Exception as error:  # every kind the provider raises
                 seen += [str(error), repr(error), *traceback.format_exception(error)]
         seen.append(repr(provider))

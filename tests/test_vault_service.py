@@ -188,7 +188,7 @@ def test_an_instance_setting_that_cannot_work_is_failed_precondition_naming_the_
 ) -> None:
     """The operator's JwtFile is missing: the app that resolves sent no parameters and can fix
     nothing, so it hears FAILED_PRECONDITION naming the instance, not INVALID_ARGUMENT. A bad
-    parameter of the reference itself stays INVALID_ARGUMENT naming it."""
+    parameter of the reference itself is INVALID_ARGUMENT naming it."""
     root = short_dir()
     declared = {"id": 3, "name": "vault-jwt", "type": "vault", "initialization": {
         "Host": openbao_server.address, "AuthMethod": "jwt", "Role": "smtp", "JwtFile": str(root / "absent-token"),
@@ -210,8 +210,9 @@ def test_an_instance_setting_that_cannot_work_is_failed_precondition_naming_the_
 
             with pytest.raises(grpc.RpcError) as failure:
                 check(providers, 3, Secret="svc/smtp", Key="password", Version="latest")
+            # Read by its kind (a whole number from 1) before any resolution.
             assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert [field for field, _ in violations_of(failure.value)] == ["Parameters.Version"]
+            assert violations_of(failure.value) == [("Secret.Parameters.Version", "must be a whole number")]
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)

@@ -310,7 +310,8 @@ def values_for(
     Empty values count as not given. What the host does before every call, for test suites.
 
     Raises:
-        BadParameters: naming the first parameter whose value its kind does not take.
+        BadParameters: naming the first parameter whose value its kind does not take, or a
+            required one not given.
     """
     level = [p for p in parameters if p.instance_level == instance_level]
     names = {alias: p for p in level for alias in (p.name, *p.aliases)}
@@ -320,8 +321,12 @@ def values_for(
         if parameter is not None and text != "" and parameter.name not in values:
             values[parameter.name] = parameter.parse(text)
     for parameter in level:
-        if parameter.name not in values and parameter.default is not None:
+        if parameter.name in values:
+            continue
+        if parameter.default is not None:
             values[parameter.name] = parameter.parse(parameter.default)
+        elif parameter.required:
+            raise BadParameters(f"{parameter.name} is required", parameter=parameter.name)
     return values
 
 

@@ -35,7 +35,7 @@ BINDING: frozenset[str] = frozenset({"url", "command", "environment"})
 _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})
 _WHOLE = re.compile(r"[+-]?[0-9]+")
-_DURATION = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ms|s|m|h|d)?")
+_DURATION = re.compile(r"(-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(ms|s|m|h|d)?")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _VARIABLE = re.compile(r"[^=\0]+")
 
@@ -68,7 +68,9 @@ def parse(
     if kind == "int":
         return _bounded(_int(word), minimum, maximum, "a whole number")
     if kind == "seconds":
-        return _bounded(_seconds(word), minimum, maximum, "a number of seconds")
+        # A span of time is never negative, whatever the parameter declares.
+        low = 0.0 if minimum is None else max(minimum, 0.0)
+        return _bounded(_seconds(word), low, maximum, "a number of seconds")
     if kind == "choice":
         return _choice(word, choices)
     if kind == "url":

@@ -67,6 +67,17 @@ def prepare_parameters(cls: type[SecretProvider], given: Given) -> dict[str, Par
     return values_for(cls.parameters, given, instance_level=True)
 
 
+def resolve_as_host(provider: SecretProvider, instance_parameters: Given, initialization: Given) -> Resolved:
+    """Resolve text parameters as the host does: each read by its kind (`prepare_parameters`,
+    `prepare_initialization`), the rules across initialization values checked
+    (`SecretProvider.check_initialization`), then `resolve` called (awaited when async).
+    A value the host would refuse on write raises BadParameters naming it, as the host would."""
+    cls = type(provider)
+    init = prepare_initialization(cls, initialization)
+    cls.check_initialization(init)
+    return call_resolve(provider, prepare_parameters(cls, instance_parameters), init)
+
+
 def call_resolve(
     provider: SecretProvider, params: Mapping[str, ParameterValue], init: Mapping[str, ParameterValue],
 ) -> Resolved:
@@ -272,4 +283,5 @@ __all__ = [
     "check_timeout",
     "prepare_initialization",
     "prepare_parameters",
+    "resolve_as_host",
 ]
