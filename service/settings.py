@@ -16,6 +16,7 @@ from typing import Any
 from smtpconfig.core.bidi import RULE as BIDI_RULE
 from smtpconfig.core.bidi import has_bidi_control
 from smtpconfig.core.code_variables import controls_code
+from smtpconfig.core.permissions import ALL_PERMISSIONS, PERMISSIONS, is_certificate_identity, is_plain_identity
 
 ENV_PREFIX = "SMTPCONFIG_"
 DEFAULT_DATA_DIR = Path("smtpconfig-data")
@@ -201,14 +202,6 @@ _ENV = {
     "path_directories": "PATH_DIRECTORIES",
     "exec_environment": "EXEC_ENVIRONMENT",
 }
-PERMISSIONS = (
-    "smtp:read", "smtp:modify", "smtp:test", "smtp:resolve", "providers:read", "providers:modify", "audit:read",
-)
-ALL_PERMISSIONS = "*"
-# Token and Unix socket identities are plain names, so they never look like a certificate's
-# identity (a URI, dns:NAME or cn:NAME).
-_PLAIN_IDENTITY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}\Z")
-_CERT_IDENTITY = re.compile(r"^(dns:|cn:|[a-z][a-z0-9+.-]*://)\S+\Z")
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}\Z")
 _LEVELS = ("debug", "info", "warning", "error")
 _VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -411,7 +404,7 @@ def _socket_group(value: Any, where: str, base: Path | None, text: bool) -> str:
 
 
 def _socket_identity(value: Any, where: str, base: Path | None, text: bool) -> str:
-    if not isinstance(value, str) or (value and not _PLAIN_IDENTITY.match(value)):
+    if not isinstance(value, str) or (value and not is_plain_identity(value)):
         raise SettingsError(f"{where} must be a plain name (letters, digits, . _ @ -)")
     return value
 
@@ -568,7 +561,7 @@ def _tokens(value: Any, where: str) -> tuple[tuple[str, str], ...]:
         if set(table) != {"identity", "sha256"}:
             raise SettingsError(f"{at} must have exactly `identity` and `sha256` (see `smtpconfig token new`)")
         identity, digest = table["identity"], table["sha256"]
-        if not isinstance(identity, str) or not _PLAIN_IDENTITY.match(identity):
+        if not isinstance(identity, str) or not is_plain_identity(identity):
             raise SettingsError(f"{at}.identity must be a plain name (letters, digits, . _ @ -)")
         if not isinstance(digest, str) or not _SHA256_HEX.match(digest.lower()):
             raise SettingsError(f"{at}.sha256 must be 64 hex digits: the SHA-256 of the token, never the token")
@@ -585,7 +578,7 @@ def _policy(value: Any, where: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
     policy = []
     for identity, permissions in value.items():
         at = f"{where}.{identity!r}"
-        if not (_PLAIN_IDENTITY.match(identity) or _CERT_IDENTITY.match(identity)):
+        if not (is_plain_identity(identity) or is_certificate_identity(identity)):
             raise SettingsError(
                 f"{at}: an identity is a plain name (token or Unix socket), a URI SAN such as"
                 " spiffe://..., dns:NAME or cn:NAME"

@@ -91,7 +91,8 @@ def test_the_guides_example_passes_the_conformance_kit_and_its_opt_out_is_skippe
 def test_every_setting_and_permission_is_in_the_readme() -> None:
     from dataclasses import fields
 
-    from smtpconfig.settings import _ENV, PERMISSIONS, Settings
+    from smtpconfig.core.permissions import PERMISSIONS
+    from smtpconfig.settings import _ENV, Settings
 
     readme = (ROOT / "README.md").read_text()
     missing = [f.name for f in fields(Settings) if f.name != "sources" and f"`{f.name}`" not in readme
