@@ -39,6 +39,7 @@ from smtpconfig.api.provider_servicer import SecretProviderServiceV2
 from smtpconfig.api.servicers import ConfigServiceV1, ConfigServiceV2
 from smtpconfig.api.tls import ReloadingCertificates
 from smtpconfig.core.errors import FailedPrecondition, Unavailable
+from smtpconfig.core.permissions import ALL_PERMISSIONS
 from smtpconfig.domain.crypto import Sealer, load_key
 from smtpconfig.domain.host_access import HostAccess
 from smtpconfig.domain.profiles import ProfileService
@@ -49,7 +50,7 @@ from smtpconfig.ops.metrics import Metrics
 from smtpconfig.outbound.apply import Applier
 from smtpconfig.outbound.oauth import TokenClient
 from smtpconfig.plugin.manager import Plugins, load_plugins
-from smtpconfig.settings import ALL_PERMISSIONS, DATABASE_NAME, Settings, split_address
+from smtpconfig.settings import DATABASE_NAME, Settings, split_address
 from smtpconfig.store.sqlite import SqliteStore
 from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v2 import audit_service_pb2 as audit_pb

@@ -36,7 +36,7 @@ from smtpconfig.api.audit_servicer import AuditServiceV2
 from smtpconfig.api.auth import new_token, token_hash
 from smtpconfig.api.provider_servicer import SecretProviderServiceV2
 from smtpconfig.api.servicers import ConfigServiceV1, ConfigServiceV2
-from smtpconfig.settings import PERMISSIONS
+from smtpconfig.core.permissions import PERMISSIONS
 from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v2 import audit_service_pb2 as audit_pb
 from smtpconfig.v2 import config_service_pb2 as v2

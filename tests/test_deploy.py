@@ -53,7 +53,7 @@ STANDALONE = ROOT / "deploy" / "kubernetes" / "standalone.yaml"
 PROFILE_LOADER_HASH = re.compile(r'(identity = "profile-loader"\nsha256 = ")([0-9a-f]{64})(")')
 
 # Environment variables the server reads: one per setting, plus the config file and the key.
-SERVER_ENV = {settings_mod.ENV_PREFIX + name for name in settings_mod._ENV.values()} | {
+SERVER_ENV = set(settings_mod.ENV_VARS.values()) | {
     "SMTPCONFIG_CONFIG", "SMTPCONFIG_KEY",
 }
 # Environment variables the CLI reads, as its source names them.

@@ -89,14 +89,37 @@ def test_the_guides_example_passes_the_conformance_kit_and_its_opt_out_is_skippe
 
 
 def test_every_setting_and_permission_is_in_the_readme() -> None:
-    from dataclasses import fields
-
-    from smtpconfig.settings import _ENV, PERMISSIONS, Settings
+    """Read from the one settings table: each setting's TOML key, variable and flag."""
+    from smtpconfig.core.permissions import PERMISSIONS
+    from smtpconfig.settings import ENV_VARS, FLAGS, TABLE
 
     readme = (ROOT / "README.md").read_text()
-    missing = [f.name for f in fields(Settings) if f.name != "sources" and f"`{f.name}`" not in readme
-               and f"`[[{f.name}]]`" not in readme and f"`[{f.name}]`" not in readme]
+    missing = [name for name in TABLE if f"`{name}`" not in readme
+               and f"`[[{name}]]`" not in readme and f"`[{name}]`" not in readme]
     assert not missing, f"settings missing from README.md: {missing}"
-    missing_env = [f"SMTPCONFIG_{key}" for key in _ENV.values() if f"SMTPCONFIG_{key}" not in readme]
+    missing_env = [var for var in ENV_VARS.values() if f"`{var}`" not in readme]
     assert not missing_env, f"environment variables missing from README.md: {missing_env}"
+    missing_flags = [flag.name for flag in FLAGS.values() if f"`{flag.name}`" not in readme]
+    assert not missing_flags, f"serve flags missing from README.md: {missing_flags}"
     assert all(f"`{p}`" in readme for p in PERMISSIONS)
+
+
+def test_the_readmes_settings_table_gives_each_setting_its_own_variable_and_flag() -> None:
+    """Each row of README's Configuration table that names settings shows exactly their variables
+    and `serve` flags, as the settings table declares them, and every flag has its row."""
+    from smtpconfig.settings import ENV_VARS, FLAGS, TABLE
+
+    text = (ROOT / "README.md").read_text()
+    header = "| setting (TOML) | env | flag | default |\n|---|---|---|---|\n"
+    assert header in text, "README's Configuration table has moved or changed its columns"
+    rows = text.split(header, 1)[1].split("\n\n", 1)[0].splitlines()
+    named: set[str] = set()
+    for row in rows:
+        setting, env, flag = row.split(" | ")[:3]
+        names = [n for n in re.findall(r"`\[{0,2}(\w+)\]{0,2}`", setting) if n in TABLE]
+        if not names:
+            continue
+        named.update(names)
+        assert set(re.findall(r"`(SMTPCONFIG_\w+)`", env)) == {ENV_VARS[n] for n in names if n in ENV_VARS}, row
+        assert set(re.findall(r"`(--[\w-]+)`", flag)) == {FLAGS[n].name for n in names if n in FLAGS}, row
+    assert set(FLAGS) <= named, f"settings with a flag but no row: {set(FLAGS) - named}"

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import re
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -28,13 +27,12 @@ from pathlib import Path
 from smtpconfig.core.bidi import RULE as BIDI_RULE
 from smtpconfig.core.bidi import has_bidi_control
 from smtpconfig.core.errors import FailedPrecondition, PermissionDenied, Unauthenticated
-from smtpconfig.settings import ALL_PERMISSIONS, PERMISSIONS
+from smtpconfig.core.permissions import ALL_PERMISSIONS, PERMISSIONS, is_uri_identity
 
 ADMIN = "admin"
 ADMIN_TOKEN_NAME = "admin.token"
 TOKEN_PREFIX = "sct_"
 _BEARER = "bearer "
-_URI_IDENTITY = re.compile(r"^[a-z][a-z0-9+.-]*://\S+\Z")
 
 
 def new_token() -> str:
@@ -147,9 +145,7 @@ class Authenticator:
     def _from_certificate(self, auth: dict) -> Identity | None:
         if auth.get("transport_security_type") != [b"ssl"]:
             return None
-        # Only real URIs (scheme://...) count: a URI SAN such as "admin" or "dns:x" must not pass
-        # for a token, socket, DNS or CN identity.
-        names = [u for u in (v.decode() for v in auth.get("peer_uri", ())) if _URI_IDENTITY.match(u)]
+        names = [u for u in (v.decode() for v in auth.get("peer_uri", ())) if is_uri_identity(u)]
         names += ["dns:" + v.decode() for v in auth.get("peer_dns", ())]
         names += ["cn:" + v.decode() for v in auth.get("x509_common_name", ())]
         if not names:  # TLS without a client certificate (server-side TLS only)

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from smtpconfig.api.auth import new_token, token_hash
 from smtpconfig.cli import json as cli_json
 from smtpconfig.cli.client import EXIT_BAD_INPUT, CliError, add_connection_args, call
-from smtpconfig.settings import _PLAIN_IDENTITY, ALL_PERMISSIONS, PERMISSIONS
+from smtpconfig.core.permissions import ALL_PERMISSIONS, PERMISSIONS, is_plain_identity
 from smtpconfig.v2 import audit_service_pb2 as pb
 from smtpconfig.v2 import audit_service_pb2_grpc as pb_grpc
 
@@ -60,7 +60,7 @@ def add_commands(sub) -> None:
 
 
 def _token_new(args: argparse.Namespace) -> int:
-    if not _PLAIN_IDENTITY.match(args.identity):
+    if not is_plain_identity(args.identity):
         raise CliError("--identity must be a plain name (letters, digits, . _ @ -)", EXIT_BAD_INPUT)
     token = new_token()
     where = f"in {args.out!r}" if args.out else "on standard output"

@@ -87,21 +87,9 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the gRPC server")
     serve.add_argument("--config", type=Path, help="TOML settings file (env: SMTPCONFIG_CONFIG)")
-    serve.add_argument("--data-dir", help="data directory (default ./smtpconfig-data)")
-    serve.add_argument(
-        "--listen", action="append", help="TCP address host:port, repeatable (default 127.0.0.1:2587)"
-    )
-    serve.add_argument("--unix-socket", help="Unix socket path ('' for none; default DATA_DIR/smtpconfig.sock)")
-    serve.add_argument("--key-file", help="encryption key file (default DATA_DIR/secret.key, generated)")
-    serve.add_argument("--grace-period", type=float, help="seconds to drain calls on SIGTERM (default 10)")
-    serve.add_argument(
-        "--log-level", choices=("debug", "info", "warning", "error"), help="least severe log lines to write (default info)"
-    )
-    serve.add_argument("--log-format", choices=("text", "json"), help="log lines as text (default) or JSON")
-    serve.add_argument("--tls-cert", help="server certificate chain (PEM) for TCP listeners; enables TLS")
-    serve.add_argument("--tls-key", help="key of the server certificate (PEM)")
-    serve.add_argument("--tls-client-ca", help="CA bundle for client certificates; enables mTLS")
-    serve.add_argument("--metrics-listen", metavar="HOST:PORT", help="serve Prometheus metrics here")
+    # A flag for each setting whose row in the settings table has one, stored under the setting's name.
+    for name, flag in settings_mod.FLAGS.items():
+        serve.add_argument(flag.name, dest=name, help=flag.help, **flag.options)
     serve.set_defaults(run=_serve)
 
     def client(name: str, help: str) -> argparse.ArgumentParser:
@@ -150,19 +138,7 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace) -> int:
     from smtpconfig.app import serve
 
-    flags = {
-        "data_dir": args.data_dir,
-        "listen": args.listen,
-        "unix_socket": args.unix_socket,
-        "key_file": args.key_file,
-        "grace_period": args.grace_period,
-        "log_level": args.log_level,
-        "log_format": args.log_format,
-        "tls_cert_file": args.tls_cert,
-        "tls_key_file": args.tls_key,
-        "tls_client_ca_file": args.tls_client_ca,
-        "metrics_listen": args.metrics_listen,
-    }
+    flags = {name: getattr(args, name) for name in settings_mod.FLAGS}
     settings = settings_mod.load(flags=flags, config_file=args.config)
     if settings.log_format == "json":
         grpc_log.wrap_stderr_as_json()
