@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
 
 from smtpconfig.cli.client import default_target
@@ -252,3 +253,54 @@ def test_a_v1_read_put_back_says_what_v1_cannot_keep(server, tmp_path, capsys) -
     back = {**json.loads(out), "RelayPassword": "relay-password"}
     code, _, err = run(capsys, "put", *server.cli_args, "-f", write(tmp_path, back, "v1-back.json"))
     assert code == 0, err
+
+
+# --- status details, as grpcio-status reads them --------------------------------------------------
+
+
+def test_a_refusal_whose_message_is_not_ascii_still_lists_its_fields(server, tmp_path, capsys) -> None:
+    """grpcio-status trusts the details only when their message matches the call's, which travels
+    percent-encoded: a non-ASCII one must come back equal, or the field list would be lost."""
+    run(capsys, "put", *server.cli_args, "-f", write(tmp_path, BASIC_V2))
+    code, _, err = run(capsys, "put", *server.cli_args, "--mask", "Pört", "-f", write(tmp_path, {"Port": 465}, "p.json"))
+    assert code == 2 and "nothing was stored" in err
+    assert "  update_mask: 'Pört' is not a field of this profile" in err, err
+
+
+class _Refusal(grpc.Status):
+    def __init__(self, code: grpc.StatusCode, details: str, trailing_metadata) -> None:
+        self.code, self.details, self.trailing_metadata = code, details, trailing_metadata
+
+
+def test_status_details_that_disagree_with_the_call_are_not_shown(capsys) -> None:
+    """A stand-in server (ours never does this) answers with a google.rpc.Status whose message is
+    not the call's: its field list is not trusted, and the call's own code and message are shown."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from google.rpc import error_details_pb2, status_pb2
+
+    status = status_pb2.Status(code=grpc.StatusCode.INVALID_ARGUMENT.value[0], message="another call's message")
+    status.details.add().Pack(error_details_pb2.BadRequest(
+        field_violations=[error_details_pb2.BadRequest.FieldViolation(field="Host", description="stale")]
+    ))
+    refusal = _Refusal(
+        grpc.StatusCode.INVALID_ARGUMENT, "this call's message", (("grpc-status-details-bin", status.SerializeToString()),)
+    )
+
+    def get_smtp(request: bytes, context: grpc.ServicerContext) -> bytes:
+        context.abort_with_status(refusal)
+        raise AssertionError("abort_with_status returned")
+
+    stand_in = grpc.server(ThreadPoolExecutor(max_workers=2))
+    stand_in.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "smtpconfig.v2.ConfigService", {"GetSmtp": grpc.unary_unary_rpc_method_handler(get_smtp)},
+    ),))
+    port = stand_in.add_insecure_port("127.0.0.1:0")
+    stand_in.start()
+    try:
+        code, _, err = run(capsys, "get", "--target", f"127.0.0.1:{port}", "--timeout", "10")
+    finally:
+        stand_in.stop(None)
+    assert code == 2
+    assert "INVALID_ARGUMENT: this call's message" in err, err
+    assert "stale" not in err and "Host" not in err

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from collections.abc import Iterable
+from typing import ClassVar, Generic, TypeVar
 
 import grpc
 
 from smtpconfig.api import calls, convert
 from smtpconfig.api.calls import Guard, rpc
-from smtpconfig.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from smtpconfig.domain.model import FIELDS, V1_FIELDS, Profile
+from smtpconfig.core.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Unavailable
+from smtpconfig.domain.model import FIELDS, V1_FIELDS, Profile, ProfileDraft
 from smtpconfig.domain.profiles import ProfileService, StoredProfile, parse_mask
 from smtpconfig.outbound import reach
 from smtpconfig.outbound.apply import Applier, succeeded
@@ -86,51 +87,87 @@ def _readable(profile: Shown) -> Shown | None:
     return profile if calls.current().holds("smtp:read") else None
 
 
-class ConfigServiceV2(v2_grpc.ConfigServiceServicer):
-    """`smtpconfig.v2.ConfigService`."""
+class _ConfigService(Generic[Shown]):
+    """`ConfigService` as both API versions serve it: one flow over the one stored profile. A
+    version names its service, the fields its update mask may name and its response messages, and
+    converts profiles (`_draft`, `_shown`) and test results (`_tested`) to and from its messages."""
 
-    SERVICE = "v2.ConfigService"
+    SERVICE: ClassVar[str]
+    MASKABLE: ClassVar[Iterable[str]]
+    # The version's GetSmtpResponse and UpdateSmtpResponse, which hold the same three fields.
+    GET_RESPONSE: ClassVar[type]
+    UPDATE_RESPONSE: ClassVar[type]
 
     def __init__(self, profiles: ProfileService, applier: Applier, guard: Guard) -> None:
         self.guard = guard
         self._profiles = profiles
         self._applier = applier
-        self._read = _PerRevision(
-            lambda stored: v2.GetSmtpResponse(
-                profile=convert.profile_to_v2(stored.profile),
-                etag=stored.etag,
-                update_time=convert.timestamp(stored.updated_at),
-            )
+        self._read = _PerRevision(self._get_response)
+
+    def _get_response(self, stored: StoredProfile):
+        return self.GET_RESPONSE(
+            profile=self._shown(stored.profile), etag=stored.etag, update_time=convert.timestamp(stored.updated_at)
         )
 
+    def _draft(self, msg: Shown, mask: frozenset[str] | None) -> tuple[ProfileDraft, list[FieldViolation]]:
+        """The draft `msg` states, and the violations found while converting it."""
+        raise NotImplementedError
+
+    def _shown(self, profile: Profile) -> Shown:
+        raise NotImplementedError
+
+    def _tested(self, request, profile: Profile, steps: list[Step]):
+        """The TestSmtp answer once the test has run, its record noted."""
+        raise NotImplementedError
+
     @rpc("smtp:read", waits=False)
-    async def GetSmtp(self, request: v2.GetSmtpRequest, context: grpc.aio.ServicerContext) -> v2.GetSmtpResponse:
+    async def GetSmtp(self, request, context: grpc.aio.ServicerContext):
         return self._read(self._profiles.get())
 
     @rpc("smtp:modify", audit=True)
-    async def UpdateSmtp(
-        self, request: v2.UpdateSmtpRequest, context: grpc.aio.ServicerContext
-    ) -> v2.UpdateSmtpResponse:
-        mask, problems = _mask(request, FIELDS)
+    async def UpdateSmtp(self, request, context: grpc.aio.ServicerContext):
+        mask, problems = _mask(request, self.MASKABLE)
+        draft, earlier = self._draft(request.profile, mask)
         if problems:
-            raise InvalidArgument(problems)
+            raise InvalidArgument(problems + earlier)
         stored, _ = await self._profiles.update(
-            convert.draft_from_v2(request.profile), mask=mask, etag=request.etag, audit=calls.current().change_record
+            draft, mask=mask, etag=request.etag, earlier=earlier, audit=calls.current().change_record
         )
-        return v2.UpdateSmtpResponse(
-            profile=_readable(convert.profile_to_v2(stored.profile)),
+        return self.UPDATE_RESPONSE(
+            profile=_readable(self._shown(stored.profile)),
             etag=stored.etag,
             update_time=convert.timestamp(stored.updated_at),
         )
 
     @rpc("smtp:test", audit=True, limit="test")
-    async def TestSmtp(self, request: v2.TestSmtpRequest, context: grpc.aio.ServicerContext) -> v2.TestSmtpResponse:
+    async def TestSmtp(self, request, context: grpc.aio.ServicerContext):
         if request.HasField("profile"):
-            profile = self._profiles.check(convert.draft_from_v2(request.profile))
+            draft, problems = self._draft(request.profile, None)
+            profile = self._profiles.check(draft, problems)
         else:
             profile = self._profiles.get().profile
         _check_reach(request, profile, self._profiles)
         steps = await self._applier.test(profile, request.test_recipient)
+        return self._tested(request, profile, steps)
+
+
+class ConfigServiceV2(_ConfigService[v2.SmtpProfile], v2_grpc.ConfigServiceServicer):
+    """`smtpconfig.v2.ConfigService`."""
+
+    SERVICE = "v2.ConfigService"
+    MASKABLE = FIELDS
+    GET_RESPONSE = v2.GetSmtpResponse
+    UPDATE_RESPONSE = v2.UpdateSmtpResponse
+
+    def _draft(
+        self, msg: v2.SmtpProfile, mask: frozenset[str] | None
+    ) -> tuple[ProfileDraft, list[FieldViolation]]:
+        return convert.draft_from_v2(msg), []
+
+    def _shown(self, profile: Profile) -> v2.SmtpProfile:
+        return convert.profile_to_v2(profile)
+
+    def _tested(self, request: v2.TestSmtpRequest, profile: Profile, steps: list[Step]) -> v2.TestSmtpResponse:
         _note_test(request, profile, steps)
         return v2.TestSmtpResponse(success=succeeded(steps), steps=[_step_to_v2(s) for s in steps])
 
@@ -157,53 +194,24 @@ class ConfigServiceV2(v2_grpc.ConfigServiceServicer):
         return response
 
 
-class ConfigServiceV1(v1_grpc.ConfigServiceServicer):
+class ConfigServiceV1(_ConfigService[v1.SmtpProfile], v1_grpc.ConfigServiceServicer):
     """`smtpconfig.v1.ConfigService`: Keyfactor's v1 contract over the same stored profile."""
 
     SERVICE = "v1.ConfigService"
+    MASKABLE = V1_FIELDS
+    GET_RESPONSE = v1.GetSmtpResponse
+    UPDATE_RESPONSE = v1.UpdateSmtpResponse
 
-    def __init__(self, profiles: ProfileService, applier: Applier, guard: Guard) -> None:
-        self.guard = guard
-        self._profiles = profiles
-        self._applier = applier
-        self._read = _PerRevision(
-            lambda stored: v1.GetSmtpResponse(
-                profile=convert.profile_to_v1(stored.profile),
-                etag=stored.etag,
-                update_time=convert.timestamp(stored.updated_at),
-            )
-        )
+    def _draft(
+        self, msg: v1.SmtpProfile, mask: frozenset[str] | None
+    ) -> tuple[ProfileDraft, list[FieldViolation]]:
+        # v1's own rules (Id, OAuth) are judged here; the domain adds its findings to these.
+        return convert.draft_from_v1(msg, mask)
 
-    @rpc("smtp:read", waits=False)
-    async def GetSmtp(self, request: v1.GetSmtpRequest, context: grpc.aio.ServicerContext) -> v1.GetSmtpResponse:
-        return self._read(self._profiles.get())
+    def _shown(self, profile: Profile) -> v1.SmtpProfile:
+        return convert.profile_to_v1(profile)
 
-    @rpc("smtp:modify", audit=True)
-    async def UpdateSmtp(
-        self, request: v1.UpdateSmtpRequest, context: grpc.aio.ServicerContext
-    ) -> v1.UpdateSmtpResponse:
-        mask, problems = _mask(request, V1_FIELDS)
-        draft, v1_problems = convert.draft_from_v1(request.profile, mask)
-        if problems:
-            raise InvalidArgument(problems + v1_problems)
-        stored, _ = await self._profiles.update(
-            draft, mask=mask, etag=request.etag, earlier=v1_problems, audit=calls.current().change_record
-        )
-        return v1.UpdateSmtpResponse(
-            profile=_readable(convert.profile_to_v1(stored.profile)),
-            etag=stored.etag,
-            update_time=convert.timestamp(stored.updated_at),
-        )
-
-    @rpc("smtp:test", audit=True, limit="test")
-    async def TestSmtp(self, request: v1.TestSmtpRequest, context: grpc.aio.ServicerContext) -> v1.TestSmtpResponse:
-        if request.HasField("profile"):
-            draft, problems = convert.draft_from_v1(request.profile, None)
-            profile = self._profiles.check(draft, problems)
-        else:
-            profile = self._profiles.get().profile
-        _check_reach(request, profile, self._profiles)
-        steps = await self._applier.test(profile, request.test_recipient)
+    def _tested(self, request: v1.TestSmtpRequest, profile: Profile, steps: list[Step]) -> v1.TestSmtpResponse:
         if not succeeded(steps):
             # The record keeps the destinations noted above and adds this error, which names the step.
             failed = steps[-1]

@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
+from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status  # type: ignore[import-untyped]  # ships no type information
 
 from smtpconfig import settings as settings_mod
 from smtpconfig.api.auth import ADMIN_TOKEN_NAME
@@ -231,21 +234,28 @@ def explain(
             " or a client certificate with --ca, --cert and --key (the admin token goes on its own"
             " only over the data directory's Unix socket)"
         )
-    lines = [f"{code.name}: {error.details()}"] if code != grpc.StatusCode.INVALID_ARGUMENT else []
-    # grpc-stubs types an RpcError's trailing metadata as objects; at run time they are (key, value) pairs.
-    metadata: tuple[tuple[str, str | bytes], ...] = error.trailing_metadata() or ()  # type: ignore[assignment]
-    for key, value in metadata:
-        if key != "grpc-status-details-bin" or not isinstance(value, bytes):  # a -bin key's value is bytes
-            continue
-        status = status_pb2.Status.FromString(value)
-        for detail in status.details:
-            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad = error_details_pb2.BadRequest()
-                detail.Unpack(bad)
-                lines = ["the server refused the request" + (" (nothing was stored):" if writes else ":")]
-                lines += [f"  {(flags or str)(v.field)}: {v.description}" for v in bad.field_violations]
+    lines: list[str] = []
+    for detail in _status_details(error):
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            lines = ["the server refused the request" + (" (nothing was stored):" if writes else ":")]
+            lines += [f"  {(flags or str)(v.field)}: {v.description}" for v in bad.field_violations]
+    if not lines:
+        lines = [f"{code.name}: {error.details()}"]
     exit_code = EXIT_BAD_INPUT if code == grpc.StatusCode.INVALID_ARGUMENT else EXIT_FAILED
     return CliError("\n".join(lines), exit_code)
+
+
+def _status_details(error: grpc.RpcError) -> list[any_pb2.Any]:
+    """The details of the `google.rpc.Status` a failed call carries, as grpcio-status reads them
+    from its trailers. A status at odds with the call's own code or message, or one that does not
+    decode, is not trusted: the call's code and message are then all there is to show."""
+    try:
+        status = rpc_status.from_call(error)
+    except (ValueError, DecodeError):
+        return []
+    return list(status.details) if status is not None else []
 
 
 def read_payload(path: str) -> dict[str, Any]:
