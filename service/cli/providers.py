@@ -27,6 +27,7 @@ from smtpconfig.cli.client import (
     read_payload,
 )
 from smtpconfig.core.secret import strip_line_ending
+from smtpconfig.plugin.kinds import number_text
 from smtpconfig.v2 import secret_pb2
 from smtpconfig.v2 import secret_provider_service_pb2 as pb
 from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
@@ -254,8 +255,8 @@ def _kind(p: pb.ProviderTypeParameter) -> str:
     if p.schemes:
         return f"{name} {'|'.join(p.schemes)}"
     if p.HasField("minimum") or p.HasField("maximum"):
-        low = f"{p.minimum:g}" if p.HasField("minimum") else ""
-        high = f"{p.maximum:g}" if p.HasField("maximum") else ""
+        low = number_text(p.minimum) if p.HasField("minimum") else ""
+        high = number_text(p.maximum) if p.HasField("maximum") else ""
         return f"{name} {low}..{high}"
     return name
 

@@ -109,7 +109,7 @@ def _bounded(number: float, minimum: float | None, maximum: float | None, what: 
 
 def bounds_text(minimum: float | None, maximum: float | None) -> str:
     """``"from 1 to 10"``, ``"of at least 1"``, ``"of at most 10"`` or ``""``."""
-    low, high = _number_text(minimum), _number_text(maximum)
+    low, high = number_text(minimum), number_text(maximum)
     if minimum is not None and maximum is not None:
         return f"from {low} to {high}"
     if minimum is not None:
@@ -119,8 +119,11 @@ def bounds_text(minimum: float | None, maximum: float | None) -> str:
     return ""
 
 
-def _number_text(number: float | None) -> str:
-    return "" if number is None else f"{number:g}"
+def number_text(number: float | None) -> str:
+    """A bound as people write it: ``16777216``, ``0.01``; ``""`` for None."""
+    if number is None:
+        return ""
+    return str(int(number)) if float(number).is_integer() else repr(float(number))
 
 
 def _choice(word: str, choices: tuple[str, ...]) -> str:
