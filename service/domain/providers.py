@@ -102,6 +102,7 @@ def validate_instance(
     init_params = tuple(p for p in info.cls.parameters if not p.instance_level)
     names = canonical_names(init_params)
     values: dict[str, str | Secret] = dict(keep or {})
+    refused: set[str] = set()  # named already: "is required" would contradict what they were told
     for key, value in draft.initialization.items():
         parameter = names.get(key)
         where = f"Initialization.{key}"
@@ -110,6 +111,7 @@ def validate_instance(
             add(violation(where, f"is not an initialization parameter of {info.name} (expected: {expected})"))
         elif len(value) > MAX_INIT_VALUE or "\x00" in value:
             add(violation(where, f"must be under {MAX_INIT_VALUE} characters, without NUL"))
+            refused.add(parameter.name)
         elif value == "":
             values.pop(parameter.name, None)
         else:
@@ -117,10 +119,11 @@ def validate_instance(
                 parameter.parse(value)
             except BadParameters as error:
                 add(violation(where, problem_of(error)))
+                refused.add(parameter.name)
                 continue
             values[parameter.name] = Secret(value) if parameter.kind == "secret" else value
     for parameter in init_params:
-        if parameter.required and parameter.name not in values:
+        if parameter.required and parameter.name not in values and parameter.name not in refused:
             add(violation(f"Initialization.{parameter.name}", f"is required by provider type {info.name}"))
     if found:
         raise InvalidArgument(found)
