@@ -140,6 +140,8 @@ class Parameter:
             raise ValueError(f"{where}: choices are given for, and only for, kind choice")
         if (self.minimum is not None or self.maximum is not None) and self.kind not in ("int", "seconds"):
             raise ValueError(f"{where}: minimum and maximum apply to kinds int and seconds only")
+        if self.kind == "seconds" and self.minimum is not None and self.minimum < 0:
+            raise ValueError(f"{where}: a span of seconds is never negative; minimum must be 0 or more")
         if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
             raise ValueError(f"{where}: minimum is above maximum")
         if self.kind == "url" and not (self.schemes and all(re.fullmatch(r"[a-z][a-z0-9+.-]*", s) for s in self.schemes)):
