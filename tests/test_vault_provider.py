@@ -1,4 +1,4 @@
-"""The Vault provider against a real OpenBao (tests/openbao.py): reads, logins, errors, secrecy.
+"""The Vault provider against a real OpenBao (tests/kits/openbao.py): reads, logins, errors, secrecy.
 
 `resolve` is called directly; the service's cache and gRPC layer are not involved.
 """
@@ -20,7 +20,7 @@ import pytest
 from smtpconfig.plugin import AccessDenied, BadParameters, ProviderUnavailable, Resolved, Secret, SecretNotFound
 from smtpconfig.plugin.testing import ProviderConformance, resolve_as_host
 from smtpconfig.providers.vault import VaultProvider, register_secret_providers
-from tests.openbao import AppRole, JwtIssuer, OpenBao
+from tests.kits.openbao import AppRole, JwtIssuer, OpenBao
 
 VALUE = "PLANTED-vault-välue-5e1f"
 OLD_VALUE = "PLANTED-old-value-0a9c"
