@@ -5,7 +5,7 @@ of the TestSmtp phase and by the gRPC servers measured over TLS) and a client le
 is the URI SAN `CLIENT_ID` (the identity the service's policy names for mTLS callers). The CA is
 what every client trusts, the apply service's `ca_bundle` and the mTLS servers' client CA.
 
-The benchmark has its own copy of this rather than tests/testca.py's: bench code does not import
+The benchmark has its own copy of this rather than tests/kits/testca.py's: bench code does not import
 from tests/. EC keys keep generation to a few milliseconds.
 """
 

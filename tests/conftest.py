@@ -1,4 +1,8 @@
-"""Shared fixtures: a real server on port 0 with a real SQLite file, and stubs over a real channel."""
+"""Shared fixtures: a real server on port 0 with a real SQLite file, and stubs over a real channel.
+
+The kits that offer fixtures to every test module are loaded below as pytest plugins; helpers and
+profile documents are imported from `tests.kits`, never from here.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,15 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import json_format
 
-from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
-from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
-from tests.openbao import openbao_server  # noqa: F401  (a fixture, offered to every test module)
-from tests.support import ServerThread, short_dir
+from tests.kits.support import ServerThread, short_dir
+
+pytest_plugins = [
+    "tests.kits.openbao",  # openbao_server: one real OpenBao for the run
+    "tests.kits.applykit",  # net: the test CA and the port-465 address of the apply-time tests
+]
 
 # A provider instance for reference tests, declared as an operator would: the first-party Vault
 # type (which secret, which key). Validation never dials it, so its Host need not answer, and its
@@ -27,57 +32,6 @@ TEST_PROVIDER: dict[str, Any] = {
     "initialization": {"Host": "https://127.0.0.1:1", "AuthMethod": "jwt", "Role": "smtp",
                        "JwtFile": "/nonexistent/jwt"},
 }
-
-BASIC_V2: dict[str, Any] = {
-    "Id": 1,
-    "Host": "smtp.example.com",
-    "Port": 587,
-    "RelayAuthenticationType": 2,
-    "RelayUsername": {"SecretValue": "relay-user"},
-    "RelayPassword": {"SecretValue": "relay-password"},
-    "SenderAccount": "relay@example.com",
-    "SenderName": "Example Relay",
-    "UseSSL": True,
-}
-
-OAUTH_V2: dict[str, Any] = {
-    "Host": "smtp.office365.com",
-    "Port": 587,
-    "RelayAuthenticationType": 3,
-    "ClientId": {"SecretValue": "client-id-1"},
-    "ClientSecret": {"SecretValue": "client-secret-1"},
-    "TokenEndpoint": "https://login.example.com/tenant/oauth2/v2.0/token",
-    "Scope": "https://outlook.office365.com/.default",
-    "Audience": "api://smtp",
-    "RequestHeaders": [{"Name": "X-Tenant", "Value": "t1"}],
-    "SenderAccount": "relay@example.com",
-    "SenderName": "Example Relay",
-    "UseSSL": True,
-}
-
-BASIC_V1: dict[str, Any] = {
-    "Id": 1,
-    "Host": "smtp.example.com",
-    "Port": 25,
-    "RelayAuthenticationType": 2,
-    "RelayUsername": "relay-user",
-    "RelayPassword": "relay-password",
-    "SenderAccount": "relay@example.com",
-    "SenderName": "Example Relay",
-    "UseSSL": False,
-}
-
-
-def v2_profile(doc: dict[str, Any]) -> v2.SmtpProfile:
-    return json_format.ParseDict(doc, v2.SmtpProfile())
-
-
-def v1_profile(doc: dict[str, Any]) -> v1.SmtpProfile:
-    return json_format.ParseDict(doc, v1.SmtpProfile())
-
-
-def as_json(message) -> dict[str, Any]:
-    return json_format.MessageToDict(message, use_integers_for_enums=True)
 
 
 def _serve(**settings: Any) -> Iterator[ServerThread]:

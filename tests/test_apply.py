@@ -18,7 +18,7 @@ import pytest
 
 from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v2 import config_service_pb2 as v2
-from tests.applykit import (
+from tests.kits.applykit import (
     AUDIENCE,
     CLIENT_ID,
     CLIENT_SECRET,
@@ -40,7 +40,6 @@ from tests.applykit import (
     describe,
     error_blobs,
     leaks,
-    net,
     oauth,
     outcomes,
     serialized,
@@ -50,11 +49,9 @@ from tests.applykit import (
     token_endpoint,
     v1_profile,
 )
-from tests.openbao import OpenBao
-from tests.smtpkit import SmtpServer, refusing_port
-from tests.support import violations
-
-__all__ = ["net"]  # a fixture, imported for pytest
+from tests.kits.openbao import OpenBao
+from tests.kits.smtpkit import SmtpServer, refusing_port
+from tests.kits.support import violations
 
 ANY_RESOLVE = ("OK", "SKIPPED")  # nothing to resolve for Anonymous: either reading is fair
 TLS_VERSION = re.compile(r"TLS\s*v?1\.[0-3]", re.IGNORECASE)

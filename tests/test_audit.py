@@ -3,9 +3,9 @@ who called, which method, the caller's request id, the outcome and which fields 
 a value; reads leave none. Records are read back through AuditService, `smtpconfig audit` and the
 SQLite file itself, and survive kill -9 together with the change they describe.
 
-Callers are three bearer-token identities besides the admin: alice and bob hold every permission,
-carol only `smtp:read`. Secret values come from a real `exec` provider (a shell script) and the
-SMTP tests go to a real aiosmtpd server.
+Callers are three bearer-token identities besides the admin (tests/kits/calls.py): alice and bob
+hold every permission, carol only `smtp:read`. Secret values come from a real `exec` provider (a
+shell script) and the SMTP tests go to a real aiosmtpd server.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import logging
 import shutil
 import sqlite3
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,7 +27,6 @@ import grpc
 import pytest
 from google.protobuf import field_mask_pb2
 
-from smtpconfig.api.auth import token_hash
 from smtpconfig.api.calls import ANONYMOUS_RECORDS_BURST, ANONYMOUS_RECORDS_PER_SECOND
 from smtpconfig.cli import main as cli
 from smtpconfig.domain.crypto import load_key
@@ -44,15 +42,12 @@ from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from smtpconfig.v2 import secret_pb2
 from smtpconfig.v2 import secret_provider_service_pb2 as pb
 from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
-from tests.conftest import BASIC_V2, v1_profile, v2_profile
-from tests.smtpkit import SmtpServer, refusing_port
-from tests.support import ServerProcess, ServerThread, short_dir, violations
-from tests.test_metrics_endpoint import moved, scrape
-from tests.test_validation import edit
+from tests.kits.calls import ALICE_TOKEN, BOB_TOKEN, CALLERS, CAROL_TOKEN, OK, invoke, list_records, rid
+from tests.kits.metrics import moved, scrape
+from tests.kits.profiles import BASIC_V2, anonymous, edit, v1_profile, v2_profile
+from tests.kits.smtpkit import SmtpServer, refusing_port
+from tests.kits.support import ServerProcess, ServerThread, short_dir, violations
 
-ALICE_TOKEN = "PLANTED-alice-bearer-2b71e0"
-BOB_TOKEN = "PLANTED-bob-bearer-94c3aa"
-CAROL_TOKEN = "PLANTED-carol-bearer-5e08d1"
 BOGUS_TOKEN = "PLANTED-bogus-bearer-0f4c6b"
 INLINE_PASSWORD = "PLANTED-inline-relay-pw-3c1d"
 PROVIDER_TOKEN = "PLANTED-provider-init-token-a8e2"
@@ -64,13 +59,6 @@ PLANTED = (
     RESOLVED_PASSWORD, CHECKED_VALUE,
 )
 
-CALLERS = dict(
-    tokens=(("alice", token_hash(ALICE_TOKEN)), ("bob", token_hash(BOB_TOKEN)), ("carol", token_hash(CAROL_TOKEN))),
-    policy=(("alice", ("*",)), ("bob", ("*",)), ("carol", ("smtp:read",))),
-)
-
-OK = grpc.StatusCode.OK
-
 # Prints a planted value for `smtp-password` and `relay-user`, nothing (not found) for the rest.
 VENDOR = f"""#!/bin/sh
 case "$SMTPCONFIG_SECRET_NAME" in
@@ -78,43 +66,6 @@ case "$SMTPCONFIG_SECRET_NAME" in
   relay-user) printf 'relay-user' ;;
 esac
 """
-
-
-def rid(label: str) -> str:
-    """A fresh request id the server accepts as given (letters, digits, . _ : -)."""
-    return f"{label}-{uuid.uuid4().hex[:12]}"
-
-
-def invoke(method, request, token: str | None, request_id: str, code: grpc.StatusCode = OK, timeout: float = 30):
-    """Call with `token` and `x-request-id`; assert the status and that the trailer echoes the id."""
-    metadata = [("x-request-id", request_id)]
-    if token is not None:
-        metadata.append(("authorization", f"Bearer {token}"))
-    try:
-        response, call = method.with_call(request, metadata=metadata, timeout=timeout)
-    except grpc.RpcError as error:
-        assert error.code() == code, f"{error.code()}: {error.details()}"
-        assert dict(error.trailing_metadata() or ())["x-request-id"] == request_id
-        return error
-    assert code == OK, f"expected {code}, the call succeeded"
-    assert dict(call.trailing_metadata())["x-request-id"] == request_id
-    return response
-
-
-def list_records(channel: grpc.Channel, token: str, page_size: int = 1000) -> list[audit_pb.AuditRecord]:
-    """Every record, page by page."""
-    stub = audit_grpc.AuditServiceStub(channel)
-    found: list[audit_pb.AuditRecord] = []
-    page_token = ""
-    while True:
-        page = stub.ListAuditRecords(
-            audit_pb.ListAuditRecordsRequest(page_size=page_size, page_token=page_token),
-            metadata=[("authorization", f"Bearer {token}")], timeout=10,
-        )
-        found += page.records
-        if not page.next_page_token:
-            return found
-        page_token = page.next_page_token
 
 
 @dataclass
@@ -163,11 +114,6 @@ def env(tmp_path_factory) -> Iterator[Env]:
         smtp.stop()
         server.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
-
-
-def anonymous(smtp_host: str, smtp_port: int) -> dict[str, Any]:
-    return {"Id": 1, "Host": smtp_host, "Port": smtp_port, "RelayAuthenticationType": 0,
-            "SenderAccount": "relay@example.com", "SenderName": "Relay", "UseSSL": False}
 
 
 # --- what is recorded -----------------------------------------------------------------------------

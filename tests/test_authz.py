@@ -42,10 +42,10 @@ from smtpconfig.v2 import audit_service_pb2 as audit_pb
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import secret_pb2
 from smtpconfig.v2 import secret_provider_service_pb2 as providers_pb
-from tests.conftest import v1_profile, v2_profile
-from tests.smtpkit import SmtpServer
-from tests.support import ServerThread, short_dir, token_channel
-from tests.testca import TestCA
+from tests.kits.profiles import v1_profile, v2_profile
+from tests.kits.smtpkit import SmtpServer
+from tests.kits.support import ServerThread, short_dir, token_channel
+from tests.kits.testca import TestCA
 
 PASSWORD = "PLANTED-authz-smtp-password-41c7"
 FILE_SECRET = "PLANTED-authz-file-secret-8b02"

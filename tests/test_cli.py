@@ -14,8 +14,7 @@ import pytest
 
 from smtpconfig.cli.client import default_target
 from smtpconfig.cli.main import _parser, main
-from tests.conftest import BASIC_V1, BASIC_V2, OAUTH_V2
-from tests.test_validation import DROP, edit
+from tests.kits.profiles import BASIC_V1, BASIC_V2, DROP, OAUTH_V2, edit
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

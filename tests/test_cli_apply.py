@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from smtpconfig.cli.main import main
-from tests.smtpkit import SmtpServer
-from tests.support import ServerThread, short_dir
-from tests.testca import make_pki
+from tests.kits.smtpkit import SmtpServer
+from tests.kits.support import ServerThread, short_dir
+from tests.kits.testca import make_pki
 
 PASSWORD = "PLANTED-cli-apply-pw"
 

@@ -23,9 +23,9 @@ import pytest
 
 from smtpconfig.api.auth import TOKEN_PREFIX
 from smtpconfig.cli.main import main
-from tests.conftest import BASIC_V2
-from tests.support import ServerProcess, ServerThread, short_dir
-from tests.testca import TestCA
+from tests.kits.profiles import BASIC_V2
+from tests.kits.support import ServerProcess, ServerThread, short_dir
+from tests.kits.testca import TestCA
 
 
 def run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:

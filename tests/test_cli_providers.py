@@ -11,7 +11,7 @@ import pytest
 
 from smtpconfig.api.auth import new_token, token_hash
 from smtpconfig.cli.main import main
-from tests.support import ServerThread, short_dir
+from tests.kits.support import ServerThread, short_dir
 
 PLANTED = "PLANTED-cli-provider-secret"
 TYPED = "PLANTED-typed-on-the-command-line"

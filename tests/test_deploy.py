@@ -41,7 +41,7 @@ from smtpconfig.api.auth import new_token, token_hash
 from smtpconfig.cli import client as cli_client
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
-from tests.support import short_dir, wait_serving
+from tests.kits.support import short_dir, wait_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml"))

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from smtpconfig import plugin
 from smtpconfig.plugin import hookspecs
+from tests.kits.pluginkit import GUIDE, guide_files, write_guide_files
 
 ROOT = Path(__file__).resolve().parent.parent
-GUIDE = ROOT / "docs" / "plugins.md"
 
 
 def _hookspec_names() -> list[str]:
@@ -44,19 +44,6 @@ def test_public_plugin_api_is_documented() -> None:
             assert inspect.getdoc(obj), f"smtpconfig.plugin.{name} has no docstring"
     for method in ("resolve", "close"):
         assert inspect.getdoc(getattr(plugin.SecretProvider, method)), method
-
-
-def guide_files() -> dict[str, str]:
-    """The guide's example, by path: each block the guide heads with a visible file name."""
-    blocks = re.findall(r"\*\*File `(\S+)`:\*\*\n\n```\w+\n(.*?)```", GUIDE.read_text(), re.S)
-    return dict(blocks)
-
-
-def write_guide_files(where: Path) -> None:
-    for name, body in guide_files().items():
-        path = where / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(body)
 
 
 def test_the_guide_names_its_files_where_a_reader_sees_them() -> None:

@@ -6,9 +6,8 @@ import shutil
 
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
-from tests.conftest import BASIC_V2, v2_profile
-from tests.support import ServerProcess, short_dir
-from tests.test_validation import edit
+from tests.kits.profiles import BASIC_V2, edit, v2_profile
+from tests.kits.support import ServerProcess, short_dir
 
 
 def test_acknowledged_update_survives_kill_9() -> None:

@@ -39,8 +39,8 @@ from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from smtpconfig.v2 import secret_pb2
 from smtpconfig.v2 import secret_provider_service_pb2 as pb
 from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
-from tests import oauthkit, smtpkit
-from tests.applykit import (
+from tests.kits import oauthkit, smtpkit
+from tests.kits.applykit import (
     CLIENT_ID,
     CLIENT_SECRET,
     PASSWORD,
@@ -55,10 +55,7 @@ from tests.applykit import (
     step,
     token_endpoint,
 )
-from tests.support import token_channel
-
-__all__ = ["net"]  # a fixture, imported for pytest
-from tests.applykit import net  # noqa: E402,F401
+from tests.kits.support import token_channel
 
 TESTER_TOKEN = "PLANTED-tester-bearer-3e9d01"
 RESOLVER_TOKEN = "PLANTED-resolver-bearer-7c42b8"
@@ -210,8 +207,6 @@ def stored_profile_tested(service: Service, channel: grpc.Channel) -> tuple[v2.T
         v1_grpc.ConfigServiceStub(channel).TestSmtp(v1.TestSmtpRequest(test_recipient=RECIPIENT), timeout=30)
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION, refused.value.details()
     return answer, refused.value
-
-
 
 
 def step_texts(answer: v2.TestSmtpResponse) -> list[str]:

@@ -23,7 +23,7 @@ from smtpconfig.providers.exec import INHERITED, STDERR_KEEP, ExecProvider, regi
 from smtpconfig.v2 import secret_pb2
 from smtpconfig.v2 import secret_provider_service_pb2 as pb
 from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
-from tests.support import ServerProcess, short_dir
+from tests.kits.support import ServerProcess, short_dir
 
 PLANTED = "PLANTED-stdout-value-7f3a9c"
 

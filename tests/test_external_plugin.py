@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import copy_checkout, short_dir
-from tests.test_docs import write_guide_files
+from tests.kits.pluginkit import write_guide_files
+from tests.kits.support import copy_checkout, short_dir
 
 # Run with `python -I`: no current directory on sys.path, no PYTHON* variables, no user site.
 PROBE = textwrap.dedent("""\

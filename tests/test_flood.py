@@ -34,10 +34,10 @@ from smtpconfig.api.servicers import ConfigServiceV1, ConfigServiceV2
 from smtpconfig.app import SERVICE_NAMES
 from smtpconfig.settings import SettingsError, load
 from smtpconfig.v2 import config_service_pb2 as v2
-from tests.conftest import BASIC_V2, v2_profile
-from tests.support import ServerThread, short_dir, violations
-from tests.test_audit import list_records, rid
-from tests.test_metrics_endpoint import moved, scrape
+from tests.kits.calls import list_records, rid
+from tests.kits.metrics import moved, scrape
+from tests.kits.profiles import BASIC_V2, v2_profile
+from tests.kits.support import ServerThread, short_dir, violations
 
 Code = grpc.StatusCode
 MALLORY, CAROL, READER, WRITER = (f"PLANTED-{n}-bearer-{i}" for n, i in (("mallory", "51c0"), ("carol", "8e2a"),

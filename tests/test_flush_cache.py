@@ -18,10 +18,10 @@ from smtpconfig.v2 import audit_service_pb2_grpc as audit_grpc
 from smtpconfig.v2 import secret_pb2
 from smtpconfig.v2 import secret_provider_service_pb2 as pb
 from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
-from tests.openbao import OpenBao
-from tests.support import ServerThread, short_dir, violations
-from tests.test_metrics_endpoint import moved, scrape
-from tests.test_vault_service import check, fingerprint_of, vault_instance
+from tests.kits.metrics import moved, scrape
+from tests.kits.openbao import OpenBao
+from tests.kits.providers import check, fingerprint_of, vault_instance
+from tests.kits.support import ServerThread, short_dir, violations
 
 OLD = "PLANTED-before-rotation-41c2"
 NEW = "PLANTED-after-rotation-9e07"

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import textwrap
 
-from tests.support import ROOT, short_dir
+from tests.kits.support import ROOT, short_dir
 
 HEAVY = ("hvac", "requests", "authlib", "httpx")
 

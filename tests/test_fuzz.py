@@ -2,7 +2,7 @@
 
 Every method of every service the server registers (`smtpconfig.app.SERVICE_NAMES`, looked up in
 the generated descriptors, so a new RPC is fuzzed without touching this file) gets requests from
-the three generators of `tests.fuzzkit`: structured (built from the request descriptor), mutated
+the three generators of `tests.kits.fuzzkit`: structured (built from the request descriptor), mutated
 (valid requests, bent) and raw (malformed bytes). Most calls come as the admin, so validation is
 reached; some bring no token, a garbage `authorization` header, a random `x-request-id` or a
 deadline that runs out mid-call.
@@ -65,7 +65,7 @@ from smtpconfig.domain.validation import host_problems, token_endpoint_problems
 from smtpconfig.v2 import audit_service_pb2 as audit_pb
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import secret_provider_service_pb2 as providers_pb
-from tests.fuzzkit import (
+from tests.kits.fuzzkit import (
     ADMIN_TOKEN,
     AUDIT,
     BASES,
@@ -92,7 +92,7 @@ from tests.fuzzkit import (
     raw_requests,
     request_class,
 )
-from tests.support import ServerThread, short_dir
+from tests.kits.support import ServerThread, short_dir
 
 EXAMPLES = int(os.environ.get("SMTPCONFIG_FUZZ_EXAMPLES", "12"))
 # Random per run unless given; with the same examples it draws the same requests again.

@@ -27,9 +27,9 @@ from smtpconfig.settings import SettingsError, load
 from smtpconfig.v2 import secret_pb2
 from smtpconfig.v2 import secret_provider_service_pb2 as pb
 from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
-from tests.openbao import OpenBao
-from tests.support import ServerProcess, ServerThread, short_dir, token_channel, violations
-from tests.test_plugins import install_fake
+from tests.kits.openbao import OpenBao
+from tests.kits.pluginkit import install_fake
+from tests.kits.support import ServerProcess, ServerThread, short_dir, token_channel, violations
 
 MALLORY_TOKEN = "mallory-token-3c9d0e"
 MALLORY = {

@@ -32,11 +32,10 @@ from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from smtpconfig.v2 import secret_pb2
 from smtpconfig.v2 import secret_provider_service_pb2 as pb
 from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
-from tests.conftest import BASIC_V2, v1_profile, v2_profile
-from tests.smtpkit import SmtpServer
-from tests.support import ServerThread, SilentListener, short_dir, wait_until
-from tests.test_audit import ALICE_TOKEN, BOB_TOKEN, CALLERS, anonymous, invoke, list_records, rid
-from tests.test_validation import edit
+from tests.kits.calls import ALICE_TOKEN, BOB_TOKEN, CALLERS, invoke, list_records, rid
+from tests.kits.profiles import BASIC_V2, anonymous, edit, v1_profile, v2_profile
+from tests.kits.smtpkit import SmtpServer
+from tests.kits.support import ServerThread, SilentListener, short_dir, wait_until
 
 RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 

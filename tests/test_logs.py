@@ -300,8 +300,8 @@ def test_a_message_is_not_a_traceback() -> None:
 
 def _tls_server(tmp_path, *extra: str, verbosity: str | None):
     """`smtpconfig serve` with TLS on loopback; `verbosity` is the operator's GRPC_VERBOSITY."""
-    from tests.support import ServerProcess, short_dir
-    from tests.testca import TestCA
+    from tests.kits.support import ServerProcess, short_dir
+    from tests.kits.testca import TestCA
 
     cert = TestCA(tmp_path / "pki").issue("server")
     server = ServerProcess(short_dir("glog") / "data", "--tls-cert", str(cert.cert), "--tls-key", str(cert.key), *extra)
@@ -313,7 +313,7 @@ def _tls_server(tmp_path, *extra: str, verbosity: str | None):
 
 def _plaintext_call(server) -> None:
     """A plaintext client on the TLS port: the server's handshake fails."""
-    from tests.support import wait_serving
+    from tests.kits.support import wait_serving
 
     address = server.log().split("serving on ", 1)[1].split(",", 1)[0]
     with pytest.raises(TimeoutError, match="UNAVAILABLE"):

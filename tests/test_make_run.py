@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from tests.conftest import BASIC_V1
-from tests.support import copy_checkout, short_dir, wait_serving
+from tests.kits.profiles import BASIC_V1
+from tests.kits.support import copy_checkout, short_dir, wait_serving
 
 
 def _free_port() -> int:

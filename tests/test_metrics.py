@@ -24,7 +24,7 @@ from smtpconfig.ops.metrics import MAX_SERIES, NO_METRICS, OTHER, Metrics
 from smtpconfig.outbound.oauth import TokenClient, TokenError, TokenRequest
 from smtpconfig.plugin.manager import load_plugins
 from smtpconfig.store.sqlite import SqliteStore
-from tests.oauthkit import TokenEndpoint
+from tests.kits.oauthkit import TokenEndpoint
 
 # Only loopback: a proxy from the environment must not see (or answer) the scrape.
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -3,20 +3,18 @@ traffic: RPCs by method and status code, provider calls, the secret cache, audit
 token fetches move by exactly what the traffic did, and no secret value is ever exposed.
 
 Backends are real: the first-party `file` provider reading a file from a temporary directory, and a
-real OAuth token endpoint (tests/oauthkit.py, plain HTTP on loopback, which profiles allow).
+real OAuth token endpoint (tests/kits/oauthkit.py, plain HTTP on loopback, which profiles allow).
 """
 
 from __future__ import annotations
 
 import shutil
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
-from prometheus_client.parser import text_string_to_metric_families
 
 from smtpconfig.v2 import audit_service_pb2 as audit_pb
 from smtpconfig.v2 import audit_service_pb2_grpc as audit_grpc
@@ -25,37 +23,15 @@ from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from smtpconfig.v2 import secret_pb2
 from smtpconfig.v2 import secret_provider_service_pb2 as pb
 from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
-from tests.conftest import BASIC_V2, OAUTH_V2, v2_profile
-from tests.oauthkit import TokenEndpoint
-from tests.support import ServerThread, short_dir
-from tests.test_validation import edit
+from tests.kits.metrics import moved, scrape
+from tests.kits.oauthkit import TokenEndpoint
+from tests.kits.profiles import BASIC_V2, OAUTH_V2, edit, v2_profile
+from tests.kits.support import ServerThread, short_dir
 
 FILE_SECRET = "PLANTED-file-secret-0c4e91"
 INLINE_SECRET = "PLANTED-inline-checked-7a2d"
 CLIENT_SECRET = "PLANTED-client-secret-e5b3"
 CLIENT_ID = "client-metrics"
-
-# Only loopback: a proxy from the environment must not see (or answer) the scrape.
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def scrape(port: int) -> tuple[str, Samples]:
-    with _DIRECT.open(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
-        assert answer.status == 200
-        text = answer.read().decode()
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-    return text, samples
-
-
-def moved(before: Samples, after: Samples, name: str, **labels: str) -> float:
-    key = (name, tuple(sorted(labels.items())))
-    return after.get(key, 0.0) - before.get(key, 0.0)
 
 
 @pytest.fixture

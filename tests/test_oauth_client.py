@@ -11,7 +11,7 @@ from smtpconfig.core.errors import Unavailable
 from smtpconfig.core.secret import Secret
 from smtpconfig.domain.model import RequestHeader
 from smtpconfig.outbound.oauth import TokenClient, TokenError, TokenRequest
-from tests.oauthkit import TokenEndpoint
+from tests.kits.oauthkit import TokenEndpoint
 
 CLIENT_SECRET = "PLANTED-client-secret-0a1b"
 
@@ -112,7 +112,7 @@ def test_endpoint_down_slow_or_broken_is_unavailable(endpoint: TokenEndpoint) ->
 
 
 def test_https_endpoint_is_verified_against_the_ca_bundle(tmp_path) -> None:
-    from tests.testca import make_pki
+    from tests.kits.testca import make_pki
 
     pki = make_pki(tmp_path)
     with TokenEndpoint({"smtp-relay": CLIENT_SECRET}, certfile=pki.localhost.cert, keyfile=pki.localhost.key) as server:

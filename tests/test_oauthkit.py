@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.oauthkit import ECHO_FORGED_LINE, REDACTED, TokenEndpoint
+from tests.kits.oauthkit import ECHO_FORGED_LINE, REDACTED, TokenEndpoint
 
 CLIENT_ID = "smtp-relay-client"
 SECRET = "s3cret-value-0123456789"

@@ -3,7 +3,7 @@ issue 9 §3): Vault and token endpoints, attacked through the running service by
 only the permissions the attack needs.
 
 Forbidden addresses are dialled only inside a network namespace each test creates
-(`tests.netns`): there, 169.254.169.254, 6to4 and Teredo addresses sit on the loopback interface
+(`tests.kits.netns`): there, 169.254.169.254, 6to4 and Teredo addresses sit on the loopback interface
 with a listener (a trap) on each, and a DNS server on 127.0.0.1 answers as the test scripts it
 (a name that answers 127.0.0.1 first and 169.254.169.254 after: DNS rebinding). A trap that saw no
 connection proves the refusal came before any connection. Redirect and TLS tests run on
@@ -29,11 +29,11 @@ from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from smtpconfig.v2 import secret_pb2
 from smtpconfig.v2 import secret_provider_service_pb2 as pb
 from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
-from tests import netns
-from tests.fakevault import FakeVault
-from tests.oauthkit import TokenEndpoint
-from tests.support import ServerThread, short_dir, token_channel
-from tests.testca import make_pki
+from tests.kits import netns
+from tests.kits.fakevault import FakeVault
+from tests.kits.oauthkit import TokenEndpoint
+from tests.kits.support import ServerThread, short_dir, token_channel
+from tests.kits.testca import make_pki
 
 VAULT_TOKEN = "PLANTED-vault-token-3e1f"
 SECRET_ID = "PLANTED-approle-secret-id-77c2"

@@ -26,10 +26,9 @@ from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from smtpconfig.v2 import secret_pb2
 from smtpconfig.v2 import secret_provider_service_pb2 as pb
 from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
-from tests.conftest import BASIC_V2, v2_profile
-from tests.support import ServerThread, short_dir, violations
-from tests.test_plugins import install_fake
-from tests.test_validation import edit
+from tests.kits.pluginkit import install_fake
+from tests.kits.profiles import BASIC_V2, edit, v2_profile
+from tests.kits.support import ServerThread, short_dir, violations
 
 # Secret initialization values given in these tests; none may appear in any answer.
 EXEC_TOKEN = "PLANTED-kinds-exec-token"

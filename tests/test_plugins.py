@@ -21,7 +21,8 @@ from smtpconfig.settings import load as load_settings
 from smtpconfig.v2 import secret_pb2
 from smtpconfig.v2 import secret_provider_service_pb2 as pb
 from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
-from tests.support import ServerProcess, ServerThread, short_dir, violations
+from tests.kits.pluginkit import install_fake
+from tests.kits.support import ServerProcess, ServerThread, short_dir, violations
 
 GOOD = """
 from smtpconfig.plugin import Resolved, Secret, SecretProvider, Parameter, hookimpl
@@ -56,15 +57,6 @@ SAYS = {
     "hook raises": "ValueError: no",
     "quotes a token": "RuntimeError: login failed, token=[REDACTED]",
 }
-
-
-def install_fake(site: Path, entry: str, module: str, source: str) -> None:
-    """A distribution in `site` as pip would leave it: module, METADATA and entry_points.txt."""
-    (site / f"{module}.py").write_text(textwrap.dedent(source))
-    info = site / f"{module}-0.1.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[smtpconfig]\n{entry} = {module}\n")
 
 
 @pytest.mark.parametrize("case", list(BROKEN), ids=list(BROKEN))

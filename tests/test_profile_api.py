@@ -14,9 +14,8 @@ from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from smtpconfig.v2 import secret_pb2
 from smtpconfig.v2 import secret_provider_service_pb2 as providers_pb
 from smtpconfig.v2 import secret_provider_service_pb2_grpc as providers_grpc
-from tests.conftest import BASIC_V1, BASIC_V2, OAUTH_V2, as_json, v1_profile, v2_profile
-from tests.support import violations
-from tests.test_validation import DROP, edit
+from tests.kits.profiles import BASIC_V1, BASIC_V2, DROP, OAUTH_V2, as_json, edit, v1_profile, v2_profile
+from tests.kits.support import violations
 
 
 def put2(stub, doc, **kw) -> v2.UpdateSmtpResponse:

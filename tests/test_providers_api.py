@@ -21,9 +21,8 @@ from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from smtpconfig.v2 import secret_pb2
 from smtpconfig.v2 import secret_provider_service_pb2 as pb
 from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
-from tests.conftest import BASIC_V2, as_json, v2_profile
-from tests.support import ServerThread, short_dir, violations
-from tests.test_validation import edit
+from tests.kits.profiles import BASIC_V2, as_json, edit, v2_profile
+from tests.kits.support import ServerThread, short_dir, violations
 
 PLANTED_TOKEN = "PLANTED-exec-token-5e1f"
 

@@ -20,8 +20,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from smtpconfig.app import SERVICE_NAMES
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
-from tests.conftest import BASIC_V2, v2_profile
-from tests.support import ServerThread, short_dir, token_channel
+from tests.kits.profiles import BASIC_V2, v2_profile
+from tests.kits.support import ServerThread, short_dir, token_channel
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -14,9 +14,8 @@ from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
-from tests.conftest import BASIC_V1, BASIC_V2, OAUTH_V2, v1_profile, v2_profile
-from tests.support import ServerProcess, short_dir
-from tests.test_validation import edit
+from tests.kits.profiles import BASIC_V1, BASIC_V2, OAUTH_V2, edit, v1_profile, v2_profile
+from tests.kits.support import ServerProcess, short_dir
 
 PASSWORD = "PLANTED-relay-pässword-7f3a"
 CLIENT_SECRET = "PLANTED-client-secret-91bd"

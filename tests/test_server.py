@@ -18,8 +18,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from smtpconfig.domain.crypto import KeyProblem
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
-from tests.conftest import BASIC_V2, v2_profile
-from tests.support import ServerProcess, ServerThread, short_dir, wait_serving
+from tests.kits.profiles import BASIC_V2, v2_profile
+from tests.kits.support import ServerProcess, ServerThread, short_dir, wait_serving
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Self-tests of the SMTP test kit (`tests.smtpkit`, `tests.testca`), with Python's smtplib as the
+"""Self-tests of the SMTP test kit (`tests.kits.smtpkit`, `tests.kits.testca`), with Python's smtplib as the
 client: they show the server really does TLS, AUTH and recording the way the service's tests will
 rely on. Everything runs on loopback."""
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.smtpkit import ECHO_FORGED_LINE, AuthAttempt, SmtpServer, refusing_port, unused_port
-from tests.testca import TestPKI, make_pki
+from tests.kits.smtpkit import ECHO_FORGED_LINE, AuthAttempt, SmtpServer, refusing_port, unused_port
+from tests.kits.testca import TestPKI, make_pki
 
 USER, PASSWORD = "relay-user", "relay-password-1"  # smtplib sends AUTH strings as ASCII
 SENDER, RECIPIENT = "relay@example.com", "ops@example.org"

@@ -30,10 +30,9 @@ from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from smtpconfig.v2 import secret_pb2
 from smtpconfig.v2 import secret_provider_service_pb2 as pb
 from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
-from tests.conftest import BASIC_V2, v2_profile
-from tests.support import ServerProcess, ServerThread, short_dir, violations, wait_until
-from tests.test_audit import ALICE_TOKEN, CALLERS, CAROL_TOKEN, invoke, list_records, rid
-from tests.test_validation import edit
+from tests.kits.calls import ALICE_TOKEN, CALLERS, CAROL_TOKEN, invoke, list_records, rid
+from tests.kits.profiles import BASIC_V2, edit, v2_profile
+from tests.kits.support import ServerProcess, ServerThread, short_dir, violations, wait_until
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 SERVING = HealthCheckResponse.SERVING

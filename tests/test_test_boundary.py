@@ -34,7 +34,7 @@ from smtpconfig.v2 import audit_service_pb2 as audit_pb
 from smtpconfig.v2 import audit_service_pb2_grpc as audit_grpc
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
-from tests.applykit import (
+from tests.kits.applykit import (
     CLIENT_ID,
     CLIENT_SECRET,
     PASSWORD,
@@ -47,7 +47,6 @@ from tests.applykit import (
     describe,
     error_blobs,
     leaks,
-    net,
     oauth,
     serialized,
     smtp_kit,
@@ -55,11 +54,9 @@ from tests.applykit import (
     v1_profile,
     v2_profile,
 )
-from tests.oauthkit import TokenEndpoint
-from tests.smtpkit import SmtpServer
-from tests.support import SilentListener, token_channel, wait_until
-
-__all__ = ["net"]  # a fixture, imported for pytest
+from tests.kits.oauthkit import TokenEndpoint
+from tests.kits.smtpkit import SmtpServer
+from tests.kits.support import SilentListener, token_channel, wait_until
 
 FILES_PROVIDER = 5
 # What the attacker uses as its own credentials: typed by it, so free to go anywhere.

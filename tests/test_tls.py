@@ -32,8 +32,8 @@ from smtpconfig.core.errors import FailedPrecondition
 from smtpconfig.settings import SettingsError, load
 from smtpconfig.v2 import secret_provider_service_pb2 as pb
 from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
-from tests.support import ServerThread, short_dir, token_channel, wait_serving
-from tests.testca import CertPaths, TestCA, self_signed
+from tests.kits.support import ServerThread, short_dir, token_channel, wait_serving
+from tests.kits.testca import CertPaths, TestCA, self_signed
 
 LOCAL_ONLY = (("grpc.use_local_subchannel_pool", 1),)  # a connection of its own per channel
 

@@ -7,7 +7,6 @@ what it was (same etag, same content).
 
 from __future__ import annotations
 
-import copy
 import re
 import urllib.parse
 from dataclasses import dataclass
@@ -21,20 +20,8 @@ from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
-from tests.conftest import BASIC_V1, BASIC_V2, OAUTH_V2, as_json, v1_profile, v2_profile
-from tests.support import violations
-
-DROP = object()
-
-
-def edit(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
-    doc = copy.deepcopy(base)
-    for key, value in changes.items():
-        if value is DROP:
-            doc.pop(key, None)
-        else:
-            doc[key] = value
-    return doc
+from tests.kits.profiles import BASIC_V1, BASIC_V2, DROP, OAUTH_V2, as_json, edit, v1_profile, v2_profile
+from tests.kits.support import violations
 
 
 @dataclass(frozen=True)

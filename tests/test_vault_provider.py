@@ -1,4 +1,4 @@
-"""The Vault provider against a real OpenBao (tests/openbao.py): reads, logins, errors, secrecy.
+"""The Vault provider against a real OpenBao (tests/kits/openbao.py): reads, logins, errors, secrecy.
 
 `resolve` is called directly; the service's cache and gRPC layer are not involved.
 """
@@ -18,9 +18,15 @@ from typing import Any
 import pytest
 
 from smtpconfig.plugin import AccessDenied, BadParameters, ProviderUnavailable, Resolved, Secret, SecretNotFound
-from smtpconfig.plugin.testing import ProviderConformance, resolve_as_host
+from smtpconfig.plugin.testing import (
+    ProviderConformance,
+    call_resolve,
+    prepare_initialization,
+    prepare_parameters,
+    resolve_as_host,
+)
 from smtpconfig.providers.vault import VaultProvider, register_secret_providers
-from tests.openbao import AppRole, JwtIssuer, OpenBao
+from tests.kits.openbao import AppRole, JwtIssuer, OpenBao
 
 VALUE = "PLANTED-vault-välue-5e1f"
 OLD_VALUE = "PLANTED-old-value-0a9c"
@@ -357,7 +363,8 @@ def test_a_hung_server_times_out_and_a_sealed_one_is_unavailable(seed: Seed, pro
     started = time.monotonic()
     try:
         with pytest.raises(ProviderUnavailable, match="no answer"):
-            resolve_as_host(provider, RELAY, seed.token())
+            # Called directly: the provider's own timeout answers, not the host's of the same length.
+            call_resolve(provider, prepare_parameters(VaultProvider, RELAY), prepare_initialization(VaultProvider, seed.token()))
     finally:
         seed.server.resume()
     assert time.monotonic() - started < TIMEOUT + 1

@@ -16,14 +16,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from smtpconfig.api.auth import token_hash
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
-from smtpconfig.v2 import secret_pb2
 from smtpconfig.v2 import secret_provider_service_pb2 as pb
 from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
-from tests.conftest import BASIC_V2, v2_profile
-from tests.fakevault import FakeVault
-from tests.openbao import OpenBao
-from tests.support import ServerProcess, ServerThread, short_dir, token_channel
-from tests.test_validation import edit
+from tests.kits.fakevault import FakeVault
+from tests.kits.openbao import OpenBao
+from tests.kits.profiles import BASIC_V2, edit, v2_profile
+from tests.kits.providers import check, fingerprint_of, vault_instance
+from tests.kits.support import ServerProcess, ServerThread, short_dir, token_channel
 
 
 @pytest.fixture
@@ -34,22 +33,6 @@ def service():
         yield pb_grpc.SecretProviderServiceStub(channel), v2_grpc.ConfigServiceStub(channel), channel
     server.stop()
     shutil.rmtree(data_dir, ignore_errors=True)
-
-
-def vault_instance(stub, bao: OpenBao, name: str = "bao", **init: str) -> int:
-    instance = pb.ProviderInstance(name=name, provider_type="vault")
-    values = {"Host": bao.address, "Token": bao.root_token, **init}
-    for key, value in values.items():
-        instance.initialization[key].value = value
-    return stub.CreateProvider(pb.CreateProviderRequest(provider=instance)).provider.id
-
-
-def check(stub, provider: int, **params: str) -> pb.CheckSecretResponse:
-    return stub.CheckSecret(pb.CheckSecretRequest(secret=secret_pb2.SecretObject(provider=provider, parameters=params)))
-
-
-def fingerprint_of(stub, value: str) -> str:
-    return stub.CheckSecret(pb.CheckSecretRequest(secret=secret_pb2.SecretObject(secret_value=value))).fingerprint
 
 
 def test_profile_reference_resolves_from_vault(service, openbao_server: OpenBao) -> None:
@@ -219,7 +202,7 @@ def test_an_instance_setting_that_cannot_work_is_failed_precondition_naming_the_
 
 
 def violations_of(error: grpc.RpcError) -> list[tuple[str, str]]:
-    from tests.support import violations
+    from tests.kits.support import violations
 
     try:
         return violations(error)

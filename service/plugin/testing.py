@@ -28,11 +28,15 @@ registration (a `SecretProvider` subclass, a valid `name`, `resolve` implemented
 used twice): a `description` on every parameter, no `default` on a required one, and at least one
 instance parameter (`instance_level=True`), since that is how a secret object says which secret it
 wants. docs/plugins.md lists the same under "Conformance kit".
+
+PYTEST_DONT_REWRITE: every assertion here carries its own message, which never quotes a value;
+pytest's assertion rewriting would print the compared texts, secrets among them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import time
 from collections.abc import Mapping
@@ -67,29 +71,58 @@ def prepare_parameters(cls: type[SecretProvider], given: Given) -> dict[str, Par
     return values_for(cls.parameters, given, instance_level=True)
 
 
-def resolve_as_host(provider: SecretProvider, instance_parameters: Given, initialization: Given) -> Resolved:
+def resolve_as_host(provider: SecretProvider, instance_parameters: Given, initialization: Given | None = None) -> Resolved:
     """Resolve text parameters as the host does: each read by its kind (`prepare_parameters`,
     `prepare_initialization`), the rules across initialization values checked
-    (`SecretProvider.check_initialization`), then `resolve` called (awaited when async).
-    A value the host would refuse on write raises BadParameters naming it, as the host would."""
+    (`SecretProvider.check_initialization`), then `resolve` called as the service calls it: an
+    ``async def resolve`` awaited, a plain one run on a worker thread, both given up on after
+    `provider.timeout` with `TimeoutError` (the service answers UNAVAILABLE then). A value the
+    host would refuse on write raises BadParameters naming it. A plain `resolve` that times out
+    keeps running on its thread, as in the service. Call it from plain (not async) code: it runs
+    its own event loop."""
     cls = type(provider)
-    init = prepare_initialization(cls, initialization)
+    init = prepare_initialization(cls, initialization or {})
     cls.check_initialization(init)
-    return call_resolve(provider, prepare_parameters(cls, instance_parameters), init)
+    params = prepare_parameters(cls, instance_parameters)
+    return asyncio.run(_resolve_within_timeout(provider, params, init))
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+async def _resolve_within_timeout(
+    provider: SecretProvider, params: Mapping[str, ParameterValue], init: Mapping[str, ParameterValue],
+) -> Resolved:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(thread_name_prefix="provider")
+    async with asyncio.timeout(provider.timeout):
+        if inspect.iscoroutinefunction(provider.resolve):
+            result = await provider.resolve(params, init)
+        else:
+            run = contextvars.copy_context().run
+            result = await asyncio.get_running_loop().run_in_executor(_POOL, run, provider.resolve, params, init)
+    return _as_resolved(result)
 
 
 def call_resolve(
     provider: SecretProvider, params: Mapping[str, ParameterValue], init: Mapping[str, ParameterValue],
 ) -> Resolved:
-    """Call `resolve` as the service would (awaiting it if it is async) and normalise the result."""
+    """Call `resolve` with prepared values (awaiting it if it is async) and normalise the result."""
     result: Any = provider.resolve(params, init)
     if inspect.isawaitable(result):
         result = asyncio.run(_await(result))
+    return _as_resolved(result)
+
+
+def _as_resolved(result: object) -> Resolved:
+    """A bare `str` or `Secret` means `Resolved(value)`, as the service takes it."""
     if isinstance(result, str):
         result = Resolved(Secret(result))
     elif isinstance(result, Secret):
         result = Resolved(result)
-    assert isinstance(result, Resolved), f"resolve() returned {type(result).__name__}, not Resolved"
+    if not isinstance(result, Resolved):
+        raise TypeError(f"resolve() returned {type(result).__name__}, not Resolved")
     return result
 
 

@@ -1,6 +1,6 @@
 """A real SMTP server for tests: aiosmtpd on 127.0.0.1, a free port, in a background thread.
 
-`SmtpServer` speaks plaintext, STARTTLS or implicit TLS with certificates from `tests.testca`,
+`SmtpServer` speaks plaintext, STARTTLS or implicit TLS with certificates from `tests.kits.testca`,
 authenticates AUTH PLAIN and LOGIN against a credentials dict and XOAUTH2 through a
 `bearer_check(user, token)` callable, and records what it saw: every message (envelope and parsed
 headers), every AUTH attempt (mechanism, user name, outcome, whether the connection was
@@ -49,7 +49,7 @@ from typing import Any, Literal
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
 
-from tests.testca import CertPaths, make_pki
+from tests.kits.testca import CertPaths, make_pki
 
 Mode = Literal["plain", "starttls", "implicit"]
 MECHANISMS = ("PLAIN", "LOGIN", "XOAUTH2")
@@ -303,7 +303,7 @@ class SmtpServer:
         (TLS from the first byte, as on port 465).
     certs: the server certificate; by default a fresh test CA's leaf for localhost, 127.0.0.1 and
         ::1 (see `certs.ca` for the bundle to trust). Pass `pki.other_host` or `pki.self_signed`
-        from `tests.testca.make_pki` for the certificate failure cases.
+        from `tests.kits.testca.make_pki` for the certificate failure cases.
     offer_starttls: False makes a "starttls" server neither advertise nor accept STARTTLS
         (454), as a server that does not offer it.
     require_starttls: aiosmtpd's: refuse everything but EHLO/NOOP/QUIT/STARTTLS before STARTTLS.

@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from smtpconfig.app import App
 from smtpconfig.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: tests/kits/support.py is two folders down
 
 
 def copy_checkout(dest: Path) -> None:

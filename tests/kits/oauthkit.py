@@ -2,7 +2,7 @@
 
 `TokenEndpoint` is a stdlib HTTP server (``http.server.ThreadingHTTPServer``) on an ephemeral port,
 served from a background thread, plain HTTP or HTTPS when the caller gives ``certfile``/``keyfile``
-(PEM leaf certificate chain and key, e.g. from ``tests/testca.py``). It issues short-lived random
+(PEM leaf certificate chain and key, e.g. from ``tests/kits/testca.py``). It issues short-lived random
 opaque bearer tokens to registered clients and records every request it receives, so tests can
 assert what a client really sent (scope, audience, custom headers, client authentication method)
 and that an expired token was replaced.

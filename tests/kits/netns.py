@@ -31,7 +31,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from tests.support import ROOT
+from tests.kits.support import ROOT
 
 RESULT = "NETNS-RESULT "
 
@@ -41,7 +41,7 @@ def run(function: Callable[..., Any], *args: Any, addresses: tuple[str, ...] = (
     spec = {"module": function.__module__, "function": function.__name__, "args": list(args),
             "addresses": list(addresses), "names": names}
     done = subprocess.run(
-        ["unshare", "--net", "--mount", sys.executable, "-m", "tests.netns", json.dumps(spec)],
+        ["unshare", "--net", "--mount", sys.executable, "-m", "tests.kits.netns", json.dumps(spec)],
         cwd=ROOT, capture_output=True, text=True, timeout=timeout,
     )
     lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT)]

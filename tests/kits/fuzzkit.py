@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import secret_provider_service_pb2 as providers_pb
-from tests.conftest import BASIC_V1, BASIC_V2, OAUTH_V2
+from tests.kits.profiles import BASIC_V1, BASIC_V2, OAUTH_V2
 
 POOL = descriptor_pool.Default()
 

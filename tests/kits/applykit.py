@@ -26,10 +26,10 @@ from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from smtpconfig.v2 import secret_provider_service_pb2 as pb
 from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
-from tests.oauthkit import TokenEndpoint
-from tests.smtpkit import SmtpServer
-from tests.support import ServerThread, short_dir
-from tests.testca import LOCAL_NAMES, TestPKI, make_pki
+from tests.kits.oauthkit import TokenEndpoint
+from tests.kits.smtpkit import SmtpServer
+from tests.kits.support import ServerThread, short_dir
+from tests.kits.testca import LOCAL_NAMES, TestPKI, make_pki
 
 IMPLICIT_PORT = 465
 

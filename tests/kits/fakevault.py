@@ -2,7 +2,7 @@
 redirect, serve TLS with a certificate for a name only, or echo a credential in an error. It serves
 KV v2 reads and AppRole and JWT logins on one address, records each request (path, Host header,
 whether a Vault token came with it, the TLS server name the client asked for) and never logs. Real OpenBao covers everything else
-(tests/openbao.py).
+(tests/kits/openbao.py).
 """
 
 from __future__ import annotations
