@@ -442,6 +442,19 @@ class Settings:
     resolve_burst: int = _setting(20, _BURST, "RESOLVE_BURST")
     test_rate: float = _setting(0.5, _RATE, "TEST_RATE")
     test_burst: int = _setting(5, _BURST, "TEST_BURST")
+
+    # --- WatchSmtp ---
+    # Seconds between progress messages (the store's current revision) on every WatchSmtp stream.
+    watch_progress_seconds: float = _setting(30.0, _INTERVAL, "WATCH_PROGRESS_SECONDS")
+    # Seconds a WatchSmtp stream lives (±10% jitter) before it ends UNAVAILABLE, so that clients
+    # reconnect (with their revision) and spread over replicas again.
+    watch_max_age_seconds: float = _setting(600.0, _INTERVAL, "WATCH_MAX_AGE_SECONDS")
+    # WatchSmtp streams one identity may hold open at once; 0: no limit. They do not count
+    # against max_concurrent_rpcs_per_identity, which is for calls that end.
+    max_watch_streams_per_identity: int = _setting(8, _COUNT, "MAX_WATCH_STREAMS_PER_IDENTITY")
+    # SQLite: changes kept so that a WatchSmtp client can resume after its revision; one resuming
+    # from before the oldest kept gets a resync snapshot.
+    history_keep: int = _setting(1000, _BURST, "HISTORY_KEEP")
     # Where settings came from, for the start-up log.
     sources: tuple[str, ...] = field(default=("defaults",), compare=False)
 

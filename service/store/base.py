@@ -37,10 +37,21 @@ class Revision:
 
 @dataclass(frozen=True)
 class Change:
-    """A key was written (`revision` set) or deleted (`revision` None)."""
+    """A key was written (`revision` set) or deleted (`revision` None). `at` is the store
+    revision of the change: a write's own revision, or the revision its deletion took."""
 
     key: str
     revision: Revision | None
+    at: int = 0
+
+
+@dataclass(frozen=True)
+class Resync:
+    """A watch cannot go on without a gap: changes after the revision it was asked to follow
+    from are gone (SQLite's history pruned, etcd compacted). The follower must read everything
+    under its prefix again; `revision` is the store's revision when this was noticed."""
+
+    revision: int
 
 
 class EtagMismatch(Exception):
@@ -93,8 +104,21 @@ class Store(Protocol):
     async def ping(self) -> None:
         """Raise unless the store can take a write now (readiness)."""
 
-    def watch(self, prefix: str) -> AsyncIterator[Change]:
-        """Changes to keys under `prefix` from now on, in revision order."""
+    async def revision(self) -> int:
+        """The store's current revision (the newest write's), read linearizably."""
+
+    async def history(self, key: str, after: int) -> builtins.list[Change] | None:
+        """Every change of `key` with a revision above `after`, oldest first, up to now; None
+        when some of that history is gone (pruned or compacted)."""
+
+    async def claim_key(self, key_id: str) -> None:
+        """Record the sealing key's id on first start; raise `FailedPrecondition` naming the key
+        the data needs when another key's id is recorded."""
+
+    def watch(self, prefix: str, after: int | None = None) -> AsyncIterator[Change | Resync]:
+        """Changes to keys under `prefix` from now on, in revision order. With `after`, first
+        every change under `prefix` with a revision above `after`; when some of those are gone,
+        a `Resync` instead, after which the follower reads the prefix afresh. Never a silent gap."""
 
     async def close(self) -> None:
         """Release the store; pending writes are finished first."""

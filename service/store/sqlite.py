@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from smtpconfig.core.errors import FailedPrecondition, Unavailable
-from smtpconfig.store.base import ABSENT, AuditEntry, Change, EtagMismatch, Revision, _Absent, make_etag
+from smtpconfig.store.base import ABSENT, AuditEntry, Change, EtagMismatch, Resync, Revision, _Absent, make_etag
 
 T = TypeVar("T")
 
@@ -53,7 +53,28 @@ CREATE TABLE IF NOT EXISTS audit (
 CREATE INDEX IF NOT EXISTS audit_time ON audit (time);
 -- Written only by `ping` after a write failed, to learn whether the disk takes writes again.
 CREATE TABLE IF NOT EXISTS probe (data BLOB NOT NULL);
+-- Every change, in the transaction that makes it, so that a watcher can resume after a revision
+-- (WatchSmtp). `value` NULL is a deletion. Only the newest `history_keep` are kept.
+CREATE TABLE IF NOT EXISTS history (
+    revision   INTEGER PRIMARY KEY,
+    key        TEXT NOT NULL,
+    value      BLOB,
+    etag       TEXT,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS history_key ON history (key, revision);
+-- History is complete above this revision: what was pruned, or written before history was kept
+-- (a database made by an older version starts its history at its revision then).
+INSERT OR IGNORE INTO meta (name, value) SELECT 'history_from', value FROM meta WHERE name = 'revision';
+-- Text facts about the data: the id of the key its secrets are sealed with.
+CREATE TABLE IF NOT EXISTS claims (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
+
+# Changes kept for watchers that resume after a revision (setting `history_keep`).
+HISTORY_KEEP = 1000
 
 # Why SQLite could not do it, in words, by the first part of its (extended) result code name.
 _CAUSES = {
@@ -87,18 +108,24 @@ def _rollback(db: sqlite3.Connection) -> None:
 class SqliteStore:
     """`Store` on a SQLite file. Create with `await SqliteStore.open(data_dir)`."""
 
-    def __init__(self, path: Path, lock_fd: int) -> None:
+    def __init__(self, path: Path, lock_fd: int, history_keep: int = HISTORY_KEEP) -> None:
         self.path = path
+        self._history_keep = max(1, history_keep)
         self._lock_fd = lock_fd
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
         self._db: sqlite3.Connection | None = None
         self._watchers: list[tuple[str, asyncio.Queue[Change]]] = []
+        # Newest revision published to watchers: a resuming watcher takes rows up to it from the
+        # history table and the rest from its queue.
+        self._published = 0
         # Why the last write failed for a cause outside the store (disk full, I/O error), until a
         # probe write succeeds again; None while writes work.
         self._write_failure: str | None = None
 
     @classmethod
-    async def open(cls, data_dir: Path, filename: str = "smtpconfig.db") -> SqliteStore:
+    async def open(
+        cls, data_dir: Path, filename: str = "smtpconfig.db", history_keep: int = HISTORY_KEEP
+    ) -> SqliteStore:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         lock_fd = os.open(data_dir / "store.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -108,7 +135,7 @@ class SqliteStore:
             raise FailedPrecondition(
                 f"data directory {data_dir} is in use by another smtpconfig server"
             ) from None
-        store = cls(data_dir / filename, lock_fd)
+        store = cls(data_dir / filename, lock_fd, history_keep)
         await store._run(store._connect)
         return store
 
@@ -179,6 +206,7 @@ class SqliteStore:
                     " updated_at = excluded.updated_at",
                     (key, value, number, revision.etag, revision.updated_at.isoformat()),
                 )
+                self._remember(db, key, number, value, revision.etag, revision.updated_at)
                 if audit is not None:
                     db.execute("INSERT INTO audit (time, record) VALUES (?, ?)", audit)
                 db.execute("COMMIT")
@@ -187,7 +215,7 @@ class SqliteStore:
                 raise
             return revision
 
-        return await self._write(write, lambda revision: Change(key, revision))
+        return await self._write(write, lambda revision: Change(key, revision, revision.revision))
 
     async def delete(self, key: str, expected: str | None = None, audit: AuditEntry | None = None) -> bool:
         def remove() -> int | None:
@@ -202,6 +230,7 @@ class SqliteStore:
                     return None
                 number = self._next_revision(db)
                 db.execute("DELETE FROM kv WHERE key = ?", (key,))
+                self._remember(db, key, number, None, None, datetime.now(UTC))
                 if audit is not None:
                     db.execute("INSERT INTO audit (time, record) VALUES (?, ?)", audit)
                 db.execute("COMMIT")
@@ -210,7 +239,7 @@ class SqliteStore:
                 raise
             return number
 
-        number = await self._write(remove, lambda number: None if number is None else Change(key, None))
+        number = await self._write(remove, lambda number: None if number is None else Change(key, None, number))
         return number is not None
 
     async def _write(self, fn: Callable[[], T], change: Callable[[T], Change | None]) -> T:
@@ -308,17 +337,103 @@ class SqliteStore:
         ).fetchone()
         return number
 
-    async def watch(self, prefix: str) -> AsyncIterator[Change]:
+    def _remember(
+        self, db: sqlite3.Connection, key: str, number: int, value: bytes | None, etag: str | None, at: datetime
+    ) -> None:
+        """Keep a change in the history, in the transaction that makes it, and forget the oldest
+        beyond `history_keep`. Every revision is one change, so revisions number the rows."""
+        db.execute(
+            "INSERT INTO history (revision, key, value, etag, updated_at) VALUES (?, ?, ?, ?, ?)",
+            (number, key, value, etag, at.isoformat()),
+        )
+        oldest_kept = number - self._history_keep
+        if oldest_kept > 0:
+            db.execute("DELETE FROM history WHERE revision <= ?", (oldest_kept,))
+            db.execute(
+                "UPDATE meta SET value = max(value, ?) WHERE name = 'history_from'", (oldest_kept,)
+            )
+
+    async def revision(self) -> int:
+        def read() -> int:
+            (number,) = self._conn.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()
+            return int(number)
+
+        return await self._run(read)
+
+    async def history(self, key: str, after: int) -> builtins.list[Change] | None:
+        return await self._run(lambda: self._changes_after(after, key=key))
+
+    def _changes_after(self, after: int, *, key: str | None = None, prefix: str = "") -> list[Change] | None:
+        """Changes of `key` (or under `prefix`) above revision `after`, oldest first; None when
+        the history no longer reaches back to `after`, or `after` is a revision this store has
+        never had (another store's, a restored backup's)."""
+        db = self._conn
+        meta = dict(db.execute("SELECT name, value FROM meta WHERE name IN ('revision', 'history_from')").fetchall())
+        if after < meta["history_from"] or after > meta["revision"]:
+            return None
+        if key is not None:
+            rows = db.execute(
+                "SELECT key, value, revision, etag, updated_at FROM history"
+                " WHERE key = ? AND revision > ? ORDER BY revision", (key, after),
+            ).fetchall()
+        else:
+            rows = db.execute(
+                "SELECT key, value, revision, etag, updated_at FROM history"
+                " WHERE substr(key, 1, ?) = ? AND revision > ? ORDER BY revision", (len(prefix), prefix, after),
+            ).fetchall()
+        return [self._history_row(row) for row in rows]
+
+    @staticmethod
+    def _history_row(row: tuple) -> Change:
+        key, value, number, etag, updated_at = row
+        if value is None:
+            return Change(key, None, number)
+        return Change(key, Revision(key, bytes(value), number, etag, datetime.fromisoformat(updated_at)), number)
+
+    async def claim_key(self, key_id: str) -> None:
+        def claim() -> str:
+            db = self._conn
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("INSERT OR IGNORE INTO claims (name, value) VALUES ('key_id', ?)", (key_id,))
+                (claimed,) = db.execute("SELECT value FROM claims WHERE name = 'key_id'").fetchone()
+                db.execute("COMMIT")
+            except BaseException:
+                _rollback(db)
+                raise
+            return str(claimed)
+
+        claimed = await self._run(claim)
+        if claimed != key_id:
+            raise FailedPrecondition(
+                f"the data in {self.path} was encrypted with key {claimed}, but the configured key is"
+                f" {key_id}; start the server with the key the data was written with ({claimed})"
+            )
+
+    async def watch(self, prefix: str, after: int | None = None) -> AsyncIterator[Change | Resync]:
         queue: asyncio.Queue[Change] = asyncio.Queue()
         entry = (prefix, queue)
-        self._watchers.append(entry)
+        self._watchers.append(entry)  # before the history is read: nothing falls between the two
         try:
+            last = -1
+            if after is not None:
+                replay = await self._run(lambda: self._changes_after(after, prefix=prefix))
+                if replay is None:
+                    last = self._published
+                    yield Resync(await self.revision())
+                else:
+                    for change in replay:
+                        last = change.at
+                        yield change
             while True:
-                yield await queue.get()
+                change = await queue.get()
+                if change.at > last:  # a change both read from the history and published
+                    yield change
         finally:
             self._watchers.remove(entry)
 
     def _publish(self, change: Change) -> None:
+        self._published = max(self._published, change.at)
         for prefix, queue in self._watchers:
             if change.key.startswith(prefix):
                 queue.put_nowait(change)
