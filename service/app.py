@@ -45,6 +45,7 @@ from smtpconfig.domain.host_access import HostAccess
 from smtpconfig.domain.profiles import ProfileService
 from smtpconfig.domain.provider_service import ProviderService, declared_instances
 from smtpconfig.domain.resolver import Resolver
+from smtpconfig.domain.watch import ProfileWatch
 from smtpconfig.ops.audit import AuditLog
 from smtpconfig.ops.metrics import Metrics
 from smtpconfig.outbound.apply import Applier
@@ -85,6 +86,7 @@ class App:
         self._server: grpc.aio.Server | None = None
         self._store: SqliteStore | None = None
         self._profiles: ProfileService | None = None
+        self._watch: ProfileWatch | None = None
         self._provider_service: ProviderService | None = None
         self._resolver: Resolver | None = None
         self._plugins: Plugins | None = None
@@ -151,6 +153,8 @@ class App:
         self._profiles = ProfileService(self._store, sealer, self._provider_service, write_lock)
         await self._profiles.start()
         self._provider_service.use_references(self._profiles.referenced_providers)
+        self._watch = ProfileWatch(self._profiles, settings.watch_progress_seconds)
+        self._watch.start()
         self._resolver = Resolver(
             self._provider_service, plugins,
             timeout=settings.provider_timeout, failure_ttl=settings.provider_failure_ttl,
@@ -175,6 +179,7 @@ class App:
             default_deadline=settings.default_deadline,
             max_concurrent=settings.max_concurrent_rpcs,
             max_concurrent_per_identity=settings.max_concurrent_rpcs_per_identity,
+            max_streams_per_identity=settings.max_watch_streams_per_identity,
         )
 
     async def _build_server(self, guard: Guard) -> grpc.aio.Server:
@@ -200,7 +205,8 @@ class App:
         )
         for servicer, service in (
             (ConfigServiceV1(self._profiles, self._applier, guard), v1.DESCRIPTOR.services_by_name["ConfigService"]),
-            (ConfigServiceV2(self._profiles, self._applier, guard), v2.DESCRIPTOR.services_by_name["ConfigService"]),
+            (ConfigServiceV2(self._profiles, self._applier, guard, self._watch, settings.watch_max_age_seconds),
+             v2.DESCRIPTOR.services_by_name["ConfigService"]),
             (SecretProviderServiceV2(self._provider_service, self._plugins, self._profiles, self._resolver, guard),
              providers_pb.DESCRIPTOR.services_by_name["SecretProviderService"]),
             (AuditServiceV2(self._audit, guard), audit_pb.DESCRIPTOR.services_by_name["AuditService"]),
@@ -344,6 +350,10 @@ class App:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._readiness
         await self._health.enter_graceful_shutdown()
+        if self._watch is not None:
+            # Streams would hold the grace period for nothing: end them first, so that their
+            # clients move to another replica at once.
+            await self._watch.stop("the server is shutting down; reconnect with AfterRevision")
         if self._server is not None:
             await self._server.stop(grace)
         if self._health_server is not None:

@@ -75,6 +75,7 @@ EXPECTED_PERMISSION = {
     "smtpconfig.v2.ConfigService/UpdateSmtp": "smtp:modify",
     "smtpconfig.v2.ConfigService/TestSmtp": "smtp:test",
     "smtpconfig.v2.ConfigService/ResolveSmtp": "smtp:resolve",
+    "smtpconfig.v2.ConfigService/WatchSmtp": "smtp:watch",
     "smtpconfig.v2.SecretProviderService/ListProviderTypes": "providers:read",
     "smtpconfig.v2.SecretProviderService/ListPlugins": "providers:read",
     "smtpconfig.v2.SecretProviderService/ListProviders": "providers:read",
@@ -141,8 +142,11 @@ class Outcome:
 
 
 def invoke(channel: grpc.Channel, rpc: str, request, metadata=(), timeout: float = 30) -> Outcome:
-    """One unary call of `rpc` ("package.Service/Method"), whatever its outcome."""
+    """One call of `rpc` ("package.Service/Method"), whatever its outcome. Of a server stream, its
+    first message is the response, then the stream is cancelled (its trailers are then unknown)."""
     method = METHODS[rpc]
+    if method.server_streaming:
+        return _first_of_stream(channel, rpc, request, metadata, timeout)
     call = channel.unary_unary(
         f"/{rpc}",
         request_serializer=lambda message: message.SerializeToString(),
@@ -153,6 +157,20 @@ def invoke(channel: grpc.Channel, rpc: str, request, metadata=(), timeout: float
     except grpc.RpcError as error:
         return Outcome(error.code(), error.details() or "", None, dict(error.trailing_metadata() or ()))
     return Outcome(state.code(), state.details() or "", response, dict(state.trailing_metadata() or ()))
+
+
+def _first_of_stream(channel: grpc.Channel, rpc: str, request, metadata, timeout: float) -> Outcome:
+    stream = channel.unary_stream(
+        f"/{rpc}",
+        request_serializer=lambda message: message.SerializeToString(),
+        response_deserializer=GetMessageClass(METHODS[rpc].output_type).FromString,
+    )(request, metadata=tuple(metadata), timeout=timeout)
+    try:
+        first = next(stream)
+    except grpc.RpcError as error:
+        return Outcome(error.code(), error.details() or "", None, dict(error.trailing_metadata() or ()))
+    stream.cancel()
+    return Outcome(OK, "", first, {})
 
 
 def admin_call(deployment: Deployment, rpc: str, request):
@@ -205,6 +223,7 @@ REQUESTS: dict[str, Callable[[Deployment], Any]] = {
     "smtpconfig.v2.ConfigService/UpdateSmtp": lambda d: v2.UpdateSmtpRequest(profile=v2_profile(profile_doc(d.smtp_port))),
     "smtpconfig.v2.ConfigService/TestSmtp": lambda d: v2.TestSmtpRequest(test_recipient=RECIPIENT),
     "smtpconfig.v2.ConfigService/ResolveSmtp": lambda d: v2.ResolveSmtpRequest(),
+    "smtpconfig.v2.ConfigService/WatchSmtp": lambda d: v2.WatchSmtpRequest(),
     "smtpconfig.v2.SecretProviderService/ListProviderTypes": lambda d: providers_pb.ListProviderTypesRequest(),
     "smtpconfig.v2.SecretProviderService/ListPlugins": lambda d: providers_pb.ListPluginsRequest(),
     "smtpconfig.v2.SecretProviderService/ListProviders": lambda d: providers_pb.ListProvidersRequest(),
@@ -240,6 +259,10 @@ CHECKS: dict[str, Callable[[Any, Deployment], None]] = {
     "smtpconfig.v2.ConfigService/TestSmtp": lambda r, d: _expect(r.success, str(r.steps)),
     "smtpconfig.v2.ConfigService/ResolveSmtp": lambda r, d: _expect(
         (r.credentials.username, r.credentials.password) == ("relay", PASSWORD)),
+    # The snapshot shows the profile as GetSmtp does: the password marked, its value never sent.
+    "smtpconfig.v2.ConfigService/WatchSmtp": lambda r, d: _expect(
+        r.kind == v2.WatchSmtpEvent.KIND_SNAPSHOT and r.profile.port == d.smtp_port
+        and r.profile.relay_password.has_value and PASSWORD.encode() not in r.SerializeToString()),
     "smtpconfig.v2.SecretProviderService/ListProviderTypes": lambda r, d: _expect(
         "file" in {t.name for t in r.provider_types}),
     "smtpconfig.v2.SecretProviderService/ListPlugins": lambda r, d: _expect(

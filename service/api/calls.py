@@ -27,6 +27,13 @@ Steps 1-5 need nothing the caller sends after its headers, so a caller without a
 permission is refused at once and holds nothing, and a caller that opens calls and never sends
 their message holds at most its identity's share of slots, each until the default deadline.
 
+Server-streaming methods (`@rpc(..., stream=True)`, WatchSmtp) pass the same steps 1-3, then
+take a stream slot of their identity (`max_streams_per_identity`) instead of a call slot: a stream
+lives for minutes and must not use up the slots of the identity's unary calls. Only reading the
+request runs under the default deadline. Audited streams get two records, not one per message:
+one when the stream starts (before its first message leaves), one when it ends (how, and how many
+messages were sent).
+
 Health and reflection are not servicers of ours and stay open to everyone.
 """
 
@@ -41,7 +48,7 @@ import os
 import re
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
@@ -120,6 +127,7 @@ class RpcSpec:
     audit: bool
     limit: str | None
     waits: bool
+    stream: bool = False
 
 
 @dataclass(slots=True)
@@ -155,6 +163,7 @@ class Guard:
         default_deadline: float,
         max_concurrent: int = 0,
         max_concurrent_per_identity: int = 0,
+        max_streams_per_identity: int = 0,
     ) -> None:
         self._authenticator = authenticator
         self._policy = policy
@@ -172,6 +181,9 @@ class Guard:
         self._max_per_identity = max_concurrent_per_identity
         self._in_progress = 0
         self._in_progress_by: dict[str, int] = {}
+        # Open server streams by identity, counted apart from the calls above.
+        self._max_streams_per_identity = max_streams_per_identity
+        self._streams_by: dict[str, int] = {}
 
     async def run(
         self, spec: RpcSpec, name: str, method, decode: Callable[[bytes], Any], context: grpc.aio.ServicerContext
@@ -205,6 +217,84 @@ class Guard:
                 self._give_slot(progress.slot)
             CALL.reset(token)
             self._metrics.rpc(name, progress.code, time.perf_counter() - started)
+
+    async def stream(
+        self, spec: RpcSpec, name: str, method, decode: Callable[[bytes], Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        """Serve one server-streaming call of `method`, an async generator of the messages."""
+        started = time.perf_counter()
+        metadata = context.invocation_metadata() or ()
+        call = Call(name, _request_id(metadata))
+        token = CALL.set(call)
+        progress = _Progress()
+        sent = 0
+        try:
+            try:
+                identity = self._authenticator.identify(context, metadata)
+                call.identity = identity.name
+                self._policy.check(identity, spec.permission)
+                call.policy = self._policy
+                progress.slot = self._take_stream_slot(identity.name)
+                request = await self._read_within_deadline(context, decode)
+                call.started = True
+                async for message in method(request, context):
+                    if sent == 0 and spec.audit:
+                        await self._record(call, "OK", f"{call.message}: started")
+                    yield message
+                    sent += 1
+            except SmtpConfigError as error:
+                if call.started:
+                    call.message = _sent_note(call, sent)
+                await self._refuse(progress, call, spec, error, context)
+            if spec.audit:
+                await self._record(call, "OK", f"{_sent_note(call, sent)}: ended")
+            context.set_trailing_metadata(((REQUEST_ID, call.request_id),))
+        except grpc.aio.AbortError:
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            progress.code = "CANCELLED"
+            if call.started:
+                call.message = _sent_note(call, sent)
+            await self._record_cancelled(call, spec)
+            raise
+        except Exception as error:  # noqa: BLE001 - the last line of defence for callers
+            await self._fail(progress, call, error, context)
+        finally:
+            if progress.slot is not None:
+                self._give_stream_slot(progress.slot)
+            CALL.reset(token)
+            self._metrics.rpc(name, progress.code, time.perf_counter() - started)
+
+    def _take_stream_slot(self, identity: str) -> str:
+        held = self._streams_by.get(identity, 0)
+        if self._max_streams_per_identity and held >= self._max_streams_per_identity:
+            raise ResourceExhausted(
+                f"{identity!r} has {held} streams open, the most one identity may have at once"
+                " (max_watch_streams_per_identity); retry when one has ended", retry_after=BUSY_RETRY_AFTER,
+            )
+        self._streams_by[identity] = held + 1
+        return identity
+
+    def _give_stream_slot(self, identity: str) -> None:
+        held = self._streams_by[identity] - 1
+        if held:
+            self._streams_by[identity] = held
+        else:
+            del self._streams_by[identity]
+
+    async def _read_within_deadline(self, context: grpc.aio.ServicerContext, decode: Callable[[bytes], Any]):
+        """The request of a stream, read under the caller's deadline or else the server's default;
+        the stream itself then runs without the default deadline."""
+        if context.time_remaining() is not None:
+            return await _read(context, decode)
+        try:
+            async with asyncio.timeout(self._default_deadline):
+                return await _read(context, decode)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"the request message and the end of the request stream did not arrive within"
+                f" the server's default deadline of {self._default_deadline:g}s"
+            ) from None
 
     def _admit(
         self, progress: _Progress, call: Call, spec: RpcSpec, metadata, context: grpc.aio.ServicerContext
@@ -368,6 +458,12 @@ class Guard:
         )
 
 
+def _sent_note(call: Call, sent: int) -> str:
+    """A stream's note with how many messages it sent."""
+    count = f"{sent} message{'' if sent == 1 else 's'} sent"
+    return f"{call.message}; {count}" if call.message else count
+
+
 def _after_note(call: Call, message: str) -> str:
     """A call that ended early keeps on record what its method noted so far (a test's
     destinations), followed by how it ended."""
@@ -400,19 +496,20 @@ async def _read(context: grpc.aio.ServicerContext, decode: Callable[[bytes], Any
         )]) from None
 
 
-Handler = TypeVar("Handler", bound=Callable[..., Awaitable])
+Handler = TypeVar("Handler", bound=Callable[..., Awaitable | AsyncIterator])
 
 
 def rpc(
-    permission: str, *, audit: bool = False, limit: str | None = None, waits: bool = True
+    permission: str, *, audit: bool = False, limit: str | None = None, waits: bool = True, stream: bool = False
 ) -> Callable[[Handler], Handler]:
     """Declare a servicer method: the permission it needs, whether its calls are audited, which
     per-identity rate limit applies, and whether it can wait on anything (a store write, a
     backend, a relay). Methods that answer from memory (`waits=False`) run without the default
     deadline once their request is read. The servicer class names its service in `SERVICE` and
     holds the server's `Guard` in `guard`; `smtpconfig.api.handlers` serves only methods declared so,
-    each through `Guard.run`."""
-    spec = RpcSpec(permission, audit, limit, waits)
+    each through `Guard.run`, or with `stream=True` (an async generator of the messages of a
+    server-streaming method) through `Guard.stream`."""
+    spec = RpcSpec(permission, audit, limit, waits, stream)
 
     def decorate(method: Handler) -> Handler:
         method.rpc_spec = spec  # type: ignore[attr-defined]  # a function attribute, read back by the handlers

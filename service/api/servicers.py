@@ -9,9 +9,11 @@ import grpc
 
 from smtpconfig.api import calls, convert
 from smtpconfig.api.calls import Guard, rpc
+from smtpconfig.api.watch_servicer import WatchSmtpV2
 from smtpconfig.core.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Unavailable
 from smtpconfig.domain.model import FIELDS, V1_FIELDS, Profile, ProfileDraft
 from smtpconfig.domain.profiles import ProfileService, StoredProfile, parse_mask
+from smtpconfig.domain.watch import ProfileWatch
 from smtpconfig.outbound import reach
 from smtpconfig.outbound.apply import Applier, succeeded
 from smtpconfig.outbound.smtp_check import FAILED, OK, SKIPPED, Step
@@ -151,13 +153,21 @@ class _ConfigService(Generic[Shown]):
         return self._tested(request, profile, steps)
 
 
-class ConfigServiceV2(_ConfigService[v2.SmtpProfile], v2_grpc.ConfigServiceServicer):
+class ConfigServiceV2(_ConfigService[v2.SmtpProfile], WatchSmtpV2, v2_grpc.ConfigServiceServicer):
     """`smtpconfig.v2.ConfigService`."""
 
     SERVICE = "v2.ConfigService"
     MASKABLE = FIELDS
     GET_RESPONSE = v2.GetSmtpResponse
     UPDATE_RESPONSE = v2.UpdateSmtpResponse
+
+    def __init__(
+        self, profiles: ProfileService, applier: Applier, guard: Guard,
+        watch: ProfileWatch | None = None, watch_max_age: float = 600.0,
+    ) -> None:
+        super().__init__(profiles, applier, guard)
+        self._watch = watch
+        self._watch_max_age = watch_max_age
 
     def _draft(
         self, msg: v2.SmtpProfile, mask: frozenset[str] | None

@@ -13,6 +13,8 @@ hostile holder of it (SPEC.md §9; the README's trust model table says it in ful
   caller also holds `smtp:resolve`.
 - `smtp:resolve`: receive working credentials (`ResolveSmtp`): username and password, or an
   OAuth access token, never the client secret.
+- `smtp:watch`: follow the profile as `smtp:read` shows it, pushed on every change with its
+  revision (`WatchSmtp`); never a secret value.
 - `providers:read`: list provider types, plugins and instances, and check a secret reference
   (`CheckSecret`: success, latency, a keyed fingerprint), never reading a secret value.
 - `providers:modify`: create, change and delete API-made provider instances and flush cached
@@ -34,7 +36,8 @@ from __future__ import annotations
 import re
 
 PERMISSIONS = (
-    "smtp:read", "smtp:modify", "smtp:test", "smtp:resolve", "providers:read", "providers:modify", "audit:read",
+    "smtp:read", "smtp:modify", "smtp:test", "smtp:resolve", "smtp:watch",
+    "providers:read", "providers:modify", "audit:read",
 )
 ALL_PERMISSIONS = "*"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -30,7 +30,7 @@ from smtpconfig.domain.model import (
     SecretInput,
 )
 from smtpconfig.domain.validation import validate
-from smtpconfig.store.base import ABSENT, AuditHook, EtagMismatch, Revision, Store
+from smtpconfig.store.base import ABSENT, AuditHook, EtagMismatch, Resync, Revision, Store
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,8 @@ class ProfileService:
         self._follower: asyncio.Task | None = None
         # Shared with provider instance writes: a reference and a delete never interleave.
         self._write_lock = write_lock or asyncio.Lock()
+        # Told of every revision this replica takes up, in revision order (WatchSmtp).
+        self._listeners: list[Callable[[StoredProfile], None]] = []
 
     async def start(self) -> None:
         """Load the stored revision (failing loudly on a wrong key) and follow changes."""
@@ -96,7 +98,9 @@ class ProfileService:
 
     async def _follow(self, changes) -> None:
         async for change in changes:
-            if change.revision is not None:
+            if isinstance(change, Resync):
+                await self._reload()  # the store lost track of what came between: read it afresh
+            elif change.revision is not None:
                 self._apply(change.revision)
 
     def _apply(self, revision: Revision, profile: Profile | None = None) -> StoredProfile:
@@ -106,7 +110,47 @@ class ProfileService:
         if profile is None:
             profile = decode_profile(revision.value, self._sealer, PROFILE_KEY)
         self._current = StoredProfile(profile, revision.etag, revision.revision, revision.updated_at)
+        for listener in self._listeners:
+            listener(self._current)
         return self._current
+
+    def on_change(self, listener: Callable[[StoredProfile], None]) -> Callable[[], None]:
+        """Call `listener` with every revision this replica takes up from now on, in revision
+        order, as it takes it up; returns what stops that."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    @property
+    def current(self) -> StoredProfile | None:
+        """The current revision, or None before the first update."""
+        return self._current
+
+    async def catch_up(self) -> int:
+        """Read the store's revision, then take up every change of the profile up to it that
+        the follower has not delivered yet; returns that revision. Afterwards nothing at or below
+        it is still to come, so it can be announced as "no change up to here"."""
+        revision = await self._store.revision()
+        current = self._current
+        changes = await self._store.history(PROFILE_KEY, current.revision if current else 0)
+        if changes is None:
+            await self._reload()
+        else:
+            for change in changes:
+                if change.revision is not None:
+                    self._apply(change.revision)
+        return revision
+
+    async def changes_after(self, after: int) -> list[StoredProfile] | None:
+        """Every revision of the profile written after revision `after`, oldest first, or None
+        when the store no longer knows them all."""
+        changes = await self._store.history(PROFILE_KEY, after)
+        if changes is None:
+            return None
+        return [
+            StoredProfile(decode_profile(c.revision.value, self._sealer, PROFILE_KEY), c.revision.etag,
+                          c.revision.revision, c.revision.updated_at)
+            for c in changes if c.revision is not None
+        ]
 
     def get(self) -> StoredProfile:
         """The current revision; NotFound before the first update."""

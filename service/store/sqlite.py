@@ -363,7 +363,7 @@ class SqliteStore:
     async def history(self, key: str, after: int) -> builtins.list[Change] | None:
         return await self._run(lambda: self._changes_after(after, key=key))
 
-    def _changes_after(self, after: int, *, key: str | None = None, prefix: str = "") -> list[Change] | None:
+    def _changes_after(self, after: int, *, key: str | None = None, prefix: str = "") -> builtins.list[Change] | None:
         """Changes of `key` (or under `prefix`) above revision `after`, oldest first; None when
         the history no longer reaches back to `after`, or `after` is a revision this store has
         never had (another store's, a restored backup's)."""

@@ -170,3 +170,35 @@ class ResolveSmtpResponse(_message.Message):
     cache_for: _duration_pb2.Duration
     etag: str
     def __init__(self, profile: _Optional[_Union[SmtpProfile, _Mapping]] = ..., credentials: _Optional[_Union[ResolvedCredentials, _Mapping]] = ..., cache_for: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., etag: _Optional[str] = ...) -> None: ...
+
+class WatchSmtpRequest(_message.Message):
+    __slots__ = ("after_revision",)
+    AFTER_REVISION_FIELD_NUMBER: _ClassVar[int]
+    after_revision: int
+    def __init__(self, after_revision: _Optional[int] = ...) -> None: ...
+
+class WatchSmtpEvent(_message.Message):
+    __slots__ = ("kind", "profile", "etag", "update_time", "revision")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        KIND_UNSPECIFIED: _ClassVar[WatchSmtpEvent.Kind]
+        KIND_SNAPSHOT: _ClassVar[WatchSmtpEvent.Kind]
+        KIND_CHANGE: _ClassVar[WatchSmtpEvent.Kind]
+        KIND_RESYNC: _ClassVar[WatchSmtpEvent.Kind]
+        KIND_PROGRESS: _ClassVar[WatchSmtpEvent.Kind]
+    KIND_UNSPECIFIED: WatchSmtpEvent.Kind
+    KIND_SNAPSHOT: WatchSmtpEvent.Kind
+    KIND_CHANGE: WatchSmtpEvent.Kind
+    KIND_RESYNC: WatchSmtpEvent.Kind
+    KIND_PROGRESS: WatchSmtpEvent.Kind
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    ETAG_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    kind: WatchSmtpEvent.Kind
+    profile: SmtpProfile
+    etag: str
+    update_time: _timestamp_pb2.Timestamp
+    revision: int
+    def __init__(self, kind: _Optional[_Union[WatchSmtpEvent.Kind, str]] = ..., profile: _Optional[_Union[SmtpProfile, _Mapping]] = ..., etag: _Optional[str] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...

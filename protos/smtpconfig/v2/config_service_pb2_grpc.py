@@ -55,6 +55,11 @@ class ConfigServiceStub:
                 request_serializer=smtpconfig_dot_v2_dot_config__service__pb2.ResolveSmtpRequest.SerializeToString,
                 response_deserializer=smtpconfig_dot_v2_dot_config__service__pb2.ResolveSmtpResponse.FromString,
                 _registered_method=True)
+        self.WatchSmtp = channel.unary_stream(
+                '/smtpconfig.v2.ConfigService/WatchSmtp',
+                request_serializer=smtpconfig_dot_v2_dot_config__service__pb2.WatchSmtpRequest.SerializeToString,
+                response_deserializer=smtpconfig_dot_v2_dot_config__service__pb2.WatchSmtpEvent.FromString,
+                _registered_method=True)
 
 
 class ConfigServiceServicer:
@@ -89,6 +94,15 @@ class ConfigServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchSmtp(self, request, context):
+        """Streams the profile as GetSmtp shows it: first the current one, then one message per change,
+        with progress messages while nothing changes. Ends UNAVAILABLE when the replica loses its
+        store, shuts down or the stream reaches its age limit: reconnect with `after_revision`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ConfigServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +125,11 @@ def add_ConfigServiceServicer_to_server(servicer, server):
                     servicer.ResolveSmtp,
                     request_deserializer=smtpconfig_dot_v2_dot_config__service__pb2.ResolveSmtpRequest.FromString,
                     response_serializer=smtpconfig_dot_v2_dot_config__service__pb2.ResolveSmtpResponse.SerializeToString,
+            ),
+            'WatchSmtp': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchSmtp,
+                    request_deserializer=smtpconfig_dot_v2_dot_config__service__pb2.WatchSmtpRequest.FromString,
+                    response_serializer=smtpconfig_dot_v2_dot_config__service__pb2.WatchSmtpEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +241,33 @@ class ConfigService:
             '/smtpconfig.v2.ConfigService/ResolveSmtp',
             smtpconfig_dot_v2_dot_config__service__pb2.ResolveSmtpRequest.SerializeToString,
             smtpconfig_dot_v2_dot_config__service__pb2.ResolveSmtpResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchSmtp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/smtpconfig.v2.ConfigService/WatchSmtp',
+            smtpconfig_dot_v2_dot_config__service__pb2.WatchSmtpRequest.SerializeToString,
+            smtpconfig_dot_v2_dot_config__service__pb2.WatchSmtpEvent.FromString,
             options,
             channel_credentials,
             insecure,

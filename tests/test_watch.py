@@ -1,0 +1,305 @@
+"""WatchSmtp over a real channel to a real server on SQLite: the snapshot, a CHANGE per update,
+resuming after a revision (exactly the missed changes, or a RESYNC when the history is gone),
+progress on idle streams, the permission, the per-identity stream limit, the age limit, the end
+at shutdown, and the two audit records of a stream."""
+
+from __future__ import annotations
+
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import field_mask_pb2
+
+from smtpconfig.v2 import config_service_pb2 as v2
+from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
+from tests.kits.calls import ALICE_TOKEN, CALLERS, CAROL_TOKEN, list_records
+from tests.kits.profiles import BASIC_V2, edit, v2_profile
+from tests.kits.support import ServerThread, short_dir
+
+Event = v2.WatchSmtpEvent
+PASSWORD = "PLANTED-watch-relay-password-7c1e"
+# GetSmtp shows a typed username (it is not password-like), so the password is what must never show.
+PLANTED = (PASSWORD, ALICE_TOKEN)
+PROFILE = edit(BASIC_V2, RelayPassword={"SecretValue": PASSWORD})
+
+
+def _auth(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+class Stream:
+    """A WatchSmtp stream read on a thread, its messages (or its end) in a queue."""
+
+    def __init__(self, channel: grpc.Channel, token: str, after: int = 0) -> None:
+        self.call = v2_grpc.ConfigServiceStub(channel).WatchSmtp(
+            v2.WatchSmtpRequest(after_revision=after), metadata=_auth(token), timeout=60,
+        )
+        self.events: queue.Queue[Any] = queue.Queue()
+        self.received: list[Event] = []
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for event in self.call:
+                self.events.put(event)
+        except grpc.RpcError as error:
+            self.events.put(error)
+        else:
+            self.events.put(None)
+
+    def next(self, timeout: float = 10.0) -> Event:
+        item = self.events.get(timeout=timeout)
+        assert isinstance(item, Event), f"the stream ended: {item}"
+        self.received.append(item)
+        return item
+
+    def next_not_progress(self, timeout: float = 10.0) -> Event:
+        while True:
+            event = self.next(timeout)
+            if event.kind != Event.KIND_PROGRESS:
+                return event
+
+    def end(self, timeout: float = 10.0) -> grpc.RpcError:
+        while True:
+            item = self.events.get(timeout=timeout)
+            if isinstance(item, grpc.RpcError):
+                return item
+            assert item is not None, "the stream ended OK"
+            self.received.append(item)
+
+    def cancel(self) -> None:
+        self.call.cancel()
+
+
+def _serve(**settings: Any) -> Iterator[ServerThread]:
+    data_dir = short_dir()
+    server = ServerThread(data_dir, **{**CALLERS, **settings}).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def server() -> Iterator[ServerThread]:
+    yield from _serve(watch_progress_seconds=0.3)
+
+
+@pytest.fixture
+def channel(server: ServerThread) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(server.target) as ch:
+        yield ch
+
+
+def update(channel: grpc.Channel, **changes: Any) -> v2.UpdateSmtpResponse:
+    stub = v2_grpc.ConfigServiceStub(channel)
+    if not changes:
+        return stub.UpdateSmtp(v2.UpdateSmtpRequest(profile=v2_profile(PROFILE)), metadata=_auth(ALICE_TOKEN))
+    request = v2.UpdateSmtpRequest(profile=v2_profile(edit(PROFILE, **changes)),
+                                   update_mask=field_mask_pb2.FieldMask(paths=list(changes)))
+    return stub.UpdateSmtp(request, metadata=_auth(ALICE_TOKEN))
+
+
+def _no_secret(events: list[Event]) -> None:
+    for event in events:
+        wire = event.SerializeToString()
+        for value in PLANTED:
+            assert value.encode() not in wire, f"{value} in a {Event.Kind.Name(event.kind)} message"
+
+
+def test_snapshot_first_then_a_change_per_update_without_secrets(channel: grpc.Channel) -> None:
+    first = update(channel)
+    stream = Stream(channel, ALICE_TOKEN)
+    snapshot = stream.next()
+    assert snapshot.kind == Event.KIND_SNAPSHOT
+    assert snapshot.etag == first.etag and snapshot.profile.port == 587
+    assert snapshot.profile.relay_password.has_value and not snapshot.profile.relay_password.secret_value
+    revisions = [snapshot.revision]
+    for port in (2525, 2526, 2527):
+        written = update(channel, Port=port)
+        change = stream.next_not_progress()
+        assert change.kind == Event.KIND_CHANGE
+        assert (change.profile.port, change.etag) == (port, written.etag)
+        assert change.update_time == written.update_time
+        revisions.append(change.revision)
+    assert revisions == sorted(set(revisions)), "revisions strictly increase"
+    stream.cancel()
+    _no_secret(stream.received)
+
+
+def test_a_snapshot_without_a_profile_has_none_and_the_first_update_follows(channel: grpc.Channel) -> None:
+    stream = Stream(channel, ALICE_TOKEN)
+    snapshot = stream.next()
+    assert snapshot.kind == Event.KIND_SNAPSHOT and not snapshot.HasField("profile") and snapshot.etag == ""
+    written = update(channel)
+    change = stream.next_not_progress()
+    assert change.kind == Event.KIND_CHANGE and change.etag == written.etag and change.revision > snapshot.revision
+    stream.cancel()
+
+
+def test_resume_gets_exactly_the_missed_changes(channel: grpc.Channel) -> None:
+    update(channel)
+    stream = Stream(channel, ALICE_TOKEN)
+    seen = stream.next().revision
+    stream.cancel()
+    missed = [update(channel, Port=port).etag for port in (3001, 3002, 3003)]
+    resumed = Stream(channel, ALICE_TOKEN, after=seen)
+    replay = [resumed.next() for _ in missed]
+    assert [e.kind for e in replay] == [Event.KIND_CHANGE] * 3
+    assert [e.etag for e in replay] == missed
+    assert [e.profile.port for e in replay] == [3001, 3002, 3003]
+    later = update(channel, Port=3004)
+    following = resumed.next_not_progress()
+    assert following.etag == later.etag, "no duplicate of a replayed change, nothing skipped"
+    resumed.cancel()
+    _no_secret(resumed.received)
+
+
+def test_resume_at_the_current_revision_gets_progress_at_once(channel: grpc.Channel) -> None:
+    update(channel)
+    first = Stream(channel, ALICE_TOKEN)
+    current = first.next().revision
+    first.cancel()
+    resumed = Stream(channel, ALICE_TOKEN, after=current)
+    progress = resumed.next(timeout=1.0)  # not waiting for the progress clock
+    assert progress.kind == Event.KIND_PROGRESS and progress.revision >= current
+    assert not progress.HasField("profile")
+    resumed.cancel()
+
+
+def test_a_revision_from_elsewhere_gets_a_resync_snapshot(channel: grpc.Channel) -> None:
+    written = update(channel)
+    stream = Stream(channel, ALICE_TOKEN, after=10_000)
+    resync = stream.next()
+    assert resync.kind == Event.KIND_RESYNC and resync.etag == written.etag and resync.profile.port == 587
+    stream.cancel()
+
+
+def test_resume_after_pruned_history_gets_a_resync_snapshot() -> None:
+    for server in _serve(history_keep=2):
+        with grpc.insecure_channel(server.target) as channel:
+            update(channel)
+            old = Stream(channel, ALICE_TOKEN)
+            seen = old.next().revision
+            old.cancel()
+            for port in (4001, 4002, 4003):
+                last = update(channel, Port=port)
+            stream = Stream(channel, ALICE_TOKEN, after=seen)
+            resync = stream.next()
+            assert resync.kind == Event.KIND_RESYNC
+            assert (resync.etag, resync.profile.port) == (last.etag, 4003)
+            assert resync.revision > seen
+            stream.cancel()
+            _no_secret(stream.received)
+
+
+def test_an_idle_stream_gets_progress_within_the_period(channel: grpc.Channel) -> None:
+    update(channel)
+    stream = Stream(channel, ALICE_TOKEN)
+    snapshot = stream.next()
+    started = time.monotonic()
+    progress = [stream.next(timeout=2.0) for _ in range(3)]
+    assert time.monotonic() - started < 2.0  # three periods of 0.3 s, with room for a slow machine
+    assert all(p.kind == Event.KIND_PROGRESS and p.revision >= snapshot.revision for p in progress)
+    stream.cancel()
+
+
+def test_without_smtp_watch_the_stream_is_refused(channel: grpc.Channel) -> None:
+    stream = Stream(channel, CAROL_TOKEN)  # carol holds smtp:read only
+    error = stream.end()
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert error.details() == "'carol' does not have the smtp:watch permission"
+
+
+def test_streams_per_identity_are_limited_and_do_not_take_call_slots() -> None:
+    for server in _serve(max_watch_streams_per_identity=2, max_concurrent_rpcs_per_identity=1):
+        with grpc.insecure_channel(server.target) as channel:
+            update(channel)
+            streams = [Stream(channel, ALICE_TOKEN) for _ in range(2)]
+            for stream in streams:
+                stream.next()
+            refused = Stream(channel, ALICE_TOKEN).end()
+            assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "max_watch_streams_per_identity" in refused.details()
+            # Two open streams, one call slot: unary calls of the same identity still go through.
+            update(channel, Port=2000)
+            streams[0].cancel()
+            assert streams[0].end().code() == grpc.StatusCode.CANCELLED
+
+            def third_opens() -> bool:
+                stream = Stream(channel, ALICE_TOKEN)
+                item = stream.events.get(timeout=10)
+                stream.cancel()
+                return isinstance(item, Event)
+
+            deadline = time.monotonic() + 10
+            while not third_opens():  # the server frees the slot once it sees the cancel
+                assert time.monotonic() < deadline, "the slot of a cancelled stream was never freed"
+                time.sleep(0.05)
+            streams[1].cancel()
+
+
+def test_the_age_limit_ends_a_stream_unavailable() -> None:
+    for server in _serve(watch_max_age_seconds=0.5, watch_progress_seconds=60):
+        with grpc.insecure_channel(server.target) as channel:
+            started = time.monotonic()
+            stream = Stream(channel, ALICE_TOKEN)
+            stream.next()
+            error = stream.end()
+            assert error.code() == grpc.StatusCode.UNAVAILABLE
+            assert error.details() == "stream age limit; reconnect with AfterRevision"
+            assert 0.4 <= time.monotonic() - started < 5
+
+
+def test_stopping_the_server_ends_streams_unavailable_at_once() -> None:
+    data_dir = short_dir()
+    server = ServerThread(data_dir, **CALLERS).start()  # stops with a grace period of 1 s
+    stopping = threading.Thread(target=server.stop)
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            stream = Stream(channel, ALICE_TOKEN)
+            stream.next()
+            started = time.monotonic()
+            stopping.start()
+            error = stream.end()
+            ended = time.monotonic() - started
+            assert error.code() == grpc.StatusCode.UNAVAILABLE
+            assert error.details() == "the server is shutting down; reconnect with AfterRevision"
+            assert ended < 0.9, "the stream was held for the grace period instead of ended at once"
+    finally:
+        if not stopping.is_alive() and stopping.ident is None:
+            stopping.start()
+        stopping.join(30)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_a_stream_leaves_a_start_and_an_end_record(server: ServerThread, channel: grpc.Channel) -> None:
+    update(channel)
+    stream = Stream(channel, ALICE_TOKEN, after=0)
+    stream.next()
+    update(channel, Port=2600)
+    stream.next_not_progress()
+    stream.cancel()
+    stream.end()
+
+    def watch_records() -> list:
+        return [r for r in list_records(channel, ALICE_TOKEN) if r.method == "v2.ConfigService/WatchSmtp"]
+
+    deadline = time.monotonic() + 10
+    while len(watch_records()) < 2:
+        assert time.monotonic() < deadline, watch_records()
+        time.sleep(0.05)
+    start, end = watch_records()
+    assert (start.identity, start.outcome) == ("alice", "OK")
+    assert start.message == "watch from a snapshot: started"
+    assert end.outcome == "CANCELLED"
+    assert end.message.startswith("watch from a snapshot; ") and " messages sent" in end.message
+    assert len(watch_records()) == 2, "no record per message"
