@@ -5,17 +5,25 @@ at shutdown, and the two audit records of a stream."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import queue
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
 
+from smtpconfig.domain.profiles import StoredProfile
+from smtpconfig.domain.watch import MAX_PENDING, Ended, Progress, Subscription
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from tests.kits.calls import ALICE_TOKEN, CALLERS, CAROL_TOKEN, list_records
@@ -303,3 +311,131 @@ def test_a_stream_leaves_a_start_and_an_end_record(server: ServerThread, channel
     assert end.outcome == "CANCELLED"
     assert end.message.startswith("watch from a snapshot; ") and " messages sent" in end.message
     assert len(watch_records()) == 2, "no record per message"
+
+
+# --- smtpconfig watch ---------------------------------------------------------------------------
+
+
+class WatchCommand:
+    """`smtpconfig watch` as a subprocess; its stdout lines read with a timeout."""
+
+    def __init__(self, *argv: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "smtpconfig.cli", "watch", *argv],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+
+    def line(self, containing: str = "", timeout: float = 15.0) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no line with {containing!r} in {timeout}s; stderr: {self.stop()}") from None
+            if containing in line:
+                return line
+
+    def stop(self) -> str:
+        """Ctrl-C, as an operator ends it; what it wrote to stderr."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        assert self.proc.stderr is not None
+        return self.proc.stderr.read()
+
+
+def test_cli_watch_prints_a_change_made_meanwhile(server: ServerThread, channel: grpc.Channel) -> None:
+    update(channel)
+    command = WatchCommand(*server.cli_args)
+    try:
+        snapshot = command.line("SNAPSHOT")
+        assert "smtp.example.com:587" in snapshot
+        written = update(channel, Port=2525, SenderName="Ops")
+        change = command.line("CHANGE")
+        assert f"etag {written.etag}" in change
+        assert "Port 587 -> 2525" in change and "SenderName Example Relay -> Ops" in change
+        assert "Host" not in change, "only what changed"
+    finally:
+        stderr = command.stop()
+    assert command.proc.returncode == 130 and "Traceback" not in stderr, stderr
+
+
+def test_cli_watch_json_is_one_object_per_line_and_resumes_after(server: ServerThread, channel: grpc.Channel) -> None:
+    first = update(channel)
+    command = WatchCommand(*server.cli_args, "--json")
+    try:
+        snapshot = json.loads(command.line('"KIND_SNAPSHOT"'))
+        assert snapshot["Etag"] == first.etag and snapshot["Profile"]["Port"] == 587
+        assert isinstance(snapshot["Revision"], int)
+        assert PASSWORD not in json.dumps(snapshot)
+    finally:
+        command.stop()
+    missed = update(channel, Port=2700)
+    resumed = WatchCommand(*server.cli_args, "--json", "--after", str(snapshot["Revision"]))
+    try:
+        change = json.loads(resumed.line('"KIND_CHANGE"'))
+        assert (change["Etag"], change["Profile"]["Port"]) == (missed.etag, 2700)
+    finally:
+        resumed.stop()
+
+
+def test_cli_watch_reconnects_after_the_server_restarts_and_misses_nothing() -> None:
+    data_dir = short_dir()
+    server = ServerThread(data_dir, **CALLERS).start()
+    socket_args = ("--target", f"unix:{data_dir / 'smtpconfig.sock'}", "--token-file", str(server.token_path))
+    command = WatchCommand(*socket_args)
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            update(channel)
+        command.line("SNAPSHOT")
+        server.stop()
+        server = ServerThread(data_dir, **CALLERS).start()
+        with grpc.insecure_channel(server.target) as channel:
+            written = update(channel, Port=2800)
+        change = command.line("CHANGE", timeout=30)
+        assert f"etag {written.etag}" in change and "Port 587 -> 2800" in change
+    finally:
+        stderr = command.stop()
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+    assert "shutting down" in stderr and "resuming after revision" in stderr, stderr
+
+
+def test_a_slow_consumers_queue_collapses_to_the_newest_revision() -> None:
+    """A stream whose client does not read (HTTP/2 flow control holds its writes) queues at most
+    MAX_PENDING revisions; beyond, it keeps only the newest: the state of the world."""
+    def stored(revision: int) -> StoredProfile:
+        return StoredProfile(None, f"etag-{revision}", revision, datetime.now(UTC))  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        subscription = Subscription()
+        for revision in range(1, 3 * MAX_PENDING + 1):
+            subscription.put(stored(revision))
+        subscription.put(Progress(3 * MAX_PENDING + 5))
+        drained = []
+        while True:
+            try:
+                drained.append(await asyncio.wait_for(subscription.next(), 0.05))
+            except TimeoutError:
+                break
+        assert len(drained) <= MAX_PENDING + 1
+        revisions = [event.revision for event in drained]
+        assert revisions == sorted(revisions), "still in revision order"
+        assert revisions[-2:] == [3 * MAX_PENDING, 3 * MAX_PENDING + 5]
+        assert isinstance(drained[-1], Progress)
+        subscription.end(Ended("bye"))
+        subscription.put(stored(999))
+        assert await subscription.next() == Ended("bye"), "an end comes before anything still queued"
+
+    asyncio.run(scenario())

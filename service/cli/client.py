@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,18 @@ def _local(target: str) -> bool:
 def call(args: argparse.Namespace, stub_class, method: str, request, flags: Callable[[str], str] | None = None):
     """Call `method`; a refusal becomes a CliError that names each bad field as `flags` spells it
     (the command-line flag that gave it) when given."""
+    with connection(args) as (channel, metadata, target):
+        stub = stub_class(channel)
+        try:
+            return getattr(stub, method)(request, timeout=args.timeout, metadata=metadata)
+        except grpc.RpcError as error:
+            raise failure(error, target, args, writes=method.startswith(_WRITES), flags=flags) from None
+
+
+@contextlib.contextmanager
+def connection(args: argparse.Namespace) -> Iterator[tuple[grpc.Channel, tuple[tuple[str, str], ...], str]]:
+    """A channel to the server the arguments name, the metadata that identifies us, and the
+    target, for commands that make more than one call (a stream they resume)."""
     target = args.target or default_target()
     _check_target(target)
     token = find_token(args, target)
@@ -160,13 +173,15 @@ def call(args: argparse.Namespace, stub_class, method: str, request, flags: Call
             " to talk TLS to a server on another machine", EXIT_BAD_INPUT,
         )
     with _channel(args, target) as channel:
-        stub = stub_class(channel)
-        try:
-            return getattr(stub, method)(request, timeout=args.timeout, metadata=metadata)
-        except grpc.RpcError as error:
-            raise _tls_failure(error, target, args) or explain(
-                error, target, writes=method.startswith(_WRITES), flags=flags
-            ) from None
+        yield channel, metadata, target
+
+
+def failure(
+    error: grpc.RpcError, target: str, args: argparse.Namespace, *, writes: bool = False,
+    flags: Callable[[str], str] | None = None,
+) -> CliError:
+    """What a failed call means, in words for the operator."""
+    return _tls_failure(error, target, args) or explain(error, target, writes=writes, flags=flags)
 
 
 def _tls_failure(error: grpc.RpcError, target: str, args: argparse.Namespace) -> CliError | None:

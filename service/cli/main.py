@@ -3,6 +3,7 @@
     smtpconfig serve [--config FILE] [--data-dir DIR] [--listen HOST:PORT] ...
     smtpconfig get [--api v1|v2] [--json]
     smtpconfig put -f profile.json [--api auto|v1|v2] [--mask Port,SenderName] [--if-match ETAG]
+    smtpconfig watch [--json] [--after REV]
 
 Profiles are read and written as Keyfactor Command's JSON.
 """
@@ -27,6 +28,7 @@ from smtpconfig.cli import json as cli_json
 from smtpconfig.cli.admin import add_commands as add_admin_commands
 from smtpconfig.cli.client import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_PIPE, CliError, add_connection_args, call, read_payload
 from smtpconfig.cli.providers import add_commands as add_provider_commands
+from smtpconfig.cli.watch import add_command as add_watch_command
 from smtpconfig.core.errors import SmtpConfigError
 from smtpconfig.ops import logs
 from smtpconfig.v1 import config_service_pb2 as v1
@@ -127,6 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     resolve.add_argument("--json", action="store_true", help="print JSON")
     resolve.set_defaults(run=_resolve)
 
+    add_watch_command(sub)
     add_provider_commands(sub)
     add_admin_commands(sub)
     return parser

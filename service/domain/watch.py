@@ -15,7 +15,7 @@ its queue collapses to the newest one (the state of the world), and the revision
 skipped for that stream only. Revisions still only increase.
 
 `end_all` ends every stream with a reason (the replica stops, or loses its store); streams opened
-afterwards end at once with the same reason.
+afterwards end at once with the same reason, until `reopen` (the store is back).
 """
 
 from __future__ import annotations
@@ -126,10 +126,14 @@ class ProfileWatch:
             self._subscriptions.discard(subscription)
 
     def end_all(self, reason: str) -> None:
-        """End every stream, and every stream opened from now on, with `reason`."""
+        """End every stream, and every stream opened until `reopen`, with `reason`."""
         self._ended = Ended(reason)
         for subscription in self._subscriptions:
             subscription.end(self._ended)
+
+    def reopen(self) -> None:
+        """Serve streams again (the store is back after `end_all`)."""
+        self._ended = None
 
     def _changed(self, stored: StoredProfile) -> None:
         for subscription in self._subscriptions:
