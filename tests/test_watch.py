@@ -439,3 +439,29 @@ def test_a_slow_consumers_queue_collapses_to_the_newest_revision() -> None:
         assert await subscription.next() == Ended("bye"), "an end comes before anything still queued"
 
     asyncio.run(scenario())
+
+
+def test_under_a_stream_of_writes_progress_never_runs_ahead_of_a_change() -> None:
+    """Progress at R says "nothing changed up to R": no change at or below R may follow it, however
+    the writes and the shared progress clock interleave; every write arrives, in order."""
+    for server in _serve(watch_progress_seconds=0.01):
+        with grpc.insecure_channel(server.target) as channel:
+            update(channel)
+            stream = Stream(channel, ALICE_TOKEN)
+            stream.next()
+            written = [update(channel, Port=5000 + n).etag for n in range(40)]
+            while not stream.received or stream.received[-1].etag != written[-1]:
+                stream.next()
+            stream.cancel()
+    events = stream.received
+    assert [e.etag for e in events if e.kind == Event.KIND_CHANGE] == written, "every write, once, in order"
+    changes = [e.revision for e in events if e.kind != Event.KIND_PROGRESS]
+    assert changes == sorted(set(changes))
+    progressed = 0
+    for event in events:
+        if event.kind == Event.KIND_PROGRESS:
+            assert event.revision >= progressed
+            progressed = event.revision
+        else:
+            assert event.revision > progressed, "a change at or below a revision progress already announced"
+    assert any(e.kind == Event.KIND_PROGRESS for e in events), "the clock ticked during the writes"

@@ -59,7 +59,14 @@ from smtpconfig.api.auth import Authenticator, Policy
 from smtpconfig.api.limits import RateLimiter
 from smtpconfig.api.refusals import RefusalRecords
 from smtpconfig.api.status import to_rpc_status
-from smtpconfig.core.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, SmtpConfigError, violation
+from smtpconfig.core.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    ResourceExhausted,
+    SmtpConfigError,
+    Unavailable,
+    violation,
+)
 from smtpconfig.ops.audit import AuditLog, encode
 from smtpconfig.ops.logs import CALL
 
@@ -239,7 +246,7 @@ class Guard:
                 call.started = True
                 async for message in method(request, context):
                     if sent == 0 and spec.audit:
-                        await self._record(call, "OK", f"{call.message}: started")
+                        await self._record_start(call)
                     yield message
                     sent += 1
             except SmtpConfigError as error:
@@ -264,6 +271,14 @@ class Guard:
                 self._give_stream_slot(progress.slot)
             CALL.reset(token)
             self._metrics.rpc(name, progress.code, time.perf_counter() - started)
+
+    async def _record_start(self, call: Call) -> None:
+        """A stream's first record, before its first message leaves; without it, no message does."""
+        try:
+            await self._record(call, "OK", f"{call.message}: started")
+        except Exception:  # noqa: BLE001 - a stream without its record is not served
+            log.error("%s: the audit record could not be written; the stream is refused", call.method)
+            raise Unavailable("the audit trail cannot be written; try again later") from None
 
     def _take_stream_slot(self, identity: str) -> str:
         held = self._streams_by.get(identity, 0)
