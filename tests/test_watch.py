@@ -28,7 +28,7 @@ from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from tests.kits.calls import ALICE_TOKEN, CALLERS, CAROL_TOKEN, list_records
 from tests.kits.profiles import BASIC_V2, edit, v2_profile
-from tests.kits.support import ServerThread, short_dir
+from tests.kits.support import ServerThread, short_dir, violations
 
 Event = v2.WatchSmtpEvent
 PASSWORD = "PLANTED-watch-relay-password-7c1e"
@@ -207,6 +207,12 @@ def test_resume_after_pruned_history_gets_a_resync_snapshot() -> None:
             assert resync.revision > seen
             stream.cancel()
             _no_secret(stream.received)
+
+
+def test_a_negative_revision_is_invalid(channel: grpc.Channel) -> None:
+    error = Stream(channel, ALICE_TOKEN, after=-1).end()
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(error) == [("AfterRevision", "must be 0 or a revision a WatchSmtp stream sent")]
 
 
 def test_an_idle_stream_gets_progress_within_the_period(channel: grpc.Channel) -> None:
