@@ -43,6 +43,14 @@ class Change:
     revision: Revision | None
 
 
+@dataclass(frozen=True)
+class Resync:
+    """A watch could not go on without a gap (history compacted or pruned, or the follower fell
+    behind): re-read everything under the prefix. `revision` is the store's revision then."""
+
+    revision: int
+
+
 class EtagMismatch(Exception):
     """A conditional write found another etag (or presence) than expected; nothing was written."""
 
@@ -93,8 +101,21 @@ class Store(Protocol):
     async def ping(self) -> None:
         """Raise unless the store can take a write now (readiness)."""
 
-    def watch(self, prefix: str) -> AsyncIterator[Change]:
-        """Changes to keys under `prefix` from now on, in revision order."""
+    async def revision(self) -> int:
+        """The store's current revision, read linearizably."""
+
+    async def history(self, key: str, after: int) -> builtins.list[Change] | None:
+        """Every change of `key` with a revision above `after`, oldest first, up to now; None when
+        that history is gone (compacted or pruned). A delete's Change has `revision` None."""
+
+    async def claim_key(self, key_id: str) -> None:
+        """Record the sealing key's id on first start; raise FailedPrecondition naming the key id
+        the stored data needs when it is another."""
+
+    def watch(self, prefix: str, after: int | None = None) -> AsyncIterator[Change | Resync]:
+        """Changes to keys under `prefix` in revision order: from now on, or with `after` first
+        every change above that revision the store still holds. Where it cannot continue without
+        a gap it yields `Resync` instead: the follower must re-read the prefix. Never skips."""
 
     async def close(self) -> None:
         """Release the store; pending writes are finished first."""
