@@ -15,7 +15,15 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from smtpconfig.core.errors import Aborted, FailedPrecondition, FieldViolation, InvalidArgument, NotFound, violation
+from smtpconfig.core.errors import (
+    Aborted,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    violation,
+)
 from smtpconfig.core.secret import strip_line_ending
 from smtpconfig.domain.catalog import ProviderInstanceInfo, ProviderTypes, canonical_names
 from smtpconfig.domain.crypto import Sealer
@@ -34,7 +42,7 @@ from smtpconfig.domain.providers import (
 )
 from smtpconfig.domain.secret_binding import unbound_secrets
 from smtpconfig.plugin import Parameter, ParameterValue
-from smtpconfig.store.base import ABSENT, AuditHook, EtagMismatch, Store
+from smtpconfig.store.base import ABSENT, AuditHook, EtagMismatch, Resync, Store
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +146,9 @@ class ProviderService:
         self._listeners.append(listener)
 
     async def start(self) -> None:
-        changes = self._store.watch(PROVIDER_PREFIX)
-        self._follower = asyncio.create_task(self._follow(changes), name="provider-follower")
+        # Follow from the store revision read before the listing: nothing changed meanwhile (by
+        # another replica) is missed.
+        at = await self._store.revision()
         for revision in await self._store.list(PROVIDER_PREFIX):
             instance = decode_instance(revision.value, self._sealer, revision.etag)
             if instance.id in self._declared:
@@ -148,6 +157,8 @@ class ProviderService:
                     f" (as {instance.name!r}); give the declared one another id"
                 )
             self._stored[instance.id] = instance
+        changes = self._store.watch(PROVIDER_PREFIX, after=at)
+        self._follower = asyncio.create_task(self._follow(changes), name="provider-follower")
 
     async def stop(self) -> None:
         if self._follower is not None:
@@ -159,6 +170,9 @@ class ProviderService:
 
     async def _follow(self, changes) -> None:
         async for change in changes:
+            if isinstance(change, Resync):  # the store lost history this replica needed
+                await self._resync()
+                continue
             provider_id = int(change.key[len(PROVIDER_PREFIX):])
             if change.revision is None:
                 self._stored.pop(provider_id, None)
@@ -167,6 +181,30 @@ class ProviderService:
                 if current is not None and current.etag == change.revision.etag:
                     continue
                 self._stored[provider_id] = decode_instance(change.revision.value, self._sealer, change.revision.etag)
+            self._changed(provider_id)
+
+    async def _resync(self) -> None:
+        """Re-read every stored instance (retrying until the store answers) and tell the
+        listeners of each one that differs from what this replica held."""
+        delay = 0.1
+        while True:
+            try:
+                revisions = await self._store.list(PROVIDER_PREFIX)
+                break
+            except Unavailable:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        fresh = {}
+        for revision in revisions:
+            provider_id = int(revision.key[len(PROVIDER_PREFIX):])
+            current = self._stored.get(provider_id)
+            if current is not None and current.etag == revision.etag:
+                fresh[provider_id] = current
+            else:
+                fresh[provider_id] = decode_instance(revision.value, self._sealer, revision.etag)
+        changed = {i for i in fresh.keys() | self._stored.keys() if fresh.get(i) is not self._stored.get(i)}
+        self._stored = fresh
+        for provider_id in sorted(changed):
             self._changed(provider_id)
 
     def _changed(self, provider_id: int) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from smtpconfig.core.errors import FailedPrecondition, Unavailable
-from smtpconfig.store.base import ABSENT, AuditEntry, Change, EtagMismatch, Revision, _Absent, make_etag
+from smtpconfig.store.base import ABSENT, AuditEntry, Change, EtagMismatch, Resync, Revision, _Absent, make_etag
 
 T = TypeVar("T")
 
@@ -51,6 +51,11 @@ CREATE TABLE IF NOT EXISTS audit (
     record BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_time ON audit (time);
+-- Which key the sealed values need (claim_key).
+CREATE TABLE IF NOT EXISTS claims (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 -- Written only by `ping` after a write failed, to learn whether the disk takes writes again.
 CREATE TABLE IF NOT EXISTS probe (data BLOB NOT NULL);
 """
@@ -308,11 +313,46 @@ class SqliteStore:
         ).fetchone()
         return number
 
-    async def watch(self, prefix: str) -> AsyncIterator[Change]:
+    async def revision(self) -> int:
+        def read() -> int:
+            (number,) = self._conn.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()
+            return number
+
+        return await self._run(read)
+
+    async def history(self, key: str, after: int) -> builtins.list[Change] | None:
+        # No history is kept here yet: nothing is missing only when nothing was written since.
+        return [] if after >= await self.revision() else None
+
+    async def claim_key(self, key_id: str) -> None:
+        def claim() -> str:
+            db = self._conn
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("INSERT OR IGNORE INTO claims (name, value) VALUES ('key_id', ?)", (key_id,))
+                (claimed,) = db.execute("SELECT value FROM claims WHERE name = 'key_id'").fetchone()
+                db.execute("COMMIT")
+            except BaseException:
+                _rollback(db)
+                raise
+            return claimed
+
+        claimed = await self._run(claim)
+        if claimed != key_id:
+            raise FailedPrecondition(
+                f"the data in {self.path} is sealed with key {claimed}, but this server's key is {key_id}:"
+                f" start it with the key the data needs (key id {claimed})"
+            )
+
+    async def watch(self, prefix: str, after: int | None = None) -> AsyncIterator[Change | Resync]:
         queue: asyncio.Queue[Change] = asyncio.Queue()
         entry = (prefix, queue)
         self._watchers.append(entry)
         try:
+            if after is not None:
+                now = await self.revision()
+                if after < now:  # no history to replay from: the follower re-reads
+                    yield Resync(now)
             while True:
                 yield await queue.get()
         finally:
