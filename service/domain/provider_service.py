@@ -129,6 +129,9 @@ class ProviderService:
         self._lock = write_lock
         self._declared = {i.id: i for i in declared}
         self._stored: dict[int, ProviderInstance] = {}
+        # The store revision of the newest version (or delete) of each instance this replica knows:
+        # a change that arrives later than this replica's own newer write is ignored.
+        self._seen: dict[int, int] = {}
         self._references: Callable[[], set[int]] = set
         self._listeners: list[Callable[[int], None]] = []
         self._follower: asyncio.Task | None = None
@@ -157,6 +160,7 @@ class ProviderService:
                     f" (as {instance.name!r}); give the declared one another id"
                 )
             self._stored[instance.id] = instance
+            self._seen[instance.id] = revision.revision
         changes = self._store.watch(PROVIDER_PREFIX, after=at)
         self._follower = asyncio.create_task(self._follow(changes), name="provider-follower")
 
@@ -174,6 +178,10 @@ class ProviderService:
                 await self._resync()
                 continue
             provider_id = int(change.key[len(PROVIDER_PREFIX):])
+            if change.at and change.at <= self._seen.get(provider_id, 0):
+                continue  # older than what this replica holds (its own later write came back first)
+            if change.at:
+                self._seen[provider_id] = change.at
             if change.revision is None:
                 self._stored.pop(provider_id, None)
             else:
@@ -197,6 +205,7 @@ class ProviderService:
         fresh = {}
         for revision in revisions:
             provider_id = int(revision.key[len(PROVIDER_PREFIX):])
+            self._seen[provider_id] = max(self._seen.get(provider_id, 0), revision.revision)
             current = self._stored.get(provider_id)
             if current is not None and current.etag == revision.etag:
                 fresh[provider_id] = current
@@ -373,6 +382,7 @@ class ProviderService:
             raise Aborted("another writer changed provider instances meanwhile; try again") from None
         stored = replace(instance, source=API, etag=revision.etag)
         self._stored[instance.id] = stored
+        self._seen[instance.id] = max(self._seen.get(instance.id, 0), revision.revision)
         self._changed(instance.id)
         fields = ", ".join(sorted(instance.initialization)) or "none"
         log.info("provider instance %s (%s, %s) %s; initialization: %s",

@@ -37,10 +37,13 @@ class Revision:
 
 @dataclass(frozen=True)
 class Change:
-    """A key was written (`revision` set) or deleted (`revision` None)."""
+    """A key was written (`revision` set) or deleted (`revision` None). `at` is the store revision
+    of the change, a delete's included (0 where a store does not say): a follower that holds a
+    newer version than a late change (its own write came back first) ignores it."""
 
     key: str
     revision: Revision | None
+    at: int = 0
 
 
 @dataclass(frozen=True)

@@ -459,13 +459,13 @@ class EtcdStore:
             changes = await self._walk(full, self._prefix + b"tomb/" + key.encode(), after)
         except _Compacted:
             return None
-        return [Change(key, None if kv is None else self._revision(kv)) for _, kv in changes]
+        return [Change(key, None if kv is None else self._revision(kv), at) for at, kv in changes]
 
     def _change(self, event: Any) -> Change:
         key = event.kv.key[len(self._kv) :].decode()
         if event.type == _DELETE_EVENT:
-            return Change(key, None)
-        return Change(key, self._revision(event.kv))
+            return Change(key, None, int(event.kv.mod_revision))
+        return Change(key, self._revision(event.kv), int(event.kv.mod_revision))
 
     async def watch(self, prefix: str, after: int | None = None) -> AsyncIterator[Change | Resync]:
         start = self._kv + prefix.encode()

@@ -192,7 +192,7 @@ class SqliteStore:
                 raise
             return revision
 
-        return await self._write(write, lambda revision: Change(key, revision))
+        return await self._write(write, lambda revision: Change(key, revision, revision.revision))
 
     async def delete(self, key: str, expected: str | None = None, audit: AuditEntry | None = None) -> bool:
         def remove() -> int | None:
@@ -215,7 +215,7 @@ class SqliteStore:
                 raise
             return number
 
-        number = await self._write(remove, lambda number: None if number is None else Change(key, None))
+        number = await self._write(remove, lambda number: None if number is None else Change(key, None, number))
         return number is not None
 
     async def _write(self, fn: Callable[[], T], change: Callable[[T], Change | None]) -> T:

@@ -203,3 +203,23 @@ def own_etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdC
         yield cluster
     finally:
         cluster.stop()
+
+
+def write_key_file(directory: Path) -> Path:
+    """A sealing key file (mode 0600) that several replicas share, as an operator would give them."""
+    import base64
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "shared.key"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(base64.urlsafe_b64encode(os.urandom(32)).decode() + "\n")
+    return path
+
+
+def replica_settings(cluster: EtcdCluster, prefix: str, key_file: Path, **more) -> dict:
+    """Settings of an smtpconfig replica on `cluster` under `prefix` (ServerThread keywords)."""
+    return {
+        "store": "etcd", "etcd_endpoints": tuple(cluster.endpoints.split(",")), "etcd_prefix": prefix,
+        "key_file": key_file, **more,
+    }
