@@ -34,7 +34,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -478,7 +478,7 @@ class EtcdStore:
             try:
                 create = pb.WatchCreateRequest(key=start, range_end=end, start_revision=next_revision)
                 call = pb.WatchStub(self._channel(index)).Watch(
-                    _create_then_wait(pb.WatchRequest(create_request=create)),
+                    _CreateThenWait(pb.WatchRequest(create_request=create)),
                     metadata=self._metadata(("hasleader", "true")),
                 )
                 async for response in call:
@@ -594,10 +594,21 @@ async def _not_applied() -> int | None:
     return None
 
 
-async def _create_then_wait(create: Any) -> AsyncIterator[Any]:
-    yield create
-    await asyncio.Event().wait()  # keep the request side open for the stream's life
+class _CreateThenWait:
+    """The request side of a watch stream: the create request, then nothing for the stream's life.
+    A plain async iterator, not an async generator: grpc cancels its reader when the stream ends,
+    and an async generator cancelled there logs "aclose(): asynchronous generator is already
+    running" at shutdown."""
 
+    def __init__(self, create: Any) -> None:
+        self._create: Any | None = create
 
-def endpoints_text(endpoints: Sequence[str]) -> str:
-    return ",".join(endpoints)
+    def __aiter__(self) -> _CreateThenWait:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._create is not None:
+            create, self._create = self._create, None
+            return create
+        await asyncio.Event().wait()
+        raise StopAsyncIteration
