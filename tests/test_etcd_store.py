@@ -156,3 +156,66 @@ async def _until(condition, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def tls_etcd(tmp_path_factory: pytest.TempPathFactory):
+    """One member that takes TLS clients with certificates of the test CA only, auth enabled: user
+    `smtpconfig` may read and write under /app/ and nothing else."""
+    cluster = EtcdCluster(tmp_path_factory.mktemp("etcd-tls"), size=1, tls=True)
+    try:
+        cluster.start()
+        for step in (
+            ("user", "add", "root", "--new-user-password", "root-pw"),
+            ("user", "add", "smtpconfig", "--new-user-password", "app-pw"),
+            ("role", "add", "app"),
+            ("role", "grant-permission", "app", "readwrite", "/app/", "--prefix=true"),
+            ("user", "grant-role", "smtpconfig", "app"),
+            ("auth", "enable"),
+        ):
+            cluster.etcdctl(*step)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def test_tls_client_certificate_and_user_from_a_password_file(tls_etcd: EtcdCluster, tmp_path) -> None:
+    client = tls_etcd.ca.issue_client("app-client", cn="app-client")
+    password = tmp_path / "password"
+    password.write_text("app-pw\n")
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not-it\n")
+
+    def options(prefix: str, password_file=password, **more) -> EtcdOptions:
+        return EtcdOptions(
+            endpoints=(tls_etcd.members[0].endpoint,), prefix=prefix, ca_file=tls_etcd.ca.path,
+            cert_file=client.cert, key_file=client.key, user="smtpconfig", password_file=password_file, **more,
+        )
+
+    async def main() -> None:
+        store = await EtcdStore.open(options("/app/"))
+        try:
+            first = await store.put("profile", b"sealed", ABSENT, audit=(1, b"rec"))
+            seen: list[Change | Resync] = []
+
+            async def follow() -> None:
+                async for change in store.watch("profile", after=first.revision - 1):
+                    seen.append(change)
+
+            task = asyncio.create_task(follow())
+            await _until(lambda: len(seen) == 1)
+            task.cancel()
+            got = await store.get("profile")
+            assert got is not None and got.etag == first.etag
+        finally:
+            await store.close()
+        with pytest.raises(FailedPrecondition, match="refused this server.*check etcd_user"):
+            await EtcdStore.open(options("/app/", password_file=wrong))
+        with pytest.raises(FailedPrecondition, match="PERMISSION_DENIED"):  # a prefix its role does not grant
+            await EtcdStore.open(options("/elsewhere/"))
+        plain = EtcdStore(EtcdOptions(endpoints=(tls_etcd.members[0].endpoint,), prefix="/app/", timeout=0.5))
+        with pytest.raises(Unavailable, match="cannot be reached"):
+            await plain.get("profile")  # no TLS: the member does not answer
+        await plain.close()
+
+    run(main())

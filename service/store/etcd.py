@@ -241,7 +241,8 @@ class EtcdStore:
         raise self._unreachable(last)
 
     def _refused(self, error: grpc.aio.AioRpcError) -> Exception:
-        if error.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        refusals = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT)
+        if error.code() in refusals:
             return FailedPrecondition(
                 f"the store ({self.name}) refused this server: {error.code().name}: {error.details() or ''}"
                 " (check etcd_user, etcd_password_file and the user's role)"

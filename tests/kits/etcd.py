@@ -71,10 +71,19 @@ class Member:
 
 
 class EtcdCluster:
-    """`size` members on loopback; `endpoints` is what smtpconfig's etcd_endpoints takes."""
+    """`size` members on loopback; `endpoints` is what smtpconfig's etcd_endpoints takes. With
+    `tls`, clients must speak TLS and present a certificate of the test CA (`ca`, `root_client`:
+    CN root, for etcdctl); peers stay plaintext."""
 
-    def __init__(self, directory: Path, size: int = 3) -> None:
+    def __init__(self, directory: Path, size: int = 3, *, tls: bool = False) -> None:
         self.directory = directory
+        self.tls = tls
+        if tls:
+            from tests.kits.testca import TestCA
+
+            self.ca = TestCA(directory / "ca")
+            self.server_cert = self.ca.issue("etcd-server")
+            self.root_client = self.ca.issue_client("etcd-root", cn="root")
         ports = _free_ports(2 * size)
         self.members = [
             Member(f"m{i}", directory / f"m{i}", ports[2 * i], ports[2 * i + 1]) for i in range(size)
@@ -94,10 +103,11 @@ class EtcdCluster:
         return self
 
     def start_member(self, member: Member, *, wait: bool = True) -> None:
+        scheme = "https" if self.tls else "http"
         args = [
             etcd_binary(), "--name", member.name, "--data-dir", str(member.directory),
-            "--listen-client-urls", f"http://{member.endpoint}",
-            "--advertise-client-urls", f"http://{member.endpoint}",
+            "--listen-client-urls", f"{scheme}://{member.endpoint}",
+            "--advertise-client-urls", f"{scheme}://{member.endpoint}",
             "--listen-peer-urls", f"http://127.0.0.1:{member.peer_port}",
             "--initial-advertise-peer-urls", f"http://127.0.0.1:{member.peer_port}",
             "--initial-cluster", self._initial, "--initial-cluster-token", self._token,
@@ -105,6 +115,11 @@ class EtcdCluster:
             "--heartbeat-interval", "100", "--election-timeout", "1000",
             "--log-level", "error", "--logger", "zap",
         ]
+        if self.tls:
+            args += [
+                "--cert-file", str(self.server_cert.cert), "--key-file", str(self.server_cert.key),
+                "--trusted-ca-file", str(self.ca.path), "--client-cert-auth",
+            ]
         self.directory.mkdir(parents=True, exist_ok=True)
         log = (self.directory / f"{member.name}.log").open("ab")
         member.proc = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True)
@@ -122,8 +137,11 @@ class EtcdCluster:
             self.kill9(member)
 
     def etcdctl(self, *args: str, endpoints: str | None = None, timeout: float = 10) -> str:
+        tls = []
+        if self.tls:
+            tls = ["--cacert", str(self.ca.path), "--cert", str(self.root_client.cert), "--key", str(self.root_client.key)]
         result = subprocess.run(
-            [etcd_binary("etcdctl"), "--endpoints", endpoints or self.alive_endpoints(), "--command-timeout=3s", *args],
+            [etcd_binary("etcdctl"), "--endpoints", endpoints or self.alive_endpoints(), "--command-timeout=3s", *tls, *args],
             capture_output=True, text=True, timeout=timeout, env={**os.environ, "ETCDCTL_API": "3"},
         )
         if result.returncode != 0:
