@@ -144,9 +144,9 @@ def test_a_replica_with_another_key_refuses_to_start_naming_the_key(replicas: Re
     update(config(a), BASIC_V2)
     other = write_key_file(short_dir("key2"))
     replicas.dirs.append(other.parent)
-    with pytest.raises(Exception, match="sealed with key [0-9a-f]{12}") as refused:
+    with pytest.raises(Exception, match="was encrypted with key [0-9a-f]{12}") as refused:
         replicas.start(key_file=other)
-    assert "start it with the key the data needs" in str(refused.value)
+    assert "start the server with the key the data was written with (key id" in str(refused.value)
 
 
 def test_a_provider_instance_changed_on_one_replica_is_used_by_the_next_resolution_on_another(

@@ -540,8 +540,8 @@ class EtcdStore:
         claimed = response.responses[0].response_range.kvs[0].value.decode()
         if claimed != key_id:
             raise FailedPrecondition(
-                f"the data in {self.name} under {self.options.prefix} is sealed with key {claimed}, but this"
-                f" server's key is {key_id}: start it with the key the data needs (key id {claimed})"
+                f"the data in {self.name} under {self.options.prefix} was encrypted with key {claimed}, but the"
+                f" configured key is {key_id}; start the server with the key the data was written with (key id {claimed})"
             )
 
     async def append_audit(self, entries: builtins.list[AuditEntry]) -> None:

@@ -340,8 +340,8 @@ class SqliteStore:
         claimed = await self._run(claim)
         if claimed != key_id:
             raise FailedPrecondition(
-                f"the data in {self.path} is sealed with key {claimed}, but this server's key is {key_id}:"
-                f" start it with the key the data needs (key id {claimed})"
+                f"the data in {self.path} was encrypted with key {claimed}, but the configured key is {key_id};"
+                f" start the server with the key the data was written with (key id {claimed})"
             )
 
     async def watch(self, prefix: str, after: int | None = None) -> AsyncIterator[Change | Resync]:
