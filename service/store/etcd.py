@@ -473,6 +473,7 @@ class EtcdStore:
         end = _range_end(start)
         next_revision = 0 if after is None else after + 1
         delay = _BACKOFF[0]
+        lost = False  # said once per outage; the recovery is said too
         while not self._closed:
             index = self._current
             call = None
@@ -484,6 +485,10 @@ class EtcdStore:
                 )
                 async for response in call:
                     delay = _BACKOFF[0]
+                    if lost:
+                        lost = False
+                        log.info("watch of %r resumed on %s from revision %s", prefix, self.options.endpoints[index],
+                                 next_revision or "now")
                     if response.compact_revision:
                         # The history from next_revision is gone: the follower re-reads, and the
                         # watch goes on from the revision that re-read is at least as new as.
@@ -499,7 +504,12 @@ class EtcdStore:
                         next_revision = int(response.header.revision) + 1
                     for event in response.events:
                         next_revision = int(event.kv.mod_revision) + 1  # never a header's revision
-                        yield self._change(event)
+                        try:
+                            change = self._change(event)
+                        except FailedPrecondition:
+                            log.error("a value at %r was not written by smtpconfig; ignored", bytes(event.kv.key))
+                            continue
+                        yield change
                     if response.canceled:
                         log.warning("etcd canceled a watch (%s); watching again", response.cancel_reason or "no reason")
                         break
@@ -509,14 +519,17 @@ class EtcdStore:
                 if error.code() == grpc.StatusCode.UNAUTHENTICATED and self.options.user:
                     with contextlib.suppress(Exception):
                         await self._authenticate()
-                log.warning(
-                    "watch on %s lost (%s: %s); resuming from revision %s",
-                    self.options.endpoints[index], error.code().name, error.details(), next_revision or "now",
+                (log.debug if lost else log.warning)(
+                    "watch of %r on %s lost (%s: %s); resuming from revision %s",
+                    prefix, self.options.endpoints[index], error.code().name, error.details(), next_revision or "now",
                 )
+                lost = True
                 self._move_on(index)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _WATCH_BACKOFF_MAX)
-            except Unavailable:
+            except (Unavailable, FailedPrecondition) as error:  # the re-read's revision, or a refusal
+                (log.debug if lost else log.warning)("watch of %r interrupted (%s); trying again", prefix, error)
+                lost = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _WATCH_BACKOFF_MAX)
             finally:
