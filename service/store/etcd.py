@@ -71,11 +71,16 @@ _WATCH_BACKOFF_MAX = 2.0
 # Changes of one key `history` replays at most; beyond, the follower re-reads instead.
 _HISTORY_STEPS = 1000
 _RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-# Channel keepalives: a member that vanishes without closing its connections is noticed in seconds.
+# Channel keepalives: a member that stops answering without closing its connections (a hung host)
+# is noticed within keepalive time + timeout while a call (a watch) is open. etcd refuses pings more
+# often than every 5 s, or on a connection without calls (GOAWAY too_many_pings), hence these.
 _CHANNEL_OPTIONS = (
-    ("grpc.keepalive_time_ms", 5000),
+    ("grpc.keepalive_time_ms", 6000),
     ("grpc.keepalive_timeout_ms", 3000),
-    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.ping_timeout_ms", 3000),  # what grpcio 1.85 waits for a ping's answer (default 60 s)
+    ("grpc.keepalive_permit_without_calls", 0),
+    # A silent member sends no data: keep pinging it until it answers or the connection is dropped.
+    ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
 )
 # Compare and filter enums of etcd's rpc.proto.
