@@ -348,12 +348,26 @@ class EtcdStore:
         return [pb.Compare(result=_EQUAL, target=_MOD, key=full, mod_revision=number)]
 
     async def _write(self, request: Any, applied: Callable[[], Awaitable[int | None]], key: str) -> int:
-        """Commit a transaction; its revision. An attempt whose outcome is unknown is decided by
-        `applied` (the revision it was written at, or None when it was not) before any retry."""
+        """Commit a transaction; its revision. After an attempt whose outcome is unknown (a deadline,
+        or UNAVAILABLE once the request may have been sent) `applied` decides it (the revision it
+        was written at, or None when it was not) before another attempt is made."""
         last: grpc.aio.AioRpcError | None = None
-        uncertain = False
+        unknown = False  # an attempt may have been applied and that is not decided yet
+        uncertain = False  # an attempt may still be applied later (a proposal outlives its deadline)
         for attempt in range(_ATTEMPTS):
             index = self._current
+            if unknown:
+                try:
+                    number = await applied()
+                except Unavailable:
+                    number = None  # still unknown; this attempt is not made
+                else:
+                    unknown = False
+                    if number is not None:
+                        return number
+                if unknown:
+                    await asyncio.sleep(_BACKOFF[attempt])
+                    continue
             try:
                 response = await pb.KVStub(self._channel(index)).Txn(
                     request, timeout=self._timeout, metadata=self._metadata()
@@ -366,21 +380,23 @@ class EtcdStore:
                 if error.code() not in _RETRY_CODES:
                     raise self._refused(error) from None
                 self._move_on(index)
+                if not _never_sent(error):
+                    unknown = uncertain = True
                 if attempt + 1 < _ATTEMPTS:
                     await asyncio.sleep(_BACKOFF[attempt])
-                number = await self._decide(applied)
-                if number is not None:
-                    return number
-                uncertain = True
                 continue
             if not response.succeeded:
-                # An earlier attempt that timed out may have been committed after all (a proposal
-                # can outlive its deadline): then this compare fails on our own write.
+                # An earlier attempt may have been committed after all: then this compare fails on
+                # our own write.
                 number = await self._decide(applied) if uncertain else None
                 if number is not None:
                     return number
                 raise EtagMismatch(key)
             return int(response.header.revision)
+        if unknown:
+            number = await self._decide(applied)
+            if number is not None:
+                return number
         raise self._unreachable(last)
 
     async def _decide(self, applied: Callable[[], Awaitable[int | None]]) -> int | None:
@@ -601,6 +617,12 @@ class EtcdStore:
             if channel is not None:
                 await channel.close()
         self._channels = [None] * len(self._channels)
+
+
+def _never_sent(error: grpc.aio.AioRpcError) -> bool:
+    """The call failed before a connection to a member existed: nothing was sent, so nothing
+    can have been applied."""
+    return error.code() == grpc.StatusCode.UNAVAILABLE and "failed to connect" in (error.details() or "")
 
 
 class _Compacted(Exception):
