@@ -176,7 +176,7 @@ def tls_etcd(tmp_path_factory: pytest.TempPathFactory):
             cluster.etcdctl(*step)
         yield cluster
     finally:
-        cluster.stop()
+        cluster.remove()
 
 
 def test_tls_client_certificate_and_user_from_a_password_file(tls_etcd: EtcdCluster, tmp_path) -> None:
