@@ -52,6 +52,7 @@ from smtpconfig.outbound.apply import Applier
 from smtpconfig.outbound.oauth import TokenClient
 from smtpconfig.plugin.manager import Plugins, load_plugins
 from smtpconfig.settings import DATABASE_NAME, Settings, split_address
+from smtpconfig.store.base import Store
 from smtpconfig.store.sqlite import SqliteStore
 from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v2 import audit_service_pb2 as audit_pb
@@ -66,6 +67,10 @@ SERVICE_NAMES = (
     providers_pb.DESCRIPTOR.services_by_name["SecretProviderService"].full_name,
     audit_pb.DESCRIPTOR.services_by_name["AuditService"].full_name,
 )
+# Health name that follows the store alone: NOT_SERVING while writes cannot be made. With etcd the
+# other names stay SERVING meanwhile (reads and resolutions are answered from memory), so an etcd
+# outage does not take every replica out of its load balancer at once; operators alert on this one.
+STORE_HEALTH_NAME = "smtpconfig.store"
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -84,7 +89,7 @@ class App:
         self.socket_path: Path | None = None
         self._staged_socket: Path | None = None
         self._server: grpc.aio.Server | None = None
-        self._store: SqliteStore | None = None
+        self._store: Store | None = None
         self._profiles: ProfileService | None = None
         self._watch: ProfileWatch | None = None
         self._provider_service: ProviderService | None = None
@@ -96,6 +101,7 @@ class App:
         self._readiness: asyncio.Task | None = None
         self._audit: AuditLog | None = None
         self._ready: bool | None = None
+        self._store_ready: bool | None = None
         self.metrics = Metrics()
         self.metrics_port: int | None = None
         self.health_port: int | None = None
@@ -128,7 +134,7 @@ class App:
             env_value=os.environ.get("SMTPCONFIG_KEY"),
             key_file=settings.key_path,
             create=settings.key_is_generated,
-            sealed_data=settings.data_dir / DATABASE_NAME,
+            sealed_data=settings.data_dir / DATABASE_NAME if settings.store == "sqlite" else None,
         )
         sealer = Sealer(key)
         if settings.tls_cert_file is not None and settings.tls_key_file is not None:
@@ -145,7 +151,7 @@ class App:
         )
         access = HostAccess.from_settings(settings)
         declared = declared_instances(settings.providers, plugins, dict(os.environ), access)
-        self._store = await SqliteStore.open(settings.data_dir, history_keep=settings.history_keep)
+        self._store = await open_store(settings)
         await self._store.claim_key(sealer.key_id)
         write_lock = asyncio.Lock()
         self._provider_service = ProviderService(self._store, sealer, plugins, declared, write_lock, access)
@@ -217,7 +223,7 @@ class App:
             SERVICE_NAMES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             server,
         )
-        for name in ("",) + SERVICE_NAMES:
+        for name in ("", STORE_HEALTH_NAME) + SERVICE_NAMES:
             await self._health.set(name, _NOT_SERVING)
         return server
 
@@ -310,11 +316,31 @@ class App:
             why = str(error) if isinstance(error, Unavailable) else type(error).__name__
             log.warning("the store is not reachable (%s); health says NOT_SERVING", why)
             ready = False
-        if ready != self._ready:  # health watchers hear of changes only, not of every check
-            self._ready = ready
+        if ready != self._store_ready:  # health watchers hear of changes only, not of every check
+            self._store_ready = ready
+            await self._health.set(STORE_HEALTH_NAME, _SERVING if ready else _NOT_SERVING)
+            self._store_changed(ready)
+        # SQLite: one replica, whose disk is the store; it says NOT_SERVING with its store. etcd:
+        # every replica holds the last known state and keeps answering reads and resolutions, so
+        # once it has started the others stay SERVING while only writes fail.
+        serving = ready or (self.settings.store == "etcd" and self._ready is not None)
+        if serving != self._ready:
+            self._ready = serving
             for name in ("",) + SERVICE_NAMES:
-                await self._health.set(name, _SERVING if ready else _NOT_SERVING)
+                await self._health.set(name, _SERVING if serving else _NOT_SERVING)
         return ready
+
+    def _store_changed(self, ready: bool) -> None:
+        """With etcd a replica's profile is only as fresh as its watch: while the store cannot be
+        reached, WatchSmtp streams end UNAVAILABLE so that clients move to a replica that can
+        (and streams opened meanwhile end at once); they are served again once it is back. A
+        SQLite replica is the only writer, so what it holds stays current: its streams go on."""
+        if self._watch is None or self.settings.store != "etcd":
+            return
+        if ready:
+            self._watch.reopen()
+        else:
+            self._watch.end_all("this replica cannot reach its store (etcd); reconnect to another replica")
 
     async def _follow_readiness(self) -> None:
         """Check the store every readiness interval; prune the audit trail once an hour."""
@@ -548,6 +574,24 @@ def _taken(address: str) -> bool:
                 if error.errno == errno.EADDRINUSE:
                     return True
     return False
+
+
+async def open_store(settings: Settings) -> Store:
+    """The configured store: the SQLite file in the data directory, or the etcd cluster."""
+    if settings.store == "etcd":
+        # Imported here: only cluster mode needs the etcd client (the `etcd` extra).
+        try:
+            from smtpconfig.store.etcd import EtcdOptions, EtcdStore
+        except ImportError as error:
+            raise FailedPrecondition(
+                f"store = etcd needs the etcd client: install smtpconfig[etcd] ({error})"
+            ) from None
+        return await EtcdStore.open(EtcdOptions(
+            endpoints=settings.etcd_endpoints, prefix=settings.etcd_prefix,
+            ca_file=settings.etcd_ca_file, cert_file=settings.etcd_cert_file, key_file=settings.etcd_key_file,
+            user=settings.etcd_user, password_file=settings.etcd_password_file, timeout=settings.etcd_timeout,
+        ))
+    return await SqliteStore.open(settings.data_dir, history_keep=settings.history_keep)
 
 
 async def serve(settings: Settings) -> None:

@@ -220,6 +220,40 @@ def _log_format(value: Any, where: str, base: Path | None, text: bool) -> str:
     return value.lower()
 
 
+_STORES = ("sqlite", "etcd")
+
+
+def _store(value: Any, where: str, base: Path | None, text: bool) -> str:
+    if not isinstance(value, str) or value.lower() not in _STORES:
+        raise SettingsError(f"{where} must be sqlite (the embedded default) or etcd (cluster mode)")
+    return value.lower()
+
+
+def _endpoints(value: Any, where: str, base: Path | None, text: bool) -> tuple[str, ...]:
+    value = _comma_list(value)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise SettingsError(f"{where} must be a list of host:port addresses of etcd members")
+    for endpoint in value:
+        if "://" in endpoint:
+            raise SettingsError(f"{where}: {endpoint!r} must be host:port, without a scheme (TLS comes from etcd_ca_file)")
+        host, port = split_address(endpoint)
+        if port == 0:
+            raise SettingsError(f"{where}: {endpoint!r} needs a port")
+    return tuple(value)
+
+
+def _etcd_prefix(value: Any, where: str, base: Path | None, text: bool) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or not value.endswith("/") or len(value) < 3:
+        raise SettingsError(f'{where} must start and end with "/" and name something, e.g. "/smtpconfig/"')
+    return value
+
+
+def _etcd_user(value: Any, where: str, base: Path | None, text: bool) -> str:
+    if not isinstance(value, str) or any(c.isspace() for c in value):
+        raise SettingsError(f"{where} must be an etcd user name (no spaces), or empty for none")
+    return value
+
+
 def _bool(value: Any, where: str, base: Path | None, text: bool) -> bool:
     if isinstance(value, bool):
         return value
@@ -455,6 +489,30 @@ class Settings:
     # SQLite: changes kept so that a WatchSmtp client can resume after its revision; one resuming
     # from before the oldest kept gets a resync snapshot.
     history_keep: int = _setting(1000, _BURST, "HISTORY_KEEP")
+    # --- store ---
+    # Where the profile and provider instances live: "sqlite" (the embedded default, one server
+    # per data directory) or "etcd" (cluster mode: several replicas on one etcd cluster).
+    store: str = _setting(
+        "sqlite", _store, "STORE", _flag("--store", "sqlite (default) or etcd (cluster mode)", choices=_STORES)
+    )
+    # etcd members (host:port, comma-separated); the store moves to the next when one fails.
+    etcd_endpoints: tuple[str, ...] = _setting(
+        (), _endpoints, "ETCD_ENDPOINTS",
+        _flag("--etcd-endpoints", "etcd members host:port, comma-separated (store = etcd)", metavar="LIST"),
+    )
+    # Key prefix of everything this deployment keeps in etcd (one prefix per deployment).
+    etcd_prefix: str = _setting("/smtpconfig/", _etcd_prefix, "ETCD_PREFIX")
+    # TLS to etcd: the CA bundle that signs the members' certificates (enables TLS), and a client
+    # certificate and key when the cluster requires them (--client-cert-auth).
+    etcd_ca_file: Path | None = _setting(None, _path, "ETCD_CA_FILE")
+    etcd_cert_file: Path | None = _setting(None, _path, "ETCD_CERT_FILE")
+    etcd_key_file: Path | None = _setting(None, _path, "ETCD_KEY_FILE")
+    # etcd user (when the cluster has auth enabled) and the file holding its password.
+    etcd_user: str = _setting("", _etcd_user, "ETCD_USER")
+    etcd_password_file: Path | None = _setting(None, _path, "ETCD_PASSWORD_FILE")
+    # Seconds one attempt of an etcd call may take; a call makes at most 3 attempts.
+    etcd_timeout: float = _setting(2.0, _TIMEOUT, "ETCD_TIMEOUT")
+
     # Where settings came from, for the start-up log.
     sources: tuple[str, ...] = field(default=("defaults",), compare=False)
 
@@ -684,3 +742,9 @@ def check(settings: Settings) -> None:
         )
     if not settings.listen and socket is None:
         raise SettingsError("nothing to listen on: set listen or unix_socket")
+    if settings.store == "etcd" and not settings.etcd_endpoints:
+        raise SettingsError("store = etcd needs etcd_endpoints (host:port of the etcd members, comma-separated)")
+    if (settings.etcd_cert_file is None) != (settings.etcd_key_file is None):
+        raise SettingsError("etcd_cert_file and etcd_key_file go together: set both or neither")
+    if settings.etcd_user and settings.etcd_password_file is None:
+        raise SettingsError("etcd_user needs etcd_password_file (the password is read from a file, never a setting)")

@@ -28,6 +28,7 @@ from smtpconfig.cli import json as cli_json
 from smtpconfig.cli.admin import add_commands as add_admin_commands
 from smtpconfig.cli.client import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_PIPE, CliError, add_connection_args, call, read_payload
 from smtpconfig.cli.providers import add_commands as add_provider_commands
+from smtpconfig.cli.store import add_commands as add_store_commands
 from smtpconfig.cli.watch import add_command as add_watch_command
 from smtpconfig.core.errors import SmtpConfigError
 from smtpconfig.ops import logs
@@ -132,6 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     add_watch_command(sub)
     add_provider_commands(sub)
     add_admin_commands(sub)
+    add_store_commands(sub)
     return parser
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from smtpconfig.core.errors import Aborted, FieldViolation, InvalidArgument, NotFound, violation
+from smtpconfig.core.errors import Aborted, FieldViolation, InvalidArgument, NotFound, Unavailable, violation
 from smtpconfig.domain.catalog import ProviderCatalog
 from smtpconfig.domain.codec import decode_profile, encode_profile
 from smtpconfig.domain.crypto import Sealer
@@ -83,12 +83,15 @@ class ProfileService:
         self._listeners: list[Callable[[StoredProfile], None]] = []
 
     async def start(self) -> None:
-        """Load the stored revision (failing loudly on a wrong key) and follow changes."""
-        changes = self._store.watch(PROFILE_KEY)
-        self._follower = asyncio.create_task(self._follow(changes), name="profile-follower")
+        """Load the stored revision (failing loudly on a wrong key) and follow changes from the
+        store revision read before it, so that no change made meanwhile (by another replica) is
+        missed."""
+        at = await self._store.revision()
         revision = await self._store.get(PROFILE_KEY)
         if revision is not None:
             self._apply(revision)
+        changes = self._store.watch(PROFILE_KEY, after=at)
+        self._follower = asyncio.create_task(self._follow(changes), name="profile-follower")
 
     async def stop(self) -> None:
         if self._follower is not None:
@@ -98,10 +101,21 @@ class ProfileService:
 
     async def _follow(self, changes) -> None:
         async for change in changes:
-            if isinstance(change, Resync):
-                await self._reload()  # the store lost track of what came between: read it afresh
+            if isinstance(change, Resync):  # the store lost history this replica needed
+                await self._resync()
             elif change.revision is not None:
                 self._apply(change.revision)
+
+    async def _resync(self) -> None:
+        """Re-read the profile, retrying until the store answers: a follower must not stop."""
+        delay = 0.1
+        while True:
+            try:
+                await self._reload()
+                return
+            except Unavailable:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def _apply(self, revision: Revision, profile: Profile | None = None) -> StoredProfile:
         current = self._current

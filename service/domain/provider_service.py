@@ -15,7 +15,15 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from smtpconfig.core.errors import Aborted, FailedPrecondition, FieldViolation, InvalidArgument, NotFound, violation
+from smtpconfig.core.errors import (
+    Aborted,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    violation,
+)
 from smtpconfig.core.secret import strip_line_ending
 from smtpconfig.domain.catalog import ProviderInstanceInfo, ProviderTypes, canonical_names
 from smtpconfig.domain.crypto import Sealer
@@ -34,7 +42,7 @@ from smtpconfig.domain.providers import (
 )
 from smtpconfig.domain.secret_binding import unbound_secrets
 from smtpconfig.plugin import Parameter, ParameterValue
-from smtpconfig.store.base import ABSENT, AuditHook, EtagMismatch, Store
+from smtpconfig.store.base import ABSENT, AuditHook, EtagMismatch, Resync, Store
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +129,9 @@ class ProviderService:
         self._lock = write_lock
         self._declared = {i.id: i for i in declared}
         self._stored: dict[int, ProviderInstance] = {}
+        # The store revision of the newest version (or delete) of each instance this replica knows:
+        # a change that arrives later than this replica's own newer write is ignored.
+        self._seen: dict[int, int] = {}
         self._references: Callable[[], set[int]] = set
         self._listeners: list[Callable[[int], None]] = []
         self._follower: asyncio.Task | None = None
@@ -138,8 +149,9 @@ class ProviderService:
         self._listeners.append(listener)
 
     async def start(self) -> None:
-        changes = self._store.watch(PROVIDER_PREFIX)
-        self._follower = asyncio.create_task(self._follow(changes), name="provider-follower")
+        # Follow from the store revision read before the listing: nothing changed meanwhile (by
+        # another replica) is missed.
+        at = await self._store.revision()
         for revision in await self._store.list(PROVIDER_PREFIX):
             instance = decode_instance(revision.value, self._sealer, revision.etag)
             if instance.id in self._declared:
@@ -148,6 +160,9 @@ class ProviderService:
                     f" (as {instance.name!r}); give the declared one another id"
                 )
             self._stored[instance.id] = instance
+            self._seen[instance.id] = revision.revision
+        changes = self._store.watch(PROVIDER_PREFIX, after=at)
+        self._follower = asyncio.create_task(self._follow(changes), name="provider-follower")
 
     async def stop(self) -> None:
         if self._follower is not None:
@@ -159,7 +174,14 @@ class ProviderService:
 
     async def _follow(self, changes) -> None:
         async for change in changes:
+            if isinstance(change, Resync):  # the store lost history this replica needed
+                await self._resync()
+                continue
             provider_id = int(change.key[len(PROVIDER_PREFIX):])
+            if change.at and change.at <= self._seen.get(provider_id, 0):
+                continue  # older than what this replica holds (its own later write came back first)
+            if change.at:
+                self._seen[provider_id] = change.at
             if change.revision is None:
                 self._stored.pop(provider_id, None)
             else:
@@ -167,6 +189,31 @@ class ProviderService:
                 if current is not None and current.etag == change.revision.etag:
                     continue
                 self._stored[provider_id] = decode_instance(change.revision.value, self._sealer, change.revision.etag)
+            self._changed(provider_id)
+
+    async def _resync(self) -> None:
+        """Re-read every stored instance (retrying until the store answers) and tell the
+        listeners of each one that differs from what this replica held."""
+        delay = 0.1
+        while True:
+            try:
+                revisions = await self._store.list(PROVIDER_PREFIX)
+                break
+            except Unavailable:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        fresh = {}
+        for revision in revisions:
+            provider_id = int(revision.key[len(PROVIDER_PREFIX):])
+            self._seen[provider_id] = max(self._seen.get(provider_id, 0), revision.revision)
+            current = self._stored.get(provider_id)
+            if current is not None and current.etag == revision.etag:
+                fresh[provider_id] = current
+            else:
+                fresh[provider_id] = decode_instance(revision.value, self._sealer, revision.etag)
+        changed = {i for i in fresh.keys() | self._stored.keys() if fresh.get(i) is not self._stored.get(i)}
+        self._stored = fresh
+        for provider_id in sorted(changed):
             self._changed(provider_id)
 
     def _changed(self, provider_id: int) -> None:
@@ -335,6 +382,7 @@ class ProviderService:
             raise Aborted("another writer changed provider instances meanwhile; try again") from None
         stored = replace(instance, source=API, etag=revision.etag)
         self._stored[instance.id] = stored
+        self._seen[instance.id] = max(self._seen.get(instance.id, 0), revision.revision)
         self._changed(instance.id)
         fields = ", ".join(sorted(instance.initialization)) or "none"
         log.info("provider instance %s (%s, %s) %s; initialization: %s",

@@ -37,8 +37,9 @@ class Revision:
 
 @dataclass(frozen=True)
 class Change:
-    """A key was written (`revision` set) or deleted (`revision` None). `at` is the store
-    revision of the change: a write's own revision, or the revision its deletion took."""
+    """A key was written (`revision` set) or deleted (`revision` None). `at` is the store revision
+    of the change, a delete's included (0 where a store does not say): a follower that holds a
+    newer version than a late change (its own write came back first) ignores it."""
 
     key: str
     revision: Revision | None
@@ -47,9 +48,8 @@ class Change:
 
 @dataclass(frozen=True)
 class Resync:
-    """A watch cannot go on without a gap: changes after the revision it was asked to follow
-    from are gone (SQLite's history pruned, etcd compacted). The follower must read everything
-    under its prefix again; `revision` is the store's revision when this was noticed."""
+    """A watch could not go on without a gap (history compacted or pruned, or the follower fell
+    behind): re-read everything under the prefix. `revision` is the store's revision then."""
 
     revision: int
 
@@ -105,20 +105,20 @@ class Store(Protocol):
         """Raise unless the store can take a write now (readiness)."""
 
     async def revision(self) -> int:
-        """The store's current revision (the newest write's), read linearizably."""
+        """The store's current revision, read linearizably."""
 
     async def history(self, key: str, after: int) -> builtins.list[Change] | None:
-        """Every change of `key` with a revision above `after`, oldest first, up to now; None
-        when some of that history is gone (pruned or compacted)."""
+        """Every change of `key` with a revision above `after`, oldest first, up to now; None when
+        that history is gone (compacted or pruned). A delete's Change has `revision` None."""
 
     async def claim_key(self, key_id: str) -> None:
-        """Record the sealing key's id on first start; raise `FailedPrecondition` naming the key
-        the data needs when another key's id is recorded."""
+        """Record the sealing key's id on first start; raise FailedPrecondition naming the key id
+        the stored data needs when it is another."""
 
     def watch(self, prefix: str, after: int | None = None) -> AsyncIterator[Change | Resync]:
-        """Changes to keys under `prefix` from now on, in revision order. With `after`, first
-        every change under `prefix` with a revision above `after`; when some of those are gone,
-        a `Resync` instead, after which the follower reads the prefix afresh. Never a silent gap."""
+        """Changes to keys under `prefix` in revision order: from now on, or with `after` first
+        every change above that revision the store still holds. Where it cannot continue without
+        a gap it yields `Resync` instead: the follower must re-read the prefix. Never skips."""
 
     async def close(self) -> None:
         """Release the store; pending writes are finished first."""

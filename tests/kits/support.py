@@ -48,13 +48,18 @@ ADMIN_TOKEN = "admin.token"
 UNLIMITED = {"resolve_rate": 0.0, "test_rate": 0.0}
 
 
-class TokenAuth(grpc.UnaryUnaryClientInterceptor):
-    """Sends a bearer token with every call of a channel (tests, the benchmark)."""
+class TokenAuth(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Sends a bearer token with every call of a channel, WatchSmtp streams included (tests, the
+    benchmark)."""
 
     def __init__(self, token: str) -> None:
         self._metadata = (("authorization", f"Bearer {token}"),)
 
     def intercept_unary_unary(self, continuation, details, request):
+        metadata = tuple(details.metadata or ()) + self._metadata
+        return continuation(details._replace(metadata=metadata), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
         metadata = tuple(details.metadata or ()) + self._metadata
         return continuation(details._replace(metadata=metadata), request)
 
