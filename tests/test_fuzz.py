@@ -211,15 +211,34 @@ class Live:
 
     def call(self, method: MethodDescriptor, payload: bytes, caller: Caller) -> Outcome:
         path = _path(method)
+        metadata = tuple((k, v.replace(ADMIN_TOKEN, self.token)) for k, v in caller.metadata)
+        if method.server_streaming:
+            return self._first_event(path, payload, metadata, caller)
         stub = self._stubs.get(path)
         if stub is None:
             stub = self._stubs[path] = self.channel.unary_unary(path, request_serializer=None, response_deserializer=None)
-        metadata = tuple((k, v.replace(ADMIN_TOKEN, self.token)) for k, v in caller.metadata)
         started = time.monotonic()
         try:
             response = stub(payload, metadata=metadata, timeout=caller.timeout)
         except grpc.RpcError as error:
             return Outcome(error.code(), error.details() or "", None, time.monotonic() - started)
+        return Outcome(Code.OK, "", response, time.monotonic() - started)
+
+    def _first_event(self, path: str, payload: bytes, metadata: tuple, caller: Caller) -> Outcome:
+        """A stream (WatchSmtp) never ends by itself: its outcome is its first message (the
+        snapshot) or its refusal; the stream is then cancelled. Its deadline is never unbounded."""
+        stream = self.channel.unary_stream(path, request_serializer=None, response_deserializer=None)(
+            payload, metadata=metadata, timeout=caller.timeout or CALL_TIMEOUT,
+        )
+        started = time.monotonic()
+        try:
+            response = next(stream)
+        except grpc.RpcError as error:
+            return Outcome(error.code(), error.details() or "", None, time.monotonic() - started)
+        except StopIteration:
+            return Outcome(Code.OK, "", b"", time.monotonic() - started)
+        finally:
+            stream.cancel()
         return Outcome(Code.OK, "", response, time.monotonic() - started)
 
     def admin(self, method_name: str, request: Message) -> Message:

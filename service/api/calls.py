@@ -269,7 +269,10 @@ class Guard:
         finally:
             if progress.slot is not None:
                 self._give_stream_slot(progress.slot)
-            CALL.reset(token)
+            with contextlib.suppress(ValueError):
+                # A stream abandoned by its client is closed by the event loop's finaliser, in a
+                # context of its own: there is nothing of ours to restore there.
+                CALL.reset(token)
             self._metrics.rpc(name, progress.code, time.perf_counter() - started)
 
     async def _record_start(self, call: Call) -> None:
