@@ -101,6 +101,7 @@ class App:
         self._audit: AuditLog | None = None
         self._ready: bool | None = None
         self._audit_shown: bool | None = None
+        self._health_tasks: set[asyncio.Task] = set()
         self.metrics = Metrics()
         self.metrics_port: int | None = None
         self.health_port: int | None = None
@@ -169,9 +170,14 @@ class App:
         settings = self.settings
         assert self._store is not None
 
+        def show() -> None:
+            task = loop.create_task(self._show_audit_health())
+            self._health_tasks.add(task)  # held until done: the loop keeps only a weak reference
+            task.add_done_callback(self._health_tasks.discard)
+
         def on_health(ok: bool) -> None:
-            # Called on the log's writer thread: hand the change to the loop.
-            loop.call_soon_threadsafe(lambda: loop.create_task(self._show_audit_health()))
+            # Called on the log's writer thread, or the loop's: hand the change to the loop.
+            loop.call_soon_threadsafe(show)
 
         loop = asyncio.get_running_loop()
         log_file = await AuditFile.open(

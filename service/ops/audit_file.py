@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -40,10 +41,9 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 from smtpconfig.core.errors import FailedPrecondition, Unavailable
 
@@ -68,7 +68,14 @@ def line_hash(line: bytes) -> str:
 
 def iso_micros(at: int) -> str:
     """A time in microseconds since the epoch as RFC 3339 UTC with microseconds."""
-    return datetime.fromtimestamp(at / 1_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    seconds, micros = divmod(at, 1_000_000)
+    return f"{_iso_seconds(seconds)}.{micros:06d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _iso_seconds(seconds: int) -> str:
+    # Records of one second share this part: formatted once, not once a record.
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
 def log_files(directory: Path, replica: str) -> list[Path]:
@@ -98,9 +105,9 @@ def replicas_in(directory: Path) -> list[str]:
     return sorted(names)
 
 
-@dataclass(frozen=True)
-class Fields:
-    """A record before it is chained: who, what, when (microseconds) and how it ended."""
+class Fields(NamedTuple):
+    """A record before it is chained: who, what, when (microseconds) and how it ended. A tuple:
+    one is made for every audited call."""
 
     at: int
     identity: str
@@ -121,8 +128,7 @@ def record_doc(replica: str, seq: int, record: Fields) -> dict[str, Any]:
     }
 
 
-@dataclass
-class _Pending:
+class _Pending(NamedTuple):
     record: Fields
     future: asyncio.Future[None] | None
 
@@ -152,6 +158,7 @@ class AuditFile:
         self._wake = asyncio.Event()
         self._writer: asyncio.Task | None = None
         self._dirty_since: float | None = None
+        self._syncing: asyncio.Task | None = None
         self._last_fsync = 0.0
         # Why the last group could not be written, since when (microseconds), how many records
         # were refused since; None while writing works.
@@ -243,31 +250,40 @@ class AuditFile:
         loop = asyncio.get_running_loop()
         while True:
             if not self._pending:
-                self._wake.clear()
-                timeout = None
-                if self._dirty_since is not None:
-                    timeout = max(0.0, self._last_fsync + FSYNC_INTERVAL - time.monotonic())
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(timeout):
-                        await self._wake.wait()
+                if not self._closing:
+                    self._wake.clear()
+                    timeout = None
+                    if self._dirty_since is not None:
+                        timeout = max(0.0, self._last_fsync + FSYNC_INTERVAL - time.monotonic())
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(timeout):
+                            await self._wake.wait()
                 if not self._pending:
                     if self._dirty_since is not None:
-                        with contextlib.suppress(OSError):
-                            await loop.run_in_executor(self._executor, self._sync)
+                        await self._sync()
                     if self._closing:
                         return
                     continue
             group, self._pending = self._pending, []
             try:
-                await loop.run_in_executor(self._executor, self._write, group)
-            except OSError as error:
+                if self._fsync == "batch" or self._size >= self._max_bytes or self.failure is not None:
+                    await loop.run_in_executor(self._executor, self._write, group)
+                else:
+                    # A write(2) of a few kilobytes into the page cache takes microseconds, less
+                    # than a hop to the writer thread and back; fsync and rotation go there.
+                    self._write(group)
+            except Exception as error:  # noqa: BLE001 - the writer must outlive any one group
                 self._fail(group, error)
             else:
                 for item in group:
                     if item.future is not None and not item.future.done():
                         item.future.set_result(None)
+            if (self._dirty_since is not None and self._syncing is None
+                    and time.monotonic() - self._last_fsync >= FSYNC_INTERVAL):
+                # Under steady load the queue is never empty: fsync beside the writes, not after.
+                self._syncing = loop.create_task(self._sync())
 
-    def _fail(self, group: list[_Pending], error: OSError) -> None:
+    def _fail(self, group: list[_Pending], error: Exception) -> None:
         cause = _cause(error)
         if self.failure is None:
             self._failed_at = time.time_ns() // 1000
@@ -308,12 +324,11 @@ class AuditFile:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self._size)
             raise OSError(errno.ENOSPC, f"only {written} of {len(data)} bytes could be written")
-        now = time.monotonic()
-        if self._fsync == "batch" or now - self._last_fsync >= FSYNC_INTERVAL:
+        if self._fsync == "batch":
             os.fsync(self._fd)
-            self._last_fsync, self._dirty_since = now, None
+            self._last_fsync, self._dirty_since = time.monotonic(), None
         elif self._dirty_since is None:
-            self._dirty_since = now
+            self._dirty_since = time.monotonic()  # the writer task fsyncs within FSYNC_INTERVAL
         self._size += len(data)
         self._seq, self._prev = seq, prev
         if self.failure is not None:
@@ -341,10 +356,18 @@ class AuditFile:
             f" {self._refused} records were refused meanwhile, and their calls were not answered",
         )
 
-    def _sync(self) -> None:
-        if self._fd >= 0:
-            os.fsync(self._fd)
+    async def _sync(self) -> None:
+        """fsync what was written so far (interval policy), on the writer thread. Writes made
+        meanwhile mark the file dirty again."""
         self._last_fsync, self._dirty_since = time.monotonic(), None
+        try:
+            if self._fd >= 0:
+                await asyncio.get_running_loop().run_in_executor(self._executor, os.fsync, self._fd)
+        except OSError as error:
+            self._dirty_since = self._dirty_since or self._last_fsync
+            log.error("the audit log %s could not be fsynced: %s", self.path, _cause(error))
+        finally:
+            self._syncing = None
 
     # --- rotation --------------------------------------------------------------------------------
 
@@ -383,7 +406,7 @@ class AuditFile:
         (microseconds), oldest first; lines that do not parse are skipped (verify names them)."""
         found: list[dict[str, Any]] = []
         for path in self._files_from(after):
-            for doc in _records(path):
+            for doc in _records(path, after):
                 if doc["seq"] <= after or (since is not None and doc["at"] < since):
                     continue
                 found.append(doc)
@@ -415,6 +438,9 @@ class AuditFile:
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._writer
+        if self._syncing is not None:
+            with contextlib.suppress(Exception):
+                await self._syncing
 
         def release() -> None:
             if self._fd >= 0:
@@ -430,10 +456,13 @@ class AuditFile:
         self._executor.shutdown(wait=True)
 
 
-def _cause(error: OSError) -> str:
+def _cause(error: Exception) -> str:
+    """What went wrong, in words; never more of an unexpected error than its type."""
+    if not isinstance(error, OSError):
+        return f"an internal error ({type(error).__name__}); see the server log"
     if error.errno is not None and error.errno in _CAUSES:
         return _CAUSES[error.errno]
-    return error.strerror or str(error)
+    return error.strerror or type(error).__name__
 
 
 _CAUSES = {
@@ -478,11 +507,23 @@ def _first_seq(path: Path) -> int | None:
     return None
 
 
-def _records(path: Path) -> Iterator[dict[str, Any]]:
+def _quick_seq(raw: bytes) -> int:
+    """The seq of a line as this module writes it (it comes first), without parsing the rest;
+    0 for a line of another shape, which is then parsed in full."""
+    if raw.startswith(b'{"seq":'):
+        end = raw.find(b",", 7, 30)
+        if end > 0 and raw[7:end].isdigit():
+            return int(raw[7:end])
+    return 0
+
+
+def _records(path: Path, after: int = 0) -> Iterator[dict[str, Any]]:
     with contextlib.suppress(FileNotFoundError), open(path, "rb") as f:
         for raw in f:
             if not raw.endswith(b"\n"):
                 return  # a torn last line, or one being written
+            if after and _quick_seq(raw) <= after:
+                continue  # paging on through a large file: no need to parse what is skipped
             try:
                 doc = json.loads(raw)
                 doc["at"] = _micros_of(doc["time"])
