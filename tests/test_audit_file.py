@@ -16,6 +16,7 @@ import stat
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -23,8 +24,10 @@ import pytest
 from grpc_health.v1.health_pb2 import HealthCheckResponse
 
 from smtpconfig.cli import main as cli
+from smtpconfig.ops.audit import AuditLog, AuditRecord, Cursor, encode
 from smtpconfig.ops.audit_file import GENESIS, RESUMED, AuditFile, Fields, line_hash, log_files
 from smtpconfig.settings import Settings
+from smtpconfig.store.sqlite import SqliteStore
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from smtpconfig.v2 import secret_pb2
@@ -305,3 +308,46 @@ def test_every_record_is_copied_to_standard_output_when_asked() -> None:
     assert "RelayPassword" in by_id[update]["fields"]
     assert by_id[check]["method"] == "v2.SecretProviderService/CheckSecret" and len(by_id[check]["prev"]) == 64
     assert PLANTED not in json.dumps(printed)
+
+
+def test_the_trail_lists_store_and_log_records_in_time_order_from_a_time_on(tmp_path: Path) -> None:
+    """`AuditLog.read` over a real store and log: both kinds interleaved by time, `since` applied to
+    both, and a cursor that resumes each where the page left it."""
+    async def scenario() -> None:
+        store = await SqliteStore.open(tmp_path / "data")
+        log = await AuditFile.open(tmp_path / "data" / "audit", REPLICA, max_bytes=1 << 20, keep_files=2,
+                                   fsync="interval", stdout=None, on_health=lambda ok: None)
+        audit = AuditLog(store, log)
+        try:
+            start = datetime.now(UTC) - timedelta(minutes=10)
+            order = []
+            for n in range(12):
+                at = start + timedelta(seconds=n)
+                if n % 4 == 0:
+                    await store.put(f"k{n}", b"v", audit=AuditRecord(at, "alice", "m", f"r{n}", "OK").entry())
+                elif n % 4 == 1:  # the form callers made when every record went to the store
+                    await audit.append_entry(encode("bob", "m", f"r{n}", "x", at=int(at.timestamp() * 1e6)), "OK")
+                else:
+                    await audit.append(AuditRecord(at, "carol", "m", f"r{n}", "OK"))
+                order.append(f"r{n}")
+            records, cursor, more = await audit.read(limit=1000)
+            assert [r.request_id for r in records] == order and not more
+            assert [r.change for r in records] == [n % 4 == 0 for n in range(12)]
+            assert {r.outcome for r in records} == {"OK"}
+
+            pages, after = [], Cursor()
+            while True:
+                page, after, more = await audit.read(after=after, limit=5)
+                pages.append([r.request_id for r in page])
+                if not more:
+                    break
+            assert [i for p in pages for i in p] == order and max(map(len, pages)) == 5
+            assert Cursor.parse(after.token()) == after
+
+            recent, _, _ = await audit.read(since=start + timedelta(seconds=6), limit=1000)
+            assert [r.request_id for r in recent] == order[6:]
+        finally:
+            await audit.close()
+            await store.close()
+
+    asyncio.run(scenario())

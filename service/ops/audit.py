@@ -159,6 +159,13 @@ class AuditLog:
         self._on_record(record.outcome)
         await self.log.append(record)
 
+    async def append_entry(self, entry: AuditEntry, outcome: str) -> None:
+        """A call record in the stored form of `encode` (as callers made them when every record
+        went to the store), written to this replica's log like `append_call`."""
+        record = AuditRecord.from_entry(0, *entry)
+        await self.append_call(Fields(entry[0], record.identity, record.method, record.request_id, outcome,
+                                      record.fields, record.provider, record.message))
+
     def changed(self, entry: AuditEntry) -> None:
         """A change and its record were committed: copy the record to standard output if asked."""
         at, data = entry

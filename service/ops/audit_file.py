@@ -266,12 +266,10 @@ class AuditFile:
                     continue
             group, self._pending = self._pending, []
             try:
-                if self._fsync == "batch" or self._size >= self._max_bytes or self.failure is not None:
-                    await loop.run_in_executor(self._executor, self._write, group)
-                else:
-                    # A write(2) of a few kilobytes into the page cache takes microseconds, less
-                    # than a hop to the writer thread and back; fsync and rotation go there.
-                    self._write(group)
+                # On the writer thread: the next group gathers meanwhile, and the loop serves
+                # calls. (Writing a lone record on the loop saves the hop at 1 call in flight but
+                # made groups small at 64: 10% fewer calls per second there, measured.)
+                await loop.run_in_executor(self._executor, self._write, group)
             except Exception as error:  # noqa: BLE001 - the writer must outlive any one group
                 self._fail(group, error)
             else:
