@@ -146,6 +146,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--tls-in-flight", type=_levels, default=None,
         help="levels of GetSmtp over TLS and mTLS, comma-separated (default: those of --in-flight)",
     )
+    parser.add_argument(
+        "--audit-fsync", choices=("interval", "batch"), default="interval",
+        help="the services' audit_fsync: fsync the audit log at most once a second (default), or before every answer",
+    )
     parser.add_argument("--json", action="store_true", help="print results as JSON instead of the table")
     args = parser.parse_args(argv)
     if args.tls_in_flight is None:
@@ -197,7 +201,7 @@ def measure_all(args: argparse.Namespace) -> tuple[dict[str, int], list[dict[str
         # The apply service trusts this CA from its start; the TLS servers present its server leaf.
         certs = make_certs(scratch)
         # The file provider instances read from here: the services' operator allows that directory.
-        secrets = ("--file-directory", str(scratch / "secrets"))
+        secrets = ("--file-directory", str(scratch / "secrets"), "--audit-fsync", args.audit_fsync)
         # The echo servers are given the service's grpc options rather than import the service.
         options = ("--options", json.dumps(service_options()))
         servers = {

@@ -179,7 +179,10 @@ def run_bare_threads(options: tuple, threads: int) -> None:
 # --- the service --------------------------------------------------------------------------------
 
 
-async def run_service(ca_bundle: Path | None = None, tls: Tls | None = None, file_directories: tuple[Path, ...] = ()) -> None:
+async def run_service(
+    ca_bundle: Path | None = None, tls: Tls | None = None, file_directories: tuple[Path, ...] = (),
+    audit_fsync: str = "interval",
+) -> None:
     """The real `App`, as `smtpconfig serve` builds it, on TCP only (no Unix socket), with a fresh
     data directory and generated key, trusting `ca_bundle` for SMTP TLS if given, serving TLS (or
     mTLS) with `tls` if given. Callers are the bench token's identity and, over mTLS, the bench
@@ -196,7 +199,7 @@ async def run_service(ca_bundle: Path | None = None, tls: Tls | None = None, fil
             policy=(("bench", ("*",)), (CLIENT_ID, ("*",))),
             tls_cert_file=tls.cert if tls else None, tls_key_file=tls.key if tls else None,
             tls_client_ca_file=tls.client_ca if tls else None,
-            resolve_rate=0.0, test_rate=0.0, file_directories=file_directories,
+            resolve_rate=0.0, test_rate=0.0, file_directories=file_directories, audit_fsync=audit_fsync,
         ))
         try:
             await app.start()
@@ -225,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tls-cert", type=Path, help="bare-aio, service: serve TLS with this certificate chain")
     parser.add_argument("--tls-key", type=Path, help="bare-aio, service: the certificate's key")
     parser.add_argument("--tls-client-ca", type=Path, help="bare-aio, service: require client certificates (mTLS)")
+    parser.add_argument("--audit-fsync", choices=("interval", "batch"), default="interval",
+                        help="service: the audit log's fsync policy (audit_fsync)")
     args = parser.parse_args(argv)
     if (args.tls_cert is None) != (args.tls_key is None) or (args.tls_client_ca and not args.tls_cert):
         parser.error("--tls-cert and --tls-key go together, and --tls-client-ca needs them")
@@ -237,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.kind == BARE_THREADS:
         run_bare_threads(_options(args.options), args.threads)
     else:
-        asyncio.run(run_service(args.ca_bundle, tls, tuple(args.file_directory)))
+        asyncio.run(run_service(args.ca_bundle, tls, tuple(args.file_directory), args.audit_fsync))
     return 0
 
 

@@ -23,6 +23,7 @@ import shutil
 import signal
 import socket
 import ssl
+import sys
 import tempfile
 from pathlib import Path
 
@@ -47,6 +48,7 @@ from smtpconfig.domain.provider_service import ProviderService, declared_instanc
 from smtpconfig.domain.resolver import Resolver
 from smtpconfig.domain.watch import ProfileWatch
 from smtpconfig.ops.audit import AuditLog
+from smtpconfig.ops.audit_file import AuditFile
 from smtpconfig.ops.metrics import Metrics
 from smtpconfig.outbound.apply import Applier
 from smtpconfig.outbound.oauth import TokenClient
@@ -71,6 +73,10 @@ SERVICE_NAMES = (
 # other names stay SERVING meanwhile (reads and resolutions are answered from memory), so an etcd
 # outage does not take every replica out of its load balancer at once; operators alert on this one.
 STORE_HEALTH_NAME = "smtpconfig.store"
+# NOT_SERVING while this replica's audit log cannot be written: calls that need a record (tests,
+# resolutions) are refused meanwhile, reads are still answered.
+AUDIT_HEALTH = "smtpconfig.audit"
+AUDIT_DIR = "audit"
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -102,6 +108,8 @@ class App:
         self._audit: AuditLog | None = None
         self._ready: bool | None = None
         self._store_ready: bool | None = None
+        self._audit_shown: bool | None = None
+        self._health_tasks: set[asyncio.Task] = set()
         self.metrics = Metrics()
         self.metrics_port: int | None = None
         self.health_port: int | None = None
@@ -119,6 +127,7 @@ class App:
         sealer = self._open_key()
         guard_tokens, policy = self._callers()
         await self._open_domain(sealer)
+        await self._open_audit()
         guard = self._make_guard(guard_tokens, policy)
         server = await self._build_server(guard)
         await self._listen(server)
@@ -167,11 +176,40 @@ class App:
             fingerprint=sealer.fingerprint, metrics=self.metrics,
         )
 
-    def _make_guard(self, guard_tokens: list[tuple[str, str]], policy: Policy) -> Guard:
-        """The audit log and the guard every call of ours passes: identity, permission, limits."""
+    async def _open_audit(self) -> None:
+        """The audit trail: change records in the store, the rest in this replica's own log."""
         settings = self.settings
         assert self._store is not None
-        audit = self._audit = AuditLog(self._store, on_record=self.metrics.audit_record)
+
+        def show() -> None:
+            task = loop.create_task(self._show_audit_health())
+            self._health_tasks.add(task)  # held until done: the loop keeps only a weak reference
+            task.add_done_callback(self._health_tasks.discard)
+
+        def on_health(ok: bool) -> None:
+            # Called on the log's writer thread, or the loop's: hand the change to the loop.
+            loop.call_soon_threadsafe(show)
+
+        loop = asyncio.get_running_loop()
+        log_file = await AuditFile.open(
+            settings.data_dir / AUDIT_DIR, settings.replica, max_bytes=settings.audit_max_bytes,
+            keep_files=settings.audit_keep_files, fsync=settings.audit_fsync,
+            stdout=sys.stdout if settings.audit_stdout else None, on_health=on_health,
+        )
+        self._audit = AuditLog(self._store, log_file, on_record=self.metrics.audit_record)
+
+    async def _show_audit_health(self) -> None:
+        """Health of AUDIT_HEALTH as the log stands now; watchers hear of changes only."""
+        ok = self._audit is not None and self._audit.log.healthy
+        if ok != self._audit_shown:
+            self._audit_shown = ok
+            await self._health.set(AUDIT_HEALTH, _SERVING if ok else _NOT_SERVING)
+
+    def _make_guard(self, guard_tokens: list[tuple[str, str]], policy: Policy) -> Guard:
+        """The guard every call of ours passes: identity, permission, limits, audit."""
+        settings = self.settings
+        audit = self._audit
+        assert audit is not None
         return Guard(
             authenticator=Authenticator(guard_tokens, policy, settings.unix_socket_identity),
             policy=policy,
@@ -223,7 +261,7 @@ class App:
             SERVICE_NAMES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             server,
         )
-        for name in ("", STORE_HEALTH_NAME) + SERVICE_NAMES:
+        for name in ("", STORE_HEALTH_NAME, AUDIT_HEALTH) + SERVICE_NAMES:
             await self._health.set(name, _NOT_SERVING)
         return server
 
@@ -328,6 +366,9 @@ class App:
             self._ready = serving
             for name in ("",) + SERVICE_NAMES:
                 await self._health.set(name, _SERVING if serving else _NOT_SERVING)
+        if self._audit is not None:
+            await self._audit.log.probe()  # while the log cannot be written: try again
+            await self._show_audit_health()
         return ready
 
     def _store_changed(self, ready: bool) -> None:
@@ -393,6 +434,8 @@ class App:
             await self._resolver.close()
         if self._applier is not None:
             self._applier.close()
+        if self._audit is not None:
+            await self._audit.close()
         if self._store is not None:
             await self._store.close()
         if self.socket_path is not None:

@@ -16,6 +16,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from socket import gethostname
 from typing import Any, NamedTuple, TypeVar
 
 from smtpconfig.core.bidi import RULE as BIDI_RULE
@@ -125,6 +126,9 @@ _RATE = _Number(float, 0, 1e6, True, "calls per second (0 for no limit)", "betwe
 _BURST = _Number(int, 1, 1 << 30, True, _WHOLE, "at least 1 and at most 2**30")
 _MESSAGE_BYTES = _Number(int, 1024, 1 << 30, True, _WHOLE, "at least 1024 and at most 2**30")
 _COUNT = _Number(int, 0, 1 << 30, True, _WHOLE, "at least 0 (no limit) and at most 2**30")
+_AUDIT_BYTES = _Number(int, 4096, 1 << 40, True, "a number of bytes", "at least 4096 and at most 2**40")
+_KEEP_FILES = _Number(int, 1, 100_000, True, _WHOLE, "at least 1 and at most 100000")
+_REPLICA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 
 
 def _comma_list(value: Any) -> Any:
@@ -252,6 +256,18 @@ def _etcd_user(value: Any, where: str, base: Path | None, text: bool) -> str:
     if not isinstance(value, str) or any(c.isspace() for c in value):
         raise SettingsError(f"{where} must be an etcd user name (no spaces), or empty for none")
     return value
+
+
+def _replica_name(value: Any, where: str, base: Path | None, text: bool) -> str:
+    if not isinstance(value, str) or (value and not _REPLICA_NAME.match(value)):
+        raise SettingsError(f"{where} must be up to 64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return value
+
+
+def _audit_fsync(value: Any, where: str, base: Path | None, text: bool) -> str:
+    if not isinstance(value, str) or value.lower() not in ("interval", "batch"):
+        raise SettingsError(f"{where} must be interval or batch")
+    return value.lower()
 
 
 def _bool(value: Any, where: str, base: Path | None, text: bool) -> bool:
@@ -459,6 +475,18 @@ class Settings:
     # 0 records every one.
     audit_refusals_rate: float = _setting(1.0, _REFUSALS_RATE, "AUDIT_REFUSALS_RATE")
     audit_refusals_burst: int = _setting(100, _BURST, "AUDIT_REFUSALS_BURST")
+    # This replica's name: its audit log is <data_dir>/audit/<replica_name>.jsonl and its records
+    # say who wrote them. "" derives one: the host name, and the first listen port when fixed.
+    replica_name: str = _setting("", _replica_name, "REPLICA_NAME")
+    # Size at which the audit log is rotated (renamed <replica>.<8-digit number>.jsonl), and how
+    # many rotated files are kept (the oldest beyond are deleted).
+    audit_max_bytes: int = _setting(64 * 1024 * 1024, _AUDIT_BYTES, "AUDIT_MAX_BYTES")
+    audit_keep_files: int = _setting(10, _KEEP_FILES, "AUDIT_KEEP_FILES")
+    # "interval": fsync the audit log at most once a second (a kill -9 loses nothing, a power
+    # loss the last second at most); "batch": fsync each group of records before answering.
+    audit_fsync: str = _setting("interval", _audit_fsync, "AUDIT_FSYNC")
+    # Also copy every audit record (changes too) to standard output, one JSON object a line.
+    audit_stdout: bool = _setting(False, _bool, "AUDIT_STDOUT")
 
     # --- limits ---
     # Largest request message accepted, in bytes.
@@ -525,6 +553,16 @@ class Settings:
     @property
     def key_path(self) -> Path:
         return self.key_file or self.data_dir / KEY_NAME
+
+    @property
+    def replica(self) -> str:
+        """`replica_name`, or one derived from the host name and the first fixed listen port:
+        stable across restarts of the same server, different for servers on one host."""
+        if self.replica_name:
+            return self.replica_name
+        host = re.sub(r"[^A-Za-z0-9._-]", "-", gethostname())[:48].strip(".-_") or "replica"
+        ports = [split_address(a)[1] for a in self.listen]
+        return f"{host}-{ports[0]}" if ports and ports[0] else host
 
     @property
     def key_is_generated(self) -> bool:

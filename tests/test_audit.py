@@ -31,6 +31,7 @@ from smtpconfig.api.calls import ANONYMOUS_RECORDS_BURST, ANONYMOUS_RECORDS_PER_
 from smtpconfig.cli import main as cli
 from smtpconfig.domain.crypto import load_key
 from smtpconfig.ops.audit import AuditLog, AuditRecord
+from smtpconfig.ops.audit_file import AuditFile
 from smtpconfig.settings import KEY_NAME
 from smtpconfig.store.sqlite import SqliteStore
 from smtpconfig.v1 import config_service_pb2 as v1
@@ -394,11 +395,18 @@ def test_no_secret_value_reaches_any_audit_record(env: Env, capsys) -> None:
     database = env.server.data_dir / "smtpconfig.db"
     with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
         rows = [bytes(r) for (r,) in db.execute("SELECT record FROM audit")]
-    assert len(rows) == len(records) and all(i.encode() in b"".join(rows) for i in ids)
+    # Change records in the store, the rest in the replica's own log: together, every record listed.
+    lines = [line for path in sorted((env.server.data_dir / "audit").glob("*.jsonl"))
+             for line in path.read_bytes().splitlines()]
+    assert len(rows) == len([r for r in records if r.change])
+    assert len(rows) + len(lines) == len(records)
+    assert all(i.encode() in b"".join(rows + lines) for i in ids)
     for row in rows:
         _assert_clean("the audit table", row)
-    for path in env.server.data_dir.iterdir():
-        if path.is_file() and path.name.startswith("smtpconfig.db"):
+    for line in lines:
+        _assert_clean("the audit log", line)
+    for path in [*env.server.data_dir.iterdir(), *(env.server.data_dir / "audit").iterdir()]:
+        if path.is_file() and (path.name.startswith("smtpconfig.db") or path.suffix == ".jsonl"):
             _assert_clean(f"file {path.name}", path.read_bytes())
 
 
@@ -430,7 +438,13 @@ def test_smtpconfig_audit_prints_lines_json_and_filters_by_time(env: Env, capsys
         "bob", "v2.ConfigService/UpdateSmtp", "OK", ["Port"])
     sequences = [d["Sequence"] for d in docs]
     assert all(isinstance(s, int) for s in sequences), "int64 as JSON numbers, as every --json prints them"
-    assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences)
+    # Change records (the store's) and call records (the replica's log) each keep their own
+    # sequence, increasing; the listing interleaves them by time.
+    assert doc["Change"] is True and doc["Replica"] == env.server.app.settings.replica
+    assert next(d for d in docs if d["RequestId"] == test).get("Change", False) is False
+    for change in (True, False):
+        kind = [d["Sequence"] for d in docs if d.get("Change", False) is change]
+        assert kind and kind == sorted(kind) and len(set(kind)) == len(kind)
 
     assert cli.main(["audit", "--since", "1h", "--json", *env.server.cli_args]) == 0
     recent = [json.loads(x)["RequestId"] for x in capsys.readouterr().out.splitlines()]
@@ -454,16 +468,23 @@ def test_smtpconfig_audit_prints_lines_json_and_filters_by_time(env: Env, capsys
 
 
 def test_pages_come_back_complete_and_in_order() -> None:
+    """Change records (in the store) and call records (in the replica's log) interleaved: the page
+    token is a cursor into both, so pages put together are the whole trail once, in call order."""
     data_dir = short_dir("ap")
     server = ServerThread(data_dir, **CALLERS).start()
     try:
         with grpc.insecure_channel(server.target) as channel:
             providers = pb_grpc.SecretProviderServiceStub(channel)
+            config = v2_grpc.ConfigServiceStub(channel)
             made = []
             for n in range(23):
                 made.append(rid(f"page{n}"))
-                invoke(providers.CheckSecret, pb.CheckSecretRequest(
-                    secret=secret_pb2.SecretObject(secret_value=f"v{n}")), ALICE_TOKEN, made[-1])
+                if n % 3 == 1:
+                    invoke(config.UpdateSmtp, v2.UpdateSmtpRequest(profile=v2_profile(edit(BASIC_V2, Port=3000 + n))),
+                           ALICE_TOKEN, made[-1])
+                else:
+                    invoke(providers.CheckSecret, pb.CheckSecretRequest(
+                        secret=secret_pb2.SecretObject(secret_value=f"v{n}")), ALICE_TOKEN, made[-1])
             stub = audit_grpc.AuditServiceStub(channel)
             admin = [("authorization", f"Bearer {server.token}")]
             pages, token = [], ""
@@ -478,24 +499,30 @@ def test_pages_come_back_complete_and_in_order() -> None:
             assert len(pages) >= 5
             paged = [r for p in pages for r in p]
             assert [r.request_id for r in paged] == made  # complete, once each, in call order
-            sequences = [r.sequence for r in paged]
-            assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences)
+            assert [r.change for r in paged] == [n % 3 == 1 for n in range(23)]
+            for change in (True, False):
+                sequences = [r.sequence for r in paged if r.change is change]
+                assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences)
             assert paged == list_records(channel, server.token)  # the same as one big page
 
             # Resuming from the middle gives exactly the rest.
+            first = stub.ListAuditRecords(audit_pb.ListAuditRecordsRequest(page_size=10), metadata=admin)
             middle = stub.ListAuditRecords(audit_pb.ListAuditRecordsRequest(
-                page_size=1000, page_token=str(paged[9].sequence)), metadata=admin)
+                page_size=1000, page_token=first.next_page_token), metadata=admin)
             assert [r.request_id for r in middle.records] == made[10:] and not middle.next_page_token
 
             # "²" is a digit to str.isdigit() but not to int(); 19 nines pass for a number but
-            # not for a SQLite integer: both once ended INTERNAL.
-            for bad in ("abc", "-5", "1" * 25, "12x", "\u00b2", "9999999999999999999", " 5", "5\n"):
+            # not for a SQLite integer: both once ended INTERNAL. A bare number was the token of
+            # a trail with one kind of record: it is not a cursor into both.
+            for bad in ("abc", "-5", "1" * 25, "12x", "\u00b2", "9999999999999999999", " 5", "5\n",
+                        "5", "1.2.3", "1.", ".1", "1." + "9" * 19, "1.\u00b2", "1.5\n"):
                 with pytest.raises(grpc.RpcError) as failure:
                     stub.ListAuditRecords(audit_pb.ListAuditRecordsRequest(page_token=bad), metadata=admin)
                 assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT, repr(bad)
                 assert [f for f, _ in violations(failure.value)] == ["page_token"], repr(bad)
             # The largest token accepted is past every record: an empty last page, not an error.
-            beyond = stub.ListAuditRecords(audit_pb.ListAuditRecordsRequest(page_token="9" * 18), metadata=admin)
+            beyond = stub.ListAuditRecords(audit_pb.ListAuditRecordsRequest(page_token="9" * 18 + "." + "9" * 18),
+                                           metadata=admin)
             assert not beyond.records and not beyond.next_page_token
             with pytest.raises(grpc.RpcError) as failure:
                 stub.ListAuditRecords(audit_pb.ListAuditRecordsRequest(page_size=-1), metadata=admin)
@@ -574,7 +601,12 @@ BIG = ("x" * 40 + FORGED).ljust(1_000_000, "x")
 
 
 def _database_bytes(data_dir: Path) -> int:
-    return sum(p.stat().st_size for p in data_dir.iterdir() if p.name.startswith("smtpconfig.db"))
+    """The database and its WAL, and the replica's audit log: where records of refusals go."""
+    return sum(p.stat().st_size for p in data_dir.iterdir() if p.name.startswith("smtpconfig.db")) + _log_bytes(data_dir)
+
+
+def _log_bytes(data_dir: Path) -> int:
+    return sum(p.stat().st_size for p in (data_dir / "audit").glob("*.jsonl"))
 
 
 def _megabyte_refusals(channel: grpc.Channel) -> list[tuple[str, Any, Any]]:
@@ -623,6 +655,7 @@ def test_refusals_quoting_a_megabyte_field_keep_a_few_hundred_characters_of_it_o
         grown = _database_bytes(data_dir) - before
         with sqlite3.connect(f"file:{data_dir / 'smtpconfig.db'}?mode=ro", uri=True) as db:
             (stored,) = db.execute("SELECT sum(length(record)) FROM audit").fetchone()
+        stored += _log_bytes(data_dir)
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
 
@@ -793,41 +826,51 @@ async def _flood(target: str, count: int, token: str) -> list[str]:
 
 
 async def _seed(data_dir: Path, records: list[AuditRecord]) -> None:
+    """Change records as a server stores them: each with a change, in its transaction."""
     # A data directory as a server leaves it: the key first (a database without its key is refused).
     load_key(env_value=None, key_file=data_dir / KEY_NAME, create=True)
     store = await SqliteStore.open(data_dir)
     try:
-        for record in records:
-            await AuditLog(store).append(record)
+        for n, record in enumerate(records):
+            await store.put(f"seed/{n}", b"seeded", audit=record.entry())
     finally:
         await store.close()
+
+
+async def _open_log(directory: Path) -> AuditFile:
+    return await AuditFile.open(directory, "test-replica", max_bytes=1 << 20, keep_files=3, fsync="batch",
+                                stdout=None, on_health=lambda ok: None)
 
 
 def test_prune_deletes_only_records_older_than_the_days_kept(tmp_path: Path) -> None:
     async def scenario() -> None:
         store = await SqliteStore.open(tmp_path / "data")
+        audit = AuditLog(store, await _open_log(tmp_path / "data" / "audit"))
         try:
-            audit = AuditLog(store)
             await store.put("profile", b"kept")
             written = datetime.now(UTC)
             for n in range(3):  # written now, as the server writes them
-                await audit.append(AuditRecord(datetime.now(UTC), "alice", "m", f"first-{n}", "OK"))
+                await store.put(f"k{n}", b"v", audit=AuditRecord(datetime.now(UTC), "alice", "m", f"first-{n}", "OK").entry())
             later = written + timedelta(days=5)
             for n in range(2):
-                await audit.append(AuditRecord(later, "bob", "m", f"later-{n}", "OK"))
+                await store.put(f"l{n}", b"v", audit=AuditRecord(later, "bob", "m", f"later-{n}", "OK").entry())
+
+            def ids(page) -> list[str]:
+                return [r.request_id for r in page[0]]
 
             assert await audit.prune(7) == 0  # nothing is a week old yet
             assert await audit.prune(7, now=written + timedelta(days=7) - timedelta(seconds=1)) == 0
-            assert len(await audit.read()) == 5
+            assert len((await audit.read())[0]) == 5
             # A week after the first batch: that batch goes, the later one stays.
             assert await audit.prune(7, now=written + timedelta(days=7, seconds=1)) == 3
-            assert [r.request_id for r in await audit.read()] == ["later-0", "later-1"]
+            assert ids(await audit.read()) == ["later-0", "later-1"]
             # A record exactly as old as the cutoff is kept; one microsecond older is not.
             assert await audit.prune(7, now=later + timedelta(days=7)) == 0
             assert await audit.prune(7, now=later + timedelta(days=7, microseconds=1)) == 2
-            assert await audit.read() == []
+            assert ids(await audit.read()) == []
             assert (await store.get("profile")).value == b"kept"  # only the trail is pruned
         finally:
+            await audit.close()
             await store.close()
 
     asyncio.run(scenario())

@@ -207,13 +207,9 @@ def test_etcd_stopped_reads_and_resolutions_go_on_writes_unavailable_then_recove
         assert stub.GetSmtp(v2.GetSmtpRequest(), timeout=5).etag == etag
         assert health(a, "") == health_pb2.HealthCheckResponse.SERVING
         time.sleep(0.5)
-    # MERGE (issue 12, part AUDIT): resolution records still go to the store on this branch, so a
-    # resolution is withheld (fail-closed) while etcd is down. Once they go to the replica's own
-    # audit file, this must become: the resolution is answered from memory.
-    with pytest.raises(grpc.RpcError) as withheld:
-        stub.ResolveSmtp(v2.ResolveSmtpRequest(), timeout=5)
-    assert withheld.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert "audit trail cannot be written" in (withheld.value.details() or "")
+    # Resolutions are answered from memory too: their records go to this replica's own log.
+    resolved = stub.ResolveSmtp(v2.ResolveSmtpRequest(), timeout=5)
+    assert resolved.etag == etag and resolved.credentials.password == BASIC_V2["RelayPassword"]["SecretValue"]
     for member in cluster.members:
         cluster.start_member(member, wait=False)
     cluster.wait_healthy()

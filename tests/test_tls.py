@@ -436,9 +436,13 @@ def test_a_socket_group_passes_through_the_default_data_directory(root: Path) ->
         assert (stat.S_IMODE(status.st_mode), status.st_gid) == (0o710, gid), f"{stat.S_IMODE(status.st_mode):o}"
         status = path.stat()
         assert (stat.S_IMODE(status.st_mode), status.st_gid) == (0o660, gid)
-        files = {p.name: stat.S_IMODE(p.stat().st_mode) for p in data_dir.iterdir() if p != path}
+        files = {p.name: stat.S_IMODE(p.stat().st_mode) for p in data_dir.iterdir() if p != path and p.is_file()}
         assert {"smtpconfig.db", "admin.token", "secret.key", "store.lock"} <= files.keys()
         assert all(mode == 0o600 for mode in files.values()), {n: f"{m:o}" for n, m in files.items()}
+        # The one directory in it, the audit log's, is the owner's alone too; the group may not pass.
+        assert [p.name for p in data_dir.iterdir() if p.is_dir()] == ["audit"]
+        assert stat.S_IMODE((data_dir / "audit").stat().st_mode) == 0o700
+        assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in (data_dir / "audit").iterdir())
 
         def as_user(group: int) -> dict[str, str]:
             result = subprocess.run([python, "-c", _PROBE, str(data_dir), str(path)], user=65534, group=group,

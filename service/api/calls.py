@@ -67,7 +67,7 @@ from smtpconfig.core.errors import (
     Unavailable,
     violation,
 )
-from smtpconfig.ops.audit import AuditLog, encode
+from smtpconfig.ops.audit import AuditLog, clipped, encode
 from smtpconfig.ops.logs import CALL
 
 log = logging.getLogger(__name__)
@@ -103,11 +103,17 @@ class Call:
     policy: Policy | None = None
     # The method itself has begun: from here on the call may have acted, so its record is never capped.
     started: bool = False
+    # The replica serving the call, named in the records of the changes it makes.
+    replica: str = ""
+    # The record the change stores with itself, once made (copied to standard output once committed).
+    change_entry: tuple[int, bytes] | None = None
 
     def change_record(self, fields: Sequence[str] = (), provider: int = 0):
         """The audit entry a change stores together with itself (outcome OK)."""
         self.fields, self.provider, self.recorded = tuple(fields), provider, True
-        return encode(self.identity, self.method, self.request_id, "OK", self.fields, provider, self.message)
+        self.change_entry = encode(self.identity, self.method, self.request_id, "OK", self.fields, provider,
+                                   self.message, replica=self.replica)
+        return self.change_entry
 
     def note(self, *, fields: Sequence[str] = (), provider: int = 0, message: str = "") -> None:
         """What the audit record of this call should name besides who, when and the outcome."""
@@ -199,7 +205,7 @@ class Guard:
         and the audit trail) whose request message `decode` turns from bytes into the request."""
         started = time.perf_counter()
         metadata = context.invocation_metadata() or ()
-        call = Call(name, _request_id(metadata))
+        call = Call(name, _request_id(metadata), replica=self._audit.replica)
         token = CALL.set(call)
         progress = _Progress()
         try:
@@ -362,14 +368,18 @@ class Guard:
             return
         if call.recorded:
             self._metrics.audit_record("OK")
+            if call.change_entry is not None:
+                self._audit.changed(call.change_entry)
             return
         try:
             await self._record(call, "OK", call.message)
-        except Exception:  # noqa: BLE001 - a revealing call without its record is not answered
+        except Exception as error:  # noqa: BLE001 - a revealing call without its record is not answered
             progress.code = "UNAVAILABLE"
+            # The audit log's own errors name the cause (a full disk) and never a value.
+            why = str(error) if isinstance(error, Unavailable) else "the audit log cannot be written"
             log.error("%s: the audit record could not be written; the answer is withheld", call.method)
             await context.abort(
-                grpc.StatusCode.UNAVAILABLE, "the audit trail cannot be written; try again later",
+                grpc.StatusCode.UNAVAILABLE, f"{why}; try again later",
                 trailing_metadata=((REQUEST_ID, call.request_id),),
             )
 
@@ -471,8 +481,8 @@ class Guard:
         return call.started or self._refusals.admit(call.identity, code)
 
     async def _record(self, call: Call, outcome: str, message: str) -> None:
-        await self._audit.append_entry(
-            encode(call.identity, call.method, call.request_id, outcome, call.fields, call.provider, message), outcome
+        await self._audit.append_call(
+            clipped(call.identity, call.method, call.request_id, outcome, call.fields, call.provider, message)
         )
 
 

@@ -4,6 +4,8 @@
                                              a new token, shown once, and its settings lines
     smtpconfig token hash [FILE]             the sha256 a token's settings entry holds
     smtpconfig audit [--since 1h|TIME] [--json]
+                                             change records and this replica's records, oldest first
+    smtpconfig audit verify [--dir DIR]      check the hash chain of the replicas' audit logs (offline)
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ import re
 import stat
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from smtpconfig.api.auth import new_token, token_hash
 from smtpconfig.cli import json as cli_json
-from smtpconfig.cli.client import EXIT_BAD_INPUT, CliError, add_connection_args, call
+from smtpconfig.cli.client import EXIT_BAD_INPUT, EXIT_FAILED, CliError, add_connection_args, call
 from smtpconfig.core.permissions import ALL_PERMISSIONS, PERMISSIONS, is_plain_identity
+from smtpconfig.ops.audit_verify import verify
+from smtpconfig.settings import DEFAULT_DATA_DIR
 from smtpconfig.v2 import audit_service_pb2 as pb
 from smtpconfig.v2 import audit_service_pb2_grpc as pb_grpc
 
@@ -57,6 +62,16 @@ def add_commands(sub) -> None:
     )
     audit.add_argument("--json", action="store_true", help="print one JSON object per record")
     audit.set_defaults(run=_audit)
+    verbs = audit.add_subparsers(dest="verb", required=False, metavar="VERB")
+    check = verbs.add_parser(
+        "verify", help="check the hash chain of every replica's audit log in a directory (offline)",
+        description="Read every replica's audit log in DIR (rotated files, then the active one) and check"
+        " that each line chains to the one before it. Prints the first broken link (file:line) and"
+        " exits 1, or the number of records and exits 0.",
+    )
+    check.add_argument("--dir", help="the audit directory (default: DATA_DIR/audit, with DATA_DIR from"
+                       " SMTPCONFIG_DATA_DIR or ./smtpconfig-data)")
+    check.set_defaults(run=_audit_verify)
 
 
 def _token_new(args: argparse.Namespace) -> int:
@@ -162,6 +177,28 @@ def _audit(args: argparse.Namespace) -> int:
                 print("no audit records" + (f" since {args.since}" if args.since else ""))
             return 0
         request.page_token = page.next_page_token
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    data_dir = Path(os.environ.get("SMTPCONFIG_DATA_DIR") or DEFAULT_DATA_DIR)
+    directory = Path(args.dir) if args.dir else data_dir / "audit"
+    if not directory.is_dir():
+        raise CliError(f"{directory} is not a directory holding audit logs", EXIT_BAD_INPUT)
+    try:
+        chains = verify(directory)
+    except OSError as error:
+        raise CliError(f"cannot read {error.filename or directory}: {error.strerror}") from None
+    if not chains:
+        raise CliError(f"no audit log in {directory}")
+    broken = False
+    for chain in chains:
+        if chain.broken is not None:
+            broken = True
+            print(f"{chain.replica}: BROKEN at {chain.broken} (after {chain.records} good records)")
+            continue
+        notes = "".join(f"; {note}" for note in chain.notes)
+        print(f"{chain.replica}: {chain.records} records in {chain.files} files, the chain is intact{notes}")
+    return EXIT_FAILED if broken else 0
 
 
 def _line(record: pb.AuditRecord) -> str:

@@ -83,7 +83,7 @@ async def copy_store(settings: settings_mod.Settings, source_kind: str, target_k
                 page = await source.read_audit(after, None, _AUDIT_PAGE)
                 if not page:
                     break
-                await target.append_audit([(at, record) for _, at, record in page])
+                await target.import_audit([(at, record) for _, at, record in page])
                 copied += len(page)
                 after = page[-1][0]
             return len(revisions), copied

@@ -9,23 +9,28 @@ name), and callers are not trusted to keep that short: `encode` stores each such
 of at most `MAX_TEXT` characters (`MAX_MESSAGE` for the message), marked where it was cut, and at
 most `MAX_FIELDS` field names, so no request can make a record much larger than a few kilobytes.
 
-Changes write their record in the same store transaction as the change itself. Everything else
-(tests, resolutions, refused calls) goes through `AuditLog.append`, which commits the records of
-calls that end together in one write (a group commit), so auditing every resolution costs one
-fsync per batch rather than one per call. A call's answer waits for its record: a resolution
-whose record cannot be written is not answered.
+Changes write their record in the same store transaction as the change itself, so a change is
+never stored without it, on every replica's view of the store. Everything else (tests,
+resolutions, refused calls) goes to this replica's own append-only log (`smtpconfig.ops.audit_file`),
+which writes the records of calls that end together with one write(2) (a group flush). A call's
+answer waits for its record: a resolution whose record cannot be written is not answered.
+
+`AuditLog.read` shows both together in time order. Its cursor is a pair: the last store sequence
+and the last log sequence a page held (`Cursor`), so a page token resumes each source exactly
+where the page left it, whatever the order in which their records' times interleave.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from smtpconfig.core.clip import one_line
+from smtpconfig.ops.audit_file import AuditFile, Fields, iso_micros
 from smtpconfig.store.base import AuditEntry, Store
 
 MAX_PAGE = 1000
@@ -49,17 +54,30 @@ def micros(when: datetime) -> int:
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def encode(
+def clipped(
     identity: str, method: str, request_id: str, outcome: str,
     fields: Sequence[str] = (), provider: int = 0, message: str = "", at: int | None = None,
-) -> AuditEntry:
-    """The stored form of a record; `at` in microseconds since the epoch, now when None."""
+) -> Fields:
+    """A record with the caller's texts cut to size (see the module docstring); `at` in
+    microseconds since the epoch, now when None."""
     when = time.time_ns() // 1000 if at is None else at
     names = [one_line(name, MAX_TEXT) for name in fields[:MAX_FIELDS]]
     if len(fields) > MAX_FIELDS:
         names.append(f"…and {len(fields) - MAX_FIELDS} more")
-    record = [one_line(identity, MAX_TEXT), method, request_id, outcome, names, provider, one_line(message, MAX_MESSAGE)]
-    return when, _ENCODER.encode(record).encode()
+    return Fields(when, one_line(identity, MAX_TEXT), method, request_id, outcome, tuple(names), provider,
+                  one_line(message, MAX_MESSAGE))
+
+
+def encode(
+    identity: str, method: str, request_id: str, outcome: str,
+    fields: Sequence[str] = (), provider: int = 0, message: str = "", at: int | None = None, replica: str = "",
+) -> AuditEntry:
+    """The stored form of a change record; `at` in microseconds since the epoch, now when None.
+    `replica` names the replica that made the change."""
+    record = clipped(identity, method, request_id, outcome, fields, provider, message, at)
+    return record.at, _ENCODER.encode([
+        record.identity, method, request_id, outcome, list(record.fields), provider, record.message, replica,
+    ]).encode()
 
 
 @dataclass(frozen=True)
@@ -74,70 +92,132 @@ class AuditRecord:
     fields: tuple[str, ...] = ()
     provider: int = 0
     message: str = ""
+    # The store's sequence for a change record, the replica log's for any other.
     sequence: int = field(default=0, compare=False)
+    # The replica that wrote it (for a change, that made it; "" for changes stored before 0.12).
+    replica: str = ""
+    # A change record (kept in the store with its change) or a call record (in a replica's log).
+    change: bool = False
 
     def entry(self) -> AuditEntry:
-        """The stored form."""
+        """The stored form of a change record."""
         return encode(self.identity, self.method, self.request_id, self.outcome, self.fields,
-                      self.provider, self.message, at=micros(self.time))
+                      self.provider, self.message, at=micros(self.time), replica=self.replica)
 
     @classmethod
     def from_entry(cls, sequence: int, at: int, data: bytes) -> AuditRecord:
-        identity, method, request_id, outcome, fields, provider, message = json.loads(data)
+        identity, method, request_id, outcome, fields, provider, message, *rest = json.loads(data)
         when = _EPOCH + timedelta(microseconds=at)
-        return cls(when, identity, method, request_id, outcome, tuple(fields), provider, message, sequence)
+        return cls(when, identity, method, request_id, outcome, tuple(fields), provider, message, sequence,
+                   rest[0] if rest else "", True)
+
+    @classmethod
+    def from_line(cls, doc: dict) -> AuditRecord:
+        return cls(_EPOCH + timedelta(microseconds=doc["at"]), doc.get("identity", ""), doc.get("method", ""),
+                   doc.get("request_id", ""), doc.get("outcome", ""), tuple(doc.get("fields", ())),
+                   doc.get("provider", 0), doc.get("message", ""), doc["seq"], doc.get("replica", ""), False)
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a page of the combined trail ended: the last store and log sequences it held."""
+
+    store: int = 0
+    log: int = 0
+
+    def token(self) -> str:
+        return f"{self.store}.{self.log}"
+
+    @classmethod
+    def parse(cls, token: str) -> Cursor | None:
+        """The cursor a `token` stands for, or None when it is not one this server gives out."""
+        match = _TOKEN.fullmatch(token)
+        return cls(int(match[1]), int(match[2])) if match else None
+
+
+_TOKEN = re.compile(r"([0-9]{1,18})\.([0-9]{1,18})")
 
 
 class AuditLog:
-    """Appends and reads audit records in a `Store`."""
+    """The audit trail of one replica: change records in the `Store`, the rest in its own log."""
 
-    def __init__(self, store: Store, on_record=None) -> None:
+    def __init__(self, store: Store, log: AuditFile, on_record=None) -> None:
         self._store = store
-        self._pending: list[tuple[AuditEntry, asyncio.Future[None]]] = []
-        self._flushing = False
+        self.log = log
+        self.replica = log.replica
         # Told of each record's outcome (metrics); never sees more than the outcome.
         self._on_record = on_record or (lambda outcome: None)
 
     async def append(self, record: AuditRecord) -> None:
-        """Store `record`; returns once it is committed."""
-        await self.append_entry(record.entry(), record.outcome)
+        """Write a call record to this replica's log; returns once it is written."""
+        await self.append_call(clipped(record.identity, record.method, record.request_id, record.outcome,
+                                       record.fields, record.provider, record.message, micros(record.time)))
+
+    async def append_call(self, record: Fields) -> None:
+        """Write a call record (see `clipped`); returns once it is written, raises `Unavailable`
+        naming the cause when it cannot be."""
+        self._on_record(record.outcome)
+        await self.log.append(record)
 
     async def append_entry(self, entry: AuditEntry, outcome: str) -> None:
-        """Store an encoded record (see `encode`); returns once it is committed."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((entry, future))
-        self._on_record(outcome)
-        if not self._flushing:
-            self._flushing = True
-            asyncio.get_running_loop().create_task(self._flush())
-        await future
+        """A call record in the stored form of `encode` (as callers made them when every record
+        went to the store), written to this replica's log like `append_call`."""
+        record = AuditRecord.from_entry(0, *entry)
+        await self.append_call(Fields(entry[0], record.identity, record.method, record.request_id, outcome,
+                                      record.fields, record.provider, record.message))
 
-    async def _flush(self) -> None:
-        # Whatever arrives while a batch is being written forms the next batch.
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                try:
-                    await self._store.append_audit([entry for entry, _ in batch])
-                except Exception as error:  # noqa: BLE001 - every waiting call hears of it
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(error)
-                else:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_result(None)
-        finally:
-            self._flushing = False
+    def changed(self, entry: AuditEntry) -> None:
+        """A change and its record were committed: copy the record to standard output if asked."""
+        at, data = entry
+        doc = AuditRecord.from_entry(0, at, data)
+        line = _ENCODER.encode({
+            "change": True, "time": iso_micros(at), "replica": doc.replica, "identity": doc.identity,
+            "method": doc.method, "request_id": doc.request_id, "outcome": doc.outcome,
+            "fields": list(doc.fields), "provider": doc.provider, "message": doc.message,
+        })
+        self.log.copy_out([line.encode()])
 
-    async def read(self, *, after: int = 0, since: datetime | None = None, limit: int = 500) -> list[AuditRecord]:
-        """Records with a sequence above `after`, written at or after `since`, oldest first."""
+    async def read(
+        self, *, after: Cursor = Cursor(), since: datetime | None = None, limit: int = 500
+    ) -> tuple[list[AuditRecord], Cursor, bool]:
+        """Change records and this replica's call records after `after`, written at or after
+        `since`, in time order: (records, the cursor after them, whether more may follow)."""
         limit = max(1, min(limit, MAX_PAGE))
-        rows = await self._store.read_audit(after, micros(since) if since else None, limit)
-        return [AuditRecord.from_entry(seq, at, data) for seq, at, data in rows]
-
+        since_micros = micros(since) if since else None
+        rows = await self._store.read_audit(after.store, since_micros, limit)
+        docs = await self.log.read_async(after.log, since_micros, limit)
+        changes = [AuditRecord.from_entry(seq, at, data) for seq, at, data in rows]
+        calls = [AuditRecord.from_line(doc) for doc in docs]
+        merged = _merge(changes, calls)
+        page = merged[:limit]
+        store = max((r.sequence for r in page if r.change), default=after.store)
+        log_seq = max((r.sequence for r in page if not r.change), default=after.log)
+        more = len(merged) > limit or len(rows) == limit or len(docs) == limit
+        return page, Cursor(store, log_seq), more
 
     async def prune(self, keep_days: float, now: datetime | None = None) -> int:
-        """Delete records older than `keep_days`; returns how many went."""
+        """Delete change records older than `keep_days`, and rotated log files last written
+        before then; returns how many records and files went."""
         now = now or datetime.now(UTC)
-        return await self._store.prune_audit(micros(now - timedelta(days=keep_days)))
+        cutoff = now - timedelta(days=keep_days)
+        count = await self._store.prune_audit(micros(cutoff))
+        return count + self.log.prune(cutoff.timestamp())
+
+    async def close(self) -> None:
+        await self.log.close()
+
+
+
+
+def _merge(changes: list[AuditRecord], calls: list[AuditRecord]) -> list[AuditRecord]:
+    """Both lists, each kept in its own sequence order (so that a cursor is a prefix of each),
+    interleaved by time; a change first at equal times."""
+    merged, i, j = [], 0, 0
+    while i < len(changes) and j < len(calls):
+        if changes[i].time <= calls[j].time:
+            merged.append(changes[i])
+            i += 1
+        else:
+            merged.append(calls[j])
+            j += 1
+    return merged + changes[i:] + calls[j:]

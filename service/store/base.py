@@ -91,8 +91,9 @@ class Store(Protocol):
         """Delete `key` (only at etag `expected` when given); True if it existed. `audit` as for
         `put`, written only when something was deleted."""
 
-    async def append_audit(self, entries: builtins.list[AuditEntry]) -> None:
-        """Append audit records durably, all in one write."""
+    async def import_audit(self, entries: builtins.list[AuditEntry]) -> None:
+        """Append change records copied from another store (`smtpconfig store copy`), durably and
+        in one write. New records are only ever written with their change (`put`, `delete`)."""
 
     async def read_audit(self, after: int, since: int | None, limit: int) -> builtins.list[tuple[int, int, bytes]]:
         """Up to `limit` (sequence, time, record) triples with sequence above `after` and time at

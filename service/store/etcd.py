@@ -578,7 +578,7 @@ class EtcdStore:
                 f" configured key is {key_id}; start the server with the key the data was written with (key id {claimed})"
             )
 
-    async def append_audit(self, entries: builtins.list[AuditEntry]) -> None:
+    async def import_audit(self, entries: builtins.list[AuditEntry]) -> None:
         if not entries:
             return
         write_id = os.urandom(_ID_BYTES).hex()

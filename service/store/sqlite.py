@@ -257,26 +257,19 @@ class SqliteStore:
         task.add_done_callback(publish)  # runs before the caller resumes, as the publish did before
         return await asyncio.shield(task)
 
-    async def append_audit(self, entries: builtins.list[AuditEntry]) -> None:
+    async def import_audit(self, entries: builtins.list[AuditEntry]) -> None:
         def write() -> None:
-            # Records of reads and tests are committed to the WAL without an fsync of their own:
-            # they survive the server's crash (kill -9), as the OS holds them, and the next
-            # change's fsync makes them power-safe. An fsync per resolution would cost more than
-            # the resolution itself.
             db = self._conn
-            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("BEGIN IMMEDIATE")
             try:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    db.executemany("INSERT INTO audit (time, record) VALUES (?, ?)", entries)
-                    db.execute("COMMIT")
-                except BaseException:
-                    _rollback(db)
-                    raise
-            finally:
-                db.execute("PRAGMA synchronous = FULL")
+                db.executemany("INSERT INTO audit (time, record) VALUES (?, ?)", entries)
+                db.execute("COMMIT")
+            except BaseException:
+                _rollback(db)
+                raise
 
-        await self._run(write)
+        if entries:
+            await self._run(write)
 
     async def read_audit(self, after: int, since: int | None, limit: int) -> builtins.list[tuple[int, int, bytes]]:
         def read() -> list[tuple[int, int, bytes]]:

@@ -114,7 +114,8 @@ STRING_HINTS: dict[str, st.SearchStrategy[str]] = {
         "Host", "SenderName", "relay_username ",
     ], TEXT),
     "page_token": _hint(["0", "1", "9" * 19, "9" * 20, "-1", "1.5", " 1", "\u00b2", "\u00b9\u00b2",
-                         "\u0663", "\uff11", "0x10"], TEXT),
+                         "\u0663", "\uff11", "0x10", "0.0", "1.1", "1.", ".1", "1.2.3", "9" * 18 + "." + "9" * 18,
+                         "9" * 19 + ".1", "1.\u0663", "1 .1", "1.1\n"], TEXT),
     "etag": _hint([ETAG, ETAG, ETAG, "0", "bogus", "config-1"], TEXT),
     "secret_value": _hint(["relay-password", "a" * 65536, "a" * 65537, "UnsupportedPAMSecret"], TEXT),
     "test_recipient": _hint(["rcpt@example.com", "rcpt@[127.0.0.1]", "a@", "x\r\nRCPT TO:<y@z.com>"], TEXT),
@@ -369,7 +370,7 @@ BASES: dict[str, list[Base]] = {
     ],
     AUDIT: [
         _base(AUDIT, {"PageSize": 5}),
-        _base(AUDIT, {"PageToken": "1", "Since": "2020-01-01T00:00:00Z"}),
+        _base(AUDIT, {"PageToken": "1.1", "Since": "2020-01-01T00:00:00Z"}),
     ],
 }
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!smtpconfig/v2/audit_service.proto\x12\rsmtpconfig.v2\x1a\x1fgoogle/protobuf/timestamp.proto\"\x87\x01\n\x17ListAuditRecordsRequest\x12\x30\n\x05since\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x05Since\x12\x1b\n\tpage_size\x18\x02 \x01(\x05R\x08PageSize\x12\x1d\n\npage_token\x18\x03 \x01(\tR\tPageToken\"x\n\x18ListAuditRecordsResponse\x12\x34\n\x07records\x18\x01 \x03(\x0b\x32\x1a.smtpconfig.v2.AuditRecordR\x07Records\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rNextPageToken\"\x94\x02\n\x0b\x41uditRecord\x12\x1a\n\x08sequence\x18\x01 \x01(\x04R\x08Sequence\x12.\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x04Time\x12\x1a\n\x08identity\x18\x03 \x01(\tR\x08Identity\x12\x16\n\x06method\x18\x04 \x01(\tR\x06Method\x12\x1d\n\nrequest_id\x18\x05 \x01(\tR\tRequestId\x12\x18\n\x07outcome\x18\x06 \x01(\tR\x07Outcome\x12\x16\n\x06\x66ields\x18\x07 \x03(\tR\x06\x46ields\x12\x1a\n\x08provider\x18\x08 \x01(\x03R\x08Provider\x12\x18\n\x07message\x18\t \x01(\tR\x07Message2s\n\x0c\x41uditService\x12\x63\n\x10ListAuditRecords\x12&.smtpconfig.v2.ListAuditRecordsRequest\x1a\'.smtpconfig.v2.ListAuditRecordsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!smtpconfig/v2/audit_service.proto\x12\rsmtpconfig.v2\x1a\x1fgoogle/protobuf/timestamp.proto\"\x87\x01\n\x17ListAuditRecordsRequest\x12\x30\n\x05since\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x05Since\x12\x1b\n\tpage_size\x18\x02 \x01(\x05R\x08PageSize\x12\x1d\n\npage_token\x18\x03 \x01(\tR\tPageToken\"x\n\x18ListAuditRecordsResponse\x12\x34\n\x07records\x18\x01 \x03(\x0b\x32\x1a.smtpconfig.v2.AuditRecordR\x07Records\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rNextPageToken\"\xc6\x02\n\x0b\x41uditRecord\x12\x1a\n\x08sequence\x18\x01 \x01(\x04R\x08Sequence\x12.\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x04Time\x12\x1a\n\x08identity\x18\x03 \x01(\tR\x08Identity\x12\x16\n\x06method\x18\x04 \x01(\tR\x06Method\x12\x1d\n\nrequest_id\x18\x05 \x01(\tR\tRequestId\x12\x18\n\x07outcome\x18\x06 \x01(\tR\x07Outcome\x12\x16\n\x06\x66ields\x18\x07 \x03(\tR\x06\x46ields\x12\x1a\n\x08provider\x18\x08 \x01(\x03R\x08Provider\x12\x18\n\x07message\x18\t \x01(\tR\x07Message\x12\x18\n\x07replica\x18\n \x01(\tR\x07Replica\x12\x16\n\x06\x63hange\x18\x0b \x01(\x08R\x06\x43hange2s\n\x0c\x41uditService\x12\x63\n\x10ListAuditRecords\x12&.smtpconfig.v2.ListAuditRecordsRequest\x1a\'.smtpconfig.v2.ListAuditRecordsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,7 +37,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTAUDITRECORDSRESPONSE']._serialized_start=223
   _globals['_LISTAUDITRECORDSRESPONSE']._serialized_end=343
   _globals['_AUDITRECORD']._serialized_start=346
-  _globals['_AUDITRECORD']._serialized_end=622
-  _globals['_AUDITSERVICE']._serialized_start=624
-  _globals['_AUDITSERVICE']._serialized_end=739
+  _globals['_AUDITRECORD']._serialized_end=672
+  _globals['_AUDITSERVICE']._serialized_start=674
+  _globals['_AUDITSERVICE']._serialized_end=789
 # @@protoc_insertion_point(module_scope)

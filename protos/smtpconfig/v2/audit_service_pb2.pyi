@@ -28,7 +28,7 @@ class ListAuditRecordsResponse(_message.Message):
     def __init__(self, records: _Optional[_Iterable[_Union[AuditRecord, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class AuditRecord(_message.Message):
-    __slots__ = ("sequence", "time", "identity", "method", "request_id", "outcome", "fields", "provider", "message")
+    __slots__ = ("sequence", "time", "identity", "method", "request_id", "outcome", "fields", "provider", "message", "replica", "change")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,8 @@ class AuditRecord(_message.Message):
     FIELDS_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     time: _timestamp_pb2.Timestamp
     identity: str
@@ -47,4 +49,6 @@ class AuditRecord(_message.Message):
     fields: _containers.RepeatedScalarFieldContainer[str]
     provider: int
     message: str
-    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., identity: _Optional[str] = ..., method: _Optional[str] = ..., request_id: _Optional[str] = ..., outcome: _Optional[str] = ..., fields: _Optional[_Iterable[str]] = ..., provider: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+    replica: str
+    change: bool
+    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., identity: _Optional[str] = ..., method: _Optional[str] = ..., request_id: _Optional[str] = ..., outcome: _Optional[str] = ..., fields: _Optional[_Iterable[str]] = ..., provider: _Optional[int] = ..., message: _Optional[str] = ..., replica: _Optional[str] = ..., change: _Optional[bool] = ...) -> None: ...

@@ -47,7 +47,8 @@ class AuditServiceServicer:
     """
 
     def ListAuditRecords(self, request, context):
-        """Lists audit records oldest first, from `since` on, a page at a time.
+        """Lists the change records and this replica's own records together, oldest first, from
+        `since` on, a page at a time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
