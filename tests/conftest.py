@@ -6,7 +6,6 @@ profile documents are imported from `tests.kits`, never from here.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +14,7 @@ import pytest
 
 from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
-from tests.kits.support import ServerThread, short_dir
+from tests.kits.support import ServerThread, serving
 
 pytest_plugins = [
     "tests.kits.openbao",  # openbao_server: one real OpenBao for the run
@@ -36,13 +35,7 @@ TEST_PROVIDER: dict[str, Any] = {
 
 
 def _serve(**settings: Any) -> Iterator[ServerThread]:
-    data_dir = short_dir()
-    server = ServerThread(data_dir, **settings).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
+    yield from serving(**settings)
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from tests.kits.calls import ALICE_TOKEN, CALLERS, CAROL_TOKEN, list_records
 from tests.kits.profiles import BASIC_V2, edit, v2_profile
-from tests.kits.support import ServerThread, short_dir, violations
+from tests.kits.support import ServerThread, serving, short_dir, violations
 
 Event = v2.WatchSmtpEvent
 PASSWORD = "PLANTED-watch-relay-password-7c1e"
@@ -87,13 +87,7 @@ class Stream:
 
 
 def _serve(**settings: Any) -> Iterator[ServerThread]:
-    data_dir = short_dir()
-    server = ServerThread(data_dir, **{**CALLERS, **settings}).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
+    yield from serving(**{**CALLERS, **settings})
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -266,3 +267,15 @@ class SilentListener:
         for conn in self.accepted:
             conn.close()
         self._sock.close()
+
+
+def serving(**settings) -> Iterator[ServerThread]:
+    """A `ServerThread` with `settings` in a fresh short data directory, for a fixture to yield
+    from; stopped and removed afterwards."""
+    data_dir = short_dir()
+    server = ServerThread(data_dir, **settings).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
