@@ -218,6 +218,7 @@ class App:
             limiters={
                 "resolve": RateLimiter(settings.resolve_rate, settings.resolve_burst),
                 "test": RateLimiter(settings.test_rate, settings.test_burst),
+                "refresh": RateLimiter(1.0 / settings.refresh_interval_seconds, 1),
                 "refusals": RateLimiter(settings.audit_refusals_rate, settings.audit_refusals_burst),
             },
             default_deadline=settings.default_deadline,

@@ -504,6 +504,8 @@ class Settings:
     resolve_burst: int = _setting(20, _BURST, "RESOLVE_BURST")
     test_rate: float = _setting(0.5, _RATE, "TEST_RATE")
     test_burst: int = _setting(5, _BURST, "TEST_BURST")
+    # At most one ResolveSmtp with `refresh` (past every cache) per identity in this many seconds.
+    refresh_interval_seconds: float = _setting(10.0, _INTERVAL, "REFRESH_INTERVAL_SECONDS")
 
     # --- WatchSmtp ---
     # Seconds between progress messages (the store's current revision) on every WatchSmtp stream.

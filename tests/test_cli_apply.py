@@ -73,6 +73,25 @@ def test_test_and_resolve_commands(relay, tmp_path: Path, capsys) -> None:
     assert code == 1 and "auth     FAILED" in out and "hint:" in out and "test failed" in out
 
 
+def test_resolve_refresh_is_limited_per_identity(relay, tmp_path: Path, capsys) -> None:
+    server, smtp = relay
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps({
+        "Host": "localhost", "Port": smtp.port, "RelayAuthenticationType": 2,
+        "RelayUsername": {"SecretValue": "relay"}, "RelayPassword": {"SecretValue": PASSWORD},
+        "SenderAccount": "relay@example.com", "SenderName": "Relay", "UseSSL": True,
+    }))
+    t = server.cli_args
+    assert run(capsys, "put", *t, "-f", str(profile))[0] == 0
+    code, out, err = run(capsys, "resolve", *t, "--refresh", "--json")
+    assert code == 0, err
+    assert json.loads(out)["credentials"]["password"] == PASSWORD
+    code, out, err = run(capsys, "resolve", *t, "--refresh")
+    assert code == 1 and "RESOURCE_EXHAUSTED" in err and "retry in" in err, err
+    assert PASSWORD not in out + err
+    assert run(capsys, "resolve", *t)[0] == 0  # a plain resolution is not refused
+
+
 def _v1_file(tmp_path: Path, port: int, password: str) -> str:
     path = tmp_path / "v1.json"
     path.write_text(json.dumps({

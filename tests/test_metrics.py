@@ -225,6 +225,30 @@ def test_resolver_counts_provider_calls_and_cache_hits(tmp_path: Path) -> None:
     assert value(m, "smtpconfig_secret_cache_requests_total", result="hit") == 5
 
 
+def test_a_refresh_bypasses_the_cache_and_a_call_in_flight_and_later_callers_share_it(tmp_path: Path) -> None:
+    async def scenario(resolver: Resolver) -> None:
+        first = await resolver.resolve(ref("relay"))
+        fresh = await resolver.resolve(ref("relay"), refresh=True)
+        assert not fresh.cached and fresh.value == first.value  # read again, not from the cache
+        assert (await resolver.resolve(ref("relay"))).cached
+        # A call already in flight may have begun before a rotation: a refresh starts its own,
+        # and plain callers coming after it join that fresh one.
+        before = asyncio.create_task(resolver.resolve(ref("slow")))
+        await asyncio.sleep(0.05)
+        refreshed = asyncio.create_task(resolver.resolve(ref("slow"), refresh=True))
+        await asyncio.sleep(0.05)
+        joined = await asyncio.gather(*(resolver.resolve(ref("slow")) for _ in range(3)))
+        await asyncio.gather(before, refreshed)
+        assert {r.value.reveal() for r in joined} == {"PLANTED-slow-value-91c2"}
+        assert (await resolver.resolve(ref("slow"))).cached
+
+    m = run_with_resolver(tmp_path, scenario)
+    # relay twice (the refresh), slow twice (the first call and the refresh's own).
+    assert value(m, "smtpconfig_provider_calls_total", provider_type="exec", outcome="ok") == 4
+    assert value(m, "smtpconfig_secret_cache_requests_total", result="miss") == 4
+    assert value(m, "smtpconfig_secret_cache_requests_total", result="hit") == 5
+
+
 def test_resolver_counts_errors_by_provider_error_class(tmp_path: Path) -> None:
     async def scenario(resolver: Resolver) -> None:
         for name in ("missing", "missing", "broken", "-dash"):

@@ -339,6 +339,18 @@ class Guard:
                     retry_after=wait,
                 )
 
+    def take(self, limit: str, what: str) -> None:
+        """Take one from the `limit` rate limit of the current call's identity (a limit that
+        depends on the request, so the method asks once it has read it), or refuse the call."""
+        call = current()
+        wait = self._limiters[limit].acquire(call.identity)
+        if wait:
+            self._metrics.rate_limited(call.method)
+            raise ResourceExhausted(
+                f"{call.identity!r} is over the {limit} rate limit ({what}); retry in {_after(wait)}",
+                retry_after=wait,
+            )
+
     async def _refuse(
         self, progress: _Progress, call: Call, spec: RpcSpec, error: SmtpConfigError,
         context: grpc.aio.ServicerContext,

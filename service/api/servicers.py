@@ -183,8 +183,12 @@ class ConfigServiceV2(_ConfigService[v2.SmtpProfile], WatchSmtpV2, v2_grpc.Confi
 
     @rpc("smtp:resolve", audit=True, limit="resolve")
     async def ResolveSmtp(self, request, context: grpc.aio.ServicerContext) -> v2.ResolveSmtpResponse:
+        refresh = request.refresh
+        if refresh:
+            calls.current().note(message="refresh")  # a refused refresh is on record as one too
+            self.guard.take("refresh", "one ResolveSmtp refresh per refresh_interval_seconds")
         stored = self._profiles.get()
-        credentials = await self._applier.credentials(stored.profile)
+        credentials = await self._applier.credentials(stored.profile, refresh=refresh)
         response = v2.ResolveSmtpResponse(
             profile=self._read(stored).profile, etag=stored.etag, cache_for=convert.duration(credentials.cache_for)
         )
@@ -196,7 +200,8 @@ class ConfigServiceV2(_ConfigService[v2.SmtpProfile], WatchSmtpV2, v2_grpc.Confi
             revealed += ["RelayUsername", "RelayPassword"]
         if credentials.token is not None:
             revealed += ["AccessToken"]
-        calls.current().note(fields=revealed, message=f"profile etag {stored.etag}")
+        note = f"profile etag {stored.etag}" + (", refresh: caches bypassed" if refresh else "")
+        calls.current().note(fields=revealed, message=note)
         if credentials.token is not None:
             response.credentials.access_token = credentials.token.value.reveal()
             response.credentials.token_type = credentials.token.token_type

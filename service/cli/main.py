@@ -128,6 +128,9 @@ def _parser() -> argparse.ArgumentParser:
 
     resolve = client("resolve", "print the effective profile WITH its credentials (needs permission)")
     resolve.add_argument("--json", action="store_true", help="print JSON")
+    resolve.add_argument("--refresh", action="store_true",
+                         help="bypass every cache: re-read the secrets and fetch a new token"
+                              " (at most once per identity per refresh_interval_seconds)")
     resolve.set_defaults(run=_resolve)
 
     add_watch_command(sub)
@@ -305,7 +308,7 @@ def _test_v1(args: argparse.Namespace, profile) -> int:
 
 
 def _resolve(args: argparse.Namespace) -> int:
-    response = call(args, v2_grpc.ConfigServiceStub, "ResolveSmtp", v2.ResolveSmtpRequest())
+    response = call(args, v2_grpc.ConfigServiceStub, "ResolveSmtp", v2.ResolveSmtpRequest(refresh=args.refresh))
     if response.HasField("credentials") and (response.credentials.password or response.credentials.access_token):
         print("smtpconfig: warning: the output contains credentials; keep it out of logs and terminals others see",
               file=sys.stderr)

@@ -6,6 +6,9 @@
 - Failures are remembered briefly (`failure_ttl`), so a broken reference cannot hammer a backend.
 - `flush` drops cached values and failures on demand (after a rotation), and detaches calls in
   flight for them, so nothing read before the flush is handed out or cached after it.
+- `resolve(..., refresh=True)` does the same for one reference: its cached value (or failure) is
+  dropped and a call in flight detached, so the caller gets a fresh read; callers that come while
+  that read runs share it.
 - Every backend call has a timeout. Blocking `resolve` methods run on a dedicated thread pool, so
   they never block the event loop, and a hung backend cannot take the threads of other work.
 - Metrics: every provider call (type, outcome, latency, error class) and every cache lookup. A
@@ -180,7 +183,8 @@ class Resolver:
         except Exception as error:  # noqa: BLE001 - closing must not fail a request
             log.warning("closing provider %s failed: %s", provider.name, type(error).__name__)
 
-    async def resolve(self, source: SecretSource) -> Resolution:
+    async def resolve(self, source: SecretSource, *, refresh: bool = False) -> Resolution:
+        """The value of `source`; `refresh` bypasses the cache and any call already in flight."""
         started = time.monotonic()
         if isinstance(source, InlineSecret):
             # Through the inline provider like any other type; it only hands back the value.
@@ -195,6 +199,11 @@ class Resolver:
         if instance is None:
             raise FailedPrecondition(f"no secret provider instance has Id {source.provider}")
         key = (instance.id, instance.etag, tuple(sorted(source.parameters.items())))
+        if refresh:
+            # A call in flight may have started before the rotation the caller knows of: detach
+            # it, as `flush` does, so the fresh call is the one new callers join and the cache keeps.
+            self._cache.pop(key, None)
+            self._inflight.pop(key, None)
         now = time.monotonic()
         entry = self._cache.get(key)
         cached = entry is not None and entry.expires > now

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from smtpconfig.core.errors import FailedPrecondition, InvalidArgument, SmtpConfigError, violation
 from smtpconfig.core.netguard import check_destination
 from smtpconfig.core.secret import Secret
-from smtpconfig.domain.model import AuthType, Profile, SecretSource
+from smtpconfig.domain.model import AuthType, InlineSecret, Profile, SecretSource
 from smtpconfig.domain.resolver import Resolver
 from smtpconfig.domain.validation import mailbox_problems
 from smtpconfig.outbound import smtp_check
@@ -61,20 +61,22 @@ class Applier:
 
     # --- ResolveSmtp ----------------------------------------------------------------------------
 
-    async def credentials(self, profile: Profile) -> Credentials:
-        """Resolve what the profile's auth type needs; errors propagate as domain errors."""
+    async def credentials(self, profile: Profile, *, refresh: bool = False) -> Credentials:
+        """Resolve what the profile's auth type needs; errors propagate as domain errors.
+        `refresh` bypasses the resolver's cache and the token cache (fresh reads, a new token)."""
         kind = profile.relay_authentication_type
         if kind is AuthType.ANONYMOUS:
             return Credentials()
+        resolve = self._resolver.resolve
         # One after the other: on the hot path both are cache hits that never suspend, and tasks
         # for a concurrent gather would cost more than they save; cold, each is one backend call.
         if kind is AuthType.BASIC:
-            user = await self._resolver.resolve(_required(profile.relay_username, "RelayUsername"))
-            password = await self._resolver.resolve(_required(profile.relay_password, "RelayPassword"))
+            user = await resolve(_required(profile.relay_username, "RelayUsername"), refresh=refresh)
+            password = await resolve(_required(profile.relay_password, "RelayPassword"), refresh=refresh)
             return Credentials(user.value, password.value, cache_for=_cache_for(user.expires_in, password.expires_in))
-        client_id = await self._resolver.resolve(_required(profile.client_id, "ClientId"))
-        client_secret = await self._resolver.resolve(_required(profile.client_secret, "ClientSecret"))
-        token = await self._tokens.token(_token_request(profile, client_id.value, client_secret.value))
+        client_id = await resolve(_required(profile.client_id, "ClientId"), refresh=refresh)
+        client_secret = await resolve(_required(profile.client_secret, "ClientSecret"), refresh=refresh)
+        token = await self._tokens.token(_token_request(profile, client_id.value, client_secret.value), refresh=refresh)
         return Credentials(
             token=token,
             cache_for=_cache_for(client_id.expires_in, client_secret.expires_in, token.expires_in() - 60),
@@ -131,6 +133,16 @@ class Applier:
         loop = asyncio.get_running_loop()
         tokens = self._tokens
 
+        def basic_again() -> tuple[Secret, Secret] | None:
+            """The Basic credentials read again past every cache, after the relay refused them;
+            None when they are what was refused."""
+            future = asyncio.run_coroutine_threadsafe(self._refreshed_basic(profile, secrets, steps), loop)
+            return future.result(self._timeout * 2)
+
+        # Inline values have no cache to bypass: reading them again cannot change them.
+        rotatable = kind is AuthType.BASIC and not all(
+            isinstance(source, InlineSecret) for source in (profile.relay_username, profile.relay_password))
+
         def bearer(fresh: bool) -> Secret:
             assert token_request is not None
             if fresh:
@@ -154,6 +166,7 @@ class Applier:
             password=secrets[1] if kind is AuthType.BASIC else None,
             xoauth2_user=profile.sender_account,
             bearer=bearer if kind is AuthType.OAUTH_CLIENT_CREDENTIALS else None,
+            basic_again=basic_again if rotatable else None,
             steps=steps,
         )
         running = loop.run_in_executor(self._pool, smtp_check.run, exchange)
@@ -164,6 +177,28 @@ class Applier:
             # any more, nor hold a pool thread until the SMTP timeout.
             smtp_check.abandon(exchange)
             raise
+
+    async def _refreshed_basic(
+        self, profile: Profile, refused: tuple[Secret, ...], steps: list[Step],
+    ) -> tuple[Secret, Secret] | None:
+        """Basic credentials resolved again with `refresh`, reported as a step of their own; None
+        when they are the ones the relay refused (a second AUTH with them would only add a failed
+        login at the relay)."""
+        started = time.monotonic()
+        fields = (_required(profile.relay_username, "RelayUsername"), _required(profile.relay_password, "RelayPassword"))
+        try:
+            user, password = [await self._resolver.resolve(f, refresh=True) for f in fields]
+        except SmtpConfigError as error:
+            steps.append(Step("resolve", SKIPPED, time.monotonic() - started, message=(
+                f"the relay refused the credentials (535); resolving them again failed: {error}")))
+            raise
+        if (user.value, password.value) == refused:
+            steps.append(_ok("resolve", started, "the relay refused the credentials (535); resolved again, bypassing"
+                                                 " caches, they are unchanged: no second try"))
+            return None
+        steps.append(_ok("resolve", started, "the relay refused the credentials (535): resolved them again,"
+                                             " bypassing caches, for one more try"))
+        return user.value, password.value
 
 
 def succeeded(steps: list[Step]) -> bool:

@@ -181,8 +181,13 @@ class TokenClient:
         self._tokens: dict[str, tuple[float, AccessToken]] = {}
         self._inflight: dict[str, asyncio.Task[AccessToken]] = {}
 
-    async def token(self, request: TokenRequest) -> AccessToken:
+    async def token(self, request: TokenRequest, *, refresh: bool = False) -> AccessToken:
+        """A token for `request`, from the cache unless `refresh`: then a new one is fetched
+        (callers that come while that fetch runs share it)."""
         key = request.cache_key()
+        if refresh:
+            self._tokens.pop(key, None)
+            self._inflight.pop(key, None)  # it may carry a token fetched before the caller's reason
         cached = self._tokens.get(key)
         if cached is not None and cached[0] > time.monotonic():
             return AccessToken(cached[1].value, cached[1].token_type, cached[1].expires_at, fetched=False)
@@ -195,7 +200,8 @@ class TokenClient:
         return token
 
     def _fetched(self, key: str, task: asyncio.Task) -> None:
-        self._inflight.pop(key, None)
+        if self._inflight.get(key) is task:  # not one a refresh detached, nor the refresh's own after it
+            del self._inflight[key]
         if not task.cancelled():
             # Every caller may have left (its deadline passed) before the fetch failed: read the
             # failure here, or asyncio logs "Task exception was never retrieved" at ERROR.

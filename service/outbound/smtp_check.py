@@ -69,6 +69,9 @@ class Exchange:
     xoauth2_user: str = ""  # OAuth
     # OAuth: returns a token; called again with fresh=True after the server refused one.
     bearer: Callable[[bool], Secret] | None = None
+    # Basic: the username and password resolved again past every cache, after a 535; it returns
+    # None when they are unchanged and raises when that fails. None: no second try.
+    basic_again: Callable[[], tuple[Secret, Secret] | None] | None = None
     steps: list[Step] = field(default_factory=list)
     # Set when the caller is gone (cancelled, past its deadline): no further step is taken, and
     # above all no message is sent for a test nobody waits for.
@@ -273,13 +276,32 @@ def _basic(client: smtplib.SMTP, exchange: Exchange) -> tuple[str, int]:
     if mechanism is None:
         raise smtplib.SMTPNotSupportedError("no PLAIN or LOGIN")
     assert exchange.username is not None and exchange.password is not None
+    try:
+        return mechanism, _basic_auth(client, mechanism, exchange.username, exchange.password)
+    except smtplib.SMTPAuthenticationError as error:
+        if error.smtp_code != 535 or exchange.basic_again is None:
+            raise
+        # Refused credentials may have been rotated since they were cached: read them again past
+        # every cache, one more try in this session. If that read fails, the 535 is the answer.
+        try:
+            again = exchange.basic_again()
+        except Exception:  # noqa: BLE001 - the step it added says why; the relay's refusal stands
+            raise error from None
+        if again is None:
+            raise
+        username, password = again
+        exchange.scrubber.smtp_login(username, password)
+        return mechanism, _basic_auth(client, mechanism, username, password)
+
+
+def _basic_auth(client: smtplib.SMTP, mechanism: str, username: Secret, password: Secret) -> int:
     # smtplib's auth_plain / auth_login read these; they are revealed only into the exchange.
-    client.user, client.password = exchange.username.reveal(), exchange.password.reveal()
+    client.user, client.password = username.reveal(), password.reveal()
     try:
         code, _ = client.auth(mechanism, getattr(client, f"auth_{mechanism.lower()}"))
     finally:
         client.user = client.password = ""
-    return mechanism, code
+    return code
 
 
 def _xoauth2(client: smtplib.SMTP, exchange: Exchange) -> tuple[str, int]:

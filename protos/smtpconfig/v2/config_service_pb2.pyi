@@ -142,8 +142,10 @@ class TestSmtpResponse(_message.Message):
     def __init__(self, success: _Optional[bool] = ..., steps: _Optional[_Iterable[_Union[TestStep, _Mapping]]] = ...) -> None: ...
 
 class ResolveSmtpRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("refresh",)
+    REFRESH_FIELD_NUMBER: _ClassVar[int]
+    refresh: bool
+    def __init__(self, refresh: _Optional[bool] = ...) -> None: ...
 
 class ResolvedCredentials(_message.Message):
     __slots__ = ("username", "password", "access_token", "token_type", "token_expire_time")
