@@ -212,6 +212,21 @@ def test_outage_serves_the_last_profile_and_cached_credentials_then_recovers(wor
         "smtpconfig-profile-age-seconds"] == "0" and r)
 
 
+def test_an_unreachable_upstream_address_is_passed_over(world) -> None:
+    central, _, base = world
+    edge = ServerThread(
+        base / "edge-2", upstream=(f"127.0.0.1:{_free_port()}", central.address),
+        upstream_token_file=base / "edge.token",
+        tokens=(("billing-app", token_hash(APP_TOKEN)),), policy=(("billing-app", ("*",)),),
+    ).start()
+    try:
+        got, _ = _until(lambda: _get(edge))
+        assert got.profile.host == "smtp.example.com"
+        assert _resolve(edge).credentials.password == PASSWORD
+    finally:
+        edge.stop()
+
+
 def test_writes_are_refused_and_the_token_never_shows(world) -> None:
     central, edge, _ = world
     _until(lambda: _get(edge))

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import grpc
 
@@ -82,14 +82,15 @@ class Followed:
 
     def take(self, event: v2.WatchSmtpEvent) -> None:
         self._contact = time.monotonic()
-        self._revision = max(self._revision, event.revision)
+        # A resync restarts the count: the upstream's history (or the upstream) is another one.
+        self._revision = event.revision if event.kind == _EVENT.KIND_RESYNC else max(self._revision, event.revision)
         if event.kind == _EVENT.KIND_PROGRESS or not event.HasField("profile"):
             return
         current = self._current
         if current is not None and current.revision >= event.revision and event.kind == _EVENT.KIND_CHANGE:
             return
         self._current = FollowedRevision(
-            event.profile, event.etag, event.revision, event.update_time.ToDatetime().astimezone()
+            event.profile, event.etag, event.revision, event.update_time.ToDatetime(tzinfo=UTC)
         )
         for listener in list(self._listeners):
             listener(self._current)
