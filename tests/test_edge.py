@@ -212,6 +212,21 @@ def test_outage_serves_the_last_profile_and_cached_credentials_then_recovers(wor
         "smtpconfig-profile-age-seconds"] == "0" and r)
 
 
+def test_test_smtp_is_forwarded(world) -> None:
+    central, edge, _ = world
+    _until(lambda: _get(edge))
+    # A candidate relay nobody listens on: the central runs the test and reports the failed connect.
+    candidate = edit(BASIC_V2, Host="127.0.0.1", Port=_free_port(), UseSSL=False, RelayAuthenticationType=0,
+                     RelayUsername=None, RelayPassword=None)
+    candidate = {k: v for k, v in candidate.items() if v is not None}
+    answer = _edge(edge).TestSmtp(
+        v2.TestSmtpRequest(profile=v2_profile(candidate), test_recipient="ops@example.com"),
+        metadata=_auth(APP_TOKEN), timeout=30,
+    )
+    assert not answer.success and answer.steps[-1].name == "connect"
+    assert [r.identity for r in central.records("v2.ConfigService/TestSmtp")] == ["edge-a for billing-app"]
+
+
 def test_an_unreachable_upstream_address_is_passed_over(world) -> None:
     central, _, base = world
     edge = ServerThread(
