@@ -28,6 +28,7 @@ import tempfile
 from pathlib import Path
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -47,6 +48,8 @@ from smtpconfig.domain.profiles import ProfileService
 from smtpconfig.domain.provider_service import ProviderService, declared_instances
 from smtpconfig.domain.resolver import Resolver
 from smtpconfig.domain.watch import ProfileWatch
+from smtpconfig.edge.servicers import EdgeConfigServiceV1, EdgeConfigServiceV2, EdgeProviderServiceV2
+from smtpconfig.edge.upstream import Followed, Upstream
 from smtpconfig.ops.audit import AuditLog
 from smtpconfig.ops.audit_file import AuditFile
 from smtpconfig.ops.metrics import Metrics
@@ -102,6 +105,9 @@ class App:
         self._resolver: Resolver | None = None
         self._plugins: Plugins | None = None
         self._applier: Applier | None = None
+        # Edge mode (`upstream` set): the followed profile and the upstream, instead of a store.
+        self._followed: Followed | None = None
+        self._upstream: Upstream | None = None
         self._health = health.aio.HealthServicer()
         self._health_server: grpc.aio.Server | None = None
         self._readiness: asyncio.Task | None = None
@@ -126,7 +132,10 @@ class App:
         self._created_data_dir = _make_data_dir(settings.data_dir)
         sealer = self._open_key()
         guard_tokens, policy = self._callers()
-        await self._open_domain(sealer)
+        if sealer is None:
+            await self._open_edge()
+        else:
+            await self._open_domain(sealer)
         await self._open_audit()
         guard = self._make_guard(guard_tokens, policy)
         server = await self._build_server(guard)
@@ -136,21 +145,32 @@ class App:
         self._readiness = asyncio.create_task(self._follow_readiness(), name="readiness")
         self._log_started()
 
-    def _open_key(self) -> Sealer:
-        """The data key (loaded or made) as a sealer, and the TLS certificates if configured."""
+    def _open_key(self) -> Sealer | None:
+        """The data key (loaded or made) as a sealer, and the TLS certificates if configured. An
+        edge keeps nothing sealed: it has no key (None)."""
         settings = self.settings
+        if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+            self.certificates = ReloadingCertificates(
+                settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
+            )
+        if settings.upstream:
+            return None
         key = load_key(
             env_value=os.environ.get("SMTPCONFIG_KEY"),
             key_file=settings.key_path,
             create=settings.key_is_generated,
             sealed_data=settings.data_dir / DATABASE_NAME if settings.store == "sqlite" else None,
         )
-        sealer = Sealer(key)
-        if settings.tls_cert_file is not None and settings.tls_key_file is not None:
-            self.certificates = ReloadingCertificates(
-                settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
-            )
-        return sealer
+        return Sealer(key)
+
+    async def _open_edge(self) -> None:
+        """An edge: the profile followed from the upstream, in memory; no store, no providers."""
+        settings = self.settings
+        self._followed = Followed()
+        self._upstream = Upstream(settings, self._followed)
+        self._upstream.start()
+        self._watch = ProfileWatch(self._followed, settings.watch_progress_seconds)
+        self._watch.start()
 
     async def _open_domain(self, sealer: Sealer) -> None:
         """Plugins, declared provider instances, the store and the domain services over them."""
@@ -179,7 +199,6 @@ class App:
     async def _open_audit(self) -> None:
         """The audit trail: change records in the store, the rest in this replica's own log."""
         settings = self.settings
-        assert self._store is not None
 
         def show() -> None:
             task = loop.create_task(self._show_audit_health())
@@ -225,19 +244,48 @@ class App:
             max_concurrent=settings.max_concurrent_rpcs,
             max_concurrent_per_identity=settings.max_concurrent_rpcs_per_identity,
             max_streams_per_identity=settings.max_watch_streams_per_identity,
+            edge_identities=settings.edge_identities,
         )
 
     async def _build_server(self, guard: Guard) -> grpc.aio.Server:
         """The gRPC server with the servicers, health (not serving yet) and reflection; no ports."""
         settings = self.settings
-        assert self._resolver is not None and self._profiles is not None
-        assert self._provider_service is not None and self._audit is not None and self._plugins is not None
         # No maximum_concurrent_rpcs for grpcio: it counts calls before any code of ours runs,
         # health Watch and reflection streams included, which anyone may hold open for ever; so
         # a caller without an identity could fill it. The guard counts our calls instead.
         server = grpc.aio.server(
             options=SERVER_OPTIONS + (("grpc.max_receive_message_length", settings.max_message_bytes),),
         )
+        for servicer, service in self._servicers(guard):
+            handlers.register(server, servicer, service)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            SERVICE_NAMES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
+        for name in ("", STORE_HEALTH_NAME, AUDIT_HEALTH) + SERVICE_NAMES:
+            await self._health.set(name, _NOT_SERVING)
+        return server
+
+    def _servicers(self, guard: Guard) -> list[tuple[object, ServiceDescriptor]]:
+        """Each servicer with the service it serves: an edge's, or a server's over its store."""
+        settings = self.settings
+        assert self._audit is not None
+        config_v1 = v1.DESCRIPTOR.services_by_name["ConfigService"]
+        config_v2 = v2.DESCRIPTOR.services_by_name["ConfigService"]
+        providers = providers_pb.DESCRIPTOR.services_by_name["SecretProviderService"]
+        audit = (AuditServiceV2(self._audit, guard), audit_pb.DESCRIPTOR.services_by_name["AuditService"])
+        if self._upstream is not None:
+            assert self._followed is not None and self._watch is not None
+            return [
+                (EdgeConfigServiceV1(self._upstream, guard), config_v1),
+                (EdgeConfigServiceV2(self._followed, self._upstream, guard, self._watch,
+                                     settings.watch_max_age_seconds, settings.default_deadline), config_v2),
+                (EdgeProviderServiceV2(self._upstream, guard), providers),
+                audit,
+            ]
+        assert self._resolver is not None and self._profiles is not None
+        assert self._provider_service is not None and self._plugins is not None
         # One trust decision for every apply-time TLS peer: SMTP relays and token endpoints.
         tls = ssl.create_default_context(cafile=str(settings.ca_bundle) if settings.ca_bundle else None)
         self._applier = Applier(
@@ -248,23 +296,14 @@ class App:
             allow_plaintext_auth=settings.allow_plaintext_auth,
             implicit_tls_ports=settings.implicit_tls_ports,
         )
-        for servicer, service in (
-            (ConfigServiceV1(self._profiles, self._applier, guard), v1.DESCRIPTOR.services_by_name["ConfigService"]),
+        return [
+            (ConfigServiceV1(self._profiles, self._applier, guard), config_v1),
             (ConfigServiceV2(self._profiles, self._applier, guard, self._watch, settings.watch_max_age_seconds),
-             v2.DESCRIPTOR.services_by_name["ConfigService"]),
+             config_v2),
             (SecretProviderServiceV2(self._provider_service, self._plugins, self._profiles, self._resolver, guard),
-             providers_pb.DESCRIPTOR.services_by_name["SecretProviderService"]),
-            (AuditServiceV2(self._audit, guard), audit_pb.DESCRIPTOR.services_by_name["AuditService"]),
-        ):
-            handlers.register(server, servicer, service)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            SERVICE_NAMES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            server,
-        )
-        for name in ("", STORE_HEALTH_NAME, AUDIT_HEALTH) + SERVICE_NAMES:
-            await self._health.set(name, _NOT_SERVING)
-        return server
+             providers),
+            audit,
+        ]
 
     async def _listen(self, server: grpc.aio.Server) -> None:
         """Bind the API's ports and Unix socket, start serving, then publish the socket."""
@@ -343,7 +382,8 @@ class App:
         return tokens, Policy(entries)
 
     async def _check_readiness(self) -> bool:
-        assert self._store is not None
+        if self._store is None:
+            return await self._check_edge_readiness()
         try:
             # Not asyncio.wait_for: on Python 3.11 it swallows a cancel that lands as the ping
             # completes, and stop() would then wait for this loop forever.
@@ -371,6 +411,25 @@ class App:
             await self._audit.log.probe()  # while the log cannot be written: try again
             await self._show_audit_health()
         return ready
+
+    async def _check_edge_readiness(self) -> bool:
+        """An edge serves once it has followed the upstream, and goes on serving the last
+        followed profile through an outage; its "store" health says whether it follows now."""
+        followed = self._followed
+        assert followed is not None
+        connected = followed.connected
+        if connected != self._store_ready:
+            self._store_ready = connected
+            await self._health.set(STORE_HEALTH_NAME, _SERVING if connected else _NOT_SERVING)
+        serving = connected or followed.current is not None
+        if serving != self._ready:
+            self._ready = serving
+            for name in ("",) + SERVICE_NAMES:
+                await self._health.set(name, _SERVING if serving else _NOT_SERVING)
+        if self._audit is not None:
+            await self._audit.log.probe()
+            await self._show_audit_health()
+        return connected
 
     def _store_changed(self, ready: bool) -> None:
         """With etcd a replica's profile is only as fresh as its watch: while the store cannot be
@@ -427,6 +486,8 @@ class App:
         if self._health_server is not None:
             await self._health_server.stop(0)
         self.metrics.stop()
+        if self._upstream is not None:
+            await self._upstream.stop()
         if self._profiles is not None:
             await self._profiles.stop()
         if self._provider_service is not None:

@@ -246,6 +246,25 @@ def _endpoints(value: Any, where: str, base: Path | None, text: bool) -> tuple[s
     return tuple(value)
 
 
+def _upstream(value: Any, where: str, base: Path | None, text: bool) -> tuple[str, ...]:
+    value = _comma_list(value)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise SettingsError(f"{where} must be host:port of the upstream smtpconfig, or several comma-separated")
+    for address in value:
+        if "://" in address:
+            raise SettingsError(f"{where}: {address!r} must be host:port, without a scheme (TLS comes from upstream_ca_file)")
+        if split_address(address)[1] == 0:
+            raise SettingsError(f"{where}: {address!r} needs a port")
+    return tuple(value)
+
+
+def _identities(value: Any, where: str, base: Path | None, text: bool) -> tuple[str, ...]:
+    value = _comma_list(value)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+        raise SettingsError(f"{where} must be a list of identities")
+    return tuple(value)
+
+
 def _etcd_prefix(value: Any, where: str, base: Path | None, text: bool) -> str:
     if not isinstance(value, str) or not value.startswith("/") or not value.endswith("/") or len(value) < 3:
         raise SettingsError(f'{where} must start and end with "/" and name something, e.g. "/smtpconfig/"')
@@ -543,6 +562,23 @@ class Settings:
     # Seconds one attempt of an etcd call may take; a call makes at most 3 attempts.
     etcd_timeout: float = _setting(2.0, _TIMEOUT, "ETCD_TIMEOUT")
 
+    # --- edge mode ---
+    # host:port of a central smtpconfig (several comma-separated: the next one on UNAVAILABLE).
+    # Set, this server is an edge: no store and no providers of its own; it follows the upstream.
+    upstream: tuple[str, ...] = _setting(
+        (), _upstream, "UPSTREAM", _flag("--upstream", "follow this central smtpconfig (edge mode)", metavar="LIST"),
+    )
+    # TLS to the upstream: CA bundle of its certificate (enables TLS), and this edge's client
+    # certificate and key when the upstream asks for one (mTLS).
+    upstream_ca_file: Path | None = _setting(None, _path, "UPSTREAM_CA_FILE")
+    upstream_cert_file: Path | None = _setting(None, _path, "UPSTREAM_CERT_FILE")
+    upstream_key_file: Path | None = _setting(None, _path, "UPSTREAM_KEY_FILE")
+    # File holding the bearer token this edge calls the upstream with.
+    upstream_token_file: Path | None = _setting(None, _path, "UPSTREAM_TOKEN_FILE")
+    # Identities of edges whose `x-smtpconfig-on-behalf-of` header this server trusts and names
+    # in its audit records ("edge-a for billing-app"); from anyone else the header is ignored.
+    edge_identities: tuple[str, ...] = _setting((), _identities, "EDGE_IDENTITIES")
+
     # Where settings came from, for the start-up log.
     sources: tuple[str, ...] = field(default=("defaults",), compare=False)
 
@@ -786,5 +822,11 @@ def check(settings: Settings) -> None:
         raise SettingsError("store = etcd needs etcd_endpoints (host:port of the etcd members, comma-separated)")
     if (settings.etcd_cert_file is None) != (settings.etcd_key_file is None):
         raise SettingsError("etcd_cert_file and etcd_key_file go together: set both or neither")
+    if (settings.upstream_cert_file is None) != (settings.upstream_key_file is None):
+        raise SettingsError("upstream_cert_file and upstream_key_file go together: set both or neither")
+    if settings.upstream and settings.providers:
+        raise SettingsError("an edge (upstream is set) holds no provider instances: remove [[providers]]")
+    if settings.upstream and settings.store != "sqlite":
+        raise SettingsError("an edge (upstream is set) has no store of its own: remove store")
     if settings.etcd_user and settings.etcd_password_file is None:
         raise SettingsError("etcd_user needs etcd_password_file (the password is read from a file, never a setting)")

@@ -48,7 +48,7 @@ import os
 import re
 import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
@@ -59,6 +59,8 @@ from smtpconfig.api.auth import Authenticator, Policy
 from smtpconfig.api.limits import RateLimiter
 from smtpconfig.api.refusals import RefusalRecords
 from smtpconfig.api.status import to_rpc_status
+from smtpconfig.core.bidi import has_bidi_control
+from smtpconfig.core.clip import one_line
 from smtpconfig.core.errors import (
     DeadlineExceeded,
     InvalidArgument,
@@ -79,6 +81,8 @@ ANONYMOUS_RECORDS_BURST = 100
 # The RetryInfo of a call refused for want of a slot: slots free as calls end, which the server
 # cannot foresee, so this is a hint to back off rather than a promise.
 BUSY_RETRY_AFTER = 1.0
+# Request metadata naming the local caller an edge calls for (trusted from `edge_identities` only).
+ON_BEHALF_OF = "x-smtpconfig-on-behalf-of"
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}\Z")
 # Request ids the server makes: unique per process start, then a counter (cheaper than random
 # bytes per call; they only need to tell calls apart, not be unguessable).
@@ -107,6 +111,15 @@ class Call:
     replica: str = ""
     # The record the change stores with itself, once made (copied to standard output once committed).
     change_entry: tuple[int, bytes] | None = None
+    # The local caller an edge (one of `edge_identities`) calls for, named in the record with it.
+    on_behalf_of: str = ""
+    # Trailing metadata the method adds to the answer (besides the request id).
+    trailers: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def recorded_identity(self) -> str:
+        """Who the audit record names: the caller, and the local caller an edge calls for."""
+        return f"{self.identity} for {self.on_behalf_of}" if self.on_behalf_of else self.identity
 
     def change_record(self, fields: Sequence[str] = (), provider: int = 0):
         """The audit entry a change stores together with itself (outcome OK)."""
@@ -177,8 +190,10 @@ class Guard:
         max_concurrent: int = 0,
         max_concurrent_per_identity: int = 0,
         max_streams_per_identity: int = 0,
+        edge_identities: Iterable[str] = (),
     ) -> None:
         self._authenticator = authenticator
+        self._edges = frozenset(edge_identities)
         self._policy = policy
         self._audit = audit
         self._metrics = metrics
@@ -215,7 +230,7 @@ class Guard:
             except SmtpConfigError as error:
                 await self._refuse(progress, call, spec, error, context)
             await self._record_outcome(progress, call, spec, context)
-            context.set_trailing_metadata(((REQUEST_ID, call.request_id),))
+            context.set_trailing_metadata(((REQUEST_ID, call.request_id), *call.trailers))
             return response
         except grpc.aio.AbortError:
             raise
@@ -245,6 +260,7 @@ class Guard:
             try:
                 identity = self._authenticator.identify(context, metadata)
                 call.identity = identity.name
+                self._on_behalf(call, metadata)
                 self._policy.check(identity, spec.permission)
                 call.policy = self._policy
                 progress.slot = self._take_stream_slot(identity.name)
@@ -327,6 +343,7 @@ class Guard:
         from its rate limit. Each raises the domain error that refuses the call."""
         identity = self._authenticator.identify(context, metadata)
         call.identity = identity.name
+        self._on_behalf(call, metadata)
         self._policy.check(identity, spec.permission)
         call.policy = self._policy
         progress.slot = self._take_slot(identity.name)
@@ -350,6 +367,16 @@ class Guard:
                 f"{call.identity!r} is over the {limit} rate limit ({what}); retry in {_after(wait)}",
                 retry_after=wait,
             )
+
+    def _on_behalf(self, call: Call, metadata) -> None:
+        """Take the local caller an edge names (`ON_BEHALF_OF`), only from an edge this server
+        trusts (`edge_identities`); from anyone else the header is ignored."""
+        if call.identity not in self._edges:
+            return
+        for key, value in metadata:
+            if key == ON_BEHALF_OF and isinstance(value, str) and value and not has_bidi_control(value):
+                call.on_behalf_of = one_line(value, 256)
+                return
 
     async def _refuse(
         self, progress: _Progress, call: Call, spec: RpcSpec, error: SmtpConfigError,
@@ -494,7 +521,7 @@ class Guard:
 
     async def _record(self, call: Call, outcome: str, message: str) -> None:
         await self._audit.append_call(
-            clipped(call.identity, call.method, call.request_id, outcome, call.fields, call.provider, message)
+            clipped(call.recorded_identity, call.method, call.request_id, outcome, call.fields, call.provider, message)
         )
 
 

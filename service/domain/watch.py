@@ -23,14 +23,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
-from smtpconfig.domain.profiles import ProfileService, StoredProfile
+from smtpconfig.domain.profiles import StoredProfile
 
 log = logging.getLogger(__name__)
 
 # Queued revisions one stream may have before its queue collapses to the newest.
 MAX_PENDING = 64
+
+
+class ProfileSource(Protocol):
+    """What a watch follows: `ProfileService`, or an edge's profile followed from its upstream
+    (whose revisions are `StoredProfile`-like: they have `revision`)."""
+
+    @property
+    def current(self) -> Any: ...
+
+    def on_change(self, listener: Callable[[Any], None]) -> Callable[[], None]: ...
+
+    async def catch_up(self) -> int: ...
+
+    async def changes_after(self, after: int) -> list[Any] | None: ...
 
 
 @dataclass(frozen=True)
@@ -85,7 +101,7 @@ class Subscription:
 class ProfileWatch:
     """The subscriptions of one replica and their shared progress clock."""
 
-    def __init__(self, profiles: ProfileService, progress_seconds: float) -> None:
+    def __init__(self, profiles: ProfileSource, progress_seconds: float) -> None:
         self._profiles = profiles
         self._progress_seconds = progress_seconds
         self._subscriptions: set[Subscription] = set()
@@ -106,7 +122,7 @@ class ProfileWatch:
         self._stop_listening()
 
     @property
-    def profiles(self) -> ProfileService:
+    def profiles(self) -> ProfileSource:
         return self._profiles
 
     @property

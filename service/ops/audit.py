@@ -141,7 +141,8 @@ _TOKEN = re.compile(r"([0-9]{1,18})\.([0-9]{1,18})")
 class AuditLog:
     """The audit trail of one replica: change records in the `Store`, the rest in its own log."""
 
-    def __init__(self, store: Store, log: AuditFile, on_record=None) -> None:
+    def __init__(self, store: Store | None, log: AuditFile, on_record=None) -> None:
+        # None on an edge, which has no store: its trail is its own log alone.
         self._store = store
         self.log = log
         self.replica = log.replica
@@ -184,7 +185,7 @@ class AuditLog:
         `since`, in time order: (records, the cursor after them, whether more may follow)."""
         limit = max(1, min(limit, MAX_PAGE))
         since_micros = micros(since) if since else None
-        rows = await self._store.read_audit(after.store, since_micros, limit)
+        rows = await self._store.read_audit(after.store, since_micros, limit) if self._store else []
         docs = await self.log.read_async(after.log, since_micros, limit)
         changes = [AuditRecord.from_entry(seq, at, data) for seq, at, data in rows]
         calls = [AuditRecord.from_line(doc) for doc in docs]
@@ -200,7 +201,7 @@ class AuditLog:
         before then; returns how many records and files went."""
         now = now or datetime.now(UTC)
         cutoff = now - timedelta(days=keep_days)
-        count = await self._store.prune_audit(micros(cutoff))
+        count = await self._store.prune_audit(micros(cutoff)) if self._store else 0
         return count + self.log.prune(cutoff.timestamp())
 
     async def close(self) -> None:

@@ -1,0 +1,264 @@
+"""The edge's side of the upstream: follow its profile with WatchSmtp, resolve through it.
+
+`Followed` holds the upstream's profile in memory (never on disk) as the upstream showed it, and
+gives WatchSmtp (`ProfileWatch`) the interface `ProfileService` gives it: `current`, `on_change`,
+`catch_up` (the upstream's revision from its latest PROGRESS or change) and `changes_after`.
+
+`Upstream` dials the upstream addresses in turn (the next one on UNAVAILABLE, with backoff),
+follows the profile, and answers ResolveSmtp from one shared upstream call per expiry of the
+`cache_for` the upstream gave (single flight). The edge's token is sent upstream and never shown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import grpc
+
+from smtpconfig.api.calls import ON_BEHALF_OF
+from smtpconfig.core.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    SmtpConfigError,
+    Unauthenticated,
+    Unavailable,
+    violation,
+)
+from smtpconfig.settings import Settings
+from smtpconfig.v2 import config_service_pb2 as v2
+from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
+
+log = logging.getLogger(__name__)
+
+_EVENT = v2.WatchSmtpEvent
+_MAX_DELAY = 5.0
+
+
+@dataclass(frozen=True)
+class FollowedRevision:
+    """A revision of the upstream's profile, as its WatchSmtp showed it."""
+
+    shown: v2.SmtpProfile
+    etag: str
+    revision: int
+    updated_at: datetime
+
+
+class Followed:
+    """The upstream's profile as last followed, and the listeners told of each new revision."""
+
+    def __init__(self) -> None:
+        self._current: FollowedRevision | None = None
+        self._revision = 0  # the upstream's revision: nothing changed up to here
+        self._listeners: list[Callable] = []
+        self.connected = False
+        self._contact = time.monotonic()  # when the upstream was last known to be followed
+
+    @property
+    def current(self) -> FollowedRevision | None:
+        return self._current
+
+    def get(self) -> FollowedRevision:
+        if self._current is None:
+            raise NotFound("the upstream has no SMTP profile yet (or this edge has not reached it yet)")
+        return self._current
+
+    def age(self) -> float:
+        """Seconds the followed profile may be out of date: 0 while the upstream is followed."""
+        return 0.0 if self.connected else time.monotonic() - self._contact
+
+    def mark(self, connected: bool) -> None:
+        self._contact = time.monotonic()
+        self.connected = connected
+
+    def take(self, event: v2.WatchSmtpEvent) -> None:
+        self._contact = time.monotonic()
+        # A resync restarts the count: the upstream's history (or the upstream) is another one.
+        self._revision = event.revision if event.kind == _EVENT.KIND_RESYNC else max(self._revision, event.revision)
+        if event.kind == _EVENT.KIND_PROGRESS or not event.HasField("profile"):
+            return
+        current = self._current
+        if current is not None and current.revision >= event.revision and event.kind == _EVENT.KIND_CHANGE:
+            return
+        self._current = FollowedRevision(
+            event.profile, event.etag, event.revision, event.update_time.ToDatetime(tzinfo=UTC)
+        )
+        for listener in list(self._listeners):
+            listener(self._current)
+
+    def on_change(self, listener: Callable) -> Callable[[], None]:
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    async def catch_up(self) -> int:
+        return self._revision
+
+    async def changes_after(self, after: int) -> list[FollowedRevision] | None:
+        """Only the current revision is held: a client further behind gets a resync snapshot."""
+        return None
+
+
+def _error(error: grpc.aio.AioRpcError) -> SmtpConfigError:
+    """The upstream's refusal as this server's own error (its message, never its metadata)."""
+    kinds: dict[grpc.StatusCode, type[SmtpConfigError]] = {
+        grpc.StatusCode.NOT_FOUND: NotFound,
+        grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+        grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+        grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    }
+    code, text = error.code(), f"upstream: {error.details() or error.code().name}"
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return ResourceExhausted(text, retry_after=1.0)
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidArgument([violation("upstream", text)])
+    return kinds.get(code, Unavailable)(text)
+
+
+class Upstream:
+    """The connection to the upstream smtpconfig of an edge."""
+
+    def __init__(self, settings: Settings, followed: Followed) -> None:
+        self._addresses = settings.upstream
+        self._index = 0
+        self._settings = settings
+        self._followed = followed
+        token = None
+        if settings.upstream_token_file is not None:
+            token = settings.upstream_token_file.read_text(encoding="utf-8").strip()
+            if not token:
+                raise FailedPrecondition(f"{settings.upstream_token_file} is empty")
+        self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
+        self._credentials = self._tls(settings)
+        self._channel: grpc.aio.Channel | None = None
+        self._channel_index = -1
+        self._follower: asyncio.Task | None = None
+        self._cached: tuple[v2.ResolveSmtpResponse, float, str] | None = None
+        self._flight: asyncio.Task | None = None
+        self._refresh_flight: asyncio.Task | None = None
+        # Bumped by every refresh: an answer asked for before it must not replace a fresher one.
+        self._generation = 0
+        self.calls = 0  # upstream ResolveSmtp calls made (tests, metrics)
+
+    @staticmethod
+    def _tls(settings: Settings) -> grpc.ChannelCredentials | None:
+        if settings.upstream_ca_file is None:
+            return None
+        key = settings.upstream_key_file.read_bytes() if settings.upstream_key_file else None
+        cert = settings.upstream_cert_file.read_bytes() if settings.upstream_cert_file else None
+        return grpc.ssl_channel_credentials(settings.upstream_ca_file.read_bytes(), key, cert)
+
+    @property
+    def name(self) -> str:
+        return ", ".join(self._addresses)
+
+    def _stub(self) -> v2_grpc.ConfigServiceStub:
+        if self._channel is None or self._channel_index != self._index:
+            if self._channel is not None:
+                old = self._channel
+                asyncio.get_running_loop().create_task(old.close())
+            address = self._addresses[self._index]
+            self._channel = (
+                grpc.aio.secure_channel(address, self._credentials) if self._credentials
+                else grpc.aio.insecure_channel(address)
+            )
+            self._channel_index = self._index
+        return v2_grpc.ConfigServiceStub(self._channel)
+
+    def _next_address(self) -> None:
+        self._index = (self._index + 1) % len(self._addresses)
+
+    def _meta(self, on_behalf_of: str = "") -> tuple[tuple[str, str], ...]:
+        return self._metadata + (((ON_BEHALF_OF, on_behalf_of),) if on_behalf_of else ())
+
+    # --- following ---
+
+    def start(self) -> None:
+        self._follower = asyncio.create_task(self._follow(), name="upstream-follower")
+
+    async def stop(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower
+        if self._flight is not None:
+            self._flight.cancel()
+        if self._channel is not None:
+            await self._channel.close()
+
+    async def _follow(self) -> None:
+        delay = 0.1
+        while True:
+            after = await self._followed.catch_up()
+            try:
+                stream = self._stub().WatchSmtp(v2.WatchSmtpRequest(after_revision=after), metadata=self._meta())
+                async for event in stream:
+                    if not self._followed.connected:
+                        log.info("following upstream %s", self._addresses[self._index])
+                    self._followed.mark(True)
+                    self._followed.take(event)
+                    delay = 0.1
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.UNAVAILABLE:
+                    log.warning("upstream WatchSmtp ended %s", error.code().name)
+                elif not self._followed.connected:
+                    self._next_address()
+            if self._followed.connected:
+                self._followed.mark(False)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _MAX_DELAY)
+
+    # --- calls made for local callers ---
+
+    async def resolve(self, on_behalf_of: str, timeout: float, refresh: bool = False) -> v2.ResolveSmtpResponse:
+        """The upstream's ResolveSmtp answer, shared while its `cache_for` lasts; concurrent
+        callers share one upstream call. `refresh` passes the caller's refresh upstream (every
+        cache there is bypassed too) instead of using this cache; concurrent refreshes share one."""
+        loop = asyncio.get_running_loop()
+        if refresh:
+            if self._refresh_flight is None or self._refresh_flight.done():
+                self._generation += 1
+                self._cached = None
+                self._refresh_flight = loop.create_task(self._resolve(on_behalf_of, timeout, refresh=True))
+            return await asyncio.shield(self._refresh_flight)
+        etag = self._followed.current.etag if self._followed.current else ""
+        cached = self._cached
+        if cached is not None and time.monotonic() < cached[1] and (not etag or cached[2] == etag):
+            return cached[0]
+        if self._flight is None or self._flight.done():
+            self._flight = loop.create_task(self._resolve(on_behalf_of, timeout))
+        return await asyncio.shield(self._flight)
+
+    async def _resolve(self, on_behalf_of: str, timeout: float, refresh: bool = False) -> v2.ResolveSmtpResponse:
+        self.calls += 1
+        generation = self._generation
+        response = await self._call("ResolveSmtp", v2.ResolveSmtpRequest(refresh=refresh), on_behalf_of, timeout)
+        cache_for = response.cache_for.ToTimedelta().total_seconds()
+        if cache_for > 0 and generation == self._generation:
+            self._cached = (response, time.monotonic() + cache_for, response.etag)
+        return response
+
+    async def test(self, request: v2.TestSmtpRequest, on_behalf_of: str, timeout: float) -> v2.TestSmtpResponse:
+        return await self._call("TestSmtp", request, on_behalf_of, timeout)
+
+    async def _call(self, method: str, request, on_behalf_of: str, timeout: float):
+        """`method` on the upstream, trying each address once while they answer UNAVAILABLE."""
+        last: grpc.aio.AioRpcError | None = None
+        for _ in self._addresses:
+            try:
+                return await getattr(self._stub(), method)(request, metadata=self._meta(on_behalf_of), timeout=timeout)
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise _error(error) from None
+                last = error
+                self._next_address()
+        assert last is not None
+        raise Unavailable(f"the upstream cannot be reached ({last.code().name}); try again later") from None

@@ -1,0 +1,290 @@
+"""Edge mode with real servers: an edge (`upstream` set) following a central smtpconfig over gRPC.
+
+The central resolves a password from a `file` provider (5 s TTL, so its `cache_for` is short enough
+to outlive in a test). Checked: a central change reaches a WatchSmtp client of the edge; ResolveSmtp
+through the edge equals the central's and 100 concurrent callers make one upstream call; with the
+central stopped, reads and cached resolutions go on until `cache_for` ends, then UNAVAILABLE, and
+the edge recovers without a restart; the central's audit names the edge (and the local caller only
+when the edge is trusted); writes are refused; the edge's upstream token shows nowhere."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pytest
+
+from smtpconfig.api.auth import token_hash
+from smtpconfig.v2 import config_service_pb2 as v2
+from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
+from smtpconfig.v2 import secret_provider_service_pb2 as providers_pb
+from smtpconfig.v2 import secret_provider_service_pb2_grpc as providers_grpc
+from tests.kits.calls import list_records
+from tests.kits.profiles import BASIC_V2, edit, v2_profile
+from tests.kits.support import ServerThread, short_dir
+
+ADMIN_TOKEN = "PLANTED-central-admin-4f1a"
+EDGE_TOKEN = "PLANTED-edge-upstream-token-91d2"
+UNTRUSTED_TOKEN = "PLANTED-edge-b-upstream-token-33c7"
+APP_TOKEN = "PLANTED-billing-app-token-0e5b"
+PASSWORD = "PLANTED-edge-relay-password-6a0c"
+FILES = 3
+EDGE_PERMISSIONS = ("smtp:read", "smtp:watch", "smtp:resolve", "smtp:test")
+PROFILE = edit(BASIC_V2, RelayPassword={"Provider": FILES, "Parameters": {"File": "smtp-password"}})
+Event = v2.WatchSmtpEvent
+
+
+def _auth(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _until(check, timeout: float = 15.0):
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+        except grpc.RpcError:
+            if time.monotonic() > end:
+                raise
+        if time.monotonic() > end:
+            raise AssertionError("timed out")
+        time.sleep(0.05)
+
+
+class Central:
+    """The central server, on a fixed port so that it can be stopped and started again."""
+
+    def __init__(self, base: Path) -> None:
+        files = base / "files"
+        files.mkdir()
+        (files / "smtp-password").write_text(PASSWORD + "\n")
+        self.data_dir = base / "central"
+        self.settings = dict(
+            listen=(f"127.0.0.1:{_free_port()}",),
+            tokens=(("admin-c", token_hash(ADMIN_TOKEN)), ("edge-a", token_hash(EDGE_TOKEN)),
+                    ("edge-b", token_hash(UNTRUSTED_TOKEN))),
+            policy=(("admin-c", ("*",)), ("edge-a", EDGE_PERMISSIONS), ("edge-b", EDGE_PERMISSIONS)),
+            edge_identities=("edge-a",),
+            providers=({"id": FILES, "name": "files", "type": "file", "initialization": {"Directory": str(files)}},),
+            watch_progress_seconds=0.5,
+        )
+        self.server: ServerThread | None = None
+
+    def start(self) -> Central:
+        self.server = ServerThread(self.data_dir, **self.settings).start()
+        return self
+
+    def stop(self) -> None:
+        assert self.server is not None
+        self.server.stop()
+        self.server = None
+
+    @property
+    def address(self) -> str:
+        return self.settings["listen"][0]
+
+    def stub(self) -> v2_grpc.ConfigServiceStub:
+        return v2_grpc.ConfigServiceStub(grpc.insecure_channel(self.address))
+
+    def records(self, method: str) -> list:
+        with grpc.insecure_channel(self.address) as channel:
+            return [r for r in list_records(channel, ADMIN_TOKEN) if r.method == method]
+
+
+@pytest.fixture
+def world() -> Iterator[tuple[Central, ServerThread, Path]]:
+    base = short_dir("edge")
+    central = Central(base).start()
+    central.stub().UpdateSmtp(v2.UpdateSmtpRequest(profile=v2_profile(PROFILE)), metadata=_auth(ADMIN_TOKEN), timeout=10)
+    (base / "edge.token").write_text(EDGE_TOKEN + "\n")
+    edge = ServerThread(
+        base / "edge", upstream=(central.address,), upstream_token_file=base / "edge.token",
+        tokens=(("billing-app", token_hash(APP_TOKEN)),), policy=(("billing-app", ("*",)),),
+        max_concurrent_rpcs_per_identity=0,
+    ).start()
+    try:
+        yield central, edge, base
+    finally:
+        edge.stop()
+        if central.server is not None:
+            central.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _edge(edge: ServerThread) -> v2_grpc.ConfigServiceStub:
+    return v2_grpc.ConfigServiceStub(grpc.insecure_channel(edge.target))
+
+
+def _get(edge: ServerThread):
+    return _edge(edge).GetSmtp.with_call(v2.GetSmtpRequest(), metadata=_auth(APP_TOKEN), timeout=5)
+
+
+def _resolve(edge: ServerThread) -> v2.ResolveSmtpResponse:
+    return _edge(edge).ResolveSmtp(v2.ResolveSmtpRequest(), metadata=_auth(APP_TOKEN), timeout=5)
+
+
+def test_follows_and_resolves_like_the_central(world) -> None:
+    central, edge, _ = world
+    got, _ = _until(lambda: _get(edge))
+    direct = central.stub().GetSmtp(v2.GetSmtpRequest(), metadata=_auth(ADMIN_TOKEN), timeout=5)
+    assert got.profile == direct.profile and got.etag == direct.etag
+    # A central change reaches a WatchSmtp client of the edge.
+    stream = _edge(edge).WatchSmtp(v2.WatchSmtpRequest(), metadata=_auth(APP_TOKEN), timeout=30)
+    first = next(stream)
+    assert first.kind == Event.KIND_SNAPSHOT and first.profile.host == "smtp.example.com"
+    central.stub().UpdateSmtp(
+        v2.UpdateSmtpRequest(profile=v2_profile(edit(PROFILE, Host="relay2.example.com"))),
+        metadata=_auth(ADMIN_TOKEN), timeout=10,
+    )
+    change = next(e for e in stream if e.kind != Event.KIND_PROGRESS)
+    assert change.kind == Event.KIND_CHANGE and change.profile.host == "relay2.example.com"
+    stream.cancel()
+    resolved = _resolve(edge)
+    direct_resolved = central.stub().ResolveSmtp(v2.ResolveSmtpRequest(), metadata=_auth(ADMIN_TOKEN), timeout=5)
+    assert resolved.credentials.password == direct_resolved.credentials.password == PASSWORD
+    assert resolved.profile == direct_resolved.profile and resolved.etag == direct_resolved.etag
+
+
+def test_concurrent_callers_share_one_upstream_call_and_the_audit_names_both(world) -> None:
+    central, edge, _ = world
+    _until(lambda: _get(edge))
+    stub = _edge(edge)
+    with ThreadPoolExecutor(100) as pool:
+        answers = list(pool.map(
+            lambda _: stub.ResolveSmtp(v2.ResolveSmtpRequest(), metadata=_auth(APP_TOKEN), timeout=10), range(100)
+        ))
+    assert {a.credentials.password for a in answers} == {PASSWORD}
+    records = central.records("v2.ConfigService/ResolveSmtp")
+    assert [r.identity for r in records] == ["edge-a for billing-app"]
+
+
+def test_an_untrusted_edge_is_named_alone(world) -> None:
+    central, _, base = world
+    (base / "b.token").write_text(UNTRUSTED_TOKEN)
+    edge_b = ServerThread(
+        base / "edge-b", upstream=(central.address,), upstream_token_file=base / "b.token",
+        tokens=(("billing-app", token_hash(APP_TOKEN)),), policy=(("billing-app", ("*",)),),
+    ).start()
+    try:
+        _until(lambda: _get(edge_b))
+        assert _resolve(edge_b).credentials.password == PASSWORD
+    finally:
+        edge_b.stop()
+    assert [r.identity for r in central.records("v2.ConfigService/ResolveSmtp")] == ["edge-b"]
+
+
+def test_outage_serves_the_last_profile_and_cached_credentials_then_recovers(world) -> None:
+    central, edge, _ = world
+    _until(lambda: _get(edge))
+    resolved = _resolve(edge)
+    cache_for = resolved.cache_for.ToTimedelta().total_seconds()
+    assert 0 < cache_for <= 5
+    resolved_at = time.monotonic()
+    central.stop()
+    time.sleep(1.5)
+    got, call = _get(edge)
+    assert got.profile.host == "smtp.example.com"
+    age = dict(call.trailing_metadata())["smtpconfig-profile-age-seconds"]
+    assert int(age) >= 1
+    if time.monotonic() - resolved_at < cache_for - 0.5:
+        assert _resolve(edge).credentials.password == PASSWORD
+    time.sleep(max(0.0, resolved_at + cache_for + 0.2 - time.monotonic()))
+    with pytest.raises(grpc.RpcError) as raised:
+        _resolve(edge)
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert EDGE_TOKEN not in (raised.value.details() or "")
+    central.start()
+    assert _until(lambda: _resolve(edge)).credentials.password == PASSWORD
+    _, call = _until(lambda: (r := _get(edge)) and dict(r[1].trailing_metadata())[
+        "smtpconfig-profile-age-seconds"] == "0" and r)
+
+
+def test_test_smtp_is_forwarded(world) -> None:
+    central, edge, _ = world
+    _until(lambda: _get(edge))
+    # A candidate relay nobody listens on: the central runs the test and reports the failed connect.
+    candidate = edit(BASIC_V2, Host="127.0.0.1", Port=_free_port(), UseSSL=False, RelayAuthenticationType=0,
+                     RelayUsername=None, RelayPassword=None)
+    candidate = {k: v for k, v in candidate.items() if v is not None}
+    answer = _edge(edge).TestSmtp(
+        v2.TestSmtpRequest(profile=v2_profile(candidate), test_recipient="ops@example.com"),
+        metadata=_auth(APP_TOKEN), timeout=30,
+    )
+    assert not answer.success and answer.steps[-1].name == "connect"
+    assert [r.identity for r in central.records("v2.ConfigService/TestSmtp")] == ["edge-a for billing-app"]
+
+
+def test_an_unreachable_upstream_address_is_passed_over(world) -> None:
+    central, _, base = world
+    edge = ServerThread(
+        base / "edge-2", upstream=(f"127.0.0.1:{_free_port()}", central.address),
+        upstream_token_file=base / "edge.token",
+        tokens=(("billing-app", token_hash(APP_TOKEN)),), policy=(("billing-app", ("*",)),),
+    ).start()
+    try:
+        got, _ = _until(lambda: _get(edge))
+        assert got.profile.host == "smtp.example.com"
+        assert _resolve(edge).credentials.password == PASSWORD
+    finally:
+        edge.stop()
+
+
+def test_writes_are_refused_and_the_token_never_shows(world) -> None:
+    central, edge, _ = world
+    _until(lambda: _get(edge))
+    with pytest.raises(grpc.RpcError) as raised:
+        _edge(edge).UpdateSmtp(v2.UpdateSmtpRequest(profile=v2_profile(PROFILE)), metadata=_auth(APP_TOKEN), timeout=5)
+    assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert raised.value.details() == f"this server follows {central.address}; change the profile there"
+    providers = providers_grpc.SecretProviderServiceStub(grpc.insecure_channel(edge.target))
+    with pytest.raises(grpc.RpcError) as refused:
+        providers.ListProviders(providers_pb.ListProvidersRequest(), metadata=_auth(APP_TOKEN), timeout=5)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    with grpc.insecure_channel(edge.target) as channel:
+        shown = str(list_records(channel, APP_TOKEN))
+    got, call = _get(edge)
+    for text in (shown, str(got), str(call.trailing_metadata()), raised.value.details(), refused.value.details()):
+        assert EDGE_TOKEN not in text
+    for path in Path(edge.data_dir).rglob("*"):
+        if path.is_file() and path.name != "edge.token":
+            assert EDGE_TOKEN.encode() not in path.read_bytes(), path
+            assert PASSWORD.encode() not in path.read_bytes(), path
+
+
+def test_an_edge_refuses_declared_providers(tmp_path: Path) -> None:
+    from smtpconfig.settings import Settings, SettingsError, check
+
+    with pytest.raises(SettingsError, match="no provider instances"):
+        check(Settings(data_dir=tmp_path, upstream=("127.0.0.1:1",),
+                       providers=({"id": 3, "name": "f", "type": "file", "initialization": {}},)))
+
+
+def test_a_refresh_passes_upstream_and_returns_a_rotated_password_at_once(world) -> None:
+    central, edge, base = world
+    _until(lambda: _get(edge))
+    assert _resolve(edge).credentials.password == PASSWORD
+    rotated = PASSWORD + "-rotated"
+    (base / "files" / "smtp-password").write_text(rotated + "\n")
+    assert _resolve(edge).credentials.password == PASSWORD  # cached here (and centrally) for cache_for
+    fresh = _edge(edge).ResolveSmtp(v2.ResolveSmtpRequest(refresh=True), metadata=_auth(APP_TOKEN), timeout=5)
+    assert fresh.credentials.password == rotated
+    assert _resolve(edge).credentials.password == rotated  # and the fresh answer is what is cached now
+    records = [r for r in central.records("v2.ConfigService/ResolveSmtp") if "refresh" in r.message]
+    assert [r.identity for r in records] == ["edge-a for billing-app"]
+    # One refresh per identity per interval, at the edge as centrally.
+    with pytest.raises(grpc.RpcError) as limited:
+        _edge(edge).ResolveSmtp(v2.ResolveSmtpRequest(refresh=True), metadata=_auth(APP_TOKEN), timeout=5)
+    assert limited.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
