@@ -50,6 +50,8 @@ DOCKERFILE = ROOT / "Dockerfile"
 GUIDE = ROOT / "docs" / "deployment.md"
 SIDECAR = ROOT / "deploy" / "kubernetes" / "sidecar.yaml"
 STANDALONE = ROOT / "deploy" / "kubernetes" / "standalone.yaml"
+SIDECAR_EDGE = ROOT / "deploy" / "kubernetes" / "sidecar-edge.yaml"
+CENTRAL = ROOT / "deploy" / "kubernetes" / "central.yaml"
 PROFILE_LOADER_HASH = re.compile(r'(identity = "profile-loader"\nsha256 = ")([0-9a-f]{64})(")')
 
 # Environment variables the server reads: one per setting, plus the config file and the key.
@@ -242,7 +244,7 @@ def test_the_build_context_lets_in_only_the_sources() -> None:
 def test_there_is_a_sidecar_and_a_standalone_shape() -> None:
     assert {p.name for p in MANIFESTS} >= {"sidecar.yaml", "standalone.yaml"}
     assert {p.name for p in CONFIGS} >= {"sidecar.toml", "standalone.toml"}
-    for path in (SIDECAR, STANDALONE):
+    for path in (SIDECAR, STANDALONE, SIDECAR_EDGE, CENTRAL):
         one(documents(path), "Deployment")
 
 
@@ -302,9 +304,13 @@ def test_the_server_is_wired_to_its_config(path: Path) -> None:
     assert int(annotations["prometheus.io/port"]) == port_of(settings.metrics_listen)
     ports = {p["containerPort"] for p in container["ports"]}
     assert {health, port_of(settings.metrics_listen)} <= ports
-    # A file from a Secret would be group-readable under fsGroup, and the server refuses such a key.
-    (key,) = [e for e in container.get("env", ()) if e["name"] == "SMTPCONFIG_KEY"]
-    assert set(key["valueFrom"]["secretKeyRef"]) == {"name", "key"}, "from a Secret, and not optional"
+    keys = [e for e in container.get("env", ()) if e["name"] == "SMTPCONFIG_KEY"]
+    if settings.upstream:
+        assert not keys, "an edge seals nothing: it gets no data key"
+    else:
+        # A file from a Secret would be group-readable under fsGroup, and the server refuses such a key.
+        (key,) = keys
+        assert set(key["valueFrom"]["secretKeyRef"]) == {"name", "key"}, "from a Secret, and not optional"
     assert {"persistentVolumeClaim", "emptyDir"} & set(mount_at(spec, container, DATA_DIR)), "the data dir is a volume"
     assert spec["terminationGracePeriodSeconds"] > settings.grace_period
 
@@ -343,8 +349,9 @@ def test_the_sidecar_is_native_and_starts_before_the_app() -> None:
     assert sidecar["startupProbe"]["grpc"]["port"] == port_of(settings.health_listen)
 
 
-def test_the_app_reaches_the_socket_through_a_shared_group_only() -> None:
-    docs = documents(SIDECAR)
+@pytest.mark.parametrize("path", [SIDECAR, SIDECAR_EDGE], ids=["island", "edge"])
+def test_the_app_reaches_the_socket_through_a_shared_group_only(path: Path) -> None:
+    docs = documents(path)
     spec = one(docs, "Deployment")["spec"]["template"]["spec"]
     sidecar = server_container(spec)
     settings = settings_of(config_file(spec, sidecar, docs)[1])
@@ -399,6 +406,81 @@ def test_the_vault_login_uses_a_projected_token_with_its_own_audience() -> None:
     assert source["serviceAccountToken"]["path"] == PurePosixPath(jwt_file).name
     assert source["serviceAccountToken"]["audience"] == "vault"
     assert spec["automountServiceAccountToken"] is False
+
+
+# --- the edge sidecar and the central service it follows ------------------------------------------
+
+
+def test_the_edge_sidecar_follows_the_central_with_no_credentials_in_the_pod() -> None:
+    docs = documents(SIDECAR_EDGE)
+    spec = one(docs, "Deployment")["spec"]["template"]["spec"]
+    init = spec["initContainers"]
+    edge = server_container(spec)
+    assert init == [edge] and edge.get("restartPolicy") == "Always", "a native sidecar and no profile loader"
+    settings = settings_of(config_file(spec, edge, docs)[1])
+    assert settings.upstream and settings.listen == () and settings.admin_token is False
+    assert settings.providers == (), "no provider instances in the pod"
+    assert settings.store == "sqlite" and settings.key_file is None
+    # The pod's identity toward the central: cert-manager's Secret, mounted whole so renewals show up.
+    certificate = one(docs, "Certificate")
+    files = {
+        settings.upstream_ca_file: "ca.crt", settings.upstream_cert_file: "tls.crt", settings.upstream_key_file: "tls.key",
+    }
+    assert None not in files, "TLS to the central and a client certificate (mTLS)"
+    for file, name in files.items():
+        assert file.name == name, f"cert-manager writes {name}"
+        volume = file_in(spec, edge, file)
+        assert volume["secret"]["secretName"] == certificate["spec"]["secretName"]
+        assert "items" not in volume["secret"]
+    assert "client auth" in certificate["spec"]["usages"]
+    # No Vault, no Secret but the certificate: nothing projected, no token, no key in any container.
+    assert not [v for v in spec["volumes"] if "projected" in v]
+    assert [v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v] == [certificate["spec"]["secretName"]]
+    for container in containers(spec):
+        assert not [e for e in container.get("env", ()) if "valueFrom" in e], container["name"]
+    assert spec["automountServiceAccountToken"] is False
+
+
+def test_the_central_names_the_edges_and_lets_them_follow() -> None:
+    edge_docs, docs = documents(SIDECAR_EDGE), documents(CENTRAL)
+    edge_spec = one(edge_docs, "Deployment")["spec"]["template"]["spec"]
+    edge = settings_of(config_file(edge_spec, server_container(edge_spec), edge_docs)[1])
+    spec = one(docs, "Deployment")["spec"]["template"]["spec"]
+    central = settings_of(config_file(spec, server_container(spec), docs)[1])
+    # The edge dials the central's Service, on the port the central listens on.
+    service = one(docs, "Service")
+    host, port = settings_mod.split_address(edge.upstream[0])
+    name, namespace = host.split(".")[:2]
+    assert (name, namespace) == (service["metadata"]["name"], service["metadata"]["namespace"])
+    (service_port,) = service["spec"]["ports"]
+    assert service_port["port"] == port
+    named = {p["name"]: p["containerPort"] for p in server_container(spec)["ports"]}
+    assert [named[service_port["targetPort"]]] == [port_of(a) for a in central.listen]
+    assert host in one(docs, "Certificate")["spec"]["dnsNames"], "the edge checks the central's name"
+    # The edge's identity is its certificate's URI SAN; the central trusts and grants exactly that.
+    (identity,) = one(edge_docs, "Certificate")["spec"]["uris"]
+    assert identity in central.edge_identities
+    assert {"smtp:read", "smtp:watch", "smtp:resolve"} <= set(dict(central.policy)[identity])
+    assert central.tls_client_ca_file is not None, "edges are known by certificate: mTLS"
+
+
+def test_the_central_runs_three_replicas_on_etcd() -> None:
+    docs = documents(CENTRAL)
+    deployment = one(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate", "no replica holds a store lock"
+    assert one(docs, "PodDisruptionBudget")["spec"]["minAvailable"] == 2
+    spec = deployment["spec"]["template"]["spec"]
+    container = server_container(spec)
+    text = config_file(spec, container, docs)[1]
+    settings = settings_of(text)
+    assert settings.store == "etcd" and settings.etcd_endpoints and not settings.upstream
+    assert settings.etcd_password_file is not None
+    assert "secret" in file_in(spec, container, settings.etcd_password_file)
+    # Readiness on the overall status (test_the_server_is_wired_to_its_config); the store's own health
+    # name is for alerts, and the manifest says so.
+    assert "service" not in container["readinessProbe"]["grpc"]
+    assert '"smtpconfig.store"' in CENTRAL.read_text()
 
 
 # --- the standalone service -----------------------------------------------------------------------
