@@ -165,3 +165,10 @@ QPS_GOALS = (
 )
 # Cold Vault resolution through the service: at most this many times a direct hvac read.
 VAULT_GOAL_RATIO = 1.3
+# The edge phase (`bench.edgephase`): ResolveSmtp through an edge on a Unix socket, warm, at
+# EDGE_IN_FLIGHT against bare-aio on a Unix socket (at least this share of its QPS), and its p50 at 1
+# in flight against a direct hvac read of the same secret (below this share of it).
+EDGE = "edge"
+EDGE_IN_FLIGHT = 64
+EDGE_GOAL_RATIO = 0.8
+EDGE_LATENCY_GOAL_RATIO = 0.5
