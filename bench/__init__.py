@@ -21,8 +21,9 @@ One separate asyncio client process drives every target in turn with the same ra
 client-side cost is identical and only the server differs. Two latency phases follow at 1 in
 flight: TestSmtp through the apply service against a local aiosmtpd server (STARTTLS, AUTH PLAIN)
 next to the same exchange done directly with smtplib; then, with an OpenBao dev server, cold
-CheckSecret calls (each a cache miss that reads Vault) next to direct hvac reads. See
-bench/README.md.
+CheckSecret calls (each a cache miss that reads Vault) next to direct hvac reads. Then the edge
+phase (`edgephase`): ResolveSmtp through an edge on a Unix socket, following the service as its
+central, against bare-aio on a Unix socket and against direct hvac reads. See bench/README.md.
 
 The run also reads the resident memory of each GetSmtp server: idle, under load and at its peak.
 
@@ -165,3 +166,10 @@ QPS_GOALS = (
 )
 # Cold Vault resolution through the service: at most this many times a direct hvac read.
 VAULT_GOAL_RATIO = 1.3
+# The edge phase (`bench.edgephase`): ResolveSmtp through an edge on a Unix socket, warm, at
+# EDGE_IN_FLIGHT against bare-aio on a Unix socket (at least this share of its QPS), and its p50 at 1
+# in flight against a direct hvac read of the same secret (below this share of it).
+EDGE = "edge"
+EDGE_IN_FLIGHT = 64
+EDGE_GOAL_RATIO = 0.8
+EDGE_LATENCY_GOAL_RATIO = 0.5

@@ -39,6 +39,7 @@ from bench import (
     CHECK_SECRET,
     CHECKSECRET_SUITE,
     ECHO_PATH,
+    EDGE_IN_FLIGHT,
     GETSMTP_SUITE,
     LABELS,
     MTLS,
@@ -56,6 +57,7 @@ from bench import (
     BenchError,
     Transport,
     cold,
+    edgephase,
     openbao,
     testsmtp,
 )
@@ -132,7 +134,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--vault-secrets", type=_positive(int), default=VAULT_SECRETS,
         help=f"secrets in OpenBao for the cold Vault comparison, half each way (default {VAULT_SECRETS})",
     )
-    parser.add_argument("--skip-vault", action="store_true", help="leave out the Vault phase (and OpenBao)")
+    parser.add_argument(
+        "--skip-vault", action="store_true", help="leave out the Vault phase and the edge phase (and OpenBao)"
+    )
+    parser.add_argument("--skip-edge", action="store_true", help="leave out the edge phase")
+    parser.add_argument(
+        "--edge-in-flight", type=_positive(int), default=EDGE_IN_FLIGHT,
+        help=f"in-flight level of the edge phase's throughput comparison (default {EDGE_IN_FLIGHT})",
+    )
     parser.add_argument(
         "--smtp-calls", type=_positive(int), default=SMTP_CALLS,
         help=f"TestSmtp calls, and as many direct smtplib exchanges, in the TestSmtp phase (default {SMTP_CALLS})",
@@ -313,7 +322,7 @@ def measure_all(args: argparse.Namespace) -> tuple[dict[str, int], list[dict[str
             if suite == GETSMTP_SUITE and not waiting and name in reads and level == top[name]:
                 reads[name]["after"] = memory(servers[name].pid)  # the last round's stays
 
-        phases: dict[str, Any] = {"smtp": None, "vault": None, "memory": reads}
+        phases: dict[str, Any] = {"smtp": None, "vault": None, "edge": None, "memory": reads}
         if not args.skip_smtp:
             _progress(f"TestSmtp phase: {args.smtp_calls} TestSmtp calls and as many direct smtplib exchanges")
             smtp = phases["smtp"] = testsmtp.measure(
@@ -325,11 +334,23 @@ def measure_all(args: argparse.Namespace) -> tuple[dict[str, int], list[dict[str
             )
         if not args.skip_vault:
             _progress(f"Vault phase: {args.vault_secrets} secrets, cold CheckSecret against direct hvac reads")
-            vault = phases["vault"] = cold.measure(targets[SERVICE], scratch, args.vault_secrets, args.rounds, _progress)
+            bao = stack.enter_context(openbao.DevServer(scratch))
+            vault = phases["vault"] = cold.measure(targets[SERVICE], bao, args.vault_secrets, args.rounds, _progress)
             _progress(
                 f"cold Vault read p50: direct {vault['direct']['p50_ms']:.3f} ms,"
                 f" CheckSecret {vault['service']['p50_ms']:.3f} ms"
             )
+            if not args.skip_edge:
+                # The plaintext service is the central now: its GetSmtp rows are measured.
+                edge = phases["edge"] = edgephase.measure(
+                    targets[SERVICE], bao, scratch, client, options,
+                    seconds=args.seconds, warmup=args.warmup, rounds=args.rounds, in_flight=args.edge_in_flight,
+                    answer_slack=ANSWER_SLACK, progress=_progress,
+                )
+                _progress(
+                    f"edge: {edge['qps_ratio']:.2f} of bare-aio QPS at {edge['in_flight']} in flight;"
+                    f" p50 {edge['latency_ratio']:.2f} of a direct hvac read's"
+                )
     return sizes, measurements, phases
 
 
@@ -363,8 +384,8 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: interrupted; servers stopped", file=sys.stderr)
         return 130
     rows = summarize(measurements, args.pick)
-    smtp, vault = phases["smtp"], phases["vault"]
-    verdicts = goals(rows, vault)
+    smtp, vault, edge = phases["smtp"], phases["vault"], phases["edge"]
+    verdicts = goals(rows, vault, edge, args.edge_in_flight)
     ratios = transport_ratios(rows)
     resident = resident_memory(rows, phases["memory"])
     env = environment()
@@ -385,12 +406,13 @@ def main(argv: list[str] | None = None) -> int:
         "tls_response_bytes": {name: sizes[name] for name in TLS_TARGETS if name in sizes},
         "smtp_calls": None if args.skip_smtp else args.smtp_calls,
         "vault_secrets": None if args.skip_vault else args.vault_secrets,
+        "edge_in_flight": None if args.skip_vault or args.skip_edge else args.edge_in_flight,
         "elapsed_seconds": round(time.monotonic() - started, 1),
     }
     if args.json:
         # "goal" is GetSmtp's, as before the other goals were added; "goals" holds all of them.
         document = {"environment": env, "settings": settings, "results": rows, "transport_ratios": ratios,
-                    "memory": resident, "smtp": smtp, "vault": vault, "goal": verdicts[0], "goals": verdicts}
+                    "memory": resident, "smtp": smtp, "vault": vault, "edge": edge, "goal": verdicts[0], "goals": verdicts}
         print(json.dumps(document, indent=2))
         return 0
     header = (
@@ -409,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         + (f"\n'+N waiting': N more calls in flight meanwhile, each answered after {WAIT_SECONDS:g} s"
            " without CPU (as apply-time calls wait on the network); not counted." if args.waiting else "")
     )
-    print(table(rows, verdicts, header, vault, smtp, ratios, resident))
+    print(table(rows, verdicts, header, vault, smtp, ratios, resident, edge))
     return 0
 
 

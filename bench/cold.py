@@ -22,7 +22,6 @@ import secrets as random
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -45,30 +44,29 @@ def _path(i: int) -> str:
     return f"bench/s{i}"
 
 
-def measure(target: str, directory: Path, secrets: int, rounds: int, progress: Callable[[str], None]) -> dict[str, Any]:
-    """Start OpenBao, seed it and the service, compare; OpenBao is stopped on every way out."""
+def measure(target: str, bao: DevServer, secrets: int, rounds: int, progress: Callable[[str], None]) -> dict[str, Any]:
+    """Seed the OpenBao dev server `bao` and the service, compare."""
     half = secrets // 2
     if half < rounds:
         raise BenchError(f"--vault-secrets {secrets} is too few for {rounds} rounds: give at least {2 * rounds}")
-    with DevServer(directory) as bao:
-        tag = random.token_hex(4)
-        values = [f"bench-vault-{i}-{tag}" for i in range(2 * half)]
-        started = time.monotonic()
-        for i, value in enumerate(values):
-            bao.write(_path(i), {KEY: value})
-        bao.write(WARMUP, {KEY: "warm-up"})
-        progress(f"OpenBao at {bao.address}: wrote {len(values)} secrets in {time.monotonic() - started:.1f} s")
-        provider = create_provider(target, "bench-vault", "vault", {"Host": bao.address, "Token": bao.token})
-        direct = hvac.Client(url=bao.address, token=bao.token, timeout=TIMEOUT)
-        try:
-            with authorized_channel(target) as channel:
-                return _compare(direct, channel.unary_unary(CHECKSECRET_PATH), provider, values, rounds)
-        except grpc.RpcError as error:
-            raise BenchError(f"cold CheckSecret failed: {error.code().name}: {error.details()}") from None
-        except (requests.RequestException, VaultError) as error:
-            raise BenchError(f"direct hvac read failed: {type(error).__name__}: {error}") from None
-        finally:
-            direct.adapter.close()
+    tag = random.token_hex(4)
+    values = [f"bench-vault-{i}-{tag}" for i in range(2 * half)]
+    started = time.monotonic()
+    for i, value in enumerate(values):
+        bao.write(_path(i), {KEY: value})
+    bao.write(WARMUP, {KEY: "warm-up"})
+    progress(f"OpenBao at {bao.address}: wrote {len(values)} secrets in {time.monotonic() - started:.1f} s")
+    provider = create_provider(target, "bench-vault", "vault", {"Host": bao.address, "Token": bao.token})
+    direct = hvac.Client(url=bao.address, token=bao.token, timeout=TIMEOUT)
+    try:
+        with authorized_channel(target) as channel:
+            return _compare(direct, channel.unary_unary(CHECKSECRET_PATH), provider, values, rounds)
+    except grpc.RpcError as error:
+        raise BenchError(f"cold CheckSecret failed: {error.code().name}: {error.details()}") from None
+    except (requests.RequestException, VaultError) as error:
+        raise BenchError(f"direct hvac read failed: {type(error).__name__}: {error}") from None
+    finally:
+        direct.adapter.close()
 
 
 def _compare(direct: hvac.Client, check, provider: int, values: list[str], rounds: int) -> dict[str, Any]:

@@ -29,6 +29,9 @@ from bench import (
     BARE_AIO_TLS,
     BASELINES,
     CHECK_SECRET,
+    EDGE_GOAL_RATIO,
+    EDGE_IN_FLIGHT,
+    EDGE_LATENCY_GOAL_RATIO,
     GETSMTP_SUITE,
     LABELS,
     QPS_GOALS,
@@ -188,9 +191,31 @@ def vault_goal(vault: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def goals(rows: list[dict[str, Any]], vault: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Every goal, GetSmtp's first."""
-    return [goal(rows, *spec) for spec in QPS_GOALS] + [vault_goal(vault)]
+def edge_goals(edge: dict[str, Any] | None, in_flight: int) -> list[dict[str, Any]]:
+    """The edge phase's two goals: QPS through the edge over bare-aio's, both on Unix sockets, at
+    `in_flight`; and the edge's p50 at 1 in flight over a direct hvac read's."""
+    if edge is not None:
+        in_flight = edge["in_flight"]
+    qps = None if edge is None else edge["qps_ratio"]
+    latency = None if edge is None else edge["latency_ratio"]
+    return [
+        {
+            "statement": f"ResolveSmtp via edge (Unix socket) at {in_flight} in flight >= {EDGE_GOAL_RATIO}"
+                         " of bare-aio (Unix socket) QPS",
+            "threshold": EDGE_GOAL_RATIO, "ratio": qps, "met": None if qps is None else qps >= EDGE_GOAL_RATIO,
+        },
+        {
+            "statement": f"ResolveSmtp via edge p50 at 1 in flight < {EDGE_LATENCY_GOAL_RATIO}x a direct hvac read",
+            "threshold": EDGE_LATENCY_GOAL_RATIO, "ratio": latency,
+            "met": None if latency is None else latency < EDGE_LATENCY_GOAL_RATIO,
+        },
+    ]
+
+
+def goals(rows: list[dict[str, Any]], vault: dict[str, Any] | None,
+          edge: dict[str, Any] | None = None, edge_in_flight: int = EDGE_IN_FLIGHT) -> list[dict[str, Any]]:
+    """Every goal, GetSmtp's first, the Vault one last."""
+    return [goal(rows, *spec) for spec in QPS_GOALS] + edge_goals(edge, edge_in_flight) + [vault_goal(vault)]
 
 
 def _ratio(value: float | None) -> str:
@@ -203,7 +228,8 @@ def _percent(value: float | None) -> str:
 
 def table(rows: list[dict[str, Any]], verdicts: list[dict[str, Any]], header: str,
           vault: dict[str, Any] | None = None, smtp: dict[str, Any] | None = None,
-          ratios: list[dict[str, Any]] | None = None, resident: list[dict[str, Any]] | None = None) -> str:
+          ratios: list[dict[str, Any]] | None = None, resident: list[dict[str, Any]] | None = None,
+          edge: dict[str, Any] | None = None) -> str:
     lines = [header, ""]
     own = any(r["ratio_vs_baseline"] is not None for r in rows)
     columns = (
@@ -272,10 +298,17 @@ def table(rows: list[dict[str, Any]], verdicts: list[dict[str, Any]], header: st
         lines += ["", *_smtp_table(smtp)]
     if vault is not None:
         lines += ["", *_vault_table(vault)]
+    if edge is not None:
+        lines += ["", *_edge_table(edge)]
     lines.append("")
     for verdict in verdicts:
         if verdict["met"] is None:
-            why = f"no {verdict['in_flight']} in --in-flight" if "in_flight" in verdict else "--skip-vault"
+            if "in_flight" in verdict:
+                why = f"no {verdict['in_flight']} in --in-flight"
+            elif verdict["statement"].startswith("ResolveSmtp via edge"):
+                why = "--skip-vault or --skip-edge"
+            else:
+                why = "--skip-vault"
             lines.append(f"goal {verdict['statement']}: not measured ({why})")
         else:
             word = "MET" if verdict["met"] else "NOT MET"
@@ -379,5 +412,31 @@ def _vault_table(vault: dict[str, Any]) -> list[str]:
         f"OpenBao dev server, KV v2, {vault['secrets']} distinct secrets, half each way, calls alternating over"
         f" {len(vault['rounds'])} rounds; every CheckSecret reply said Cached false. p50 of the replies' own"
         f" Latency (resolution in the service: thread pool and hvac): {vault['service']['resolve_p50_ms']:.3f} ms."
+    )
+    return lines
+
+
+def _edge_table(edge: dict[str, Any]) -> list[str]:
+    columns = (
+        f"{'edge phase (Unix sockets)':<38}{'in-flight':>10}{'QPS':>9}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'server CPU':>12}{'ratio':>8}"
+    )
+    lines = [columns, "-" * len(columns)]
+    level = edge["in_flight"]
+    for label, row, n, ratio in (
+        ("bare-aio (Unix socket)", edge["bare_aio"], level, ""),
+        ("ResolveSmtp via edge, warm", edge["edge"], level, f"{edge['qps_ratio']:.2f}"),
+        ("ResolveSmtp via edge, warm", edge["edge_1"], 1, ""),
+    ):
+        lines.append(f"{label:<38}{n:>10}{row['qps']:>9.0f}{row['p50_ms']:>9.3f}{row['p99_ms']:>9.3f}"
+                     f"{_percent(row['server_cpu']):>12}{ratio:>8}")
+    direct = edge["direct"]
+    lines.append(f"{'direct hvac read (same secret)':<38}{1:>10}{'':>9}{direct['p50_ms']:>9.3f}{direct['p99_ms']:>9.3f}"
+                 f"{'':>12}{'':>8}")
+    lines.append(
+        f"The central (the plaintext service) resolves the password from OpenBao; the edge follows it over TCP and"
+        f" caches its answer for the cache_for it gives. QPS ratio: median over rounds of edge over bare-aio;"
+        f" p50 ratio: median over rounds of the edge's p50 at 1 in flight over the direct reads' p50"
+        f" ({edge['latency_ratio']:.2f}). bare-aio echoed {edge['response_bytes']} bytes, the edge's reply size."
     )
     return lines

@@ -151,6 +151,19 @@ def store_resolving_profile(target: str, directory: Path) -> int:
     return len(raw)
 
 
+def store_with_password(target: str, provider: int, parameters: dict[str, str]) -> None:
+    """Store on the service at `target` the profile whose RelayPassword references `provider` with
+    these parameters (the edge phase's central)."""
+    password = secret_pb2.SecretObject(provider=provider, parameters=parameters)
+    try:
+        with _connected(target) as channel:
+            v2_grpc.ConfigServiceStub(channel).UpdateSmtp(
+                v2.UpdateSmtpRequest(profile=relay_profile(password)), timeout=TIMEOUT
+            )
+    except grpc.RpcError as error:
+        raise BenchError(f"storing the edge phase's profile failed: {error.code().name}: {error.details()}") from None
+
+
 def store_profile(target: str, transport: Transport = PLAINTEXT) -> int:
     """Store the profile on the service at `target`, reached over `transport`; return GetSmtp's
     response size in bytes."""

@@ -4,6 +4,11 @@
     python -m bench.servers bare-threads [--options JSON] [--threads N]
     python -m bench.servers service [--ca-bundle PEM] [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]
         [--file-directory DIR ...]
+    python -m bench.servers bare-aio --unix PATH [--options JSON]
+    python -m bench.servers edge --upstream HOST:PORT --upstream-token-file FILE --unix PATH
+
+Each serving TCP binds 127.0.0.1 port 0 and prints `PORT <n>`; with `--unix` (the edge rows) it
+serves the Unix socket PATH only and prints `PORT 0`. Then it serves until stdin closes, or SIGTERM/SIGINT.
 
 Each binds 127.0.0.1 port 0, prints `PORT <n>` on stdout once it accepts calls, then serves until
 its stdin closes or it gets SIGTERM/SIGINT. Watching stdin means a server never outlives the
@@ -41,7 +46,17 @@ from pathlib import Path
 
 import grpc
 
-from bench import BARE_AIO, BARE_THREADS, BENCH_TOKEN, ECHO_METHOD, ECHO_SERVICE, SERVICE, WAIT_METHOD, WAIT_SECONDS
+from bench import (
+    BARE_AIO,
+    BARE_THREADS,
+    BENCH_TOKEN,
+    ECHO_METHOD,
+    ECHO_SERVICE,
+    EDGE,
+    SERVICE,
+    WAIT_METHOD,
+    WAIT_SECONDS,
+)
 from bench.certs import CLIENT_ID
 
 LISTEN = "127.0.0.1:0"
@@ -49,9 +64,12 @@ LISTEN = "127.0.0.1:0"
 DEFAULT_THREADS = 10
 
 
-def _announce(port: int) -> None:
-    """Tell the parent where to connect; the one line this process writes to stdout."""
-    if not port:
+def _announce(port: int, unix: bool = False) -> None:
+    """Tell the parent where to connect (`PORT 0` when serving a Unix socket); the one line this
+    process writes to stdout."""
+    if unix:
+        port = 0
+    elif not port:
         raise SystemExit(f"could not listen on {LISTEN}")
     sys.stdout.write(f"PORT {port}\n")
     sys.stdout.flush()
@@ -145,14 +163,20 @@ def service_options() -> tuple:
     return SERVER_OPTIONS
 
 
-async def run_bare_aio(options: tuple, tls: Tls | None = None) -> None:
-    """The service's server model (grpc.aio, one event loop) with nothing but an echo behind it."""
+async def run_bare_aio(options: tuple, tls: Tls | None = None, unix: Path | None = None) -> None:
+    """The service's server model (grpc.aio, one event loop) with nothing but an echo behind it;
+    on the Unix socket `unix` instead of TCP if given."""
     server = grpc.aio.server(options=options)
     server.add_generic_rpc_handlers((echo_handler(_echo_async, _wait_async),))
-    port = server.add_secure_port(LISTEN, tls.credentials()) if tls else server.add_insecure_port(LISTEN)
+    if unix is not None:
+        port = server.add_insecure_port(f"unix:{unix}")
+    elif tls:
+        port = server.add_secure_port(LISTEN, tls.credentials())
+    else:
+        port = server.add_insecure_port(LISTEN)
     await server.start()
     try:
-        _announce(port)
+        _announce(port, unix is not None)
         await _until_stopped()
     finally:
         await server.stop(0)
@@ -209,6 +233,29 @@ async def run_service(
             await app.stop(0)
 
 
+async def run_edge(upstream: str, token_file: Path, unix: Path) -> None:
+    """The real `App` as an edge (`upstream` set): it follows the service at `upstream`, calling it
+    with the bench token read from `token_file`, and serves the Unix socket `unix` only, where the
+    bench token's identity has every permission. No store or provider of its own."""
+    from smtpconfig.api.auth import token_hash
+    from smtpconfig.app import App
+    from smtpconfig.settings import Settings
+
+    with tempfile.TemporaryDirectory(prefix="smtpconfig-bench-edge-") as data_dir:
+        app = App(Settings(
+            data_dir=Path(data_dir), listen=(), unix_socket=str(unix), admin_token=False,
+            tokens=(("bench", token_hash(BENCH_TOKEN)),), policy=(("bench", ("*",)),),
+            upstream=(upstream,), upstream_token_file=token_file,
+            resolve_rate=0.0, test_rate=0.0, max_concurrent_rpcs_per_identity=0,
+        ))
+        try:
+            await app.start()
+            _announce(0, unix=True)
+            await _until_stopped()
+        finally:
+            await app.stop(0)
+
+
 def _options(text: str | None) -> tuple:
     if text is None:
         return service_options()
@@ -217,7 +264,7 @@ def _options(text: str | None) -> tuple:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.servers", description=__doc__.split("\n\n")[0])
-    parser.add_argument("kind", choices=(BARE_AIO, BARE_THREADS, SERVICE))
+    parser.add_argument("kind", choices=(BARE_AIO, BARE_THREADS, SERVICE, EDGE))
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="bare-threads: pool size")
     parser.add_argument(
         "--options", help="bare-aio, bare-threads: grpc server options as JSON pairs (default: the service's)"
@@ -230,7 +277,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tls-client-ca", type=Path, help="bare-aio, service: require client certificates (mTLS)")
     parser.add_argument("--audit-fsync", choices=("interval", "batch"), default="interval",
                         help="service: the audit log's fsync policy (audit_fsync)")
+    parser.add_argument("--unix", type=Path, help="bare-aio, edge: serve this Unix socket instead of TCP")
+    parser.add_argument("--upstream", help="edge: host:port of the service it follows")
+    parser.add_argument("--upstream-token-file", type=Path, help="edge: file holding its token for the upstream")
     args = parser.parse_args(argv)
+    if args.kind == EDGE and not (args.upstream and args.upstream_token_file and args.unix):
+        parser.error("edge needs --upstream, --upstream-token-file and --unix")
+    if args.unix and (args.tls_cert or args.kind not in (BARE_AIO, EDGE)):
+        parser.error("--unix is for bare-aio and edge, in plaintext")
     if (args.tls_cert is None) != (args.tls_key is None) or (args.tls_client_ca and not args.tls_cert):
         parser.error("--tls-cert and --tls-key go together, and --tls-client-ca needs them")
     if args.tls_cert and args.kind == BARE_THREADS:
@@ -238,9 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     tls = Tls(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format=f"{args.kind}: %(levelname)s %(message)s")
     if args.kind == BARE_AIO:
-        asyncio.run(run_bare_aio(_options(args.options), tls))
+        asyncio.run(run_bare_aio(_options(args.options), tls, args.unix))
     elif args.kind == BARE_THREADS:
         run_bare_threads(_options(args.options), args.threads)
+    elif args.kind == EDGE:
+        asyncio.run(run_edge(args.upstream, args.upstream_token_file, args.unix))
     else:
         asyncio.run(run_service(args.ca_bundle, tls, tuple(args.file_directory), args.audit_fsync))
     return 0

@@ -1,5 +1,5 @@
 """`make bench` keeps working: a very short run produces every row (TLS and mTLS included), both
-latency phases, the transport ratios, the resident memory table and the verdicts (no timing asserted)."""
+latency phases, the edge phase, the transport ratios, the resident memory table and the verdicts (no timing asserted)."""
 
 from __future__ import annotations
 
@@ -56,3 +56,12 @@ def test_short_benchmark_run_reports_every_target() -> None:
     vault = report["vault"]
     assert vault["direct"]["calls"] == vault["service"]["calls"] == 10 and vault["service"]["cached"] == 0
     assert report["goals"][-1]["met"] is not None  # the Vault goal is measured even in this short run
+    # The edge phase: through an edge on a Unix socket, at the default 64 in flight and at 1.
+    edge = report["edge"]
+    assert edge["in_flight"] == 64 and len(edge["rounds"]) == 2
+    assert edge["edge"]["qps"] > 0 and edge["bare_aio"]["qps"] > 0 and edge["edge_1"]["p50_ms"] > 0
+    assert edge["direct"]["calls"] > 0 and edge["qps_ratio"] > 0 and edge["latency_ratio"] > 0
+    edge_goals = {g["statement"]: g for g in report["goals"]}
+    qps_goal = "ResolveSmtp via edge (Unix socket) at 64 in flight >= 0.8 of bare-aio (Unix socket) QPS"
+    assert edge_goals[qps_goal]["met"] is not None
+    assert edge_goals["ResolveSmtp via edge p50 at 1 in flight < 0.5x a direct hvac read"]["met"] is not None

@@ -1,0 +1,171 @@
+"""The edge phase: ResolveSmtp through an edge on a Unix socket, with the central resolving from OpenBao.
+
+The central is the plaintext service process (its GetSmtp measurements are over by then). It gets a
+`vault` provider instance on the Vault phase's OpenBao and the profile whose RelayPassword references
+`secret/bench/edge`. An edge process follows it (upstream: the central's TCP port, the bench token
+as its upstream token) and serves a Unix socket; a bare-aio process serves another Unix socket. Once
+the edge answers ResolveSmtp with the secret's value (warm: the edge's cache is filled), two things
+are measured through the load generator, as the other rows are:
+
+- throughput at `in_flight` (64 by default): the edge's ResolveSmtp against bare-aio echoing as many
+  bytes, one after the other in each round, rounds alternating which goes first; the ratio is the
+  median over rounds of edge QPS over bare-aio QPS;
+- latency at 1 in flight: the edge's ResolveSmtp p50 in each round against the p50 of direct hvac
+  reads of the same secret (one kept-alive `hvac.Client`, one read at a time, as many seconds as a
+  window) taken right after it; the ratio is the median over rounds of edge p50 over direct p50.
+
+When the central's answer expires (its `cache_for`), the edge asks again during a window: that is
+part of "warm" as an app sees it.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import grpc
+import hvac
+import requests
+from hvac.exceptions import VaultError
+
+from bench import AUTH, BENCH_TOKEN, ECHO_PATH, EDGE, BenchError
+from bench.load import Command, latency_stats, percentile
+from bench.openbao import MOUNT, DevServer
+from bench.procs import Child
+from bench.seed import RESOLVESMTP_PATH, RESOLVESMTP_REQUEST, create_provider, store_with_password
+from smtpconfig.v2 import config_service_pb2 as v2
+
+SECRET = "bench/edge"
+KEY = "password"
+TIMEOUT = 10.0
+READY_WITHIN = 20.0
+BARE_LABEL = "bare-aio (Unix socket)"
+EDGE_LABEL = "ResolveSmtp via edge (Unix socket)"
+
+
+def measure(
+    central: str, bao: DevServer, directory: Path, client: Child, options: tuple[str, ...],
+    *, seconds: float, warmup: float, rounds: int, in_flight: int, answer_slack: float,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    """Seed the central, start the edge and its bare-aio twin, measure; both stop on every way out."""
+    value = f"bench-edge-{time.time_ns()}"
+    bao.write(SECRET, {KEY: value})
+    provider = create_provider(central, "bench-edge-vault", "vault", {"Host": bao.address, "Token": bao.token})
+    store_with_password(central, provider, {"Secret": SECRET, "Key": KEY})
+    token_file = directory / "edge.token"
+    token_file.write_text(BENCH_TOKEN + "\n")
+    token_file.chmod(0o600)
+    edge_socket, bare_socket = directory / "edge.sock", directory / "bare.sock"
+    with (
+        Child("edge", "bench.servers", EDGE, "--upstream", central, "--upstream-token-file", str(token_file),
+              "--unix", str(edge_socket)) as edge,
+        Child("bare-aio (Unix socket)", "bench.servers", "bare-aio", *options, "--unix", str(bare_socket)) as bare,
+    ):
+        edge.read_port()
+        bare.read_port()
+        size = _warm(f"unix:{edge_socket}", value)
+        progress(f"edge phase: ResolveSmtp through the edge answers from OpenBao via the central, {size} bytes")
+        targets = {EDGE: (f"unix:{edge_socket}", edge.pid), "bare": (f"unix:{bare_socket}", bare.pid)}
+
+        def run(name: str, level: int) -> dict[str, Any]:
+            target, pid = targets[name]
+            command = Command(
+                target=target, method=RESOLVESMTP_PATH if name == EDGE else ECHO_PATH,
+                payload_size=len(RESOLVESMTP_REQUEST) if name == EDGE else size, in_flight=level,
+                seconds=seconds, warmup=warmup, server_pid=pid, replies="ResolveSmtp" if name == EDGE else "",
+            )
+            client.send_line(json.dumps(asdict(command)))
+            reply = json.loads(client.read_line(timeout=warmup + seconds + answer_slack))
+            what = f"{EDGE_LABEL if name == EDGE else BARE_LABEL} at {level} in flight"
+            if not reply.pop("ok"):
+                raise BenchError(f"{what}: {reply['error']}")
+            if reply["errors"]:
+                raise BenchError(f"{what}: {reply['errors']} calls failed, first: {reply['first_error']}")
+            progress(f"edge phase: {what}: {reply['qps']:.0f} QPS, p50 {reply['p50_ms']:.3f} ms")
+            return reply
+
+        direct = hvac.Client(url=bao.address, token=bao.token, timeout=TIMEOUT)
+        try:
+            return _compare(run, direct, value, seconds, rounds, in_flight, size)
+        except (requests.RequestException, VaultError) as error:
+            raise BenchError(f"direct hvac read failed: {type(error).__name__}: {error}") from None
+        finally:
+            direct.adapter.close()
+
+
+def _warm(target: str, value: str) -> int:
+    """Call ResolveSmtp on the edge until it has followed the profile and returns the secret; then
+    once more from its cache. Return the size of that reply."""
+    deadline = time.monotonic() + READY_WITHIN
+    last = ""
+    with grpc.insecure_channel(target) as channel:
+        resolve = channel.unary_unary(RESOLVESMTP_PATH)
+        while time.monotonic() < deadline:
+            try:
+                reply = v2.ResolveSmtpResponse.FromString(resolve(RESOLVESMTP_REQUEST, metadata=AUTH, timeout=TIMEOUT))
+            except grpc.RpcError as error:
+                last = f"{error.code().name}: {error.details()}"
+                time.sleep(0.1)
+                continue
+            if reply.credentials.password == value:
+                return len(resolve(RESOLVESMTP_REQUEST, metadata=AUTH, timeout=TIMEOUT))
+            last = "a ResolveSmtp reply without the secret's value"
+            time.sleep(0.1)
+    raise BenchError(f"the edge did not resolve the OpenBao secret within {READY_WITHIN:.0f} s; last: {last}")
+
+
+def _compare(run: Callable[[str, int], dict[str, Any]], direct: hvac.Client, value: str, seconds: float,
+             rounds: int, in_flight: int, size: int) -> dict[str, Any]:
+    def read() -> None:
+        answer = direct.secrets.kv.v2.read_secret_version(path=SECRET, mount_point=MOUNT, raise_on_deleted_version=True)
+        if answer["data"]["data"].get(KEY) != value:
+            raise BenchError(f"the direct read of {SECRET} returned another value")
+
+    read()  # connection up before timing
+    perf = time.perf_counter
+    per_round, direct_times = [], []
+    edge_top, bare_top, edge_one = [], [], []
+    for round_ in range(rounds):
+        order = (EDGE, "bare") if round_ % 2 == 0 else ("bare", EDGE)
+        top = {name: run(name, in_flight) for name in order}
+        one = run(EDGE, 1)
+        times = []
+        end = perf() + seconds
+        while perf() < end:
+            started = perf()
+            read()
+            times.append(perf() - started)
+        direct_p50 = percentile(sorted(times), 0.50) * 1e3
+        direct_times += times
+        edge_top.append(top[EDGE])
+        bare_top.append(top["bare"])
+        edge_one.append(one)
+        per_round.append({
+            "round": round_ + 1,
+            "edge_qps": top[EDGE]["qps"], "bare_qps": top["bare"]["qps"],
+            "qps_ratio": top[EDGE]["qps"] / top["bare"]["qps"],
+            "edge_p50_ms": one["p50_ms"], "direct_p50_ms": direct_p50,
+            "latency_ratio": one["p50_ms"] / direct_p50,
+        })
+
+    def row(replies: list[dict[str, Any]]) -> dict[str, Any]:
+        keys = ("qps", "p50_ms", "p99_ms", "server_cpu", "client_cpu", "other_cpu")
+        return {key: statistics.median(r[key] for r in replies if r[key] is not None) for key in keys}
+
+    return {
+        "in_flight": in_flight,
+        "response_bytes": size,
+        "edge": row(edge_top),
+        "bare_aio": row(bare_top),
+        "qps_ratio": statistics.median(r["qps_ratio"] for r in per_round),
+        "edge_1": row(edge_one),
+        "direct": latency_stats(direct_times),
+        "latency_ratio": statistics.median(r["latency_ratio"] for r in per_round),
+        "rounds": per_round,
+    }
