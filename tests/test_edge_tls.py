@@ -116,3 +116,34 @@ def test_an_mtls_edge_is_named_by_its_certificate_and_never_shows_its_key(
             assert key.encode() not in path.read_bytes(), path
             assert b"PRIVATE KEY" not in path.read_bytes(), path
             assert PASSWORD.encode() not in path.read_bytes(), path
+
+
+def test_an_edge_whose_certificate_the_central_refuses_says_so_and_answers_unavailable(
+    root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    ca, other = TestCA(root / "ca"), TestCA(root / "other", name="another CA")
+    server_cert = ca.issue("central")
+    stranger = other.issue_client("edge", "edge-a", uris=(EDGE_URI,))
+    central = ServerThread(
+        root / "central", tls_cert_file=server_cert.cert, tls_key_file=server_cert.key, tls_client_ca_file=ca.path,
+        policy=((EDGE_URI, EDGE_PERMISSIONS),),
+    ).start()
+    edge = None
+    try:
+        edge = ServerThread(
+            root / "edge", upstream=(central.target,), upstream_ca_file=ca.path,
+            upstream_cert_file=stranger.cert, upstream_key_file=stranger.key,
+            tokens=(("billing-app", token_hash(APP_TOKEN)),), policy=(("billing-app", ("*",)),),
+        ).start()
+        _until(lambda: any(r.getMessage().startswith(f"upstream {central.target} cannot be followed")
+                           for r in caplog.records), timeout=10)
+        edge_stub = v2_grpc.ConfigServiceStub(grpc.insecure_channel(edge.target))
+        with pytest.raises(grpc.RpcError) as raised:  # not NOT_FOUND: there may well be a profile
+            edge_stub.GetSmtp(v2.GetSmtpRequest(), metadata=_auth(APP_TOKEN), timeout=5)
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        if edge is not None:
+            edge.stop()
+        central.stop()
+    assert _pem_body(stranger.key) not in caplog.text and "PRIVATE KEY" not in caplog.text

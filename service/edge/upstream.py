@@ -61,6 +61,7 @@ class Followed:
         self._revision = 0  # the upstream's revision: nothing changed up to here
         self._listeners: list[Callable] = []
         self.connected = False
+        self.reached = False  # the upstream answered this edge's WatchSmtp at least once
         self._contact = time.monotonic()  # when the upstream was last known to be followed
 
     @property
@@ -69,7 +70,9 @@ class Followed:
 
     def get(self) -> FollowedRevision:
         if self._current is None:
-            raise NotFound("the upstream has no SMTP profile yet (or this edge has not reached it yet)")
+            if not self.reached:  # not "no profile": the app should retry, not give up
+                raise Unavailable("this edge has not reached its upstream yet; try again later")
+            raise NotFound("the upstream has no SMTP profile yet")
         return self._current
 
     def age(self) -> float:
@@ -79,6 +82,7 @@ class Followed:
     def mark(self, connected: bool) -> None:
         self._contact = time.monotonic()
         self.connected = connected
+        self.reached = self.reached or connected
 
     def take(self, event: v2.WatchSmtpEvent) -> None:
         self._contact = time.monotonic()
@@ -196,6 +200,7 @@ class Upstream:
 
     async def _follow(self) -> None:
         delay = 0.1
+        warned: set[str] = set()  # one warning per address and streak of failures, not one per retry
         while True:
             after = await self._followed.catch_up()
             try:
@@ -206,10 +211,16 @@ class Upstream:
                     self._followed.mark(True)
                     self._followed.take(event)
                     delay = 0.1
+                    warned.clear()
             except grpc.aio.AioRpcError as error:
                 if error.code() != grpc.StatusCode.UNAVAILABLE:
                     log.warning("upstream WatchSmtp ended %s", error.code().name)
                 elif not self._followed.connected:
+                    # Otherwise silent: a refused client certificate or a wrong CA looks like this.
+                    address = self._addresses[self._index]
+                    if address not in warned:
+                        log.warning("upstream %s cannot be followed: %s", address, error.details() or error.code().name)
+                        warned.add(address)
                     self._next_address()
             if self._followed.connected:
                 self._followed.mark(False)
