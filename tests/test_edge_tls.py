@@ -8,6 +8,7 @@ body shows in no response, trailer, error, log line or file of the edge's data d
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,13 +119,14 @@ def test_an_mtls_edge_is_named_by_its_certificate_and_never_shows_its_key(
             assert PASSWORD.encode() not in path.read_bytes(), path
 
 
-def test_an_edge_whose_certificate_the_central_refuses_says_so_and_answers_unavailable(
+def test_an_edge_whose_certificate_is_refused_says_so_answers_unavailable_and_takes_a_renewed_one(
     root: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     ca, other = TestCA(root / "ca"), TestCA(root / "other", name="another CA")
     server_cert = ca.issue("central")
     stranger = other.issue_client("edge", "edge-a", uris=(EDGE_URI,))
+    keys = [_pem_body(stranger.key)]
     central = ServerThread(
         root / "central", tls_cert_file=server_cert.cert, tls_key_file=server_cert.key, tls_client_ca_file=ca.path,
         policy=((EDGE_URI, EDGE_PERMISSIONS),),
@@ -142,8 +144,18 @@ def test_an_edge_whose_certificate_the_central_refuses_says_so_and_answers_unava
         with pytest.raises(grpc.RpcError) as raised:  # not NOT_FOUND: there may well be a profile
             edge_stub.GetSmtp(v2.GetSmtpRequest(), metadata=_auth(APP_TOKEN), timeout=5)
         assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        # The certificate is renewed in place (as cert-manager does): used without a restart.
+        renewed = ca.issue_client("renewed", "edge-a", uris=(EDGE_URI,))
+        keys.append(_pem_body(renewed.key))
+        os.replace(renewed.key, stranger.key)
+        os.replace(renewed.cert, stranger.cert)
+        _until(lambda: any(r.getMessage() == f"following upstream {central.target}" for r in caplog.records))
+        with pytest.raises(grpc.RpcError) as reached:  # the central has no profile
+            edge_stub.GetSmtp(v2.GetSmtpRequest(), metadata=_auth(APP_TOKEN), timeout=5)
+        assert reached.value.code() == grpc.StatusCode.NOT_FOUND
     finally:
         if edge is not None:
             edge.stop()
         central.stop()
-    assert _pem_body(stranger.key) not in caplog.text and "PRIVATE KEY" not in caplog.text
+    for key in keys:
+        assert key not in caplog.text and "PRIVATE KEY" not in caplog.text

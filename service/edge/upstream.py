@@ -142,6 +142,7 @@ class Upstream:
                 raise FailedPrecondition(f"{settings.upstream_token_file} is empty")
         self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
         self._credentials = self._tls(settings)
+        self._tls_stamp = self._tls_files_stamp()
         self._channel: grpc.aio.Channel | None = None
         self._channel_index = -1
         self._follower: asyncio.Task | None = None
@@ -159,6 +160,32 @@ class Upstream:
         key = settings.upstream_key_file.read_bytes() if settings.upstream_key_file else None
         cert = settings.upstream_cert_file.read_bytes() if settings.upstream_cert_file else None
         return grpc.ssl_channel_credentials(settings.upstream_ca_file.read_bytes(), key, cert)
+
+    def _tls_files_stamp(self) -> tuple[int, ...]:
+        files = (self._settings.upstream_ca_file, self._settings.upstream_cert_file, self._settings.upstream_key_file)
+        stamp = []
+        for path in files:
+            with contextlib.suppress(OSError):
+                if path is not None:
+                    stamp.append(path.stat().st_mtime_ns)
+        return tuple(stamp)
+
+    def _reload_tls(self) -> None:
+        """Rotated certificate files (cert-manager renews them in place) are used from the next
+        connection on, without a restart; the channel is rebuilt only when they changed."""
+        if self._credentials is None:
+            return
+        stamp = self._tls_files_stamp()
+        if stamp == self._tls_stamp:
+            return
+        try:
+            credentials = self._tls(self._settings)
+        except OSError as error:  # mid-rotation: try again at the next failure
+            log.warning("upstream TLS files cannot be read again: %s", error.strerror)
+            return
+        self._tls_stamp, self._credentials = stamp, credentials
+        self._channel_index = -1  # the next _stub() dials anew with them
+        log.info("upstream TLS files changed: using them from the next connection")
 
     @property
     def name(self) -> str:
@@ -221,6 +248,7 @@ class Upstream:
                     if address not in warned:
                         log.warning("upstream %s cannot be followed: %s", address, error.details() or error.code().name)
                         warned.add(address)
+                    self._reload_tls()
                     self._next_address()
             if self._followed.connected:
                 self._followed.mark(False)
