@@ -61,6 +61,7 @@ class Followed:
         self._revision = 0  # the upstream's revision: nothing changed up to here
         self._listeners: list[Callable] = []
         self.connected = False
+        self.reached = False  # the upstream answered this edge's WatchSmtp at least once
         self._contact = time.monotonic()  # when the upstream was last known to be followed
 
     @property
@@ -69,7 +70,9 @@ class Followed:
 
     def get(self) -> FollowedRevision:
         if self._current is None:
-            raise NotFound("the upstream has no SMTP profile yet (or this edge has not reached it yet)")
+            if not self.reached:  # not "no profile": the app should retry, not give up
+                raise Unavailable("this edge has not reached its upstream yet; try again later")
+            raise NotFound("the upstream has no SMTP profile yet")
         return self._current
 
     def age(self) -> float:
@@ -79,6 +82,7 @@ class Followed:
     def mark(self, connected: bool) -> None:
         self._contact = time.monotonic()
         self.connected = connected
+        self.reached = self.reached or connected
 
     def take(self, event: v2.WatchSmtpEvent) -> None:
         self._contact = time.monotonic()
@@ -138,6 +142,7 @@ class Upstream:
                 raise FailedPrecondition(f"{settings.upstream_token_file} is empty")
         self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
         self._credentials = self._tls(settings)
+        self._tls_stamp = self._tls_files_stamp()
         self._channel: grpc.aio.Channel | None = None
         self._channel_index = -1
         self._follower: asyncio.Task | None = None
@@ -155,6 +160,32 @@ class Upstream:
         key = settings.upstream_key_file.read_bytes() if settings.upstream_key_file else None
         cert = settings.upstream_cert_file.read_bytes() if settings.upstream_cert_file else None
         return grpc.ssl_channel_credentials(settings.upstream_ca_file.read_bytes(), key, cert)
+
+    def _tls_files_stamp(self) -> tuple[int, ...]:
+        files = (self._settings.upstream_ca_file, self._settings.upstream_cert_file, self._settings.upstream_key_file)
+        stamp = []
+        for path in files:
+            with contextlib.suppress(OSError):
+                if path is not None:
+                    stamp.append(path.stat().st_mtime_ns)
+        return tuple(stamp)
+
+    def _reload_tls(self) -> None:
+        """Rotated certificate files (cert-manager renews them in place) are used from the next
+        connection on, without a restart; the channel is rebuilt only when they changed."""
+        if self._credentials is None:
+            return
+        stamp = self._tls_files_stamp()
+        if stamp == self._tls_stamp:
+            return
+        try:
+            credentials = self._tls(self._settings)
+        except OSError as error:  # mid-rotation: try again at the next failure
+            log.warning("upstream TLS files cannot be read again: %s", error.strerror)
+            return
+        self._tls_stamp, self._credentials = stamp, credentials
+        self._channel_index = -1  # the next _stub() dials anew with them
+        log.info("upstream TLS files changed: using them from the next connection")
 
     @property
     def name(self) -> str:
@@ -196,6 +227,7 @@ class Upstream:
 
     async def _follow(self) -> None:
         delay = 0.1
+        warned: set[str] = set()  # one warning per address and streak of failures, not one per retry
         while True:
             after = await self._followed.catch_up()
             try:
@@ -206,10 +238,17 @@ class Upstream:
                     self._followed.mark(True)
                     self._followed.take(event)
                     delay = 0.1
+                    warned.clear()
             except grpc.aio.AioRpcError as error:
                 if error.code() != grpc.StatusCode.UNAVAILABLE:
                     log.warning("upstream WatchSmtp ended %s", error.code().name)
                 elif not self._followed.connected:
+                    # Otherwise silent: a refused client certificate or a wrong CA looks like this.
+                    address = self._addresses[self._index]
+                    if address not in warned:
+                        log.warning("upstream %s cannot be followed: %s", address, error.details() or error.code().name)
+                        warned.add(address)
+                    self._reload_tls()
                     self._next_address()
             if self._followed.connected:
                 self._followed.mark(False)
