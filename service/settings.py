@@ -828,5 +828,12 @@ def check(settings: Settings) -> None:
         raise SettingsError("an edge (upstream is set) holds no provider instances: remove [[providers]]")
     if settings.upstream and settings.store != "sqlite":
         raise SettingsError("an edge (upstream is set) has no store of its own: remove store")
+    if settings.upstream_token_file is not None and settings.upstream_ca_file is None:
+        remote = [a for a in settings.upstream if not is_loopback(split_address(a)[0])]
+        if remote:
+            raise SettingsError(
+                f"upstream_token_file would be sent in clear to {', '.join(remote)}: set upstream_ca_file"
+                " (TLS to the upstream), or follow an upstream on this machine's loopback"
+            )
     if settings.etcd_user and settings.etcd_password_file is None:
         raise SettingsError("etcd_user needs etcd_password_file (the password is read from a file, never a setting)")

@@ -272,6 +272,19 @@ def test_an_edge_refuses_declared_providers(tmp_path: Path) -> None:
                        providers=({"id": 3, "name": "f", "type": "file", "initialization": {}},)))
 
 
+@pytest.mark.parametrize("upstream", ["smtpconfig.example:8443", "10.0.0.5:8443", "127.0.0.1:1,[2001:db8::1]:8443"])
+def test_an_edge_never_sends_its_token_in_clear_off_this_machine(tmp_path: Path, upstream: str) -> None:
+    from smtpconfig.settings import Settings, SettingsError, check
+
+    token = tmp_path / "edge.token"
+    with pytest.raises(SettingsError, match="would be sent in clear"):
+        check(Settings(data_dir=tmp_path, upstream=tuple(upstream.split(",")), upstream_token_file=token))
+    # With TLS to the upstream, or an upstream on loopback, it may.
+    check(Settings(data_dir=tmp_path, upstream=tuple(upstream.split(",")), upstream_token_file=token,
+                   upstream_ca_file=tmp_path / "ca.pem"))
+    check(Settings(data_dir=tmp_path, upstream=("127.0.0.1:8443", "[::1]:8443"), upstream_token_file=token))
+
+
 def test_a_refresh_passes_upstream_and_returns_a_rotated_password_at_once(world) -> None:
     central, edge, base = world
     _until(lambda: _get(edge))
