@@ -278,7 +278,7 @@ class App:
         if self._upstream is not None:
             assert self._followed is not None and self._watch is not None
             return [
-                (EdgeConfigServiceV1(self._upstream, guard), config_v1),
+                (EdgeConfigServiceV1(self._upstream, guard, settings.default_deadline), config_v1),
                 (EdgeConfigServiceV2(self._followed, self._upstream, guard, self._watch,
                                      settings.watch_max_age_seconds, settings.default_deadline), config_v2),
                 (EdgeProviderServiceV2(self._upstream, guard), providers),

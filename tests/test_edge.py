@@ -301,3 +301,29 @@ def test_a_refresh_passes_upstream_and_returns_a_rotated_password_at_once(world)
     with pytest.raises(grpc.RpcError) as limited:
         _edge(edge).ResolveSmtp(v2.ResolveSmtpRequest(refresh=True), metadata=_auth(APP_TOKEN), timeout=5)
     assert limited.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_v1_reads_in_keyfactors_shape_follow_the_central_and_writes_are_refused(world) -> None:
+    from smtpconfig.v1 import config_service_pb2 as v1
+    from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
+
+    central, edge, _ = world
+    _until(lambda: _get(edge))
+    stub = v1_grpc.ConfigServiceStub(grpc.insecure_channel(edge.target))
+    direct = v1_grpc.ConfigServiceStub(grpc.insecure_channel(central.address))
+    got = stub.GetSmtp(v1.GetSmtpRequest(), metadata=_auth(APP_TOKEN), timeout=5)
+    assert got == direct.GetSmtp(v1.GetSmtpRequest(), metadata=_auth(ADMIN_TOKEN), timeout=5)
+    assert PASSWORD not in str(got)
+    # A central change shows in v1 too, once the edge follows it.
+    central.stub().UpdateSmtp(
+        v2.UpdateSmtpRequest(profile=v2_profile(edit(PROFILE, Host="relay3.example.com"))),
+        metadata=_auth(ADMIN_TOKEN), timeout=10,
+    )
+    _until(lambda: _get(edge)[0].profile.host == "relay3.example.com" or None)
+    assert stub.GetSmtp(v1.GetSmtpRequest(), metadata=_auth(APP_TOKEN), timeout=5).profile.host == "relay3.example.com"
+    # The central stopped: the last v1 copy is still served.
+    central.stop()
+    assert stub.GetSmtp(v1.GetSmtpRequest(), metadata=_auth(APP_TOKEN), timeout=5).profile.host == "relay3.example.com"
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.UpdateSmtp(v1.UpdateSmtpRequest(profile=got.profile), metadata=_auth(APP_TOKEN), timeout=5)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION

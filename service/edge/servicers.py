@@ -15,6 +15,8 @@ from smtpconfig.api.watch_servicer import WatchSmtpV2
 from smtpconfig.core.errors import FailedPrecondition
 from smtpconfig.domain.watch import ProfileWatch
 from smtpconfig.edge.upstream import Followed, FollowedRevision, Upstream
+from smtpconfig.v1 import config_service_pb2 as v1
+from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 
@@ -110,6 +112,26 @@ def _refusing(base: type, name: str) -> type:
     return type(name, (), members)
 
 
-# Provider management and v1 (whose shape needs the profile decoded, which an edge does not do).
+# Provider management: there are no provider instances here.
 EdgeProviderServiceV2 = _refusing(SecretProviderServiceV2, "EdgeProviderServiceV2")
-EdgeConfigServiceV1 = _refusing(ConfigServiceV1, "EdgeConfigServiceV1")
+
+
+class EdgeConfigServiceV1(_refusing(ConfigServiceV1, "_RefusingV1"), v1_grpc.ConfigServiceServicer):  # type: ignore[misc]
+    """`smtpconfig.v1.ConfigService` on an edge: GetSmtp in the upstream's v1 shape (fetched once
+    per followed revision), TestSmtp forwarded, UpdateSmtp refused."""
+
+    def __init__(self, upstream: Upstream, guard: Guard, upstream_timeout: float = 10.0) -> None:
+        self.guard = guard
+        self._upstream = upstream
+        self._timeout = upstream_timeout
+
+    @rpc("smtp:read", waits=False)
+    async def GetSmtp(self, request, context: grpc.aio.ServicerContext) -> v1.GetSmtpResponse:
+        return await self._upstream.get_v1(calls.current().identity, self._timeout)
+
+    @rpc("smtp:test", audit=True, limit="test")
+    async def TestSmtp(self, request: v1.TestSmtpRequest, context: grpc.aio.ServicerContext) -> v1.TestSmtpResponse:
+        call = calls.current()
+        response = await self._upstream.test_v1(request, call.identity, self._timeout)
+        call.note(message=f"test forwarded to {self._upstream.name}: sent")  # v1 answers a failure as an error
+        return response

@@ -34,6 +34,8 @@ from smtpconfig.core.errors import (
     violation,
 )
 from smtpconfig.settings import Settings
+from smtpconfig.v1 import config_service_pb2 as v1
+from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 
@@ -149,6 +151,7 @@ class Upstream:
         self._cached: tuple[v2.ResolveSmtpResponse, float, str] | None = None
         self._flight: asyncio.Task | None = None
         self._refresh_flight: asyncio.Task | None = None
+        self._v1: v1.GetSmtpResponse | None = None
         # Bumped by every refresh: an answer asked for before it must not replace a fresher one.
         self._generation = 0
         self.calls = 0  # upstream ResolveSmtp calls made (tests, metrics)
@@ -192,6 +195,9 @@ class Upstream:
         return ", ".join(self._addresses)
 
     def _stub(self) -> v2_grpc.ConfigServiceStub:
+        return v2_grpc.ConfigServiceStub(self._current_channel())
+
+    def _current_channel(self) -> grpc.aio.Channel:
         if self._channel is None or self._channel_index != self._index:
             if self._channel is not None:
                 old = self._channel
@@ -202,7 +208,7 @@ class Upstream:
                 else grpc.aio.insecure_channel(address)
             )
             self._channel_index = self._index
-        return v2_grpc.ConfigServiceStub(self._channel)
+        return self._channel
 
     def _next_address(self) -> None:
         self._index = (self._index + 1) % len(self._addresses)
@@ -288,12 +294,33 @@ class Upstream:
     async def test(self, request: v2.TestSmtpRequest, on_behalf_of: str, timeout: float) -> v2.TestSmtpResponse:
         return await self._call("TestSmtp", request, on_behalf_of, timeout)
 
-    async def _call(self, method: str, request, on_behalf_of: str, timeout: float):
+    async def get_v1(self, on_behalf_of: str, timeout: float) -> v1.GetSmtpResponse:
+        """The upstream's v1 GetSmtp (Keyfactor's v1 shape, which only a server that decodes the
+        profile can give), fetched once per followed revision and served from that copy while it
+        is current, or while the upstream cannot be reached."""
+        etag = self._followed.current.etag if self._followed.current else ""
+        cached = self._v1
+        if cached is not None and (cached.etag == etag or not self._followed.connected):
+            return cached
+        try:
+            answer = await self._call("GetSmtp", v1.GetSmtpRequest(), on_behalf_of, timeout, version=1)
+        except Unavailable:
+            if cached is None:
+                raise
+            return cached
+        self._v1 = answer
+        return answer
+
+    async def test_v1(self, request: v1.TestSmtpRequest, on_behalf_of: str, timeout: float) -> v1.TestSmtpResponse:
+        return await self._call("TestSmtp", request, on_behalf_of, timeout, version=1)
+
+    async def _call(self, method: str, request, on_behalf_of: str, timeout: float, version: int = 2):
         """`method` on the upstream, trying each address once while they answer UNAVAILABLE."""
         last: grpc.aio.AioRpcError | None = None
         for _ in self._addresses:
+            stub = self._stub() if version == 2 else v1_grpc.ConfigServiceStub(self._current_channel())
             try:
-                return await getattr(self._stub(), method)(request, metadata=self._meta(on_behalf_of), timeout=timeout)
+                return await getattr(stub, method)(request, metadata=self._meta(on_behalf_of), timeout=timeout)
             except grpc.aio.AioRpcError as error:
                 if error.code() != grpc.StatusCode.UNAVAILABLE:
                     raise _error(error) from None
