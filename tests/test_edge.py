@@ -327,3 +327,40 @@ def test_v1_reads_in_keyfactors_shape_follow_the_central_and_writes_are_refused(
     with pytest.raises(grpc.RpcError) as refused:
         stub.UpdateSmtp(v1.UpdateSmtpRequest(profile=got.profile), metadata=_auth(APP_TOKEN), timeout=5)
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_real_processes_an_edge_process_follows_a_central_process_and_outlives_it(tmp_path: Path) -> None:
+    """`smtpconfig serve` twice: a central on loopback TCP and an edge on its Unix socket."""
+    from tests.kits.support import ServerProcess
+
+    base = short_dir("edgeproc")
+    port = _free_port()
+    central = ServerProcess(base / "central")
+    central.args[central.args.index("127.0.0.1:0")] = f"127.0.0.1:{port}"
+    central.start()
+    edge = None
+    try:
+        with central.channel() as channel:
+            v2_grpc.ConfigServiceStub(channel).UpdateSmtp(v2.UpdateSmtpRequest(profile=v2_profile(BASIC_V2)), timeout=10)
+            direct = v2_grpc.ConfigServiceStub(channel).ResolveSmtp(v2.ResolveSmtpRequest(), timeout=10)
+        edge = ServerProcess(base / "edge", "--upstream", f"127.0.0.1:{port}",
+                             env={"SMTPCONFIG_UPSTREAM_TOKEN_FILE": str(central.token_path)}).start()
+        with edge.channel() as channel:
+            stub = v2_grpc.ConfigServiceStub(channel)
+            got = _until(lambda: stub.GetSmtp(v2.GetSmtpRequest(), timeout=5))
+            assert got.etag == direct.etag and got.profile == direct.profile
+            resolved = stub.ResolveSmtp(v2.ResolveSmtpRequest(), timeout=10)
+            assert resolved.credentials.password == direct.credentials.password
+            central.kill9()
+            assert stub.GetSmtp(v2.GetSmtpRequest(), timeout=5).etag == direct.etag  # the last followed profile
+            assert stub.ResolveSmtp(v2.ResolveSmtpRequest(), timeout=5).credentials == resolved.credentials
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.UpdateSmtp(v2.UpdateSmtpRequest(profile=v2_profile(BASIC_V2)), timeout=5)
+            assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert central.token not in edge.log()
+    finally:
+        if edge is not None:
+            edge.terminate()
+        if central.proc is not None and central.proc.poll() is None:
+            central.terminate()
+        shutil.rmtree(base, ignore_errors=True)
