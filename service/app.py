@@ -80,6 +80,7 @@ STORE_HEALTH_NAME = "smtpconfig.store"
 # resolutions) are refused meanwhile, reads are still answered.
 AUDIT_HEALTH = "smtpconfig.audit"
 AUDIT_DIR = "audit"
+EDGE_RESYNCED = "this edge resynced from its upstream; reconnect with AfterRevision"
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -166,10 +167,12 @@ class App:
     async def _open_edge(self) -> None:
         """An edge: the profile followed from the upstream, in memory; no store, no providers."""
         settings = self.settings
-        self._followed = Followed()
+        self._followed = Followed(keep=settings.history_keep)
         self._upstream = Upstream(settings, self._followed)
+        self._watch = watch = ProfileWatch(self._followed, settings.watch_progress_seconds)
+        # The edge lost track of its upstream: its clients resume, and resync in turn.
+        self._followed.on_resync(lambda: watch.end_open(EDGE_RESYNCED))
         self._upstream.start()
-        self._watch = ProfileWatch(self._followed, settings.watch_progress_seconds)
         self._watch.start()
 
     async def _open_domain(self, sealer: Sealer) -> None:

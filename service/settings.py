@@ -535,8 +535,8 @@ class Settings:
     # WatchSmtp streams one identity may hold open at once; 0: no limit. They do not count
     # against max_concurrent_rpcs_per_identity, which is for calls that end.
     max_watch_streams_per_identity: int = _setting(8, _COUNT, "MAX_WATCH_STREAMS_PER_IDENTITY")
-    # SQLite: changes kept so that a WatchSmtp client can resume after its revision; one resuming
-    # from before the oldest kept gets a resync snapshot.
+    # SQLite (an edge: revisions followed, in memory): changes kept so that a WatchSmtp client can
+    # resume after its revision; one resuming from before the oldest kept gets a resync snapshot.
     history_keep: int = _setting(1000, _BURST, "HISTORY_KEEP")
     # --- store ---
     # Where the profile and provider instances live: "sqlite" (the embedded default, one server

@@ -364,3 +364,99 @@ def test_real_processes_an_edge_process_follows_a_central_process_and_outlives_i
         if central.proc is not None and central.proc.poll() is None:
             central.terminate()
         shutil.rmtree(base, ignore_errors=True)
+def test_a_resuming_client_of_the_edge_gets_the_changes_it_missed(world) -> None:
+    central, edge, base = world
+    _until(lambda: _get(edge))
+    stream = _edge(edge).WatchSmtp(v2.WatchSmtpRequest(), metadata=_auth(APP_TOKEN), timeout=30)
+    snapshot = next(stream)
+    stream.cancel()
+    assert snapshot.kind == Event.KIND_SNAPSHOT
+    for host in ("relay2.example.com", "relay3.example.com"):
+        central.stub().UpdateSmtp(v2.UpdateSmtpRequest(profile=v2_profile(edit(PROFILE, Host=host))),
+                                  metadata=_auth(ADMIN_TOKEN), timeout=10)
+    _until(lambda: _get(edge)[0].profile.host == "relay3.example.com")
+    resumed = _edge(edge).WatchSmtp(v2.WatchSmtpRequest(after_revision=snapshot.revision),
+                                    metadata=_auth(APP_TOKEN), timeout=30)
+    missed = [next(resumed), next(resumed)]
+    resumed.cancel()
+    assert [e.kind for e in missed] == [Event.KIND_CHANGE, Event.KIND_CHANGE]
+    assert [e.profile.host for e in missed] == ["relay2.example.com", "relay3.example.com"]
+    assert snapshot.revision < missed[0].revision < missed[1].revision
+    # An edge started after those changes keeps nothing older: a client resuming from before gets RESYNC.
+    late = ServerThread(
+        base / "edge-late", upstream=(central.address,), upstream_token_file=base / "edge.token",
+        tokens=(("billing-app", token_hash(APP_TOKEN)),), policy=(("billing-app", ("*",)),),
+    ).start()
+    try:
+        _until(lambda: _get(late))
+        again = _edge(late).WatchSmtp(v2.WatchSmtpRequest(after_revision=snapshot.revision),
+                                      metadata=_auth(APP_TOKEN), timeout=30)
+        first = next(again)
+        again.cancel()
+        assert first.kind == Event.KIND_RESYNC and first.revision == missed[1].revision
+        assert first.profile.host == "relay3.example.com"
+    finally:
+        late.stop()
+
+
+def _followed_event(kind: int, revision: int, host: str = "smtp.example.com") -> v2.WatchSmtpEvent:
+    if kind == Event.KIND_PROGRESS:
+        return Event(kind=kind, revision=revision)  # type: ignore[arg-type]
+    return Event(kind=kind, revision=revision, etag=f"e{revision}",  # type: ignore[arg-type]
+                 profile=v2_profile(edit(PROFILE, Host=host)))
+
+
+def test_followed_keeps_the_last_revisions_and_drops_them_on_an_upstream_resync() -> None:
+    import asyncio
+
+    from smtpconfig.edge.upstream import Followed
+
+    followed = Followed(keep=3)
+    resyncs: list[bool] = []
+    followed.on_resync(lambda: resyncs.append(True))
+
+    def after(revision: int) -> list[int] | None:
+        kept = asyncio.run(followed.changes_after(revision))
+        return None if kept is None else [k.revision for k in kept]
+
+    assert after(1) is None  # nothing followed yet
+    followed.take(_followed_event(Event.KIND_SNAPSHOT, 10))
+    assert after(10) == [] and after(9) is None
+    for revision in (12, 15, 20):
+        followed.take(_followed_event(Event.KIND_CHANGE, revision))
+    assert after(10) == [12, 15, 20]  # the snapshot went, and every change after it is kept
+    followed.take(_followed_event(Event.KIND_CHANGE, 22))
+    followed.take(_followed_event(Event.KIND_PROGRESS, 25))
+    assert after(10) is None and after(11) is None  # 12 went: changes after it are all that is known
+    assert after(12) == [15, 20, 22] and after(16) == [20, 22] and after(22) == [] and after(30) == []
+    assert not resyncs
+    followed.take(_followed_event(Event.KIND_RESYNC, 4, "relay9.example.com"))
+    assert resyncs == [True]
+    assert after(3) is None and after(4) == []  # (newer than 4 is no revision now: WatchSmtp resyncs it)
+    assert followed.current is not None and followed.current.revision == 4
+    followed.take(_followed_event(Event.KIND_CHANGE, 6))
+    assert after(4) == [6]
+
+
+def test_an_upstream_resync_ends_the_edges_open_streams_but_not_later_ones() -> None:
+    import asyncio
+
+    from smtpconfig.domain.watch import Ended, ProfileWatch
+    from smtpconfig.edge.upstream import Followed
+
+    async def run() -> None:
+        followed = Followed()
+        watch = ProfileWatch(followed, 60.0)
+        followed.on_resync(lambda: watch.end_open("resynced"))
+        followed.take(_followed_event(Event.KIND_SNAPSHOT, 10))
+        with watch.open() as open_before:
+            followed.take(_followed_event(Event.KIND_CHANGE, 11))
+            assert (await open_before.next()).revision == 11  # a change does not end it
+            followed.take(_followed_event(Event.KIND_RESYNC, 3, "relay9.example.com"))
+            assert await open_before.next() == Ended("resynced")  # not revision 3 after 11
+        with watch.open() as opened_after:
+            followed.take(_followed_event(Event.KIND_CHANGE, 5))
+            assert (await opened_after.next()).revision == 5
+        await watch.stop("done")
+
+    asyncio.run(run())

@@ -147,6 +147,12 @@ class ProfileWatch:
         for subscription in self._subscriptions:
             subscription.end(self._ended)
 
+    def end_open(self, reason: str) -> None:
+        """End the streams open now with `reason`; streams opened afterwards are served."""
+        ended = Ended(reason)
+        for subscription in self._subscriptions:
+            subscription.end(ended)
+
     def reopen(self) -> None:
         """Serve streams again (the store is back after `end_all`)."""
         self._ended = None

@@ -3,6 +3,11 @@
 `Followed` holds the upstream's profile in memory (never on disk) as the upstream showed it, and
 gives WatchSmtp (`ProfileWatch`) the interface `ProfileService` gives it: `current`, `on_change`,
 `catch_up` (the upstream's revision from its latest PROGRESS or change) and `changes_after`.
+It keeps the last `keep` revisions it followed (in memory only), so that a WatchSmtp client of the
+edge that resumes with AfterRevision gets the changes it missed rather than a RESYNC. When the edge
+itself gets a RESYNC from its upstream (it lost track, or follows another upstream now), that
+history is dropped and `on_resync` listeners are told: streams of the edge's clients must end, so
+that they resume and resync too, rather than see a revision that goes down.
 
 `Upstream` dials the upstream addresses in turn (the next one on UNAVAILABLE, with backoff),
 follows the profile, and answers ResolveSmtp from one shared upstream call per expiry of the
@@ -15,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -58,10 +64,15 @@ class FollowedRevision:
 class Followed:
     """The upstream's profile as last followed, and the listeners told of each new revision."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: int = 100) -> None:
         self._current: FollowedRevision | None = None
         self._revision = 0  # the upstream's revision: nothing changed up to here
         self._listeners: list[Callable] = []
+        self._resync_listeners: list[Callable[[], None]] = []
+        # The last revisions followed, oldest first; every change after `_kept_from` is in it
+        # (None: no history yet, or it was dropped).
+        self._kept: deque[FollowedRevision] = deque(maxlen=max(1, keep))
+        self._kept_from: int | None = None
         self.connected = False
         self.reached = False  # the upstream answered this edge's WatchSmtp at least once
         self._contact = time.monotonic()  # when the upstream was last known to be followed
@@ -90,6 +101,13 @@ class Followed:
         self._contact = time.monotonic()
         # A resync restarts the count: the upstream's history (or the upstream) is another one.
         self._revision = event.revision if event.kind == _EVENT.KIND_RESYNC else max(self._revision, event.revision)
+        restart = event.kind in (_EVENT.KIND_SNAPSHOT, _EVENT.KIND_RESYNC)
+        if restart:  # what was kept belongs to another history: clients behind it must resync
+            self._kept.clear()
+            self._kept_from = event.revision
+        if event.kind == _EVENT.KIND_RESYNC:
+            for resync_listener in list(self._resync_listeners):
+                resync_listener()
         if event.kind == _EVENT.KIND_PROGRESS or not event.HasField("profile"):
             return
         current = self._current
@@ -98,19 +116,38 @@ class Followed:
         self._current = FollowedRevision(
             event.profile, event.etag, event.revision, event.update_time.ToDatetime(tzinfo=UTC)
         )
+        self._keep(self._current)
         for listener in list(self._listeners):
             listener(self._current)
+
+    def _keep(self, revision: FollowedRevision) -> None:
+        if self._kept_from is None:
+            return
+        if len(self._kept) == self._kept.maxlen:  # the oldest goes: only changes after it stay known
+            self._kept_from = self._kept[0].revision
+        self._kept.append(revision)
 
     def on_change(self, listener: Callable) -> Callable[[], None]:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
+    def on_resync(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """`listener()` whenever the upstream resyncs this edge (its kept history is dropped)."""
+        self._resync_listeners.append(listener)
+        return lambda: self._resync_listeners.remove(listener)
+
     async def catch_up(self) -> int:
         return self._revision
 
     async def changes_after(self, after: int) -> list[FollowedRevision] | None:
-        """Only the current revision is held: a client further behind gets a resync snapshot."""
-        return None
+        """Every revision followed after `after`, oldest first ([] when `after` is current or
+        newer), or None when `after` is older than what is kept: the client must resync.
+
+        Revisions the upstream skipped on this edge's own stream (a slow consumer's queue
+        collapses to the newest) are missing here too; the newest is always kept."""
+        if self._kept_from is None or after < self._kept_from:
+            return None
+        return [kept for kept in self._kept if kept.revision > after]
 
 
 def _error(error: grpc.aio.AioRpcError) -> SmtpConfigError:
