@@ -10,7 +10,6 @@ when the edge is trusted); writes are refused; the edge's upstream token shows n
 from __future__ import annotations
 
 import shutil
-import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,43 +24,22 @@ from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from smtpconfig.v2 import secret_provider_service_pb2 as providers_pb
 from smtpconfig.v2 import secret_provider_service_pb2_grpc as providers_grpc
 from tests.kits.calls import list_records
+from tests.kits.edge import (
+    ADMIN_TOKEN,
+    APP_TOKEN,
+    EDGE_PERMISSIONS,
+    EDGE_TOKEN,
+    FILES,
+    PASSWORD,
+    PROFILE,
+    UNTRUSTED_TOKEN,
+    Event,
+)
+from tests.kits.edge import auth as _auth
+from tests.kits.edge import free_port as _free_port
+from tests.kits.edge import until as _until
 from tests.kits.profiles import BASIC_V2, edit, v2_profile
 from tests.kits.support import ServerThread, short_dir
-
-ADMIN_TOKEN = "PLANTED-central-admin-4f1a"
-EDGE_TOKEN = "PLANTED-edge-upstream-token-91d2"
-UNTRUSTED_TOKEN = "PLANTED-edge-b-upstream-token-33c7"
-APP_TOKEN = "PLANTED-billing-app-token-0e5b"
-PASSWORD = "PLANTED-edge-relay-password-6a0c"
-FILES = 3
-EDGE_PERMISSIONS = ("smtp:read", "smtp:watch", "smtp:resolve", "smtp:test")
-PROFILE = edit(BASIC_V2, RelayPassword={"Provider": FILES, "Parameters": {"File": "smtp-password"}})
-Event = v2.WatchSmtpEvent
-
-
-def _auth(token: str) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {token}"),)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _until(check, timeout: float = 15.0):
-    end = time.monotonic() + timeout
-    while True:
-        try:
-            result = check()
-            if result:
-                return result
-        except grpc.RpcError:
-            if time.monotonic() > end:
-                raise
-        if time.monotonic() > end:
-            raise AssertionError("timed out")
-        time.sleep(0.05)
 
 
 class Central:

@@ -16,11 +16,13 @@ import pytest
 from smtpconfig.api.auth import token_hash
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
+from tests.kits.edge import APP_TOKEN, EDGE_PERMISSIONS, EDGE_TOKEN, Event
+from tests.kits.edge import auth as _auth
+from tests.kits.edge import until as _until
 from tests.kits.etcd import EtcdCluster
 from tests.kits.profiles import BASIC_V2
+from tests.kits.replicas import Replicas, config, rename, update
 from tests.kits.support import ServerThread, short_dir
-from tests.test_cluster import Replicas, config, rename, update
-from tests.test_edge import APP_TOKEN, EDGE_PERMISSIONS, EDGE_TOKEN, Event, _auth, _until
 
 CENTRAL_AUTH = dict(
     tokens=(("edge-a", token_hash(EDGE_TOKEN)),), policy=(("edge-a", EDGE_PERMISSIONS),),

@@ -20,10 +20,7 @@ from smtpconfig.api.auth import token_hash
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from tests.kits.calls import list_records
-from tests.kits.profiles import edit, v2_profile
-from tests.kits.support import ServerThread, short_dir
-from tests.kits.testca import TestCA
-from tests.test_edge import (
+from tests.kits.edge import (
     ADMIN_TOKEN,
     APP_TOKEN,
     EDGE_PERMISSIONS,
@@ -31,9 +28,12 @@ from tests.test_edge import (
     PASSWORD,
     PROFILE,
     Event,
-    _auth,
-    _until,
 )
+from tests.kits.edge import auth as _auth
+from tests.kits.edge import until as _until
+from tests.kits.profiles import edit, v2_profile
+from tests.kits.support import ServerThread, short_dir
+from tests.kits.testca import TestCA
 
 EDGE_URI = "spiffe://test/ns/mail/sa/edge-a"
 
