@@ -18,7 +18,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -41,7 +40,7 @@ from smtpconfig.api.auth import new_token, token_hash
 from smtpconfig.cli import client as cli_client
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
-from tests.kits.support import short_dir, wait_serving
+from tests.kits.support import free_port, short_dir, wait_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml"))
@@ -536,11 +535,6 @@ def test_the_standalone_policy_names_callers_by_certificate() -> None:
 
 # --- the shipped configs, running -----------------------------------------------------------------
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Running:

@@ -36,10 +36,10 @@ from tests.kits.edge import (
     Event,
 )
 from tests.kits.edge import auth as _auth
-from tests.kits.edge import free_port as _free_port
 from tests.kits.edge import until as _until
 from tests.kits.profiles import BASIC_V2, edit, v2_profile
 from tests.kits.support import ServerThread, short_dir
+from tests.kits.support import free_port as _free_port
 
 
 class Central:

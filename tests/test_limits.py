@@ -22,8 +22,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
@@ -35,7 +33,7 @@ from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
 from tests.kits.calls import ALICE_TOKEN, BOB_TOKEN, CALLERS, invoke, list_records, rid
 from tests.kits.profiles import BASIC_V2, anonymous, edit, v1_profile, v2_profile
 from tests.kits.smtpkit import SmtpServer
-from tests.kits.support import ServerThread, SilentListener, short_dir, wait_until
+from tests.kits.support import ServerThread, SilentListener, retry_delay, short_dir, wait_until
 
 RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 
@@ -77,17 +75,6 @@ def create_exec(stub: pb_grpc.SecretProviderServiceStub, command: str, **init: s
 def ref(provider: int, name: str) -> pb.CheckSecretRequest:
     return pb.CheckSecretRequest(secret=secret_pb2.SecretObject(provider=provider, parameters={"Name": name}))
 
-
-def retry_delay(error: grpc.RpcError) -> float:
-    """Seconds of the google.rpc.RetryInfo detail of a refused call."""
-    status = rpc_status.from_call(error)
-    assert status is not None, "no rich status on the error"
-    for detail in status.details:
-        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            info = error_details_pb2.RetryInfo()
-            detail.Unpack(info)
-            return info.retry_delay.ToTimedelta().total_seconds()
-    raise AssertionError("no RetryInfo detail")
 
 
 class SlowRelay:

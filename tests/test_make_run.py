@@ -6,20 +6,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 
 import pytest
 
 from tests.kits.profiles import BASIC_V1
-from tests.kits.support import copy_checkout, short_dir, wait_serving
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.kits.support import copy_checkout, free_port, short_dir, wait_serving
 
 
 @pytest.mark.slow
@@ -28,7 +21,7 @@ def test_make_run_from_a_fresh_clone_serves_and_the_cli_works() -> None:
     clone = base / "clone"
     copy_checkout(clone)
     assert not (clone / ".venv").exists()
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SMTPCONFIG_", "VIRTUAL_ENV"))}
     env["SMTPCONFIG_LISTEN"] = f"127.0.0.1:{port}"
     log = (base / "make-run.log").open("wb")

@@ -12,13 +12,12 @@ from typing import Any
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from smtpconfig.v2 import config_service_pb2 as v2
 from tests.kits.applykit import PASSWORD, USER, Net, Service, basic, oauth, outcomes, serve, smtp_kit, token_endpoint
 from tests.kits.calls import ALICE_TOKEN, BOB_TOKEN, CALLERS, invoke, list_records, rid
 from tests.kits.openbao import OpenBao
+from tests.kits.support import retry_delay
 
 RESOLVE = "v2.ConfigService/ResolveSmtp"
 REFRESH = v2.ResolveSmtpRequest(refresh=True)
@@ -42,16 +41,6 @@ def vault_refs(svc: Service, bao: OpenBao, password: str) -> tuple[str, dict[str
 
     return path, {"RelayUsername": ref("username"), "RelayPassword": ref("password")}
 
-
-def retry_delay(error: grpc.RpcError) -> float:
-    status = rpc_status.from_call(error)
-    assert status is not None, "no rich status on the error"
-    for detail in status.details:
-        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            info = error_details_pb2.RetryInfo()
-            detail.Unpack(info)
-            return info.retry_delay.ToTimedelta().total_seconds()
-    raise AssertionError("no RetryInfo detail")
 
 
 def record_of(svc: Service, request_id: str):

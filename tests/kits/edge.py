@@ -3,7 +3,6 @@ helpers for calling and waiting."""
 
 from __future__ import annotations
 
-import socket
 import time
 
 import grpc
@@ -25,11 +24,6 @@ Event = v2.WatchSmtpEvent
 def auth(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def until(check, timeout: float = 15.0):

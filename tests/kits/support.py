@@ -215,6 +215,28 @@ class ServerProcess(_Caller):
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def retry_delay(error: grpc.RpcError) -> float:
+    """Seconds of the google.rpc.RetryInfo detail of a refused call."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    status = rpc_status.from_call(error)
+    assert status is not None, "no rich status on the error"
+    for detail in status.details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return info.retry_delay.ToTimedelta().total_seconds()
+    raise AssertionError("no RetryInfo detail")
+
+
 def violations(error: grpc.RpcError) -> list[tuple[str, str]]:
     """(field, description) pairs of the google.rpc.BadRequest detail of a failed call."""
     from google.rpc import error_details_pb2
