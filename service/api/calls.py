@@ -55,7 +55,7 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 
-from smtpconfig.api.auth import Authenticator, Policy
+from smtpconfig.api.auth import Authenticator, Identity, Policy
 from smtpconfig.api.limits import RateLimiter
 from smtpconfig.api.refusals import RefusalRecords
 from smtpconfig.api.status import to_rpc_status
@@ -258,11 +258,7 @@ class Guard:
         sent = 0
         try:
             try:
-                identity = self._authenticator.identify(context, metadata)
-                call.identity = identity.name
-                self._on_behalf(call, metadata)
-                self._policy.check(identity, spec.permission)
-                call.policy = self._policy
+                identity = self._identify(call, spec, metadata, context)
                 progress.slot = self._take_stream_slot(identity.name)
                 request = await self._read_within_deadline(context, decode)
                 call.started = True
@@ -341,30 +337,31 @@ class Guard:
     ) -> None:
         """Steps 2-5, in this order: identify the caller, check its permission, take a slot, take
         from its rate limit. Each raises the domain error that refuses the call."""
+        identity = self._identify(call, spec, metadata, context)
+        progress.slot = self._take_slot(identity.name)
+        if spec.limit is not None:
+            self._take(call, spec.limit, "")
+
+    def _identify(self, call: Call, spec: RpcSpec, metadata, context: grpc.aio.ServicerContext) -> Identity:
+        """Who calls (and for whom, from a trusted edge), refused unless it holds the permission."""
         identity = self._authenticator.identify(context, metadata)
         call.identity = identity.name
         self._on_behalf(call, metadata)
         self._policy.check(identity, spec.permission)
         call.policy = self._policy
-        progress.slot = self._take_slot(identity.name)
-        if spec.limit is not None:
-            wait = self._limiters[spec.limit].acquire(identity.name)
-            if wait:
-                self._metrics.rate_limited(call.method)
-                raise ResourceExhausted(
-                    f"{identity.name!r} is over the {spec.limit} rate limit; retry in {_after(wait)}",
-                    retry_after=wait,
-                )
+        return identity
 
     def take(self, limit: str, what: str) -> None:
         """Take one from the `limit` rate limit of the current call's identity (a limit that
         depends on the request, so the method asks once it has read it), or refuse the call."""
-        call = current()
+        self._take(current(), limit, f" ({what})")
+
+    def _take(self, call: Call, limit: str, why: str) -> None:
         wait = self._limiters[limit].acquire(call.identity)
         if wait:
             self._metrics.rate_limited(call.method)
             raise ResourceExhausted(
-                f"{call.identity!r} is over the {limit} rate limit ({what}); retry in {_after(wait)}",
+                f"{call.identity!r} is over the {limit} rate limit{why}; retry in {_after(wait)}",
                 retry_after=wait,
             )
 
