@@ -126,6 +126,7 @@ class App:
         # before any caller could reach the server; and whether one could.
         self._created_data_dir: Path | None = None
         self._accepting = False
+        self._guard: Guard | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -138,7 +139,7 @@ class App:
         else:
             await self._open_domain(sealer)
         await self._open_audit()
-        guard = self._make_guard(guard_tokens, policy)
+        guard = self._guard = self._make_guard(guard_tokens, policy)
         server = await self._build_server(guard)
         await self._listen(server)
         await self._start_side_listeners()
@@ -486,6 +487,8 @@ class App:
             await self._watch.stop("the server is shutting down; reconnect with AfterRevision")
         if self._server is not None:
             await self._server.stop(grace)
+        if self._guard is not None:
+            await self._guard.close()
         if self._health_server is not None:
             await self._health_server.stop(0)
         self.metrics.stop()

@@ -1,0 +1,103 @@
+"""The server's default deadline for calls that set none, kept by one task instead of a timer a call.
+
+`asyncio.timeout` per call costs a timer handle pushed on the loop's heap and cancelled again, and
+every call of a server has the same default deadline; so calls are kept in a dict in the order
+they started, which is also the order in which their deadlines pass, and one sweeper task wakes
+when the oldest is due and cancels every task past its deadline. A call leaves the dict when it
+ends (or when it no longer needs the deadline), which costs a dict operation.
+
+`within` tells the caller whether its deadline passed: the sweeper cancels the call's task, and
+`within` turns that cancellation (and only that one) into `Expired`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+
+# How much later than its deadline a call may be ended: the sweeper sleeps at least this long, so
+# a burst of calls does not wake it once for each.
+SLACK = 0.01
+
+
+class Expired(Exception):
+    """The call's default deadline passed while it ran inside `Deadlines.within`."""
+
+
+class Deadlines:
+    """The default deadline of every call of one server (one event loop)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        # Task -> when its deadline passes (time.monotonic()); insertion order is deadline order.
+        self._due: dict[asyncio.Task, float] = {}
+        self._expired: set[asyncio.Task] = set()
+        self._wake: asyncio.Event | None = None
+        self._sweeper: asyncio.Task | None = None
+
+    @contextlib.contextmanager
+    def within(self) -> Iterator[None]:
+        """Run the block under the default deadline; raise `Expired` if it passes meanwhile."""
+        task = asyncio.current_task()
+        assert task is not None
+        due = self._due
+        if not due:
+            self._start(task)
+        due[task] = time.monotonic() + self.seconds
+        try:
+            yield
+        except asyncio.CancelledError:
+            if task not in self._expired:
+                raise
+            self._expired.discard(task)
+            task.uncancel()
+            raise Expired from None
+        finally:
+            due.pop(task, None)
+            if self._expired:
+                # Cancelled by the sweeper just as the block ended: the cancellation was not delivered.
+                if task in self._expired:
+                    self._expired.discard(task)
+                    task.uncancel()
+
+    def release(self) -> None:
+        """The current call no longer needs the deadline (it is answered from memory from here on)."""
+        self._due.pop(asyncio.current_task(), None)  # type: ignore[call-overload]
+
+    def _start(self, task: asyncio.Task) -> None:
+        if self._sweeper is None or self._sweeper.done():
+            self._wake = asyncio.Event()
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="default-deadlines")
+        else:
+            assert self._wake is not None
+            self._wake.set()
+
+    async def _sweep(self) -> None:
+        assert self._wake is not None
+        while True:
+            if not self._due:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            first = next(iter(self._due.values()))
+            wait = first - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(max(wait, SLACK))
+                continue
+            now = time.monotonic()
+            for task, due in list(self._due.items()):
+                if due > now:
+                    break
+                del self._due[task]
+                if not task.done():
+                    self._expired.add(task)
+                    task.cancel()
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
