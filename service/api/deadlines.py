@@ -64,7 +64,9 @@ class Deadlines:
 
     def release(self) -> None:
         """The current call no longer needs the deadline (it is answered from memory from here on)."""
-        self._due.pop(asyncio.current_task(), None)  # type: ignore[call-overload]
+        task = asyncio.current_task()
+        if task is not None:
+            self._due.pop(task, None)
 
     def _start(self, task: asyncio.Task) -> None:
         if self._sweeper is None or self._sweeper.done():
