@@ -330,7 +330,8 @@ class AuditFile:
         if self._size >= self._max_bytes:
             self._rotate()
         # A write that failed part-way left a torn line after the last whole one: cut it off.
-        if os.fstat(self._fd).st_size != self._size:
+        # Only a failed write leaves one, so the check waits for a failure.
+        if self.failure is not None and os.fstat(self._fd).st_size != self._size:
             os.ftruncate(self._fd, self._size)
         lines, docs, seq, prev = [], [], self._seq, self._prev
         for record in records:
