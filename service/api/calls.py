@@ -56,7 +56,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from smtpconfig.api.auth import Authenticator, Identity, Policy
-from smtpconfig.api.deadlines import Deadlines, Expired
+from smtpconfig.api.deadlines import Deadlines
 from smtpconfig.api.limits import RateLimiter
 from smtpconfig.api.refusals import RefusalRecords
 from smtpconfig.api.status import to_rpc_status
@@ -329,14 +329,18 @@ class Guard:
         the stream itself then runs without the default deadline."""
         if context.time_remaining() is not None:
             return await _read(context, decode)
+        task = self._deadlines.enter()
         try:
-            with self._deadlines.within():
-                return await _read(context, decode)
-        except Expired:
+            return await _read(context, decode)
+        except asyncio.CancelledError:
+            if not self._deadlines.expired(task):
+                raise
             raise DeadlineExceeded(
                 f"the request message did not arrive within the server's default deadline of"
                 f" {self._default_deadline:g}s"
             ) from None
+        finally:
+            self._deadlines.leave(task)
 
     def _admit(
         self, progress: _Progress, call: Call, spec: RpcSpec, metadata, context: grpc.aio.ServicerContext
@@ -492,14 +496,17 @@ class Guard:
             request = await _read(context, decode)
             call.started = True
             return await method(request, context)
+        deadlines = self._deadlines
+        task = deadlines.enter()
         try:
-            with self._deadlines.within():
-                request = await _read(context, decode)
-                call.started = True
-                if not spec.waits:
-                    self._deadlines.release()  # answered from memory: nothing left to cut short
-                return await method(request, context)
-        except Expired:
+            request = await _read(context, decode)
+            call.started = True
+            if not spec.waits:
+                deadlines.leave(task)  # answered from memory: nothing left to cut short
+            return await method(request, context)
+        except asyncio.CancelledError:
+            if not deadlines.expired(task):
+                raise
             if not call.started:
                 # A caller holding its call open without a message gets no more time than one
                 # that is slow to be answered.
@@ -511,6 +518,8 @@ class Guard:
                 f"the call took longer than the server's default deadline of"
                 f" {self._default_deadline:g}s; set a deadline to allow more"
             ) from None
+        finally:
+            deadlines.leave(task)
 
     def _worth_recording(self, call: Call, code: str) -> bool:
         """A call that ended before its method started (refused, undecodable, cancelled or out of

@@ -6,8 +6,8 @@ they started, which is also the order in which their deadlines pass, and one swe
 when the oldest is due and cancels every task past its deadline. A call leaves the dict when it
 ends (or when it no longer needs the deadline), which costs a dict operation.
 
-`within` tells the caller whether its deadline passed: the sweeper cancels the call's task, and
-`within` turns that cancellation (and only that one) into `Expired`.
+The sweeper ends a call by cancelling its task; `expired` tells that cancellation (taken back, so
+the caller can answer DEADLINE_EXCEEDED) from anyone else's.
 """
 
 from __future__ import annotations
@@ -15,15 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
 
 # How much later than its deadline a call may be ended: the sweeper sleeps at least this long, so
 # a burst of calls does not wake it once for each.
 SLACK = 0.01
-
-
-class Expired(Exception):
-    """The call's default deadline passed while it ran inside `Deadlines.within`."""
 
 
 class Deadlines:
@@ -37,38 +32,34 @@ class Deadlines:
         self._wake: asyncio.Event | None = None
         self._sweeper: asyncio.Task | None = None
 
-    @contextlib.contextmanager
-    def within(self) -> Iterator[None]:
-        """Run the block under the default deadline; raise `Expired` if it passes meanwhile."""
+    def enter(self) -> asyncio.Task:
+        """Put the current call under the default deadline; return its task, for `leave` and
+        `expired`. (Two plain calls rather than a context manager: this runs on every call.)"""
         task = asyncio.current_task()
         assert task is not None
-        due = self._due
-        if not due:
-            self._start(task)
-        due[task] = time.monotonic() + self.seconds
-        try:
-            yield
-        except asyncio.CancelledError:
-            if task not in self._expired:
-                raise
+        if not self._due:
+            self._start()
+        self._due[task] = time.monotonic() + self.seconds
+        return task
+
+    def leave(self, task: asyncio.Task) -> None:
+        """The call ended, or needs the deadline no longer (it answers from memory from here on)."""
+        self._due.pop(task, None)
+        if self._expired and task in self._expired:
+            # Cancelled by the sweeper just as it left: the cancellation was never delivered.
             self._expired.discard(task)
             task.uncancel()
-            raise Expired from None
-        finally:
-            due.pop(task, None)
-            if self._expired:
-                # Cancelled by the sweeper just as the block ended: the cancellation was not delivered.
-                if task in self._expired:
-                    self._expired.discard(task)
-                    task.uncancel()
 
-    def release(self) -> None:
-        """The current call no longer needs the deadline (it is answered from memory from here on)."""
-        task = asyncio.current_task()
-        if task is not None:
-            self._due.pop(task, None)
+    def expired(self, task: asyncio.Task) -> bool:
+        """Whether the cancellation being handled is the sweeper's (the deadline passed), which
+        is then taken back; a cancellation of anyone else's is not."""
+        if task not in self._expired:
+            return False
+        self._expired.discard(task)
+        task.uncancel()
+        return True
 
-    def _start(self, task: asyncio.Task) -> None:
+    def _start(self) -> None:
         if self._sweeper is None or self._sweeper.done():
             self._wake = asyncio.Event()
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="default-deadlines")

@@ -2,8 +2,10 @@
 
 Each `Metrics` has a private `CollectorRegistry`, so several servers in one process (tests) never
 share or clash over series. The recording methods sit on the path of every RPC and every secret
-resolution: each keeps the labelled children it has made in a dict keyed by the label values, so a
-call costs one dict lookup plus the increments, not a `.labels()` call with its validation and lock.
+resolution, and all of them run on the event loop: counters keep the labelled children they have
+made in a dict keyed by the label values, so a call costs one dict lookup plus the increment, not a
+`.labels()` call with its validation and lock; the latency histograms (and the RPC counter, their
+count) are plain numbers that a scrape turns into metric families (`_LoopHistogram`).
 
 Label values are names chosen by code (method names, status code names, provider type names,
 exception class names, fixed outcome words), never values from a request or a secret. Each family
@@ -14,10 +16,13 @@ naming arbitrary methods cannot grow memory without bound.
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
 from collections.abc import Hashable
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, start_http_server
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 #: Seconds, from a cached resolution (0.1 ms) to a slow SMTP or backend exchange (30 s).
 LATENCY_BUCKETS = (
@@ -50,24 +55,84 @@ class _Children:
         return child
 
 
+class _LoopHistogram:
+    """A histogram family (and, if named, a counter of the same observations), kept as plain numbers
+    and turned into metric families when scraped.
+
+    Every RPC and every resolution records here, on the event loop, thousands of times a second. A
+    prometheus_client Histogram takes a lock and walks the buckets in Python; here an observation
+    costs a dict lookup, a `bisect` (in C) and two additions. Only the event loop records; a scrape,
+    on the metrics thread, copies each series' numbers as it reads them.
+    """
+
+    def __init__(self, name: str, documentation: str, labels: tuple[str, ...],
+                 counter: tuple[str, str] | None = None) -> None:
+        self._name, self._documentation, self._labels = name, documentation, labels
+        self._counter = counter  # (name without _total, documentation) of the counter, if any
+        # label values -> [observations per bucket (LATENCY_BUCKETS, then +Inf)..., sum]
+        self._series: dict[tuple[str, ...], list] = {}
+
+    def observe(self, labels: tuple[str, ...], value: float) -> None:
+        series = self._series.get(labels)
+        if series is None:
+            series = self._new(labels)
+        series[bisect_left(LATENCY_BUCKETS, value)] += 1
+        series[-1] += value
+
+    def _new(self, labels: tuple[str, ...]) -> list:
+        if len(self._series) >= MAX_SERIES:
+            labels = (OTHER,) * len(labels)
+            if labels in self._series:
+                return self._series[labels]
+        series = self._series[labels] = [0] * (len(LATENCY_BUCKETS) + 1) + [0.0]
+        return series
+
+    def _families(self) -> tuple[CounterMetricFamily | None, HistogramMetricFamily]:
+        counter = None
+        if self._counter is not None:
+            counter = CounterMetricFamily(self._counter[0], self._counter[1], labels=self._labels)
+        return counter, HistogramMetricFamily(self._name, self._documentation, labels=self._labels)
+
+    def collect(self):
+        counter, histogram = self._families()
+        for labels, series in list(self._series.items()):
+            numbers = list(series)
+            buckets, count = [], 0
+            for bound, observed in zip(_BOUNDS, numbers[:-1], strict=True):
+                count += observed
+                buckets.append((bound, count))
+            if counter is not None:
+                counter.add_metric(labels, count)
+            histogram.add_metric(labels, buckets, numbers[-1])
+        if counter is not None:
+            yield counter
+        yield histogram
+
+    def describe(self):
+        # The families' names, so that the registry can tell them from the others.
+        return [family for family in self._families() if family is not None]
+
+
+_BOUNDS = (*(floatToGoString(bound) for bound in LATENCY_BUCKETS), "+Inf")
+
+
 class Metrics:
     """The service's instruments, in a registry of their own."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self._rpc_total = _Children(Counter(
-            "smtpconfig_rpc_requests_total", "RPCs answered, by method and status code.",
-            ("method", "code"), registry=r))
-        self._rpc_seconds = _Children(Histogram(
+        self._rpcs = _LoopHistogram(
             "smtpconfig_rpc_duration_seconds", "Time to answer an RPC, by method and status code.",
-            ("method", "code"), buckets=LATENCY_BUCKETS, registry=r))
+            ("method", "code"), counter=("smtpconfig_rpc_requests", "RPCs answered, by method and status code."))
+        r.register(self._rpcs)
         self._provider_total = _Children(Counter(
             "smtpconfig_provider_calls_total", "Secret provider resolve calls, by type and outcome (ok, error).",
             ("provider_type", "outcome"), registry=r))
-        self._provider_seconds = _Children(Histogram(
+        self._provider_seconds = _LoopHistogram(
             "smtpconfig_provider_call_duration_seconds", "Time a secret provider resolve call took.",
-            ("provider_type",), buckets=LATENCY_BUCKETS, registry=r))
+            ("provider_type",))
+        r.register(self._provider_seconds)
         self._provider_errors = _Children(Counter(
             "smtpconfig_provider_errors_total", "Failed secret provider calls, by type and error class.",
             ("provider_type", "error"), registry=r))
@@ -93,14 +158,12 @@ class Metrics:
 
     def rpc(self, method: str, code: str, seconds: float) -> None:
         """One answered RPC. `method`: ``v2.ConfigService/GetSmtp``; `code`: a status code name, ``OK``."""
-        labels = (method, code)
-        self._rpc_total.get(labels).inc()
-        self._rpc_seconds.get(labels).observe(seconds)
+        self._rpcs.observe((method, code), seconds)
 
     def provider_call(self, provider_type: str, outcome: str, seconds: float, error: str | None = None) -> None:
         """One provider resolve call. `outcome`: ``ok`` or ``error``; `error`: the error's class name."""
         self._provider_total.get((provider_type, outcome)).inc()
-        self._provider_seconds.get((provider_type,)).observe(seconds)
+        self._provider_seconds.observe((provider_type,), seconds)
         if error is not None:
             self._provider_errors.get((provider_type, error)).inc()
 
