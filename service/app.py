@@ -260,13 +260,15 @@ class App:
         server = grpc.aio.server(
             options=SERVER_OPTIONS + (("grpc.max_receive_message_length", settings.max_message_bytes),),
         )
+        table = handlers.MethodTable()
         for servicer, service in self._servicers(guard):
-            handlers.register(server, servicer, service)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+            handlers.register(table, servicer, service)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, table)
         reflection.enable_server_reflection(
             SERVICE_NAMES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            server,
+            table,
         )
+        server.add_generic_rpc_handlers((table.handler(),))
         for name in ("", STORE_HEALTH_NAME, AUDIT_HEALTH) + SERVICE_NAMES:
             await self._health.set(name, _NOT_SERVING)
         return server

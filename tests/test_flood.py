@@ -533,14 +533,7 @@ def test_a_method_without_rpc_is_never_served() -> None:
     class Partial(v2_grpc.ConfigServiceServicer):
         SERVICE = "v2.ConfigService"
 
-    async def start(servicer_class) -> None:
-        servicer = servicer_class.__new__(servicer_class)  # never called: refused at registration
-        server = grpc.aio.server()
-        try:
-            handlers.register(server, servicer, v2.DESCRIPTOR.services_by_name["ConfigService"])
-        finally:
-            await server.stop(None)
-
     for servicer_class in (Careless, Partial):
+        servicer = servicer_class.__new__(servicer_class)  # never called: refused at registration
         with pytest.raises(TypeError, match="has no @rpc method"):
-            asyncio.run(start(servicer_class))
+            handlers.register(handlers.MethodTable(), servicer, v2.DESCRIPTOR.services_by_name["ConfigService"])

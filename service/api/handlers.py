@@ -28,11 +28,65 @@ from google.protobuf.message_factory import GetMessageClass
 from smtpconfig.api.calls import Guard, RpcSpec
 
 
-def register(server: grpc.aio.Server, servicer: Any, service: ServiceDescriptor) -> None:
+def register(table: MethodTable, servicer: Any, service: ServiceDescriptor) -> None:
     """Serve every method of `service` with `servicer`'s `@rpc` method of that name."""
-    handlers = {method.name: _handler(servicer, method) for method in service.methods}
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
-    server.add_registered_method_handlers(service.full_name, handlers)
+    table.add_registered_method_handlers(
+        service.full_name, {method.name: _handler(servicer, method) for method in service.methods}
+    )
+
+
+class MethodTable(grpc.aio.Server):
+    """Every method the server serves, ours and grpcio's (health, reflection), in one dict, handed
+    to the server as one generic handler (`handler`).
+
+    Why not grpcio's registered methods, as the generated `add_*_to_server` functions make them:
+    grpc.aio's server keeps one pending request per registered method and, for every call it
+    accepts, waits on all of them again (`asyncio.wait` over some twenty futures, a done-callback
+    added to and removed from each). That cost a cached GetSmtp more than the guard and the
+    servicer together; with one generic handler there is one pending request, as on a bare server.
+    A call's method is then found with one dict lookup.
+
+    It stands in for the server only while the services are added (the generated functions and
+    `enable_server_reflection` take a server): it collects what they register and serves nothing.
+    """
+
+    def __init__(self) -> None:
+        self._routes: dict[str, grpc.RpcMethodHandler] = {}
+        self._others: list[grpc.GenericRpcHandler] = []
+
+    def add_registered_method_handlers(self, service_name: str, method_handlers) -> None:
+        for name, handler in method_handlers.items():
+            self._routes[f"/{service_name}/{name}"] = handler
+
+    def add_generic_rpc_handlers(self, generic_rpc_handlers) -> None:
+        # The generated functions add a generic handler too, for the same methods: it is asked
+        # only for a method the table does not hold (and then answers None as well).
+        self._others.extend(generic_rpc_handlers)
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The one handler to give the real server."""
+        return _Routes(dict(self._routes), tuple(self._others))
+
+    def _collects_only(self, *_args: Any, **_kwargs: Any) -> Any:
+        raise TypeError("a MethodTable only collects method handlers; give `handler()` to a real server")
+
+    add_insecure_port = add_secure_port = start = stop = wait_for_termination = _collects_only
+
+
+class _Routes(grpc.GenericRpcHandler):
+    def __init__(self, routes: dict[str, grpc.RpcMethodHandler], others: tuple[grpc.GenericRpcHandler, ...]) -> None:
+        self._routes = routes
+        self._others = others
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        found = self._routes.get(handler_call_details.method)
+        if found is not None:
+            return found
+        for other in self._others:
+            found = other.service(handler_call_details)
+            if found is not None:
+                return found
+        return None
 
 
 def _handler(servicer: Any, method: MethodDescriptor) -> grpc.RpcMethodHandler:
