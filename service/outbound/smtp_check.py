@@ -17,13 +17,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email.headerregistry import Address
-from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
 
 from smtpconfig.core.scrub import Scrubber
 from smtpconfig.core.secret import Secret
+from smtpconfig.outbound.message import message_bytes
 
 IMPLICIT_TLS_PORT = 465
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
@@ -335,17 +332,17 @@ def _auth_failure(error: smtplib.SMTPAuthenticationError, exchange: Exchange) ->
 
 def _send(client: smtplib.SMTP, exchange: Exchange) -> None:
     started = time.monotonic()
-    message = EmailMessage()
-    message["From"] = Address(display_name=exchange.sender_name, addr_spec=exchange.sender_account)
-    message["To"] = exchange.recipient
-    message["Subject"] = "smtpconfig test message"
-    message["Date"] = format_datetime(datetime.now(UTC))
-    message["Message-ID"] = make_msgid(domain=exchange.sender_account.rpartition("@")[2] or None)
-    message.set_content(
-        f"This message was sent by smtpconfig to test the SMTP relay {exchange.host}:{exchange.port}.\n"
-    )
+    sender, recipient = exchange.sender_account, exchange.recipient
     try:
-        refused = client.send_message(message, from_addr=exchange.sender_account, to_addrs=[exchange.recipient])
+        # What send_message does before it flattens: an SMTPUTF8 session for non-ASCII addresses.
+        client.ehlo_or_helo_if_needed()
+        international = not (sender + recipient).isascii()
+        if international and not client.has_extn("smtputf8"):
+            raise smtplib.SMTPNotSupportedError("a non-ASCII address needs SMTPUTF8, which the server does not offer")
+        data = message_bytes(exchange.sender_name, sender, recipient, exchange.host, exchange.port,
+                             international=international)
+        options = ("SMTPUTF8", "BODY=8BITMIME") if international else ()
+        refused = client.sendmail(sender, [recipient], data, options)
     except smtplib.SMTPSenderRefused as error:
         exchange.steps.append(_timed(Step("send", FAILED, smtp_code=error.smtp_code,
                                           message=f"MAIL FROM refused: {_text(error.smtp_error, exchange)}",
