@@ -74,6 +74,9 @@ class Exchange:
     # above all no message is sent for a test nobody waits for.
     abandoned: threading.Event = field(default_factory=threading.Event)
     client: smtplib.SMTP | None = None
+    # Given the final steps once the session has an outcome, before QUIT: the caller can answer
+    # while the connection closes. Not called when the exchange raised.
+    answer: Callable[[list[Step]], None] | None = None
     # Told of each credential and AUTH payload as it is sent; cleans every reply text reported.
     scrubber: Scrubber = field(default_factory=Scrubber)
 
@@ -153,18 +156,33 @@ def run(exchange: Exchange) -> list[Step]:
         return exchange.steps
     exchange.steps.append(_timed(step, started))
     try:
-        if exchange.abandoned.is_set() or not _tls(client, exchange, implicit):
-            return exchange.steps
-        if exchange.abandoned.is_set() or not _auth(client, exchange):
-            return exchange.steps
-        if not exchange.abandoned.is_set():
-            _send(client, exchange)
-        return exchange.steps
+        _session(client, exchange, implicit)
+    except BaseException:
+        _goodbye(client)
+        raise
+    try:
+        if exchange.answer is not None:
+            exchange.answer(exchange.steps)  # final: QUIT is in no step and changes no outcome
     finally:
-        try:
-            client.quit()
-        except (OSError, smtplib.SMTPException):
-            client.close()
+        _goodbye(client)
+    return exchange.steps
+
+
+def _session(client: smtplib.SMTP, exchange: Exchange, implicit: bool) -> None:
+    """TLS, AUTH and the message, each only after the one before it succeeded."""
+    if exchange.abandoned.is_set() or not _tls(client, exchange, implicit):
+        return
+    if exchange.abandoned.is_set() or not _auth(client, exchange):
+        return
+    if not exchange.abandoned.is_set():
+        _send(client, exchange)
+
+
+def _goodbye(client: smtplib.SMTP) -> None:
+    try:
+        client.quit()
+    except (OSError, smtplib.SMTPException):
+        client.close()
 
 
 def _timed(step: Step, started: float) -> Step:
