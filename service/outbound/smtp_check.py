@@ -1,11 +1,18 @@
 """One SMTP exchange with the relay, step by step: connect, TLS, auth, send.
 
 It runs on a worker thread (smtplib blocks) and reports every step with its outcome, duration, the
-SMTP reply code and a hint for known failures. It connects to the addresses `smtpconfig.core.netguard`
-checked, while TLS verifies the certificate against the profile's host name. Credentials never go
-over a connection without TLS unless the operator allowed it. No secret is put in a report, and the
-relay's reply text goes through the exchange's `Scrubber`, which knows every AUTH payload sent:
-a relay may echo one back.
+SMTP reply code and a hint for known failures. The relay's name is looked up once, on that thread
+(`smtpconfig.core.netguard.check_destination_blocking`: one thread hop per test rather than one
+more for the event loop's resolver; the lookup has the system resolver's timeouts and counts in the
+connect step), and the exchange connects to exactly the addresses that check allowed, while TLS
+verifies the certificate against the profile's host name. Credentials never go over a connection
+without TLS unless the operator allowed it. No secret is put in a report, and the relay's reply
+text goes through the exchange's `Scrubber`, which knows every AUTH payload sent: a relay may echo
+one back.
+
+Once the outcome is known the steps go to `Exchange.answer`, so the caller can reply while the
+thread says QUIT and closes the connection. The message is `smtpconfig.outbound.message`'s, the
+bytes `send_message` would send, built from a template.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from smtpconfig.core.errors import SmtpConfigError
+from smtpconfig.core.netguard import check_destination_blocking
 from smtpconfig.core.scrub import Scrubber
 from smtpconfig.core.secret import Secret
 from smtpconfig.outbound.message import message_bytes
@@ -52,7 +61,6 @@ class Exchange:
 
     host: str
     port: int
-    addresses: tuple[str, ...]
     use_ssl: bool
     sender_account: str
     sender_name: str
@@ -135,9 +143,18 @@ def run(exchange: Exchange) -> list[Step]:
     implicit = exchange.use_ssl and exchange.port in exchange.implicit_tls_ports
     if exchange.username is not None and exchange.password is not None:
         exchange.scrubber.smtp_login(exchange.username, exchange.password)
+    if exchange.abandoned.is_set():
+        return exchange.steps
     started = time.monotonic()
+    try:
+        destination = check_destination_blocking(exchange.host, exchange.port, what="SMTP host")
+    except SmtpConfigError as error:
+        exchange.steps.append(_timed(Step("connect", FAILED, message=str(error),
+                                          hint="check that the relay is reachable from here"), started))
+        return exchange.steps
+    addresses = tuple(str(a) for a in destination.addresses)
     client = _Pinned(
-        exchange.host, exchange.addresses, exchange.timeout, exchange.context if implicit else None, exchange.abandoned
+        exchange.host, addresses, exchange.timeout, exchange.context if implicit else None, exchange.abandoned
     )
     exchange.client = client
     if exchange.abandoned.is_set():
