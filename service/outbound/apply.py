@@ -5,7 +5,7 @@ A TestSmtp crosses threads once each way: the loop resolves the credentials (cac
 suspend), hands the whole exchange, name lookup included, to a thread of the pool, and takes the
 steps back before that thread's QUIT (`smtp_check`). smtplib on a thread was measured against
 aiosmtplib on the event loop for the same pinned exchange (bench/README.md, TestSmtp): the
-asyncio client took about 0.3 ms more CPU per exchange and was no faster, so the exchange stays
+asyncio client took 0.3–0.45 ms more CPU per exchange and was never faster, so the exchange stays
 blocking code on a thread, and `abandon` is how a caller that leaves stops it.
 """
 
