@@ -385,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     rows = summarize(measurements, args.pick)
     smtp, vault, edge = phases["smtp"], phases["vault"], phases["edge"]
-    verdicts = goals(rows, vault, edge, args.edge_in_flight)
+    verdicts = goals(rows, vault, edge, args.edge_in_flight, smtp)
     ratios = transport_ratios(rows)
     resident = resident_memory(rows, phases["memory"])
     env = environment()

@@ -6,16 +6,19 @@ credentials for localhost:<the SMTP server's port>, UseSSL true (STARTTLS, the p
 Then, one call at a time:
 
 - service: v2 TestSmtp of the stored profile with a TestRecipient, raw bytes over one channel:
-  the servicer, the resolution of the inline credentials, the destination check (a getaddrinfo of
-  localhost), then on the service's SMTP thread: connect, EHLO, STARTTLS, EHLO, AUTH PLAIN, MAIL,
-  RCPT, DATA of a small message, QUIT. Every reply must report success.
+  the servicer, the resolution of the inline credentials, then on the service's SMTP thread: the
+  destination check (a getaddrinfo of localhost), connect, EHLO, STARTTLS, EHLO, AUTH PLAIN, MAIL,
+  RCPT, DATA of a small message; the service answers then, and its thread says QUIT. Every reply
+  must report success.
 - direct: from this process, smtplib.SMTP("localhost", port), EHLO, STARTTLS (a context trusting
   the same CA, made once as the service makes its own), EHLO, AUTH PLAIN, send_message of a
-  message built the same way, QUIT.
+  message with the same headers and text, built with `email.message.EmailMessage` (the service
+  sends the same bytes from a template of its own), QUIT.
 
 Each path makes one uncounted exchange first. Calls alternate direct/service within a round, and
 rounds alternate which goes first. The ratio is the median over rounds of the round's service p50
-over its direct p50; latencies are reported over all calls.
+over its direct p50, and its goal is at most `bench.SMTP_GOAL_RATIO`; latencies are reported over
+all calls.
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ def _profile(port: int) -> v2.SmtpProfile:
 
 
 def _message(port: int) -> EmailMessage:
-    """What the service sends (smtpconfig.outbound.smtp_check), built per exchange as there."""
+    """What the service sends (smtpconfig.outbound.message), built per exchange the usual way."""
     message = EmailMessage()
     message["From"] = Address(display_name=SENDER_NAME, addr_spec=SENDER)
     message["To"] = RECIPIENT

@@ -56,6 +56,8 @@ def test_short_benchmark_run_reports_every_target() -> None:
     ]
     smtp = report["smtp"]
     assert smtp["direct"]["calls"] == smtp["service"]["calls"] == 4 and smtp["ratio_service_to_direct"] > 0
+    smtp_goal = next(g for g in report["goals"] if g["statement"].startswith("TestSmtp"))
+    assert smtp_goal["ratio"] == smtp["ratio_service_to_direct"] and smtp_goal["met"] is not None
     vault = report["vault"]
     assert vault["direct"]["calls"] == vault["service"]["calls"] == 10 and vault["service"]["cached"] == 0
     assert report["goals"][-1]["met"] is not None  # the Vault goal is measured even in this short run

@@ -78,18 +78,21 @@ def ref(provider: int, name: str) -> pb.CheckSecretRequest:
 
 
 class SlowRelay:
-    """A TCP proxy in front of a real SMTP server that holds each client's DATA command for
-    `delay` seconds before passing it on: a relay slow to accept the message. `held` counts the
-    DATA commands it has seen, `passed` those it has passed on."""
+    """A TCP proxy in front of a real SMTP server that holds each client's DATA command (or
+    `command`) for `delay` seconds before passing it on: a relay slow to accept the message. `held`
+    counts those commands it has seen, `passed` those it has passed on, `hung_up` the clients
+    that closed their connection."""
 
-    def __init__(self, upstream: tuple[str, int], delay: float) -> None:
+    def __init__(self, upstream: tuple[str, int], delay: float, command: bytes = b"DATA") -> None:
         self._upstream = upstream
         self._delay = delay
+        self._command = command
         self._sock = socket.create_server(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
         self._lock = threading.Condition()
         self.held = 0
         self.passed = 0
+        self.hung_up = 0
         self._closing = threading.Event()
         self._open: list[socket.socket] = []
         self._threads = [threading.Thread(target=self._accept, daemon=True)]
@@ -117,13 +120,14 @@ class SlowRelay:
     def _to_relay(self, client: socket.socket, relay: socket.socket) -> None:
         try:
             while data := client.recv(65536):
-                if data.upper().startswith(b"DATA"):
+                if data.upper().startswith(self._command):
                     self._count("held")
                     self._closing.wait(self._delay)
                     relay.sendall(data)
                     self._count("passed")
                 else:
                     relay.sendall(data)
+            self._count("hung_up")
             relay.shutdown(socket.SHUT_WR)  # the client hung up: so does the relay's peer
         except OSError:
             pass
@@ -139,6 +143,10 @@ class SlowRelay:
     def wait_passed(self, count: int, timeout: float) -> None:
         with self._lock:
             assert self._lock.wait_for(lambda: self.passed >= count, timeout), f"{self.passed} of {count} passed on"
+
+    def wait_hung_up(self, count: int, timeout: float) -> None:
+        with self._lock:
+            assert self._lock.wait_for(lambda: self.hung_up >= count, timeout), f"{self.hung_up} of {count} hung up"
 
     def __enter__(self) -> SlowRelay:
         self._threads[0].start()
@@ -311,6 +319,25 @@ def test_an_abandoned_smtp_test_sends_nothing(short_deadline: Running) -> None:
 
     assert _records_of(s, waits, gives_up, defaulted) == {
         waits: "OK", gives_up: "CANCELLED", defaulted: "DEADLINE_EXCEEDED"}
+
+
+def test_the_answer_does_not_wait_for_the_relays_goodbye(short_deadline: Running) -> None:
+    """The outcome is known once the relay took the message: TestSmtp answers then, and its thread
+    still says QUIT and closes the connection once the (slow) relay answers that."""
+    s = short_deadline
+    delay = 2.0
+    with SmtpServer("plain") as smtp, SlowRelay((smtp.host, smtp.port), delay, command=b"QUIT") as relay:
+        request = v2.TestSmtpRequest(profile=v2_profile(anonymous("127.0.0.1", relay.port)),
+                                     test_recipient="ops@example.com")
+        started = time.monotonic()
+        reply = s.v2.TestSmtp(request, timeout=10)
+        assert time.monotonic() - started < delay, "the answer waited for the reply to QUIT"
+        assert reply.success and [step.name for step in reply.steps][-1] == "send"
+        assert [m.rcpt_tos for m in smtp.messages] == [("ops@example.com",)]
+        wait_until(lambda: relay.held == 1, timeout=delay / 2)  # QUIT said after the answer...
+        assert relay.hung_up == 0  # ...and the connection open while its reply is held
+        relay.wait_passed(1, timeout=5)
+        relay.wait_hung_up(1, timeout=5)  # the reply came and the service closed the connection
 
 
 POOL = 16  # threads running SMTP tests (smtpconfig.outbound.apply.Applier's `workers`)

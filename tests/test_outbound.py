@@ -1,6 +1,6 @@
 """Every outbound connection is checked and pinned, and no redirect carries a credential (SPEC §9,
-issue 9 §3): Vault and token endpoints, attacked through the running service by callers that hold
-only the permissions the attack needs.
+issue 9 §3): Vault, token endpoints and SMTP relays, attacked through the running service by callers
+that hold only the permissions the attack needs.
 
 Forbidden addresses are dialled only inside a network namespace each test creates
 (`tests.kits.netns`): there, 169.254.169.254, 6to4 and Teredo addresses sit on the loopback interface
@@ -245,6 +245,67 @@ def test_token_endpoint_name_resolving_to_metadata_is_refused_before_any_connect
     assert result["trap"] == 0
     assert result["code"] == "FAILED_PRECONDITION" and "metadata" in result["details"], result
     assert CLIENT_SECRET not in result["details"]
+
+
+# --- SMTP relays: looked up once, on the SMTP thread, and dialled at the checked address ----------
+
+SMTP_TESTER = ("smtp:test",)
+
+
+def _test_relay(attacker: Attacker, host: str, port: int) -> dict[str, Any]:
+    """TestSmtp of an anonymous plaintext profile for host:port, as (outcome, step) facts."""
+    profile = json_format.ParseDict({
+        "Id": 1, "Host": host, "Port": port, "RelayAuthenticationType": 0, "SenderAccount": "relay@example.com",
+        "SenderName": "Relay", "UseSSL": False}, v2.SmtpProfile())
+    reply = attacker.config.TestSmtp(v2.TestSmtpRequest(profile=profile, test_recipient="ops@example.org"), timeout=20)
+    return {"success": reply.success,
+            "steps": [(s.name, v2.StepOutcome.Name(s.outcome), s.message, s.hint) for s in reply.steps]}
+
+
+def _smtp_names() -> dict[str, Any]:
+    """In the namespace: relay.test resolves to the metadata address, where a trap listens on the
+    SMTP port; missing.test does not resolve at all."""
+    trap = netns.Trap(METADATA, 2525)
+    attacker = Attacker(SMTP_TESTER)
+    try:
+        return {"metadata": _test_relay(attacker, "relay.test", 2525),
+                "missing": _test_relay(attacker, "missing.test", 2525), "trap": len(trap.received)}
+    finally:
+        attacker.close()
+
+
+def test_smtp_hosts_that_resolve_to_metadata_or_nothing_fail_at_connect_before_any_connection() -> None:
+    result = netns.run(_smtp_names, addresses=(METADATA,), names={"relay.test": [[METADATA]]})
+    assert result["trap"] == 0
+    for case, words in (("metadata", "resolves to 169.254.169.254, a cloud metadata address"),
+                        ("missing", "name lookup failed")):
+        reply = result[case]
+        assert not reply["success"]
+        assert [(name, outcome) for name, outcome, _, _ in reply["steps"]][-1] == ("connect", "STEP_OUTCOME_FAILED"), reply
+        _, _, message, hint = reply["steps"][-1]
+        assert words in message and "reachable" in hint, reply
+
+
+def _rebinding_relay() -> dict[str, Any]:
+    """In the namespace: relay.test answers 127.0.0.1, where the SMTP server is, then the
+    metadata address, where a trap listens on the same port."""
+    from tests.kits.smtpkit import SmtpServer
+
+    with SmtpServer("plain") as smtp:
+        trap = netns.Trap(METADATA, smtp.port)
+        attacker = Attacker(SMTP_TESTER)
+        try:
+            reply = _test_relay(attacker, "relay.test", smtp.port)
+        finally:
+            attacker.close()
+        return {**reply, "trap": len(trap.received), "delivered": [m.rcpt_tos for m in smtp.messages]}
+
+
+def test_smtp_connects_to_the_address_it_checked_not_a_second_lookup() -> None:
+    result = netns.run(_rebinding_relay, addresses=(METADATA,), names={"relay.test": [["127.0.0.1"], [METADATA]]})
+    assert result["trap"] == 0, "a second lookup was dialled: DNS rebinding reached the metadata address"
+    assert result["success"], result
+    assert result["delivered"] == [["ops@example.org"]]
 
 
 # --- redirects carry nothing -------------------------------------------------------------------

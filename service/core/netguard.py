@@ -111,9 +111,10 @@ async def check_destination(host: str, port: int, *, what: str, timeout: float) 
 
 
 def check_destination_blocking(host: str, port: int, *, what: str) -> Destination:
-    """`check_destination` for code on a worker thread (providers, urllib3 connections). The name
-    lookup has the system resolver's own timeout; the resolution engine abandons a provider call
-    that outlives the instance's timeout."""
+    """`check_destination` for code on a worker thread (providers, urllib3 connections, the SMTP
+    exchange of a test). The name lookup has the system resolver's own timeout; the resolution
+    engine abandons a provider call that outlives the instance's timeout, and a test whose caller
+    leaves is abandoned too."""
     address = _literal(host)
     if address is not None:
         return _checked(host, port, [address], what)

@@ -1,5 +1,13 @@
 """Apply time: the profile turned into working credentials (ResolveSmtp) and tried against the
-relay (TestSmtp). Both use the same resolution engine and token cache."""
+relay (TestSmtp). Both use the same resolution engine and token cache.
+
+A TestSmtp crosses threads once each way: the loop resolves the credentials (cache hits never
+suspend), hands the whole exchange, name lookup included, to a thread of the pool, and takes the
+steps back before that thread's QUIT (`smtp_check`). smtplib on a thread was measured against
+aiosmtplib on the event loop for the same pinned exchange (bench/README.md, TestSmtp): the
+asyncio client took 0.3–0.45 ms more CPU per exchange and was never faster, so the exchange stays
+blocking code on a thread, and `abandon` is how a caller that leaves stops it.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +19,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from smtpconfig.core.errors import FailedPrecondition, InvalidArgument, SmtpConfigError, violation
-from smtpconfig.core.netguard import check_destination
 from smtpconfig.core.secret import Secret
 from smtpconfig.domain.model import AuthType, InlineSecret, Profile, SecretSource
 from smtpconfig.domain.resolver import Resolver
@@ -102,7 +109,9 @@ class Applier:
                 else (_required(profile.client_id, "ClientId"), _required(profile.client_secret, "ClientSecret"))
             )
             try:
-                resolved = await asyncio.gather(*(self._resolver.resolve(f) for f in fields))
+                # One after the other, as in `credentials`: cache hits never suspend, and a gather's
+                # tasks would cost more than they save; cold, each is one backend call.
+                resolved = [await self._resolver.resolve(f) for f in fields]
             except SmtpConfigError as error:
                 steps.append(_failed("resolve", started, str(error), "check the secret references with CheckSecret"))
                 return steps
@@ -122,13 +131,6 @@ class Applier:
             steps.append(_ok("token", started, "token from cache" if not token.fetched else "token fetched"))
         else:
             steps.append(Step("token", SKIPPED, message="no OAuth for this authentication type"))
-
-        started = time.monotonic()
-        try:
-            destination = await check_destination(profile.host, profile.port, what="SMTP host", timeout=self._timeout)
-        except SmtpConfigError as error:
-            steps.append(_failed("connect", started, str(error), "check that the relay is reachable from here"))
-            return steps
 
         loop = asyncio.get_running_loop()
         tokens = self._tokens
@@ -153,7 +155,6 @@ class Applier:
         exchange = Exchange(
             host=profile.host,
             port=profile.port,
-            addresses=tuple(str(a) for a in destination.addresses),
             use_ssl=profile.use_ssl,
             sender_account=profile.sender_account,
             sender_name=profile.sender_name,
@@ -169,9 +170,19 @@ class Applier:
             basic_again=basic_again if rotatable else None,
             steps=steps,
         )
-        running = loop.run_in_executor(self._pool, smtp_check.run, exchange)
+        # The steps arrive before the thread's QUIT (`Exchange.answer`), or with the thread's end
+        # when the exchange stopped before a session or raised.
+        answered: asyncio.Future[list[Step]] = loop.create_future()
+
+        def answer(final: list[Step]) -> None:  # on the SMTP thread
+            if not loop.is_closed():  # closed: the server stopped, nobody waits any more
+                loop.call_soon_threadsafe(_settle, answered, final)
+
+        exchange.answer = answer
+        loop.run_in_executor(self._pool, smtp_check.run, exchange).add_done_callback(
+            lambda ended: _settle_from(answered, ended))
         try:
-            return await asyncio.shield(running)
+            return await answered
         except asyncio.CancelledError:
             # The caller is gone: its thread must not go on to send a message nobody asked for
             # any more, nor hold a pool thread until the SMTP timeout.
@@ -199,6 +210,26 @@ class Applier:
         steps.append(_ok("resolve", started, "the relay refused the credentials (535): resolved them again,"
                                              " bypassing caches, for one more try"))
         return user.value, password.value
+
+
+def _settle(answered: asyncio.Future[list[Step]], steps: list[Step]) -> None:
+    if not answered.done():
+        answered.set_result(steps)
+
+
+def _settle_from(answered: asyncio.Future[list[Step]], ended: asyncio.Future[list[Step]]) -> None:
+    """`answered` as the thread ended, unless the steps came first or the caller left."""
+    if ended.cancelled():  # never started: the pool was shut down
+        if not answered.done():
+            answered.cancel()
+        return
+    error = ended.exception()  # read in every case, so a caller gone leaves no unread error behind
+    if answered.done():
+        return
+    if error is not None:
+        answered.set_exception(error)
+    else:
+        answered.set_result(ended.result())
 
 
 def succeeded(steps: list[Step]) -> bool:

@@ -1,11 +1,18 @@
 """One SMTP exchange with the relay, step by step: connect, TLS, auth, send.
 
 It runs on a worker thread (smtplib blocks) and reports every step with its outcome, duration, the
-SMTP reply code and a hint for known failures. It connects to the addresses `smtpconfig.core.netguard`
-checked, while TLS verifies the certificate against the profile's host name. Credentials never go
-over a connection without TLS unless the operator allowed it. No secret is put in a report, and the
-relay's reply text goes through the exchange's `Scrubber`, which knows every AUTH payload sent:
-a relay may echo one back.
+SMTP reply code and a hint for known failures. The relay's name is looked up once, on that thread
+(`smtpconfig.core.netguard.check_destination_blocking`: one thread hop per test rather than one
+more for the event loop's resolver; the lookup has the system resolver's timeouts and counts in the
+connect step), and the exchange connects to exactly the addresses that check allowed, while TLS
+verifies the certificate against the profile's host name. Credentials never go over a connection
+without TLS unless the operator allowed it. No secret is put in a report, and the relay's reply
+text goes through the exchange's `Scrubber`, which knows every AUTH payload sent: a relay may echo
+one back.
+
+Once the outcome is known the steps go to `Exchange.answer`, so the caller can reply while the
+thread says QUIT and closes the connection. The message is `smtpconfig.outbound.message`'s, the
+bytes `send_message` would send, built from a template.
 """
 
 from __future__ import annotations
@@ -17,13 +24,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email.headerregistry import Address
-from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
 
+from smtpconfig.core.errors import SmtpConfigError
+from smtpconfig.core.netguard import check_destination_blocking
 from smtpconfig.core.scrub import Scrubber
 from smtpconfig.core.secret import Secret
+from smtpconfig.outbound.message import message_bytes
 
 IMPLICIT_TLS_PORT = 465
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
@@ -55,7 +61,6 @@ class Exchange:
 
     host: str
     port: int
-    addresses: tuple[str, ...]
     use_ssl: bool
     sender_account: str
     sender_name: str
@@ -77,6 +82,9 @@ class Exchange:
     # above all no message is sent for a test nobody waits for.
     abandoned: threading.Event = field(default_factory=threading.Event)
     client: smtplib.SMTP | None = None
+    # Given the final steps once the session has an outcome, before QUIT: the caller can answer
+    # while the connection closes. Not called when the exchange raised.
+    answer: Callable[[list[Step]], None] | None = None
     # Told of each credential and AUTH payload as it is sent; cleans every reply text reported.
     scrubber: Scrubber = field(default_factory=Scrubber)
 
@@ -135,9 +143,18 @@ def run(exchange: Exchange) -> list[Step]:
     implicit = exchange.use_ssl and exchange.port in exchange.implicit_tls_ports
     if exchange.username is not None and exchange.password is not None:
         exchange.scrubber.smtp_login(exchange.username, exchange.password)
+    if exchange.abandoned.is_set():
+        return exchange.steps
     started = time.monotonic()
+    try:
+        destination = check_destination_blocking(exchange.host, exchange.port, what="SMTP host")
+    except SmtpConfigError as error:
+        exchange.steps.append(_timed(Step("connect", FAILED, message=str(error),
+                                          hint="check that the relay is reachable from here"), started))
+        return exchange.steps
+    addresses = tuple(str(a) for a in destination.addresses)
     client = _Pinned(
-        exchange.host, exchange.addresses, exchange.timeout, exchange.context if implicit else None, exchange.abandoned
+        exchange.host, addresses, exchange.timeout, exchange.context if implicit else None, exchange.abandoned
     )
     exchange.client = client
     if exchange.abandoned.is_set():
@@ -156,18 +173,33 @@ def run(exchange: Exchange) -> list[Step]:
         return exchange.steps
     exchange.steps.append(_timed(step, started))
     try:
-        if exchange.abandoned.is_set() or not _tls(client, exchange, implicit):
-            return exchange.steps
-        if exchange.abandoned.is_set() or not _auth(client, exchange):
-            return exchange.steps
-        if not exchange.abandoned.is_set():
-            _send(client, exchange)
-        return exchange.steps
+        _session(client, exchange, implicit)
+    except BaseException:
+        _goodbye(client)
+        raise
+    try:
+        if exchange.answer is not None:
+            exchange.answer(exchange.steps)  # final: QUIT is in no step and changes no outcome
     finally:
-        try:
-            client.quit()
-        except (OSError, smtplib.SMTPException):
-            client.close()
+        _goodbye(client)
+    return exchange.steps
+
+
+def _session(client: smtplib.SMTP, exchange: Exchange, implicit: bool) -> None:
+    """TLS, AUTH and the message, each only after the one before it succeeded."""
+    if exchange.abandoned.is_set() or not _tls(client, exchange, implicit):
+        return
+    if exchange.abandoned.is_set() or not _auth(client, exchange):
+        return
+    if not exchange.abandoned.is_set():
+        _send(client, exchange)
+
+
+def _goodbye(client: smtplib.SMTP) -> None:
+    try:
+        client.quit()
+    except (OSError, smtplib.SMTPException):
+        client.close()
 
 
 def _timed(step: Step, started: float) -> Step:
@@ -335,17 +367,17 @@ def _auth_failure(error: smtplib.SMTPAuthenticationError, exchange: Exchange) ->
 
 def _send(client: smtplib.SMTP, exchange: Exchange) -> None:
     started = time.monotonic()
-    message = EmailMessage()
-    message["From"] = Address(display_name=exchange.sender_name, addr_spec=exchange.sender_account)
-    message["To"] = exchange.recipient
-    message["Subject"] = "smtpconfig test message"
-    message["Date"] = format_datetime(datetime.now(UTC))
-    message["Message-ID"] = make_msgid(domain=exchange.sender_account.rpartition("@")[2] or None)
-    message.set_content(
-        f"This message was sent by smtpconfig to test the SMTP relay {exchange.host}:{exchange.port}.\n"
-    )
+    sender, recipient = exchange.sender_account, exchange.recipient
     try:
-        refused = client.send_message(message, from_addr=exchange.sender_account, to_addrs=[exchange.recipient])
+        # What send_message does before it flattens: an SMTPUTF8 session for non-ASCII addresses.
+        client.ehlo_or_helo_if_needed()
+        international = not (sender + recipient).isascii()
+        if international and not client.has_extn("smtputf8"):
+            raise smtplib.SMTPNotSupportedError("a non-ASCII address needs SMTPUTF8, which the server does not offer")
+        data = message_bytes(exchange.sender_name, sender, recipient, exchange.host, exchange.port,
+                             international=international)
+        options = ("SMTPUTF8", "BODY=8BITMIME") if international else ()
+        refused = client.sendmail(sender, [recipient], data, options)
     except smtplib.SMTPSenderRefused as error:
         exchange.steps.append(_timed(Step("send", FAILED, smtp_code=error.smtp_code,
                                           message=f"MAIL FROM refused: {_text(error.smtp_error, exchange)}",
