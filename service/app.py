@@ -15,11 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import fcntl
 import grp
 import logging
 import os
-import shutil
 import signal
 import socket
 import ssl
@@ -57,6 +55,7 @@ from smtpconfig.outbound.apply import Applier
 from smtpconfig.outbound.oauth import TokenClient
 from smtpconfig.plugin.manager import Plugins, load_plugins
 from smtpconfig.settings import DATABASE_NAME, Settings, split_address
+from smtpconfig.store import lock as store_lock
 from smtpconfig.store.base import Store
 from smtpconfig.store.sqlite import SqliteStore
 from smtpconfig.v1 import config_service_pb2 as v1
@@ -130,7 +129,7 @@ class App:
     async def start(self) -> None:
         settings = self.settings
         _check_socket_place(settings)  # before anything is created, so a refusal leaves nothing
-        self._created_data_dir = _make_data_dir(settings.data_dir)
+        self._created_data_dir = store_lock.make_data_dir(settings.data_dir)
         sealer = self._open_key()
         guard_tokens, policy = self._callers()
         if sealer is None:
@@ -512,43 +511,11 @@ class App:
             self._staged_socket.unlink(missing_ok=True)
             self._staged_socket.parent.rmdir()
         if not self._accepting and self._created_data_dir is not None:
-            _remove_unused(self._created_data_dir, self.settings.data_dir)
+            store_lock.remove_unused(self._created_data_dir, self.settings.data_dir)
 
     async def wait(self) -> None:
         assert self._server is not None
         await self._server.wait_for_termination()
-
-
-def _make_data_dir(data_dir: Path) -> Path | None:
-    """Create the data directory (0700) and any missing parents; return the topmost directory
-    this made, or None when the data directory existed."""
-    if data_dir.is_dir():
-        return None
-    top = data_dir.absolute()
-    while not top.parent.exists():
-        top = top.parent
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return top if top.exists() else None
-
-
-def _remove_unused(top: Path, data_dir: Path) -> None:
-    """Remove the data directory a failed start made (the key and admin token it wrote with it),
-    unless another server has taken it in the meantime (it holds the store's lock)."""
-    lock = data_dir / "store.lock"
-    try:
-        fd = os.open(lock, os.O_RDWR) if lock.exists() else None
-    except OSError:
-        return
-    try:
-        if fd is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        shutil.rmtree(top)
-        log.info("removed %s, which this failed start had created", top)
-    except OSError:  # locked by a server that is using it, or not ours to remove after all
-        return
-    finally:
-        if fd is not None:
-            os.close(fd)
 
 
 def _check_socket_place(settings: Settings) -> None:

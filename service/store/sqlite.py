@@ -5,6 +5,16 @@ acknowledged write survives kill -9 and power loss. All SQLite work runs on one 
 writes are serialised there (compare-and-set is a plain transaction) and the event loop never
 blocks on disk. One server owns a data directory at a time (an advisory lock on ``store.lock``).
 
+Several processes (`workers` > 1): the supervisor holds the lock and hands it to its workers, each
+with a store of its own on the same file. Writes from two processes are serialised by SQLite's
+write lock (BEGIN IMMEDIATE, waiting up to the busy timeout), and revisions come from one counter
+in the database, so they stay unique and increasing across processes. Each process learns of the
+others' writes from the history table: it polls ``PRAGMA data_version`` on the store thread every
+`FOLLOW_SECONDS` (a read of shared memory, no disk access) and, when another connection has
+committed, publishes the history rows it has not seen, in revision order; its own writes first
+take up what the others wrote before them, so its watchers see every change in revision order.
+When the history was pruned past what a process had seen, its watchers get a `Resync`.
+
 A full disk, an I/O error or a read-only file: the failing call is UNAVAILABLE naming that cause
 (SQLite rolls such a transaction back by itself, so our own rollback must not replace the cause
 with "no transaction is active"). The store then remembers that it could not write, and `ping`,
@@ -18,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import builtins  # `list` names a method inside the store classes
 import contextlib
-import fcntl
+import logging
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable
@@ -28,9 +38,16 @@ from pathlib import Path
 from typing import TypeVar
 
 from smtpconfig.core.errors import FailedPrecondition, Unavailable
+from smtpconfig.store import lock as store_lock
 from smtpconfig.store.base import ABSENT, AuditEntry, Change, EtagMismatch, Resync, Revision, _Absent, make_etag
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+# How often a store shared with other processes looks for their writes (`PRAGMA data_version`):
+# the most another worker's WatchSmtp stream lags behind a write, beyond the time to read it.
+FOLLOW_SECONDS = 0.05
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (
@@ -108,13 +125,23 @@ def _rollback(db: sqlite3.Connection) -> None:
 class SqliteStore:
     """`Store` on a SQLite file. Create with `await SqliteStore.open(data_dir)`."""
 
-    def __init__(self, path: Path, lock_fd: int, history_keep: int = HISTORY_KEEP) -> None:
+    def __init__(self, path: Path, lock_fd: int, history_keep: int = HISTORY_KEEP, *, shared: bool = False) -> None:
         self.path = path
         self._history_keep = max(1, history_keep)
         self._lock_fd = lock_fd
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
         self._db: sqlite3.Connection | None = None
-        self._watchers: list[tuple[str, asyncio.Queue[Change]]] = []
+        self._watchers: list[tuple[str, asyncio.Queue[Change | Resync]]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Other processes write to the same file (the workers of one supervisor): follow them.
+        self.shared = shared
+        # Store thread only, when shared: the newest revision this process has taken up (its own
+        # writes and the others' read from the history), the last `PRAGMA data_version` seen, and
+        # the others' changes read but not yet handed to the event loop.
+        self._synced = 0
+        self._data_version = -1
+        self._others: list[Change | Resync] = []
+        self._follower: asyncio.Task | None = None
         # Newest revision published to watchers: a resuming watcher takes rows up to it from the
         # history table and the rest from its queue.
         self._published = 0
@@ -124,19 +151,24 @@ class SqliteStore:
 
     @classmethod
     async def open(
-        cls, data_dir: Path, filename: str = "smtpconfig.db", history_keep: int = HISTORY_KEEP
+        cls, data_dir: Path, filename: str = "smtpconfig.db", history_keep: int = HISTORY_KEEP,
+        *, lock_fd: int | None = None,
     ) -> SqliteStore:
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        lock_fd = os.open(data_dir / "store.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        """Open the store, taking the data directory's lock; or, with `lock_fd` (a worker's, handed
+        down by its supervisor), sharing it with the supervisor's other workers."""
+        if lock_fd is None:
+            fd = store_lock.take(data_dir)
+        else:
+            fd = store_lock.adopt(os.dup(lock_fd), data_dir)
+        store = cls(data_dir / filename, fd, history_keep, shared=lock_fd is not None)
+        store._loop = asyncio.get_running_loop()
         try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(lock_fd)
-            raise FailedPrecondition(
-                f"data directory {data_dir} is in use by another smtpconfig server"
-            ) from None
-        store = cls(data_dir / filename, lock_fd, history_keep)
-        await store._run(store._connect)
+            await store._run(store._connect)
+        except BaseException:
+            await store.close()
+            raise
+        if store.shared:
+            store._follower = asyncio.create_task(store._follow_others(), name="sqlite-follower")
         return store
 
     def _connect(self) -> None:
@@ -147,6 +179,9 @@ class SqliteStore:
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(_SCHEMA)
         self._db = db
+        if self.shared:
+            (self._data_version,) = db.execute("PRAGMA data_version").fetchone()
+            (self._synced,) = db.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()
 
     async def _run(self, fn: Callable[[], T]) -> T:
         try:
@@ -190,6 +225,7 @@ class SqliteStore:
             db = self._conn
             db.execute("BEGIN IMMEDIATE")
             try:
+                self._catch_up(db)
                 current = db.execute("SELECT etag FROM kv WHERE key = ?", (key,)).fetchone()
                 if expected is ABSENT and current is not None:
                     raise EtagMismatch(key)
@@ -213,6 +249,7 @@ class SqliteStore:
             except BaseException:
                 _rollback(db)
                 raise
+            self._synced = number
             return revision
 
         return await self._write(write, lambda revision: Change(key, revision, revision.revision))
@@ -222,6 +259,7 @@ class SqliteStore:
             db = self._conn
             db.execute("BEGIN IMMEDIATE")
             try:
+                self._catch_up(db)
                 current = db.execute("SELECT etag FROM kv WHERE key = ?", (key,)).fetchone()
                 if expected is not None and (current is None or current[0] != expected):
                     raise EtagMismatch(key)
@@ -237,6 +275,7 @@ class SqliteStore:
             except BaseException:
                 _rollback(db)
                 raise
+            self._synced = number
             return number
 
         number = await self._write(remove, lambda number: None if number is None else Change(key, None, number))
@@ -245,17 +284,83 @@ class SqliteStore:
     async def _write(self, fn: Callable[[], T], change: Callable[[T], Change | None]) -> T:
         """Run a write and tell the watchers once it is committed, also when the caller gave up
         meanwhile (its deadline passed): the thread commits regardless, and a change nobody
-        published would leave every follower serving the revision before it."""
-        task = asyncio.ensure_future(self._run(fn))
+        published would leave every follower serving the revision before it. The store thread
+        hands the change to the event loop itself, behind any other process's changes it took up
+        first, so watchers get them in the order the thread saw them, before the caller resumes."""
 
-        def publish(done: asyncio.Future) -> None:
-            if not done.cancelled() and done.exception() is None:
-                event = change(done.result())
-                if event is not None:
-                    self._publish(event)
+        def write() -> T:
+            try:
+                result = fn()
+            except BaseException:
+                self._hand_over()  # what other processes wrote, read before this write failed
+                raise
+            event = change(result)
+            self._hand_over(event)
+            return result
 
-        task.add_done_callback(publish)  # runs before the caller resumes, as the publish did before
-        return await asyncio.shield(task)
+        return await asyncio.shield(asyncio.ensure_future(self._run(write)))
+
+    def _catch_up(self, db: sqlite3.Connection) -> None:
+        """Store thread, inside a transaction, when shared: read the changes other processes
+        committed since this one last looked, for `_hand_over` (a `Resync` if the history no
+        longer reaches back that far)."""
+        if not self.shared:
+            return
+        revision, since = db.execute(
+            "SELECT (SELECT value FROM meta WHERE name = 'revision'), (SELECT value FROM meta WHERE name = 'history_from')"
+        ).fetchone()
+        if revision <= self._synced:
+            return
+        if self._synced < since:
+            self._others.append(Resync(revision))
+        else:
+            rows = db.execute(
+                "SELECT key, value, revision, etag, updated_at FROM history WHERE revision > ? AND revision <= ?"
+                " ORDER BY revision", (self._synced, revision),
+            ).fetchall()
+            self._others.extend(self._history_row(row) for row in rows)
+        self._synced = revision
+
+    def _hand_over(self, own: Change | None = None) -> None:
+        """Store thread: queue the changes taken up (the others', then `own`) for publication on
+        the event loop, in this order."""
+        events = self._others
+        self._others = []
+        if own is not None:
+            events.append(own)
+        if events and self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._publish_all, events)
+            except RuntimeError:  # the loop is closed: nobody is left to tell
+                pass
+
+    def _poll(self) -> None:
+        """Store thread: take up other processes' writes, if any were committed since the last look."""
+        db = self._conn
+        (version,) = db.execute("PRAGMA data_version").fetchone()
+        if version == self._data_version:
+            return
+        self._data_version = version
+        db.execute("BEGIN")  # one snapshot for the revision and the history rows below it
+        try:
+            self._catch_up(db)
+        finally:
+            _rollback(db)
+        self._hand_over()
+
+    async def _follow_others(self) -> None:
+        """Shared store: look for other processes' writes every FOLLOW_SECONDS."""
+        failing = False
+        while True:
+            await asyncio.sleep(FOLLOW_SECONDS)
+            try:
+                await self._run(self._poll)
+            except Unavailable as error:  # busy or failing disk: tried again next time
+                if not failing:
+                    log.warning("cannot read other workers' changes right now (%s)", error)
+                failing = True
+            else:
+                failing = False
 
     async def import_audit(self, entries: builtins.list[AuditEntry]) -> None:
         def write() -> None:
@@ -404,7 +509,7 @@ class SqliteStore:
             )
 
     async def watch(self, prefix: str, after: int | None = None) -> AsyncIterator[Change | Resync]:
-        queue: asyncio.Queue[Change] = asyncio.Queue()
+        queue: asyncio.Queue[Change | Resync] = asyncio.Queue()
         entry = (prefix, queue)
         self._watchers.append(entry)  # before the history is read: nothing falls between the two
         try:
@@ -420,10 +525,22 @@ class SqliteStore:
                         yield change
             while True:
                 change = await queue.get()
-                if change.at > last:  # a change both read from the history and published
+                if isinstance(change, Resync):  # another process's writes outran the history
+                    last = change.revision
+                    yield change
+                elif change.at > last:  # a change both read from the history and published
                     yield change
         finally:
             self._watchers.remove(entry)
+
+    def _publish_all(self, events: builtins.list[Change | Resync]) -> None:
+        for event in events:
+            if isinstance(event, Resync):
+                self._published = max(self._published, event.revision)
+                for _, queue in self._watchers:
+                    queue.put_nowait(event)
+            else:
+                self._publish(event)
 
     def _publish(self, change: Change) -> None:
         self._published = max(self._published, change.at)
@@ -438,6 +555,11 @@ class SqliteStore:
         return self._db
 
     async def close(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower
+            self._follower = None
         if self._db is not None:
             await self._run(self._db.close)
             self._db = None
