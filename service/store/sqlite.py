@@ -524,12 +524,12 @@ class SqliteStore:
                         last = change.at
                         yield change
             while True:
-                change = await queue.get()
-                if isinstance(change, Resync):  # another process's writes outran the history
-                    last = change.revision
-                    yield change
-                elif change.at > last:  # a change both read from the history and published
-                    yield change
+                event = await queue.get()
+                if isinstance(event, Resync):  # another process's writes outran the history
+                    last = event.revision
+                    yield event
+                elif event.at > last:  # a change both read from the history and published
+                    yield event
         finally:
             self._watchers.remove(entry)
 
