@@ -9,11 +9,19 @@ Several processes (`workers` > 1): the supervisor holds the lock and hands it to
 with a store of its own on the same file. Writes from two processes are serialised by SQLite's
 write lock (BEGIN IMMEDIATE, waiting up to the busy timeout), and revisions come from one counter
 in the database, so they stay unique and increasing across processes. Each process learns of the
-others' writes from the history table: it polls ``PRAGMA data_version`` on the store thread every
-`FOLLOW_SECONDS` (a read of shared memory, no disk access) and, when another connection has
-committed, publishes the history rows it has not seen, in revision order; its own writes first
-take up what the others wrote before them, so its watchers see every change in revision order.
-When the history was pruned past what a process had seen, its watchers get a `Resync`.
+others' writes from the history table, in revision order:
+
+- every write also sets the newest revision in a small memory-mapped file beside the database
+  (``smtpconfig.db-revision``), before it commits and under the write lock;
+- every `FOLLOW_SECONDS` the event loop compares that number with the newest revision it has
+  published (a read of shared memory); when another process wrote, it reads the history rows it
+  has not seen (a read on a connection of its own, well under a millisecond) and publishes them;
+- `settle()` does the same at once: the profile service calls it before answering a read, so a
+  change another worker has acknowledged is never answered as absent (read-your-writes across
+  workers, for the profile);
+- a process's own write first takes up what the others wrote before it, in its transaction, so
+  its watchers still see every change in revision order; what two paths publish is published
+  once. When the history was pruned past what a process had seen, its watchers get a `Resync`.
 
 A full disk, an I/O error or a read-only file: the failing call is UNAVAILABLE naming that cause
 (SQLite rolls such a transaction back by itself, so our own rollback must not replace the cause
@@ -29,8 +37,11 @@ import asyncio
 import builtins  # `list` names a method inside the store classes
 import contextlib
 import logging
+import mmap
 import os
 import sqlite3
+import struct
+import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -45,9 +56,11 @@ T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-# How often a store shared with other processes looks for their writes (`PRAGMA data_version`):
-# the most another worker's WatchSmtp stream lags behind a write, beyond the time to read it.
-FOLLOW_SECONDS = 0.05
+# How often a store shared with other processes looks for their writes (the shared revision): the
+# most another worker's WatchSmtp stream lags behind a write, beyond the time to read it.
+FOLLOW_SECONDS = 0.01
+_REVISION_FILE_SUFFIX = "-revision"
+_COUNTER = struct.Struct("<Q")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (
@@ -139,9 +152,14 @@ class SqliteStore:
         # writes and the others' read from the history), the last `PRAGMA data_version` seen, and
         # the others' changes read but not yet handed to the event loop.
         self._synced = 0
-        self._data_version = -1
         self._others: list[Change | Resync] = []
         self._follower: asyncio.Task | None = None
+        # When shared: the newest revision any process has written (memory-mapped file), and a
+        # connection of the event loop's own for taking up the others' changes (`settle`).
+        self._counter: mmap.mmap | None = None
+        self._reader: sqlite3.Connection | None = None
+        # Store thread and event loop: `_synced` and `_others` change under it.
+        self._sync_lock = threading.Lock()
         # Newest revision published to watchers: a resuming watcher takes rows up to it from the
         # history table and the rest from its queue.
         self._published = 0
@@ -180,8 +198,17 @@ class SqliteStore:
         db.executescript(_SCHEMA)
         self._db = db
         if self.shared:
-            (self._data_version,) = db.execute("PRAGMA data_version").fetchone()
             (self._synced,) = db.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()
+            self._published = self._synced
+            counter = self.path.with_name(self.path.name + _REVISION_FILE_SUFFIX)
+            fd = os.open(counter, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                if os.fstat(fd).st_size < _COUNTER.size:
+                    os.ftruncate(fd, _COUNTER.size)
+                self._counter = mmap.mmap(fd, _COUNTER.size)
+            finally:
+                os.close(fd)
+            self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
 
     async def _run(self, fn: Callable[[], T]) -> T:
         try:
@@ -245,11 +272,12 @@ class SqliteStore:
                 self._remember(db, key, number, value, revision.etag, revision.updated_at)
                 if audit is not None:
                     db.execute("INSERT INTO audit (time, record) VALUES (?, ?)", audit)
+                self._announce(number)
                 db.execute("COMMIT")
             except BaseException:
                 _rollback(db)
                 raise
-            self._synced = number
+            self._took(number)
             return revision
 
         return await self._write(write, lambda revision: Change(key, revision, revision.revision))
@@ -271,11 +299,12 @@ class SqliteStore:
                 self._remember(db, key, number, None, None, datetime.now(UTC))
                 if audit is not None:
                     db.execute("INSERT INTO audit (time, record) VALUES (?, ?)", audit)
+                self._announce(number)
                 db.execute("COMMIT")
             except BaseException:
                 _rollback(db)
                 raise
-            self._synced = number
+            self._took(number)
             return number
 
         number = await self._write(remove, lambda number: None if number is None else Change(key, None, number))
@@ -300,12 +329,28 @@ class SqliteStore:
 
         return await asyncio.shield(asyncio.ensure_future(self._run(write)))
 
+    def _announce(self, number: int) -> None:
+        """Store thread, under the write lock, before the commit: tell the other processes the
+        newest revision (a commit that fails after it costs them one needless look)."""
+        if self._counter is not None:
+            _COUNTER.pack_into(self._counter, 0, number)
+
     def _catch_up(self, db: sqlite3.Connection) -> None:
-        """Store thread, inside a transaction, when shared: read the changes other processes
-        committed since this one last looked, for `_hand_over` (a `Resync` if the history no
-        longer reaches back that far)."""
+        """Inside a transaction on `db`, when shared: read the changes other processes committed
+        since this one last looked, for `_hand_over` (a `Resync` if the history no longer reaches
+        back that far). Called on the store thread (writes) or the loop (`settle`)."""
         if not self.shared:
             return
+        with self._sync_lock:
+            self._catch_up_locked(db)
+
+    def _took(self, number: int) -> None:
+        """Store thread, after this process committed revision `number`."""
+        if self.shared:
+            with self._sync_lock:
+                self._synced = max(self._synced, number)
+
+    def _catch_up_locked(self, db: sqlite3.Connection) -> None:
         revision, since = db.execute(
             "SELECT (SELECT value FROM meta WHERE name = 'revision'), (SELECT value FROM meta WHERE name = 'history_from')"
         ).fetchone()
@@ -324,8 +369,9 @@ class SqliteStore:
     def _hand_over(self, own: Change | None = None) -> None:
         """Store thread: queue the changes taken up (the others', then `own`) for publication on
         the event loop, in this order."""
-        events = self._others
-        self._others = []
+        with self._sync_lock:
+            events = self._others
+            self._others = []
         if own is not None:
             events.append(own)
         if events and self._loop is not None:
@@ -334,33 +380,34 @@ class SqliteStore:
             except RuntimeError:  # the loop is closed: nobody is left to tell
                 pass
 
-    def _poll(self) -> None:
-        """Store thread: take up other processes' writes, if any were committed since the last look."""
-        db = self._conn
-        (version,) = db.execute("PRAGMA data_version").fetchone()
-        if version == self._data_version:
-            return
-        self._data_version = version
-        db.execute("BEGIN")  # one snapshot for the revision and the history rows below it
+    def settle(self) -> builtins.list[Change | Resync]:
+        """Event loop: publish now every change another process has written and this one has
+        not published yet; returns them, oldest first (nothing, at the cost of one comparison,
+        when there are none; always nothing when the store is not shared)."""
+        counter = self._counter
+        if counter is None or _COUNTER.unpack_from(counter)[0] <= self._published:
+            return []
+        reader = self._reader
+        assert reader is not None
         try:
-            self._catch_up(db)
-        finally:
-            _rollback(db)
-        self._hand_over()
+            reader.execute("BEGIN")  # one snapshot for the revision and the history rows below it
+            try:
+                self._catch_up(reader)
+            finally:
+                _rollback(reader)
+        except sqlite3.Error as error:  # busy or failing disk: the follower tries again
+            log.debug("cannot read other workers' changes right now (%s)", _cause(error)[1])
+            return []
+        with self._sync_lock:
+            events = self._others
+            self._others = []
+        return self._publish_all(events)
 
     async def _follow_others(self) -> None:
         """Shared store: look for other processes' writes every FOLLOW_SECONDS."""
-        failing = False
         while True:
             await asyncio.sleep(FOLLOW_SECONDS)
-            try:
-                await self._run(self._poll)
-            except Unavailable as error:  # busy or failing disk: tried again next time
-                if not failing:
-                    log.warning("cannot read other workers' changes right now (%s)", error)
-                failing = True
-            else:
-                failing = False
+            self.settle()
 
     async def import_audit(self, entries: builtins.list[AuditEntry]) -> None:
         def write() -> None:
@@ -533,14 +580,24 @@ class SqliteStore:
         finally:
             self._watchers.remove(entry)
 
-    def _publish_all(self, events: builtins.list[Change | Resync]) -> None:
+    def _publish_all(self, events: builtins.list[Change | Resync]) -> builtins.list[Change | Resync]:
+        """Publish what is newer than what was published: the store thread and `settle` each
+        hand over changes in revision order, and either may have published some of the other's
+        first. Returns what was published."""
+        published = []
         for event in events:
             if isinstance(event, Resync):
-                self._published = max(self._published, event.revision)
+                if event.revision <= self._published:
+                    continue
+                self._published = event.revision
                 for _, queue in self._watchers:
                     queue.put_nowait(event)
             else:
+                if event.at <= self._published:
+                    continue
                 self._publish(event)
+            published.append(event)
+        return published
 
     def _publish(self, change: Change) -> None:
         self._published = max(self._published, change.at)
@@ -560,6 +617,12 @@ class SqliteStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follower
             self._follower = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        if self._counter is not None:
+            self._counter.close()
+            self._counter = None
         if self._db is not None:
             await self._run(self._db.close)
             self._db = None
