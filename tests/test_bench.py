@@ -1,5 +1,6 @@
 """`make bench` keeps working: a very short run produces every row (TLS and mTLS included), both
-latency phases, the edge and workers phases, the transport ratios, the resident memory table and the verdicts (no timing asserted)."""
+latency phases, the edge and workers phases, the transport ratios, the resident memory table and
+the verdicts (no timing asserted)."""
 
 from __future__ import annotations
 

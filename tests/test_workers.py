@@ -186,6 +186,18 @@ def test_each_worker_writes_its_own_audit_log_and_verify_checks_them_all(workers
         assert name.removesuffix(".jsonl") in done.stdout
 
 
+def _rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
+
+
+def test_the_supervisor_is_small_and_each_worker_stays_under_80_mib(workers: Workers) -> None:
+    assert workers.proc is not None
+    assert _rss_mib(workers.proc.pid) < 30, "the supervisor imports neither grpc nor the service"
+    for pid in workers.pids():
+        assert _rss_mib(pid) <= 80
+
+
 def test_a_killed_worker_is_started_again_and_acknowledged_writes_survive() -> None:
     server = Workers(short_dir("wk") / "d").start()
     try:
