@@ -8,6 +8,7 @@ pool of its own is one TCP connection, which the kernel gives to one worker for 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -303,3 +304,46 @@ def test_the_workers_setting_defaults_to_one_per_core_but_one_for_an_edge() -> N
         settings_mod.load(flags={"workers": "2", "listen": []}, env={})
     with pytest.raises(settings_mod.SettingsError, match="between 0"):
         settings_mod.load(env={"SMTPCONFIG_WORKERS": "-1"})
+
+
+# --- two stores on one file, as two workers hold them -----------------------------------------------
+
+
+def test_shared_stores_see_each_others_changes_in_order_and_resync_past_the_history(tmp_path: Path) -> None:
+    from smtpconfig.store import lock as store_lock
+    from smtpconfig.store.base import Change, Resync
+    from smtpconfig.store.sqlite import SqliteStore
+
+    async def scenario() -> None:
+        held = store_lock.take(tmp_path)  # the supervisor's lock, handed to both "workers"
+        try:
+            a = await SqliteStore.open(tmp_path, history_keep=3, lock_fd=held)
+            b = await SqliteStore.open(tmp_path, history_keep=3, lock_fd=held)
+            with pytest.raises(Exception, match="in use by another smtpconfig server"):
+                await SqliteStore.open(tmp_path)  # an unrelated server still cannot
+            try:
+                changes = b.watch("k/")
+                first = asyncio.ensure_future(changes.__anext__())
+                await asyncio.sleep(0)
+                written = [await a.put(f"k/{i}", b"v") for i in range(3)]
+                got = [await first] + [await asyncio.wait_for(changes.__anext__(), 5) for _ in range(2)]
+                assert [c.at for c in got if isinstance(c, Change)] == [w.revision for w in written]
+                # b's own write comes after a's, in revision order, with a revision above them.
+                own = await b.put("k/b", b"w")
+                assert own.revision == written[-1].revision + 1
+                assert (await asyncio.wait_for(changes.__anext__(), 5)).at == own.revision
+                # b stops looking; a writes more than the history keeps: b's watcher resyncs.
+                assert b._follower is not None
+                b._follower.cancel()
+                for i in range(6):
+                    await a.put("k/x", str(i).encode())
+                assert b.settle()[0] == Resync(await a.revision())
+                assert isinstance(await asyncio.wait_for(changes.__anext__(), 5), Resync)
+                await changes.aclose()
+            finally:
+                await a.close()
+                await b.close()
+        finally:
+            os.close(held)
+
+    asyncio.run(scenario())
