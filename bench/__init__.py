@@ -179,3 +179,7 @@ EDGE = "edge"
 EDGE_IN_FLIGHT = 64
 EDGE_GOAL_RATIO = 0.8
 EDGE_LATENCY_GOAL_RATIO = 0.5
+# The workers phase (`bench.workersphase`): GetSmtp QPS of `serve --workers 2` over `--workers 1`
+# at WORKERS_IN_FLIGHT, at least this ratio.
+WORKERS_IN_FLIGHT = 64
+WORKERS_GOAL_RATIO = 1.6

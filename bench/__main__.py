@@ -54,12 +54,14 @@ from bench import (
     TRANSPORTS,
     WAIT_PATH,
     WAIT_SECONDS,
+    WORKERS_IN_FLIGHT,
     BenchError,
     Transport,
     cold,
     edgephase,
     openbao,
     testsmtp,
+    workersphase,
 )
 from bench.certs import CLIENT_ID, Certs, make_certs
 from bench.load import Command, memory
@@ -147,6 +149,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"TestSmtp calls, and as many direct smtplib exchanges, in the TestSmtp phase (default {SMTP_CALLS})",
     )
     parser.add_argument("--skip-smtp", action="store_true", help="leave out the TestSmtp phase (and the SMTP server)")
+    parser.add_argument(
+        "--skip-workers", action="store_true", help="leave out the workers phase (serve --workers 2 against --workers 1)"
+    )
+    parser.add_argument(
+        "--workers-in-flight", type=_positive(int), default=WORKERS_IN_FLIGHT,
+        help=f"calls in flight in the workers phase, over all its load generators (default {WORKERS_IN_FLIGHT})",
+    )
     parser.add_argument(
         "--skip-tls", action="store_true",
         help="leave out GetSmtp over TLS and mTLS (and the four servers that serve it)",
@@ -322,7 +331,14 @@ def measure_all(args: argparse.Namespace) -> tuple[dict[str, int], list[dict[str
             if suite == GETSMTP_SUITE and not waiting and name in reads and level == top[name]:
                 reads[name]["after"] = memory(servers[name].pid)  # the last round's stays
 
-        phases: dict[str, Any] = {"smtp": None, "vault": None, "edge": None, "memory": reads}
+        phases: dict[str, Any] = {"smtp": None, "vault": None, "edge": None, "workers": None, "memory": reads}
+        if not args.skip_workers:
+            _progress(f"workers phase: GetSmtp of serve --workers 2 and --workers 1 at {args.workers_in_flight} in flight")
+            workers = phases["workers"] = workersphase.measure(
+                scratch, seconds=args.seconds, warmup=args.warmup, rounds=args.rounds,
+                in_flight=args.workers_in_flight, answer_slack=ANSWER_SLACK, progress=_progress,
+            )
+            _progress(f"workers: {workers['ratio']:.2f}x the QPS of one process")
         if not args.skip_smtp:
             _progress(f"TestSmtp phase: {args.smtp_calls} TestSmtp calls and as many direct smtplib exchanges")
             smtp = phases["smtp"] = testsmtp.measure(
@@ -384,8 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: interrupted; servers stopped", file=sys.stderr)
         return 130
     rows = summarize(measurements, args.pick)
-    smtp, vault, edge = phases["smtp"], phases["vault"], phases["edge"]
-    verdicts = goals(rows, vault, edge, args.edge_in_flight, smtp)
+    smtp, vault, edge, workers = phases["smtp"], phases["vault"], phases["edge"], phases["workers"]
+    verdicts = goals(rows, vault, edge, args.edge_in_flight, smtp=smtp, workers=workers)
     ratios = transport_ratios(rows)
     resident = resident_memory(rows, phases["memory"])
     env = environment()
@@ -407,12 +423,14 @@ def main(argv: list[str] | None = None) -> int:
         "smtp_calls": None if args.skip_smtp else args.smtp_calls,
         "vault_secrets": None if args.skip_vault else args.vault_secrets,
         "edge_in_flight": None if args.skip_vault or args.skip_edge else args.edge_in_flight,
+        "workers_in_flight": None if args.skip_workers else args.workers_in_flight,
         "elapsed_seconds": round(time.monotonic() - started, 1),
     }
     if args.json:
         # "goal" is GetSmtp's, as before the other goals were added; "goals" holds all of them.
         document = {"environment": env, "settings": settings, "results": rows, "transport_ratios": ratios,
-                    "memory": resident, "smtp": smtp, "vault": vault, "edge": edge, "goal": verdicts[0], "goals": verdicts}
+                    "memory": resident, "smtp": smtp, "vault": vault, "edge": edge, "workers": workers,
+                    "goal": verdicts[0], "goals": verdicts}
         print(json.dumps(document, indent=2))
         return 0
     header = (
@@ -431,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         + (f"\n'+N waiting': N more calls in flight meanwhile, each answered after {WAIT_SECONDS:g} s"
            " without CPU (as apply-time calls wait on the network); not counted." if args.waiting else "")
     )
-    print(table(rows, verdicts, header, vault, smtp, ratios, resident, edge))
+    print(table(rows, verdicts, header, vault, smtp, ratios, resident, edge, workers))
     return 0
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import math
 import os
@@ -61,6 +62,10 @@ class Command:
     ca_file: str = ""
     cert_file: str = ""
     key_file: str = ""
+    # More processes whose CPU counts as the server's (a supervisor's workers), and connections
+    # to spread the calls over (each its own, so SO_REUSEPORT can give them to different workers).
+    extra_pids: tuple[int, ...] = ()
+    channels: int = 1
 
     @property
     def transport(self) -> Transport:
@@ -104,6 +109,17 @@ def _process_cpu(pid: int | None) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _processes_cpu(pids: tuple[int | None, ...]) -> float | None:
+    """CPU seconds of all `pids` together; None if one cannot be read."""
+    total = 0.0
+    for pid in pids:
+        used = _process_cpu(pid)
+        if used is None:
+            return None
+        total += used
+    return total
 
 
 def memory(pid: int | None) -> dict[str, float] | None:
@@ -174,14 +190,23 @@ async def measure(command: Command) -> Result:
     transport = command.transport
     metadata = transport.metadata
     credentials = transport.credentials()
+    # Several channels: each with a subchannel pool of its own, or they would share one connection.
+    options = [("grpc.use_local_subchannel_pool", 1)] if command.channels > 1 else None
     if credentials is None:
-        channel = grpc.aio.insecure_channel(command.target)
+        opened = [grpc.aio.insecure_channel(command.target, options=options) for _ in range(max(1, command.channels))]
     else:
-        channel = grpc.aio.secure_channel(command.target, credentials)
-    async with channel:
-        call = channel.unary_unary(command.method, request_serializer=None, response_deserializer=None)
-        await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT)
-        response_size = len(await call(payload, timeout=CONNECT_TIMEOUT, metadata=metadata))
+        opened = [grpc.aio.secure_channel(command.target, credentials, options=options)
+                  for _ in range(max(1, command.channels))]
+    channel = opened[0]
+    async with contextlib.AsyncExitStack() as stack:
+        for each in opened:
+            await stack.enter_async_context(each)
+        calls = [each.unary_unary(command.method, request_serializer=None, response_deserializer=None)
+                 for each in opened]
+        call = calls[0]
+        for each, its_call in zip(opened, calls, strict=True):
+            await asyncio.wait_for(each.channel_ready(), CONNECT_TIMEOUT)
+            response_size = len(await its_call(payload, timeout=CONNECT_TIMEOUT, metadata=metadata))
 
         perf = time.perf_counter
         window_start = perf() + command.warmup
@@ -191,7 +216,7 @@ async def measure(command: Command) -> Result:
 
         replies: list[bytes] | None = [] if command.replies else None
 
-        async def caller(latencies: list[float]) -> None:
+        async def caller(latencies: list[float], call=call) -> None:
             nonlocal errors, first_error
             while True:
                 started = perf()
@@ -211,11 +236,11 @@ async def measure(command: Command) -> Result:
                         replies.append(reply)
 
         async def cpu_sampler() -> tuple[float, float | None, float | None]:
-            pid = command.server_pid
+            pids = (command.server_pid, *command.extra_pids)
             await asyncio.sleep(max(0.0, window_start - perf()))
-            wall0, client0, server0, machine0 = perf(), time.process_time(), _process_cpu(pid), _machine_cpu()
+            wall0, client0, server0, machine0 = perf(), time.process_time(), _processes_cpu(pids), _machine_cpu()
             await asyncio.sleep(max(0.0, window_end - perf()))
-            wall1, client1, server1, machine1 = perf(), time.process_time(), _process_cpu(pid), _machine_cpu()
+            wall1, client1, server1, machine1 = perf(), time.process_time(), _processes_cpu(pids), _machine_cpu()
             wall = wall1 - wall0
             client = (client1 - client0) / wall
             server = None if server0 is None or server1 is None else (server1 - server0) / wall
@@ -244,7 +269,7 @@ async def measure(command: Command) -> Result:
         cpu, rss, *_ = await asyncio.gather(
             cpu_sampler(),
             rss_sampler(),
-            *(caller(out) for out in per_caller),
+            *(caller(out, calls[i % len(calls)]) for i, out in enumerate(per_caller)),
             *(waiter() for _ in range(command.waiting)),
         )
 

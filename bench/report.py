@@ -43,6 +43,8 @@ from bench import (
     SUITES,
     TARGETS,
     VAULT_GOAL_RATIO,
+    WORKERS_GOAL_RATIO,
+    WORKERS_IN_FLIGHT,
 )
 from bench.load import RSS_INTERVAL
 
@@ -224,12 +226,23 @@ def edge_goals(edge: dict[str, Any] | None, in_flight: int) -> list[dict[str, An
     ]
 
 
+def workers_goal(workers: dict[str, Any] | None, in_flight: int = WORKERS_IN_FLIGHT) -> dict[str, Any]:
+    """GetSmtp QPS of two worker processes over one process's (median of paired rounds)."""
+    if workers is not None:
+        in_flight = workers["in_flight"]
+    ratio = None if workers is None else workers["ratio"]
+    return {
+        "statement": f"GetSmtp QPS with workers = 2 at {in_flight} in flight >= {WORKERS_GOAL_RATIO} of workers = 1",
+        "threshold": WORKERS_GOAL_RATIO, "ratio": ratio, "met": None if ratio is None else ratio >= WORKERS_GOAL_RATIO,
+    }
+
+
 def goals(rows: list[dict[str, Any]], vault: dict[str, Any] | None,
           edge: dict[str, Any] | None = None, edge_in_flight: int = EDGE_IN_FLIGHT,
-          smtp: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Every goal, GetSmtp's first, TestSmtp's before the Vault one, which is last."""
+          smtp: dict[str, Any] | None = None, workers: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every goal, GetSmtp's first, then the edge's, the workers', TestSmtp's, and the Vault one last."""
     return ([goal(rows, *spec) for spec in QPS_GOALS] + edge_goals(edge, edge_in_flight)
-            + [smtp_goal(smtp), vault_goal(vault)])
+            + [workers_goal(workers), smtp_goal(smtp), vault_goal(vault)])
 
 
 def _ratio(value: float | None) -> str:
@@ -243,7 +256,7 @@ def _percent(value: float | None) -> str:
 def table(rows: list[dict[str, Any]], verdicts: list[dict[str, Any]], header: str,
           vault: dict[str, Any] | None = None, smtp: dict[str, Any] | None = None,
           ratios: list[dict[str, Any]] | None = None, resident: list[dict[str, Any]] | None = None,
-          edge: dict[str, Any] | None = None) -> str:
+          edge: dict[str, Any] | None = None, workers: dict[str, Any] | None = None) -> str:
     lines = [header, ""]
     own = any(r["ratio_vs_baseline"] is not None for r in rows)
     columns = (
@@ -314,6 +327,8 @@ def table(rows: list[dict[str, Any]], verdicts: list[dict[str, Any]], header: st
         lines += ["", *_vault_table(vault)]
     if edge is not None:
         lines += ["", *_edge_table(edge)]
+    if workers is not None:
+        lines += ["", *_workers_table(workers)]
     lines.append("")
     for verdict in verdicts:
         if verdict["met"] is None:
@@ -323,6 +338,8 @@ def table(rows: list[dict[str, Any]], verdicts: list[dict[str, Any]], header: st
                 why = "--skip-vault or --skip-edge"
             elif verdict["statement"].startswith("TestSmtp"):
                 why = "--skip-smtp"
+            elif verdict["statement"].startswith("GetSmtp QPS with workers"):
+                why = "--skip-workers"
             else:
                 why = "--skip-vault"
             lines.append(f"goal {verdict['statement']}: not measured ({why})")
@@ -429,6 +446,37 @@ def _vault_table(vault: dict[str, Any]) -> list[str]:
         f" {len(vault['rounds'])} rounds; every CheckSecret reply said Cached false. p50 of the replies' own"
         f" Latency (resolution in the service: thread pool and hvac): {vault['service']['resolve_p50_ms']:.3f} ms."
     )
+    return lines
+
+
+def _workers_table(workers: dict[str, Any]) -> list[str]:
+    """Both services' medians, the ratio, and what the CPU per call allows on this machine."""
+    title = (f"GetSmtp with every core ({workers['generators']} load generators x"
+             f" {workers['channels_per_generator']} connections)")
+    columns = (
+        f"{title:<58}{'in-flight':>10}{'QPS':>9}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'server CPU':>12}{'client CPU':>12}{'other CPU':>11}{'server us/call':>16}{'client us/call':>16}"
+    )
+    lines = [columns, "-" * len(columns)]
+    for count in (2, 1):
+        row = workers[f"workers_{count}"]
+        lines.append(
+            f"{f'smtpconfig serve --workers {count}':<58}{workers['in_flight']:>10}{row['qps']:>9.0f}"
+            f"{row['p50_ms']:>9.3f}{row['p99_ms']:>9.3f}{_percent(row['server_cpu']):>12}"
+            f"{_percent(row['client_cpu']):>12}{_percent(row['other_cpu']):>11}"
+            f"{row['server_us_per_call']:>16.0f}{row['client_us_per_call']:>16.0f}"
+        )
+    one, two = workers["workers_1"], workers["workers_2"]
+    ratio = workers["ratio"]
+    lines.append(f"QPS ratio workers = 2 / workers = 1 (median of paired rounds): {_ratio(ratio) or '-'}")
+    per_call = two["server_us_per_call"] + two["client_us_per_call"]
+    if per_call > 0 and one["qps"] > 0:
+        ceiling = workers["cpus"] * 1e6 / per_call
+        lines.append(
+            f"note: {workers['cpus']} cores / ({two['server_us_per_call']:.0f} us server + {two['client_us_per_call']:.0f} us"
+            f" client CPU per call) = at most {ceiling:.0f} QPS with client and server on this machine, i.e."
+            f" {ceiling / one['qps']:.2f}x workers = 1 here; the load generators' CPU is the machine's too."
+        )
     return lines
 
 

@@ -1,7 +1,10 @@
 """Building and running the gRPC server.
 
 `App` wires the store, the key, the domain and the servicers; `serve` runs an `App` until SIGTERM or
-SIGINT and then drains. Tests use `App` directly on port 0.
+SIGINT and then drains. Tests use `App` directly on port 0. With `workers` > 1 each worker process
+of the supervisor (smtpconfig.cli.supervisor) runs one `App` in the role it was given
+(`WorkerRole`): its TCP listeners share their ports with the other workers (SO_REUSEPORT), and so
+does its SQLite store.
 
 Server model: grpc.aio on one event loop, chosen by measurement (`make bench`). On quick unary
 calls a threaded grpcio server answers 1.1-1.4x more calls per second on 2 cores, but each call
@@ -15,16 +18,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import fcntl
 import grp
 import logging
 import os
-import shutil
 import signal
 import socket
 import ssl
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -42,6 +44,7 @@ from smtpconfig.api.servicers import ConfigServiceV1, ConfigServiceV2
 from smtpconfig.api.tls import ReloadingCertificates
 from smtpconfig.core.errors import FailedPrecondition, Unavailable
 from smtpconfig.core.permissions import ALL_PERMISSIONS
+from smtpconfig.core.workers import WorkerRole, follow_supervisor, listen_refused, port_taken, report_ready
 from smtpconfig.domain.crypto import Sealer, load_key
 from smtpconfig.domain.host_access import HostAccess
 from smtpconfig.domain.profiles import ProfileService
@@ -57,6 +60,7 @@ from smtpconfig.outbound.apply import Applier
 from smtpconfig.outbound.oauth import TokenClient
 from smtpconfig.plugin.manager import Plugins, load_plugins
 from smtpconfig.settings import DATABASE_NAME, Settings, split_address
+from smtpconfig.store import lock as store_lock
 from smtpconfig.store.base import Store
 from smtpconfig.store.sqlite import SqliteStore
 from smtpconfig.v1 import config_service_pb2 as v1
@@ -88,13 +92,19 @@ _SUN_PATH_MAX = 107  # bytes of a socket path: sun_path holds 108 with the termi
 
 # One server per port: without this a second server could silently share a port with the first.
 SERVER_OPTIONS = (("grpc.so_reuseport", 0),)
+# A worker's listeners: its supervisor holds each port (checked free of other programs first) and
+# every worker listens on it, the kernel spreading connections over them.
+WORKER_SERVER_OPTIONS = (("grpc.so_reuseport", 1),)
 
 
 class App:
     """One running smtpconfig server."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, worker: WorkerRole | None = None) -> None:
         self.settings = settings
+        # Set when this App is one worker of a supervisor (`workers` > 1).
+        self.worker = worker
+        self._server_options = WORKER_SERVER_OPTIONS if worker is not None else SERVER_OPTIONS
         self.ports: dict[str, int] = {}
         self.socket_path: Path | None = None
         self._staged_socket: Path | None = None
@@ -131,7 +141,7 @@ class App:
     async def start(self) -> None:
         settings = self.settings
         _check_socket_place(settings)  # before anything is created, so a refusal leaves nothing
-        self._created_data_dir = _make_data_dir(settings.data_dir)
+        self._created_data_dir = store_lock.make_data_dir(settings.data_dir)
         sealer = self._open_key()
         guard_tokens, policy = self._callers()
         if sealer is None:
@@ -184,7 +194,8 @@ class App:
         )
         access = HostAccess.from_settings(settings)
         declared = declared_instances(settings.providers, plugins, dict(os.environ), access)
-        self._store = await open_store(settings)
+        shared_lock = self.worker.lock_fd if self.worker is not None and self.worker.lock_fd >= 0 else None
+        self._store = await open_store(settings, lock_fd=shared_lock)
         await self._store.claim_key(sealer.key_id)
         write_lock = asyncio.Lock()
         self._provider_service = ProviderService(self._store, sealer, plugins, declared, write_lock, access)
@@ -258,7 +269,7 @@ class App:
         # health Watch and reflection streams included, which anyone may hold open for ever; so
         # a caller without an identity could fill it. The guard counts our calls instead.
         server = grpc.aio.server(
-            options=SERVER_OPTIONS + (("grpc.max_receive_message_length", settings.max_message_bytes),),
+            options=self._server_options + (("grpc.max_receive_message_length", settings.max_message_bytes),),
         )
         table = handlers.MethodTable()
         for servicer, service in self._servicers(guard):
@@ -316,7 +327,7 @@ class App:
         settings = self.settings
         credentials = self.certificates.credentials() if self.certificates else None
         for address in settings.listen:
-            port = _bind(server, address, credentials)
+            port = _bind(server, address, credentials, shared=self.worker is not None)
             self.ports[address] = port
         path = settings.socket_path.absolute() if settings.socket_path is not None else None
         if path is not None:
@@ -339,7 +350,7 @@ class App:
         if settings.health_listen:
             # Probes (kubelet's gRPC probe) dial without TLS or identity: this listener serves
             # health and nothing else, so it can be open where the API is not.
-            self._health_server = grpc.aio.server(options=SERVER_OPTIONS)
+            self._health_server = grpc.aio.server(options=self._server_options)
             health_pb2_grpc.add_HealthServicer_to_server(self._health, self._health_server)
             self.health_port = self._health_server.add_insecure_port(settings.health_listen)
             if self.health_port == 0:
@@ -517,43 +528,11 @@ class App:
             self._staged_socket.unlink(missing_ok=True)
             self._staged_socket.parent.rmdir()
         if not self._accepting and self._created_data_dir is not None:
-            _remove_unused(self._created_data_dir, self.settings.data_dir)
+            store_lock.remove_unused(self._created_data_dir, self.settings.data_dir)
 
     async def wait(self) -> None:
         assert self._server is not None
         await self._server.wait_for_termination()
-
-
-def _make_data_dir(data_dir: Path) -> Path | None:
-    """Create the data directory (0700) and any missing parents; return the topmost directory
-    this made, or None when the data directory existed."""
-    if data_dir.is_dir():
-        return None
-    top = data_dir.absolute()
-    while not top.parent.exists():
-        top = top.parent
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return top if top.exists() else None
-
-
-def _remove_unused(top: Path, data_dir: Path) -> None:
-    """Remove the data directory a failed start made (the key and admin token it wrote with it),
-    unless another server has taken it in the meantime (it holds the store's lock)."""
-    lock = data_dir / "store.lock"
-    try:
-        fd = os.open(lock, os.O_RDWR) if lock.exists() else None
-    except OSError:
-        return
-    try:
-        if fd is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        shutil.rmtree(top)
-        log.info("removed %s, which this failed start had created", top)
-    except OSError:  # locked by a server that is using it, or not ours to remove after all
-        return
-    finally:
-        if fd is not None:
-            os.close(fd)
 
 
 def _check_socket_place(settings: Settings) -> None:
@@ -644,10 +623,11 @@ def _clear_stale_socket(path: Path) -> None:
         probe.close()
 
 
-def _bind(server: grpc.aio.Server, address: str, credentials) -> int:
+def _bind(server: grpc.aio.Server, address: str, credentials, *, shared: bool = False) -> int:
     """Listen on `address`, or say which address failed and how to pick another: grpcio's own
-    RuntimeError sends the reader to debug logging instead."""
-    if _taken(address):
+    RuntimeError sends the reader to debug logging instead. `shared`: a worker's port, which its
+    supervisor and the other workers hold too."""
+    if _taken(address, shared=shared):
         port = 0
     else:
         try:
@@ -655,10 +635,7 @@ def _bind(server: grpc.aio.Server, address: str, credentials) -> int:
         except RuntimeError:
             port = 0
     if port == 0:
-        raise FailedPrecondition(
-            f"cannot listen on {address}: the port is in use or the address is not on this machine;"
-            " choose another with SMTPCONFIG_LISTEN=HOST:PORT (or --listen HOST:PORT)"
-        )
+        raise FailedPrecondition(listen_refused(address))
     return port
 
 
@@ -668,29 +645,16 @@ def _add_port(server: grpc.aio.Server, address: str, credentials) -> int:
     return server.add_insecure_port(address)
 
 
-def _taken(address: str) -> bool:
+def _taken(address: str, *, shared: bool = False) -> bool:
     """Whether something already listens on `address`, asked before grpcio binds: its own failure
     also writes a core error line of its own to stderr, which our one line makes redundant."""
     host, port = split_address(address)
-    if port == 0:
-        return False
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except OSError:
-        return False  # grpcio will say what is wrong with the name
-    for family, kind, proto, _, where in infos:
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(where)
-            except OSError as error:
-                if error.errno == errno.EADDRINUSE:
-                    return True
-    return False
+    return port_taken(host, port, shared=shared)
 
 
-async def open_store(settings: Settings) -> Store:
-    """The configured store: the SQLite file in the data directory, or the etcd cluster."""
+async def open_store(settings: Settings, *, lock_fd: int | None = None) -> Store:
+    """The configured store: the SQLite file in the data directory, or the etcd cluster. `lock_fd`:
+    a worker's SQLite store, shared with the other workers under their supervisor's lock."""
     if settings.store == "etcd":
         # Imported here: only cluster mode needs the etcd client (the `etcd` extra).
         try:
@@ -704,17 +668,38 @@ async def open_store(settings: Settings) -> Store:
             ca_file=settings.etcd_ca_file, cert_file=settings.etcd_cert_file, key_file=settings.etcd_key_file,
             user=settings.etcd_user, password_file=settings.etcd_password_file, timeout=settings.etcd_timeout,
         ))
-    return await SqliteStore.open(settings.data_dir, history_keep=settings.history_keep)
+    return await SqliteStore.open(settings.data_dir, history_keep=settings.history_keep, lock_fd=lock_fd)
 
 
-async def serve(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT, then drain in-flight calls for the grace period."""
-    app = App(settings)
+def worker_settings(settings: Settings, worker: WorkerRole) -> Settings:
+    """The settings of one worker: the supervisor's concrete listen addresses, its own replica
+    name (its own audit log), and the Unix socket for worker 0 only: grpcio binds a Unix socket path
+    itself and can neither share one nor serve an inherited listening socket."""
+    return replace(
+        settings,
+        listen=worker.listen,
+        health_listen=worker.health_listen,
+        metrics_listen=worker.metrics_listen,
+        replica_name=worker.replica_name,
+        unix_socket=settings.unix_socket if worker.index == 0 else "",
+        workers=1,
+    )
+
+
+async def serve(settings: Settings, worker: WorkerRole | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then drain in-flight calls for the grace period. As a worker:
+    with the settings of its role, ending when its supervisor ends, and telling it once serving."""
+    if worker is not None:
+        follow_supervisor(worker.supervisor)
+        settings = worker_settings(settings, worker)
+    app = App(settings, worker)
     try:
         await app.start()
     except BaseException:
         await app.stop(0)
         raise
+    if worker is not None:
+        report_ready(worker.ready_fd)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -128,6 +128,7 @@ _MESSAGE_BYTES = _Number(int, 1024, 1 << 30, True, _WHOLE, "at least 1024 and at
 _COUNT = _Number(int, 0, 1 << 30, True, _WHOLE, "at least 0 (no limit) and at most 2**30")
 _AUDIT_BYTES = _Number(int, 4096, 1 << 40, True, "a number of bytes", "at least 4096 and at most 2**40")
 _KEEP_FILES = _Number(int, 1, 100_000, True, _WHOLE, "at least 1 and at most 100000")
+_WORKERS = _Number(int, 0, 256, True, "a whole number (0: one per core)", "between 0 (one per core) and 256")
 _REPLICA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 
 
@@ -405,6 +406,12 @@ class Settings:
         10.0, _GRACE, "GRACE_PERIOD",
         _flag("--grace-period", "seconds to drain calls on SIGTERM (default 10)", type=float, metavar="SECONDS"),
     )
+    # Server processes on the same listeners (SO_REUSEPORT), each a full replica; 0: one per core
+    # (SQLite, etcd), but one for an edge. 1: a single process, no supervisor.
+    workers: int = _setting(
+        0, _WORKERS, "WORKERS",
+        _flag("--workers", "server processes (default 0: one per core; 1: a single process)", type=int, metavar="N"),
+    )
     # debug, info, warning or error.
     log_level: str = _setting(
         "info", _log_level, "LOG_LEVEL", _flag("--log-level", "least severe log lines to write (default info)", choices=_LEVELS)
@@ -601,6 +608,17 @@ class Settings:
         host = re.sub(r"[^A-Za-z0-9._-]", "-", gethostname())[:48].strip(".-_") or "replica"
         ports = [split_address(a)[1] for a in self.listen]
         return f"{host}-{ports[0]}" if ports and ports[0] else host
+
+    @property
+    def processes(self) -> int:
+        """How many server processes `serve` runs: `workers`, or when 0 one per core this process
+        may run on; an edge (`upstream`) and a server without a TCP listener run one: a sidecar is
+        small, each worker would follow the upstream itself, and the Unix socket is served by one."""
+        if self.workers:
+            return self.workers
+        if self.upstream or not self.listen:
+            return 1
+        return len(os.sched_getaffinity(0))
 
     @property
     def key_is_generated(self) -> bool:
@@ -818,6 +836,10 @@ def check(settings: Settings) -> None:
         )
     if not settings.listen and socket is None:
         raise SettingsError("nothing to listen on: set listen or unix_socket")
+    if settings.workers > 1 and not settings.listen:
+        raise SettingsError(
+            f"workers = {settings.workers} needs a TCP listen address: the Unix socket is served by one process"
+        )
     if settings.store == "etcd" and not settings.etcd_endpoints:
         raise SettingsError("store = etcd needs etcd_endpoints (host:port of the etcd members, comma-separated)")
     if (settings.etcd_cert_file is None) != (settings.etcd_key_file is None):

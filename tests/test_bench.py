@@ -1,5 +1,6 @@
 """`make bench` keeps working: a very short run produces every row (TLS and mTLS included), both
-latency phases, the edge phase, the transport ratios, the resident memory table and the verdicts (no timing asserted)."""
+latency phases, the edge and workers phases, the transport ratios, the resident memory table and
+the verdicts (no timing asserted)."""
 
 from __future__ import annotations
 
@@ -70,3 +71,12 @@ def test_short_benchmark_run_reports_every_target() -> None:
     qps_goal = "ResolveSmtp via edge (Unix socket) at 64 in flight >= 0.8 of bare-aio (Unix socket) QPS"
     assert edge_goals[qps_goal]["met"] is not None
     assert edge_goals["ResolveSmtp via edge p50 at 1 in flight < 0.5x a direct hvac read"]["met"] is not None
+    # The workers phase: serve --workers 2 against --workers 1, GetSmtp at 64 in flight, paired rounds.
+    workers = report["workers"]
+    assert workers["in_flight"] == 64 and len(workers["rounds"]) == 4 and workers["ratio"] > 0
+    for count in ("workers_2", "workers_1"):
+        assert workers[count]["qps"] > 0 and workers[count]["server_us_per_call"] > 0
+        assert workers[count]["client_us_per_call"] > 0
+    assert len(workers["memory_idle"]["2"]["workers"]) == 2 and workers["memory_idle"]["2"]["supervisor"] > 0
+    workers_goal = "GetSmtp QPS with workers = 2 at 64 in flight >= 1.6 of workers = 1"
+    assert edge_goals[workers_goal]["met"] is not None

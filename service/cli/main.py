@@ -15,7 +15,6 @@ import asyncio
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from google.protobuf import json_format
@@ -29,8 +28,10 @@ from smtpconfig.cli.admin import add_commands as add_admin_commands
 from smtpconfig.cli.client import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_PIPE, CliError, add_connection_args, call, read_payload
 from smtpconfig.cli.providers import add_commands as add_provider_commands
 from smtpconfig.cli.store import add_commands as add_store_commands
+from smtpconfig.cli.supervisor import add_serve_arguments, load_settings, supervise
 from smtpconfig.cli.watch import add_command as add_watch_command
 from smtpconfig.core.errors import SmtpConfigError
+from smtpconfig.core.workers import WorkerRole
 from smtpconfig.ops import logs
 from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
@@ -55,6 +56,8 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    args.exec_supervisor = argv is None  # run as a program: `serve` may become the supervisor
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         code = args.run(args)
         sys.stdout.flush()  # a reader gone shows here, not in the interpreter's last flush
@@ -89,10 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the gRPC server")
-    serve.add_argument("--config", type=Path, help="TOML settings file (env: SMTPCONFIG_CONFIG)")
-    # A flag for each setting whose row in the settings table has one, stored under the setting's name.
-    for name, flag in settings_mod.FLAGS.items():
-        serve.add_argument(flag.name, dest=name, help=flag.help, **flag.options)
+    add_serve_arguments(serve)
     serve.set_defaults(run=_serve)
 
     def client(name: str, help: str) -> argparse.ArgumentParser:
@@ -144,15 +144,25 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    worker = WorkerRole.decode(args.worker) if args.worker else None
+    serve_argv = args.argv[args.argv.index("serve") + 1:]
+    if worker is None and settings.processes > 1:
+        # The supervisor of `workers` processes. Run as a program, become it afresh: it needs
+        # none of what this process has imported (grpc, protobuf), about 30 MiB of memory.
+        if args.exec_supervisor:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.execv(sys.executable, [sys.executable, "-m", "smtpconfig.cli.supervisor", *serve_argv])
+        logs.configure(settings.log_level, settings.log_format)
+        return supervise(settings, serve_argv)
     from smtpconfig.app import serve
 
-    flags = {name: getattr(args, name) for name in settings_mod.FLAGS}
-    settings = settings_mod.load(flags=flags, config_file=args.config)
     if settings.log_format == "json":
         grpc_log.wrap_stderr_as_json()
     logs.configure(settings.log_level, settings.log_format)
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, worker))
     except SmtpConfigError as error:
         logging.getLogger("smtpconfig").error("cannot start: %s", error)
         return EXIT_FAILED

@@ -30,7 +30,7 @@ from smtpconfig.domain.model import (
     SecretInput,
 )
 from smtpconfig.domain.validation import validate
-from smtpconfig.store.base import ABSENT, AuditHook, EtagMismatch, Resync, Revision, Store
+from smtpconfig.store.base import ABSENT, AuditHook, Change, EtagMismatch, Resync, Revision, Store
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,12 @@ class ProfileService:
         ]
 
     def get(self) -> StoredProfile:
-        """The current revision; NotFound before the first update."""
+        """The current revision; NotFound before the first update. First takes up what other
+        processes sharing the store have acknowledged (`Store.settle`), so that a write one worker
+        has answered is what every worker reads."""
+        for change in self._store.settle():
+            if isinstance(change, Change) and change.key == PROFILE_KEY and change.revision is not None:
+                self._apply(change.revision)
         if self._current is None:
             raise NotFound("no SMTP profile is stored yet; set one with UpdateSmtp")
         return self._current

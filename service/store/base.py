@@ -116,6 +116,12 @@ class Store(Protocol):
         """Record the sealing key's id on first start; raise FailedPrecondition naming the key id
         the stored data needs when it is another."""
 
+    def settle(self) -> builtins.list[Change | Resync]:
+        """Take up at once, on the event loop, the changes other processes sharing this store (the
+        workers of one server) have written and not yet delivered to this one's watchers; return
+        them, oldest first. Nothing for a store no other process shares (etcd replicas follow
+        their watch instead)."""
+
     def watch(self, prefix: str, after: int | None = None) -> AsyncIterator[Change | Resync]:
         """Changes to keys under `prefix` in revision order: from now on, or with `after` first
         every change above that revision the store still holds. Where it cannot continue without

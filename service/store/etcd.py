@@ -489,6 +489,9 @@ class EtcdStore:
             return Change(key, None, int(event.kv.mod_revision))
         return Change(key, self._revision(event.kv), int(event.kv.mod_revision))
 
+    def settle(self) -> builtins.list[Change | Resync]:
+        return []  # other replicas' changes come through the watch
+
     async def watch(self, prefix: str, after: int | None = None) -> AsyncIterator[Change | Resync]:
         start = self._kv + prefix.encode()
         end = _range_end(start)

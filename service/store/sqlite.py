@@ -5,6 +5,24 @@ acknowledged write survives kill -9 and power loss. All SQLite work runs on one 
 writes are serialised there (compare-and-set is a plain transaction) and the event loop never
 blocks on disk. One server owns a data directory at a time (an advisory lock on ``store.lock``).
 
+Several processes (`workers` > 1): the supervisor holds the lock and hands it to its workers, each
+with a store of its own on the same file. Writes from two processes are serialised by SQLite's
+write lock (BEGIN IMMEDIATE, waiting up to the busy timeout), and revisions come from one counter
+in the database, so they stay unique and increasing across processes. Each process learns of the
+others' writes from the history table, in revision order:
+
+- every write also sets the newest revision in a small memory-mapped file beside the database
+  (``smtpconfig.db-revision``), before it commits and under the write lock;
+- every `FOLLOW_SECONDS` the event loop compares that number with the newest revision it has
+  published (a read of shared memory); when another process wrote, it reads the history rows it
+  has not seen (a read on a connection of its own, well under a millisecond) and publishes them;
+- `settle()` does the same at once: the profile service calls it before answering a read, so a
+  change another worker has acknowledged is never answered as absent (read-your-writes across
+  workers, for the profile);
+- a process's own write first takes up what the others wrote before it, in its transaction, so
+  its watchers still see every change in revision order; what two paths publish is published
+  once. When the history was pruned past what a process had seen, its watchers get a `Resync`.
+
 A full disk, an I/O error or a read-only file: the failing call is UNAVAILABLE naming that cause
 (SQLite rolls such a transaction back by itself, so our own rollback must not replace the cause
 with "no transaction is active"). The store then remembers that it could not write, and `ping`,
@@ -18,9 +36,12 @@ from __future__ import annotations
 import asyncio
 import builtins  # `list` names a method inside the store classes
 import contextlib
-import fcntl
+import logging
+import mmap
 import os
 import sqlite3
+import struct
+import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -28,9 +49,18 @@ from pathlib import Path
 from typing import TypeVar
 
 from smtpconfig.core.errors import FailedPrecondition, Unavailable
+from smtpconfig.store import lock as store_lock
 from smtpconfig.store.base import ABSENT, AuditEntry, Change, EtagMismatch, Resync, Revision, _Absent, make_etag
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+# How often a store shared with other processes looks for their writes (the shared revision): the
+# most another worker's WatchSmtp stream lags behind a write, beyond the time to read it.
+FOLLOW_SECONDS = 0.01
+_REVISION_FILE_SUFFIX = "-revision"
+_COUNTER = struct.Struct("<Q")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (
@@ -108,13 +138,28 @@ def _rollback(db: sqlite3.Connection) -> None:
 class SqliteStore:
     """`Store` on a SQLite file. Create with `await SqliteStore.open(data_dir)`."""
 
-    def __init__(self, path: Path, lock_fd: int, history_keep: int = HISTORY_KEEP) -> None:
+    def __init__(self, path: Path, lock_fd: int, history_keep: int = HISTORY_KEEP, *, shared: bool = False) -> None:
         self.path = path
         self._history_keep = max(1, history_keep)
         self._lock_fd = lock_fd
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
         self._db: sqlite3.Connection | None = None
-        self._watchers: list[tuple[str, asyncio.Queue[Change]]] = []
+        self._watchers: list[tuple[str, asyncio.Queue[Change | Resync]]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Other processes write to the same file (the workers of one supervisor): follow them.
+        self.shared = shared
+        # Store thread only, when shared: the newest revision this process has taken up (its own
+        # writes and the others' read from the history), the last `PRAGMA data_version` seen, and
+        # the others' changes read but not yet handed to the event loop.
+        self._synced = 0
+        self._others: list[Change | Resync] = []
+        self._follower: asyncio.Task | None = None
+        # When shared: the newest revision any process has written (memory-mapped file), and a
+        # connection of the event loop's own for taking up the others' changes (`settle`).
+        self._counter: mmap.mmap | None = None
+        self._reader: sqlite3.Connection | None = None
+        # Store thread and event loop: `_synced` and `_others` change under it.
+        self._sync_lock = threading.Lock()
         # Newest revision published to watchers: a resuming watcher takes rows up to it from the
         # history table and the rest from its queue.
         self._published = 0
@@ -124,19 +169,24 @@ class SqliteStore:
 
     @classmethod
     async def open(
-        cls, data_dir: Path, filename: str = "smtpconfig.db", history_keep: int = HISTORY_KEEP
+        cls, data_dir: Path, filename: str = "smtpconfig.db", history_keep: int = HISTORY_KEEP,
+        *, lock_fd: int | None = None,
     ) -> SqliteStore:
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        lock_fd = os.open(data_dir / "store.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        """Open the store, taking the data directory's lock; or, with `lock_fd` (a worker's, handed
+        down by its supervisor), sharing it with the supervisor's other workers."""
+        if lock_fd is None:
+            fd = store_lock.take(data_dir)
+        else:
+            fd = store_lock.adopt(os.dup(lock_fd), data_dir)
+        store = cls(data_dir / filename, fd, history_keep, shared=lock_fd is not None)
+        store._loop = asyncio.get_running_loop()
         try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(lock_fd)
-            raise FailedPrecondition(
-                f"data directory {data_dir} is in use by another smtpconfig server"
-            ) from None
-        store = cls(data_dir / filename, lock_fd, history_keep)
-        await store._run(store._connect)
+            await store._run(store._connect)
+        except BaseException:
+            await store.close()
+            raise
+        if store.shared:
+            store._follower = asyncio.create_task(store._follow_others(), name="sqlite-follower")
         return store
 
     def _connect(self) -> None:
@@ -147,6 +197,18 @@ class SqliteStore:
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(_SCHEMA)
         self._db = db
+        if self.shared:
+            (self._synced,) = db.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()
+            self._published = self._synced
+            counter = self.path.with_name(self.path.name + _REVISION_FILE_SUFFIX)
+            fd = os.open(counter, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                if os.fstat(fd).st_size < _COUNTER.size:
+                    os.ftruncate(fd, _COUNTER.size)
+                self._counter = mmap.mmap(fd, _COUNTER.size)
+            finally:
+                os.close(fd)
+            self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
 
     async def _run(self, fn: Callable[[], T]) -> T:
         try:
@@ -190,6 +252,7 @@ class SqliteStore:
             db = self._conn
             db.execute("BEGIN IMMEDIATE")
             try:
+                self._catch_up(db)
                 current = db.execute("SELECT etag FROM kv WHERE key = ?", (key,)).fetchone()
                 if expected is ABSENT and current is not None:
                     raise EtagMismatch(key)
@@ -209,10 +272,12 @@ class SqliteStore:
                 self._remember(db, key, number, value, revision.etag, revision.updated_at)
                 if audit is not None:
                     db.execute("INSERT INTO audit (time, record) VALUES (?, ?)", audit)
+                self._announce(number)
                 db.execute("COMMIT")
             except BaseException:
                 _rollback(db)
                 raise
+            self._took(number)
             return revision
 
         return await self._write(write, lambda revision: Change(key, revision, revision.revision))
@@ -222,6 +287,7 @@ class SqliteStore:
             db = self._conn
             db.execute("BEGIN IMMEDIATE")
             try:
+                self._catch_up(db)
                 current = db.execute("SELECT etag FROM kv WHERE key = ?", (key,)).fetchone()
                 if expected is not None and (current is None or current[0] != expected):
                     raise EtagMismatch(key)
@@ -233,10 +299,12 @@ class SqliteStore:
                 self._remember(db, key, number, None, None, datetime.now(UTC))
                 if audit is not None:
                     db.execute("INSERT INTO audit (time, record) VALUES (?, ?)", audit)
+                self._announce(number)
                 db.execute("COMMIT")
             except BaseException:
                 _rollback(db)
                 raise
+            self._took(number)
             return number
 
         number = await self._write(remove, lambda number: None if number is None else Change(key, None, number))
@@ -245,17 +313,101 @@ class SqliteStore:
     async def _write(self, fn: Callable[[], T], change: Callable[[T], Change | None]) -> T:
         """Run a write and tell the watchers once it is committed, also when the caller gave up
         meanwhile (its deadline passed): the thread commits regardless, and a change nobody
-        published would leave every follower serving the revision before it."""
-        task = asyncio.ensure_future(self._run(fn))
+        published would leave every follower serving the revision before it. The store thread
+        hands the change to the event loop itself, behind any other process's changes it took up
+        first, so watchers get them in the order the thread saw them, before the caller resumes."""
 
-        def publish(done: asyncio.Future) -> None:
-            if not done.cancelled() and done.exception() is None:
-                event = change(done.result())
-                if event is not None:
-                    self._publish(event)
+        def write() -> T:
+            try:
+                result = fn()
+            except BaseException:
+                self._hand_over()  # what other processes wrote, read before this write failed
+                raise
+            event = change(result)
+            self._hand_over(event)
+            return result
 
-        task.add_done_callback(publish)  # runs before the caller resumes, as the publish did before
-        return await asyncio.shield(task)
+        return await asyncio.shield(asyncio.ensure_future(self._run(write)))
+
+    def _announce(self, number: int) -> None:
+        """Store thread, under the write lock, before the commit: tell the other processes the
+        newest revision (a commit that fails after it costs them one needless look)."""
+        if self._counter is not None:
+            _COUNTER.pack_into(self._counter, 0, number)
+
+    def _catch_up(self, db: sqlite3.Connection) -> None:
+        """Inside a transaction on `db`, when shared: read the changes other processes committed
+        since this one last looked, for `_hand_over` (a `Resync` if the history no longer reaches
+        back that far). Called on the store thread (writes) or the loop (`settle`)."""
+        if not self.shared:
+            return
+        with self._sync_lock:
+            self._catch_up_locked(db)
+
+    def _took(self, number: int) -> None:
+        """Store thread, after this process committed revision `number`."""
+        if self.shared:
+            with self._sync_lock:
+                self._synced = max(self._synced, number)
+
+    def _catch_up_locked(self, db: sqlite3.Connection) -> None:
+        revision, since = db.execute(
+            "SELECT (SELECT value FROM meta WHERE name = 'revision'), (SELECT value FROM meta WHERE name = 'history_from')"
+        ).fetchone()
+        if revision <= self._synced:
+            return
+        if self._synced < since:
+            self._others.append(Resync(revision))
+        else:
+            rows = db.execute(
+                "SELECT key, value, revision, etag, updated_at FROM history WHERE revision > ? AND revision <= ?"
+                " ORDER BY revision", (self._synced, revision),
+            ).fetchall()
+            self._others.extend(self._history_row(row) for row in rows)
+        self._synced = revision
+
+    def _hand_over(self, own: Change | None = None) -> None:
+        """Store thread: queue the changes taken up (the others', then `own`) for publication on
+        the event loop, in this order."""
+        with self._sync_lock:
+            events = self._others
+            self._others = []
+        if own is not None:
+            events.append(own)
+        if events and self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._publish_all, events)
+            except RuntimeError:  # the loop is closed: nobody is left to tell
+                pass
+
+    def settle(self) -> builtins.list[Change | Resync]:
+        """Event loop: publish now every change another process has written and this one has
+        not published yet; returns them, oldest first (nothing, at the cost of one comparison,
+        when there are none; always nothing when the store is not shared)."""
+        counter = self._counter
+        if counter is None or _COUNTER.unpack_from(counter)[0] <= self._published:
+            return []
+        reader = self._reader
+        assert reader is not None
+        try:
+            reader.execute("BEGIN")  # one snapshot for the revision and the history rows below it
+            try:
+                self._catch_up(reader)
+            finally:
+                _rollback(reader)
+        except sqlite3.Error as error:  # busy or failing disk: the follower tries again
+            log.debug("cannot read other workers' changes right now (%s)", _cause(error)[1])
+            return []
+        with self._sync_lock:
+            events = self._others
+            self._others = []
+        return self._publish_all(events)
+
+    async def _follow_others(self) -> None:
+        """Shared store: look for other processes' writes every FOLLOW_SECONDS."""
+        while True:
+            await asyncio.sleep(FOLLOW_SECONDS)
+            self.settle()
 
     async def import_audit(self, entries: builtins.list[AuditEntry]) -> None:
         def write() -> None:
@@ -404,7 +556,7 @@ class SqliteStore:
             )
 
     async def watch(self, prefix: str, after: int | None = None) -> AsyncIterator[Change | Resync]:
-        queue: asyncio.Queue[Change] = asyncio.Queue()
+        queue: asyncio.Queue[Change | Resync] = asyncio.Queue()
         entry = (prefix, queue)
         self._watchers.append(entry)  # before the history is read: nothing falls between the two
         try:
@@ -419,11 +571,33 @@ class SqliteStore:
                         last = change.at
                         yield change
             while True:
-                change = await queue.get()
-                if change.at > last:  # a change both read from the history and published
-                    yield change
+                event = await queue.get()
+                if isinstance(event, Resync):  # another process's writes outran the history
+                    last = event.revision
+                    yield event
+                elif event.at > last:  # a change both read from the history and published
+                    yield event
         finally:
             self._watchers.remove(entry)
+
+    def _publish_all(self, events: builtins.list[Change | Resync]) -> builtins.list[Change | Resync]:
+        """Publish what is newer than what was published: the store thread and `settle` each
+        hand over changes in revision order, and either may have published some of the other's
+        first. Returns what was published."""
+        published = []
+        for event in events:
+            if isinstance(event, Resync):
+                if event.revision <= self._published:
+                    continue
+                self._published = event.revision
+                for _, queue in self._watchers:
+                    queue.put_nowait(event)
+            else:
+                if event.at <= self._published:
+                    continue
+                self._publish(event)
+            published.append(event)
+        return published
 
     def _publish(self, change: Change) -> None:
         self._published = max(self._published, change.at)
@@ -438,6 +612,17 @@ class SqliteStore:
         return self._db
 
     async def close(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower
+            self._follower = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        if self._counter is not None:
+            self._counter.close()
+            self._counter = None
         if self._db is not None:
             await self._run(self._db.close)
             self._db = None

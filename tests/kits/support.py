@@ -176,7 +176,10 @@ class ServerProcess(_Caller):
             sys.executable, "-m", "smtpconfig.cli", "serve",
             "--data-dir", str(data_dir), "--listen", "127.0.0.1:0", "--grace-period", "2", *extra,
         ]
-        self.env = {**os.environ, "SMTPCONFIG_RESOLVE_RATE": "0", "SMTPCONFIG_TEST_RATE": "0", **(env or {})}
+        # One process unless a test says otherwise (`--workers N` overrides this): kill9() then
+        # kills the server itself, not a supervisor whose workers would stop gracefully.
+        self.env = {**os.environ, "SMTPCONFIG_RESOLVE_RATE": "0", "SMTPCONFIG_TEST_RATE": "0",
+                    "SMTPCONFIG_WORKERS": "1", **(env or {})}
         self.proc: subprocess.Popen | None = None
 
     @property

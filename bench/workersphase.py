@@ -1,0 +1,213 @@
+"""The workers phase: GetSmtp QPS of `smtpconfig serve --workers 2` against `--workers 1`.
+
+Both are real `smtpconfig serve` processes (SQLite, plaintext TCP, the bench token), started for
+this phase and stopped after it. The load comes from `GENERATORS` load-generator processes at once,
+each with `in_flight / GENERATORS` calls over `CHANNELS` connections of its own: with SO_REUSEPORT
+the kernel gives each connection to one worker, so one connection would measure one worker. Each
+round measures both services one after the other, rounds alternating which goes first; the ratio
+is the median over rounds of (workers = 2 QPS) / (workers = 1 QPS) of the same round.
+
+CPU is read from /proc over each window: the server's (the supervisor and its workers together),
+each load generator's, and what else the machine did. On a 2-core machine the load generators
+share the cores with the workers: the CPU per call of server and client shows what is left, and
+why a ratio below 2 (or below the goal) can be the machine's, not the server's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from bench import BENCH_TOKEN, BenchError
+from bench.load import Command, memory
+from bench.procs import Child, child_env
+from bench.seed import GETSMTP_PATH, GETSMTP_REQUEST, store_profile
+from smtpconfig.api.auth import token_hash
+
+GENERATORS = 2
+CHANNELS = 4
+COUNTS = (2, 1)
+READY_WITHIN = 60.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _config(directory: Path, workers: int, port: int) -> Path:
+    path = directory / f"workers-{workers}.toml"
+    path.write_text(
+        f'data_dir = "{directory / f"data-{workers}"}"\n'
+        f'listen = ["127.0.0.1:{port}"]\nunix_socket = ""\nworkers = {workers}\nadmin_token = false\n'
+        "resolve_rate = 0\ntest_rate = 0\nlog_level = \"warning\"\n"
+        f'[[tokens]]\nidentity = "bench"\nsha256 = "{token_hash(BENCH_TOKEN)}"\n'
+        '[policy]\nbench = ["*"]\n'
+    )
+    return path
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return sorted(found)
+
+
+def _wait_listening(port: int, child: Child, log: Path) -> None:
+    deadline = time.monotonic() + READY_WITHIN
+    while time.monotonic() < deadline:
+        if child.proc.poll() is not None:
+            raise BenchError(f"smtpconfig serve ended ({child.proc.returncode}): {log.read_text()[-2000:]}")
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise BenchError(f"smtpconfig serve did not listen on {port} in {READY_WITHIN:.0f}s")
+
+
+def _start(directory: Path, workers: int, output) -> tuple[Child, str]:
+    port = _free_port()
+    config = _config(directory, workers, port)
+    argv = [sys.executable, "-m", "smtpconfig.cli", "serve", "--config", str(config)]
+    child = Child.program(f"smtpconfig serve --workers {workers}", argv, env=child_env(), output=output)
+    _wait_listening(port, child, Path(output.name))
+    return child, f"127.0.0.1:{port}"
+
+
+def _wait_workers(child: Child, count: int) -> list[int]:
+    """The worker pids once all `count` serve (a supervisor's children), or [] for one process."""
+    if count == 1:
+        return []
+    deadline = time.monotonic() + READY_WITHIN
+    while time.monotonic() < deadline:
+        pids = _children(child.pid)
+        if len(pids) == count:
+            return pids
+        time.sleep(0.1)
+    raise BenchError(f"the supervisor did not start {count} workers in {READY_WITHIN:.0f}s")
+
+
+def measure(
+    directory: Path, *, seconds: float, warmup: float, rounds: int, in_flight: int, answer_slack: float,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    """Start both services and the load generators, measure, stop them on every way out."""
+    started: list[Child] = []
+    log = (directory / "workers-phase.log").open("wb")
+    try:
+        services: dict[int, tuple[Child, str, list[int]]] = {}
+        for count in COUNTS:
+            child, target = _start(directory, count, log)
+            started.append(child)
+            store_profile(target)
+            time.sleep(0.5)  # the other workers start once worker 0 serves
+            services[count] = (child, target, _wait_workers(child, count))
+        generators = [Child(f"load generator {i}", "bench.load", patience=1.0) for i in range(GENERATORS)]
+        started += generators
+        idle = {count: _memory(child.pid, pids) for count, (child, _, pids) in services.items()}
+        per_generator = max(1, in_flight // GENERATORS)
+        measured: list[dict[str, Any]] = []
+        for round_ in range(rounds):
+            for count in COUNTS[:: 1 if round_ % 2 == 0 else -1]:
+                child, target, pids = services[count]
+                command = Command(
+                    target=target, method=GETSMTP_PATH, payload_size=len(GETSMTP_REQUEST),
+                    in_flight=per_generator, seconds=seconds, warmup=warmup, server_pid=child.pid,
+                    extra_pids=tuple(pids), channels=CHANNELS,
+                )
+                for generator in generators:
+                    generator.send_line(json.dumps(asdict(command)))
+                replies = [json.loads(g.read_line(timeout=warmup + seconds + answer_slack)) for g in generators]
+                for reply in replies:
+                    if not reply.pop("ok"):
+                        raise BenchError(f"workers = {count}: {reply['error']}")
+                    if reply["errors"]:
+                        raise BenchError(f"workers = {count}: {reply['errors']} calls failed: {reply['first_error']}")
+                row = _row(count, round_ + 1, replies)
+                measured.append(row)
+                progress(
+                    f"workers = {count}, round {round_ + 1}: {row['qps']:.0f} QPS, server {row['server_cpu']:.0%}"
+                    f" + clients {row['client_cpu']:.0%} of a core"
+                )
+        loaded = {count: _memory(child.pid, pids) for count, (child, _, pids) in services.items()}
+    finally:
+        for child in reversed(started):
+            child.close()
+        log.close()
+    return _summary(measured, in_flight, idle, loaded)
+
+
+def _memory(supervisor: int, workers: list[int]) -> dict[str, Any]:
+    """VmRSS (MiB) of the serving processes: the supervisor's and each worker's, or the one process's."""
+    def rss(pid: int) -> float | None:
+        found = memory(pid)
+        return None if found is None else found["rss_mib"]
+
+    if not workers:
+        return {"process": rss(supervisor)}
+    return {"supervisor": rss(supervisor), "workers": [rss(pid) for pid in workers]}
+
+
+def _row(count: int, round_: int, replies: list[dict[str, Any]]) -> dict[str, Any]:
+    qps = sum(r["qps"] for r in replies)
+    client = sum(r["client_cpu"] for r in replies)
+    # Every generator read the same server processes over (almost) the same window.
+    server = statistics.mean(r["server_cpu"] for r in replies if r["server_cpu"] is not None)
+    others = [r["other_cpu"] for r in replies if r["other_cpu"] is not None]
+    # A generator's "other" holds the other generators' CPU: take theirs out.
+    other = None if not others else max(0.0, statistics.mean(others) - client * (len(replies) - 1) / len(replies))
+    return {
+        "workers": count, "round": round_, "qps": qps,
+        "p50_ms": statistics.mean(r["p50_ms"] for r in replies),
+        "p99_ms": max(r["p99_ms"] for r in replies),
+        "server_cpu": server, "client_cpu": client, "other_cpu": other,
+        "server_us_per_call": server / qps * 1e6, "client_us_per_call": client / qps * 1e6,
+    }
+
+
+def _summary(measured: list[dict[str, Any]], in_flight: int, idle: dict, loaded: dict) -> dict[str, Any]:
+    by_round: dict[int, dict[int, dict[str, Any]]] = {}
+    for row in measured:
+        by_round.setdefault(row["round"], {})[row["workers"]] = row
+    ratios = [r[2]["qps"] / r[1]["qps"] for r in by_round.values() if 1 in r and 2 in r]
+
+    def median_of(count: int) -> dict[str, Any]:
+        rows = [row for row in measured if row["workers"] == count]
+        keys = ("qps", "p50_ms", "p99_ms", "server_cpu", "client_cpu", "server_us_per_call", "client_us_per_call")
+        summary = {key: statistics.median(row[key] for row in rows) for key in keys}
+        others = [row["other_cpu"] for row in rows if row["other_cpu"] is not None]
+        summary["other_cpu"] = statistics.median(others) if others else None
+        return summary
+
+    return {
+        "in_flight": in_flight, "generators": GENERATORS, "channels_per_generator": CHANNELS,
+        "cpus": len(os.sched_getaffinity(0)),
+        "workers_2": median_of(2), "workers_1": median_of(1), "rounds": measured,
+        "ratio": statistics.median(ratios) if ratios else None,
+        "memory_idle": {str(k): v for k, v in idle.items()}, "memory_after": {str(k): v for k, v in loaded.items()},
+    }
+
+
+if __name__ == "__main__":  # a quick look on its own: python -m bench.workersphase
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="smtpconfig-bench-") as scratch:
+        result = measure(Path(scratch), seconds=3.0, warmup=1.0, rounds=3, in_flight=64, answer_slack=60.0,
+                         progress=lambda m: print(f"bench: {m}", file=sys.stderr, flush=True))
+    print(json.dumps({k: v for k, v in result.items() if k != "rounds"}, indent=2))
