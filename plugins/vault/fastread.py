@@ -105,8 +105,9 @@ class Reader:
         self._lock = threading.Lock()
         self._idle: dict[asyncio.AbstractEventLoop, list[_Connection]] = {}
         self._closed = False
-        #: Reads answered here, for tests.
+        #: Reads answered here, and connections opened, for tests.
         self.reads = 0
+        self.opened = 0
 
     async def get(self, path: str, token: str, run: Callable[..., Any]) -> dict | None:
         """The JSON object of a 200 answer to GET `path` (under the Host's own path) with `token`,
@@ -198,6 +199,7 @@ class Reader:
             except BaseException:
                 sock.close()
                 raise
+            self.opened += 1
             return _Connection(sock, reader, writer)
         return None
 

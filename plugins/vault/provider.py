@@ -82,6 +82,11 @@ class VaultProvider(SecretProvider):
         """Logins made by the current client (AppRole and JWT)."""
         return self._connection.logins if self._connection else 0
 
+    @property
+    def loop_reads(self) -> int:
+        """Reads the current client's connection answered on the event loop (`fastread`)."""
+        return self._connection.reader.reads if self._connection else 0
+
     @classmethod
     def check_initialization(cls, initialization: Mapping[str, Any]) -> None:
         parse_settings(initialization)  # the rules across parameters: an auth method's credentials, ...
