@@ -21,7 +21,8 @@ One separate asyncio client process drives every target in turn with the same ra
 client-side cost is identical and only the server differs. Two latency phases follow at 1 in
 flight: TestSmtp through the apply service against a local aiosmtpd server (STARTTLS, AUTH PLAIN)
 next to the same exchange done directly with smtplib; then, with an OpenBao dev server, cold
-CheckSecret calls (each a cache miss that reads Vault) next to direct hvac reads. Then the edge
+CheckSecret calls (each a cache miss that reads Vault) next to a bare-aio echo plus a direct hvac
+read, and warm ResolveSmtp calls of a Vault-backed profile next to the direct reads. Then the edge
 phase (`edgephase`): ResolveSmtp through an edge on a Unix socket, following the service as its
 central, against bare-aio on a Unix socket and against direct hvac reads. See bench/README.md.
 

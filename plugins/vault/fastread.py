@@ -68,7 +68,8 @@ class _Connection:
         return int(status), body, keep
 
     async def _chunked(self) -> bytes:
-        parts, size = [], 0
+        parts: list[bytes] = []
+        size = 0
         while True:
             length = int((await self.reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
             if length == 0:

@@ -91,7 +91,10 @@ class VaultProvider(SecretProvider):
     def check_initialization(cls, initialization: Mapping[str, Any]) -> None:
         parse_settings(initialization)  # the rules across parameters: an auth method's credentials, ...
 
-    async def resolve(self, instance_parameters: Mapping[str, Any], initialization: Mapping[str, Any]) -> Resolved:
+    # The plugin API takes an ``async def resolve`` too (SecretProvider's docstring); its stub is plain.
+    async def resolve(  # type: ignore[override]
+        self, instance_parameters: Mapping[str, Any], initialization: Mapping[str, Any]
+    ) -> Resolved:
         parsed = self._parsed
         if parsed is not None and parsed[0] is initialization:
             settings = parsed[1]
