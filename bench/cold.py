@@ -170,7 +170,7 @@ def _compare(direct: hvac.Client, calls: dict[str, Any], provider: int, values: 
         "service": {
             **overall("service"),
             "cached": sum(reply.cached for _, reply in parsed),
-            # The reply's own Latency: the resolver's time in the service (thread pool and hvac).
+            # The reply's own Latency: the resolver's time in the service, the provider's read included.
             "resolve_p50_ms": percentile(sorted(r.latency.ToNanoseconds() / 1e6 for _, r in parsed), 0.50),
         },
         "resolve_smtp": {**overall("resolve"), "bytes": resolve_size},

@@ -427,7 +427,7 @@ def _vault_table(vault: dict[str, Any]) -> list[str]:
         f" over {len(vault['rounds'])} rounds; ResolveSmtp's profile references one more secret, cached."
         f" Cold CheckSecret over (echo + direct), median of the rounds' p50 ratios:"
         f" {vault['ratio_service_to_echo_and_direct']:.2f}. p50 of the CheckSecret replies' own Latency"
-        f" (resolution in the service: thread pool and hvac): {vault['service']['resolve_p50_ms']:.3f} ms."
+        f" (the resolution in the service, the provider's read included): {vault['service']['resolve_p50_ms']:.3f} ms."
     )
     return lines
 
