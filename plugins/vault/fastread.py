@@ -144,6 +144,7 @@ class Reader:
         client = httpx.AsyncClient(
             transport=pinned.pinned_transport(backend, self._context, limits),
             headers=self._headers, timeout=self._timeout, trust_env=False, follow_redirects=False,
+            cookies=pinned.NoCookies(),
         )
         with self._lock:
             if self._closed:
