@@ -349,12 +349,16 @@ def measure_all(args: argparse.Namespace) -> tuple[dict[str, int], list[dict[str
                 f" TestSmtp {smtp['service']['p50_ms']:.3f} ms"
             )
         if not args.skip_vault:
-            _progress(f"Vault phase: {args.vault_secrets} secrets, cold CheckSecret against direct hvac reads")
+            _progress(f"Vault phase: {args.vault_secrets} secrets, cold CheckSecret and warm ResolveSmtp against"
+                      " direct hvac reads and bare-aio echoes")
             bao = stack.enter_context(openbao.DevServer(scratch))
-            vault = phases["vault"] = cold.measure(targets[SERVICE], bao, args.vault_secrets, args.rounds, _progress)
+            vault = phases["vault"] = cold.measure(
+                targets[SERVICE], targets[BARE_AIO], bao, args.vault_secrets, args.rounds, _progress
+            )
             _progress(
-                f"cold Vault read p50: direct {vault['direct']['p50_ms']:.3f} ms,"
-                f" CheckSecret {vault['service']['p50_ms']:.3f} ms"
+                f"Vault phase p50: direct {vault['direct']['p50_ms']:.3f} ms, echo {vault['echo']['p50_ms']:.3f} ms,"
+                f" cold CheckSecret {vault['service']['p50_ms']:.3f} ms,"
+                f" warm ResolveSmtp {vault['resolve_smtp']['p50_ms']:.3f} ms"
             )
             if not args.skip_edge:
                 # The plaintext service is the central now: its GetSmtp rows are measured.

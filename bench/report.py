@@ -43,6 +43,7 @@ from bench import (
     SUITES,
     TARGETS,
     VAULT_GOAL_RATIO,
+    VAULT_RESOLVE_GOAL_RATIO,
     WORKERS_GOAL_RATIO,
     WORKERS_IN_FLIGHT,
 )
@@ -183,15 +184,25 @@ def goal(rows: list[dict[str, Any]], target: str, level: int, threshold: float) 
     }
 
 
-def vault_goal(vault: dict[str, Any] | None) -> dict[str, Any]:
-    """Cold CheckSecret latency over a direct hvac read's (p50, paired rounds) against its limit."""
-    ratio = None if vault is None else vault["ratio_service_to_direct"]
-    return {
-        "statement": f"cold Vault CheckSecret <= {VAULT_GOAL_RATIO}x a direct hvac read",
-        "threshold": VAULT_GOAL_RATIO,
-        "ratio": ratio,
-        "met": None if ratio is None else ratio <= VAULT_GOAL_RATIO,
-    }
+def vault_goals(vault: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The Vault phase's two goals (p50s at 1 in flight, median of the rounds' ratios): warm
+    ResolveSmtp over a direct hvac read's, and cold CheckSecret over a bare-aio echo's plus a direct
+    hvac read's."""
+    warm = None if vault is None else vault["ratio_resolve_to_direct"]
+    cold = None if vault is None else vault["ratio_service_to_echo_and_direct"]
+    return [
+        {
+            "statement": f"warm ResolveSmtp (Vault password) p50 at 1 in flight < {VAULT_RESOLVE_GOAL_RATIO}x"
+                         " a direct hvac read",
+            "threshold": VAULT_RESOLVE_GOAL_RATIO, "ratio": warm,
+            "met": None if warm is None else warm < VAULT_RESOLVE_GOAL_RATIO,
+        },
+        {
+            "statement": f"cold Vault CheckSecret p50 <= {VAULT_GOAL_RATIO}x (bare-aio echo + direct hvac read)",
+            "threshold": VAULT_GOAL_RATIO, "ratio": cold,
+            "met": None if cold is None else cold <= VAULT_GOAL_RATIO,
+        },
+    ]
 
 
 def smtp_goal(smtp: dict[str, Any] | None) -> dict[str, Any]:
@@ -240,9 +251,10 @@ def workers_goal(workers: dict[str, Any] | None, in_flight: int = WORKERS_IN_FLI
 def goals(rows: list[dict[str, Any]], vault: dict[str, Any] | None,
           edge: dict[str, Any] | None = None, edge_in_flight: int = EDGE_IN_FLIGHT,
           smtp: dict[str, Any] | None = None, workers: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Every goal, GetSmtp's first, then the edge's, the workers', TestSmtp's, and the Vault one last."""
+    """Every goal, GetSmtp's first, then the edge's, the workers', TestSmtp's, and the two Vault ones,
+    the cold one last."""
     return ([goal(rows, *spec) for spec in QPS_GOALS] + edge_goals(edge, edge_in_flight)
-            + [workers_goal(workers), smtp_goal(smtp), vault_goal(vault)])
+            + [workers_goal(workers), smtp_goal(smtp)] + vault_goals(vault))
 
 
 def _ratio(value: float | None) -> str:
@@ -437,14 +449,19 @@ def _smtp_table(smtp: dict[str, Any]) -> list[str]:
 
 
 def _vault_table(vault: dict[str, Any]) -> list[str]:
-    lines = _latency_rows("cold Vault read, 1 in flight", (
+    lines = _latency_rows("Vault phase, 1 in flight", (
         ("direct hvac read", vault["direct"], ""),
+        (f"bare-aio echo ({vault['echo']['bytes']} bytes)", vault["echo"], ""),
         ("CheckSecret (Vault, cold)", vault["service"], f"{vault['ratio_service_to_direct']:.2f}"),
+        ("ResolveSmtp (Vault, warm)", vault["resolve_smtp"], f"{vault['ratio_resolve_to_direct']:.2f}"),
     ))
     lines.append(
-        f"OpenBao dev server, KV v2, {vault['secrets']} distinct secrets, half each way, calls alternating over"
-        f" {len(vault['rounds'])} rounds; every CheckSecret reply said Cached false. p50 of the replies' own"
-        f" Latency (resolution in the service: thread pool and hvac): {vault['service']['resolve_p50_ms']:.3f} ms."
+        f"OpenBao dev server, KV v2, {vault['secrets']} distinct secrets, half read directly and half through"
+        f" CheckSecret (each a cache miss: every reply said Cached false), the four paths taking turns call by call"
+        f" over {len(vault['rounds'])} rounds; ResolveSmtp's profile references one more secret, cached."
+        f" Cold CheckSecret over (echo + direct), median of the rounds' p50 ratios:"
+        f" {vault['ratio_service_to_echo_and_direct']:.2f}. p50 of the CheckSecret replies' own Latency"
+        f" (the resolution in the service, the provider's read included): {vault['service']['resolve_p50_ms']:.3f} ms."
     )
     return lines
 

@@ -61,7 +61,13 @@ def test_short_benchmark_run_reports_every_target() -> None:
     assert smtp_goal["ratio"] == smtp["ratio_service_to_direct"] and smtp_goal["met"] is not None
     vault = report["vault"]
     assert vault["direct"]["calls"] == vault["service"]["calls"] == 10 and vault["service"]["cached"] == 0
-    assert report["goals"][-1]["met"] is not None  # the Vault goal is measured even in this short run
+    assert vault["echo"]["calls"] == vault["resolve_smtp"]["calls"] == 10
+    assert vault["ratio_service_to_echo_and_direct"] > 0 and vault["ratio_resolve_to_direct"] > 0
+    assert report["goals"][-1]["met"] is not None  # the Vault goals are measured even in this short run
+    assert report["goals"][-1]["statement"] == "cold Vault CheckSecret p50 <= 1.15x (bare-aio echo + direct hvac read)"
+    assert report["goals"][-2]["statement"] == (
+        "warm ResolveSmtp (Vault password) p50 at 1 in flight < 0.5x a direct hvac read")
+    assert report["goals"][-2]["met"] is not None
     # The edge phase: through an edge on a Unix socket, at the default 64 in flight and at 1.
     edge = report["edge"]
     assert edge["in_flight"] == 64 and len(edge["rounds"]) == 2

@@ -1,7 +1,7 @@
-"""A started server has not imported hvac, requests, Authlib or httpx: a sidecar that uses neither
-Vault nor OAuth never pays for them (about 10 MiB of RSS together). They load when a Vault instance
-first connects or a token is first fetched; `test_vault_provider`, `test_vault_service`,
-`test_oauth_client` and `test_apply` exercise those paths.
+"""A started server has not imported hvac, requests, Authlib, httpx or aiohttp: a sidecar that uses
+neither Vault nor OAuth never pays for them (about 10 MiB of RSS together). They load when a Vault
+instance first connects (aiohttp on its first read on the event loop) or a token is first fetched;
+`test_vault_provider`, `test_vault_service`, `test_oauth_client` and `test_apply` exercise those paths.
 
 Each check runs in a fresh interpreter, since this test process has long imported them all.
 """
@@ -15,7 +15,7 @@ import textwrap
 
 from tests.kits.support import ROOT, short_dir
 
-HEAVY = ("hvac", "requests", "authlib", "httpx")
+HEAVY = ("hvac", "requests", "authlib", "httpx", "aiohttp")
 
 # Started the way `smtpconfig serve` starts it (settings from flags, then `App.start`), and then
 # asked for the provider types' parameter schemas and to store a Vault instance over a real channel.

@@ -12,6 +12,7 @@ connection proves the refusal came before any connection. Redirect and TLS tests
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import Iterator
 from typing import Any
@@ -23,7 +24,10 @@ from google.protobuf import json_format
 from smtpconfig.api.auth import token_hash
 from smtpconfig.core.secret import Secret
 from smtpconfig.plugin import ProviderUnavailable
+from smtpconfig.plugin.testing import call_resolve
 from smtpconfig.providers.vault import VaultProvider
+from smtpconfig.providers.vault import fastread as vault_fastread
+from smtpconfig.providers.vault import transport as vault_transport
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from smtpconfig.v2 import secret_pb2
@@ -361,16 +365,51 @@ def test_vault_tls_is_verified_against_the_host_name_while_dialling_its_address(
                    keyfile=str(pki.localhost.key)) as vault:
         init = {"Host": f"https://localhost:{vault.port}", "Token": Secret(VAULT_TOKEN), "CaBundle": str(pki.ca)}
         provider = VaultProvider(timeout=5)
+        reference = {"Secret": "smtp/relay", "Key": "password"}
+
+        async def twice() -> list:
+            # The first read goes through hvac; the second, with the token held, on the event loop.
+            return [await provider.resolve(reference, init) for _ in range(2)]
+
         try:
-            resolved = provider.resolve({"Secret": "smtp/relay", "Key": "password"}, init)
-            assert resolved.value.reveal() == VALUE
-            (seen,) = vault.seen
-            assert seen.host == f"localhost:{vault.port}" and seen.server_name == "localhost" and seen.token
+            assert [r.value.reveal() for r in asyncio.run(twice())] == [VALUE, VALUE]
+            assert provider.loop_reads == 1
+            assert len(vault.seen) == 2
+            for seen in vault.seen:
+                assert seen.host == f"localhost:{vault.port}" and seen.server_name == "localhost" and seen.token
             by_address = {**init, "Host": f"https://127.0.0.1:{vault.port}"}
             with pytest.raises(ProviderUnavailable, match="certificate verification failed"):
-                provider.resolve({"Secret": "smtp/relay", "Key": "password"}, by_address)
+                call_resolve(provider, reference, by_address)
         finally:
             provider.close()
+
+
+def test_vault_reads_on_the_event_loop_dial_only_the_checked_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name that does not resolve, checked to 127.0.0.1: both paths dial what the check gave,
+    once per new connection, and send the name as Host."""
+    looked_up: list[str] = []
+
+    def check(host: str, port: int, *, what: str) -> tuple[str, ...]:
+        looked_up.append(host)
+        return ("127.0.0.1",)
+
+    monkeypatch.setattr(vault_transport, "check_destination", check)
+    monkeypatch.setattr(vault_fastread, "check_destination", check)
+    with FakeVault({"smtp/relay": {"password": VALUE}}) as vault:
+        init = {"Host": f"http://vault.invalid:{vault.port}", "Token": Secret(VAULT_TOKEN)}
+        provider = VaultProvider(timeout=5)
+        reference = {"Secret": "smtp/relay", "Key": "password"}
+
+        async def thrice() -> list:
+            return [await provider.resolve(reference, init) for _ in range(3)]
+
+        try:
+            assert [r.value.reveal() for r in asyncio.run(thrice())] == [VALUE] * 3
+            assert provider.loop_reads == 2
+        finally:
+            provider.close()
+    assert [seen.host for seen in vault.seen] == [f"vault.invalid:{vault.port}"] * 3
+    assert looked_up == ["vault.invalid", "vault.invalid"], "one check per new connection: hvac's, the loop's"
 
 
 # --- TokenEndpoint: what validation accepts, the client can use ---------------------------------

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -215,6 +216,44 @@ def test_tls_with_the_ca_bundle_and_refused_without(seed: Seed, provider: VaultP
     assert "CaBundle" in str(caught.value)
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_reads_after_the_first_go_out_on_the_event_loop_over_one_kept_alive_connection(
+    seed: Seed, provider: VaultProvider, tls: bool
+) -> None:
+    bao = seed.server
+    init = seed.token(Host=bao.tls_address, CaBundle=str(bao.ca_file)) if tls else seed.token()
+    reads = bao.count_reads("secret/data/smtp/relay")
+    assert resolve_as_host(provider, RELAY, init).value.reveal() == VALUE  # through hvac: no client yet
+    assert provider.loop_reads == 0
+    params, prepared = prepare_parameters(VaultProvider, RELAY), prepare_initialization(VaultProvider, init)
+    versioned = prepare_parameters(VaultProvider, {**RELAY, "Version": "1"})
+
+    async def three() -> list[Resolved]:
+        return [await provider.resolve(params, prepared), await provider.resolve(versioned, prepared),
+                await provider.resolve(params, prepared)]
+
+    got = asyncio.run(three())
+    assert [r.value.reveal() for r in got] == [VALUE, OLD_VALUE, VALUE]
+    assert [r.version for r in got] == ["2", "1", "2"]
+    assert provider.loop_reads == 3
+    assert provider._connection is not None and provider._connection.reader.opened == 1, "one connection, kept alive"
+    assert bao.count_reads("secret/data/smtp/relay") == reads + 4, "every resolve reads Vault"
+
+
+def test_a_hung_server_times_out_on_the_event_loop_too(seed: Seed, provider: VaultProvider) -> None:
+    assert resolve_as_host(provider, RELAY, seed.token()).value.reveal() == VALUE
+    seed.server.pause()
+    started = time.monotonic()
+    try:
+        with pytest.raises(ProviderUnavailable, match="no answer"):
+            call_resolve(provider, prepare_parameters(VaultProvider, RELAY), prepare_initialization(VaultProvider, seed.token()))
+    finally:
+        seed.server.resume()
+    assert time.monotonic() - started < TIMEOUT + 1
+    assert resolve_as_host(provider, RELAY, seed.token()).value.reveal() == VALUE
+    assert provider.loop_reads == 1
+
+
 def test_a_rotated_secret_is_read_fresh_on_every_resolve(seed: Seed, provider: VaultProvider) -> None:
     bao, reference = seed.server, {"Secret": "smtp/rotating", "Key": "password"}
     reads = bao.count_reads("secret/data/smtp/rotating")
@@ -298,6 +337,20 @@ def test_errors_are_mapped(seed: Seed, provider: VaultProvider, case, make_init,
         resolve_as_host(provider, instance, make_init(seed))
     assert named in str(caught.value)
     _assert_clean(seed, str(caught.value), repr(caught.value), *traceback.format_exception(caught.value))
+
+
+@pytest.mark.parametrize("case, make_init, instance, error, named", FAILURES[:7], ids=[f[0] for f in FAILURES[:7]])
+def test_a_failing_read_says_the_same_once_the_client_exists(
+    seed: Seed, provider: VaultProvider, case, make_init, instance, error, named
+) -> None:
+    """Only a 200 is used on the event loop; any other answer is read again through hvac, so the
+    error is the one the first call (through hvac from the start) gave; so is a 200 without the key."""
+    messages = []
+    for _ in range(2):
+        with pytest.raises(error) as caught:
+            resolve_as_host(provider, instance, make_init(seed))
+        messages.append(str(caught.value))
+    assert messages[0] == messages[1] and named in messages[1]
 
 
 # (case, initialization changes, instance changes, parameter the error names)

@@ -2,7 +2,8 @@
 
 Written against the public plugin API only (`smtpconfig.plugin`); hvac is used in this package and
 nowhere else. Modules: `parameters` (names, spellings, checks), `connection` (client and login),
-`errors` (Vault's answers as provider errors), `provider` (`VaultProvider.resolve`).
+`errors` (Vault's answers as provider errors), `fastread` (reads on the event loop through aiohttp
+once a token is held, dialling checked addresses only), `provider` (`VaultProvider.resolve`).
 """
 
 from __future__ import annotations

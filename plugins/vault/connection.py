@@ -18,7 +18,7 @@ import hvac
 
 from smtpconfig.plugin import BadParameters
 
-from . import transport
+from . import fastread, transport
 from .parameters import Settings
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,8 @@ class Connection:
         # Credentials obtained at run time (the JWT read from JwtFile, tokens logins returned),
         # newest last: Vault may echo any of them in an error, and only this provider knows them.
         self._obtained: tuple[str, ...] = ()
+        #: Reads on the event loop with the token `ready_token` gives (`fastread`).
+        self.reader = fastread.Reader(settings, timeout)
 
     def client(self) -> tuple[hvac.Client, int]:
         """The client, logged in with a token that is not due for refresh, and its login generation."""
@@ -56,6 +58,23 @@ class Connection:
             ):
                 self._login(client)
             return client, self._generation
+
+    def ready_token(self) -> str | None:
+        """The token a read may carry now without a login, or None: no client yet, a login due, or
+        another thread busy with the client (a login under way). Never waits."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            client = self._client
+            if client is None:
+                return None
+            if self.settings.auth_method != "token" and (
+                self._generation == 0 or (self._refresh_at is not None and time.monotonic() >= self._refresh_at)
+            ):
+                return None
+            return client.token or None
+        finally:
+            self._lock.release()
 
     def credentials(self) -> tuple[str, ...]:
         """Every credential in play: the inline ones, and those obtained at run time."""
@@ -77,6 +96,7 @@ class Connection:
     def close(self) -> None:
         with self._lock:
             client, self._client, self._generation = self._client, None, 0
+        self.reader.close()
         if client is not None:
             client.adapter.close()
 

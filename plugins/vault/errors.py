@@ -123,3 +123,10 @@ def translate(error: BaseException, *, login: bool, what: str, host: str, timeou
                 return BadParameters(message, rule.parameter)
             return rule.raises(message)
     return None
+
+
+def no_answer(*, what: str, host: str, timeout: float, secrets: tuple[str, ...]) -> ProviderError:
+    """What a read that got no answer within `timeout` raises (`fastread`'s, as hvac's would)."""
+    mapped = translate(http.ReadTimeout(), login=False, what=what, host=host, timeout=timeout, secrets=secrets)
+    assert mapped is not None
+    return mapped

@@ -1,13 +1,23 @@
-"""`VaultProvider`: reads one key of a KV v1 or v2 secret from HashiCorp Vault or OpenBao."""
+"""`VaultProvider`: reads one key of a KV v1 or v2 secret from HashiCorp Vault or OpenBao.
+
+`resolve` is ``async def``: once a provider holds a token that needs no login, a read goes out on
+the event loop (`fastread`), with no hop to a worker thread and without hvac's per-request cost;
+the first read, logins, and every answer but a plain 200 go through hvac on the provider's own
+worker threads, as before, so what callers are told is hvac's path's.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import json
 import logging
 import threading
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from smtpconfig.plugin import (
     AccessDenied,
@@ -57,6 +67,10 @@ class VaultProvider(SecretProvider):
         super().__init__(timeout=timeout)
         self._lock = threading.Lock()
         self._connection: Connection | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        # The last initialization mapping parsed, and its settings: the service passes the same
+        # mapping for every call of an instance revision.
+        self._parsed: tuple[Mapping[str, Any], Settings] | None = None
 
     def __repr__(self) -> str:
         c = self._connection
@@ -68,13 +82,55 @@ class VaultProvider(SecretProvider):
         """Logins made by the current client (AppRole and JWT)."""
         return self._connection.logins if self._connection else 0
 
+    @property
+    def loop_reads(self) -> int:
+        """Reads the current client's connection answered on the event loop (`fastread`)."""
+        return self._connection.reader.reads if self._connection else 0
+
     @classmethod
     def check_initialization(cls, initialization: Mapping[str, Any]) -> None:
         parse_settings(initialization)  # the rules across parameters: an auth method's credentials, ...
 
-    def resolve(self, instance_parameters: Mapping[str, Any], initialization: Mapping[str, Any]) -> Resolved:
-        settings = parse_settings(initialization)
+    # The plugin API takes an ``async def resolve`` too (SecretProvider's docstring); its stub is plain.
+    async def resolve(  # type: ignore[override]
+        self, instance_parameters: Mapping[str, Any], initialization: Mapping[str, Any]
+    ) -> Resolved:
+        parsed = self._parsed
+        if parsed is not None and parsed[0] is initialization:
+            settings = parsed[1]
+        else:
+            settings = parse_settings(initialization)
+            self._parsed = (initialization, settings)
         reference = parse_reference(instance_parameters, settings)
+        connection = self._connection
+        same = connection is not None and (connection.settings is settings or connection.settings == settings)
+        token = connection.ready_token() if connection is not None and same else None
+        if connection is not None and token is not None:
+            try:
+                answer = await connection.reader.get(_api_path(settings, reference), token, self._run)
+            except TimeoutError:
+                _, errors = _hvac_modules()
+                raise errors.no_answer(what=_describe(settings, reference), host=settings.host,
+                                       timeout=self.timeout, secrets=connection.credentials()) from None
+            if answer is not None:
+                return self._resolved(answer, settings, reference, _describe(settings, reference))
+        # In the caller's context, so lines logged on the thread carry the call's request id.
+        run = contextvars.copy_context().run
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor(), run, self._resolve_blocking, settings, reference
+        )
+
+    async def _run(self, function: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor(), function)
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="vault")
+            return self._pool
+
+    def _resolve_blocking(self, settings: Settings, reference: Reference) -> Resolved:
+        """The read through hvac, logging in first when due (a worker thread)."""
         connection = self._connect(settings)
         what = _describe(settings, reference)
         login = f"the {settings.auth_method} login at auth/{settings.auth_mount}"
@@ -93,8 +149,11 @@ class VaultProvider(SecretProvider):
     def close(self) -> None:
         with self._lock:
             connection, self._connection = self._connection, None
+            pool, self._pool = self._pool, None
         if connection is not None:
             connection.close()
+        if pool is not None:
+            pool.shutdown(wait=False)
 
     def _connect(self, settings: Settings) -> Connection:
         with self._lock:
@@ -146,6 +205,18 @@ def _read(client: Any, settings: Settings, reference: Reference) -> dict:
         return client.secrets.kv.v2.read_secret_version(path=reference.path, mount_point=settings.mount,
                                                         version=reference.version, raise_on_deleted_version=True)
     return client.secrets.kv.v1.read_secret(path=reference.path, mount_point=settings.mount)
+
+
+def _api_path(settings: Settings, reference: Reference) -> str:
+    """The path `_read` asks hvac for, spelt as hvac sends it."""
+    mount, path = quote(settings.mount.encode()), quote(reference.path.encode())
+    if settings.kv_version == 2:
+        url = f"/v1/{mount}/data/{path}" + (f"?version={reference.version}" if reference.version is not None else "")
+    else:
+        url = f"/v1/{mount}/{path}"
+    while "//" in url:
+        url = url.replace("//", "/")
+    return url
 
 
 def _describe(settings: Settings, reference: Reference) -> str:

@@ -121,7 +121,7 @@ _FRAME = re.compile(r'^  File "[^"\n]*", line \d+, in ')
 
 _remembered: OrderedDict[str, None] = OrderedDict()
 _remembered_lock = threading.Lock()
-_longest_first: tuple[str, ...] = ()
+_longest_first: tuple[str, ...] | None = ()  # None: to be sorted again before the next redaction
 
 
 def remember_secret(value: str) -> None:
@@ -137,8 +137,9 @@ def remember_secret(value: str) -> None:
         _remembered[value] = None
         while len(_remembered) > REMEMBERED_MAX:
             _remembered.popitem(last=False)
-        # A value containing another is masked whole before the shorter one can split it.
-        _longest_first = tuple(sorted(_remembered, key=len, reverse=True))
+        # Sorted when a line is next redacted, not here: a cold resolution of a new value (one per
+        # call when many distinct secrets are read) would pay for sorting every remembered one.
+        _longest_first = None
 
 
 def forget_secrets() -> None:
@@ -149,11 +150,24 @@ def forget_secrets() -> None:
         _longest_first = ()
 
 
+def _longest_values() -> tuple[str, ...]:
+    """The remembered values, longest first: a value containing another is masked whole before
+    the shorter one can split it."""
+    global _longest_first
+    values = _longest_first
+    if values is None:
+        with _remembered_lock:
+            values = _longest_first
+            if values is None:
+                values = _longest_first = tuple(sorted(_remembered, key=len, reverse=True))
+    return values
+
+
 def redact(text: str, *, traceback: bool = False) -> str:
     """`text` with remembered values and secret-looking parts replaced by ``[REDACTED]``. With
     `traceback`, the source lines it quotes keep their names (values found in them are masked)."""
     # Exact values first: a pattern could mask part of one and leave the rest unmatched.
-    for value in _longest_first:
+    for value in _longest_values():
         if value in text:
             text = text.replace(value, MASK)
     for pattern, replacement in _BY_SHAPE:
