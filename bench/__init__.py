@@ -187,3 +187,5 @@ EDGE_LATENCY_GOAL_RATIO = 0.5
 # at WORKERS_IN_FLIGHT, at least this ratio.
 WORKERS_IN_FLIGHT = 64
 WORKERS_GOAL_RATIO = 1.6
+# Resident memory of a serving process, idle after start (VmRSS): the service's, and each worker's.
+MEMORY_GOAL_MIB = 80.0

@@ -405,9 +405,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     rows = summarize(measurements, args.pick)
     smtp, vault, edge, workers = phases["smtp"], phases["vault"], phases["edge"], phases["workers"]
-    verdicts = goals(rows, vault, edge, args.edge_in_flight, smtp=smtp, workers=workers)
     ratios = transport_ratios(rows)
     resident = resident_memory(rows, phases["memory"])
+    verdicts = goals(rows, vault, edge, args.edge_in_flight, smtp=smtp, workers=workers, resident=resident)
     env = environment()
     settings = {
         "seconds": args.seconds,

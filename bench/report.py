@@ -34,6 +34,7 @@ from bench import (
     EDGE_LATENCY_GOAL_RATIO,
     GETSMTP_SUITE,
     LABELS,
+    MEMORY_GOAL_MIB,
     QPS_GOALS,
     RESOLVE_SMTP,
     SERVICE,
@@ -248,13 +249,28 @@ def workers_goal(workers: dict[str, Any] | None, in_flight: int = WORKERS_IN_FLI
     }
 
 
+def memory_goal(resident: list[dict[str, Any]], workers: dict[str, Any] | None) -> dict[str, Any]:
+    """The most any serving process held idle after start: the plaintext service's, and, from the
+    workers phase, each worker's (VmRSS, MiB; `ratio` holds it)."""
+    idle = [m["idle_rss_mib"] for m in resident if m["target"] == SERVICE and m["idle_rss_mib"] is not None]
+    if workers is not None:
+        for count in workers["memory_idle"].values():
+            idle += [v for v in (count.get("workers") or [count.get("process")]) if v is not None]
+    most = max(idle) if idle else None
+    return {
+        "statement": f"idle resident memory of each serving process <= {MEMORY_GOAL_MIB:g} MiB",
+        "threshold": MEMORY_GOAL_MIB, "ratio": most, "met": None if most is None else most <= MEMORY_GOAL_MIB,
+    }
+
+
 def goals(rows: list[dict[str, Any]], vault: dict[str, Any] | None,
           edge: dict[str, Any] | None = None, edge_in_flight: int = EDGE_IN_FLIGHT,
-          smtp: dict[str, Any] | None = None, workers: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Every goal, GetSmtp's first, then the edge's, the workers', TestSmtp's, and the two Vault ones,
-    the cold one last."""
+          smtp: dict[str, Any] | None = None, workers: dict[str, Any] | None = None,
+          resident: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Every goal, GetSmtp's first, then the edge's, memory, the workers', TestSmtp's, and the two
+    Vault ones, the cold one last."""
     return ([goal(rows, *spec) for spec in QPS_GOALS] + edge_goals(edge, edge_in_flight)
-            + [workers_goal(workers), smtp_goal(smtp)] + vault_goals(vault))
+            + [memory_goal(resident or [], workers), workers_goal(workers), smtp_goal(smtp)] + vault_goals(vault))
 
 
 def _ratio(value: float | None) -> str:
@@ -352,12 +368,15 @@ def table(rows: list[dict[str, Any]], verdicts: list[dict[str, Any]], header: st
                 why = "--skip-smtp"
             elif verdict["statement"].startswith("GetSmtp QPS with workers"):
                 why = "--skip-workers"
+            elif verdict["statement"].startswith("idle resident memory"):
+                why = "no memory read"
             else:
                 why = "--skip-vault"
             lines.append(f"goal {verdict['statement']}: not measured ({why})")
         else:
             word = "MET" if verdict["met"] else "NOT MET"
-            lines.append(f"goal {verdict['statement']}: {word} ({verdict['ratio']:.2f})")
+            unit = " MiB" if verdict["statement"].startswith("idle resident memory") else ""
+            lines.append(f"goal {verdict['statement']}: {word} ({verdict['ratio']:.2f}{unit})")
     return "\n".join(lines)
 
 

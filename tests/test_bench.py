@@ -63,6 +63,8 @@ def test_short_benchmark_run_reports_every_target() -> None:
     assert vault["direct"]["calls"] == vault["service"]["calls"] == 10 and vault["service"]["cached"] == 0
     assert vault["echo"]["calls"] == vault["resolve_smtp"]["calls"] == 10
     assert vault["ratio_service_to_echo_and_direct"] > 0 and vault["ratio_resolve_to_direct"] > 0
+    memory_goal = next(g for g in report["goals"] if g["statement"].startswith("idle resident memory"))
+    assert memory_goal["met"] is not None and memory_goal["ratio"] > 0
     assert report["goals"][-1]["met"] is not None  # the Vault goals are measured even in this short run
     assert report["goals"][-1]["statement"] == "cold Vault CheckSecret p50 <= 1.15x (bare-aio echo + direct hvac read)"
     assert report["goals"][-2]["statement"] == (
