@@ -12,10 +12,12 @@ work, in this order:
    `max_concurrent_rpcs_per_identity` for each identity, else RESOURCE_EXHAUSTED;
 5. the per-identity rate limit of limited methods, else RESOURCE_EXHAUSTED with a RetryInfo;
 6. the one request message, read and decoded only now (`smtpconfig.api.handlers` registers every
-   method so that nothing is read before the checks above): none, two, or bytes that do not
-   decode as the request type are INVALID_ARGUMENT;
+   method so that nothing is read before the checks above): none, or bytes that do not decode
+   as the request type, are INVALID_ARGUMENT; anything sent after it is not read, as grpcio's
+   own unary handlers do;
 7. the method itself. Reading the message, and the method unless it is declared
-   `waits=False`, run under the server's default deadline when the caller set none;
+   `waits=False`, run under the server's default deadline when the caller set none (kept by one
+   task for all calls, `smtpconfig.api.deadlines`);
 8. domain errors mapped to statuses by `smtpconfig.api.status`; anything else is INTERNAL with a
    fixed message;
 9. for audited methods an audit record, success or not, before the answer leaves; changes
