@@ -2,10 +2,11 @@
 
 Each `Metrics` has a private `CollectorRegistry`, so several servers in one process (tests) never
 share or clash over series. The recording methods sit on the path of every RPC and every secret
-resolution, and all of them run on the event loop: counters keep the labelled children they have
-made in a dict keyed by the label values, so a call costs one dict lookup plus the increment, not a
-`.labels()` call with its validation and lock; the latency histograms (and the RPC counter, their
-count) are plain numbers that a scrape turns into metric families (`_LoopHistogram`).
+resolution, and all of them run on the event loop, so the counters (`_LoopCounter`) and latency
+histograms (`_LoopHistogram`, and the RPC counter, their count) are plain numbers in dicts keyed by
+the label values, which a scrape (on the metrics thread) turns into metric families: an event
+costs a dict lookup and an addition, not prometheus_client's `.labels()` validation and a lock.
+(The token fetch histogram, a few calls a minute, stays prometheus_client's.)
 
 Label values are names chosen by code (method names, status code names, provider type names,
 exception class names, fixed outcome words), never values from a request or a secret. Each family
@@ -17,10 +18,9 @@ from __future__ import annotations
 
 import threading
 from bisect import bisect_left
-from collections.abc import Hashable
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, start_http_server
+from prometheus_client import CollectorRegistry, Histogram, generate_latest, start_http_server
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
@@ -34,25 +34,45 @@ MAX_SERIES = 1000
 OTHER = "other"
 
 
-class _Children:
-    """The labelled children of one metric family, made once per label tuple."""
+class _Cell:
+    """One labelled counter's value."""
 
-    __slots__ = ("_family", "_made")
+    __slots__ = ("value",)
 
-    def __init__(self, family: Counter | Histogram) -> None:
-        self._family = family
-        self._made: dict[Hashable, object] = {}
+    def __init__(self) -> None:
+        self.value = 0.0
 
-    def get(self, labels: tuple[str, ...]):
-        child = self._made.get(labels)
-        if child is None:
-            # Two threads may both get here for one tuple; .labels() hands both the same child.
-            if len(self._made) >= MAX_SERIES:
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class _LoopCounter:
+    """A counter family kept as plain numbers, one `_Cell` per label tuple, turned into a metric
+    family when scraped. Only the event loop increments; `get` hands out the cell, so a caller that
+    keeps one (the cache's hit and miss) pays a float addition per event and nothing else."""
+
+    def __init__(self, name: str, documentation: str, labels: tuple[str, ...]) -> None:
+        self._name, self._documentation, self._labels = name, documentation, labels
+        self._cells: dict[tuple[str, ...], _Cell] = {}
+
+    def get(self, labels: tuple[str, ...]) -> _Cell:
+        cell = self._cells.get(labels)
+        if cell is None:
+            if len(self._cells) >= MAX_SERIES:
                 labels = (OTHER,) * len(labels)
-                child = self._made.get(labels)
-            if child is None:
-                child = self._made[labels] = self._family.labels(*labels)
-        return child
+                cell = self._cells.get(labels)
+            if cell is None:
+                cell = self._cells[labels] = _Cell()
+        return cell
+
+    def collect(self):
+        family = CounterMetricFamily(self._name, self._documentation, labels=self._labels)
+        for labels, cell in list(self._cells.items()):
+            family.add_metric(labels, cell.value)
+        yield family
+
+    def describe(self):
+        return [CounterMetricFamily(self._name, self._documentation, labels=self._labels)]
 
 
 class _LoopHistogram:
@@ -126,35 +146,39 @@ class Metrics:
             "smtpconfig_rpc_duration_seconds", "Time to answer an RPC, by method and status code.",
             ("method", "code"), counter=("smtpconfig_rpc_requests", "RPCs answered, by method and status code."))
         r.register(self._rpcs)
-        self._provider_total = _Children(Counter(
-            "smtpconfig_provider_calls_total", "Secret provider resolve calls, by type and outcome (ok, error).",
-            ("provider_type", "outcome"), registry=r))
+        self._provider_total = self._counter(
+            "smtpconfig_provider_calls", "Secret provider resolve calls, by type and outcome (ok, error).",
+            ("provider_type", "outcome"))
         self._provider_seconds = _LoopHistogram(
             "smtpconfig_provider_call_duration_seconds", "Time a secret provider resolve call took.",
             ("provider_type",))
         r.register(self._provider_seconds)
-        self._provider_errors = _Children(Counter(
-            "smtpconfig_provider_errors_total", "Failed secret provider calls, by type and error class.",
-            ("provider_type", "error"), registry=r))
-        self._cache = _Children(Counter(
-            "smtpconfig_secret_cache_requests_total",
-            "Secret resolutions served from the cache (hit) or needing a provider call (miss).",
-            ("result",), registry=r))
-        self._token_total = _Children(Counter(
-            "smtpconfig_token_fetches_total", "OAuth token fetches from token endpoints, by outcome (ok, error).",
-            ("outcome",), registry=r))
+        self._provider_errors = self._counter(
+            "smtpconfig_provider_errors", "Failed secret provider calls, by type and error class.",
+            ("provider_type", "error"))
+        self._cache = self._counter(
+            "smtpconfig_secret_cache_requests",
+            "Secret resolutions served from the cache (hit) or needing a provider call (miss).", ("result",))
+        self._token_total = self._counter(
+            "smtpconfig_token_fetches", "OAuth token fetches from token endpoints, by outcome (ok, error).",
+            ("outcome",))
         self._token_seconds = Histogram(
             "smtpconfig_token_fetch_duration_seconds", "Time an OAuth token fetch took.",
             buckets=LATENCY_BUCKETS, registry=r)
-        self._rate_limited = _Children(Counter(
-            "smtpconfig_rate_limited_total", "RPCs refused by the rate limiter, by method.",
-            ("method",), registry=r))
-        self._audit = _Children(Counter(
-            "smtpconfig_audit_records_total", "Audit records, by outcome.", ("outcome",), registry=r))
+        self._rate_limited = self._counter(
+            "smtpconfig_rate_limited", "RPCs refused by the rate limiter, by method.",
+            ("method",))
+        self._audit = self._counter(
+            "smtpconfig_audit_records", "Audit records, by outcome.", ("outcome",))
         self._hit = self._cache.get(("hit",))
         self._miss = self._cache.get(("miss",))
         self._http: WSGIServer | None = None
         self._http_thread: threading.Thread | None = None
+
+    def _counter(self, name: str, documentation: str, labels: tuple[str, ...]) -> _LoopCounter:
+        counter = _LoopCounter(name, documentation, labels)
+        self.registry.register(counter)
+        return counter
 
     def rpc(self, method: str, code: str, seconds: float) -> None:
         """One answered RPC. `method`: ``v2.ConfigService/GetSmtp``; `code`: a status code name, ``OK``."""
