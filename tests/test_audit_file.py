@@ -25,7 +25,7 @@ from grpc_health.v1.health_pb2 import HealthCheckResponse
 
 from smtpconfig.cli import main as cli
 from smtpconfig.ops.audit import AuditLog, AuditRecord, Cursor, encode
-from smtpconfig.ops.audit_file import GENESIS, RESUMED, AuditFile, Fields, line_hash, log_files
+from smtpconfig.ops.audit_file import GENESIS, RESUMED, AuditFile, Fields, line_hash, log_files, record_doc, record_line
 from smtpconfig.settings import Settings
 from smtpconfig.store.sqlite import SqliteStore
 from smtpconfig.v2 import config_service_pb2 as v2
@@ -75,6 +75,19 @@ def logged(tmp_path: Path) -> Iterator[Path]:
 
 # --- the chain ------------------------------------------------------------------------------------
 
+
+
+def test_a_record_line_is_the_json_of_its_record() -> None:
+    """The line is built by hand for speed; it must be exactly what the json module makes of the
+    record's object, whatever the text holds."""
+    awkward = ['plain', 'quote " and backslash \\', "new\nline\ttab\x00nul\x1f", "ünïcödé ✓ 😀", "\u202eflip", ""]
+    for text in awkward:
+        record = Fields(1_765_000_000_123_456, text, f"v2.X/{text}", text, "OK", (text, "RelayPassword"), 7, text)
+        prev = "ab" * 32
+        expected = {**record_doc("replica-1", 42, record), "prev": prev}
+        line = record_line("replica-1", 42, record, prev)
+        assert line == json.dumps(expected, separators=(",", ":"), ensure_ascii=False).encode(), text
+        assert json.loads(line) == expected
 
 def test_records_are_chained_json_lines_and_verify_counts_them(logged: Path, capsys) -> None:
     lines = (logged / f"{REPLICA}.jsonl").read_bytes().splitlines()

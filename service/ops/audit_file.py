@@ -56,6 +56,7 @@ REPLICA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 # Rotated files: `<replica>.<rotation number, 8 digits>.jsonl`, so that name order is age order.
 _ROTATED = re.compile(r"^(?P<replica>.+)\.(?P<number>[0-9]{8,})\.jsonl\Z")
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_quote = json.encoder.encode_basestring  # C: a str as a JSON string, quotes included
 FSYNC_POLICIES = ("interval", "batch")
 FSYNC_INTERVAL = 1.0
 # The method name of the record a log writes about itself when writing works again.
@@ -127,6 +128,20 @@ def record_doc(replica: str, seq: int, record: Fields) -> dict[str, Any]:
         "method": record.method, "request_id": record.request_id, "outcome": record.outcome,
         "fields": list(record.fields), "provider": record.provider, "message": record.message,
     }
+
+
+def record_line(replica: str, seq: int, record: Fields, prev: str) -> bytes:
+    """`record_doc` with `prev` as the log holds it: one JSON line (without its newline), the same
+    bytes `json` makes of that object with separators "," and ":" and without ASCII escaping. Built
+    from C-quoted strings, since a record is written for every audited call (a third of the
+    encoder's time)."""
+    return (
+        f'{{"seq":{seq},"time":"{iso_micros(record.at)}","replica":{_quote(replica)},'
+        f'"identity":{_quote(record.identity)},"method":{_quote(record.method)},'
+        f'"request_id":{_quote(record.request_id)},"outcome":{_quote(record.outcome)},'
+        f'"fields":[{",".join(map(_quote, record.fields))}],"provider":{int(record.provider)},'
+        f'"message":{_quote(record.message)},"prev":"{prev}"}}'
+    ).encode()
 
 
 class _Pending(NamedTuple):
@@ -333,15 +348,12 @@ class AuditFile:
         # Only a failed write leaves one, so the check waits for a failure.
         if self.failure is not None and os.fstat(self._fd).st_size != self._size:
             os.ftruncate(self._fd, self._size)
-        lines, docs, seq, prev = [], [], self._seq, self._prev
+        lines, seq, prev = [], self._seq, self._prev
         for record in records:
             seq += 1
-            doc = record_doc(self.replica, seq, record)
-            doc["prev"] = prev
-            line = _ENCODER.encode(doc).encode()
+            line = record_line(self.replica, seq, record, prev)
             prev = hashlib.sha256(line).hexdigest()
             lines.append(line)
-            docs.append(line)
         data = b"\n".join(lines) + b"\n"
         written = os.write(self._fd, data)
         if written != len(data):
@@ -360,7 +372,7 @@ class AuditFile:
             self.failure, self._refused = None, 0
             self._on_health(True)
         if self._stdout is not None:
-            self.copy_out(docs)
+            self.copy_out(lines)
 
     def copy_out(self, lines: list[bytes]) -> None:
         """Copy lines to standard output for log shippers (`audit_stdout`); a full or closed pipe
