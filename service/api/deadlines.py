@@ -17,7 +17,7 @@ import contextlib
 import time
 
 # How much later than its deadline a call may be ended: the sweeper sleeps at least this long, so
-# a burst of calls does not wake it once for each.
+# that calls whose deadlines pass close together are ended in one wake-up.
 SLACK = 0.01
 
 
@@ -29,7 +29,6 @@ class Deadlines:
         # Task -> when its deadline passes (time.monotonic()); insertion order is deadline order.
         self._due: dict[asyncio.Task, float] = {}
         self._expired: set[asyncio.Task] = set()
-        self._wake: asyncio.Event | None = None
         self._sweeper: asyncio.Task | None = None
 
     def enter(self) -> asyncio.Task:
@@ -37,7 +36,7 @@ class Deadlines:
         `expired`. (Two plain calls rather than a context manager: this runs on every call.)"""
         task = asyncio.current_task()
         assert task is not None
-        if not self._due:
+        if self._sweeper is None:
             self._start()
         self._due[task] = time.monotonic() + self.seconds
         return task
@@ -60,22 +59,16 @@ class Deadlines:
         return True
 
     def _start(self) -> None:
-        if self._sweeper is None or self._sweeper.done():
-            self._wake = asyncio.Event()
-            self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="default-deadlines")
-        else:
-            assert self._wake is not None
-            self._wake.set()
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="default-deadlines")
 
     async def _sweep(self) -> None:
-        assert self._wake is not None
         while True:
             if not self._due:
-                self._wake.clear()
-                await self._wake.wait()
+                # Whatever enters from now on is due `seconds` from its entry at the earliest, so
+                # the sweeper need not be woken for it: a call costs no wake-up of this task.
+                await asyncio.sleep(self.seconds)
                 continue
-            first = next(iter(self._due.values()))
-            wait = first - time.monotonic()
+            wait = next(iter(self._due.values())) - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(max(wait, SLACK))
                 continue
