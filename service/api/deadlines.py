@@ -66,7 +66,7 @@ class Deadlines:
             if not self._due:
                 # Whatever enters from now on is due `seconds` from its entry at the earliest, so
                 # the sweeper need not be woken for it: a call costs no wake-up of this task.
-                await asyncio.sleep(self.seconds)
+                await asyncio.sleep(max(self.seconds, SLACK))
                 continue
             wait = next(iter(self._due.values())) - time.monotonic()
             if wait > 0:
