@@ -627,7 +627,9 @@ def _bind(server: grpc.aio.Server, address: str, credentials, *, shared: bool = 
     """Listen on `address`, or say which address failed and how to pick another: grpcio's own
     RuntimeError sends the reader to debug logging instead. `shared`: a worker's port, which its
     supervisor and the other workers hold too."""
-    if _taken(address, shared=shared):
+    # Asked before grpcio binds: its own failure also writes a core error line of its own to
+    # stderr, which our one line makes redundant.
+    if port_taken(*split_address(address), shared=shared):
         port = 0
     else:
         try:
@@ -643,13 +645,6 @@ def _add_port(server: grpc.aio.Server, address: str, credentials) -> int:
     if credentials is not None:
         return server.add_secure_port(address, credentials)
     return server.add_insecure_port(address)
-
-
-def _taken(address: str, *, shared: bool = False) -> bool:
-    """Whether something already listens on `address`, asked before grpcio binds: its own failure
-    also writes a core error line of its own to stderr, which our one line makes redundant."""
-    host, port = split_address(address)
-    return port_taken(host, port, shared=shared)
 
 
 async def open_store(settings: Settings, *, lock_fd: int | None = None) -> Store:

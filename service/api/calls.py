@@ -337,12 +337,14 @@ class Guard:
         except asyncio.CancelledError:
             if not self._deadlines.expired(task):
                 raise
-            raise DeadlineExceeded(
-                f"the request message did not arrive within the server's default deadline of"
-                f" {self._default_deadline:g}s"
-            ) from None
+            raise self._no_message() from None
         finally:
             self._deadlines.leave(task)
+
+    def _no_message(self) -> DeadlineExceeded:
+        return DeadlineExceeded(
+            f"the request message did not arrive within the server's default deadline of {self._default_deadline:g}s"
+        )
 
     def _admit(
         self, progress: _Progress, call: Call, spec: RpcSpec, metadata, context: grpc.aio.ServicerContext
@@ -512,10 +514,7 @@ class Guard:
             if not call.started:
                 # A caller holding its call open without a message gets no more time than one
                 # that is slow to be answered.
-                raise DeadlineExceeded(
-                    f"the request message did not arrive within the server's default deadline of"
-                    f" {self._default_deadline:g}s"
-                ) from None
+                raise self._no_message() from None
             raise DeadlineExceeded(
                 f"the call took longer than the server's default deadline of"
                 f" {self._default_deadline:g}s; set a deadline to allow more"

@@ -148,9 +148,9 @@ class SqliteStore:
         self._loop: asyncio.AbstractEventLoop | None = None
         # Other processes write to the same file (the workers of one supervisor): follow them.
         self.shared = shared
-        # Store thread only, when shared: the newest revision this process has taken up (its own
-        # writes and the others' read from the history), the last `PRAGMA data_version` seen, and
-        # the others' changes read but not yet handed to the event loop.
+        # When shared: the newest revision this process has taken up (its own writes and the
+        # others' read from the history), and the others' changes read but not yet handed to the
+        # event loop.
         self._synced = 0
         self._others: list[Change | Resync] = []
         self._follower: asyncio.Task | None = None
