@@ -584,7 +584,8 @@ def rpc(
     deadline once their request is read. The servicer class names its service in `SERVICE` and
     holds the server's `Guard` in `guard`; `smtpconfig.api.handlers` serves only methods declared so,
     each through `Guard.run`, or with `stream=True` (an async generator of the messages of a
-    server-streaming method) through `Guard.stream`."""
+    server-streaming method) through `Guard.stream`. A unary method returns its response message,
+    or that message already serialised (bytes), which is sent as it is."""
     spec = RpcSpec(permission, audit, limit, waits, stream)
 
     def decorate(method: Handler) -> Handler:

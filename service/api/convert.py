@@ -32,6 +32,13 @@ def duration(seconds: float) -> Duration:
     return Duration(seconds=nanos // 1_000_000_000, nanos=nanos % 1_000_000_000)
 
 
+def duration_field(number: int, seconds: float) -> bytes:
+    """Field `number` (at most 15) holding `seconds` as a Duration, in wire form: what appending it
+    to a serialised message sets in that message."""
+    body = duration(seconds).SerializeToString()  # at most 17 bytes: one byte says the length
+    return bytes((number << 3 | 2, len(body))) + body
+
+
 def timestamp(when) -> Timestamp:
     stamp = Timestamp()
     stamp.FromDatetime(when)

@@ -112,10 +112,12 @@ def _handler(servicer: Any, method: MethodDescriptor) -> grpc.RpcMethodHandler:
 
         return grpc.stream_stream_rpc_method_handler(stream, request_deserializer=None, response_serializer=serializer)
 
+    def serialize(response) -> bytes:
+        # A method may answer with its response already serialised (ResolveSmtp: `_Revealed`).
+        return response if response.__class__ is bytes else serializer(response)
+
     async def handle(_requests, context: grpc.aio.ServicerContext):
         # The request iterator is left alone: the guard reads the message itself, after its checks.
         return await guard.run(spec, name, serve, decode, context)
 
-    return grpc.stream_unary_rpc_method_handler(
-        handle, request_deserializer=None, response_serializer=serializer,
-    )
+    return grpc.stream_unary_rpc_method_handler(handle, request_deserializer=None, response_serializer=serialize)

@@ -38,6 +38,51 @@ class _PerRevision:
         return self._response
 
 
+class _Revealed:
+    """ResolveSmtp's answer for one stored revision and the credentials it resolved to, serialised
+    once, with what its audit record names. Each call appends its own `cache_for`, the one part
+    that changes from call to call (a message's fields may come in any order on the wire). New
+    values (a rotation, a refresh, a new token) or a new revision build it anew.
+
+    The bytes hold the revealed values, as the message they are made from would; they stay in
+    this one place until the next different answer replaces them."""
+
+    _CACHE_FOR = v2.ResolveSmtpResponse.DESCRIPTOR.fields_by_name["cache_for"].number
+
+    def __init__(self, read) -> None:
+        self._read = read  # the revision's GetSmtp answer, whose profile ResolveSmtp's shows
+        self._key: tuple = ()
+        self._static = b""
+        self._fields: tuple[str, ...] = ()
+        self._note = ""
+
+    def __call__(self, stored: StoredProfile, credentials) -> tuple[bytes, tuple[str, ...], str]:
+        """The answer's bytes, the fields it reveals and the note for its record."""
+        token = credentials.token
+        key = (stored, credentials.username, credentials.password, token)
+        if key != self._key:  # identical objects compare equal without a look inside
+            self._build(stored, credentials)
+            self._key = key
+        return self._static + convert.duration_field(self._CACHE_FOR, credentials.cache_for), self._fields, self._note
+
+    def _build(self, stored: StoredProfile, credentials) -> None:
+        response = v2.ResolveSmtpResponse(profile=self._read(stored).profile, etag=stored.etag)
+        revealed = []
+        if credentials.username is not None and credentials.password is not None:
+            response.credentials.username = credentials.username.reveal()
+            response.credentials.password = credentials.password.reveal()
+            revealed += ["RelayUsername", "RelayPassword"]
+        token = credentials.token
+        if token is not None:
+            response.credentials.access_token = token.value.reveal()
+            response.credentials.token_type = token.token_type
+            response.credentials.token_expire_time.FromDatetime(token.expires_at)
+            revealed += ["AccessToken"]
+        self._static = response.SerializeToString()
+        self._fields = tuple(revealed)
+        self._note = f"profile etag {stored.etag}"
+
+
 def _mask(request, allowed) -> tuple[frozenset[str] | None, list]:
     if not request.HasField("update_mask") or not request.update_mask.paths:
         return None, []
@@ -168,6 +213,7 @@ class ConfigServiceV2(_ConfigService[v2.SmtpProfile], WatchSmtpV2, v2_grpc.Confi
         super().__init__(profiles, applier, guard)
         self._watch = watch
         self._watch_max_age = watch_max_age
+        self._revealed = _Revealed(self._read)
 
     def _draft(
         self, msg: v2.SmtpProfile, mask: frozenset[str] | None
@@ -182,31 +228,17 @@ class ConfigServiceV2(_ConfigService[v2.SmtpProfile], WatchSmtpV2, v2_grpc.Confi
         return v2.TestSmtpResponse(success=succeeded(steps), steps=[_step_to_v2(s) for s in steps])
 
     @rpc("smtp:resolve", audit=True, limit="resolve")
-    async def ResolveSmtp(self, request, context: grpc.aio.ServicerContext) -> v2.ResolveSmtpResponse:
+    async def ResolveSmtp(self, request, context: grpc.aio.ServicerContext) -> bytes:
         refresh = request.refresh
         if refresh:
             calls.current().note(message="refresh")  # a refused refresh is on record as one too
             self.guard.take("refresh", "one ResolveSmtp refresh per refresh_interval_seconds")
         stored = self._profiles.get()
         credentials = await self._applier.credentials(stored.profile, refresh=refresh)
-        response = v2.ResolveSmtpResponse(
-            profile=self._read(stored).profile, etag=stored.etag, cache_for=convert.duration(credentials.cache_for)
-        )
-        if credentials.username is not None and credentials.password is not None:
-            response.credentials.username = credentials.username.reveal()
-            response.credentials.password = credentials.password.reveal()
-        revealed = []
-        if credentials.username is not None and credentials.password is not None:
-            revealed += ["RelayUsername", "RelayPassword"]
-        if credentials.token is not None:
-            revealed += ["AccessToken"]
-        note = f"profile etag {stored.etag}" + (", refresh: caches bypassed" if refresh else "")
-        calls.current().note(fields=revealed, message=note)
-        if credentials.token is not None:
-            response.credentials.access_token = credentials.token.value.reveal()
-            response.credentials.token_type = credentials.token.token_type
-            response.credentials.token_expire_time.FromDatetime(credentials.token.expires_at)
-        return response
+        # A ResolveSmtpResponse, serialised (`_Revealed`); the handlers send bytes as they are.
+        answer, revealed, note = self._revealed(stored, credentials)
+        calls.current().note(fields=revealed, message=note + (", refresh: caches bypassed" if refresh else ""))
+        return answer
 
 
 class ConfigServiceV1(_ConfigService[v1.SmtpProfile], v1_grpc.ConfigServiceServicer):

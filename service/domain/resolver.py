@@ -135,6 +135,11 @@ class Resolver:
         self._cache: OrderedDict[_CacheKey, _Entry] = OrderedDict()
         self._inflight: dict[_CacheKey, asyncio.Task[_Entry]] = {}
         self._objects: dict[tuple[int, str], SecretProvider] = {}
+        # Bumped whenever what `resolve` hands out for a reference may change: a value or failure
+        # cached or dropped, a flush, a refresh, an instance changed. While it holds still (and
+        # nothing read has expired), resolving the same references again gives the same values,
+        # which lets a caller keep what it resolved (`smtpconfig.outbound.apply.Applier`).
+        self.generation = 0
         inline = plugins.provider_type("inline")
         self._inline = inline.cls(timeout=timeout) if inline is not None else None
         providers.on_change(self.forget)
@@ -145,6 +150,7 @@ class Resolver:
 
     def forget(self, provider_id: int) -> None:
         """Drop what is cached for an instance that changed or went away, and close its object."""
+        self.generation += 1
         for key in [k for k in self._cache if k[0] == provider_id]:
             del self._cache[key]
         for object_key in [k for k in self._objects if k[0] == provider_id]:
@@ -156,6 +162,7 @@ class Resolver:
         but new callers start a fresh call and what the old one read is not cached."""
 
         wanted = None if parameters is None else tuple(sorted(parameters.items()))
+        self.generation += 1
 
         def matches(key: Any) -> bool:  # (instance id, its etag, sorted parameters), as `resolve` makes it
             return (provider_id is None or key[0] == provider_id) and (wanted is None or key[2] == wanted)
@@ -171,6 +178,7 @@ class Resolver:
         return flushed
 
     async def close(self) -> None:
+        self.generation += 1
         for provider in self._objects.values():
             self._close(provider)
         self._objects.clear()
@@ -204,6 +212,7 @@ class Resolver:
             # it, as `flush` does, so the fresh call is the one new callers join and the cache keeps.
             self._cache.pop(key, None)
             self._inflight.pop(key, None)
+            self.generation += 1
         now = time.monotonic()
         entry = self._cache.get(key)
         cached = entry is not None and entry.expires > now
@@ -240,7 +249,18 @@ class Resolver:
             task.add_done_callback(done)
         return await asyncio.shield(task)
 
+    def reused(self, *sources: SecretSource) -> None:
+        """Count the resolutions of `sources` that a caller answered from what it kept of earlier
+        ones (see `generation`) as `resolve` would have counted them: a cache hit for a
+        reference, a call of the inline provider for an inline value."""
+        for source in sources:
+            if source.__class__ is InlineSecret:
+                self._metrics.provider_call("inline", "ok", 0.0)
+            else:
+                self._metrics.cache(hit=True)
+
     def _remember(self, key: _CacheKey, entry: _Entry) -> None:
+        self.generation += 1
         self._cache[key] = entry
         self._cache.move_to_end(key)
         while len(self._cache) > MAX_ENTRIES:

@@ -41,6 +41,19 @@ class Credentials:
     cache_for: float = MAX_CACHE_FOR
 
 
+@dataclass(slots=True)
+class _Kept:
+    """Basic credentials as resolved for one stored profile: valid while the resolver's
+    `generation` holds still and until the first of the two values expires (an inline value
+    never does)."""
+
+    profile: Profile
+    generation: int
+    until: float  # time.monotonic()
+    username: Secret
+    password: Secret
+
+
 class Applier:
     """Resolves credentials and runs test exchanges with the relay."""
 
@@ -62,6 +75,7 @@ class Applier:
         self._context = context
         self._allow_plaintext_auth = allow_plaintext_auth
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="smtp")
+        self._kept: _Kept | None = None
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -74,12 +88,28 @@ class Applier:
         kind = profile.relay_authentication_type
         if kind is AuthType.ANONYMOUS:
             return Credentials()
-        resolve = self._resolver.resolve
+        resolver = self._resolver
+        resolve = resolver.resolve
         # One after the other: on the hot path both are cache hits that never suspend, and tasks
         # for a concurrent gather would cost more than they save; cold, each is one backend call.
         if kind is AuthType.BASIC:
-            user = await resolve(_required(profile.relay_username, "RelayUsername"), refresh=refresh)
-            password = await resolve(_required(profile.relay_password, "RelayPassword"), refresh=refresh)
+            user_source = _required(profile.relay_username, "RelayUsername")
+            password_source = _required(profile.relay_password, "RelayPassword")
+            kept = self._kept
+            if not refresh and kept is not None and kept.profile is profile and kept.generation == resolver.generation:
+                left = kept.until - time.monotonic()
+                if left > 0:
+                    # What the two lookups would find: the same values, nothing expired.
+                    resolver.reused(user_source, password_source)
+                    return Credentials(kept.username, kept.password, cache_for=min(MAX_CACHE_FOR, left))
+            generation, started = resolver.generation, time.monotonic()
+            user = await resolve(user_source, refresh=refresh)
+            password = await resolve(password_source, refresh=refresh)
+            if resolver.generation == generation:
+                # Neither read a backend and nothing changed meanwhile: keep them for the next
+                # call. (`started` + expires_in is never later than a cached value's expiry.)
+                self._kept = _Kept(profile, generation, started + min(user.expires_in, password.expires_in),
+                                   user.value, password.value)
             return Credentials(user.value, password.value, cache_for=_cache_for(user.expires_in, password.expires_in))
         client_id = await resolve(_required(profile.client_id, "ClientId"), refresh=refresh)
         client_secret = await resolve(_required(profile.client_secret, "ClientSecret"), refresh=refresh)
