@@ -237,7 +237,8 @@ class Guard:
                 response = await self._serve(call, spec, method, decode, context)
             except SmtpConfigError as error:
                 await self._refuse(progress, call, spec, error, context)
-            await self._record_outcome(progress, call, spec, context)
+            if spec.audit:
+                await self._record_outcome(progress, call, spec, context)
             context.set_trailing_metadata(((REQUEST_ID, call.request_id), *call.trailers))
             return response
         except grpc.aio.AbortError:
@@ -413,9 +414,8 @@ class Guard:
     async def _record_outcome(
         self, progress: _Progress, call: Call, spec: RpcSpec, context: grpc.aio.ServicerContext
     ) -> None:
-        """The audit record of an answered call; without it a revealing answer is withheld."""
-        if not spec.audit:
-            return
+        """The audit record of an answered call (of an audited method); without it a revealing
+        answer is withheld."""
         if call.recorded:
             self._metrics.audit_record("OK")
             if call.change_entry is not None:

@@ -24,18 +24,30 @@ from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 
 
 class _PerRevision:
-    """The GetSmtp response of the current revision, built once: reads far outnumber writes, and
-    a revision never changes, so every read of it can share one immutable answer."""
+    """The GetSmtp response of the current revision, built (and serialised) once: reads far
+    outnumber writes, and a revision never changes, so every read of it can share one answer."""
 
     def __init__(self, build) -> None:
         self._build = build
         self._revision = -1
         self._response = None
+        self._wire = b""
 
     def __call__(self, stored: StoredProfile):
+        """The response message (which ResolveSmtp's answer takes its profile from)."""
         if stored.revision != self._revision:
-            self._response, self._revision = self._build(stored), stored.revision
+            self._rebuild(stored)
         return self._response
+
+    def wire(self, stored: StoredProfile) -> bytes:
+        """The response as it goes on the wire, which the handlers send as it is."""
+        if stored.revision != self._revision:
+            self._rebuild(stored)
+        return self._wire
+
+    def _rebuild(self, stored: StoredProfile) -> None:
+        response = self._build(stored)
+        self._response, self._wire, self._revision = response, response.SerializeToString(), stored.revision
 
 
 class _Revealed:
@@ -168,8 +180,8 @@ class _ConfigService(Generic[Shown]):
         raise NotImplementedError
 
     @rpc("smtp:read", waits=False)
-    async def GetSmtp(self, request, context: grpc.aio.ServicerContext):
-        return self._read(self._profiles.get())
+    async def GetSmtp(self, request, context: grpc.aio.ServicerContext) -> bytes:
+        return self._read.wire(self._profiles.get())
 
     @rpc("smtp:modify", audit=True)
     async def UpdateSmtp(self, request, context: grpc.aio.ServicerContext):
