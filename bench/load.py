@@ -84,6 +84,9 @@ class Result:
     response_size: int  # bytes of the first response, to check both kinds of target match
     client_cpu: float  # CPU seconds per wall second of this process in the window (1.0 = a core)
     server_cpu: float | None  # the same for the server process; None without /proc
+    # The same for the server's main thread alone: the event loop of a grpc.aio server (bare-aio
+    # and the service), where every call's Python runs; the rest is grpcio's own threads.
+    server_loop_cpu: float | None
     other_cpu: float | None  # cores busy on this machine besides client and server: noise
     # With `replies` only: their size range (Durations in the reply are varints, so its size moves
     # by a few bytes) and, for CheckSecret, how many counted replies said `Cached`.
@@ -105,6 +108,18 @@ def _process_cpu(pid: int | None) -> float | None:
         return None
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _thread_cpu(pid: int | None) -> float | None:
+    """CPU seconds the main thread of another process has used so far."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/task/{pid}/stat", "rb") as f:
             fields = f.read().rpartition(b")")[2].split()
     except OSError:
         return None
@@ -235,20 +250,25 @@ async def measure(command: Command) -> Result:
                     if replies is not None:
                         replies.append(reply)
 
-        async def cpu_sampler() -> tuple[float, float | None, float | None]:
+        async def cpu_sampler() -> tuple[float, float | None, float | None, float | None]:
             pids = (command.server_pid, *command.extra_pids)
+            # One process's main thread; with several server processes it would name one of them.
+            main = command.server_pid if not command.extra_pids else None
             await asyncio.sleep(max(0.0, window_start - perf()))
             wall0, client0, server0, machine0 = perf(), time.process_time(), _processes_cpu(pids), _machine_cpu()
+            loop0 = _thread_cpu(main)
             await asyncio.sleep(max(0.0, window_end - perf()))
             wall1, client1, server1, machine1 = perf(), time.process_time(), _processes_cpu(pids), _machine_cpu()
+            loop1 = _thread_cpu(main)
             wall = wall1 - wall0
             client = (client1 - client0) / wall
             server = None if server0 is None or server1 is None else (server1 - server0) / wall
+            loop = None if loop0 is None or loop1 is None else (loop1 - loop0) / wall
             other = None
             if server is not None and machine0 is not None and machine1 is not None:
                 # /proc/stat counts all CPUs; busy time scaled to wall seconds is in cores.
                 other = max(0.0, (machine1[0] - machine0[0]) / wall - client - server)
-            return client, server, other
+            return client, server, other, loop
 
         async def waiter() -> None:
             wait = channel.unary_unary(command.wait_method, request_serializer=None, response_deserializer=None)
@@ -288,6 +308,7 @@ async def measure(command: Command) -> Result:
         client_cpu=cpu[0],
         server_cpu=cpu[1],
         other_cpu=cpu[2],
+        server_loop_cpu=cpu[3],
         server_rss_max_mib=rss,
         **(_check_replies(command.replies, replies) if replies else {}),
     )

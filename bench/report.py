@@ -345,6 +345,9 @@ def table(rows: list[dict[str, Any]], verdicts: list[dict[str, Any]], header: st
             " (server TLS, or mTLS): TLS is in both, the rest is the service and its authentication."
             " On the bare-aio TLS and mTLS rows, 'vs bare-aio' is what TLS itself costs."
         )
+    spent = _cpu_table(rows)
+    if spent:
+        lines += ["", *spent]
     if ratios:
         lines += ["", *_ratio_table(ratios)]
     if resident:
@@ -378,6 +381,37 @@ def table(rows: list[dict[str, Any]], verdicts: list[dict[str, Any]], header: st
             unit = " MiB" if verdict["statement"].startswith("idle resident memory") else ""
             lines.append(f"goal {verdict['statement']}: {word} ({verdict['ratio']:.2f}{unit})")
     return "\n".join(lines)
+
+
+# The plaintext grpc.aio rows whose CPU per call the report splits by thread.
+_SPLIT = (BARE_AIO, SERVICE, CHECK_SECRET, RESOLVE_SMTP)
+
+
+def _cpu_table(rows: list[dict[str, Any]]) -> list[str]:
+    """CPU per call at the highest in-flight level, split into the server's event-loop thread
+    (where every call's Python runs, grpcio's included), grpcio's other threads, and the load
+    generator: where a QPS ratio at that level comes from, since the client and the server share
+    the machine's cores."""
+    split = [r for r in rows if r["target"] in _SPLIT and r.get("server_loop_cpu") is not None and r["qps"]]
+    if not split:
+        return []
+    level = max(r["in_flight"] for r in split)
+    lines = [
+        f"CPU per call at {level} in flight (µs): the server's event-loop thread, its other threads, and the"
+        " load generator",
+        f"{'suite':<13}{'target':<22}{'server':>9}{'loop':>9}{'others':>9}{'client':>9}",
+    ]
+    for row in split:
+        if row["in_flight"] != level:
+            continue
+        per_call = 1e6 / row["qps"]
+        loop = row["server_loop_cpu"] * per_call
+        server = row["server_cpu"] * per_call
+        lines.append(
+            f"{row['suite']:<13}{row['label']:<22}{server:>9.0f}{loop:>9.0f}{server - loop:>9.0f}"
+            f"{row['client_cpu'] * per_call:>9.0f}"
+        )
+    return lines
 
 
 def _ratio_table(ratios: list[dict[str, Any]]) -> list[str]:
