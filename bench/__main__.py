@@ -60,6 +60,7 @@ from bench import (
     cold,
     edgephase,
     openbao,
+    procs,
     testsmtp,
     workersphase,
 )
@@ -163,6 +164,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--tls-in-flight", type=_levels, default=None,
         help="levels of GetSmtp over TLS and mTLS, comma-separated (default: those of --in-flight)",
+    )
+    parser.add_argument(
+        "--event-loop", choices=("uvloop", "asyncio"), default=procs.event_loop,
+        help="the event loop of every grpc.aio server, bare and service alike (default: serve's, uvloop where installed)",
     )
     parser.add_argument(
         "--audit-fsync", choices=("interval", "batch"), default="interval",
@@ -380,6 +385,7 @@ def _command_transport(transport: Transport) -> dict[str, str]:
 
 def environment() -> dict[str, Any]:
     return {
+        "event_loop": procs.event_loop,
         "python": platform.python_version(),
         "grpcio": grpc.__version__,
         "cpus": os.cpu_count(),
@@ -393,6 +399,7 @@ def _on_sigterm(signum, frame) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    procs.event_loop = args.event_loop
     signal.signal(signal.SIGTERM, _on_sigterm)
     started = time.monotonic()
     try:
@@ -438,7 +445,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(document, indent=2))
         return 0
     header = (
-        f"grpcio {env['grpcio']}, Python {env['python']}, {env['cpus']} CPUs. Each cell: {args.warmup:g} s"
+        f"grpcio {env['grpcio']}, Python {env['python']}, {env['cpus']} CPUs, grpc.aio servers on"
+        f" {env['event_loop']}'s event loop. Each cell: {args.warmup:g} s"
         f" warm-up, {args.seconds:g} s measured"
         + (f", {args.pick} of {args.rounds} rounds" if args.rounds > 1 else "")
         + f"; one client process, one channel.\nResponses {sizes[GETSMTP_SUITE]} bytes (GetSmtp's), and"

@@ -9,6 +9,7 @@ even a parent killed with SIGKILL. A program that ignores its stdin (OpenBao) is
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import os
 import select
 import signal
@@ -25,10 +26,18 @@ from bench import BenchError
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# The event loop of every grpc.aio server the benchmark starts (`--event-loop`): `serve`'s own
+# default unless told otherwise.
+event_loop = "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+
+
 def child_env() -> dict[str, str]:
     """The parent's environment without SMTPCONFIG_* settings: the service under test takes its
-    settings from the benchmark only and generates a throwaway key, never a real one."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("SMTPCONFIG_")}
+    settings from the benchmark only and generates a throwaway key, never a real one. The one
+    setting passed is the event loop, which the echo servers follow too (`bench.servers`)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMTPCONFIG_")}
+    env["SMTPCONFIG_EVENT_LOOP"] = event_loop
+    return env
 
 
 class Child:

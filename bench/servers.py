@@ -21,6 +21,11 @@ The benchmark passes them (`--options`, JSON) rather than have the echo servers 
 `smtpconfig.app`: that import alone brings the whole service's modules (about 20 MiB resident),
 and the echo servers' memory is the baseline the service's is compared with.
 
+The grpc.aio servers (bare-aio, the service, the edge) all run on the event loop named by
+SMTPCONFIG_EVENT_LOOP, `smtpconfig serve`'s own setting (`event_loop`), which the benchmark sets for
+every child (`--event-loop`); when it is unset, on uvloop where installed, as `serve` does. The
+server model compared is then one: grpc.aio on the same loop.
+
 With `--tls-cert` and `--tls-key` the TCP port serves TLS, and with `--tls-client-ca` too it requires
 a client certificate chaining to that CA (mTLS). bare-aio then builds its credentials as
 `smtpconfig.api.tls.ReloadingCertificates` does for the service (dynamic credentials from one certificate
@@ -32,17 +37,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import logging
+import os
 import signal
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -262,6 +270,24 @@ def _options(text: str | None) -> tuple:
     return tuple(tuple(pair) for pair in json.loads(text))
 
 
+def event_loop() -> str:
+    """The event loop the grpc.aio servers run on (see the module docstring)."""
+    chosen = os.environ.get("SMTPCONFIG_EVENT_LOOP", "").strip().lower()
+    if chosen:
+        return chosen
+    return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    loop_factory = None
+    if event_loop() == "uvloop":
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.servers", description=__doc__.split("\n\n")[0])
     parser.add_argument("kind", choices=(BARE_AIO, BARE_THREADS, SERVICE, EDGE))
@@ -292,13 +318,13 @@ def main(argv: list[str] | None = None) -> int:
     tls = Tls(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format=f"{args.kind}: %(levelname)s %(message)s")
     if args.kind == BARE_AIO:
-        asyncio.run(run_bare_aio(_options(args.options), tls, args.unix))
+        _run(run_bare_aio(_options(args.options), tls, args.unix))
     elif args.kind == BARE_THREADS:
         run_bare_threads(_options(args.options), args.threads)
     elif args.kind == EDGE:
-        asyncio.run(run_edge(args.upstream, args.upstream_token_file, args.unix))
+        _run(run_edge(args.upstream, args.upstream_token_file, args.unix))
     else:
-        asyncio.run(run_service(args.ca_bundle, tls, tuple(args.file_directory), args.audit_fsync))
+        _run(run_service(args.ca_bundle, tls, tuple(args.file_directory), args.audit_fsync))
     return 0
 
 

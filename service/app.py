@@ -368,10 +368,11 @@ class App:
         where = [f"{a.rsplit(':', 1)[0]}:{p}" for a, p in self.ports.items()]
         if self.socket_path is not None:
             where.append(f"unix:{self.socket_path}")
+        loop = "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
         log.info(
-            "smtpconfig serving on %s (%s; data in %s)", ", ".join(where),
+            "smtpconfig serving on %s (%s; %s event loop; data in %s)", ", ".join(where),
             "mTLS" if self.certificates and self.certificates.mutual else "TLS" if self.certificates else "no TLS",
-            settings.data_dir,
+            loop, settings.data_dir,
         )
         if self.health_port is not None:
             host = split_address(settings.health_listen)[0]

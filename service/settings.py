@@ -8,6 +8,7 @@ are all read from there (`TABLE`)."""
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import json
 import os
@@ -284,6 +285,18 @@ def _replica_name(value: Any, where: str, base: Path | None, text: bool) -> str:
     return value
 
 
+EVENT_LOOPS = ("uvloop", "asyncio")
+_HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
+
+
+def _event_loop(value: Any, where: str, base: Path | None, text: bool) -> str:
+    if not isinstance(value, str) or value.lower() not in EVENT_LOOPS:
+        raise SettingsError(f"{where} must be uvloop or asyncio")
+    if value.lower() == "uvloop" and not _HAS_UVLOOP:
+        raise SettingsError(f"{where} is uvloop, which is not installed here; install it, or use asyncio")
+    return value.lower()
+
+
 def _audit_fsync(value: Any, where: str, base: Path | None, text: bool) -> str:
     if not isinstance(value, str) or value.lower() not in ("interval", "batch"):
         raise SettingsError(f"{where} must be interval or batch")
@@ -411,6 +424,12 @@ class Settings:
     workers: int = _setting(
         0, _WORKERS, "WORKERS",
         _flag("--workers", "server processes (default 0: one per core; 1: a single process)", type=int, metavar="N"),
+    )
+    # The event loop `serve` runs on: "uvloop" (libuv's; fewer microseconds of CPU per call) or
+    # "asyncio" (the standard library's). The default is uvloop where it is installed.
+    event_loop: str = _setting(
+        "uvloop" if _HAS_UVLOOP else "asyncio", _event_loop, "EVENT_LOOP",
+        _flag("--event-loop", "event loop to serve on (default uvloop where installed)", choices=EVENT_LOOPS),
     )
     # debug, info, warning or error.
     log_level: str = _setting(

@@ -273,3 +273,18 @@ def test_a_failed_start_removes_the_data_directory_it_created(data_dir) -> None:
         assert (data_dir / "note.txt").read_text() == "the operator's\n"
         with pytest.raises(BlockingIOError):
             taken.accept()  # the refusal came at bind: nothing connected to the listener
+
+
+@pytest.mark.parametrize("loop,env", [("uvloop", {}), ("asyncio", {"SMTPCONFIG_EVENT_LOOP": "asyncio"})])
+def test_serve_runs_on_the_event_loop_it_is_set_to(data_dir, loop: str, env: dict[str, str]) -> None:
+    """uvloop by default (it is a dependency here), asyncio's own loop when set; either serves the
+    whole API, a change and its SIGTERM drain included."""
+    server = ServerProcess(data_dir, env=env).start()
+    try:
+        with server.channel() as channel:
+            stub = v2_grpc.ConfigServiceStub(channel)
+            stub.UpdateSmtp(v2.UpdateSmtpRequest(profile=v2_profile(BASIC_V2)), timeout=10)
+            assert stub.GetSmtp(v2.GetSmtpRequest(), timeout=10).profile.host == BASIC_V2["Host"]
+    finally:
+        assert server.terminate() == 0
+    assert f"; {loop} event loop;" in server.log()

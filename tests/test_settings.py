@@ -15,6 +15,7 @@ def test_defaults() -> None:
     assert settings.listen == (DEFAULT_LISTEN,)
     assert settings.socket_path == Path("smtpconfig-data/smtpconfig.sock")
     assert settings.key_path == Path("smtpconfig-data/secret.key") and settings.key_is_generated
+    assert settings.event_loop == "uvloop"  # a dependency wherever the service runs (not on Windows)
 
 
 def test_precedence_file_then_env_then_flags(tmp_path: Path) -> None:
@@ -114,6 +115,7 @@ BAD = [
     ("socket identity with an isolate (not a plain name either)",
      {"env": {"SMTPCONFIG_UNIX_SOCKET_IDENTITY": "app\u2066"}}, "plain name"),
     ("unknown log format", {"env": {"SMTPCONFIG_LOG_FORMAT": "xml"}}, "text or json"),
+    ("unknown event loop", {"env": {"SMTPCONFIG_EVENT_LOOP": "trio"}}, "event_loop must be uvloop or asyncio"),
     ("metrics address without port", {"env": {"SMTPCONFIG_METRICS_LISTEN": "127.0.0.1"}}, "host:port"),
     ("metrics on the API port", {"env": {"SMTPCONFIG_METRICS_LISTEN": DEFAULT_LISTEN}}, "more than one listener"),
     ("message limit too small", {"env": {"SMTPCONFIG_MAX_MESSAGE_BYTES": "10"}}, "at least 1024"),

@@ -161,8 +161,14 @@ def _serve(args: argparse.Namespace) -> int:
     if settings.log_format == "json":
         grpc_log.wrap_stderr_as_json()
     logs.configure(settings.log_level, settings.log_format)
+    loop_factory = None
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
     try:
-        asyncio.run(serve(settings, worker))
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(serve(settings, worker))
     except SmtpConfigError as error:
         logging.getLogger("smtpconfig").error("cannot start: %s", error)
         return EXIT_FAILED
