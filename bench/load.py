@@ -104,22 +104,18 @@ def percentile(ordered: list[float], q: float) -> float:
 
 def _process_cpu(pid: int | None) -> float | None:
     """CPU seconds (user + system, all threads) another process has used so far."""
-    if pid is None:
-        return None
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rpartition(b")")[2].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return None if pid is None else _stat_cpu(f"/proc/{pid}/stat")
 
 
 def _thread_cpu(pid: int | None) -> float | None:
     """CPU seconds the main thread of another process has used so far."""
-    if pid is None:
-        return None
+    return None if pid is None else _stat_cpu(f"/proc/{pid}/task/{pid}/stat")
+
+
+def _stat_cpu(path: str) -> float | None:
+    """User + system CPU seconds from a /proc stat file; None if it cannot be read."""
     try:
-        with open(f"/proc/{pid}/task/{pid}/stat", "rb") as f:
+        with open(path, "rb") as f:
             fields = f.read().rpartition(b")")[2].split()
     except OSError:
         return None
