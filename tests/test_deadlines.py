@@ -9,6 +9,18 @@ import time
 import pytest
 
 from smtpconfig.api.deadlines import Deadlines
+from tests.kits.support import new_event_loop
+
+
+@pytest.fixture(params=["uvloop", "asyncio"])
+def run(request):
+    """Runs a scenario on each event loop `serve` can run on (the sweeper cancels and uncancels tasks)."""
+
+    def run(main):
+        with asyncio.Runner(loop_factory=lambda: new_event_loop(request.param)) as runner:
+            return runner.run(main)
+
+    return run
 
 
 async def _call(deadlines: Deadlines, work: float) -> str:
@@ -25,7 +37,7 @@ async def _call(deadlines: Deadlines, work: float) -> str:
         deadlines.leave(task)
 
 
-def test_only_the_calls_past_the_deadline_are_ended_and_on_time() -> None:
+def test_only_the_calls_past_the_deadline_are_ended_and_on_time(run) -> None:
     async def scenario() -> tuple[list[str], float]:
         deadlines = Deadlines(0.3)
         started = time.monotonic()
@@ -35,12 +47,12 @@ def test_only_the_calls_past_the_deadline_are_ended_and_on_time() -> None:
         await deadlines.close()
         return outcomes, elapsed
 
-    outcomes, elapsed = asyncio.run(scenario())
+    outcomes, elapsed = run(scenario())
     assert outcomes == ["answered", "expired", "answered", "expired"]
     assert 0.3 <= elapsed < 0.6, elapsed
 
 
-def test_a_call_that_left_is_not_ended_and_a_cancellation_of_anyone_else_stays_one() -> None:
+def test_a_call_that_left_is_not_ended_and_a_cancellation_of_anyone_else_stays_one(run) -> None:
     async def scenario() -> None:
         deadlines = Deadlines(0.2)
         task = deadlines.enter()
@@ -60,4 +72,4 @@ def test_a_call_that_left_is_not_ended_and_a_cancellation_of_anyone_else_stays_o
         assert time.monotonic() - started < 0.45
         await deadlines.close()
 
-    asyncio.run(scenario())
+    run(scenario())

@@ -95,6 +95,15 @@ class _Caller:
         return ("--target", self.target, "--token-file", str(self.token_path))
 
 
+def new_event_loop(name: str) -> asyncio.AbstractEventLoop:
+    """A new event loop of the kind the `event_loop` setting names."""
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
 class ServerThread(_Caller):
     """An `App` on port 0, running on its own event loop in a background thread."""
 
@@ -104,7 +113,9 @@ class ServerThread(_Caller):
         settings.setdefault("listen", ("127.0.0.1:0",))
         self.settings = Settings(data_dir=data_dir, grace_period=1.0, **settings)
         self.app = App(self.settings)
-        self._loop = asyncio.new_event_loop()
+        # The loop `smtpconfig serve` would run it on (uvloop by default), so in-process servers
+        # are tested as they are deployed.
+        self._loop = new_event_loop(self.settings.event_loop)
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._stopping: asyncio.Event | None = None
