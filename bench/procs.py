@@ -9,7 +9,6 @@ even a parent killed with SIGKILL. A program that ignores its stdin (OpenBao) is
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import os
 import select
 import signal
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import IO
 
 from bench import BenchError
+from smtpconfig.core.aio import default_event_loop
 
 # The repository root: children run `python -m bench.<module>` from here.
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # The event loop of every grpc.aio server the benchmark starts (`--event-loop`): `serve`'s own
 # default unless told otherwise.
-event_loop = "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+event_loop = default_event_loop()
 
 
 def child_env() -> dict[str, str]:

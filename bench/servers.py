@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
+import functools
 import json
 import logging
 import os
@@ -66,6 +66,7 @@ from bench import (
     WAIT_SECONDS,
 )
 from bench.certs import CLIENT_ID
+from smtpconfig.core.aio import default_event_loop, new_event_loop
 
 LISTEN = "127.0.0.1:0"
 # grpc's own examples use 10 workers; the GIL leaves little to gain from more on a 2-core machine.
@@ -270,21 +271,10 @@ def _options(text: str | None) -> tuple:
     return tuple(tuple(pair) for pair in json.loads(text))
 
 
-def event_loop() -> str:
-    """The event loop the grpc.aio servers run on (see the module docstring)."""
-    chosen = os.environ.get("SMTPCONFIG_EVENT_LOOP", "").strip().lower()
-    if chosen:
-        return chosen
-    return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
-
-
 def _run(main: Coroutine[Any, Any, None]) -> None:
-    loop_factory = None
-    if event_loop() == "uvloop":
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
+    """Run `main` on the event loop of the grpc.aio servers (see the module docstring)."""
+    chosen = os.environ.get("SMTPCONFIG_EVENT_LOOP", "").strip().lower() or default_event_loop()
+    with asyncio.Runner(loop_factory=functools.partial(new_event_loop, chosen)) as runner:
         runner.run(main)
 
 

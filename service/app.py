@@ -16,7 +16,6 @@ aio server kept ~4,400. Waiting is what this service's apply-time calls mostly d
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import grp
 import logging
@@ -42,6 +41,7 @@ from smtpconfig.api.limits import RateLimiter
 from smtpconfig.api.provider_servicer import SecretProviderServiceV2
 from smtpconfig.api.servicers import ConfigServiceV1, ConfigServiceV2
 from smtpconfig.api.tls import ReloadingCertificates
+from smtpconfig.core.aio import stop_task
 from smtpconfig.core.errors import FailedPrecondition, Unavailable
 from smtpconfig.core.permissions import ALL_PERMISSIONS
 from smtpconfig.core.workers import WorkerRole, follow_supervisor, listen_refused, port_taken, report_ready
@@ -490,10 +490,7 @@ class App:
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking calls, let in-flight ones finish for `grace` seconds, then release all."""
         grace = self.settings.grace_period if grace is None else grace
-        if self._readiness is not None:
-            self._readiness.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._readiness
+        await stop_task(self._readiness)
         await self._health.enter_graceful_shutdown()
         if self._watch is not None:
             # Streams would hold the grace period for nothing: end them first, so that their

@@ -8,7 +8,6 @@ are all read from there (`TABLE`)."""
 
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
 import json
 import os
@@ -20,6 +19,7 @@ from pathlib import Path
 from socket import gethostname
 from typing import Any, NamedTuple, TypeVar
 
+from smtpconfig.core.aio import EVENT_LOOPS, default_event_loop, uvloop_installed
 from smtpconfig.core.bidi import RULE as BIDI_RULE
 from smtpconfig.core.bidi import has_bidi_control
 from smtpconfig.core.code_variables import controls_code
@@ -285,14 +285,10 @@ def _replica_name(value: Any, where: str, base: Path | None, text: bool) -> str:
     return value
 
 
-EVENT_LOOPS = ("uvloop", "asyncio")
-_HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
-
-
 def _event_loop(value: Any, where: str, base: Path | None, text: bool) -> str:
     if not isinstance(value, str) or value.lower() not in EVENT_LOOPS:
         raise SettingsError(f"{where} must be uvloop or asyncio")
-    if value.lower() == "uvloop" and not _HAS_UVLOOP:
+    if value.lower() == "uvloop" and not uvloop_installed():
         raise SettingsError(f"{where} is uvloop, which is not installed here; install it, or use asyncio")
     return value.lower()
 
@@ -428,7 +424,7 @@ class Settings:
     # The event loop `serve` runs on: "uvloop" (libuv's; fewer microseconds of CPU per call) or
     # "asyncio" (the standard library's). The default is uvloop where it is installed.
     event_loop: str = _setting(
-        "uvloop" if _HAS_UVLOOP else "asyncio", _event_loop, "EVENT_LOOP",
+        default_event_loop(), _event_loop, "EVENT_LOOP",
         _flag("--event-loop", "event loop to serve on (default uvloop where installed)", choices=EVENT_LOOPS),
     )
     # debug, info, warning or error.

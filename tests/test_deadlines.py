@@ -9,7 +9,7 @@ import time
 import pytest
 
 from smtpconfig.api.deadlines import Deadlines
-from tests.kits.support import new_event_loop
+from smtpconfig.core.aio import new_event_loop
 
 
 @pytest.fixture(params=["uvloop", "asyncio"])

@@ -13,8 +13,9 @@ the caller can answer DEADLINE_EXCEEDED) from anyone else's.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
+
+from smtpconfig.core.aio import stop_task
 
 # How much later than its deadline a call may be ended: the sweeper sleeps at least this long, so
 # that calls whose deadlines pass close together are ended in one wake-up.
@@ -82,8 +83,5 @@ class Deadlines:
                     task.cancel()
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
+        await stop_task(self._sweeper)
+        self._sweeper = None

@@ -41,8 +41,7 @@ class _PerRevision:
 
     def wire(self, stored: StoredProfile) -> bytes:
         """The response as it goes on the wire, which the handlers send as it is."""
-        if stored.revision != self._revision:
-            self._rebuild(stored)
+        self(stored)
         return self._wire
 
     def _rebuild(self, stored: StoredProfile) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import sys
@@ -30,6 +31,7 @@ from smtpconfig.cli.providers import add_commands as add_provider_commands
 from smtpconfig.cli.store import add_commands as add_store_commands
 from smtpconfig.cli.supervisor import add_serve_arguments, load_settings, supervise
 from smtpconfig.cli.watch import add_command as add_watch_command
+from smtpconfig.core.aio import new_event_loop
 from smtpconfig.core.errors import SmtpConfigError
 from smtpconfig.core.workers import WorkerRole
 from smtpconfig.ops import logs
@@ -161,13 +163,8 @@ def _serve(args: argparse.Namespace) -> int:
     if settings.log_format == "json":
         grpc_log.wrap_stderr_as_json()
     logs.configure(settings.log_level, settings.log_format)
-    loop_factory = None
-    if settings.event_loop == "uvloop":
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
     try:
-        with asyncio.Runner(loop_factory=loop_factory) as runner:
+        with asyncio.Runner(loop_factory=functools.partial(new_event_loop, settings.event_loop)) as runner:
             runner.run(serve(settings, worker))
     except SmtpConfigError as error:
         logging.getLogger("smtpconfig").error("cannot start: %s", error)

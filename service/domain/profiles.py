@@ -7,12 +7,12 @@ change notifications, so a shared store's writes by other replicas show up here 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
 
+from smtpconfig.core.aio import stop_task
 from smtpconfig.core.errors import Aborted, FieldViolation, InvalidArgument, NotFound, Unavailable, violation
 from smtpconfig.domain.catalog import ProviderCatalog
 from smtpconfig.domain.codec import decode_profile, encode_profile
@@ -94,10 +94,7 @@ class ProfileService:
         self._follower = asyncio.create_task(self._follow(changes), name="profile-follower")
 
     async def stop(self) -> None:
-        if self._follower is not None:
-            self._follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._follower
+        await stop_task(self._follower)
 
     async def _follow(self, changes) -> None:
         async for change in changes:

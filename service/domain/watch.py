@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from smtpconfig.core.aio import stop_task
 from smtpconfig.domain.profiles import StoredProfile
 
 log = logging.getLogger(__name__)
@@ -115,10 +116,7 @@ class ProfileWatch:
     async def stop(self, reason: str) -> None:
         """End every stream with `reason` and stop the progress clock."""
         self.end_all(reason)
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
+        await stop_task(self._ticker)
         self._stop_listening()
 
     @property

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 import grpc
 
 from smtpconfig.api.calls import ON_BEHALF_OF
+from smtpconfig.core.aio import stop_task
 from smtpconfig.core.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -259,10 +260,7 @@ class Upstream:
         self._follower = asyncio.create_task(self._follow(), name="upstream-follower")
 
     async def stop(self) -> None:
-        if self._follower is not None:
-            self._follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._follower
+        await stop_task(self._follower)
         if self._flight is not None:
             self._flight.cancel()
         if self._channel is not None:

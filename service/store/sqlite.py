@@ -48,6 +48,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
+from smtpconfig.core.aio import stop_task
 from smtpconfig.core.errors import FailedPrecondition, Unavailable
 from smtpconfig.store import lock as store_lock
 from smtpconfig.store.base import ABSENT, AuditEntry, Change, EtagMismatch, Resync, Revision, _Absent, make_etag
@@ -612,11 +613,8 @@ class SqliteStore:
         return self._db
 
     async def close(self) -> None:
-        if self._follower is not None:
-            self._follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._follower
-            self._follower = None
+        await stop_task(self._follower)
+        self._follower = None
         if self._reader is not None:
             self._reader.close()
             self._reader = None

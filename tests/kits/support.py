@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from smtpconfig.app import App
+from smtpconfig.core.aio import new_event_loop
 from smtpconfig.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: tests/kits/support.py is two folders down
@@ -93,15 +94,6 @@ class _Caller:
     def cli_args(self) -> tuple[str, ...]:
         """CLI flags that reach this server as its admin."""
         return ("--target", self.target, "--token-file", str(self.token_path))
-
-
-def new_event_loop(name: str) -> asyncio.AbstractEventLoop:
-    """A new event loop of the kind the `event_loop` setting names."""
-    if name == "uvloop":
-        import uvloop
-
-        return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
 
 
 class ServerThread(_Caller):
