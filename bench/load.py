@@ -66,6 +66,11 @@ class Command:
     # to spread the calls over (each its own, so SO_REUSEPORT can give them to different workers).
     extra_pids: tuple[int, ...] = ()
     channels: int = 1
+    # Another load generator drives the same server at once (the workers phase). A server that
+    # serves some connections ahead of others can then leave this generator's calls waiting
+    # through a short window while it serves the other's: such a window is reported with no
+    # calls (`calls` 0, latencies None) rather than as an error, as long as its calls did end.
+    allow_empty: bool = False
 
     @property
     def transport(self) -> Transport:
@@ -76,9 +81,10 @@ class Command:
 class Result:
     calls: int  # completed inside the window
     qps: float
-    p50_ms: float
-    p99_ms: float
-    mean_ms: float
+    # None only when no call ended inside the window of an `allow_empty` command.
+    p50_ms: float | None
+    p99_ms: float | None
+    mean_ms: float | None
     errors: int  # failed calls, warm-up included; any makes the measurement invalid
     first_error: str | None
     response_size: int  # bytes of the first response, to check both kinds of target match
@@ -224,11 +230,13 @@ async def measure(command: Command) -> Result:
         window_end = window_start + command.seconds
         errors = 0
         first_error: str | None = None
+        # For the error when no call lands inside the window: a stall, or calls slower than it.
+        finished_calls, slowest = 0, 0.0
 
         replies: list[bytes] | None = [] if command.replies else None
 
         async def caller(latencies: list[float], call=call) -> None:
-            nonlocal errors, first_error
+            nonlocal errors, first_error, finished_calls, slowest
             while True:
                 started = perf()
                 if started >= window_end:
@@ -240,6 +248,8 @@ async def measure(command: Command) -> Result:
                     first_error = first_error or f"{error.code().name}: {error.details()}"
                     continue
                 finished = perf()
+                finished_calls += 1
+                slowest = max(slowest, finished - started)
                 # Only calls wholly inside the window count, so QPS = count / window.
                 if started >= window_start and finished <= window_end:
                     latencies.append(finished - started)
@@ -290,14 +300,17 @@ async def measure(command: Command) -> Result:
         )
 
     latencies = sorted(x for out in per_caller for x in out)
-    if not latencies:
-        raise RuntimeError(f"no call completed inside the window ({errors} errors; {first_error})")
+    if not latencies and not (command.allow_empty and finished_calls):
+        raise RuntimeError(
+            f"no call completed inside the window ({errors} errors; {first_error});"
+            f" {finished_calls} calls ended from the first call on, the slowest after {slowest:.3f} s"
+        )
     return Result(
         calls=len(latencies),
         qps=len(latencies) / command.seconds,
-        p50_ms=percentile(latencies, 0.50) * 1e3,
-        p99_ms=percentile(latencies, 0.99) * 1e3,
-        mean_ms=sum(latencies) / len(latencies) * 1e3,
+        p50_ms=percentile(latencies, 0.50) * 1e3 if latencies else None,
+        p99_ms=percentile(latencies, 0.99) * 1e3 if latencies else None,
+        mean_ms=sum(latencies) / len(latencies) * 1e3 if latencies else None,
         errors=errors,
         first_error=first_error,
         response_size=response_size,

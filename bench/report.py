@@ -547,6 +547,12 @@ def _workers_table(workers: dict[str, Any]) -> list[str]:
             f" client CPU per call) = at most {ceiling:.0f} QPS with client and server on this machine, i.e."
             f" {ceiling / one['qps']:.2f}x workers = 1 here; the load generators' CPU is the machine's too."
         )
+    if workers.get("starved_windows"):
+        lines.append(
+            f"note: in {workers['starved_windows']} window(s) one load generator had no call end inside it: the"
+            " server answered the other generator's connections meanwhile (the QPS counts every call that"
+            " ended in the window; p50 and p99 are of the generators that had some)."
+        )
     return lines
 
 

@@ -129,7 +129,7 @@ def measure(
                 command = Command(
                     target=target, method=GETSMTP_PATH, payload_size=len(GETSMTP_REQUEST),
                     in_flight=per_generator, seconds=seconds, warmup=warmup, server_pid=child.pid,
-                    extra_pids=tuple(pids), channels=CHANNELS,
+                    extra_pids=tuple(pids), channels=CHANNELS, allow_empty=True,
                 )
                 for generator in generators:
                     generator.send_line(json.dumps(asdict(command)))
@@ -141,9 +141,10 @@ def measure(
                         raise BenchError(f"workers = {count}: {reply['errors']} calls failed: {reply['first_error']}")
                 row = _row(count, round_ + 1, replies)
                 measured.append(row)
+                starved = f"; {row['starved']} load generator(s) had no call end inside it" if row["starved"] else ""
                 progress(
                     f"workers = {count}, round {round_ + 1}: {row['qps']:.0f} QPS, server {row['server_cpu']:.0%}"
-                    f" + clients {row['client_cpu']:.0%} of a core"
+                    f" + clients {row['client_cpu']:.0%} of a core{starved}"
                 )
         loaded = {count: _memory(child.pid, pids) for count, (child, _, pids) in services.items()}
     finally:
@@ -165,6 +166,12 @@ def _memory(supervisor: int, workers: list[int]) -> dict[str, Any]:
 
 
 def _row(count: int, round_: int, replies: list[dict[str, Any]]) -> dict[str, Any]:
+    """One round of one service, from every load generator's reply. The QPS is theirs together;
+    latencies are those of the generators with a call inside the window (see `Command.allow_empty`:
+    a generator whose connections waited through the whole window counts as `starved`)."""
+    served = [r for r in replies if r["calls"]]
+    if not served:
+        raise BenchError(f"workers = {count}: no call of any load generator ended inside the window")
     qps = sum(r["qps"] for r in replies)
     client = sum(r["client_cpu"] for r in replies)
     # Every generator read the same server processes over (almost) the same window.
@@ -174,8 +181,9 @@ def _row(count: int, round_: int, replies: list[dict[str, Any]]) -> dict[str, An
     other = None if not others else max(0.0, statistics.mean(others) - client * (len(replies) - 1) / len(replies))
     return {
         "workers": count, "round": round_, "qps": qps,
-        "p50_ms": statistics.mean(r["p50_ms"] for r in replies),
-        "p99_ms": max(r["p99_ms"] for r in replies),
+        "p50_ms": statistics.mean(r["p50_ms"] for r in served),
+        "p99_ms": max(r["p99_ms"] for r in served),
+        "starved": len(replies) - len(served),
         "server_cpu": server, "client_cpu": client, "other_cpu": other,
         "server_us_per_call": server / qps * 1e6, "client_us_per_call": client / qps * 1e6,
     }
@@ -200,6 +208,8 @@ def _summary(measured: list[dict[str, Any]], in_flight: int, idle: dict, loaded:
         "cpus": len(os.sched_getaffinity(0)),
         "workers_2": median_of(2), "workers_1": median_of(1), "rounds": measured,
         "ratio": statistics.median(ratios) if ratios else None,
+        # Windows in which one load generator had no call end (the server served the other's).
+        "starved_windows": sum(row["starved"] for row in measured),
         "memory_idle": {str(k): v for k, v in idle.items()}, "memory_after": {str(k): v for k, v in loaded.items()},
     }
 

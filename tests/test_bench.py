@@ -4,12 +4,18 @@ the verdicts (no timing asserted)."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-from bench import report
+import pytest
+
+from bench import BARE_AIO, WAIT_PATH, WAIT_SECONDS, BenchError, report, workersphase
+from bench.load import Command, measure
+from bench.procs import Child
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -111,3 +117,34 @@ def test_the_cpu_table_splits_each_grpc_aio_row_per_call() -> None:
     lines = report._cpu_table(rows)
     assert lines[0].startswith("CPU per call at 64 in flight")
     assert [line.split()[-4:] for line in lines[2:]] == [["120", "80", "40", "90"], ["150", "120", "30", "100"]]
+
+
+def test_a_window_without_a_call_is_an_error_unless_another_generator_shares_the_server() -> None:
+    # Every call of the echo server's Wait method takes WAIT_SECONDS, longer than this window, so
+    # none starts and ends inside it, though every one ends.
+    with Child(BARE_AIO, "bench.servers", BARE_AIO, "--options", "[]") as server:
+        command = Command(target=f"127.0.0.1:{server.read_port()}", method=WAIT_PATH, payload_size=4, in_flight=3,
+                          seconds=WAIT_SECONDS / 2, warmup=0.01, server_pid=server.pid)
+        with pytest.raises(RuntimeError, match=r"no call completed inside the window \(0 errors; None\); 3 calls ended"):
+            asyncio.run(measure(command))
+        empty = asyncio.run(measure(dataclasses.replace(command, allow_empty=True)))
+    assert (empty.calls, empty.qps, empty.p50_ms, empty.p99_ms, empty.errors) == (0, 0.0, None, None, 0)
+    assert empty.server_cpu is not None
+
+
+def test_the_workers_rows_count_starved_generators_and_fail_when_all_are() -> None:
+    def reply(calls: int, qps: float, p50: float | None, p99: float | None) -> dict:
+        return {"calls": calls, "qps": qps, "p50_ms": p50, "p99_ms": p99, "server_cpu": 1.0, "client_cpu": 0.3,
+                "other_cpu": None}
+
+    row = workersphase._row(1, 2, [reply(0, 0.0, None, None), reply(1500, 5000.0, 4.0, 30.0)])
+    assert (row["qps"], row["p50_ms"], row["p99_ms"], row["starved"]) == (5000.0, 4.0, 30.0, 1)
+    with pytest.raises(BenchError, match="no call of any load generator"):
+        workersphase._row(1, 2, [reply(0, 0.0, None, None)] * 2)
+    lines = report._workers_table({
+        "generators": 2, "channels_per_generator": 4, "in_flight": 64, "cpus": 2, "ratio": 1.2, "starved_windows": 1,
+        **{f"workers_{n}": {**row, "other_cpu": None, "server_us_per_call": 150.0, "client_us_per_call": 90.0}
+           for n in (1, 2)},
+    })
+    assert "in 1 window(s) one load generator had no call end inside it" in lines[-1]
+
