@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt
 PROTOS := $(wildcard protos/smtpconfig/v1/*.proto protos/smtpconfig/v2/*.proto)
 
-.PHONY: run test typecheck proto bench clean
+.PHONY: run test typecheck proto bench profile clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ proto: $(VENV)/.test.stamp
 ## Throughput and latency of the service against a bare grpcio server, measured in one run.
 bench: $(VENV)/.test.stamp
 	$(BIN)/python -m bench
+
+## Where each server's CPU per call goes, by thread and by code (needs perf; see bench/README.md).
+profile: $(VENV)/.test.stamp
+	$(BIN)/python -m bench.profile
 
 clean:
 	rm -rf $(VENV) build *.egg-info

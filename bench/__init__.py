@@ -32,7 +32,8 @@ Modules: `servers` (the server processes), `load` (the client process), `seed` (
 answers: the profiles, the file secret, provider instances), `certs` (the throwaway CA and its
 leaves), `smtpserver` (the SMTP server process), `testsmtp` (the TestSmtp phase), `openbao` (the
 dev server), `cold` (the Vault latency phase), `procs` (owning subprocesses), `report` (tables and
-JSON), `__main__` (the run).
+JSON), `__main__` (the run); `profile` (`make profile`: where each server's CPU per call goes, from
+perf samples).
 """
 
 from __future__ import annotations
