@@ -33,7 +33,7 @@ answers: the profiles, the file secret, provider instances), `certs` (the throwa
 leaves), `smtpserver` (the SMTP server process), `testsmtp` (the TestSmtp phase), `openbao` (the
 dev server), `cold` (the Vault latency phase), `procs` (owning subprocesses), `report` (tables and
 JSON), `__main__` (the run); `profile` (`make profile`: where each server's CPU per call goes, from
-perf samples).
+perf samples); `tightloop` (our Python per call alone, without grpcio).
 """
 
 from __future__ import annotations

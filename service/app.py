@@ -137,6 +137,10 @@ class App:
         self._created_data_dir: Path | None = None
         self._accepting = False
         self._guard: Guard | None = None
+        # Every method served, ours and grpcio's, as the one generic handler the server is given
+        # (`smtpconfig.api.handlers.MethodTable`); set by `start`. `python -m bench.tightloop`
+        # calls our methods through it directly, without grpcio, to time our own Python.
+        self.routes: grpc.GenericRpcHandler | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -279,7 +283,8 @@ class App:
             SERVICE_NAMES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             table,
         )
-        server.add_generic_rpc_handlers((table.handler(),))
+        self.routes = table.handler()
+        server.add_generic_rpc_handlers((self.routes,))
         for name in ("", STORE_HEALTH_NAME, AUDIT_HEALTH) + SERVICE_NAMES:
             await self._health.set(name, _NOT_SERVING)
         return server

@@ -1,0 +1,200 @@
+"""Our own Python per call, without grpcio: the service's handlers called in a tight loop.
+
+    python -m bench.tightloop [--calls N] [--profile GetSmtp|ResolveSmtp|CheckSecret]
+                              [--event-loop uvloop|asyncio]
+
+`make bench` and `make profile` measure calls through grpcio, where our Python runs between
+grpcio's own work. This times the same Python alone. A real `App` (SQLite in a temporary
+directory, the bench token, a `file` provider) is started and seeded through its API: the
+ResolveSmtp profile of `make bench`, and a second `file` instance for CheckSecret. Then each
+method's registered handler (`App.routes`, exactly what grpcio would call) is awaited `--calls`
+times in a row, after a warm-up that fills the resolver's cache, with a stand-in for grpcio's
+servicer context that hands over the request and takes the trailers. Everything of ours runs: the
+guard (request id, token, permission, slot, deadline, metrics), the servicer, the audit record
+(written to the audit log) and the answer's serialisation. What is left out is grpcio's part:
+reading from and writing to the connection, its Cython around each call, and the event loop's
+wake-ups.
+
+It prints µs per call (wall and CPU) for GetSmtp, ResolveSmtp (warm) and CheckSecret (warm); with
+`--profile METHOD`, also that method's functions by own time (cProfile, which slows every call).
+The gap between these figures and the per-call CPU `make profile` puts under "Python interpreter"
+is the same Python run between grpcio's work: there its data and code are colder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import functools
+import io
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from bench import BENCH_TOKEN, procs
+from bench.seed import (
+    CHECKSECRET_PATH,
+    GETSMTP_PATH,
+    GETSMTP_REQUEST,
+    RESOLVESMTP_PATH,
+    RESOLVESMTP_REQUEST,
+    SECRET_FILE,
+    check_secret_request,
+    create_provider,
+    store_resolving_profile,
+)
+
+METHODS = {"GetSmtp": GETSMTP_PATH, "ResolveSmtp": RESOLVESMTP_PATH, "CheckSecret": CHECKSECRET_PATH}
+WARM_UP = 500
+
+
+class StandInContext:
+    """What the guard and the servicers ask of grpcio's `ServicerContext` on a successful call:
+    the caller's metadata (the bench token), one request message, no deadline, a peer."""
+
+    __slots__ = ("_request", "_read", "trailers")
+
+    METADATA = (("authorization", f"Bearer {BENCH_TOKEN}"),)
+
+    def __init__(self, request: bytes) -> None:
+        self._request = request
+        self._read = False
+        self.trailers: tuple = ()
+
+    def invocation_metadata(self) -> tuple:
+        return self.METADATA
+
+    async def read(self) -> Any:
+        if self._read:
+            return grpc.aio.EOF
+        self._read = True
+        return self._request
+
+    def time_remaining(self) -> None:
+        return None
+
+    def set_trailing_metadata(self, metadata: tuple) -> None:
+        self.trailers = metadata
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:1"
+
+    def auth_context(self) -> dict:
+        return {}
+
+    def done(self) -> bool:
+        return False
+
+    async def send_initial_metadata(self, metadata: tuple) -> None:
+        return None
+
+    async def abort(self, code, details: str = "", trailing_metadata: tuple = ()) -> None:
+        # A refused call here is a broken setup, not a measurement.
+        raise RuntimeError(f"the call was refused: {code.name}: {details}")
+
+
+class _Details:
+    """grpc.HandlerCallDetails as the server hands it to a generic handler."""
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.invocation_metadata = StandInContext.METADATA
+
+
+async def measure(calls: int, profile: str | None, out) -> dict[str, dict[str, float]]:
+    from smtpconfig.api.auth import token_hash
+    from smtpconfig.app import App
+    from smtpconfig.settings import Settings
+
+    loop = asyncio.get_running_loop()
+    with tempfile.TemporaryDirectory(prefix="smtpconfig-tightloop-") as scratch:
+        files = Path(scratch) / "files"
+        files.mkdir()
+        app = App(Settings(
+            data_dir=Path(scratch) / "data", listen=("127.0.0.1:0",), unix_socket="", admin_token=False,
+            tokens=(("bench", token_hash(BENCH_TOKEN)),), policy=(("bench", ("*",)),),
+            resolve_rate=0.0, test_rate=0.0, file_directories=(files,),
+        ))
+        await app.start()
+        try:
+            target = f"127.0.0.1:{next(iter(app.ports.values()))}"
+            # Seeded through the real API, as `make bench` seeds its apply service; the seeding
+            # clients are synchronous, so they run beside the loop that serves them.
+            await loop.run_in_executor(None, store_resolving_profile, target, files)
+            # CheckSecret of a reference to another instance on the same files (warmed below).
+            other = await loop.run_in_executor(
+                None, create_provider, target, "tightloop-file", "file", {"Directory": str(files)}
+            )
+            check = check_secret_request(other, File=SECRET_FILE)
+            requests = {"GetSmtp": GETSMTP_REQUEST, "ResolveSmtp": RESOLVESMTP_REQUEST, "CheckSecret": check}
+            assert app.routes is not None
+            results = {}
+            for name, path in METHODS.items():
+                handler = app.routes.service(_Details(path))
+                if handler is None or handler.stream_unary is None:
+                    raise RuntimeError(f"{path} is not served as the guard serves unary methods")
+                results[name] = await _time(handler, requests[name], calls)
+                if profile == name:
+                    await _profile(handler, requests[name], calls, name, out)
+            return results
+        finally:
+            await app.stop(0)
+
+
+async def _call(handler: grpc.RpcMethodHandler, request: bytes) -> bytes:
+    context = StandInContext(request)
+    answer = await handler.stream_unary(None, context)
+    if not context.trailers:
+        raise RuntimeError("the call ended without its x-request-id trailer")
+    return handler.response_serializer(answer)
+
+
+async def _time(handler: grpc.RpcMethodHandler, request: bytes, calls: int) -> dict[str, float]:
+    for _ in range(WARM_UP):  # the first CheckSecret fills the resolver's cache
+        await _call(handler, request)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(calls):
+        await _call(handler, request)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return {"calls": calls, "wall_us": wall / calls * 1e6, "cpu_us": cpu / calls * 1e6}
+
+
+async def _profile(handler: grpc.RpcMethodHandler, request: bytes, calls: int, name: str, out) -> None:
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(calls):
+        await _call(handler, request)
+    profiler.disable()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(25)
+    print(f"{name}: own time by function over {calls} calls (cProfile)", file=out)
+    print(text.getvalue(), file=out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.tightloop", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=20_000, help="calls per method (default 20000)")
+    parser.add_argument("--profile", choices=tuple(METHODS), help="also print this method's functions by own time")
+    parser.add_argument("--event-loop", choices=("uvloop", "asyncio"), default=procs.event_loop,
+                        help="the event loop to run on (default: serve's, uvloop where installed)")
+    args = parser.parse_args(argv)
+    if args.calls < 1:
+        parser.error("--calls must be 1 or more")
+    from smtpconfig.core.aio import new_event_loop
+
+    with asyncio.Runner(loop_factory=functools.partial(new_event_loop, args.event_loop)) as runner:
+        results = runner.run(measure(args.calls, args.profile, sys.stdout))
+    print(f"Our Python per call, no grpcio ({args.calls} calls each, {args.event_loop}):")
+    for name, result in results.items():
+        print(f"  {name:<12} {result['wall_us']:6.1f} µs wall, {result['cpu_us']:6.1f} µs CPU")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
