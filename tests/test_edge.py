@@ -190,6 +190,22 @@ def test_outage_serves_the_last_profile_and_cached_credentials_then_recovers(wor
         "smtpconfig-profile-age-seconds"] == "0" and r)
 
 
+def test_a_kept_answer_tells_callers_only_the_time_it_has_left(world) -> None:
+    # The edge keeps the central's answer for the central's cache_for. A caller that gets it later
+    # must be told what is left of that time, or it would keep the credentials past the secret's
+    # cache time by up to another cache_for (a rotation reaching it that much later).
+    central, edge, _ = world
+    _until(lambda: _get(edge))
+    first = _resolve(edge).cache_for.ToTimedelta().total_seconds()
+    fetched = time.monotonic()
+    time.sleep(1.2)
+    kept = _resolve(edge)
+    left = kept.cache_for.ToTimedelta().total_seconds()
+    assert kept.credentials.password == PASSWORD
+    assert len(central.records("v2.ConfigService/ResolveSmtp")) == 1  # the edge kept it: no second fetch
+    assert 0 < left <= first - (time.monotonic() - fetched) + 0.05 < first - 1.0
+
+
 def test_test_smtp_is_forwarded(world) -> None:
     central, edge, _ = world
     _until(lambda: _get(edge))

@@ -14,13 +14,14 @@ from smtpconfig.api.servicers import ConfigServiceV1
 from smtpconfig.api.watch_servicer import WatchSmtpV2
 from smtpconfig.core.errors import FailedPrecondition
 from smtpconfig.domain.watch import ProfileWatch
-from smtpconfig.edge.upstream import Followed, FollowedRevision, Upstream
+from smtpconfig.edge.upstream import Followed, FollowedRevision, Resolved, Upstream
 from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 
 AGE_TRAILER = "smtpconfig-profile-age-seconds"
+_CACHE_FOR = v2.ResolveSmtpResponse.DESCRIPTOR.fields_by_name["cache_for"].number
 
 
 def _follows(upstream: Upstream) -> FailedPrecondition:
@@ -42,6 +43,8 @@ class EdgeConfigServiceV2(WatchSmtpV2, v2_grpc.ConfigServiceServicer):
         self._watch = watch
         self._watch_max_age = watch_max_age
         self._timeout = upstream_timeout
+        # The last upstream answer ResolveSmtp served, serialised (`_kept`).
+        self._last: tuple[Resolved | None, bytes, list[str]] = (None, b"", [])
 
     def _watch_event(self, kind: int, stored: Any, revision: int) -> v2.WatchSmtpEvent:
         followed = cast(FollowedRevision | None, stored)
@@ -72,22 +75,33 @@ class EdgeConfigServiceV2(WatchSmtpV2, v2_grpc.ConfigServiceServicer):
         return response
 
     @rpc("smtp:resolve", audit=True, limit="resolve")
-    async def ResolveSmtp(self, request, context: grpc.aio.ServicerContext) -> v2.ResolveSmtpResponse:
+    async def ResolveSmtp(self, request, context: grpc.aio.ServicerContext) -> bytes:
         call = calls.current()
         refresh = request.refresh
         if refresh:
             call.note(message="refresh")  # a refused refresh is on record as one too
             self.guard.take("refresh", "one ResolveSmtp refresh per refresh_interval_seconds")
-        response = await self._upstream.resolve(call.identity, self._timeout, refresh=refresh)
-        revealed = []
-        if response.credentials.username or response.credentials.password:
-            revealed += ["RelayUsername", "RelayPassword"]
-        if response.credentials.access_token:
-            revealed += ["AccessToken"]
+        resolved = await self._upstream.resolve(call.identity, self._timeout, refresh=refresh)
+        static, revealed = self._kept(resolved)
         refreshed = ", refresh: caches bypassed here and upstream" if refresh else ""
-        call.note(fields=revealed, message=f"profile etag {response.etag} from {self._upstream.name}{refreshed}")
-        return response
+        call.note(fields=revealed, message=f"profile etag {resolved.response.etag} from {self._upstream.name}{refreshed}")
+        # The upstream's answer without its cache_for, then what is left of it (see `Resolved`).
+        return static + convert.duration_field(_CACHE_FOR, resolved.left())
 
+    def _kept(self, resolved: Resolved) -> tuple[bytes, list[str]]:
+        """The answer serialised without its `cache_for`, and the fields it reveals: made once per
+        upstream answer, as the central's ResolveSmtp does per revision and values."""
+        if resolved is not self._last[0]:
+            response = v2.ResolveSmtpResponse()
+            response.CopyFrom(resolved.response)
+            response.ClearField("cache_for")
+            revealed = []
+            if response.credentials.username or response.credentials.password:
+                revealed += ["RelayUsername", "RelayPassword"]
+            if response.credentials.access_token:
+                revealed += ["AccessToken"]
+            self._last = (resolved, response.SerializeToString(), revealed)
+        return self._last[1], self._last[2]
 
 def _refusing(base: type, name: str) -> type:
     """A servicer of `base`'s service whose every method refuses (FAILED_PRECONDITION), each under

@@ -167,6 +167,21 @@ def _error(error: grpc.aio.AioRpcError) -> SmtpConfigError:
     return kinds.get(code, Unavailable)(text)
 
 
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """The upstream's ResolveSmtp answer as the edge keeps it, and until when (`time.monotonic()`).
+    Its `cache_for` is the upstream's at the time it answered: a caller served from it later may
+    keep the credentials only for what is `left`, or a rotation upstream could reach it up to
+    another `cache_for` late."""
+
+    response: v2.ResolveSmtpResponse
+    expires: float
+
+    def left(self) -> float:
+        """Seconds a caller served now may keep the answer."""
+        return max(0.0, self.expires - time.monotonic())
+
+
 class Upstream:
     """The connection to the upstream smtpconfig of an edge."""
 
@@ -186,7 +201,7 @@ class Upstream:
         self._channel: grpc.aio.Channel | None = None
         self._channel_index = -1
         self._follower: asyncio.Task | None = None
-        self._cached: tuple[v2.ResolveSmtpResponse, float, str] | None = None
+        self._cached: Resolved | None = None
         self._flight: asyncio.Task | None = None
         self._refresh_flight: asyncio.Task | None = None
         self._v1: v1.GetSmtpResponse | None = None
@@ -298,10 +313,11 @@ class Upstream:
 
     # --- calls made for local callers ---
 
-    async def resolve(self, on_behalf_of: str, timeout: float, refresh: bool = False) -> v2.ResolveSmtpResponse:
+    async def resolve(self, on_behalf_of: str, timeout: float, refresh: bool = False) -> Resolved:
         """The upstream's ResolveSmtp answer, shared while its `cache_for` lasts; concurrent
         callers share one upstream call. `refresh` passes the caller's refresh upstream (every
-        cache there is bypassed too) instead of using this cache; concurrent refreshes share one."""
+        cache there is bypassed too) instead of using this cache; concurrent refreshes share one.
+        A caller may keep the answer for what is `left` of its time, not the `cache_for` in it."""
         loop = asyncio.get_running_loop()
         if refresh:
             if self._refresh_flight is None or self._refresh_flight.done():
@@ -311,20 +327,24 @@ class Upstream:
             return await asyncio.shield(self._refresh_flight)
         etag = self._followed.current.etag if self._followed.current else ""
         cached = self._cached
-        if cached is not None and time.monotonic() < cached[1] and (not etag or cached[2] == etag):
-            return cached[0]
+        if cached is not None and time.monotonic() < cached.expires and (not etag or cached.response.etag == etag):
+            return cached
         if self._flight is None or self._flight.done():
             self._flight = loop.create_task(self._resolve(on_behalf_of, timeout))
         return await asyncio.shield(self._flight)
 
-    async def _resolve(self, on_behalf_of: str, timeout: float, refresh: bool = False) -> v2.ResolveSmtpResponse:
+    async def _resolve(self, on_behalf_of: str, timeout: float, refresh: bool = False) -> Resolved:
         self.calls += 1
         generation = self._generation
+        # The upstream's cache_for counts from its answer, which left after this: counting it from
+        # here errs on the side of keeping the credentials a little less long, never longer.
+        asked = time.monotonic()
         response = await self._call("ResolveSmtp", v2.ResolveSmtpRequest(refresh=refresh), on_behalf_of, timeout)
-        cache_for = response.cache_for.ToTimedelta().total_seconds()
+        cache_for = max(0.0, response.cache_for.ToTimedelta().total_seconds())
+        resolved = Resolved(response, asked + cache_for)
         if cache_for > 0 and generation == self._generation:
-            self._cached = (response, time.monotonic() + cache_for, response.etag)
-        return response
+            self._cached = resolved
+        return resolved
 
     async def test(self, request: v2.TestSmtpRequest, on_behalf_of: str, timeout: float) -> v2.TestSmtpResponse:
         return await self._call("TestSmtp", request, on_behalf_of, timeout)
