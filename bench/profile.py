@@ -25,9 +25,9 @@ its CPU per call, so the figures add up to what `make bench` reports, and the di
 shows where the service's extra CPU per call goes. Context switches per call (all threads, from
 /proc) are shown too: in a virtual machine each costs microseconds of kernel time.
 
-Needs `perf` (Debian: `apt install linux-perf`) and the right to use it on the servers (root, or
-kernel.perf_event_paranoid <= 1); it says so and stops otherwise. Results are medians over rounds;
-rounds alternate which server goes first.
+Needs `perf` (Debian: `apt install linux-perf`) and the right to sample the whole machine (root,
+or kernel.perf_event_paranoid <= 0); it says so and stops otherwise. Results are medians over
+rounds; rounds alternate which server goes first.
 """
 
 from __future__ import annotations
@@ -150,11 +150,12 @@ def check_perf() -> str:
     perf = shutil.which("perf")
     if perf is None:
         raise BenchError("perf is not installed (Debian: apt install linux-perf); bench.profile samples with it")
-    probe = subprocess.run([perf, "record", "-q", "-e", "cpu-clock", "-o", os.devnull, "--", "true"],
+    probe = subprocess.run([perf, "record", "-q", "-a", "-e", "cpu-clock", "-o", os.devnull, "--", "true"],
                            capture_output=True, text=True)
     if probe.returncode != 0:
         raise BenchError(
-            "perf cannot record here (run as root, or set kernel.perf_event_paranoid to 1 or less): "
+            "perf cannot sample the whole machine here (run as root, or set kernel.perf_event_paranoid"
+            " to 0 or less): "
             + (probe.stderr.strip().splitlines() or ["no message"])[-1]
         )
     return perf
