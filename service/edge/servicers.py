@@ -103,6 +103,7 @@ class EdgeConfigServiceV2(WatchSmtpV2, v2_grpc.ConfigServiceServicer):
             self._last = (resolved, response.SerializeToString(), revealed)
         return self._last[1], self._last[2]
 
+
 def _refusing(base: type, name: str) -> type:
     """A servicer of `base`'s service whose every method refuses (FAILED_PRECONDITION), each under
     the same permission and audit as on a server with a store."""
