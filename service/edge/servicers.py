@@ -45,6 +45,8 @@ class EdgeConfigServiceV2(WatchSmtpV2, v2_grpc.ConfigServiceServicer):
         self._timeout = upstream_timeout
         # The last upstream answer ResolveSmtp served, serialised (`_kept`).
         self._last: tuple[Resolved | None, bytes, list[str]] = (None, b"", [])
+        # The followed revision GetSmtp last answered with, and that answer serialised.
+        self._read: tuple[FollowedRevision | None, bytes] = (None, b"")
 
     def _watch_event(self, kind: int, stored: Any, revision: int) -> v2.WatchSmtpEvent:
         followed = cast(FollowedRevision | None, stored)
@@ -56,12 +58,14 @@ class EdgeConfigServiceV2(WatchSmtpV2, v2_grpc.ConfigServiceServicer):
         )
 
     @rpc("smtp:read", waits=False)
-    async def GetSmtp(self, request, context: grpc.aio.ServicerContext) -> v2.GetSmtpResponse:
+    async def GetSmtp(self, request, context: grpc.aio.ServicerContext) -> bytes:
         calls.current().trailers = ((AGE_TRAILER, f"{self._followed.age():.0f}"),)
         followed = self._followed.get()
-        return v2.GetSmtpResponse(
-            profile=followed.shown, etag=followed.etag, update_time=convert.timestamp(followed.updated_at)
-        )
+        if followed is not self._read[0]:  # serialised once per followed revision, as on a server
+            self._read = (followed, v2.GetSmtpResponse(
+                profile=followed.shown, etag=followed.etag, update_time=convert.timestamp(followed.updated_at)
+            ).SerializeToString())
+        return self._read[1]
 
     @rpc("smtp:modify", audit=True)
     async def UpdateSmtp(self, request, context: grpc.aio.ServicerContext):
