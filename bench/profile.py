@@ -308,12 +308,16 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
+def _rounds(count: int) -> str:
+    return f"medians of {count} rounds" if count > 1 else "1 round"
+
+
 def render(result: dict[str, Any]) -> str:
     """One table per method: µs of server CPU per call by thread and code, bare, service, difference."""
     settings = result["settings"]
     out = [
         f"Server CPU per call, µs, at {settings['in_flight']} in flight on {settings['event_loop']}"
-        f" (perf, machine-wide cpu-clock at {settings['frequency']} Hz; medians of {settings['rounds']} rounds of"
+        f" (perf, machine-wide cpu-clock at {settings['frequency']} Hz; {_rounds(settings['rounds'])} of"
         f" {settings['warmup']:g}+{settings['seconds']:g} s)",
     ]
     for method, kinds in result["methods"].items():
