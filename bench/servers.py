@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import json
 import logging
 import os
@@ -66,7 +65,7 @@ from bench import (
     WAIT_SECONDS,
 )
 from bench.certs import CLIENT_ID
-from smtpconfig.core.aio import default_event_loop, new_event_loop
+from smtpconfig.core import aio
 
 LISTEN = "127.0.0.1:0"
 # grpc's own examples use 10 workers; the GIL leaves little to gain from more on a 2-core machine.
@@ -273,9 +272,8 @@ def _options(text: str | None) -> tuple:
 
 def _run(main: Coroutine[Any, Any, None]) -> None:
     """Run `main` on the event loop of the grpc.aio servers (see the module docstring)."""
-    chosen = os.environ.get("SMTPCONFIG_EVENT_LOOP", "").strip().lower() or default_event_loop()
-    with asyncio.Runner(loop_factory=functools.partial(new_event_loop, chosen)) as runner:
-        runner.run(main)
+    chosen = os.environ.get("SMTPCONFIG_EVENT_LOOP", "").strip().lower() or aio.default_event_loop()
+    aio.run(main, chosen)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import functools
 import io
 import pstats
 import sys
@@ -186,10 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.calls < 1:
         parser.error("--calls must be 1 or more")
-    from smtpconfig.core.aio import new_event_loop
+    from smtpconfig.core import aio
 
-    with asyncio.Runner(loop_factory=functools.partial(new_event_loop, args.event_loop)) as runner:
-        results = runner.run(measure(args.calls, args.profile, sys.stdout))
+    results = aio.run(measure(args.calls, args.profile, sys.stdout), args.event_loop)
     print(f"Our Python per call, no grpcio ({args.calls} calls each, {args.event_loop}):")
     for name, result in results.items():
         print(f"  {name:<12} {result['wall_us']:6.1f} µs wall, {result['cpu_us']:6.1f} µs CPU")

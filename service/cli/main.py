@@ -11,8 +11,6 @@ Profiles are read and written as Keyfactor Command's JSON.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import functools
 import logging
 import os
 import sys
@@ -31,7 +29,7 @@ from smtpconfig.cli.providers import add_commands as add_provider_commands
 from smtpconfig.cli.store import add_commands as add_store_commands
 from smtpconfig.cli.supervisor import add_serve_arguments, load_settings, supervise
 from smtpconfig.cli.watch import add_command as add_watch_command
-from smtpconfig.core.aio import new_event_loop
+from smtpconfig.core import aio
 from smtpconfig.core.errors import SmtpConfigError
 from smtpconfig.core.workers import WorkerRole
 from smtpconfig.ops import logs
@@ -164,8 +162,7 @@ def _serve(args: argparse.Namespace) -> int:
         grpc_log.wrap_stderr_as_json()
     logs.configure(settings.log_level, settings.log_format)
     try:
-        with asyncio.Runner(loop_factory=functools.partial(new_event_loop, settings.event_loop)) as runner:
-            runner.run(serve(settings, worker))
+        aio.run(serve(settings, worker), settings.event_loop)
     except SmtpConfigError as error:
         logging.getLogger("smtpconfig").error("cannot start: %s", error)
         return EXIT_FAILED

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.util
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 # The event loops `serve` can run on: libuv's (uvloop, fewer microseconds of CPU per call) and the
 # standard library's.
@@ -28,6 +33,13 @@ def new_event_loop(name: str) -> asyncio.AbstractEventLoop:
 
         return uvloop.new_event_loop()
     return asyncio.new_event_loop()
+
+
+def run(main: Coroutine[Any, Any, T], loop: str) -> T:
+    """Run `main` to its end on a new event loop of the kind `loop` names, as `asyncio.run` does on
+    the standard library's."""
+    with asyncio.Runner(loop_factory=functools.partial(new_event_loop, loop)) as runner:
+        return runner.run(main)
 
 
 async def stop_task(task: asyncio.Task | None) -> None:
