@@ -14,7 +14,7 @@ from smtpconfig.api.servicers import ConfigServiceV1
 from smtpconfig.api.watch_servicer import WatchSmtpV2
 from smtpconfig.core.errors import FailedPrecondition
 from smtpconfig.domain.watch import ProfileWatch
-from smtpconfig.edge.upstream import Followed, FollowedRevision, Resolved, Upstream
+from smtpconfig.edge.upstream import Followed, FollowedRevision, Upstream
 from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v1 import config_service_pb2_grpc as v1_grpc
 from smtpconfig.v2 import config_service_pb2 as v2
@@ -43,8 +43,6 @@ class EdgeConfigServiceV2(WatchSmtpV2, v2_grpc.ConfigServiceServicer):
         self._watch = watch
         self._watch_max_age = watch_max_age
         self._timeout = upstream_timeout
-        # The last upstream answer ResolveSmtp served, serialised (`_kept`).
-        self._last: tuple[Resolved | None, bytes, list[str]] = (None, b"", [])
         # The followed revision GetSmtp last answered with, and that answer serialised.
         self._read: tuple[FollowedRevision | None, bytes] = (None, b"")
 
@@ -86,26 +84,16 @@ class EdgeConfigServiceV2(WatchSmtpV2, v2_grpc.ConfigServiceServicer):
             call.note(message="refresh")  # a refused refresh is on record as one too
             self.guard.take("refresh", "one ResolveSmtp refresh per refresh_interval_seconds")
         resolved = await self._upstream.resolve(call.identity, self._timeout, refresh=refresh)
-        static, revealed = self._kept(resolved)
+        credentials = resolved.response.credentials
+        revealed = []
+        if credentials.username or credentials.password:
+            revealed += ["RelayUsername", "RelayPassword"]
+        if credentials.access_token:
+            revealed += ["AccessToken"]
         refreshed = ", refresh: caches bypassed here and upstream" if refresh else ""
         call.note(fields=revealed, message=f"profile etag {resolved.response.etag} from {self._upstream.name}{refreshed}")
         # The upstream's answer without its cache_for, then what is left of it (see `Resolved`).
-        return static + convert.duration_field(_CACHE_FOR, resolved.left())
-
-    def _kept(self, resolved: Resolved) -> tuple[bytes, list[str]]:
-        """The answer serialised without its `cache_for`, and the fields it reveals: made once per
-        upstream answer, as the central's ResolveSmtp does per revision and values."""
-        if resolved is not self._last[0]:
-            response = v2.ResolveSmtpResponse()
-            response.CopyFrom(resolved.response)
-            response.ClearField("cache_for")
-            revealed = []
-            if response.credentials.username or response.credentials.password:
-                revealed += ["RelayUsername", "RelayPassword"]
-            if response.credentials.access_token:
-                revealed += ["AccessToken"]
-            self._last = (resolved, response.SerializeToString(), revealed)
-        return self._last[1], self._last[2]
+        return resolved.wire + convert.duration_field(_CACHE_FOR, resolved.left())
 
 
 def _refusing(base: type, name: str) -> type:

@@ -176,6 +176,15 @@ class Resolved:
 
     response: v2.ResolveSmtpResponse
     expires: float
+    # The answer serialised without its `cache_for`, once: each caller's is appended to it.
+    wire: bytes
+
+    @classmethod
+    def of(cls, response: v2.ResolveSmtpResponse, expires: float) -> Resolved:
+        kept = v2.ResolveSmtpResponse()
+        kept.CopyFrom(response)
+        kept.ClearField("cache_for")
+        return cls(response, expires, kept.SerializeToString())
 
     def left(self) -> float:
         """Seconds a caller served now may keep the answer."""
@@ -341,7 +350,7 @@ class Upstream:
         asked = time.monotonic()
         response = await self._call("ResolveSmtp", v2.ResolveSmtpRequest(refresh=refresh), on_behalf_of, timeout)
         cache_for = max(0.0, response.cache_for.ToTimedelta().total_seconds())
-        resolved = Resolved(response, asked + cache_for)
+        resolved = Resolved.of(response, asked + cache_for)
         if cache_for > 0 and generation == self._generation:
             self._cached = resolved
         return resolved
