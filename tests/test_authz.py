@@ -633,21 +633,37 @@ def test_health_and_reflection_need_no_identity(world: World, listener: str) -> 
 # --- the request id -----------------------------------------------------------------------------
 
 
-def test_request_id_comes_back_on_success_and_on_refusal(world: World) -> None:
-    reader = world.caller("token", "only", "smtp:read")
-    rpc, request = "smtpconfig.v2.ConfigService/GetSmtp", v2.GetSmtpRequest()
-    seen = set()
-    for metadata, code in (
-        (reader.metadata, OK),
-        ((), UNAUTHENTICATED),
-        (world.caller("token", "allbut", "smtp:read").metadata, PERMISSION_DENIED),
+def test_request_id_comes_back_with_every_record_and_refusal(world: World) -> None:
+    checker = world.caller("token", "only", "providers:read")
+    check = REQUESTS["smtpconfig.v2.SecretProviderService/CheckSecret"](checker.deployment)
+    seen = {}
+    for rpc, request, metadata, code in (
+        ("smtpconfig.v2.SecretProviderService/CheckSecret", check, checker.metadata, OK),  # audited
+        ("smtpconfig.v2.ConfigService/GetSmtp", v2.GetSmtpRequest(), (), UNAUTHENTICATED),
+        ("smtpconfig.v2.ConfigService/GetSmtp", v2.GetSmtpRequest(),
+         world.caller("token", "allbut", "smtp:read").metadata, PERMISSION_DENIED),
     ):
-        outcome = invoke(reader.channel, rpc, request, metadata)
-        assert outcome.code == code
+        outcome = invoke(checker.channel, rpc, request, metadata)
+        assert outcome.code == code, outcome.details
         request_id = outcome.trailers.get("x-request-id", "")
         assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]+", request_id), outcome.trailers
-        seen.add(request_id)
-    assert len(seen) == 3, "each call gets its own id"
+        seen[code] = request_id
+    assert len(set(seen.values())) == 3, "each call gets its own id"
+    # The id names the audit record of the answered call.
+    admin = (("authorization", f"Bearer {checker.deployment.server.token}"),)
+    records = invoke(checker.channel, "smtpconfig.v2.AuditService/ListAuditRecords",
+                     audit_pb.ListAuditRecordsRequest(), admin)
+    assert records.code == OK
+    assert [r.outcome for r in records.response.records if r.request_id == seen[OK]] == ["OK"]
+
+
+def test_a_read_that_leaves_no_record_carries_no_request_id(world: World) -> None:
+    """A successful call of a method that is not audited is on record nowhere, so an id the server
+    made would name nothing; a caller who wants one sends its own (next test)."""
+    reader = world.caller("token", "only", "smtp:read")
+    outcome = invoke(reader.channel, "smtpconfig.v2.ConfigService/GetSmtp", v2.GetSmtpRequest(), reader.metadata)
+    assert outcome.code == OK
+    assert "x-request-id" not in outcome.trailers, outcome.trailers
 
 
 @pytest.mark.parametrize("kind", KINDS)
