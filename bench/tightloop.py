@@ -148,10 +148,10 @@ async def measure(calls: int, profile: str | None, out) -> dict[str, dict[str, f
 
 async def _call(handler: grpc.RpcMethodHandler, request: bytes) -> bytes:
     context = StandInContext(request)
-    answer = await handler.stream_unary(None, context)
-    if not context.trailers:
-        raise RuntimeError("the call ended without its x-request-id trailer")
-    return handler.response_serializer(answer)
+    answer = handler.response_serializer(await handler.stream_unary(None, context))
+    if not answer:
+        raise RuntimeError("the call answered nothing")
+    return answer
 
 
 async def _time(handler: grpc.RpcMethodHandler, request: bytes, calls: int) -> dict[str, float]:

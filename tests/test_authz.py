@@ -33,9 +33,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from smtpconfig.api.audit_servicer import AuditServiceV2
-from smtpconfig.api.auth import new_token, token_hash
+from smtpconfig.api.auth import Authenticator, Policy, new_token, token_hash
 from smtpconfig.api.provider_servicer import SecretProviderServiceV2
 from smtpconfig.api.servicers import ConfigServiceV1, ConfigServiceV2
+from smtpconfig.core.errors import Unauthenticated
 from smtpconfig.core.permissions import PERMISSIONS
 from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v2 import audit_service_pb2 as audit_pb
@@ -572,6 +573,19 @@ def test_certificate_identity_is_the_first_name_the_policy_knows(world: World, n
     assert audit.code == PERMISSION_DENIED
     providers = invoke(channel, "smtpconfig.v2.SecretProviderService/ListProviders", providers_pb.ListProvidersRequest())
     assert providers.code == PERMISSION_DENIED
+
+
+def test_each_of_many_tokens_names_its_own_identity() -> None:
+    # A token's hash is looked up, not compared with each configured one in turn: with thousands
+    # configured, each still names its own identity, and a token one character off names none.
+    tokens = [new_token() for _ in range(5000)]
+    authenticator = Authenticator([(f"client-{i}", token_hash(t)) for i, t in enumerate(tokens)], Policy(()))
+    for i in (0, 1234, 4999):
+        found = authenticator.identify(None, (("authorization", f"Bearer {tokens[i]}"),))
+        assert found.name == f"client-{i}"
+    near = tokens[42][:-1] + ("A" if tokens[42][-1] != "A" else "B")
+    with pytest.raises(Unauthenticated, match="not known"):
+        authenticator.identify(None, (("authorization", f"Bearer {near}"),))
 
 
 def test_a_token_names_the_caller_even_with_a_certificate(world: World) -> None:

@@ -3,8 +3,10 @@
 A caller is known by one of three things, checked in this order:
 
 1. a bearer token in the `authorization` metadata (`Bearer <token>`). Only SHA-256 hashes of
-   tokens are configured; a presented token is hashed and compared with every configured hash in
-   constant time. A token that matches nothing is refused, never ignored;
+   tokens are configured; a presented token is hashed and its hash looked up among them, so a
+   call costs the same however many tokens are configured. The lookup's timing can tell only of
+   the hash, which nobody can steer towards a configured one without the token itself. A token
+   that matches nothing is refused, never ignored;
 2. on a TCP listener with mTLS, the client certificate the TLS handshake verified: its URI SANs
    (a SPIFFE ID, say) verbatim, its DNS SANs as `dns:NAME`, its subject CN as `cn:NAME`. The first
    of these the policy names is the caller's identity;
@@ -17,7 +19,6 @@ The policy maps identities to permissions and denies everything it does not gran
 from __future__ import annotations
 
 import hashlib
-import hmac
 import os
 import secrets
 from collections.abc import Iterable, Sequence
@@ -105,7 +106,8 @@ class Authenticator:
     """Finds the identity of a call (see the module docstring for the order)."""
 
     def __init__(self, tokens: Iterable[tuple[str, str]], policy: Policy, unix_identity: str = "") -> None:
-        self._tokens = [(bytes.fromhex(digest), identity) for identity, digest in tokens]
+        # Settings refuse two tokens with one hash, so each hash names one identity.
+        self._tokens = {bytes.fromhex(digest): Identity(identity) for identity, digest in tokens}
         self._policy = policy
         self._unix = Identity(unix_identity) if unix_identity else None
 
@@ -132,15 +134,10 @@ class Authenticator:
     def _from_token(self, value: str) -> Identity:
         if not value[: len(_BEARER)].lower() == _BEARER:
             raise Unauthenticated("the authorization metadata must be `Bearer <token>`")
-        digest = hashlib.sha256(value[len(_BEARER):].strip().encode()).digest()
-        found = None
-        # Every configured hash is compared, match or not, so timing tells nothing about which.
-        for known, identity in self._tokens:
-            if hmac.compare_digest(known, digest):
-                found = identity
+        found = self._tokens.get(hashlib.sha256(value[len(_BEARER):].strip().encode()).digest())
         if found is None:
             raise Unauthenticated("the bearer token is not known to this server")
-        return Identity(found)
+        return found
 
     def _from_certificate(self, auth: dict) -> Identity | None:
         if auth.get("transport_security_type") != [b"ssl"]:
