@@ -6,11 +6,11 @@ work, in this order:
 
 1. a request id: the caller's `x-request-id` when it is a sane token, else a new one; it goes
    onto every log line and audit record of the call. It comes back in the `x-request-id`
-   trailer when it names something the caller may need to find: the call's audit record, its
-   refusal or failure, or the id the caller sent (or the one used in its stead). A successful
-   call of a method that is not audited leaves no record, so an id made for it names nothing and
-   its answer carries none: a value unique to each call cost every read a header to encode and
-   decode on both sides (about 5% of GetSmtp's calls per second at 64 in flight);
+   trailer of every refusal and error, and of every answer to a caller who sent one (the id
+   used in its stead when it was unusable). A successful answer to a caller who sent none
+   carries none: a value unique to each call cost every call a header to encode and decode on
+   both sides (about 5% of GetSmtp's calls per second at 64 in flight), and a caller who wants
+   to find its calls in the server's logs and audit trail names them itself;
 2. the caller's identity (`smtpconfig.api.auth`), else UNAUTHENTICATED;
 3. the method's permission in the policy, else PERMISSION_DENIED;
 4. a slot among the calls served at once: at most `max_concurrent_rpcs` in all and
@@ -252,7 +252,7 @@ class Guard:
                 await self._refuse(progress, call, spec, error, context)
             if spec.audit:
                 await self._record_outcome(progress, call, spec, context)
-            if spec.audit or call.echo_id:
+            if call.echo_id:
                 context.set_trailing_metadata(((REQUEST_ID, call.request_id), *call.trailers))
             elif call.trailers:
                 context.set_trailing_metadata(call.trailers)
@@ -298,7 +298,8 @@ class Guard:
                 await self._refuse(progress, call, spec, error, context)
             if spec.audit:
                 await self._record(call, "OK", f"{_sent_note(call, sent)}: ended")
-            context.set_trailing_metadata(((REQUEST_ID, call.request_id),))
+            if call.echo_id:
+                context.set_trailing_metadata(((REQUEST_ID, call.request_id),))
         except grpc.aio.AbortError:
             raise
         except (asyncio.CancelledError, GeneratorExit):
