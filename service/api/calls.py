@@ -180,10 +180,9 @@ def _call(method: str, metadata, replica: str = "") -> Call:
     """The call's record, with the caller's `x-request-id` when it is a sane token, else a new one."""
     for key, value in metadata:
         if key == REQUEST_ID:
-            if isinstance(value, str) and _SANE_REQUEST_ID.match(value):  # only -bin keys carry bytes
-                return Call(method, value, replica=replica, echo_id=True)
-            # The caller asked for an id and gets the one used in its stead.
-            return Call(method, _new_id(), replica=replica, echo_id=True)
+            # Only -bin keys carry bytes. A caller whose id is unusable gets the one used instead.
+            usable = isinstance(value, str) and _SANE_REQUEST_ID.match(value)
+            return Call(method, value if usable else _new_id(), replica=replica, echo_id=True)
     return Call(method, _new_id(), replica=replica)
 
 
