@@ -151,9 +151,8 @@ def test_an_expired_value_is_read_again_without_a_flush(deployment: Deployment) 
 
 @pytest.mark.parametrize("seconds", [0.0, 1e-9, 0.5, 4.999999999, 59.25, 300.0])
 def test_an_appended_cache_for_reads_as_the_field_itself(seconds: float) -> None:
-    number = v2.ResolveSmtpResponse.DESCRIPTOR.fields_by_name["cache_for"].number
     static = v2.ResolveSmtpResponse(etag="e1", credentials=v2.ResolvedCredentials(username=USER)).SerializeToString()
-    parsed = v2.ResolveSmtpResponse.FromString(static + convert.duration_field(number, seconds))
+    parsed = v2.ResolveSmtpResponse.FromString(static + convert.cache_for_field(seconds))
     expected = v2.ResolveSmtpResponse(etag="e1", credentials=v2.ResolvedCredentials(username=USER),
                                       cache_for=convert.duration(seconds))
     assert parsed == expected and parsed.HasField("cache_for")

@@ -23,6 +23,9 @@ from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import secret_pb2
 
+# The tag of ResolveSmtpResponse.cache_for: its field number (one byte's worth) and wire type 2.
+_CACHE_FOR_TAG = bytes((v2.ResolveSmtpResponse.DESCRIPTOR.fields_by_name["cache_for"].number << 3 | 2,))
+
 UNSUPPORTED_PAM_SECRET = KeepStored.TOKEN.value
 V1_DEFAULT_PORT = 25
 
@@ -32,11 +35,12 @@ def duration(seconds: float) -> Duration:
     return Duration(seconds=nanos // 1_000_000_000, nanos=nanos % 1_000_000_000)
 
 
-def duration_field(number: int, seconds: float) -> bytes:
-    """Field `number` (at most 15) holding `seconds` as a Duration, in wire form: what appending it
-    to a serialised message sets in that message."""
+def cache_for_field(seconds: float) -> bytes:
+    """ResolveSmtpResponse's `cache_for` holding `seconds`, in wire form. Appended to an answer
+    serialised without it, it sets that field: the one part of a kept answer that changes from
+    call to call (a message's fields may come in any order on the wire)."""
     body = duration(seconds).SerializeToString()  # at most 17 bytes: one byte says the length
-    return bytes((number << 3 | 2, len(body))) + body
+    return _CACHE_FOR_TAG + bytes((len(body),)) + body
 
 
 def timestamp(when) -> Timestamp:

@@ -58,8 +58,6 @@ class _Revealed:
     The bytes hold the revealed values, as the message they are made from would; they stay in
     this one place until the next different answer replaces them."""
 
-    _CACHE_FOR = v2.ResolveSmtpResponse.DESCRIPTOR.fields_by_name["cache_for"].number
-
     def __init__(self, read) -> None:
         self._read = read  # the revision's GetSmtp answer, whose profile ResolveSmtp's shows
         self._key: tuple = ()
@@ -74,7 +72,7 @@ class _Revealed:
         if key != self._key:  # identical objects compare equal without a look inside
             self._build(stored, credentials)
             self._key = key
-        return self._static + convert.duration_field(self._CACHE_FOR, credentials.cache_for), self._fields, self._note
+        return self._static + convert.cache_for_field(credentials.cache_for), self._fields, self._note
 
     def _build(self, stored: StoredProfile, credentials) -> None:
         response = v2.ResolveSmtpResponse(profile=self._read(stored).profile, etag=stored.etag)

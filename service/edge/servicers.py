@@ -21,7 +21,6 @@ from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 
 AGE_TRAILER = "smtpconfig-profile-age-seconds"
-_CACHE_FOR = v2.ResolveSmtpResponse.DESCRIPTOR.fields_by_name["cache_for"].number
 
 
 def _follows(upstream: Upstream) -> FailedPrecondition:
@@ -93,7 +92,7 @@ class EdgeConfigServiceV2(WatchSmtpV2, v2_grpc.ConfigServiceServicer):
         refreshed = ", refresh: caches bypassed here and upstream" if refresh else ""
         call.note(fields=revealed, message=f"profile etag {resolved.response.etag} from {self._upstream.name}{refreshed}")
         # The upstream's answer without its cache_for, then what is left of it (see `Resolved`).
-        return resolved.wire + convert.duration_field(_CACHE_FOR, resolved.left())
+        return resolved.wire + convert.cache_for_field(resolved.left())
 
 
 def _refusing(base: type, name: str) -> type:
