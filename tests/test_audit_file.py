@@ -44,9 +44,11 @@ SERVING = HealthCheckResponse.SERVING
 NOT_SERVING = HealthCheckResponse.NOT_SERVING
 
 
-def _write(directory: Path, count: int, *, max_bytes: int = 1 << 20, keep_files: int = 10, start: int = 0) -> None:
+def _write(
+    directory: Path, count: int, *, max_bytes: int = 1 << 20, keep_files: int = 10, start: int = 0, fsync: str = "batch",
+) -> None:
     async def scenario() -> None:
-        log = await AuditFile.open(directory, REPLICA, max_bytes=max_bytes, keep_files=keep_files, fsync="batch",
+        log = await AuditFile.open(directory, REPLICA, max_bytes=max_bytes, keep_files=keep_files, fsync=fsync,
                                    stdout=None, on_health=lambda ok: None)
         try:
             await asyncio.gather(*(
@@ -137,10 +139,11 @@ def test_a_reopened_log_continues_the_chain(logged: Path, capsys) -> None:
     assert _verify(logged, capsys)[0] == 0
 
 
-def test_rotation_keeps_the_chain_across_files_and_drops_the_oldest(tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize("fsync", ["batch", "interval"])  # groups on the writer thread; one record at a time
+def test_rotation_keeps_the_chain_across_files_and_drops_the_oldest(tmp_path: Path, capsys, fsync: str) -> None:
     directory = tmp_path / "audit"
     for batch in range(6):  # groups of 20 records of ~300 bytes: a new file every group or so
-        _write(directory, 20, max_bytes=4096, keep_files=100, start=batch * 20)
+        _write(directory, 20, max_bytes=4096, keep_files=100, start=batch * 20, fsync=fsync)
     files = log_files(directory, REPLICA)
     assert len(files) >= 4 and files[-1].name == f"{REPLICA}.jsonl"
     assert all(f.name.startswith(f"{REPLICA}.0000") for f in files[:-1])
@@ -162,7 +165,7 @@ def test_rotation_keeps_the_chain_across_files_and_drops_the_oldest(tmp_path: Pa
     assert code == 0 and "older files were rotated away" in out, out
 
     # audit_keep_files: the writer itself drops the oldest files beyond it.
-    _write(directory, 60, max_bytes=4096, keep_files=2, start=120)
+    _write(directory, 60, max_bytes=4096, keep_files=2, start=120, fsync=fsync)
     assert len(log_files(directory, REPLICA)) == 3
     assert _verify(directory, capsys)[0] == 0
 

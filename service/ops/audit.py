@@ -22,6 +22,7 @@ where the page left it, whatever the order in which their records' times interle
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -157,8 +158,15 @@ class AuditLog:
     async def append_call(self, record: Fields) -> None:
         """Write a call record (see `clipped`); returns once it is written, raises `Unavailable`
         naming the cause when it cannot be."""
+        pending = self.write_call(record)
+        if pending is not None:
+            await pending
+
+    def write_call(self, record: Fields) -> asyncio.Future[None] | None:
+        """`append_call` without a coroutine (`AuditFile.write`): None once written, else the
+        future to wait on."""
         self._on_record(record.outcome)
-        await self.log.append(record)
+        return self.log.write(record)
 
     async def append_entry(self, entry: AuditEntry, outcome: str) -> None:
         """A call record in the stored form of `encode` (as callers made them when every record

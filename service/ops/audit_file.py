@@ -243,24 +243,36 @@ class AuditFile:
 
     async def append(self, record: Fields) -> None:
         """Chain and write `record`; returns once it is written (and fsynced, under "batch")."""
+        pending = self.write(record)
+        if pending is not None:
+            await pending
+
+    def write(self, record: Fields) -> asyncio.Future[None] | None:
+        """`append` without a coroutine, for the path of every audited call: under "interval"
+        `record` is written before this returns (None); under "batch" the future comes back that
+        is done once its group is written and fsynced. Raises or fails the future with
+        `Unavailable` naming the cause when it cannot be written."""
         if self._fsync != "batch":
-            self._write_now(_Pending(record, None))
-            return
+            self._write_now(record)
+            return None
         future = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(record, future))
         self._wake.set()
-        await future
+        return future
 
-    def _write_now(self, item: _Pending) -> None:
+    def _write_now(self, record: Fields) -> None:
         """Under "interval": write on the event loop, at once. A write(2) of a line to the page
         cache takes microseconds; handing it to the writer thread and waiting for the group cost a
         call more than the rest of a cached ResolveSmtp together (two loop wake-ups, the GIL passed
         to and fro, the answer sent an iteration later). The writer task only fsyncs."""
         clean = self._dirty_since is None
         try:
-            self._write([item])
+            if self.failure is None and self._size < self._max_bytes:
+                self._write_one(record)
+            else:
+                self._write([_Pending(record, None)])
         except Exception as error:  # noqa: BLE001 - the caller gets UNAVAILABLE naming the cause
-            raise self._fail([item], error) from None
+            raise self._fail([_Pending(record, None)], error) from None
         if clean and self._dirty_since is not None:
             self._wake.set()  # the writer task fsyncs within FSYNC_INTERVAL from now
 
@@ -269,7 +281,7 @@ class AuditFile:
         healthy without waiting for a call."""
         if self.failure is None:
             return
-        marker = _Pending(Fields(0, "", "", "", ""), None)  # never written itself
+        marker = Fields(0, "", "", "", "")  # never written itself
         if self._fsync != "batch":
             with contextlib.suppress(Unavailable):
                 self._write_now(marker)
@@ -335,6 +347,29 @@ class AuditFile:
                 item.future.set_exception(failure)
         return failure
 
+    def _write_one(self, record: Fields) -> None:
+        """`_write` of one record under "interval" while writing works and the active file has
+        room: what every audited call does, so without the group's lists and checks."""
+        seq = self._seq + 1
+        line = record_line(self.replica, seq, record, self._prev)
+        data = line + b"\n"
+        self._append(data)
+        if self._dirty_since is None:
+            self._dirty_since = time.monotonic()  # the writer task fsyncs within FSYNC_INTERVAL
+        self._size += len(data)
+        self._seq, self._prev = seq, hashlib.sha256(line).hexdigest()
+        if self._stdout is not None:
+            self.copy_out([line])
+
+    def _append(self, data: bytes) -> None:
+        """One write(2) of whole lines at the end of the active file; a write that fails part-way
+        is cut back to the last whole line before it raises."""
+        written = os.write(self._fd, data)
+        if written != len(data):
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._size)
+            raise OSError(errno.ENOSPC, f"only {written} of {len(data)} bytes could be written")
+
     def _write(self, group: list[_Pending]) -> None:
         """One group: chained lines, one write(2), fsync by policy (the writer thread)."""
         records = [item.record for item in group if item.record.method]
@@ -355,11 +390,7 @@ class AuditFile:
             prev = hashlib.sha256(line).hexdigest()
             lines.append(line)
         data = b"\n".join(lines) + b"\n"
-        written = os.write(self._fd, data)
-        if written != len(data):
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, self._size)
-            raise OSError(errno.ENOSPC, f"only {written} of {len(data)} bytes could be written")
+        self._append(data)
         if self._fsync == "batch":
             os.fsync(self._fd)
             self._last_fsync, self._dirty_since = time.monotonic(), None
