@@ -1,10 +1,13 @@
 """ResolveSmtp's hot path keeps what it resolved (`Applier` keeps the Basic credentials while the
 resolver's generation holds still; `_Revealed` keeps the serialised answer): these tests attack
 each thing that must end what is kept, through the real API, with a `file` provider on disk. Each
-fails if its invalidation is taken away: the kept answer would still carry the old value."""
+fails if its invalidation is taken away: the kept answer would still carry the old value.
+CheckSecret keeps its answer serialised the same way (`_Checked`): answers for other values,
+instances and rotations must each describe their own."""
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from collections.abc import Iterator
@@ -13,6 +16,9 @@ from pathlib import Path
 import pytest
 
 from smtpconfig.api import convert
+from smtpconfig.api.provider_servicer import _Checked
+from smtpconfig.core.secret import Secret
+from smtpconfig.domain.resolver import Resolution
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from smtpconfig.v2 import secret_pb2
@@ -156,3 +162,56 @@ def test_an_appended_cache_for_reads_as_the_field_itself(seconds: float) -> None
     expected = v2.ResolveSmtpResponse(etag="e1", credentials=v2.ResolvedCredentials(username=USER),
                                       cache_for=convert.duration(seconds))
     assert parsed == expected and parsed.HasField("cache_for")
+
+
+def _check(deployment: Deployment, provider: int) -> pb.CheckSecretResponse:
+    reference = secret_pb2.SecretObject(provider=provider, parameters={"File": FILE})
+    return deployment.providers.CheckSecret(pb.CheckSecretRequest(secret=reference), timeout=10)
+
+
+def test_check_secret_answers_describe_their_own_value(deployment: Deployment) -> None:
+    other = deployment.providers.CreateProvider(
+        pb.CreateProviderRequest(provider=_file_instance("elsewhere", deployment.other)), timeout=10).provider.id
+    first, second = _check(deployment, deployment.provider), _check(deployment, other)
+    assert not first.cached and not second.cached
+    # Warm, alternating: each answer is rebuilt for its own instance and value, never the last one's.
+    for _ in range(3):
+        for provider, expected in ((deployment.provider, first), (other, second)):
+            answer = _check(deployment, provider)
+            assert answer.cached and answer.success and answer.HasField("latency")
+            assert (answer.provider, answer.provider_name, answer.fingerprint) == (
+                provider, expected.provider_name, expected.fingerprint)
+            assert 0 < answer.cache_remaining.ToTimedelta().total_seconds() <= FILE_TTL
+    assert first.fingerprint != second.fingerprint and first.provider_name != second.provider_name
+    # A rotation shows as a new fingerprint once the value is read again.
+    (deployment.secrets / FILE).write_text(ROTATED)
+    deployment.providers.FlushCache(pb.FlushCacheRequest(provider=deployment.provider), timeout=10)
+    rotated = _check(deployment, deployment.provider)
+    assert not rotated.cached and rotated.fingerprint != first.fingerprint
+    assert _check(deployment, deployment.provider).fingerprint == rotated.fingerprint
+
+
+@pytest.mark.parametrize(("provider_id", "version", "cached", "latency", "expires_in"), [
+    (3, "v7", True, 0.000012, 4.25),
+    (3, None, False, 0.5, 300.0),
+    (None, None, False, 0.0, math.inf),  # an inline value: no Provider, no CacheRemaining
+    (12, "", True, 1e-9, 0.0),
+])
+def test_a_kept_check_secret_answer_reads_as_the_message_built_whole(
+    provider_id: int | None, version: str | None, cached: bool, latency: float, expires_in: float,
+) -> None:
+    resolution = Resolution(Secret("never-serialised"), provider_id, "file", "files", latency, cached, expires_in,
+                            version, "hmac-sha256:00ff")
+    expected = pb.CheckSecretResponse(
+        success=True, provider=provider_id or 0, provider_name="files", provider_type="file",
+        latency=convert.duration(latency), cached=cached, fingerprint="hmac-sha256:00ff", version=version or "",
+    )
+    if not math.isinf(expires_in):
+        expected.cache_remaining.CopyFrom(convert.duration(expires_in))
+    answers = _Checked()
+    for _ in range(2):  # built, then kept
+        wire = answers(resolution, "hmac-sha256:00ff")
+        parsed = pb.CheckSecretResponse.FromString(wire)
+        assert parsed == expected and parsed.HasField("latency")
+        assert parsed.HasField("cache_remaining") == (not math.isinf(expires_in))
+        assert b"never-serialised" not in wire

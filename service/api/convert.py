@@ -23,8 +23,18 @@ from smtpconfig.v1 import config_service_pb2 as v1
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import secret_pb2
 
-# The tag of ResolveSmtpResponse.cache_for: its field number (one byte's worth) and wire type 2.
-_CACHE_FOR_TAG = bytes((v2.ResolveSmtpResponse.DESCRIPTOR.fields_by_name["cache_for"].number << 3 | 2,))
+
+def message_tag(message_type, name: str) -> bytes:
+    """The wire tag of `message_type`'s message field `name`: its number and wire type 2, in the
+    one byte fields numbered below 16 take."""
+    number = message_type.DESCRIPTOR.fields_by_name[name].number
+    if not 0 < number < 16:
+        raise ValueError(f"{message_type.__name__}.{name} is field {number}: its tag takes more than one byte")
+    return bytes((number << 3 | 2,))
+
+
+# The tag of ResolveSmtpResponse.cache_for.
+_CACHE_FOR_TAG = message_tag(v2.ResolveSmtpResponse, "cache_for")
 
 UNSUPPORTED_PAM_SECRET = KeepStored.TOKEN.value
 V1_DEFAULT_PORT = 25
@@ -35,12 +45,18 @@ def duration(seconds: float) -> Duration:
     return Duration(seconds=nanos // 1_000_000_000, nanos=nanos % 1_000_000_000)
 
 
-def cache_for_field(seconds: float) -> bytes:
-    """ResolveSmtpResponse's `cache_for` holding `seconds`, in wire form. Appended to an answer
-    serialised without it, it sets that field: the one part of a kept answer that changes from
-    call to call (a message's fields may come in any order on the wire)."""
+def duration_field(tag: bytes, seconds: float) -> bytes:
+    """A Duration field holding `seconds`, in wire form (`tag` from `message_tag`). Appended to a
+    message serialised without that field, it sets it: how a kept answer adds the parts that change
+    from call to call (a message's fields may come in any order on the wire)."""
     body = duration(seconds).SerializeToString()  # at most 17 bytes: one byte says the length
-    return _CACHE_FOR_TAG + bytes((len(body),)) + body
+    return tag + bytes((len(body),)) + body
+
+
+def cache_for_field(seconds: float) -> bytes:
+    """ResolveSmtpResponse's `cache_for` holding `seconds`, in wire form: the one part of a kept
+    ResolveSmtp answer that changes from call to call."""
+    return duration_field(_CACHE_FOR_TAG, seconds)
 
 
 def timestamp(when) -> Timestamp:

@@ -16,7 +16,7 @@ from smtpconfig.domain.model import CREDENTIAL_FIELDS, FIELDS, InlineSecret, Pro
 from smtpconfig.domain.profiles import ProfileService
 from smtpconfig.domain.provider_service import ProviderService
 from smtpconfig.domain.providers import CONFIG, IMPLICIT_TYPES, InstanceDraft, ProviderInstance
-from smtpconfig.domain.resolver import Resolver
+from smtpconfig.domain.resolver import Resolution, Resolver
 from smtpconfig.domain.validation import validate_secret_object
 from smtpconfig.plugin import Parameter
 from smtpconfig.plugin.manager import Plugins, PluginStatus, ProviderTypeInfo
@@ -24,6 +24,10 @@ from smtpconfig.v2 import secret_provider_service_pb2 as pb
 from smtpconfig.v2 import secret_provider_service_pb2_grpc as pb_grpc
 
 _CHECKED_ENTRIES = 1024
+# The fields of a CheckSecretResponse that change from call to call, in wire form.
+_LATENCY_TAG = convert.message_tag(pb.CheckSecretResponse, "latency")
+_CACHE_REMAINING_TAG = convert.message_tag(pb.CheckSecretResponse, "cache_remaining")
+_CACHED = pb.CheckSecretResponse(cached=True).SerializeToString()
 _DATA_TYPES = {"string": pb.PARAMETER_DATA_TYPE_STRING, "secret": pb.PARAMETER_DATA_TYPE_SECRET}
 
 
@@ -86,6 +90,36 @@ def draft_from_pb(msg: pb.ProviderInstance) -> InstanceDraft:
     )
 
 
+class _Checked:
+    """CheckSecret's answer for the last value it described, serialised once without the fields
+    that change from call to call (`latency`, `cached`, `cache_remaining`), which each call
+    appends (a message's fields may come in any order on the wire). Callers poll the same few
+    references, so most answers reuse it; another value builds it anew. It holds what the answer
+    shows (instance, type, fingerprint, version), never the value."""
+
+    __slots__ = ("_key", "_static")
+
+    def __init__(self) -> None:
+        self._key: tuple = ()
+        self._static = b""
+
+    def __call__(self, resolution: Resolution, fingerprint: str) -> bytes:
+        key = (resolution.provider_id, resolution.provider_name, resolution.provider_type, fingerprint,
+               resolution.version)
+        if key != self._key:
+            self._static = pb.CheckSecretResponse(
+                success=True, provider=resolution.provider_id or 0, provider_name=resolution.provider_name,
+                provider_type=resolution.provider_type, fingerprint=fingerprint, version=resolution.version or "",
+            ).SerializeToString()
+            self._key = key
+        answer = self._static + convert.duration_field(_LATENCY_TAG, resolution.latency)
+        if resolution.cached:
+            answer += _CACHED
+        if not math.isinf(resolution.expires_in):
+            answer += convert.duration_field(_CACHE_REMAINING_TAG, resolution.expires_in)
+        return answer
+
+
 class SecretProviderServiceV2(pb_grpc.SecretProviderServiceServicer):
     """`smtpconfig.v2.SecretProviderService`."""
 
@@ -102,6 +136,7 @@ class SecretProviderServiceV2(pb_grpc.SecretProviderServiceServicer):
         # Checked secret objects by their wire bytes: callers poll the same few references, and
         # the answer only changes when provider instances do (see ProviderService.revision).
         self._checked: OrderedDict[bytes, tuple[int, SecretSource]] = OrderedDict()
+        self._answer = _Checked()
 
     @rpc("providers:read", waits=False)
     async def ListProviderTypes(self, request, context: grpc.aio.ServicerContext):
@@ -187,19 +222,8 @@ class SecretProviderServiceV2(pb_grpc.SecretProviderServiceServicer):
         else:
             raise InvalidArgument([violation("Secret", "give Secret or ProfileField")])
         resolution = await self._resolver.resolve(source)
-        response = pb.CheckSecretResponse(
-            success=True,
-            provider=resolution.provider_id or 0,
-            provider_name=resolution.provider_name,
-            provider_type=resolution.provider_type,
-            latency=convert.duration(resolution.latency),
-            cached=resolution.cached,
-            fingerprint=self._resolver.fingerprint(resolution),
-            version=resolution.version or "",
-        )
-        if not math.isinf(resolution.expires_in):
-            response.cache_remaining.CopyFrom(convert.duration(resolution.expires_in))
-        return response
+        # A CheckSecretResponse, serialised (`_Checked`); the handlers send bytes as they are.
+        return self._answer(resolution, self._resolver.fingerprint(resolution))
 
     def _checked_source(self, secret) -> SecretSource:
         if secret.HasField("secret_value"):  # a caller's inline value is never kept around
