@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt
 PROTOS := $(wildcard protos/smtpconfig/v1/*.proto protos/smtpconfig/v2/*.proto)
 
-.PHONY: run test typecheck proto bench profile clean
+.PHONY: run test typecheck proto bench profile stages clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,11 @@ bench: $(VENV)/.test.stamp
 ## Where each server's CPU per call goes, by thread and by code (needs perf; see bench/README.md).
 profile: $(VENV)/.test.stamp
 	$(BIN)/python -m bench.profile
+
+## Which part of a warm call's handling costs what inside the server (see bench/README.md).
+stages: $(VENV)/.test.stamp
+	$(BIN)/python -m bench.stages --method CheckSecret
+	$(BIN)/python -m bench.stages --method ResolveSmtp
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -33,7 +33,9 @@ answers: the profiles, the file secret, provider instances), `certs` (the throwa
 leaves), `smtpserver` (the SMTP server process), `testsmtp` (the TestSmtp phase), `openbao` (the
 dev server), `cold` (the Vault latency phase), `procs` (owning subprocesses), `report` (tables and
 JSON), `__main__` (the run); `profile` (`make profile`: where each server's CPU per call goes, from
-perf samples); `tightloop` (our Python per call alone, without grpcio).
+perf samples); `stages` (`make stages`: what each part of a call's handling costs inside the
+server, and the least a server in Python pays for it); `tightloop` (our Python per call alone,
+without grpcio).
 """
 
 from __future__ import annotations

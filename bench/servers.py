@@ -6,6 +6,8 @@
         [--file-directory DIR ...]
     python -m bench.servers bare-aio --unix PATH [--options JSON]
     python -m bench.servers edge --upstream HOST:PORT --upstream-token-file FILE --unix PATH
+    python -m bench.servers service --stages [--file-directory DIR ...]
+    python -m bench.servers audited-echo --answer-file FILE [--client-streaming] [--options JSON]
 
 Each serving TCP binds 127.0.0.1 port 0 and prints `PORT <n>`; with `--unix` (the edge rows) it
 serves the Unix socket PATH only and prints `PORT 0`. Then it serves until stdin closes, or SIGTERM/SIGINT.
@@ -25,6 +27,12 @@ The grpc.aio servers (bare-aio, the service, the edge) all run on the event loop
 SMTPCONFIG_EVENT_LOOP, `smtpconfig serve`'s own setting (`event_loop`), which the benchmark sets for
 every child (`--event-loop`); when it is unset, on uvloop where installed, as `serve` does. The
 server model compared is then one: grpc.aio on the same loop.
+
+`bench.stages` uses two more: the service with `--stages`, which reads lines `stage NAME PATH` on its
+stdin and from then on serves method PATH through that stage of its handling (`bench.stages`),
+answering `STAGE NAME` on stdout; and `audited-echo`, which answers every method with the bytes of
+`--answer-file` after checking the bench token and appending one audit line (as a unary handler,
+or a client-streaming one with `--client-streaming`).
 
 With `--tls-cert` and `--tls-key` the TCP port serves TLS, and with `--tls-client-ca` too it requires
 a client certificate chaining to that CA (mTLS). bare-aio then builds its credentials as
@@ -68,6 +76,7 @@ from bench.certs import CLIENT_ID
 from smtpconfig.core import aio
 
 LISTEN = "127.0.0.1:0"
+AUDITED_ECHO = "audited-echo"
 # grpc's own examples use 10 workers; the GIL leaves little to gain from more on a 2-core machine.
 DEFAULT_THREADS = 10
 
@@ -211,9 +220,43 @@ def run_bare_threads(options: tuple, threads: int) -> None:
 # --- the service --------------------------------------------------------------------------------
 
 
+async def run_audited_echo(options: tuple, answer: bytes, client_streaming: bool) -> None:
+    """`bench.stages.AuditedEcho` on grpc.aio: the least an audited call costs a server in Python."""
+    from bench.stages import AuditedEcho
+
+    with tempfile.TemporaryDirectory(prefix="smtpconfig-bench-audited-") as directory:
+        server = grpc.aio.server(options=options)
+        server.add_generic_rpc_handlers((AuditedEcho(answer, Path(directory) / "audit.jsonl").handler(client_streaming),))
+        port = server.add_insecure_port(LISTEN)
+        await server.start()
+        try:
+            _announce(port)
+            await _until_stopped()
+        finally:
+            await server.stop(0)
+
+
+async def _serve_stages(app) -> None:
+    """Switch stages as told on stdin (`stage NAME PATH`, answered `STAGE NAME`) until it closes."""
+    from bench.stages import StageSwitch
+
+    switch = StageSwitch(app.routes)
+    loop = asyncio.get_running_loop()
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        if not line:
+            return
+        word, stage, path = (line.split() + ["", "", ""])[:3]
+        if word != "stage":
+            raise SystemExit(f"unknown command {line.strip()!r}")
+        switch.apply(stage, path)
+        sys.stdout.write(f"STAGE {stage}\n")
+        sys.stdout.flush()
+
+
 async def run_service(
     ca_bundle: Path | None = None, tls: Tls | None = None, file_directories: tuple[Path, ...] = (),
-    audit_fsync: str = "interval",
+    audit_fsync: str = "interval", stages: bool = False,
 ) -> None:
     """The real `App`, as `smtpconfig serve` builds it, on TCP only (no Unix socket), with a fresh
     data directory and generated key, trusting `ca_bundle` for SMTP TLS if given, serving TLS (or
@@ -236,7 +279,7 @@ async def run_service(
         try:
             await app.start()
             _announce(next(iter(app.ports.values())))
-            await _until_stopped()
+            await (_serve_stages(app) if stages else _until_stopped())
         finally:
             await app.stop(0)
 
@@ -278,7 +321,7 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.servers", description=__doc__.split("\n\n")[0])
-    parser.add_argument("kind", choices=(BARE_AIO, BARE_THREADS, SERVICE, EDGE))
+    parser.add_argument("kind", choices=(BARE_AIO, BARE_THREADS, SERVICE, EDGE, AUDITED_ECHO))
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="bare-threads: pool size")
     parser.add_argument(
         "--options", help="bare-aio, bare-threads: grpc server options as JSON pairs (default: the service's)"
@@ -294,7 +337,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unix", type=Path, help="bare-aio, edge: serve this Unix socket instead of TCP")
     parser.add_argument("--upstream", help="edge: host:port of the service it follows")
     parser.add_argument("--upstream-token-file", type=Path, help="edge: file holding its token for the upstream")
+    parser.add_argument("--stages", action="store_true",
+                        help="service: switch stages of a method's handling as told on stdin (bench.stages)")
+    parser.add_argument("--answer-file", type=Path, help="audited-echo: the bytes every call is answered with")
+    parser.add_argument("--client-streaming", action="store_true",
+                        help="audited-echo: a client-streaming handler that reads the message (the service's shape)")
     args = parser.parse_args(argv)
+    if (args.kind == AUDITED_ECHO) != (args.answer_file is not None):
+        parser.error("audited-echo needs --answer-file, which is for audited-echo only")
     if args.kind == EDGE and not (args.upstream and args.upstream_token_file and args.unix):
         parser.error("edge needs --upstream, --upstream-token-file and --unix")
     if args.unix and (args.tls_cert or args.kind not in (BARE_AIO, EDGE)):
@@ -311,8 +361,10 @@ def main(argv: list[str] | None = None) -> int:
         run_bare_threads(_options(args.options), args.threads)
     elif args.kind == EDGE:
         _run(run_edge(args.upstream, args.upstream_token_file, args.unix))
+    elif args.kind == AUDITED_ECHO:
+        _run(run_audited_echo(_options(args.options), args.answer_file.read_bytes(), args.client_streaming))
     else:
-        _run(run_service(args.ca_bundle, tls, tuple(args.file_directory), args.audit_fsync))
+        _run(run_service(args.ca_bundle, tls, tuple(args.file_directory), args.audit_fsync, args.stages))
     return 0
 
 

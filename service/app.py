@@ -139,8 +139,9 @@ class App:
         self._guard: Guard | None = None
         # Every method served, ours and grpcio's, as the one generic handler the server is given
         # (`smtpconfig.api.handlers.MethodTable`); set by `start`. `python -m bench.tightloop`
-        # calls our methods through it directly, without grpcio, to time our own Python.
-        self.routes: grpc.GenericRpcHandler | None = None
+        # calls our methods through it directly, without grpcio, to time our own Python, and
+        # `python -m bench.stages` serves a method through parts of its handling.
+        self.routes: handlers.Routes | None = None
 
     async def start(self) -> None:
         settings = self.settings

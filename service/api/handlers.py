@@ -18,8 +18,8 @@ guard.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple
 
 import grpc
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
@@ -28,11 +28,28 @@ from google.protobuf.message_factory import GetMessageClass
 from smtpconfig.api.calls import Guard, RpcSpec
 
 
+class Guarded(NamedTuple):
+    """What serves one unary method of ours: `Guard.run`'s arguments but the call's context, and
+    the answer's serialiser. The route table keeps them (`Routes.guarded`) for tools that take a
+    running server's handling apart (`bench.stages`)."""
+
+    guard: Guard
+    spec: RpcSpec
+    name: str  # the method's name in logs, metrics and the audit trail
+    method: Callable[..., Awaitable[Any]]  # the servicer's bound method
+    decode: Callable[[bytes], Any]
+    serialize: Callable[[Any], bytes]
+
+
 def register(table: MethodTable, servicer: Any, service: ServiceDescriptor) -> None:
     """Serve every method of `service` with `servicer`'s `@rpc` method of that name."""
-    table.add_registered_method_handlers(
-        service.full_name, {method.name: _handler(servicer, method) for method in service.methods}
-    )
+    served = {}
+    for method in service.methods:
+        handler, guarded = _handler(servicer, method)
+        served[method.name] = handler
+        if guarded is not None:
+            table.guarded[f"/{service.full_name}/{method.name}"] = guarded
+    table.add_registered_method_handlers(service.full_name, served)
 
 
 class MethodTable(grpc.aio.Server):
@@ -53,6 +70,7 @@ class MethodTable(grpc.aio.Server):
     def __init__(self) -> None:
         self._routes: dict[str, grpc.RpcMethodHandler] = {}
         self._others: list[grpc.GenericRpcHandler] = []
+        self.guarded: dict[str, Guarded] = {}
 
     def add_registered_method_handlers(self, service_name: str, method_handlers) -> None:
         for name, handler in method_handlers.items():
@@ -63,9 +81,9 @@ class MethodTable(grpc.aio.Server):
         # only for a method the table does not hold (and then answers None as well).
         self._others.extend(generic_rpc_handlers)
 
-    def handler(self) -> grpc.GenericRpcHandler:
+    def handler(self) -> Routes:
         """The one handler to give the real server."""
-        return _Routes(dict(self._routes), tuple(self._others))
+        return Routes(dict(self._routes), tuple(self._others), dict(self.guarded))
 
     def _collects_only(self, *_args: Any, **_kwargs: Any) -> Any:
         raise TypeError("a MethodTable only collects method handlers; give `handler()` to a real server")
@@ -73,10 +91,28 @@ class MethodTable(grpc.aio.Server):
     add_insecure_port = add_secure_port = start = stop = wait_for_termination = _collects_only
 
 
-class _Routes(grpc.GenericRpcHandler):
-    def __init__(self, routes: dict[str, grpc.RpcMethodHandler], others: tuple[grpc.GenericRpcHandler, ...]) -> None:
+class Routes(grpc.GenericRpcHandler):
+    """The server's one generic handler: a method's handler by its path, else grpcio's others."""
+
+    def __init__(
+        self, routes: dict[str, grpc.RpcMethodHandler], others: tuple[grpc.GenericRpcHandler, ...],
+        guarded: dict[str, Guarded],
+    ) -> None:
         self._routes = routes
         self._others = others
+        self._guarded = guarded
+
+    def guarded(self, path: str) -> Guarded | None:
+        """What serves our unary method `path` (`/package.Service/Method`), or None."""
+        return self._guarded.get(path)
+
+    def replace(self, path: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """Serve `path` with `handler` from the next call on; return the handler it replaces. For
+        measuring tools only (`bench.stages` serves a method with parts of its handling left
+        out): a server serves nothing unguarded on its own."""
+        replaced = self._routes[path]
+        self._routes[path] = handler
+        return replaced
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         found = self._routes.get(handler_call_details.method)
@@ -89,7 +125,7 @@ class _Routes(grpc.GenericRpcHandler):
         return None
 
 
-def _handler(servicer: Any, method: MethodDescriptor) -> grpc.RpcMethodHandler:
+def _handler(servicer: Any, method: MethodDescriptor) -> tuple[grpc.RpcMethodHandler, Guarded | None]:
     where = f"{method.containing_service.full_name}/{method.name}"
     if method.client_streaming:
         raise TypeError(f"{where} streams its requests; smtpconfig.api.handlers serves one request per call only")
@@ -110,7 +146,9 @@ def _handler(servicer: Any, method: MethodDescriptor) -> grpc.RpcMethodHandler:
             async for message in guard.stream(spec, name, serve, decode, context):
                 yield message
 
-        return grpc.stream_stream_rpc_method_handler(stream, request_deserializer=None, response_serializer=serializer)
+        return grpc.stream_stream_rpc_method_handler(
+            stream, request_deserializer=None, response_serializer=serializer
+        ), None
 
     def serialize(response) -> bytes:
         # A method may answer with its response already serialised (ResolveSmtp: `_Revealed`).
@@ -120,4 +158,7 @@ def _handler(servicer: Any, method: MethodDescriptor) -> grpc.RpcMethodHandler:
         # The request iterator is left alone: the guard reads the message itself, after its checks.
         return await guard.run(spec, name, serve, decode, context)
 
-    return grpc.stream_unary_rpc_method_handler(handle, request_deserializer=None, response_serializer=serialize)
+    return (
+        grpc.stream_unary_rpc_method_handler(handle, request_deserializer=None, response_serializer=serialize),
+        Guarded(guard, spec, name, serve, decode, serialize),
+    )

@@ -1,0 +1,345 @@
+"""What each part of a warm call's handling costs inside the running server, and the least any
+server in Python pays for the same call.
+
+    python -m bench.stages [--method CheckSecret|ResolveSmtp|GetSmtp] [--in-flight 64]
+                           [--seconds 3] [--warmup 1] [--rounds 6] [--json]
+
+`make bench` gives the service's calls per second as a share of a bare grpc.aio echo's; `make
+profile` says which code the extra CPU ran in. This says which part of the handling it belongs to,
+by serving the method with parts of it left out, in the real server, under the same load:
+
+  shape        the service's handler shape alone: a client-streaming handler that reads the one
+               request message and returns the method's answer as it was (kept from a real call);
+  guard        the guard (`Guard.run`: request id, token, permission, slot, rate limit, default
+               deadline, metrics) around that kept answer, without an audit record;
+  method       the guard and the real method (the servicer, the resolver's cache, the answer),
+               without an audit record (audited methods only);
+  service      the method as it is served: the above and, for audited methods, the audit record.
+
+One service process serves every stage: between measurements the benchmark tells it which to use
+(`bench.servers service --stages`, a line on its stdin), so every stage runs on the same heap,
+store and caches. Two more servers show the least a server written in Python pays: an "audited
+echo" (`bench.servers audited-echo`) that finds the caller by its token's SHA-256, appends one
+hash-chained audit line of the service's format with write(2) and answers the service's own answer
+bytes, once as a unary handler and once in the service's client-streaming shape. Bare grpc.aio
+(the echo of `make bench`, sent as many bytes as the answer has) is the baseline.
+
+Every target is driven in turn by the load generator of `make bench`, rounds alternating the order;
+each row shows medians over rounds of: calls per second as a share of bare's in the same round,
+server CPU per call (all threads), the event loop's share of it (where every call's Python runs),
+and the load generator's CPU per call. Each service stage's "step" column is its server CPU per
+call minus the stage before it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from base64 import b64encode
+from contextlib import ExitStack
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from bench import AUTH, BARE_AIO, BENCH_TOKEN, ECHO_PATH, BenchError, procs
+from bench.load import Command
+from bench.procs import Child
+from bench.seed import (
+    CHECKSECRET_PATH,
+    GETSMTP_PATH,
+    GETSMTP_REQUEST,
+    RESOLVESMTP_PATH,
+    RESOLVESMTP_REQUEST,
+    store_profile,
+    store_resolving_profile,
+    warm_file_secret,
+)
+from bench.servers import AUDITED_ECHO, service_options
+
+PATHS = {"GetSmtp": GETSMTP_PATH, "CheckSecret": CHECKSECRET_PATH, "ResolveSmtp": RESOLVESMTP_PATH}
+STAGES = ("shape", "guard", "method", "service")
+# Target names: the baseline, the two audited echoes, then the service's stages.
+BARE = "bare grpc.aio echo"
+FLOOR_UNARY = "audited echo, unary"
+FLOOR_STREAMING = "audited echo, client-streaming"
+# Slack on top of warm-up + window before a silent load generator counts as hung.
+ANSWER_SLACK = 60.0
+SIZE_SLACK = 4
+
+
+# --- in the service process: the stages ---------------------------------------------------------
+
+
+def stage_handler(guarded, stage: str) -> grpc.RpcMethodHandler:
+    """The handler serving `stage` of the method `guarded` (`smtpconfig.api.handlers.Guarded`)
+    describes. The answer a stage keeps comes from the first call after the switch, served whole
+    but for its audit record; the benchmark warms the method up before, so it is a warm answer."""
+    quiet = dataclasses.replace(guarded.spec, audit=False)
+    guard, name, decode = guarded.guard, guarded.name, guarded.decode
+    kept: list[bytes] = []
+
+    async def kept_answer(request, context: grpc.aio.ServicerContext) -> bytes:
+        if not kept:
+            kept.append(guarded.serialize(await guarded.method(request, context)))
+        return kept[0]
+
+    if stage == "shape":
+        async def handle(_requests, context: grpc.aio.ServicerContext):
+            if not kept:  # the method needs its call context: the guard sets it up
+                return await guard.run(quiet, name, kept_answer, decode, context)
+            await context.read()
+            return kept[0]
+    elif stage == "guard":
+        async def handle(_requests, context: grpc.aio.ServicerContext):
+            return await guard.run(quiet, name, kept_answer, decode, context)
+    elif stage == "method":
+        async def handle(_requests, context: grpc.aio.ServicerContext):
+            return await guard.run(quiet, name, guarded.method, decode, context)
+    else:
+        raise ValueError(f"unknown stage {stage!r}")
+    return grpc.stream_unary_rpc_method_handler(handle, request_deserializer=None,
+                                                response_serializer=guarded.serialize)
+
+
+class StageSwitch:
+    """Serves each method of an `App` as the stage named last: `apply("guard", path)` from the
+    next call on, `apply("service", path)` as it is served normally."""
+
+    def __init__(self, routes) -> None:
+        self._routes = routes
+        self._normal: dict[str, grpc.RpcMethodHandler] = {}
+
+    def apply(self, stage: str, path: str) -> None:
+        guarded = self._routes.guarded(path)
+        if guarded is None:
+            raise ValueError(f"{path} is not a unary method of the service")
+        if stage == "service":
+            handler = self._normal.pop(path, None)
+            if handler is not None:
+                self._routes.replace(path, handler)
+            return
+        if stage == "method" and not guarded.spec.audit:
+            raise ValueError(f"{path} is not audited: its method stage is the service itself")
+        replaced = self._routes.replace(path, stage_handler(guarded, stage))
+        self._normal.setdefault(path, replaced)
+
+
+# --- the audited echo ---------------------------------------------------------------------------
+
+
+class AuditedEcho:
+    """What no server can skip for a warm audited call, and nothing else: the caller is found by
+    its bearer token's SHA-256 among the known ones (else UNAUTHENTICATED), one audit line in the
+    service's own format (`smtpconfig.ops.audit_file.record_line`, hash-chained) is appended with
+    write(2) before the answer, and the answer is bytes given at start (the service's own)."""
+
+    def __init__(self, answer: bytes, log: Path) -> None:
+        from smtpconfig.ops.audit_file import GENESIS, Fields, record_line
+
+        self._answer = answer
+        self._tokens = {hashlib.sha256(BENCH_TOKEN.encode()).digest(): "bench"}
+        self._fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self._seq, self._prev = 0, GENESIS
+        self._fields, self._line = Fields, record_line
+
+    async def unary(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        await self._record(context)
+        return self._answer
+
+    async def client_streaming(self, _requests, context: grpc.aio.ServicerContext) -> bytes:
+        await context.read()
+        await self._record(context)
+        return self._answer
+
+    async def _record(self, context: grpc.aio.ServicerContext) -> None:
+        identity = None
+        for key, value in context.invocation_metadata():
+            if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+                identity = self._tokens.get(hashlib.sha256(value[7:].encode()).digest())
+                break
+        if identity is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown bearer token")
+        self._seq += 1
+        line = self._line("bench", self._seq, self._fields(time.time_ns() // 1000, identity, "bench.Echo/Audited",
+                                                          f"r-{self._seq:x}", "OK"), self._prev)
+        os.write(self._fd, line + b"\n")
+        self._prev = hashlib.sha256(line).hexdigest()
+
+    def handler(self, client_streaming: bool) -> grpc.GenericRpcHandler:
+        """Every method path answered the same way, so it is sent the service's own calls."""
+        method = (grpc.stream_unary_rpc_method_handler(self.client_streaming) if client_streaming
+                  else grpc.unary_unary_rpc_method_handler(self.unary))
+
+        class _Any(grpc.GenericRpcHandler):
+            def service(self, handler_call_details):
+                return method
+
+        return _Any()
+
+
+# --- the benchmark ------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.stages", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--method", choices=tuple(PATHS), default="CheckSecret")
+    parser.add_argument("--in-flight", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured window per measurement")
+    parser.add_argument("--warmup", type=float, default=1.0, help="calls before each window, not counted")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--event-loop", choices=("uvloop", "asyncio"), default=procs.event_loop,
+                        help="the event loop of every grpc.aio server (as `make bench`)")
+    parser.add_argument("--json", action="store_true", help="print the medians as JSON")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.in_flight < 1 or args.seconds <= 0:
+        parser.error("--rounds and --in-flight must be at least 1, --seconds positive")
+    return args
+
+
+def _seed(method: str, target: str, secrets: Path) -> bytes:
+    """Set the service up for `method` and warm it; return the request it is sent."""
+    if method == "GetSmtp":
+        store_profile(target)
+        return GETSMTP_REQUEST
+    if method == "CheckSecret":
+        return warm_file_secret(target, secrets)[0]
+    store_resolving_profile(target, secrets)
+    return RESOLVESMTP_REQUEST
+
+
+def _answer(target: str, path: str, request: bytes) -> bytes:
+    with grpc.insecure_channel(target) as channel:
+        return channel.unary_unary(path, request_serializer=None, response_deserializer=None)(
+            request, metadata=AUTH, timeout=10)
+
+
+def measure(args: argparse.Namespace, progress) -> dict[str, Any]:
+    path = PATHS[args.method]
+    audited = args.method != "GetSmtp"
+    stages = [stage for stage in STAGES if audited or stage != "method"]
+    with ExitStack() as stack:
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="smtpconfig-bench-stages-")))
+        secrets = scratch / "secrets"
+        secrets.mkdir()
+        service = stack.enter_context(Child("service", "bench.servers", "service", "--stages",
+                                            "--file-directory", str(secrets)))
+        service_target = f"127.0.0.1:{service.read_port()}"
+        request = _seed(args.method, service_target, secrets)
+        answer = _answer(service_target, path, request)
+        (scratch / "answer").write_bytes(answer)
+        options = json.dumps(service_options())
+        servers = {
+            BARE: stack.enter_context(Child(BARE, "bench.servers", BARE_AIO, "--options", options)),
+            FLOOR_UNARY: stack.enter_context(Child(FLOOR_UNARY, "bench.servers", AUDITED_ECHO, "--options", options,
+                                                   "--answer-file", str(scratch / "answer"))),
+            FLOOR_STREAMING: stack.enter_context(Child(
+                FLOOR_STREAMING, "bench.servers", AUDITED_ECHO, "--options", options, "--client-streaming",
+                "--answer-file", str(scratch / "answer"))),
+        }
+        targets = {name: f"127.0.0.1:{child.read_port()}" for name, child in servers.items()}
+        client = stack.enter_context(Child("load generator", "bench.load", patience=1.0))
+        names = [BARE, FLOOR_UNARY, FLOOR_STREAMING, *stages]
+
+        def one(name: str, round_: int) -> dict[str, float]:
+            if name in stages:
+                service.send_line(f"stage {name} {path}")
+                if service.read_line(timeout=10) != f"STAGE {name}":
+                    raise BenchError(f"the service did not switch to stage {name}")
+                server, target = service, service_target
+            else:
+                server, target = servers[name], targets[name]
+            bare = name == BARE
+            command = Command(
+                target=target, method=ECHO_PATH if bare else path, in_flight=args.in_flight,
+                payload_size=len(answer) if bare else len(request), seconds=args.seconds, warmup=args.warmup,
+                server_pid=server.pid, request_b64="" if bare else b64encode(request).decode(),
+            )
+            client.send_line(json.dumps(asdict(command)))
+            reply = json.loads(client.read_line(timeout=args.warmup + args.seconds + ANSWER_SLACK))
+            if not reply.pop("ok"):
+                raise BenchError(f"{name}: {reply['error']}")
+            if reply["errors"]:
+                raise BenchError(f"{name}: {reply['errors']} calls failed: {reply['first_error']}")
+            if reply["server_cpu"] is None or reply["server_loop_cpu"] is None:
+                raise BenchError("the server's CPU could not be read from /proc")
+            # Durations in an answer are varints: the same answer a moment later may be a byte off.
+            if not bare and abs(reply["response_size"] - len(answer)) > SIZE_SLACK:
+                raise BenchError(f"{name} answered {reply['response_size']} bytes, not about {len(answer)}")
+            qps = reply["qps"]
+            progress(f"{name}, round {round_ + 1}: {qps:.0f} QPS")
+            return {
+                "qps": qps, "server_us_per_call": reply["server_cpu"] / qps * 1e6,
+                "loop_us_per_call": reply["server_loop_cpu"] / qps * 1e6,
+                "client_us_per_call": reply["client_cpu"] / qps * 1e6,
+            }
+
+        rounds: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+        for round_ in range(args.rounds):
+            for name in names[:: 1 if round_ % 2 == 0 else -1]:
+                rounds[name].append(one(name, round_))
+    summary = {}
+    for name, runs in rounds.items():
+        ratios = [run["qps"] / bare["qps"] for run, bare in zip(runs, rounds[BARE], strict=True)]
+        summary[name] = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+        summary[name]["ratio"] = statistics.median(ratios)
+        summary[name]["ratios"] = ratios
+    return {
+        "settings": {"method": args.method, "in_flight": args.in_flight, "seconds": args.seconds,
+                     "warmup": args.warmup, "rounds": args.rounds, "event_loop": args.event_loop,
+                     "answer_bytes": len(answer)},
+        "targets": summary, "stages": stages,
+    }
+
+
+def render(result: dict[str, Any]) -> str:
+    settings, targets = result["settings"], result["targets"]
+    out = [
+        f"{settings['method']} at {settings['in_flight']} in flight on {settings['event_loop']}"
+        f" ({settings['answer_bytes']}-byte answers); medians of {settings['rounds']} rounds of"
+        f" {settings['warmup']:g}+{settings['seconds']:g} s, CPU in µs per call", "",
+        "| target | QPS / bare | server | step | event loop | load generator |", "|---|---|---|---|---|---|",
+    ]
+    before = None
+    for name, row in targets.items():
+        step = ""
+        if name in result["stages"]:
+            if before is not None:
+                step = f"{row['server_us_per_call'] - before:+.0f}"
+            before = row["server_us_per_call"]
+            label = f"service: {name}"
+        else:
+            label = name
+        out.append(f"| {label} | {row['ratio']:.2f} | {row['server_us_per_call']:.0f} | {step}"
+                   f" | {row['loop_us_per_call']:.0f} | {row['client_us_per_call']:.0f} |")
+    out += ["", "QPS / bare by round: " + "; ".join(
+        f"{name}: {' '.join(f'{r:.2f}' for r in row['ratios'])}" for name, row in targets.items() if name != BARE)]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    procs.event_loop = args.event_loop
+
+    def progress(message: str) -> None:
+        print(f"bench.stages: {message}", file=sys.stderr, flush=True)
+
+    try:
+        result = measure(args, progress)
+    except BenchError as error:
+        print(f"bench.stages: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2) if args.json else render(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
