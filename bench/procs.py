@@ -9,6 +9,7 @@ even a parent killed with SIGKILL. A program that ignores its stdin (OpenBao) is
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import select
 import signal
@@ -29,6 +30,25 @@ ROOT = Path(__file__).resolve().parent.parent
 # The event loop of every grpc.aio server the benchmark starts (`--event-loop`): `serve`'s own
 # default unless told otherwise.
 event_loop = default_event_loop()
+
+
+def run_tool(name: str, args, measure, render) -> int:
+    """The `main` of a measuring tool (`bench.profile`, `bench.stages`) once its arguments are
+    parsed: children on `args.event_loop`, progress and errors on stderr prefixed with `name`, the
+    result on stdout as `render` shows it, or as JSON with `--json`. Exit status 1 on a BenchError."""
+    global event_loop
+    event_loop = args.event_loop
+
+    def progress(message: str) -> None:
+        print(f"{name}: {message}", file=sys.stderr, flush=True)
+
+    try:
+        result = measure(args, progress)
+    except BenchError as error:
+        print(f"{name}: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2) if args.json else render(result))
+    return 0
 
 
 def child_env() -> dict[str, str]:

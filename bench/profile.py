@@ -348,19 +348,7 @@ def render(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    procs.event_loop = args.event_loop
-
-    def progress(message: str) -> None:
-        print(f"bench.profile: {message}", file=sys.stderr, flush=True)
-
-    try:
-        result = measure(args, progress)
-    except BenchError as error:
-        print(f"bench.profile: {error}", file=sys.stderr)
-        return 1
-    print(json.dumps(result, indent=2) if args.json else render(result))
-    return 0
+    return procs.run_tool("bench.profile", parse_args(argv), measure, render)
 
 
 if __name__ == "__main__":
