@@ -80,7 +80,8 @@ def summarize(measurements: list[dict[str, Any]], how: str) -> list[dict[str, An
             if rounds:
                 chosen[target] = (pick(rounds, how), rounds)
         for target, (best, rounds) in chosen.items():
-            ratio = None if target == BARE_AIO else _paired(rounds, chosen.get(BARE_AIO, (None, []))[1], "qps")
+            each = [] if target == BARE_AIO else _paired_ratios(rounds, chosen.get(BARE_AIO, (None, []))[1], "qps")
+            ratio = statistics.median(each) if each else None
             baseline = BASELINES.get(target)
             own = _paired(rounds, chosen[baseline][1], "qps") if baseline in chosen else None
             fields = {
@@ -95,6 +96,8 @@ def summarize(measurements: list[dict[str, Any]], how: str) -> list[dict[str, An
                     "waiting": waiting,
                     **fields,
                     "ratio_vs_bare_aio": ratio,
+                    # Each round's ratio (the median of which is the one above), in round order.
+                    "round_ratios_vs_bare_aio": each,
                     # Over TLS: the QPS ratio to the bare-aio server with the same credentials.
                     "baseline": baseline if own is not None else None,
                     "ratio_vs_baseline": own,
@@ -106,9 +109,14 @@ def summarize(measurements: list[dict[str, Any]], how: str) -> list[dict[str, An
 
 def _paired(rounds: list[dict[str, Any]], base: list[dict[str, Any]], key: str) -> float | None:
     """Median over rounds of `key` in a round over `key` of the base in the same round."""
-    by_round = {m["round"]: m[key] for m in base}
-    ratios = [m[key] / by_round[m["round"]] for m in rounds if by_round.get(m["round"])]
+    ratios = _paired_ratios(rounds, base, key)
     return statistics.median(ratios) if ratios else None
+
+
+def _paired_ratios(rounds: list[dict[str, Any]], base: list[dict[str, Any]], key: str) -> list[float]:
+    """`key` in each round over `key` of the base in the same round, in round order."""
+    by_round = {m["round"]: m[key] for m in base}
+    return [m[key] / by_round[m["round"]] for m in sorted(rounds, key=lambda m: m["round"]) if by_round.get(m["round"])]
 
 
 # The service/bare comparisons of GetSmtp across transports, as (what, numerator, denominator).
@@ -167,21 +175,21 @@ def resident_memory(rows: list[dict[str, Any]], reads: dict[str, dict[str, Any]]
 
 
 def goal(rows: list[dict[str, Any]], target: str, level: int, threshold: float) -> dict[str, Any]:
-    """`target`'s ratio to bare-aio QPS at `level` in flight against its least acceptable value."""
-    ratio = next(
-        (
-            r["ratio_vs_bare_aio"]
-            for r in rows
-            if r["target"] == target and r["in_flight"] == level and not r["waiting"]
-        ),
+    """`target`'s ratio to bare-aio QPS at `level` in flight against its least acceptable value,
+    with each round's ratio (`rounds`): on a noisy machine the verdict of the median alone can
+    flip from one run to the next."""
+    row = next(
+        (r for r in rows if r["target"] == target and r["in_flight"] == level and not r["waiting"]),
         None,
     )
+    ratio = None if row is None else row["ratio_vs_bare_aio"]
     return {
         "statement": f"{LABELS[target]} at {level} in flight >= {threshold} of bare-aio QPS",
         "in_flight": level,
         "threshold": threshold,
         "ratio": ratio,
         "met": None if ratio is None else ratio >= threshold,
+        "rounds": [] if row is None else row["round_ratios_vs_bare_aio"],
     }
 
 
@@ -360,7 +368,14 @@ def table(rows: list[dict[str, Any]], verdicts: list[dict[str, Any]], header: st
         lines += ["", *_edge_table(edge)]
     if workers is not None:
         lines += ["", *_workers_table(workers)]
-    lines.append("")
+    lines += ["", *_goal_lines(verdicts)]
+    return "\n".join(lines)
+
+
+def _goal_lines(verdicts: list[dict[str, Any]]) -> list[str]:
+    """One line per goal: met or not and the measured value, with the spread of the rounds where
+    the goal has them; or why it was not measured."""
+    lines = []
     for verdict in verdicts:
         if verdict["met"] is None:
             if "in_flight" in verdict:
@@ -379,8 +394,14 @@ def table(rows: list[dict[str, Any]], verdicts: list[dict[str, Any]], header: st
         else:
             word = "MET" if verdict["met"] else "NOT MET"
             unit = " MiB" if verdict["statement"].startswith("idle resident memory") else ""
-            lines.append(f"goal {verdict['statement']}: {word} ({verdict['ratio']:.2f}{unit})")
-    return "\n".join(lines)
+            each = verdict.get("rounds") or []
+            spread = ""
+            if len(each) > 1:
+                above = sum(r >= verdict["threshold"] for r in each)
+                spread = (f"; rounds {min(each):.2f}-{max(each):.2f},"
+                          f" {above} of {len(each)} at or above {verdict['threshold']}")
+            lines.append(f"goal {verdict['statement']}: {word} ({verdict['ratio']:.2f}{unit}{spread})")
+    return lines
 
 
 # The plaintext grpc.aio rows whose CPU per call the report splits by thread.

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -65,6 +66,8 @@ def test_short_benchmark_run_reports_every_target() -> None:
         assert m["in_flight"] == 4 and m["idle_rss_mib"] > 0 and m["load_rss_max_mib"] > 0
         assert m["peak_hwm_mib"] >= m["after_rss_mib"] > 0  # VmHWM is never below VmRSS read with it
     assert report["goal"]["met"] is None  # 64 in flight was not measured
+    at_one = report["goals"][1]  # GetSmtp at 1 in flight: measured, with each round's ratio
+    assert len(at_one["rounds"]) == 2 and at_one["ratio"] == pytest.approx(statistics.median(at_one["rounds"]))
     assert [g["statement"] for g in report["goals"]][:4] == [
         "GetSmtp (v2) at 64 in flight >= 0.85 of bare-aio QPS", "GetSmtp (v2) at 1 in flight >= 0.9 of bare-aio QPS",
         "CheckSecret (warm) at 64 in flight >= 0.8 of bare-aio QPS", "ResolveSmtp (warm) at 64 in flight >= 0.8 of bare-aio QPS",
@@ -119,6 +122,26 @@ def test_the_cpu_table_splits_each_grpc_aio_row_per_call() -> None:
     lines = report._cpu_table(rows)
     assert lines[0].startswith("CPU per call at 64 in flight")
     assert [line.split()[-4:] for line in lines[2:]] == [["120", "80", "40", "90"], ["150", "120", "30", "100"]]
+
+
+def test_a_qps_goal_shows_each_round_against_its_threshold() -> None:
+    def measured(target: str, round_: int, qps: float) -> dict:
+        return {"suite": "GetSmtp", "target": target, "in_flight": 64, "waiting": 0, "round": round_, "qps": qps,
+                "p50_ms": 1.0, "p99_ms": 2.0}
+
+    bare, service = (9000, 10000, 8000), (8100, 8000, 7600)  # ratios 0.90, 0.80, 0.95: median 0.90
+    rows = report.summarize([measured("bare-aio", n + 1, q) for n, q in enumerate(bare)]
+                            + [measured("service", n + 1, q) for n, q in enumerate(service)], "median")
+    verdict = report.goal(rows, "service", 64, 0.85)
+    assert verdict["rounds"] == pytest.approx([0.9, 0.8, 0.95]) and verdict["ratio"] == pytest.approx(0.9)
+    assert report._goal_lines([verdict]) == [
+        "goal GetSmtp (v2) at 64 in flight >= 0.85 of bare-aio QPS: MET (0.90; rounds 0.80-0.95, 2 of 3 at or above 0.85)"
+    ]
+    # A single round has no spread to show.
+    one = report.summarize([measured("bare-aio", 1, 9000), measured("service", 1, 7200)], "median")
+    assert report._goal_lines([report.goal(one, "service", 64, 0.85)]) == [
+        "goal GetSmtp (v2) at 64 in flight >= 0.85 of bare-aio QPS: NOT MET (0.80)"
+    ]
 
 
 def test_a_window_without_a_call_is_an_error_unless_another_generator_shares_the_server() -> None:
