@@ -438,10 +438,8 @@ class Guard:
                 self._audit.changed(call.change_entry)
             return
         try:
-            # `_record` without its coroutines: this runs for every answered audited call.
-            pending = self._audit.write_call(clipped(
-                call.recorded_identity, call.method, call.request_id, "OK", call.fields, call.provider, call.message,
-            ))
+            # `_record` without its coroutine: this runs for every answered audited call.
+            pending = self._write_record(call, "OK", call.message)
             if pending is not None:
                 await pending
         except Exception as error:  # noqa: BLE001 - a revealing call without its record is not answered
@@ -551,7 +549,14 @@ class Guard:
         return call.started or self._refusals.admit(call.identity, code)
 
     async def _record(self, call: Call, outcome: str, message: str) -> None:
-        await self._audit.append_call(
+        pending = self._write_record(call, outcome, message)
+        if pending is not None:
+            await pending
+
+    def _write_record(self, call: Call, outcome: str, message: str) -> asyncio.Future[None] | None:
+        """Write the call's audit record (`AuditLog.write_call`): None once written, else the
+        future to wait on."""
+        return self._audit.write_call(
             clipped(call.recorded_identity, call.method, call.request_id, outcome, call.fields, call.provider, message)
         )
 
