@@ -66,7 +66,7 @@ from bench import (
 )
 from bench.certs import CLIENT_ID, Certs, make_certs
 from bench.load import Command, memory
-from bench.procs import Child
+from bench.procs import Child, checked_reply
 from bench.report import goals, resident_memory, summarize, table, transport_ratios
 from bench.seed import (
     CHECKSECRET_PATH,
@@ -316,11 +316,7 @@ def measure_all(args: argparse.Namespace) -> tuple[dict[str, int], list[dict[str
             sized = f" ({suite} size)" if name == BARE_AIO and suite != GETSMTP_SUITE else ""
             what = f"{LABELS[name]}{sized} at {level} in flight" + (f" with {waiting} waiting" if waiting else "")
             client.send_line(json.dumps(asdict(command)))
-            reply = json.loads(client.read_line(timeout=args.warmup + args.seconds + ANSWER_SLACK))
-            if not reply.pop("ok"):
-                raise BenchError(f"{what}: {reply['error']}")
-            if reply["errors"]:
-                raise BenchError(f"{what}: {reply['errors']} calls failed, first: {reply['first_error']}")
+            reply = checked_reply(client.read_line(timeout=args.warmup + args.seconds + ANSWER_SLACK), what)
             if name in REPLIES:
                 low, high = reply["response_min"], reply["response_max"]
                 if low < size - REPLY_SIZE_SLACK or high > size + REPLY_SIZE_SLACK:

@@ -38,7 +38,7 @@ from hvac.exceptions import VaultError
 from bench import AUTH, BENCH_TOKEN, ECHO_PATH, EDGE, BenchError
 from bench.load import Command, latency_stats, percentile
 from bench.openbao import MOUNT, DevServer
-from bench.procs import Child
+from bench.procs import Child, checked_reply
 from bench.seed import RESOLVESMTP_PATH, RESOLVESMTP_REQUEST, create_provider, store_with_password
 from smtpconfig.v2 import config_service_pb2 as v2
 
@@ -83,12 +83,8 @@ def measure(
                 seconds=seconds, warmup=warmup, server_pid=pid, replies="ResolveSmtp" if name == EDGE else "",
             )
             client.send_line(json.dumps(asdict(command)))
-            reply = json.loads(client.read_line(timeout=warmup + seconds + answer_slack))
             what = f"{EDGE_LABEL if name == EDGE else BARE_LABEL} at {level} in flight"
-            if not reply.pop("ok"):
-                raise BenchError(f"{what}: {reply['error']}")
-            if reply["errors"]:
-                raise BenchError(f"{what}: {reply['errors']} calls failed, first: {reply['first_error']}")
+            reply = checked_reply(client.read_line(timeout=warmup + seconds + answer_slack), what)
             progress(f"edge phase: {what}: {reply['qps']:.0f} QPS, p50 {reply['p50_ms']:.3f} ms")
             return reply
 

@@ -51,6 +51,17 @@ def run_tool(name: str, args, measure, render) -> int:
     return 0
 
 
+def checked_reply(line: str, what: str) -> dict:
+    """A load generator's answer line (`bench.load`) for the measurement `what`, parsed: raises
+    BenchError when the measurement failed or any of its calls did."""
+    reply = json.loads(line)
+    if not reply.pop("ok"):
+        raise BenchError(f"{what}: {reply['error']}")
+    if reply["errors"]:
+        raise BenchError(f"{what}: {reply['errors']} calls failed, first: {reply['first_error']}")
+    return reply
+
+
 def child_env() -> dict[str, str]:
     """The parent's environment without SMTPCONFIG_* settings: the service under test takes its
     settings from the benchmark only and generates a throwaway key, never a real one. The one

@@ -259,16 +259,13 @@ def measure(args: argparse.Namespace, progress) -> dict[str, Any]:
             switches, tids = context_switches(server.pid), threads(server.pid)
             recorder = _record(perf, data, args.frequency, args.warmup, args.seconds)
             client.send_line(json.dumps(asdict(command)))
-            reply = json.loads(client.read_line(timeout=args.warmup + args.seconds + ANSWER_SLACK))
+            line = client.read_line(timeout=args.warmup + args.seconds + ANSWER_SLACK)
             switches = context_switches(server.pid) - switches
             tids |= threads(server.pid)
             _, err = recorder.communicate(timeout=ANSWER_SLACK)
             if recorder.returncode != 0:
                 raise BenchError(f"perf record failed: {err.strip()[-500:]}")
-            if not reply.pop("ok"):
-                raise BenchError(f"{method} ({kind}): {reply['error']}")
-            if reply["errors"]:
-                raise BenchError(f"{method} ({kind}): {reply['errors']} calls failed: {reply['first_error']}")
+            reply = procs.checked_reply(line, f"{method} ({kind})")
             if reply["server_cpu"] is None:
                 raise BenchError("the server's CPU could not be read from /proc")
             us = reply["server_cpu"] / reply["qps"] * 1e6

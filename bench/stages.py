@@ -50,7 +50,7 @@ from typing import Any
 
 import grpc
 
-from bench import AUTH, BARE_AIO, BENCH_TOKEN, ECHO_PATH, BenchError, procs
+from bench import BARE_AIO, BENCH_TOKEN, ECHO_PATH, BenchError, authorized_channel, procs
 from bench.load import Command
 from bench.procs import Child
 from bench.seed import (
@@ -217,9 +217,9 @@ def _seed(method: str, target: str, secrets: Path) -> bytes:
 
 
 def _answer(target: str, path: str, request: bytes) -> bytes:
-    with grpc.insecure_channel(target) as channel:
-        return channel.unary_unary(path, request_serializer=None, response_deserializer=None)(
-            request, metadata=AUTH, timeout=10)
+    """The service's answer to `request` on `path`, as the audited echoes will send it."""
+    with authorized_channel(target) as channel:
+        return channel.unary_unary(path, request_serializer=None, response_deserializer=None)(request, timeout=10)
 
 
 def measure(args: argparse.Namespace, progress) -> dict[str, Any]:
@@ -264,11 +264,7 @@ def measure(args: argparse.Namespace, progress) -> dict[str, Any]:
                 server_pid=server.pid, request_b64="" if bare else b64encode(request).decode(),
             )
             client.send_line(json.dumps(asdict(command)))
-            reply = json.loads(client.read_line(timeout=args.warmup + args.seconds + ANSWER_SLACK))
-            if not reply.pop("ok"):
-                raise BenchError(f"{name}: {reply['error']}")
-            if reply["errors"]:
-                raise BenchError(f"{name}: {reply['errors']} calls failed: {reply['first_error']}")
+            reply = procs.checked_reply(client.read_line(timeout=args.warmup + args.seconds + ANSWER_SLACK), name)
             if reply["server_cpu"] is None or reply["server_loop_cpu"] is None:
                 raise BenchError("the server's CPU could not be read from /proc")
             # Durations in an answer are varints: the same answer a moment later may be a byte off.

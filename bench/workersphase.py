@@ -28,7 +28,7 @@ from typing import Any
 
 from bench import BENCH_TOKEN, BenchError
 from bench.load import Command, memory
-from bench.procs import Child, child_env
+from bench.procs import Child, checked_reply, child_env
 from bench.seed import GETSMTP_PATH, GETSMTP_REQUEST, store_profile
 from smtpconfig.api.auth import token_hash
 
@@ -133,12 +133,8 @@ def measure(
                 )
                 for generator in generators:
                     generator.send_line(json.dumps(asdict(command)))
-                replies = [json.loads(g.read_line(timeout=warmup + seconds + answer_slack)) for g in generators]
-                for reply in replies:
-                    if not reply.pop("ok"):
-                        raise BenchError(f"workers = {count}: {reply['error']}")
-                    if reply["errors"]:
-                        raise BenchError(f"workers = {count}: {reply['errors']} calls failed: {reply['first_error']}")
+                replies = [checked_reply(g.read_line(timeout=warmup + seconds + answer_slack), f"workers = {count}")
+                           for g in generators]
                 row = _row(count, round_ + 1, replies)
                 measured.append(row)
                 starved = f"; {row['starved']} load generator(s) had no call end inside it" if row["starved"] else ""
