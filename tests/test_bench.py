@@ -4,6 +4,7 @@ the verdicts (no timing asserted)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import dataclasses
 import json
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import BARE_AIO, WAIT_PATH, WAIT_SECONDS, BenchError, report, workersphase
+from bench import BARE_AIO, WAIT_PATH, WAIT_SECONDS, BenchError, report, tightloop, workersphase
 from bench.load import Command, measure
 from bench.procs import Child
 from bench.seed import SECRET_VALUE
@@ -181,10 +182,45 @@ def test_the_tight_loop_times_each_method_through_the_real_handlers() -> None:
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    timed = [line.split() for line in lines if line.startswith("  ") and "µs wall" in line]
-    assert [row[0] for row in timed] == ["GetSmtp", "ResolveSmtp", "CheckSecret"]
+    timed = [line.rsplit(maxsplit=6) for line in lines if line.startswith("  ") and "µs wall" in line]
+    assert [row[0].strip() for row in timed] == ["GetSmtp", "ResolveSmtp", "CheckSecret", "audited echo"]
     assert all(float(row[1]) > 0 and float(row[4]) > 0 for row in timed)
     # The profile names the guard and the servicer: the calls went through our code, not a stub.
     assert "CheckSecret: own time by function over 50 calls" in result.stdout
     assert "calls.py" in result.stdout and "provider_servicer.py" in result.stdout
     assert SECRET_VALUE not in result.stdout + result.stderr
+
+
+def test_the_tight_loop_can_time_each_call_after_evicting_the_caches() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.tightloop", "--calls", "30", "--evict", "2M"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "2 MiB written before each call (30 calls each" in result.stdout
+    timed = [line.rsplit(maxsplit=6) for line in result.stdout.splitlines() if "µs median" in line]
+    assert [row[0].strip() for row in timed] == ["GetSmtp", "ResolveSmtp", "CheckSecret", "audited echo"]
+    assert all(float(row[1]) > 0 and float(row[4]) >= float(row[1]) * 0.5 for row in timed)
+    assert SECRET_VALUE not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(("text", "size"), [("0", 0), ("4096", 4096), ("2K", 2048), ("16M", 16 << 20),
+                                            ("16MiB", 16 << 20), ("1g", 1 << 30)])
+def test_eviction_sizes_read_as_people_write_them(text: str, size: int) -> None:
+    assert tightloop.parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "M", "-1M", "sixteen", "1.5M", "16T"])
+def test_an_eviction_size_that_is_not_one_is_refused(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        tightloop.parse_size(text)
+
+
+def test_the_evictor_rewrites_every_cache_line_of_its_buffer_each_time() -> None:
+    evictor = tightloop.Evictor(64 * 100 + 10)
+    evictor()
+    first = bytes(evictor._buffer[::tightloop.LINE])
+    evictor()
+    second = bytes(evictor._buffer[::tightloop.LINE])
+    assert len(first) == 101 and first != second and set(first) | set(second) == {0, 1}
+    tightloop.Evictor(0)()  # nothing to write
