@@ -50,19 +50,10 @@ from bench import BARE_AIO, ECHO_PATH, BenchError, procs
 from bench.certs import make_certs
 from bench.load import Command
 from bench.procs import Child
-from bench.seed import (
-    CHECKSECRET_PATH,
-    GETSMTP_PATH,
-    GETSMTP_REQUEST,
-    RESOLVESMTP_PATH,
-    RESOLVESMTP_REQUEST,
-    store_profile,
-    store_resolving_profile,
-    warm_file_secret,
-)
+from bench.seed import METHOD_PATHS, seed_method
 from bench.servers import service_options
 
-METHODS = ("GetSmtp", "CheckSecret", "ResolveSmtp")
+METHODS = tuple(METHOD_PATHS)
 THREADS = ("event loop", "grpcio C-core threads", "other threads")
 CODE = ("kernel", "Python interpreter", "grpcio", "event loop library", "protobuf", "C runtime", "other")
 # Slack on top of warm-up + window before a silent load generator counts as hung.
@@ -235,16 +226,8 @@ def measure(args: argparse.Namespace, progress) -> dict[str, Any]:
                    if method != "CheckSecret"}
         targets["CheckSecret"] = targets["GetSmtp"]
         # What each method sends: (path, request bytes), and its answer's size (the echo's request).
-        sends: dict[str, tuple[str, bytes, int]] = {}
-        if "GetSmtp" in args.methods:
-            sends["GetSmtp"] = (GETSMTP_PATH, GETSMTP_REQUEST, store_profile(targets["GetSmtp"]))
-        if "CheckSecret" in args.methods:
-            request, size = warm_file_secret(targets["CheckSecret"], secrets)
-            sends["CheckSecret"] = (CHECKSECRET_PATH, request, size)
-        if "ResolveSmtp" in args.methods:
-            sends["ResolveSmtp"] = (
-                RESOLVESMTP_PATH, RESOLVESMTP_REQUEST, store_resolving_profile(targets["ResolveSmtp"], secrets)
-            )
+        sends = {method: seed_method(method, targets[method], secrets) for method in METHODS
+                 if method in args.methods}
 
         def one(method: str, kind: str, round_: int) -> dict[str, Any]:
             path, request, size = sends[method]

@@ -182,3 +182,22 @@ def store_profile(target: str, transport: Transport = PLAINTEXT) -> int:
     if stored.profile.host != "smtp.example.com" or not stored.profile.relay_username.secret_value:
         raise BenchError(f"GetSmtp did not return the stored profile: {stored}")
     return len(raw)
+
+
+# The methods `bench.profile` and `bench.stages` measure one at a time, by name, and their paths.
+METHOD_PATHS = {"GetSmtp": GETSMTP_PATH, "CheckSecret": CHECKSECRET_PATH, "ResolveSmtp": RESOLVESMTP_PATH}
+
+
+def seed_method(method: str, target: str, directory: Path) -> tuple[str, bytes, int]:
+    """Set the service at `target` up for `method` (one of `METHOD_PATHS`) and warm it: GetSmtp the
+    stored profile (`store_profile`), CheckSecret a file secret in `directory` (`warm_file_secret`),
+    ResolveSmtp the profile resolving from it (`store_resolving_profile`). Return what its calls
+    send, path and request, and the size of its answer."""
+    if method == "GetSmtp":
+        return GETSMTP_PATH, GETSMTP_REQUEST, store_profile(target)
+    if method == "CheckSecret":
+        request, size = warm_file_secret(target, directory)
+        return CHECKSECRET_PATH, request, size
+    if method == "ResolveSmtp":
+        return RESOLVESMTP_PATH, RESOLVESMTP_REQUEST, store_resolving_profile(target, directory)
+    raise ValueError(f"no seeding for {method!r}; choose from {', '.join(METHOD_PATHS)}")

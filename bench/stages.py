@@ -53,19 +53,9 @@ import grpc
 from bench import BARE_AIO, BENCH_TOKEN, ECHO_PATH, BenchError, authorized_channel, procs
 from bench.load import Command
 from bench.procs import Child
-from bench.seed import (
-    CHECKSECRET_PATH,
-    GETSMTP_PATH,
-    GETSMTP_REQUEST,
-    RESOLVESMTP_PATH,
-    RESOLVESMTP_REQUEST,
-    store_profile,
-    store_resolving_profile,
-    warm_file_secret,
-)
+from bench.seed import METHOD_PATHS, seed_method
 from bench.servers import AUDITED_ECHO, service_options
 
-PATHS = {"GetSmtp": GETSMTP_PATH, "CheckSecret": CHECKSECRET_PATH, "ResolveSmtp": RESOLVESMTP_PATH}
 STAGES = ("shape", "guard", "method", "service")
 # Target names: the baseline, the two audited echoes, then the service's stages.
 BARE = "bare grpc.aio echo"
@@ -191,7 +181,7 @@ class AuditedEcho:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.stages", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--method", choices=tuple(PATHS), default="CheckSecret")
+    parser.add_argument("--method", choices=tuple(METHOD_PATHS), default="CheckSecret")
     parser.add_argument("--in-flight", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=3.0, help="measured window per measurement")
     parser.add_argument("--warmup", type=float, default=1.0, help="calls before each window, not counted")
@@ -205,17 +195,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _seed(method: str, target: str, secrets: Path) -> bytes:
-    """Set the service up for `method` and warm it; return the request it is sent."""
-    if method == "GetSmtp":
-        store_profile(target)
-        return GETSMTP_REQUEST
-    if method == "CheckSecret":
-        return warm_file_secret(target, secrets)[0]
-    store_resolving_profile(target, secrets)
-    return RESOLVESMTP_REQUEST
-
-
 def _answer(target: str, path: str, request: bytes) -> bytes:
     """The service's answer to `request` on `path`, as the audited echoes will send it."""
     with authorized_channel(target) as channel:
@@ -223,7 +202,6 @@ def _answer(target: str, path: str, request: bytes) -> bytes:
 
 
 def measure(args: argparse.Namespace, progress) -> dict[str, Any]:
-    path = PATHS[args.method]
     audited = args.method != "GetSmtp"
     stages = [stage for stage in STAGES if audited or stage != "method"]
     with ExitStack() as stack:
@@ -233,7 +211,7 @@ def measure(args: argparse.Namespace, progress) -> dict[str, Any]:
         service = stack.enter_context(Child("service", "bench.servers", "service", "--stages",
                                             "--file-directory", str(secrets)))
         service_target = f"127.0.0.1:{service.read_port()}"
-        request = _seed(args.method, service_target, secrets)
+        path, request, _ = seed_method(args.method, service_target, secrets)
         answer = _answer(service_target, path, request)
         (scratch / "answer").write_bytes(answer)
         options = json.dumps(service_options())
