@@ -283,6 +283,11 @@ def _watch_store(cluster: EtcdCluster, prefix: str, into: list, stop: threading.
     asyncio.run(main())
 
 
+def _request_senders() -> list[asyncio.Task]:
+    """The tasks grpc runs to send a stream's requests (one per open watch stream)."""
+    return [t for t in asyncio.all_tasks() if t.get_coro().__qualname__.endswith("_consume_request_iterator")]
+
+
 def test_the_watch_of_a_killed_member_resumes_elsewhere_without_loss(own_etcd_cluster: EtcdCluster) -> None:
     """The member a watch reads from is killed while the watch is still catching up on a long
     history (etcd then sends batches whose header is ahead of their events: resuming from a header
@@ -317,9 +322,16 @@ def test_the_watch_of_a_killed_member_resumes_elsewhere_without_loss(own_etcd_cl
         deadline = time.monotonic() + 20
         while len(seen) < len(written) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        # The stream the killed member ended leaves nothing behind: only the live watch's
+        # request side runs (grpc does not end it for a call that ended on its own).
+        senders_while_watching = len(_request_senders())
         task.cancel()
         await watching.close()
         await writing.close()
+        settle = time.monotonic() + 5  # the cancelled sender ends on a later turn of the loop
+        while _request_senders() and time.monotonic() < settle:
+            await asyncio.sleep(0.01)
+        assert (senders_while_watching, len(_request_senders())) == (1, 0)
         assert caught_up_at_kill < 1500, "the watch had caught up before the kill; the test proves less"
         assert not any(isinstance(c, Resync) for c in seen)
         assert [c.revision.revision for c in seen if isinstance(c, Change) and c.revision] == sorted(written)

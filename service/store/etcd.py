@@ -501,12 +501,10 @@ class EtcdStore:
         while not self._closed:
             index = self._current
             call = None
+            create = pb.WatchCreateRequest(key=start, range_end=end, start_revision=next_revision)
+            requests = _CreateThenWait(pb.WatchRequest(create_request=create))
             try:
-                create = pb.WatchCreateRequest(key=start, range_end=end, start_revision=next_revision)
-                call = pb.WatchStub(self._channel(index)).Watch(
-                    _CreateThenWait(pb.WatchRequest(create_request=create)),
-                    metadata=self._metadata(("hasleader", "true")),
-                )
+                call = pb.WatchStub(self._channel(index)).Watch(requests, metadata=self._metadata(("hasleader", "true")))
                 async for response in call:
                     delay = _BACKOFF[0]
                     if lost:
@@ -559,6 +557,7 @@ class EtcdStore:
             finally:
                 if call is not None:
                     call.cancel()
+                requests.end()
 
     # --- the key claim and audit ------------------------------------------------------------------
 
@@ -639,13 +638,17 @@ async def _not_applied() -> int | None:
 
 
 class _CreateThenWait:
-    """The request side of a watch stream: the create request, then nothing for the stream's life.
-    A plain async iterator, not an async generator: grpc cancels its reader when the stream ends,
-    and an async generator cancelled there logs "aclose(): asynchronous generator is already
-    running" at shutdown."""
+    """The request side of a watch stream: the create request, then nothing until `end`.
+
+    grpc reads it in a task of its own, and cancels that task only when the call is cancelled
+    while still open: after a stream the member ended (killed, partitioned) the task would wait
+    here for ever, one more for each member the watch moved away from. `end` lets it finish.
+    A plain async iterator, not an async generator: an async generator cancelled by grpc logs
+    "aclose(): asynchronous generator is already running" at shutdown."""
 
     def __init__(self, create: Any) -> None:
         self._create: Any | None = create
+        self._ended = asyncio.Event()
 
     def __aiter__(self) -> _CreateThenWait:
         return self
@@ -654,5 +657,9 @@ class _CreateThenWait:
         if self._create is not None:
             create, self._create = self._create, None
             return create
-        await asyncio.Event().wait()
+        await self._ended.wait()
         raise StopAsyncIteration
+
+    def end(self) -> None:
+        """No more requests: the stream's request side finishes."""
+        self._ended.set()
