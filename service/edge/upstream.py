@@ -209,6 +209,7 @@ class Upstream:
         self._tls_stamp = self._tls_files_stamp()
         self._channel: grpc.aio.Channel | None = None
         self._channel_index = -1
+        self._closing: set[asyncio.Task] = set()  # channels left for another address, being closed
         self._follower: asyncio.Task | None = None
         self._cached: Resolved | None = None
         self._flight: asyncio.Task | None = None
@@ -262,8 +263,11 @@ class Upstream:
     def _current_channel(self) -> grpc.aio.Channel:
         if self._channel is None or self._channel_index != self._index:
             if self._channel is not None:
-                old = self._channel
-                asyncio.get_running_loop().create_task(old.close())
+                # Closed in the background (its calls end with it); the task is held until done,
+                # since the loop keeps only a weak reference to a task.
+                closing = asyncio.get_running_loop().create_task(self._channel.close())
+                self._closing.add(closing)
+                closing.add_done_callback(self._closing.discard)
             address = self._addresses[self._index]
             self._channel = (
                 grpc.aio.secure_channel(address, self._credentials) if self._credentials
@@ -285,10 +289,12 @@ class Upstream:
 
     async def stop(self) -> None:
         await stop_task(self._follower)
-        if self._flight is not None:
-            self._flight.cancel()
+        await stop_task(self._flight)
+        await stop_task(self._refresh_flight)
         if self._channel is not None:
             await self._channel.close()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
     async def _follow(self) -> None:
         delay = 0.1
