@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from smtpconfig.core.aio import stop_task
 from smtpconfig.core.errors import FailedPrecondition, Unavailable
 from smtpconfig.store.base import ABSENT, Change, EtagMismatch, Resync
 from smtpconfig.store.etcd import EtcdOptions, EtcdStore
@@ -81,7 +82,7 @@ def test_watch_history_and_resume(etcd_cluster: EtcdCluster) -> None:
             await store.put("profile", b"3")
             await store.delete("profile")
             await _until(lambda: len(seen) >= 4)
-            task.cancel()
+            await stop_task(task)
             values = [c.revision.value if isinstance(c, Change) and c.revision else None for c in seen]
             assert values == [b"1", b"2", b"3", None]
             revisions = [c.revision.revision for c in seen if isinstance(c, Change) and c.revision]
@@ -112,7 +113,7 @@ def test_compaction_gives_resync_and_no_history(etcd_cluster: EtcdCluster) -> No
             assert isinstance(seen[0], Resync) and seen[0].revision >= before + 2
             await store.put("profile", b"3")  # the watch goes on after the resync
             await _until(lambda: len(seen) >= 2)
-            task.cancel()
+            await stop_task(task)
             assert isinstance(seen[1], Change) and seen[1].revision and seen[1].revision.value == b"3"
         finally:
             await store.close()
@@ -204,7 +205,7 @@ def test_tls_client_certificate_and_user_from_a_password_file(tls_etcd: EtcdClus
 
             task = asyncio.create_task(follow())
             await _until(lambda: len(seen) == 1)
-            task.cancel()
+            await stop_task(task)
             got = await store.get("profile")
             assert got is not None and got.etag == first.etag
         finally:
