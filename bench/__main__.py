@@ -59,6 +59,7 @@ from bench import (
     Transport,
     cold,
     edgephase,
+    h2load,
     openbao,
     procs,
     testsmtp,
@@ -156,6 +157,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--workers-in-flight", type=_positive(int), default=WORKERS_IN_FLIGHT,
         help=f"calls in flight in the workers phase, over all its load generators (default {WORKERS_IN_FLIGHT})",
+    )
+    parser.add_argument(
+        "--workers-load", choices=("auto", *workersphase.LOADS), default="auto",
+        help="what loads the workers phase: h2load (nghttp2's, a few µs of CPU per call), the Python load"
+             " generators (about 100 µs per call, on the same cores as the workers), or auto: h2load when it"
+             " is installed (default auto)",
     )
     parser.add_argument(
         "--skip-tls", action="store_true",
@@ -334,10 +341,16 @@ def measure_all(args: argparse.Namespace) -> tuple[dict[str, int], list[dict[str
 
         phases: dict[str, Any] = {"smtp": None, "vault": None, "edge": None, "workers": None, "memory": reads}
         if not args.skip_workers:
-            _progress(f"workers phase: GetSmtp of serve --workers 2 and --workers 1 at {args.workers_in_flight} in flight")
+            load = args.workers_load
+            if load == "auto":
+                load = "h2load" if h2load.find() else "python"
+                if load == "python":
+                    _progress(f"workers phase: {h2load.MISSING}; the Python load generators share the cores instead")
+            _progress(f"workers phase: GetSmtp of serve --workers 2 and --workers 1 at {args.workers_in_flight}"
+                      f" in flight, load from {load}")
             workers = phases["workers"] = workersphase.measure(
                 scratch, seconds=args.seconds, warmup=args.warmup, rounds=args.rounds,
-                in_flight=args.workers_in_flight, answer_slack=ANSWER_SLACK, progress=_progress,
+                in_flight=args.workers_in_flight, answer_slack=ANSWER_SLACK, progress=_progress, load=load,
             )
             _progress(f"workers: {workers['ratio']:.2f}x the QPS of one process")
         if not args.skip_smtp:

@@ -128,7 +128,7 @@ def _stat_cpu(path: str) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _processes_cpu(pids: tuple[int | None, ...]) -> float | None:
+def processes_cpu(pids: tuple[int | None, ...]) -> float | None:
     """CPU seconds of all `pids` together; None if one cannot be read."""
     total = 0.0
     for pid in pids:
@@ -158,7 +158,7 @@ def memory(pid: int | None) -> dict[str, float] | None:
     return {"rss_mib": round(found["VmRSS"], 2), "hwm_mib": round(found["VmHWM"], 2)}
 
 
-def _machine_cpu() -> tuple[float, float] | None:
+def machine_cpu() -> tuple[float, float] | None:
     """(busy, total) CPU seconds of the whole machine so far, from /proc/stat's summary line."""
     try:
         with open("/proc/stat", "rb") as f:
@@ -261,10 +261,10 @@ async def measure(command: Command) -> Result:
             # One process's main thread; with several server processes it would name one of them.
             main = command.server_pid if not command.extra_pids else None
             await asyncio.sleep(max(0.0, window_start - perf()))
-            wall0, client0, server0, machine0 = perf(), time.process_time(), _processes_cpu(pids), _machine_cpu()
+            wall0, client0, server0, machine0 = perf(), time.process_time(), processes_cpu(pids), machine_cpu()
             loop0 = _thread_cpu(main)
             await asyncio.sleep(max(0.0, window_end - perf()))
-            wall1, client1, server1, machine1 = perf(), time.process_time(), _processes_cpu(pids), _machine_cpu()
+            wall1, client1, server1, machine1 = perf(), time.process_time(), processes_cpu(pids), machine_cpu()
             loop1 = _thread_cpu(main)
             wall = wall1 - wall0
             client = (client1 - client0) / wall

@@ -542,8 +542,11 @@ def _vault_table(vault: dict[str, Any]) -> list[str]:
 
 def _workers_table(workers: dict[str, Any]) -> list[str]:
     """Both services' medians, the ratio, and what the CPU per call allows on this machine."""
-    title = (f"GetSmtp with every core ({workers['generators']} load generators x"
-             f" {workers['channels_per_generator']} connections)")
+    if workers.get("load") == "h2load":
+        title = f"GetSmtp with every core (h2load, {workers['connections']} connections)"
+    else:
+        title = (f"GetSmtp with every core ({workers['generators']} load generators x"
+                 f" {workers['channels_per_generator']} connections)")
     columns = (
         f"{title:<58}{'in-flight':>10}{'QPS':>9}{'p50 ms':>9}{'p99 ms':>9}"
         f"{'server CPU':>12}{'client CPU':>12}{'other CPU':>11}{'server us/call':>16}{'client us/call':>16}"
@@ -568,6 +571,16 @@ def _workers_table(workers: dict[str, Any]) -> list[str]:
             f" client CPU per call) = at most {ceiling:.0f} QPS with client and server on this machine, i.e."
             f" {ceiling / one['qps']:.2f}x workers = 1 here; the load generators' CPU is the machine's too."
         )
+    if one["server_cpu"]:
+        lines.append(
+            f"note: one process used {one['server_cpu']:.2f} cores (its event loop and grpcio's threads): at its"
+            f" CPU per call, {workers['cpus']} cores answer at most {workers['cpus'] / one['server_cpu']:.2f}x its"
+            " QPS however many processes serve, and that with no CPU left for the load"
+        )
+    splits = [row["process_cpu"][1:] for row in workers.get("rounds", ()) if row["workers"] == 2 and row.get("process_cpu")]
+    if splits:
+        shown = ", ".join(" + ".join(_percent(cpu) for cpu in split) for split in splits)
+        lines.append(f"note: each worker's CPU in the workers = 2 rounds (connections are shared out by the kernel): {shown}")
     if workers.get("starved_windows"):
         lines.append(
             f"note: in {workers['starved_windows']} window(s) one load generator had no call end inside it: the"

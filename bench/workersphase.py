@@ -11,6 +11,11 @@ CPU is read from /proc over each window: the server's (the supervisor and its wo
 each load generator's, and what else the machine did. On a 2-core machine the load generators
 share the cores with the workers: the CPU per call of server and client shows what is left, and
 why a ratio below 2 (or below the goal) can be the machine's, not the server's.
+
+With `load = "h2load"` (`bench.h2load`) one h2load process sends the same calls over as many
+connections (`GENERATORS` x `CHANNELS`) at a few µs of CPU per call instead of about a hundred, so
+the workers get nearly all the cores. Each measurement is then a fixed number of calls (about
+`seconds` worth at the rate of the warm-up run before it), all checked to have been answered.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import BENCH_TOKEN, BenchError
+from bench import h2load as h2
 from bench.load import Command, memory
 from bench.procs import Child, checked_reply, child_env
 from bench.seed import GETSMTP_PATH, GETSMTP_REQUEST, store_profile
@@ -36,6 +42,9 @@ GENERATORS = 2
 CHANNELS = 4
 COUNTS = (2, 1)
 READY_WITHIN = 60.0
+LOADS = ("python", "h2load")
+# The fewest calls an h2load run sends, however slow the warm-up was.
+H2LOAD_MIN_CALLS = 2000
 
 
 def _free_port() -> int:
@@ -105,49 +114,115 @@ def _wait_workers(child: Child, count: int) -> list[int]:
 
 def measure(
     directory: Path, *, seconds: float, warmup: float, rounds: int, in_flight: int, answer_slack: float,
-    progress: Callable[[str], None],
+    progress: Callable[[str], None], load: str = "python",
 ) -> dict[str, Any]:
-    """Start both services and the load generators, measure, stop them on every way out."""
+    """Start both services and the load (`load`: "python", the `bench.load` generators, or
+    "h2load"), measure, stop them on every way out."""
+    if load not in LOADS:
+        raise BenchError(f"unknown load {load!r}; use one of {', '.join(LOADS)}")
+    h2load = h2.available_or_raise() if load == "h2load" else None
     started: list[Child] = []
     log = (directory / "workers-phase.log").open("wb")
     try:
         services: dict[int, tuple[Child, str, list[int]]] = {}
+        answer_sizes: dict[int, int] = {}  # GetSmtp's answer of each service (its stored times differ)
         for count in COUNTS:
             child, target = _start(directory, count, log)
             started.append(child)
-            store_profile(target)
+            answer_sizes[count] = store_profile(target)
             time.sleep(0.5)  # the other workers start once worker 0 serves
             services[count] = (child, target, _wait_workers(child, count))
-        generators = [Child(f"load generator {i}", "bench.load", patience=1.0) for i in range(GENERATORS)]
-        started += generators
         idle = {count: _memory(child.pid, pids) for count, (child, _, pids) in services.items()}
-        per_generator = max(1, in_flight // GENERATORS)
+        if h2load is None:
+            generators = [Child(f"load generator {i}", "bench.load", patience=1.0) for i in range(GENERATORS)]
+            started += generators
+            measure_one = _by_generators(generators, in_flight, seconds, warmup, answer_slack)
+        else:
+            measure_one = _by_h2load(h2load, directory, in_flight, seconds, warmup, answer_sizes)
         measured: list[dict[str, Any]] = []
         for round_ in range(rounds):
             for count in COUNTS[:: 1 if round_ % 2 == 0 else -1]:
                 child, target, pids = services[count]
-                command = Command(
-                    target=target, method=GETSMTP_PATH, payload_size=len(GETSMTP_REQUEST),
-                    in_flight=per_generator, seconds=seconds, warmup=warmup, server_pid=child.pid,
-                    extra_pids=tuple(pids), channels=CHANNELS, allow_empty=True,
-                )
-                for generator in generators:
-                    generator.send_line(json.dumps(asdict(command)))
-                replies = [checked_reply(g.read_line(timeout=warmup + seconds + answer_slack), f"workers = {count}")
-                           for g in generators]
-                row = _row(count, round_ + 1, replies)
+                row = measure_one(count, round_ + 1, child, target, pids)
                 measured.append(row)
                 starved = f"; {row['starved']} load generator(s) had no call end inside it" if row["starved"] else ""
                 progress(
                     f"workers = {count}, round {round_ + 1}: {row['qps']:.0f} QPS, server {row['server_cpu']:.0%}"
-                    f" + clients {row['client_cpu']:.0%} of a core{starved}"
+                    f" + {load} {row['client_cpu']:.0%} of a core{starved}"
                 )
         loaded = {count: _memory(child.pid, pids) for count, (child, _, pids) in services.items()}
     finally:
         for child in reversed(started):
             child.close()
         log.close()
-    return _summary(measured, in_flight, idle, loaded)
+    return {**_summary(measured, in_flight, idle, loaded), "load": load,
+            "connections": _connections(in_flight)[0] if h2load else GENERATORS * CHANNELS}
+
+
+MeasureOne = Callable[[int, int, Child, str, list[int]], dict[str, Any]]
+
+
+def _by_generators(generators: list[Child], in_flight: int, seconds: float, warmup: float,
+                   answer_slack: float) -> MeasureOne:
+    """One window measured by the `bench.load` generators together."""
+    per_generator = max(1, in_flight // GENERATORS)
+
+    def measure_one(count: int, round_: int, child: Child, target: str, pids: list[int]) -> dict[str, Any]:
+        command = Command(
+            target=target, method=GETSMTP_PATH, payload_size=len(GETSMTP_REQUEST),
+            in_flight=per_generator, seconds=seconds, warmup=warmup, server_pid=child.pid,
+            extra_pids=tuple(pids), channels=CHANNELS, allow_empty=True,
+        )
+        for generator in generators:
+            generator.send_line(json.dumps(asdict(command)))
+        replies = [checked_reply(g.read_line(timeout=warmup + seconds + answer_slack), f"workers = {count}")
+                   for g in generators]
+        return _row(count, round_, replies)
+
+    return measure_one
+
+
+def _connections(in_flight: int) -> tuple[int, int]:
+    """h2load's connections and calls in flight on each: as many connections as the Python
+    generators open, `in_flight` calls over them (rounded down to a multiple of the connections)."""
+    connections = min(in_flight, GENERATORS * CHANNELS)
+    return connections, max(1, in_flight // connections)
+
+
+def _by_h2load(h2load: str, directory: Path, in_flight: int, seconds: float, warmup: float,
+               answer_sizes: dict[int, int]) -> MeasureOne:
+    """One measurement by h2load: a warm-up run of about `warmup` seconds' worth of calls at the
+    last rate seen, then the measured run of about `seconds` worth."""
+    body = directory / "getsmtp.grpc"
+    body.write_bytes(h2.frame(GETSMTP_REQUEST))
+    connections, streams = _connections(in_flight)
+    rate: dict[int, float] = {}
+
+    def measure_one(count: int, round_: int, child: Child, target: str, pids: list[int]) -> dict[str, Any]:
+        url = f"http://{target}{GETSMTP_PATH}"
+        server_pids = (child.pid, *pids)
+
+        def run(calls: int) -> dict[str, Any]:
+            return h2.run(h2load, url, body, BENCH_TOKEN, calls=calls, connections=connections, streams=streams,
+                          server_pids=server_pids, answer_size=answer_sizes[count], scratch=directory)
+
+        warm = run(max(H2LOAD_MIN_CALLS, int(rate.get(count, 0.0) * warmup)))
+        rate[count] = warm["qps"]
+        done = run(max(H2LOAD_MIN_CALLS, int(warm["qps"] * seconds)))
+        rate[count] = done["qps"]
+        if done["server_cpu"] is None:
+            raise BenchError(f"workers = {count}: the server's CPU could not be read from /proc")
+        return {
+            "workers": count, "round": round_, "qps": done["qps"], "p50_ms": done["p50_ms"],
+            "p99_ms": done["p99_ms"], "starved": 0, "server_cpu": done["server_cpu"],
+            "client_cpu": done["client_cpu"], "other_cpu": done["other_cpu"],
+            "server_us_per_call": done["server_cpu"] / done["qps"] * 1e6,
+            "client_us_per_call": done["client_cpu"] / done["qps"] * 1e6,
+            # The supervisor's share first, then each worker's (one process: just its own).
+            "process_cpu": done["process_cpu"],
+        }
+
+    return measure_one
 
 
 def _memory(supervisor: int, workers: list[int]) -> dict[str, Any]:
@@ -210,10 +285,15 @@ def _summary(measured: list[dict[str, Any]], in_flight: int, idle: dict, loaded:
     }
 
 
-if __name__ == "__main__":  # a quick look on its own: python -m bench.workersphase
+if __name__ == "__main__":  # the phase on its own: python -m bench.workersphase [python|h2load [ROUNDS]]
     import tempfile
 
+    from bench.report import _workers_table
+
     with tempfile.TemporaryDirectory(prefix="smtpconfig-bench-") as scratch:
-        result = measure(Path(scratch), seconds=3.0, warmup=1.0, rounds=3, in_flight=64, answer_slack=60.0,
-                         progress=lambda m: print(f"bench: {m}", file=sys.stderr, flush=True))
-    print(json.dumps({k: v for k, v in result.items() if k != "rounds"}, indent=2))
+        result = measure(Path(scratch), seconds=3.0, warmup=1.0, rounds=int(sys.argv[2]) if len(sys.argv) > 2 else 3,
+                         in_flight=64, answer_slack=60.0,
+                         progress=lambda m: print(f"bench: {m}", file=sys.stderr, flush=True),
+                         load=sys.argv[1] if len(sys.argv) > 1 else "python")
+    print("\n".join(_workers_table(result)), file=sys.stderr)
+    print(json.dumps(result, indent=2))

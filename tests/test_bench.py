@@ -27,7 +27,8 @@ def test_short_benchmark_run_reports_every_target() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "bench", "--seconds", "0.3", "--warmup", "0.1", "--rounds", "2",
          "--in-flight", "1,4", "--tls-in-flight", "4", "--waiting", "4", "--vault-secrets", "20", "--smtp-calls", "4",
-         "--json"],
+         # The Python load generators: h2load is not part of the test setup (tests/test_bench_h2load.py).
+         "--workers-load", "python", "--json"],
         cwd=ROOT, capture_output=True, text=True, timeout=180,
     )
     assert result.returncode == 0, result.stderr
@@ -101,6 +102,7 @@ def test_short_benchmark_run_reports_every_target() -> None:
     # The workers phase: serve --workers 2 against --workers 1, GetSmtp at 64 in flight, paired rounds.
     workers = report["workers"]
     assert workers["in_flight"] == 64 and len(workers["rounds"]) == 4 and workers["ratio"] > 0
+    assert workers["load"] == "python" and workers["connections"] == 8
     for count in ("workers_2", "workers_1"):
         assert workers[count]["qps"] > 0 and workers[count]["server_us_per_call"] > 0
         assert workers[count]["client_us_per_call"] > 0
