@@ -20,6 +20,7 @@ pytest_plugins = [
     "tests.kits.openbao",  # openbao_server: one real OpenBao for the run
     "tests.kits.applykit",  # net: the test CA and the port-465 address of the apply-time tests
     "tests.kits.etcd",  # etcd_cluster: one real 3-member etcd for the run; own_etcd_cluster per test
+    "tests.kits.leaks",  # a task asyncio destroys while still pending fails the run, named
 ]
 
 # A provider instance for reference tests, declared as an operator would: the first-party Vault
