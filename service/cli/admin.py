@@ -133,7 +133,7 @@ def _narrow_stdout() -> None:
 
 def _token_hash(args: argparse.Namespace) -> int:
     try:
-        text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
     except OSError as error:
         raise CliError(f"cannot read {args.file}: {error.strerror}", EXIT_BAD_INPUT) from None
     token = text.strip()
