@@ -103,6 +103,23 @@ def test_text_lines_show_the_request_id(out: io.StringIO) -> None:
     assert outside.split(" ", 1)[1] == "WARNING smtpconfig.test no call"
 
 
+def test_a_text_record_over_several_lines_is_indented_so_no_line_passes_for_a_record(out: io.StringIO) -> None:
+    configure("info", "text", stream=out)
+    forged = "2026-01-01T00:00:00.000Z INFO smtpconfig.api.calls FORGED"
+    # A library's message with line breaks of every kind, and a traceback whose message has one.
+    logging.getLogger("some.library").warning("first\n%s\rsecond\r\n%s", forged, forged)
+    try:
+        raise ValueError(f"boom\n{forged}")
+    except ValueError:
+        logging.getLogger("smtpconfig.test").exception("failed")
+    lines = out.getvalue().splitlines()
+    starts = [line for line in lines if not line.startswith("  ")]
+    assert [line.split(" ")[2] for line in starts] == ["some.library", "smtpconfig.test"]
+    assert all(TIME.match(line.split(" ", 1)[0]) for line in starts)
+    assert lines.count(f"  {forged}") == 3 and "  second" in lines
+    assert "  Traceback (most recent call last):" in lines
+
+
 def test_exceptions_give_exc_type_and_a_redacted_traceback(out: io.StringIO) -> None:
     configure("info", "json", stream=out)
     try:
@@ -281,11 +298,11 @@ def test_a_traceback_keeps_its_source_lines_and_masks_its_values(out: io.StringI
     except ValueError:
         logging.getLogger("smtpconfig.test").exception("login failed")
     text = out.getvalue()
-    # Code names values and holds none: its lines stay readable...
-    assert "\n    _log_in(password=relay_password)\n" in text
-    assert '\n    raise ValueError(f"could not log in with password={password}")\n' in text
+    # Code names values and holds none: its lines stay readable (indented as the record's)...
+    assert "\n      _log_in(password=relay_password)\n" in text
+    assert '\n      raise ValueError(f"could not log in with password={password}")\n' in text
     # ...and the value in the exception's message is masked.
-    assert "\nValueError: could not log in with password=[REDACTED]\n" in text
+    assert "\n  ValueError: could not log in with password=[REDACTED]\n" in text
     assert PLANTED not in text
 
 

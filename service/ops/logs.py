@@ -225,7 +225,11 @@ def _rfc3339(record: logging.LogRecord) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    """``<time> <LEVEL> <logger> [<request_id>] <message>`` and the traceback, if any."""
+    """``<time> <LEVEL> <logger> [<request_id>] <message>`` and the traceback, if any.
+
+    A record that spans lines (a traceback, or a library's message with line breaks in it) has
+    every line after its first indented by two spaces: only a record's first line starts at the
+    left margin, so no text inside a record, whoever wrote it, can pass for a record of its own."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s%(request_tag)s %(message)s")
@@ -236,7 +240,14 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         request_id = call_fields().get("request_id")
         record.request_tag = f" [{request_id}]" if request_id else ""
-        return super().format(record)
+        text = super().format(record)
+        if "\n" in text or "\r" in text:
+            text = _CONTINUED.join(text.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
+        return text
+
+
+# What separates the lines of one record in text logs (see TextFormatter).
+_CONTINUED = "\n  "
 
 
 class JsonFormatter(logging.Formatter):
