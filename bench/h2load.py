@@ -20,7 +20,6 @@ from __future__ import annotations
 import re
 import resource
 import shutil
-import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -133,7 +132,6 @@ def run(
         "calls": calls, "qps": calls / report["seconds"],
         "p50_ms": percentile(latencies, 0.50) if latencies else 0.0,
         "p99_ms": percentile(latencies, 0.99) if latencies else 0.0,
-        "mean_ms": statistics.fmean(latencies) if latencies else 0.0,
         "client_cpu": client, "server_cpu": server, "other_cpu": other, "process_cpu": process_cpu,
     }
 
