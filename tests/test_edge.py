@@ -149,6 +149,21 @@ def test_concurrent_callers_share_one_upstream_call_and_the_audit_names_both(wor
     assert [r.identity for r in records] == ["edge-a for billing-app"]
 
 
+def test_the_edges_own_records_name_what_each_answer_revealed_and_never_a_value(world) -> None:
+    central, edge, _ = world
+    _until(lambda: _get(edge))
+    first, second = _resolve(edge), _resolve(edge)  # the second from the edge's kept answer
+    assert first.credentials.password == second.credentials.password == PASSWORD
+    with grpc.insecure_channel(edge.target) as channel:
+        records = [r for r in list_records(channel, APP_TOKEN) if r.method == "v2.ConfigService/ResolveSmtp"]
+    assert len(records) == 2
+    for record in records:
+        assert (record.identity, record.outcome) == ("billing-app", "OK")
+        assert list(record.fields) == ["RelayUsername", "RelayPassword"]
+        assert record.message == f"profile etag {first.etag} from {central.address}"
+        assert PASSWORD not in str(record) and first.credentials.username not in str(record)
+
+
 def test_an_untrusted_edge_is_named_alone(world) -> None:
     central, _, base = world
     (base / "b.token").write_text(UNTRUSTED_TOKEN)

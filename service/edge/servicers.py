@@ -83,14 +83,8 @@ class EdgeConfigServiceV2(WatchSmtpV2, v2_grpc.ConfigServiceServicer):
             call.note(message="refresh")  # a refused refresh is on record as one too
             self.guard.take("refresh", "one ResolveSmtp refresh per refresh_interval_seconds")
         resolved = await self._upstream.resolve(call.identity, self._timeout, refresh=refresh)
-        credentials = resolved.response.credentials
-        revealed = []
-        if credentials.username or credentials.password:
-            revealed += ["RelayUsername", "RelayPassword"]
-        if credentials.access_token:
-            revealed += ["AccessToken"]
         refreshed = ", refresh: caches bypassed here and upstream" if refresh else ""
-        call.note(fields=revealed, message=f"profile etag {resolved.response.etag} from {self._upstream.name}{refreshed}")
+        call.note(fields=resolved.revealed, message=f"profile etag {resolved.etag} from {self._upstream.name}{refreshed}")
         # The upstream's answer without its cache_for, then what is left of it (see `Resolved`).
         return resolved.wire + convert.cache_for_field(resolved.left())
 

@@ -174,17 +174,26 @@ class Resolved:
     keep the credentials only for what is `left`, or a rotation upstream could reach it up to
     another `cache_for` late."""
 
-    response: v2.ResolveSmtpResponse
     expires: float
     # The answer serialised without its `cache_for`, once: each caller's is appended to it.
     wire: bytes
+    # What every answer served from it names in its audit record, read from the message once: the
+    # profile's etag and the fields it reveals (reading them per call made a string of each value).
+    etag: str
+    revealed: tuple[str, ...]
 
     @classmethod
     def of(cls, response: v2.ResolveSmtpResponse, expires: float) -> Resolved:
         kept = v2.ResolveSmtpResponse()
         kept.CopyFrom(response)
         kept.ClearField("cache_for")
-        return cls(response, expires, kept.SerializeToString())
+        credentials = response.credentials
+        revealed: tuple[str, ...] = ()
+        if credentials.username or credentials.password:
+            revealed += ("RelayUsername", "RelayPassword")
+        if credentials.access_token:
+            revealed += ("AccessToken",)
+        return cls(expires, kept.SerializeToString(), response.etag, revealed)
 
     def left(self) -> float:
         """Seconds a caller served now may keep the answer."""
@@ -342,7 +351,7 @@ class Upstream:
             return await asyncio.shield(self._refresh_flight)
         etag = self._followed.current.etag if self._followed.current else ""
         cached = self._cached
-        if cached is not None and time.monotonic() < cached.expires and (not etag or cached.response.etag == etag):
+        if cached is not None and time.monotonic() < cached.expires and (not etag or cached.etag == etag):
             return cached
         if self._flight is None or self._flight.done():
             self._flight = loop.create_task(self._resolve(on_behalf_of, timeout))
