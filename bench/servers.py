@@ -7,7 +7,7 @@
     python -m bench.servers bare-aio --unix PATH [--options JSON]
     python -m bench.servers edge --upstream HOST:PORT --upstream-token-file FILE --unix PATH
     python -m bench.servers service --stages [--file-directory DIR ...]
-    python -m bench.servers audited-echo --answer-file FILE [--client-streaming] [--options JSON]
+    python -m bench.servers audited-echo --answer-file FILE [--client-streaming [--checks]] [--options JSON]
 
 Each serving TCP binds 127.0.0.1 port 0 and prints `PORT <n>`; with `--unix` (the edge rows) it
 serves the Unix socket PATH only and prints `PORT 0`. Then it serves until stdin closes, or SIGTERM/SIGINT.
@@ -32,7 +32,8 @@ server model compared is then one: grpc.aio on the same loop.
 stdin and from then on serves method PATH through that stage of its handling (`bench.stages`),
 answering `STAGE NAME` on stdout; and `audited-echo`, which answers every method with the bytes of
 `--answer-file` after checking the bench token and appending one audit line (as a unary handler,
-or a client-streaming one with `--client-streaming`).
+or a client-streaming one with `--client-streaming`; with `--checks` too, after every other check
+of the service's guard, written inline: `bench.stages.CheckedEcho`).
 
 With `--tls-cert` and `--tls-key` the TCP port serves TLS, and with `--tls-client-ca` too it requires
 a client certificate chaining to that CA (mTLS). bare-aio then builds its credentials as
@@ -220,13 +221,15 @@ def run_bare_threads(options: tuple, threads: int) -> None:
 # --- the service --------------------------------------------------------------------------------
 
 
-async def run_audited_echo(options: tuple, answer: bytes, client_streaming: bool) -> None:
-    """`bench.stages.AuditedEcho` on grpc.aio: the least an audited call costs a server in Python."""
-    from bench.stages import AuditedEcho
+async def run_audited_echo(options: tuple, answer: bytes, client_streaming: bool, checks: bool = False) -> None:
+    """`bench.stages.AuditedEcho` on grpc.aio: the least an audited call costs a server in Python;
+    with `checks`, `bench.stages.CheckedEcho`: that and every other check of the service's guard."""
+    from bench.stages import AuditedEcho, CheckedEcho
 
     with tempfile.TemporaryDirectory(prefix="smtpconfig-bench-audited-") as directory:
         server = grpc.aio.server(options=options)
-        server.add_generic_rpc_handlers((AuditedEcho(answer, Path(directory) / "audit.jsonl").handler(client_streaming),))
+        echo = (CheckedEcho if checks else AuditedEcho)(answer, Path(directory) / "audit.jsonl")
+        server.add_generic_rpc_handlers((echo.handler(client_streaming),))
         port = server.add_insecure_port(LISTEN)
         await server.start()
         try:
@@ -342,9 +345,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--answer-file", type=Path, help="audited-echo: the bytes every call is answered with")
     parser.add_argument("--client-streaming", action="store_true",
                         help="audited-echo: a client-streaming handler that reads the message (the service's shape)")
+    parser.add_argument("--checks", action="store_true",
+                        help="audited-echo: every other check of the service's guard too, written inline"
+                             " (client-streaming)")
     args = parser.parse_args(argv)
     if (args.kind == AUDITED_ECHO) != (args.answer_file is not None):
         parser.error("audited-echo needs --answer-file, which is for audited-echo only")
+    if args.checks and not args.client_streaming:
+        parser.error("--checks is for audited-echo with --client-streaming (the service's shape)")
     if args.kind == EDGE and not (args.upstream and args.upstream_token_file and args.unix):
         parser.error("edge needs --upstream, --upstream-token-file and --unix")
     if args.unix and (args.tls_cert or args.kind not in (BARE_AIO, EDGE)):
@@ -362,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.kind == EDGE:
         _run(run_edge(args.upstream, args.upstream_token_file, args.unix))
     elif args.kind == AUDITED_ECHO:
-        _run(run_audited_echo(_options(args.options), args.answer_file.read_bytes(), args.client_streaming))
+        _run(run_audited_echo(_options(args.options), args.answer_file.read_bytes(), args.client_streaming, args.checks))
     else:
         _run(run_service(args.ca_bundle, tls, tuple(args.file_directory), args.audit_fsync, args.stages))
     return 0

@@ -18,11 +18,14 @@ by serving the method with parts of it left out, in the real server, under the s
 
 One service process serves every stage: between measurements the benchmark tells it which to use
 (`bench.servers service --stages`, a line on its stdin), so every stage runs on the same heap,
-store and caches. Two more servers show the least a server written in Python pays: an "audited
+store and caches. Three more servers show the least a server written in Python pays: an "audited
 echo" (`bench.servers audited-echo`) that finds the caller by its token's SHA-256, appends one
 hash-chained audit line of the service's format with write(2) and answers the service's own answer
-bytes, once as a unary handler and once in the service's client-streaming shape. Bare grpc.aio
-(the echo of `make bench`, sent as many bytes as the answer has) is the baseline.
+bytes, once as a unary handler and once in the service's client-streaming shape; and the same
+echo with every other check of the guard written inline in one coroutine (`CheckedEcho`: request
+id, call context, permission, slots, default deadline, the request decoded, metrics), which is
+what any server doing those checks pays before its method does anything. Bare grpc.aio (the echo
+of `make bench`, sent as many bytes as the answer has) is the baseline.
 
 Every target is driven in turn by the load generator of `make bench`, rounds alternating the order;
 each row shows medians over rounds of: calls per second as a share of bare's in the same round,
@@ -34,8 +37,13 @@ call minus the stage before it.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import bisect
+import contextvars
 import dataclasses
+import functools
 import hashlib
+import itertools
 import json
 import os
 import statistics
@@ -43,12 +51,14 @@ import sys
 import tempfile
 import time
 from base64 import b64encode
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from bench import BARE_AIO, BENCH_TOKEN, ECHO_PATH, BenchError, authorized_channel, procs
 from bench.load import Command
@@ -61,6 +71,7 @@ STAGES = ("shape", "guard", "method", "service")
 BARE = "bare grpc.aio echo"
 FLOOR_UNARY = "audited echo, unary"
 FLOOR_STREAMING = "audited echo, client-streaming"
+FLOOR_CHECKED = "audited echo, every check inline"
 # Slack on top of warm-up + window before a silent load generator counts as hung.
 ANSWER_SLACK = 60.0
 SIZE_SLACK = 4
@@ -176,6 +187,125 @@ class AuditedEcho:
         return _Any()
 
 
+class CheckedEcho(AuditedEcho):
+    """The audited echo (client-streaming) with every other check of the service's guard written
+    inline, in one coroutine, with no layer or object of the service's: a request id (the caller's
+    `x-request-id`, else a counter), the call's context variable, the permission, a slot among
+    the calls in progress (in all and per identity), the default deadline while the message is read
+    (a dict of tasks, as `smtpconfig.api.deadlines` keeps them), the message decoded as the method's
+    request (else INVALID_ARGUMENT), and the call counted with its latency. What a server doing
+    every check of an audited call costs before its method does anything, however it is written."""
+
+    # The bench token's identity, and what each method measured needs.
+    PERMISSIONS = {"bench": frozenset(("smtp:resolve", "smtp:read", "providers:read"))}
+    NEEDS = {"ResolveSmtp": "smtp:resolve", "GetSmtp": "smtp:read", "CheckSecret": "providers:read"}
+    MOST, MOST_PER_IDENTITY = 1000, 500
+    BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+    def __init__(self, answer: bytes, log: Path, grants: dict[str, frozenset[str]] | None = None) -> None:
+        super().__init__(answer, log)
+        self._grants = self.PERMISSIONS if grants is None else grants
+        self._call = contextvars.ContextVar[str]("call")
+        self._ids = itertools.count(1)
+        self._in_progress = 0
+        self._by: dict[str, int] = {}
+        self._due: dict[asyncio.Task, float] = {}
+        self._counts: dict[tuple[str, str], list] = {}
+        self._decoders: dict[str, Callable[[bytes], Any]] = {}
+
+    async def _checked(
+        self, path: str, permission: str, decode: Callable[[bytes], Any], _requests, context: grpc.aio.ServicerContext,
+    ) -> bytes:
+        started = time.perf_counter()
+        request_id, identity = None, None
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                if isinstance(value, str) and value[:7].lower() == "bearer ":
+                    identity = self._tokens.get(hashlib.sha256(value[7:].strip().encode()).digest())
+            elif key == "x-request-id" and isinstance(value, str):
+                request_id = value
+        if request_id is None:
+            request_id = f"echo-{next(self._ids):x}"
+        token = self._call.set(request_id)
+        code = "OK"
+        try:
+            if identity is None:
+                code = "UNAUTHENTICATED"
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown bearer token")
+            if permission not in self._grants.get(identity, ()):
+                code = "PERMISSION_DENIED"
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, "no permission")
+            held = self._by.get(identity, 0)
+            if self._in_progress >= self.MOST or held >= self.MOST_PER_IDENTITY:
+                code = "RESOURCE_EXHAUSTED"
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "busy")
+            self._in_progress += 1
+            self._by[identity] = held + 1
+            try:
+                task = asyncio.current_task() if context.time_remaining() is None else None
+                if task is not None:
+                    self._due[task] = time.monotonic() + 30.0
+                try:
+                    message = await context.read()
+                finally:
+                    if task is not None:
+                        self._due.pop(task, None)
+                try:
+                    decode(message)
+                except DecodeError:
+                    code = "INVALID_ARGUMENT"
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the request could not be decoded")
+                self._append(identity, path, request_id)
+                return self._answer
+            finally:
+                self._in_progress -= 1
+                left = self._by[identity] - 1
+                if left:
+                    self._by[identity] = left
+                else:
+                    del self._by[identity]
+        finally:
+            self._call.reset(token)
+            elapsed = time.perf_counter() - started
+            series = self._counts.get((path, code))
+            if series is None:
+                series = self._counts[(path, code)] = [0] * (len(self.BUCKETS) + 1) + [0.0]
+            series[bisect.bisect_left(self.BUCKETS, elapsed)] += 1
+            series[-1] += elapsed
+
+    def handler(self, client_streaming: bool = True) -> grpc.GenericRpcHandler:
+        """Each method path served through `_checked`, with its request type and permission (the
+        checked echo is client-streaming only, as the service is)."""
+        from google.protobuf import descriptor_pool
+        from google.protobuf.message_factory import GetMessageClass
+
+        from smtpconfig.v2 import config_service_pb2, secret_provider_service_pb2  # noqa: F401 - into the pool
+
+        pool = descriptor_pool.Default()
+        handlers: dict[str, grpc.RpcMethodHandler] = {}
+        checked = self._checked
+
+        class _ByPath(grpc.GenericRpcHandler):
+            def service(self, handler_call_details):
+                path = handler_call_details.method
+                found = handlers.get(path)
+                if found is None:
+                    method = pool.FindMethodByName(path.strip("/").replace("/", "."))
+                    found = handlers[path] = grpc.stream_unary_rpc_method_handler(functools.partial(
+                        checked, path, CheckedEcho.NEEDS[method.name], GetMessageClass(method.input_type).FromString,
+                    ))
+                return found
+
+        return _ByPath()
+
+    def _append(self, identity: str, path: str, request_id: str) -> None:
+        self._seq += 1
+        line = self._line("bench", self._seq, self._fields(time.time_ns() // 1000, identity, path, request_id, "OK"),
+                          self._prev)
+        os.write(self._fd, line + b"\n")
+        self._prev = hashlib.sha256(line).hexdigest()
+
+
 # --- the benchmark ------------------------------------------------------------------------------
 
 
@@ -222,10 +352,13 @@ def measure(args: argparse.Namespace, progress) -> dict[str, Any]:
             FLOOR_STREAMING: stack.enter_context(Child(
                 FLOOR_STREAMING, "bench.servers", AUDITED_ECHO, "--options", options, "--client-streaming",
                 "--answer-file", str(scratch / "answer"))),
+            FLOOR_CHECKED: stack.enter_context(Child(
+                FLOOR_CHECKED, "bench.servers", AUDITED_ECHO, "--options", options, "--client-streaming", "--checks",
+                "--answer-file", str(scratch / "answer"))),
         }
         targets = {name: f"127.0.0.1:{child.read_port()}" for name, child in servers.items()}
         client = stack.enter_context(Child("load generator", "bench.load", patience=1.0))
-        names = [BARE, FLOOR_UNARY, FLOOR_STREAMING, *stages]
+        names = [BARE, FLOOR_UNARY, FLOOR_STREAMING, FLOOR_CHECKED, *stages]
 
         def one(name: str, round_: int) -> dict[str, float]:
             if name in stages:

@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from bench import AUTH
-from bench.stages import AuditedEcho, StageSwitch
+from bench.stages import AuditedEcho, CheckedEcho, StageSwitch
 from smtpconfig.ops.audit_file import GENESIS, line_hash
 from smtpconfig.v2 import secret_pb2
 from smtpconfig.v2 import secret_provider_service_pb2 as pb
@@ -130,6 +130,54 @@ def test_the_audited_echo_checks_the_token_and_chains_one_record_a_call(tmp_path
     assert all(docs[n + 1]["prev"] == line_hash(lines[n]) for n in range(len(lines) - 1))
 
 
+def test_the_checked_echo_makes_every_check_and_records_the_callers_request_id(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    request = pb.CheckSecretRequest(secret=secret_pb2.SecretObject(secret_value=PLANTED)).SerializeToString()
+    echo = CheckedEcho(b"the answer", log)
+    # The same echo for an identity without CheckSecret's permission (providers:read).
+    unpermitted = CheckedEcho(b"the answer", tmp_path / "other.jsonl", grants={"bench": frozenset({"smtp:read"})})
+
+    async def scenario() -> None:
+        servers, calls = [], []
+        for each in (echo, unpermitted):
+            server = grpc.aio.server()
+            server.add_generic_rpc_handlers((each.handler(),))
+            port = server.add_insecure_port("127.0.0.1:0")
+            await server.start()
+            servers.append(server)
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+            calls.append((channel, channel.unary_unary(CHECK, request_serializer=None, response_deserializer=None)))
+        (channel, call), (other_channel, other) = calls
+        try:
+            assert await call(request, metadata=(*AUTH, ("x-request-id", "mine-1")), timeout=10) == b"the answer"
+            assert await call(request, metadata=AUTH, timeout=10) == b"the answer"
+            for refused_call, code in (
+                (call(request, metadata=(("authorization", "Bearer wrong"),), timeout=10), "UNAUTHENTICATED"),
+                (call(b"\xff\xff", metadata=AUTH, timeout=10), "INVALID_ARGUMENT"),  # not a CheckSecretRequest
+                (other(request, metadata=AUTH, timeout=10), "PERMISSION_DENIED"),
+            ):
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await refused_call
+                assert refused.value.code().name == code
+        finally:
+            for each_channel in (channel, other_channel):
+                await each_channel.close()
+            for server in servers:
+                await server.stop(0)
+
+    asyncio.run(scenario())
+    docs = [json.loads(line) for line in log.read_bytes().splitlines()]
+    # Only the two answered calls have records; the refused ones stopped before the record.
+    assert [(doc["seq"], doc["request_id"]) for doc in docs][0] == (1, "mine-1") and len(docs) == 2
+    assert {doc["method"] for doc in docs} == {CHECK} and PLANTED not in log.read_text()
+    assert not (tmp_path / "other.jsonl").read_bytes()
+    # Every call was counted, by method and status code, and none holds a slot any more.
+    counted = {key: sum(series[:-1]) for key, series in echo._counts.items()}
+    assert counted == {(CHECK, "OK"): 2, (CHECK, "UNAUTHENTICATED"): 1, (CHECK, "INVALID_ARGUMENT"): 1}
+    assert {key: sum(series[:-1]) for key, series in unpermitted._counts.items()} == {(CHECK, "PERMISSION_DENIED"): 1}
+    assert echo._in_progress == 0 and not echo._by and not echo._due
+
+
 def test_a_short_run_prints_every_target() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "bench.stages", "--method", "CheckSecret", "--rounds", "1", "--seconds", "0.3",
@@ -139,4 +187,4 @@ def test_a_short_run_prints_every_target() -> None:
     assert result.returncode == 0, result.stderr
     rows = [line.split("|")[1].strip() for line in result.stdout.splitlines() if line.startswith("| ")][1:]
     assert rows == ["bare grpc.aio echo", "audited echo, unary", "audited echo, client-streaming",
-                    "service: shape", "service: guard", "service: method", "service: service"]
+                    "audited echo, every check inline", "service: shape", "service: guard", "service: method", "service: service"]
