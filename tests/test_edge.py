@@ -19,6 +19,7 @@ import grpc
 import pytest
 
 from smtpconfig.api.auth import token_hash
+from smtpconfig.edge.upstream import Resolved
 from smtpconfig.v2 import config_service_pb2 as v2
 from smtpconfig.v2 import config_service_pb2_grpc as v2_grpc
 from smtpconfig.v2 import secret_provider_service_pb2 as providers_pb
@@ -162,6 +163,20 @@ def test_the_edges_own_records_name_what_each_answer_revealed_and_never_a_value(
         assert list(record.fields) == ["RelayUsername", "RelayPassword"]
         assert record.message == f"profile etag {first.etag} from {central.address}"
         assert PASSWORD not in str(record) and first.credentials.username not in str(record)
+
+
+@pytest.mark.parametrize(("credentials", "revealed"), [
+    (v2.ResolvedCredentials(username="app", password="pw-8e1f"), ("RelayUsername", "RelayPassword")),
+    (v2.ResolvedCredentials(access_token="tok-4b7c", token_type="Bearer"), ("AccessToken",)),
+    (v2.ResolvedCredentials(), ()),  # Anonymous
+])
+def test_a_kept_upstream_answer_knows_what_it_reveals_and_leaves_out_its_cache_for(credentials, revealed) -> None:
+    answer = v2.ResolveSmtpResponse(credentials=credentials, etag='"rev-7"')
+    answer.cache_for.FromSeconds(300)
+    kept = Resolved.of(answer, expires=123.0)
+    assert (kept.etag, kept.revealed, kept.expires) == ('"rev-7"', revealed, 123.0)
+    without = v2.ResolveSmtpResponse.FromString(kept.wire)
+    assert not without.HasField("cache_for") and without.credentials == credentials and without.etag == '"rev-7"'
 
 
 def test_an_untrusted_edge_is_named_alone(world) -> None:
