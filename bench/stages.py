@@ -169,9 +169,13 @@ class AuditedEcho:
                 break
         if identity is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown bearer token")
+        self._append(identity, "bench.Echo/Audited", f"r-{self._seq + 1:x}")
+
+    def _append(self, identity: str, method: str, request_id: str) -> None:
+        """Chain one record and append it with write(2)."""
         self._seq += 1
-        line = self._line("bench", self._seq, self._fields(time.time_ns() // 1000, identity, "bench.Echo/Audited",
-                                                          f"r-{self._seq:x}", "OK"), self._prev)
+        line = self._line("bench", self._seq, self._fields(time.time_ns() // 1000, identity, method, request_id, "OK"),
+                          self._prev)
         os.write(self._fd, line + b"\n")
         self._prev = hashlib.sha256(line).hexdigest()
 
@@ -211,7 +215,6 @@ class CheckedEcho(AuditedEcho):
         self._by: dict[str, int] = {}
         self._due: dict[asyncio.Task, float] = {}
         self._counts: dict[tuple[str, str], list] = {}
-        self._decoders: dict[str, Callable[[bytes], Any]] = {}
 
     async def _checked(
         self, path: str, permission: str, decode: Callable[[bytes], Any], _requests, context: grpc.aio.ServicerContext,
@@ -297,13 +300,6 @@ class CheckedEcho(AuditedEcho):
                 return found
 
         return _ByPath()
-
-    def _append(self, identity: str, path: str, request_id: str) -> None:
-        self._seq += 1
-        line = self._line("bench", self._seq, self._fields(time.time_ns() // 1000, identity, path, request_id, "OK"),
-                          self._prev)
-        os.write(self._fd, line + b"\n")
-        self._prev = hashlib.sha256(line).hexdigest()
 
 
 # --- the benchmark ------------------------------------------------------------------------------
