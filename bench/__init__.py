@@ -15,7 +15,10 @@ identity; each bare-aio twin uses the same credentials, so the report separates 
 costs from what the service and its authentication cost.
 
 A second service process (the "apply" service: its stored profile differs) answers `ResolveSmtp`
-for a profile whose password is a `file` provider reference, on a warm cache.
+for a profile whose password is a `file` provider reference, on a warm cache. Next to each of these
+audited methods, at the highest level in flight, an echo that makes every check of the service's
+guard and appends an audit line (`stages.CheckedEcho`, `FLOORS`) shows what such a server pays with
+no method at all.
 
 One separate asyncio client process drives every target in turn with the same raw-bytes calls, so
 client-side cost is identical and only the server differs. Two latency phases follow at 1 in
@@ -127,7 +130,16 @@ SERVICE_TLS = "service-tls"
 BARE_AIO_MTLS = "bare-aio-mtls"
 SERVICE_MTLS = "service-mtls"
 TLS_TARGETS = (BARE_AIO_TLS, SERVICE_TLS, BARE_AIO_MTLS, SERVICE_MTLS)
-TARGETS = (BARE_AIO, BARE_THREADS, SERVICE, *TLS_TARGETS, CHECK_SECRET, RESOLVE_SMTP)
+# What a server that checks and records pays with no method (`bench.stages.CheckedEcho`: the
+# audited echo with every check of the guard written inline), answering the audited method's own
+# answer bytes to its own requests: one process for each audited suite, measured at the highest
+# in-flight level only, where the audited goals are. Its ratio to bare-aio is the floor under the
+# service's, and the service's ratio to it is what the method and its record cost on top.
+FLOOR_CHECKSECRET = "floor-checksecret"
+FLOOR_RESOLVESMTP = "floor-resolvesmtp"
+FLOORS = {CHECK_SECRET: FLOOR_CHECKSECRET, RESOLVE_SMTP: FLOOR_RESOLVESMTP}
+TARGETS = (BARE_AIO, BARE_THREADS, SERVICE, *TLS_TARGETS, CHECK_SECRET, FLOOR_CHECKSECRET, RESOLVE_SMTP,
+           FLOOR_RESOLVESMTP)
 LABELS = {
     BARE_AIO: "bare-aio",
     BARE_THREADS: "bare-threads",
@@ -138,6 +150,8 @@ LABELS = {
     SERVICE_MTLS: "GetSmtp (v2) mTLS",
     CHECK_SECRET: "CheckSecret (warm)",
     RESOLVE_SMTP: "ResolveSmtp (warm)",
+    FLOOR_CHECKSECRET: "checks+record echo",
+    FLOOR_RESOLVESMTP: "checks+record echo",
 }
 # The transport of each target reached over TLS; all others are plaintext TCP with the token.
 TRANSPORTS = {BARE_AIO_TLS: TLS, SERVICE_TLS: TLS, BARE_AIO_MTLS: MTLS, SERVICE_MTLS: MTLS}
@@ -154,8 +168,8 @@ RESOLVESMTP_SUITE = "ResolveSmtp"
 # rotating which goes first, so a target and the baseline it is divided by are measured close together.
 SUITES = {
     GETSMTP_SUITE: ((BARE_AIO, SERVICE, BARE_THREADS), (BARE_AIO_TLS, SERVICE_TLS), (BARE_AIO_MTLS, SERVICE_MTLS)),
-    CHECKSECRET_SUITE: ((BARE_AIO, CHECK_SECRET),),
-    RESOLVESMTP_SUITE: ((BARE_AIO, RESOLVE_SMTP),),
+    CHECKSECRET_SUITE: ((BARE_AIO, CHECK_SECRET, FLOOR_CHECKSECRET),),
+    RESOLVESMTP_SUITE: ((BARE_AIO, RESOLVE_SMTP, FLOOR_RESOLVESMTP),),
 }
 
 # The performance goals the report checks: (target, in-flight level, least ratio to bare-aio QPS).

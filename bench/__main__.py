@@ -2,8 +2,9 @@
 
 Measurements are interleaved: for each in-flight level the targets of each suite (GetSmtp: bare-aio,
 the service, bare-threads, then bare-aio and the service over TLS with the token, then both over
-mTLS; CheckSecret: bare-aio, the service; ResolveSmtp: bare-aio, the apply service) are measured one
-after the other, and each round rotates which goes first within each block of them (`SUITES`). On
+mTLS; CheckSecret: bare-aio, the service, and at the highest level the echo that checks and
+records; ResolveSmtp: bare-aio, the apply service, and its own such echo) are measured one after the
+other, and each round rotates which goes first within each block of them (`SUITES`). On
 a 2-core machine background noise drifts over seconds; measuring bare-aio and the service close
 together keeps that drift out of their ratio. The resident memory of every GetSmtp server is read
 once it is seeded and right after its last GetSmtp measurement at its highest in-flight level; the
@@ -40,6 +41,7 @@ from bench import (
     CHECKSECRET_SUITE,
     ECHO_PATH,
     EDGE_IN_FLIGHT,
+    FLOORS,
     GETSMTP_SUITE,
     LABELS,
     MTLS,
@@ -75,11 +77,12 @@ from bench.seed import (
     GETSMTP_REQUEST,
     RESOLVESMTP_PATH,
     RESOLVESMTP_REQUEST,
+    answer,
     store_profile,
     store_resolving_profile,
     warm_file_secret,
 )
-from bench.servers import DEFAULT_THREADS, service_options
+from bench.servers import AUDITED_ECHO, DEFAULT_THREADS, service_options
 
 HOST = "127.0.0.1"
 # CheckSecret replies carry two Durations (latency, cache time left), ResolveSmtp's one (CacheFor),
@@ -204,7 +207,10 @@ def _tls_args(transport: str, certs: Certs) -> tuple[str, ...]:
 
 
 def _levels_of(name: str, args: argparse.Namespace) -> tuple[int, ...]:
-    """The in-flight levels at which target `name` is measured."""
+    """The in-flight levels at which target `name` is measured: the echoes that check and record
+    (`FLOORS`) only at the highest, where the audited goals are."""
+    if name in FLOORS.values():
+        return (max(args.in_flight),)
     return args.tls_in_flight if name in TLS_TARGETS else args.in_flight
 
 
@@ -261,6 +267,19 @@ def measure_all(args: argparse.Namespace) -> tuple[dict[str, int], list[dict[str
         (scratch / "secrets").mkdir()
         checksecret_request, sizes[CHECKSECRET_SUITE] = warm_file_secret(targets[SERVICE], scratch / "secrets")
         sizes[RESOLVESMTP_SUITE] = store_resolving_profile(targets[RESOLVE_SMTP], scratch / "secrets")
+        # Each audited method's floor: the echo that checks and records, sent the method's own
+        # requests and answering the service's own (warm) answer.
+        requests = {CHECK_SECRET: (CHECKSECRET_PATH, checksecret_request),
+                    RESOLVE_SMTP: (RESOLVESMTP_PATH, RESOLVESMTP_REQUEST)}
+        for measured, floor in FLOORS.items():
+            kept = scratch / f"{floor}.answer"
+            kept.write_bytes(answer(targets[measured], *requests[measured]))
+            sizes[floor] = kept.stat().st_size
+            servers[floor] = stack.enter_context(Child(
+                f"{LABELS[floor]} ({measured})", "bench.servers", AUDITED_ECHO, *options, "--client-streaming",
+                "--checks", "--answer-file", str(kept),
+            ))
+            targets[floor] = f"{HOST}:{servers[floor].read_port()}"
         # Each TLS service stores the same profile; its GetSmtp response can differ from the plaintext
         # service's by a byte (update_time's nanos are a varint), so it and its bare-aio twin get a
         # size of their own: that service's response.
@@ -280,6 +299,7 @@ def measure_all(args: argparse.Namespace) -> tuple[dict[str, int], list[dict[str
             CHECK_SECRET: (CHECKSECRET_PATH, len(checksecret_request), b64encode(checksecret_request).decode()),
             RESOLVE_SMTP: (RESOLVESMTP_PATH, len(RESOLVESMTP_REQUEST), ""),
         }
+        calls.update({floor: calls[measured] for measured, floor in FLOORS.items()})
         plan = [
             (round_, level, 0, suite, block[(i + round_) % len(block)])
             for round_ in range(args.rounds)

@@ -184,6 +184,16 @@ def store_profile(target: str, transport: Transport = PLAINTEXT) -> int:
     return len(raw)
 
 
+def answer(target: str, path: str, request: bytes) -> bytes:
+    """The service's answer to `request` on `path`, as bytes: what an echo standing in for it sends."""
+    try:
+        with _connected(target) as channel:
+            return channel.unary_unary(path, request_serializer=None, response_deserializer=None)(
+                request, timeout=TIMEOUT)
+    except grpc.RpcError as error:
+        raise BenchError(f"{path} failed: {error.code().name}: {error.details()}") from None
+
+
 # The methods `bench.profile` and `bench.stages` measure one at a time, by name, and their paths.
 METHOD_PATHS = {"GetSmtp": GETSMTP_PATH, "CheckSecret": CHECKSECRET_PATH, "ResolveSmtp": RESOLVESMTP_PATH}
 

@@ -60,7 +60,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from bench import BARE_AIO, BENCH_TOKEN, ECHO_PATH, BenchError, authorized_channel, procs
+from bench import BARE_AIO, BENCH_TOKEN, ECHO_PATH, BenchError, procs, seed
 from bench.load import Command
 from bench.procs import Child
 from bench.seed import METHOD_PATHS, seed_method
@@ -321,12 +321,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _answer(target: str, path: str, request: bytes) -> bytes:
-    """The service's answer to `request` on `path`, as the audited echoes will send it."""
-    with authorized_channel(target) as channel:
-        return channel.unary_unary(path, request_serializer=None, response_deserializer=None)(request, timeout=10)
-
-
 def measure(args: argparse.Namespace, progress) -> dict[str, Any]:
     audited = args.method != "GetSmtp"
     stages = [stage for stage in STAGES if audited or stage != "method"]
@@ -338,7 +332,7 @@ def measure(args: argparse.Namespace, progress) -> dict[str, Any]:
                                             "--file-directory", str(secrets)))
         service_target = f"127.0.0.1:{service.read_port()}"
         path, request, _ = seed_method(args.method, service_target, secrets)
-        answer = _answer(service_target, path, request)
+        answer = seed.answer(service_target, path, request)  # what the echoes send
         (scratch / "answer").write_bytes(answer)
         options = json.dumps(service_options())
         servers = {

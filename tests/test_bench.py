@@ -40,6 +40,9 @@ def test_short_benchmark_run_reports_every_target() -> None:
         assert ("ResolveSmtp (warm)", level) in rows
     suites = {(r["suite"], r["label"]) for r in report["results"]}
     assert {("ResolveSmtp", "bare-aio"), ("ResolveSmtp", "ResolveSmtp (warm)")} <= suites
+    # Each audited suite's floor, the echo that checks and records, at the highest level only.
+    floors = [(r["suite"], r["target"], r["in_flight"]) for r in report["results"] if r["label"] == "checks+record echo"]
+    assert floors == [("CheckSecret", "floor-checksecret", 4), ("ResolveSmtp", "floor-resolvesmtp", 4)]
     assert {("bare-aio +4 waiting", 16), ("bare-threads +4 waiting", 16)} <= rows
     # Over TLS only at 4 in flight (--tls-in-flight), to keep this run short.
     tls_rows = {("bare-aio TLS", 4), ("GetSmtp (v2) TLS+token", 4), ("bare-aio mTLS", 4), ("GetSmtp (v2) mTLS", 4)}
@@ -145,6 +148,28 @@ def test_a_qps_goal_shows_each_round_against_its_threshold() -> None:
     assert report._goal_lines([report.goal(one, "service", 64, 0.85)]) == [
         "goal GetSmtp (v2) at 64 in flight >= 0.85 of bare-aio QPS: NOT MET (0.80)"
     ]
+
+
+def test_an_audited_goal_names_its_floor_and_the_share_of_it_the_method_keeps() -> None:
+    def measured(target: str, round_: int, qps: float) -> dict:
+        return {"suite": "ResolveSmtp", "target": target, "in_flight": 64, "waiting": 0, "round": round_, "qps": qps,
+                "p50_ms": 1.0, "p99_ms": 2.0}
+
+    bare, floor, service = (10000, 9000, 11000), (8000, 7200, 8800), (6000, 6300, 6600)
+    rows = report.summarize([measured(target, n + 1, q) for target, each in
+                             (("bare-aio", bare), ("floor-resolvesmtp", floor), ("resolvesmtp", service))
+                             for n, q in enumerate(each)], "median")
+    verdict = report.goal(rows, "resolvesmtp", 64, 0.8)
+    # The floor's ratio to bare-aio, and the method's to the floor, each paired by round.
+    assert verdict["floor"] == pytest.approx(0.8) and verdict["to_floor"] == pytest.approx(0.75)
+    assert verdict["ratio"] == pytest.approx(0.6) and verdict["met"] is False
+    assert report._goal_lines([verdict]) == [
+        "goal ResolveSmtp (warm) at 64 in flight >= 0.8 of bare-aio QPS: NOT MET (0.60; rounds 0.60-0.70, 0 of 3 at"
+        " or above 0.8); an echo that checks and records: 0.80 of bare-aio, this 0.75 of it"
+    ]
+    # Without the floor measured (or for GetSmtp, which has none) the line is as before.
+    without = report.goal([r for r in rows if r["target"] != "floor-resolvesmtp"], "resolvesmtp", 64, 0.8)
+    assert "floor" not in without and not report._goal_lines([without])[0].endswith("of it")
 
 
 def test_a_window_without_a_call_is_an_error_unless_another_generator_shares_the_server() -> None:
