@@ -1,12 +1,13 @@
 """`python -m bench` (`make bench`): start the servers and the load generator, measure, report.
 
 Measurements are interleaved: for each in-flight level the targets of each suite (GetSmtp: bare-aio,
-the service, bare-threads, then bare-aio and the service over TLS with the token, then both over
-mTLS; CheckSecret: bare-aio, the service, and at the highest level the echo that checks and
-records; ResolveSmtp: bare-aio, the apply service, and its own such echo) are measured one after the
-other, and each round rotates which goes first within each block of them (`SUITES`). On
-a 2-core machine background noise drifts over seconds; measuring bare-aio and the service close
-together keeps that drift out of their ratio. The resident memory of every GetSmtp server is read
+the service, bare-threads and, at the highest level, the echo that makes the guard's checks; then
+bare-aio and the service over TLS with the token, then both over mTLS; CheckSecret: bare-aio, the
+service, and at the highest level the echo that checks and records; ResolveSmtp: bare-aio, the
+apply service, and its own such echo) are measured one after the other, and each round rotates
+which goes first within each block of them (`SUITES`). On a 2-core machine background noise
+drifts over seconds; measuring bare-aio and the service close together keeps that drift out of
+their ratio. The resident memory of every GetSmtp server is read
 once it is seeded and right after its last GetSmtp measurement at its highest in-flight level; the
 load generator samples it during every measurement. Then come the TestSmtp phase (`bench.testsmtp`),
 with the SMTP server running only for it, and the Vault phase (`bench.cold`), with OpenBao running
@@ -267,17 +268,18 @@ def measure_all(args: argparse.Namespace) -> tuple[dict[str, int], list[dict[str
         (scratch / "secrets").mkdir()
         checksecret_request, sizes[CHECKSECRET_SUITE] = warm_file_secret(targets[SERVICE], scratch / "secrets")
         sizes[RESOLVESMTP_SUITE] = store_resolving_profile(targets[RESOLVE_SMTP], scratch / "secrets")
-        # Each audited method's floor: the echo that checks and records, sent the method's own
-        # requests and answering the service's own (warm) answer.
-        requests = {CHECK_SECRET: (CHECKSECRET_PATH, checksecret_request),
+        # Each method's floor: the echo that makes the guard's checks (and for an audited method
+        # writes the record), sent the method's own requests and answering the service's own
+        # (warm) answer.
+        requests = {SERVICE: (GETSMTP_PATH, GETSMTP_REQUEST), CHECK_SECRET: (CHECKSECRET_PATH, checksecret_request),
                     RESOLVE_SMTP: (RESOLVESMTP_PATH, RESOLVESMTP_REQUEST)}
         for measured, floor in FLOORS.items():
             kept = scratch / f"{floor}.answer"
             kept.write_bytes(answer(targets[measured], *requests[measured]))
             sizes[floor] = kept.stat().st_size
             servers[floor] = stack.enter_context(Child(
-                f"{LABELS[floor]} ({measured})", "bench.servers", AUDITED_ECHO, *options, "--client-streaming",
-                "--checks", "--answer-file", str(kept),
+                LABELS[floor], "bench.servers", AUDITED_ECHO, *options, "--client-streaming", "--checks",
+                *(("--no-record",) if measured == SERVICE else ()), "--answer-file", str(kept),
             ))
             targets[floor] = f"{HOST}:{servers[floor].read_port()}"
         # Each TLS service stores the same profile; its GetSmtp response can differ from the plaintext
@@ -286,7 +288,9 @@ def measure_all(args: argparse.Namespace) -> tuple[dict[str, int], list[dict[str
         for name in (SERVICE_TLS, SERVICE_MTLS):
             if name in servers:
                 sizes[name] = sizes[BASELINES[name]] = store_profile(targets[name], _transport(name, certs))
-        getsmtp_targets = [name for blocks in SUITES[GETSMTP_SUITE] for name in blocks if name in servers]
+        # The memory of the servers compared (the floors' echo is not one of them).
+        getsmtp_targets = [name for blocks in SUITES[GETSMTP_SUITE] for name in blocks
+                           if name in servers and name not in FLOORS.values()]
         reads: dict[str, dict[str, Any]] = {name: {"idle": memory(servers[name].pid)} for name in getsmtp_targets}
         # Memory under load is read at each target's highest level.
         top = {name: max(_levels_of(name, args)) for name in getsmtp_targets}

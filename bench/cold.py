@@ -158,6 +158,7 @@ def _compare(direct: hvac.Client, calls: dict[str, Any], provider: int, values: 
         row["ratio"] = row["service_p50_ms"] / row["direct_p50_ms"]
         row["ratio_to_echo_and_direct"] = row["service_p50_ms"] / (row["echo_p50_ms"] + row["direct_p50_ms"])
         row["resolve_ratio"] = row["resolve_p50_ms"] / row["direct_p50_ms"]
+        row["echo_ratio"] = row["echo_p50_ms"] / row["direct_p50_ms"]  # a grpcio round trip alone
         per_round.append(row)
 
     def overall(side: str) -> dict[str, float]:
@@ -177,5 +178,6 @@ def _compare(direct: hvac.Client, calls: dict[str, Any], provider: int, values: 
         "ratio_service_to_direct": statistics.median(r["ratio"] for r in per_round),
         "ratio_service_to_echo_and_direct": statistics.median(r["ratio_to_echo_and_direct"] for r in per_round),
         "ratio_resolve_to_direct": statistics.median(r["resolve_ratio"] for r in per_round),
+        "ratio_echo_to_direct": statistics.median(r["echo_ratio"] for r in per_round),
         "rounds": per_round,
     }

@@ -16,6 +16,12 @@ are measured through the load generator, as the other rows are:
   bare-aio on its Unix socket is measured at 1 in flight too, against the same direct reads
   (`bare_latency_ratio`): one grpcio round trip with nothing behind it, the floor of that ratio.
 
+At `in_flight` a third server is measured in each round, the rounds rotating the order of the
+three: the echo that checks and records (`bench.stages.CheckedEcho`) on a Unix socket of its own,
+answering the edge's own warm answer. Its QPS over bare-aio's is the floor of the throughput ratio
+(`floor_ratio`): every check the edge's guard makes and one chained audit line, with no method;
+the edge's QPS over its (`to_floor`) is what the edge's method and record cost on top.
+
 When the central's answer expires (its `cache_for`), the edge asks again during a window: that is
 part of "warm" as an app sees it.
 """
@@ -26,6 +32,7 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -35,11 +42,12 @@ import hvac
 import requests
 from hvac.exceptions import VaultError
 
-from bench import AUTH, BENCH_TOKEN, ECHO_PATH, EDGE, BenchError
+from bench import AUTH, BENCH_TOKEN, ECHO_PATH, EDGE, FLOORS, LABELS, BenchError
 from bench.load import Command, latency_stats, percentile
 from bench.openbao import MOUNT, DevServer
 from bench.procs import Child, checked_reply
 from bench.seed import RESOLVESMTP_PATH, RESOLVESMTP_REQUEST, create_provider, store_with_password
+from bench.servers import AUDITED_ECHO
 from smtpconfig.v2 import config_service_pb2 as v2
 
 SECRET = "bench/edge"
@@ -48,6 +56,8 @@ TIMEOUT = 10.0
 READY_WITHIN = 20.0
 BARE_LABEL = "bare-aio (Unix socket)"
 EDGE_LABEL = "ResolveSmtp via edge (Unix socket)"
+FLOOR = "floor"
+FLOOR_LABEL = LABELS[next(iter(FLOORS.values()))]
 
 
 def measure(
@@ -63,27 +73,38 @@ def measure(
     token_file = directory / "edge.token"
     token_file.write_text(BENCH_TOKEN + "\n")
     token_file.chmod(0o600)
-    edge_socket, bare_socket = directory / "edge.sock", directory / "bare.sock"
-    with (
-        Child("edge", "bench.servers", EDGE, "--upstream", central, "--upstream-token-file", str(token_file),
-              "--unix", str(edge_socket)) as edge,
-        Child("bare-aio (Unix socket)", "bench.servers", "bare-aio", *options, "--unix", str(bare_socket)) as bare,
-    ):
+    edge_socket, bare_socket, floor_socket = directory / "edge.sock", directory / "bare.sock", directory / "floor.sock"
+    with ExitStack() as stack:
+        edge = stack.enter_context(Child(
+            "edge", "bench.servers", EDGE, "--upstream", central, "--upstream-token-file", str(token_file),
+            "--unix", str(edge_socket)))
+        bare = stack.enter_context(Child(
+            BARE_LABEL, "bench.servers", "bare-aio", *options, "--unix", str(bare_socket)))
         edge.read_port()
         bare.read_port()
-        size = _warm(f"unix:{edge_socket}", value)
+        kept = _warm(f"unix:{edge_socket}", value)
+        size = len(kept)
         progress(f"edge phase: ResolveSmtp through the edge answers from OpenBao via the central, {size} bytes")
-        targets = {EDGE: (f"unix:{edge_socket}", edge.pid), "bare": (f"unix:{bare_socket}", bare.pid)}
+        answer_file = directory / "edge.answer"
+        answer_file.write_bytes(kept)
+        floor = stack.enter_context(Child(
+            f"{FLOOR_LABEL} (Unix socket)", "bench.servers", AUDITED_ECHO, *options, "--client-streaming", "--checks",
+            "--answer-file", str(answer_file), "--unix", str(floor_socket)))
+        floor.read_port()
+        targets = {EDGE: (f"unix:{edge_socket}", edge.pid), "bare": (f"unix:{bare_socket}", bare.pid),
+                   FLOOR: (f"unix:{floor_socket}", floor.pid)}
+        labels = {EDGE: EDGE_LABEL, "bare": BARE_LABEL, FLOOR: f"{FLOOR_LABEL} (Unix socket)"}
 
         def run(name: str, level: int) -> dict[str, Any]:
             target, pid = targets[name]
+            echo = name == "bare"
             command = Command(
-                target=target, method=RESOLVESMTP_PATH if name == EDGE else ECHO_PATH,
-                payload_size=len(RESOLVESMTP_REQUEST) if name == EDGE else size, in_flight=level,
+                target=target, method=ECHO_PATH if echo else RESOLVESMTP_PATH,
+                payload_size=size if echo else len(RESOLVESMTP_REQUEST), in_flight=level,
                 seconds=seconds, warmup=warmup, server_pid=pid, replies="ResolveSmtp" if name == EDGE else "",
             )
             client.send_line(json.dumps(asdict(command)))
-            what = f"{EDGE_LABEL if name == EDGE else BARE_LABEL} at {level} in flight"
+            what = f"{labels[name]} at {level} in flight"
             reply = checked_reply(client.read_line(timeout=warmup + seconds + answer_slack), what)
             progress(f"edge phase: {what}: {reply['qps']:.0f} QPS, p50 {reply['p50_ms']:.3f} ms")
             return reply
@@ -97,9 +118,9 @@ def measure(
             direct.adapter.close()
 
 
-def _warm(target: str, value: str) -> int:
+def _warm(target: str, value: str) -> bytes:
     """Call ResolveSmtp on the edge until it has followed the profile and returns the secret; then
-    once more from its cache. Return the size of that reply."""
+    once more from its cache. Return that reply."""
     deadline = time.monotonic() + READY_WITHIN
     last = ""
     with grpc.insecure_channel(target) as channel:
@@ -112,7 +133,7 @@ def _warm(target: str, value: str) -> int:
                 time.sleep(0.1)
                 continue
             if reply.credentials.password == value:
-                return len(resolve(RESOLVESMTP_REQUEST, metadata=AUTH, timeout=TIMEOUT))
+                return resolve(RESOLVESMTP_REQUEST, metadata=AUTH, timeout=TIMEOUT)
             last = "a ResolveSmtp reply without the secret's value"
             time.sleep(0.1)
     raise BenchError(f"the edge did not resolve the OpenBao secret within {READY_WITHIN:.0f} s; last: {last}")
@@ -128,10 +149,11 @@ def _compare(run: Callable[[str, int], dict[str, Any]], direct: hvac.Client, val
     read()  # connection up before timing
     perf = time.perf_counter
     per_round, direct_times = [], []
-    edge_top, bare_top, edge_one, bare_one = [], [], [], []
+    edge_top, bare_top, floor_top, edge_one, bare_one = [], [], [], [], []
+    three = (EDGE, "bare", FLOOR)
     for round_ in range(rounds):
         order = (EDGE, "bare") if round_ % 2 == 0 else ("bare", EDGE)
-        top = {name: run(name, in_flight) for name in order}
+        top = {name: run(name, in_flight) for name in three[round_ % 3:] + three[:round_ % 3]}
         one = {name: run(name, 1) for name in order}
         times = []
         end = perf() + seconds
@@ -143,12 +165,15 @@ def _compare(run: Callable[[str, int], dict[str, Any]], direct: hvac.Client, val
         direct_times += times
         edge_top.append(top[EDGE])
         bare_top.append(top["bare"])
+        floor_top.append(top[FLOOR])
         edge_one.append(one[EDGE])
         bare_one.append(one["bare"])
         per_round.append({
             "round": round_ + 1,
             "edge_qps": top[EDGE]["qps"], "bare_qps": top["bare"]["qps"],
             "qps_ratio": top[EDGE]["qps"] / top["bare"]["qps"],
+            "floor_qps": top[FLOOR]["qps"], "floor_ratio": top[FLOOR]["qps"] / top["bare"]["qps"],
+            "to_floor": top[EDGE]["qps"] / top[FLOOR]["qps"],
             "edge_p50_ms": one[EDGE]["p50_ms"], "bare_p50_ms": one["bare"]["p50_ms"], "direct_p50_ms": direct_p50,
             "latency_ratio": one[EDGE]["p50_ms"] / direct_p50,
             "bare_latency_ratio": one["bare"]["p50_ms"] / direct_p50,
@@ -164,6 +189,9 @@ def _compare(run: Callable[[str, int], dict[str, Any]], direct: hvac.Client, val
         "edge": row(edge_top),
         "bare_aio": row(bare_top),
         "qps_ratio": statistics.median(r["qps_ratio"] for r in per_round),
+        "floor": row(floor_top),
+        "floor_ratio": statistics.median(r["floor_ratio"] for r in per_round),
+        "to_floor": statistics.median(r["to_floor"] for r in per_round),
         "edge_1": row(edge_one),
         "bare_aio_1": row(bare_one),
         "direct": latency_stats(direct_times),

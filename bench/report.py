@@ -204,16 +204,20 @@ def goal(rows: list[dict[str, Any]], target: str, level: int, threshold: float) 
 def vault_goals(vault: dict[str, Any] | None) -> list[dict[str, Any]]:
     """The Vault phase's two goals (p50s at 1 in flight, median of the rounds' ratios): warm
     ResolveSmtp over a direct hvac read's, and cold CheckSecret over a bare-aio echo's plus a direct
-    hvac read's."""
+    hvac read's. The first carries its floor (`floor`): a bare-aio echo's p50 over the direct read's,
+    a grpcio round trip with nothing behind it."""
     warm = None if vault is None else vault["ratio_resolve_to_direct"]
     cold = None if vault is None else vault["ratio_service_to_echo_and_direct"]
+    resolve = {
+        "statement": f"warm ResolveSmtp (Vault password) p50 at 1 in flight < {VAULT_RESOLVE_GOAL_RATIO}x"
+                     " a direct hvac read",
+        "threshold": VAULT_RESOLVE_GOAL_RATIO, "ratio": warm,
+        "met": None if warm is None else warm < VAULT_RESOLVE_GOAL_RATIO,
+    }
+    if vault is not None and "ratio_echo_to_direct" in vault:
+        resolve["floor"] = vault["ratio_echo_to_direct"]  # a bare-aio round trip alone
     return [
-        {
-            "statement": f"warm ResolveSmtp (Vault password) p50 at 1 in flight < {VAULT_RESOLVE_GOAL_RATIO}x"
-                         " a direct hvac read",
-            "threshold": VAULT_RESOLVE_GOAL_RATIO, "ratio": warm,
-            "met": None if warm is None else warm < VAULT_RESOLVE_GOAL_RATIO,
-        },
+        resolve,
         {
             "statement": f"cold Vault CheckSecret p50 <= {VAULT_GOAL_RATIO}x (bare-aio echo + direct hvac read)",
             "threshold": VAULT_GOAL_RATIO, "ratio": cold,
@@ -235,23 +239,28 @@ def smtp_goal(smtp: dict[str, Any] | None) -> dict[str, Any]:
 
 def edge_goals(edge: dict[str, Any] | None, in_flight: int) -> list[dict[str, Any]]:
     """The edge phase's two goals: QPS through the edge over bare-aio's, both on Unix sockets, at
-    `in_flight`; and the edge's p50 at 1 in flight over a direct hvac read's."""
+    `in_flight`; and the edge's p50 at 1 in flight over a direct hvac read's. The first carries the
+    floor of its ratio when it was measured, as the audited QPS goals do (`goal`); the second its
+    own floor, bare-aio's p50 on its Unix socket over the direct read's."""
     if edge is not None:
         in_flight = edge["in_flight"]
     qps = None if edge is None else edge["qps_ratio"]
     latency = None if edge is None else edge["latency_ratio"]
-    return [
-        {
-            "statement": f"ResolveSmtp via edge (Unix socket) at {in_flight} in flight >= {EDGE_GOAL_RATIO}"
-                         " of bare-aio (Unix socket) QPS",
-            "threshold": EDGE_GOAL_RATIO, "ratio": qps, "met": None if qps is None else qps >= EDGE_GOAL_RATIO,
-        },
-        {
-            "statement": f"ResolveSmtp via edge p50 at 1 in flight < {EDGE_LATENCY_GOAL_RATIO}x a direct hvac read",
-            "threshold": EDGE_LATENCY_GOAL_RATIO, "ratio": latency,
-            "met": None if latency is None else latency < EDGE_LATENCY_GOAL_RATIO,
-        },
-    ]
+    throughput = {
+        "statement": f"ResolveSmtp via edge (Unix socket) at {in_flight} in flight >= {EDGE_GOAL_RATIO}"
+                     " of bare-aio (Unix socket) QPS",
+        "threshold": EDGE_GOAL_RATIO, "ratio": qps, "met": None if qps is None else qps >= EDGE_GOAL_RATIO,
+    }
+    if edge is not None and "floor_ratio" in edge:
+        throughput.update(floor=edge["floor_ratio"], to_floor=edge["to_floor"])
+    one = {
+        "statement": f"ResolveSmtp via edge p50 at 1 in flight < {EDGE_LATENCY_GOAL_RATIO}x a direct hvac read",
+        "threshold": EDGE_LATENCY_GOAL_RATIO, "ratio": latency,
+        "met": None if latency is None else latency < EDGE_LATENCY_GOAL_RATIO,
+    }
+    if edge is not None:
+        one["floor"] = edge["bare_latency_ratio"]  # bare-aio's own round trip on its Unix socket
+    return [throughput, one]
 
 
 def workers_goal(workers: dict[str, Any] | None, in_flight: int = WORKERS_IN_FLIGHT) -> dict[str, Any]:
@@ -259,10 +268,16 @@ def workers_goal(workers: dict[str, Any] | None, in_flight: int = WORKERS_IN_FLI
     if workers is not None:
         in_flight = workers["in_flight"]
     ratio = None if workers is None else workers["ratio"]
-    return {
+    verdict = {
         "statement": f"GetSmtp QPS with workers = 2 at {in_flight} in flight >= {WORKERS_GOAL_RATIO} of workers = 1",
         "threshold": WORKERS_GOAL_RATIO, "ratio": ratio, "met": None if ratio is None else ratio >= WORKERS_GOAL_RATIO,
     }
+    one = None if workers is None else workers["workers_1"]
+    if one is not None and one.get("server_cpu"):
+        # At one process's CPU per call the machine's cores answer at most this many times its QPS,
+        # however many processes serve and with none left for the load.
+        verdict["ceiling"], verdict["cpus"] = workers["cpus"] / one["server_cpu"], workers["cpus"]
+    return verdict
 
 
 def memory_goal(resident: list[dict[str, Any]], workers: dict[str, Any] | None) -> dict[str, Any]:
@@ -357,10 +372,11 @@ def table(rows: list[dict[str, Any]], verdicts: list[dict[str, Any]], header: st
         )
     if any(r["target"] in FLOORS.values() for r in rows):
         lines.append(
-            f"note: {LABELS[next(iter(FLOORS.values()))]} (bench.stages.CheckedEcho) is sent the suite's own requests"
-            " and answers the service's own answer: it checks the token, permission, slots, default deadline and"
-            " request, counts the call and appends one chained audit line, with no method. It is the floor"
-            " under the audited rows; measured at the highest in-flight level only."
+            "note: the checks echoes (bench.stages.CheckedEcho) are sent the suite's own requests and answer the"
+            " service's own answer: each checks the token, permission, slots, default deadline and request and"
+            " counts the call, with no method; for the audited CheckSecret and ResolveSmtp it also appends one"
+            " chained audit line (checks+record). Each is the floor under its suite's service row, measured at"
+            " the highest in-flight level only."
         )
     if own:
         lines.append(
@@ -419,6 +435,11 @@ def _goal_lines(verdicts: list[dict[str, Any]]) -> list[str]:
             if verdict.get("floor") is not None and verdict.get("to_floor") is not None:
                 floor = (f"; an echo that checks and records: {verdict['floor']:.2f} of bare-aio,"
                          f" this {verdict['to_floor']:.2f} of it")
+            elif verdict.get("floor") is not None:
+                floor = f"; a bare-aio round trip alone: {verdict['floor']:.2f}"
+            elif verdict.get("ceiling") is not None:
+                floor = (f"; at one process's CPU per call {verdict['cpus']} cores answer at most"
+                         f" {verdict['ceiling']:.2f}x its QPS")
             lines.append(f"goal {verdict['statement']}: {word} ({verdict['ratio']:.2f}{unit}{spread}){floor}")
     return lines
 
@@ -619,6 +640,7 @@ def _edge_table(edge: dict[str, Any]) -> list[str]:
     for label, row, n, ratio in (
         ("bare-aio (Unix socket)", edge["bare_aio"], level, ""),
         ("ResolveSmtp via edge, warm", edge["edge"], level, f"{edge['qps_ratio']:.2f}"),
+        *((("checks+record echo", edge["floor"], level, f"{edge['floor_ratio']:.2f}"),) if "floor" in edge else ()),
         ("bare-aio (Unix socket)", edge["bare_aio_1"], 1, ""),
         ("ResolveSmtp via edge, warm", edge["edge_1"], 1, ""),
     ):
@@ -634,5 +656,8 @@ def _edge_table(edge: dict[str, Any]) -> list[str]:
         f" ({edge['latency_ratio']:.2f}); bare-aio's own p50 at 1 in flight is {edge['bare_latency_ratio']:.2f} of"
         f" the direct reads', the least any server behind grpcio could reach on this socket."
         f" bare-aio echoed {edge['response_bytes']} bytes, the edge's reply size."
+        + (f" The checks+record echo (on its own Unix socket) answers the edge's own reply after every check of"
+           f" the edge's guard and one audit line, with no method; the edge reached {edge['to_floor']:.2f} of its QPS."
+           if "floor" in edge else "")
     )
     return lines

@@ -7,10 +7,12 @@
     python -m bench.servers bare-aio --unix PATH [--options JSON]
     python -m bench.servers edge --upstream HOST:PORT --upstream-token-file FILE --unix PATH
     python -m bench.servers service --stages [--file-directory DIR ...]
-    python -m bench.servers audited-echo --answer-file FILE [--client-streaming [--checks]] [--options JSON]
+    python -m bench.servers audited-echo --answer-file FILE [--client-streaming [--checks [--no-record]]]
+        [--options JSON] [--unix PATH]
 
-Each serving TCP binds 127.0.0.1 port 0 and prints `PORT <n>`; with `--unix` (the edge rows) it
-serves the Unix socket PATH only and prints `PORT 0`. Then it serves until stdin closes, or SIGTERM/SIGINT.
+Each serving TCP binds 127.0.0.1 port 0 and prints `PORT <n>`; with `--unix` (the edge phase's
+servers) it serves the Unix socket PATH only and prints `PORT 0`. Then it serves until stdin
+closes, or SIGTERM/SIGINT.
 
 Each binds 127.0.0.1 port 0, prints `PORT <n>` on stdout once it accepts calls, then serves until
 its stdin closes or it gets SIGTERM/SIGINT. Watching stdin means a server never outlives the
@@ -33,7 +35,8 @@ stdin and from then on serves method PATH through that stage of its handling (`b
 answering `STAGE NAME` on stdout; and `audited-echo`, which answers every method with the bytes of
 `--answer-file` after checking the bench token and appending one audit line (as a unary handler,
 or a client-streaming one with `--client-streaming`; with `--checks` too, after every other check
-of the service's guard, written inline: `bench.stages.CheckedEcho`).
+of the service's guard, written inline: `bench.stages.CheckedEcho`; `--no-record` leaves out the
+audit line, as for a method that is not audited).
 
 With `--tls-cert` and `--tls-key` the TCP port serves TLS, and with `--tls-client-ca` too it requires
 a client certificate chaining to that CA (mTLS). bare-aio then builds its credentials as
@@ -221,19 +224,24 @@ def run_bare_threads(options: tuple, threads: int) -> None:
 # --- the service --------------------------------------------------------------------------------
 
 
-async def run_audited_echo(options: tuple, answer: bytes, client_streaming: bool, checks: bool = False) -> None:
+async def run_audited_echo(
+    options: tuple, answer: bytes, client_streaming: bool, checks: bool = False, unix: Path | None = None,
+    record: bool = True,
+) -> None:
     """`bench.stages.AuditedEcho` on grpc.aio: the least an audited call costs a server in Python;
-    with `checks`, `bench.stages.CheckedEcho`: that and every other check of the service's guard."""
+    with `checks`, `bench.stages.CheckedEcho`: that and every other check of the service's guard
+    (without its audit line unless `record`). On the Unix socket `unix` instead of TCP if given."""
     from bench.stages import AuditedEcho, CheckedEcho
 
     with tempfile.TemporaryDirectory(prefix="smtpconfig-bench-audited-") as directory:
         server = grpc.aio.server(options=options)
-        echo = (CheckedEcho if checks else AuditedEcho)(answer, Path(directory) / "audit.jsonl")
+        log = Path(directory) / "audit.jsonl"
+        echo = CheckedEcho(answer, log, record=record) if checks else AuditedEcho(answer, log)
         server.add_generic_rpc_handlers((echo.handler(client_streaming),))
-        port = server.add_insecure_port(LISTEN)
+        port = server.add_insecure_port(LISTEN if unix is None else f"unix:{unix}")
         await server.start()
         try:
-            _announce(port)
+            _announce(port, unix is not None)
             await _until_stopped()
         finally:
             await server.stop(0)
@@ -337,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tls-client-ca", type=Path, help="bare-aio, service: require client certificates (mTLS)")
     parser.add_argument("--audit-fsync", choices=("interval", "batch"), default="interval",
                         help="service: the audit log's fsync policy (audit_fsync)")
-    parser.add_argument("--unix", type=Path, help="bare-aio, edge: serve this Unix socket instead of TCP")
+    parser.add_argument("--unix", type=Path, help="bare-aio, edge, audited-echo: serve this Unix socket instead of TCP")
     parser.add_argument("--upstream", help="edge: host:port of the service it follows")
     parser.add_argument("--upstream-token-file", type=Path, help="edge: file holding its token for the upstream")
     parser.add_argument("--stages", action="store_true",
@@ -348,15 +356,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checks", action="store_true",
                         help="audited-echo: every other check of the service's guard too, written inline"
                              " (client-streaming)")
+    parser.add_argument("--no-record", action="store_true",
+                        help="audited-echo with --checks: no audit line (the checks of a method that is not audited)")
     args = parser.parse_args(argv)
     if (args.kind == AUDITED_ECHO) != (args.answer_file is not None):
         parser.error("audited-echo needs --answer-file, which is for audited-echo only")
     if args.checks and not args.client_streaming:
         parser.error("--checks is for audited-echo with --client-streaming (the service's shape)")
+    if args.no_record and not args.checks:
+        parser.error("--no-record is for audited-echo with --checks")
     if args.kind == EDGE and not (args.upstream and args.upstream_token_file and args.unix):
         parser.error("edge needs --upstream, --upstream-token-file and --unix")
-    if args.unix and (args.tls_cert or args.kind not in (BARE_AIO, EDGE)):
-        parser.error("--unix is for bare-aio and edge, in plaintext")
+    if args.unix and (args.tls_cert or args.kind not in (BARE_AIO, EDGE, AUDITED_ECHO)):
+        parser.error("--unix is for bare-aio, edge and audited-echo, in plaintext")
     if (args.tls_cert is None) != (args.tls_key is None) or (args.tls_client_ca and not args.tls_cert):
         parser.error("--tls-cert and --tls-key go together, and --tls-client-ca needs them")
     if args.tls_cert and args.kind == BARE_THREADS:
@@ -370,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.kind == EDGE:
         _run(run_edge(args.upstream, args.upstream_token_file, args.unix))
     elif args.kind == AUDITED_ECHO:
-        _run(run_audited_echo(_options(args.options), args.answer_file.read_bytes(), args.client_streaming, args.checks))
+        _run(run_audited_echo(_options(args.options), args.answer_file.read_bytes(), args.client_streaming, args.checks,
+                              args.unix, record=not args.no_record))
     else:
         _run(run_service(args.ca_bundle, tls, tuple(args.file_directory), args.audit_fsync, args.stages))
     return 0

@@ -40,9 +40,10 @@ def test_short_benchmark_run_reports_every_target() -> None:
         assert ("ResolveSmtp (warm)", level) in rows
     suites = {(r["suite"], r["label"]) for r in report["results"]}
     assert {("ResolveSmtp", "bare-aio"), ("ResolveSmtp", "ResolveSmtp (warm)")} <= suites
-    # Each audited suite's floor, the echo that checks and records, at the highest level only.
-    floors = [(r["suite"], r["target"], r["in_flight"]) for r in report["results"] if r["label"] == "checks+record echo"]
-    assert floors == [("CheckSecret", "floor-checksecret", 4), ("ResolveSmtp", "floor-resolvesmtp", 4)]
+    # Each suite's floor, the echo that checks (and for the audited ones records), at the highest level only.
+    floors = [(r["suite"], r["label"], r["in_flight"]) for r in report["results"] if r["target"].startswith("floor-")]
+    assert floors == [("GetSmtp", "checks echo (no record)", 4), ("CheckSecret", "checks+record echo", 4),
+                      ("ResolveSmtp", "checks+record echo", 4)]
     assert {("bare-aio +4 waiting", 16), ("bare-threads +4 waiting", 16)} <= rows
     # Over TLS only at 4 in flight (--tls-in-flight), to keep this run short.
     tls_rows = {("bare-aio TLS", 4), ("GetSmtp (v2) TLS+token", 4), ("bare-aio mTLS", 4), ("GetSmtp (v2) mTLS", 4)}
@@ -98,9 +99,13 @@ def test_short_benchmark_run_reports_every_target() -> None:
     assert edge["edge"]["qps"] > 0 and edge["bare_aio"]["qps"] > 0 and edge["edge_1"]["p50_ms"] > 0
     assert edge["direct"]["calls"] > 0 and edge["qps_ratio"] > 0 and edge["latency_ratio"] > 0
     assert edge["bare_aio_1"]["p50_ms"] > 0 and edge["bare_latency_ratio"] > 0  # the floor of the p50 goal
+    # The floor of the throughput goal: the echo that checks and records, on a Unix socket too.
+    assert edge["floor"]["qps"] > 0 and edge["floor_ratio"] > 0 and edge["to_floor"] > 0
+    assert all(r["floor_qps"] > 0 for r in edge["rounds"])
     edge_goals = {g["statement"]: g for g in report["goals"]}
     qps_goal = "ResolveSmtp via edge (Unix socket) at 64 in flight >= 0.8 of bare-aio (Unix socket) QPS"
     assert edge_goals[qps_goal]["met"] is not None
+    assert edge_goals[qps_goal]["floor"] == edge["floor_ratio"] and edge_goals[qps_goal]["to_floor"] == edge["to_floor"]
     assert edge_goals["ResolveSmtp via edge p50 at 1 in flight < 0.5x a direct hvac read"]["met"] is not None
     # The workers phase: serve --workers 2 against --workers 1, GetSmtp at 64 in flight, paired rounds.
     workers = report["workers"]

@@ -178,6 +178,31 @@ def test_the_checked_echo_makes_every_check_and_records_the_callers_request_id(t
     assert echo._in_progress == 0 and not echo._by and not echo._due
 
 
+def test_the_checked_echo_without_its_record_still_checks_and_writes_nothing(tmp_path: Path) -> None:
+    """GetSmtp's floor in `make bench` (`--no-record`): the checks of a method that is not audited."""
+    log = tmp_path / "audit.jsonl"
+    echo = CheckedEcho(b"the profile", log, record=False)
+
+    async def scenario() -> None:
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((echo.handler(),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                call = channel.unary_unary(GET, request_serializer=None, response_deserializer=None)
+                assert await call(b"", metadata=AUTH, timeout=10) == b"the profile"
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await call(b"", metadata=(("authorization", "Bearer wrong"),), timeout=10)
+                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        finally:
+            await server.stop(0)
+
+    asyncio.run(scenario())
+    assert not log.read_bytes()
+    assert {key: sum(series[:-1]) for key, series in echo._counts.items()} == {(GET, "OK"): 1, (GET, "UNAUTHENTICATED"): 1}
+
+
 def test_a_short_run_prints_every_target() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "bench.stages", "--method", "CheckSecret", "--rounds", "1", "--seconds", "0.3",
