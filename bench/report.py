@@ -198,6 +198,7 @@ def goal(rows: list[dict[str, Any]], target: str, level: int, threshold: float) 
     if row is not None and floor is not None:
         verdict["floor"] = floor["ratio_vs_bare_aio"]
         verdict["to_floor"] = _paired(row["rounds"], floor["rounds"], "qps")
+        verdict["floor_label"] = floor["label"]
     return verdict
 
 
@@ -252,7 +253,7 @@ def edge_goals(edge: dict[str, Any] | None, in_flight: int) -> list[dict[str, An
         "threshold": EDGE_GOAL_RATIO, "ratio": qps, "met": None if qps is None else qps >= EDGE_GOAL_RATIO,
     }
     if edge is not None and "floor_ratio" in edge:
-        throughput.update(floor=edge["floor_ratio"], to_floor=edge["to_floor"])
+        throughput.update(floor=edge["floor_ratio"], to_floor=edge["to_floor"], floor_label=LABELS[FLOORS[RESOLVE_SMTP]])
     one = {
         "statement": f"ResolveSmtp via edge p50 at 1 in flight < {EDGE_LATENCY_GOAL_RATIO}x a direct hvac read",
         "threshold": EDGE_LATENCY_GOAL_RATIO, "ratio": latency,
@@ -433,7 +434,7 @@ def _goal_lines(verdicts: list[dict[str, Any]]) -> list[str]:
                           f" {above} of {len(each)} at or above {verdict['threshold']}")
             floor = ""
             if verdict.get("floor") is not None and verdict.get("to_floor") is not None:
-                floor = (f"; an echo that checks and records: {verdict['floor']:.2f} of bare-aio,"
+                floor = (f"; {verdict.get('floor_label', 'its floor')}: {verdict['floor']:.2f} of bare-aio,"
                          f" this {verdict['to_floor']:.2f} of it")
             elif verdict.get("floor") is not None:
                 floor = f"; a bare-aio round trip alone: {verdict['floor']:.2f}"

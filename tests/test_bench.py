@@ -170,7 +170,7 @@ def test_an_audited_goal_names_its_floor_and_the_share_of_it_the_method_keeps() 
     assert verdict["ratio"] == pytest.approx(0.6) and verdict["met"] is False
     assert report._goal_lines([verdict]) == [
         "goal ResolveSmtp (warm) at 64 in flight >= 0.8 of bare-aio QPS: NOT MET (0.60; rounds 0.60-0.70, 0 of 3 at"
-        " or above 0.8); an echo that checks and records: 0.80 of bare-aio, this 0.75 of it"
+        " or above 0.8); checks+record echo: 0.80 of bare-aio, this 0.75 of it"
     ]
     # Without the floor measured (or for GetSmtp, which has none) the line is as before.
     without = report.goal([r for r in rows if r["target"] != "floor-resolvesmtp"], "resolvesmtp", 64, 0.8)
