@@ -16,9 +16,12 @@ reading from and writing to the connection, its Cython around each call, and the
 wake-ups.
 
 It prints µs per call (wall and CPU) for GetSmtp, ResolveSmtp (warm) and CheckSecret (warm), and
-for the audited echo of `bench.stages` (the least an audited call costs: the token's hash looked
-up, one chained record written, a kept answer) in the same shape; with `--profile METHOD`, also
-that method's functions by own time (cProfile, which slows every call).
+for the echoes of `bench.stages` in the same shape: the audited echo (the least an audited call
+costs: the token's hash looked up, one chained record written, a kept answer), and the floors of
+`make bench`, the checks echo (`CheckedEcho`: every check of the guard, written inline) without a
+record on GetSmtp's request and answer and with one on CheckSecret's. A method's time minus its
+floor's is what its method (and its record) add, in our Python alone. With `--profile METHOD`,
+also that method's functions by own time (cProfile, which slows every call).
 
 In the server the same Python runs between grpcio's work, which leaves less of it in the CPU's
 caches. `--evict SIZE` (bytes; K, M or G for KiB, MiB, GiB) writes one byte in every 64-byte line
@@ -59,6 +62,8 @@ from bench.seed import (
 
 METHODS = {"GetSmtp": GETSMTP_PATH, "ResolveSmtp": RESOLVESMTP_PATH, "CheckSecret": CHECKSECRET_PATH}
 FLOOR = "audited echo"
+CHECKS = "checks echo (no record)"
+CHECKS_RECORD = "checks+record echo"
 WARM_UP = 500
 # The cache line size of the x86-64 and arm64 CPUs this runs on: `--evict` writes one byte a line.
 LINE = 64
@@ -150,7 +155,7 @@ class _Details:
 
 
 async def measure(calls: int, profile: str | None, out, evict: int = 0) -> dict[str, dict[str, float]]:
-    from bench.stages import AuditedEcho
+    from bench.stages import AuditedEcho, CheckedEcho
     from smtpconfig.api.auth import token_hash
     from smtpconfig.app import App
     from smtpconfig.settings import Settings
@@ -190,6 +195,12 @@ async def measure(calls: int, profile: str | None, out, evict: int = 0) -> dict[
             answer = await _call(app.routes.service(_Details(CHECKSECRET_PATH)), check)
             floor = AuditedEcho(answer, Path(scratch) / "floor.log").handler(client_streaming=True)
             results[FLOOR] = await _time(floor.service(_Details(CHECKSECRET_PATH)), check, calls, evictor)
+            # The floors of `make bench`: GetSmtp's (no record) and CheckSecret's (with its record).
+            profile_bytes = await _call(app.routes.service(_Details(GETSMTP_PATH)), GETSMTP_REQUEST)
+            checks = CheckedEcho(profile_bytes, Path(scratch) / "checks.log", record=False).handler()
+            results[CHECKS] = await _time(checks.service(_Details(GETSMTP_PATH)), GETSMTP_REQUEST, calls, evictor)
+            recorded = CheckedEcho(answer, Path(scratch) / "checks-record.log").handler()
+            results[CHECKS_RECORD] = await _time(recorded.service(_Details(CHECKSECRET_PATH)), check, calls, evictor)
             return results
         finally:
             await app.stop(0)
@@ -254,12 +265,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.evict:
         print(f"Our Python per call, no grpcio ({args.calls} calls each, {args.event_loop}):")
         for name, result in results.items():
-            print(f"  {name:<12} {result['wall_us']:6.1f} µs wall, {result['cpu_us']:6.1f} µs CPU")
+            print(f"  {name:<23} {result['wall_us']:6.1f} µs wall, {result['cpu_us']:6.1f} µs CPU")
         return 0
     print(f"Our Python per call, no grpcio, {_size(args.evict)} written before each call"
           f" ({args.calls} calls each, {args.event_loop}):")
     for name, result in results.items():
-        print(f"  {name:<12} {result['median_us']:6.1f} µs median, {result['mean_us']:6.1f} µs mean")
+        print(f"  {name:<23} {result['median_us']:6.1f} µs median, {result['mean_us']:6.1f} µs mean")
     return 0
 
 

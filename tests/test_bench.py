@@ -215,7 +215,8 @@ def test_the_tight_loop_times_each_method_through_the_real_handlers() -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     timed = [line.rsplit(maxsplit=6) for line in lines if line.startswith("  ") and "µs wall" in line]
-    assert [row[0].strip() for row in timed] == ["GetSmtp", "ResolveSmtp", "CheckSecret", "audited echo"]
+    assert [row[0].strip() for row in timed] == ["GetSmtp", "ResolveSmtp", "CheckSecret", "audited echo",
+                                               "checks echo (no record)", "checks+record echo"]
     assert all(float(row[1]) > 0 and float(row[4]) > 0 for row in timed)
     # The profile names the guard and the servicer: the calls went through our code, not a stub.
     assert "CheckSecret: own time by function over 50 calls" in result.stdout
@@ -231,7 +232,8 @@ def test_the_tight_loop_can_time_each_call_after_evicting_the_caches() -> None:
     assert result.returncode == 0, result.stderr
     assert "2 MiB written before each call (30 calls each" in result.stdout
     timed = [line.rsplit(maxsplit=6) for line in result.stdout.splitlines() if "µs median" in line]
-    assert [row[0].strip() for row in timed] == ["GetSmtp", "ResolveSmtp", "CheckSecret", "audited echo"]
+    assert [row[0].strip() for row in timed] == ["GetSmtp", "ResolveSmtp", "CheckSecret", "audited echo",
+                                               "checks echo (no record)", "checks+record echo"]
     assert all(float(row[1]) > 0 and float(row[4]) >= float(row[1]) * 0.5 for row in timed)
     assert SECRET_VALUE not in result.stdout + result.stderr
 

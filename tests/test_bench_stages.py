@@ -102,27 +102,32 @@ def test_the_service_stage_restores_the_handler_and_unaudited_methods_have_no_me
     assert server.app.routes.guarded(GET) is not None
 
 
+async def _answered_then_refused(handler, path: str, request: bytes, answer: bytes, *, times: int) -> None:
+    """Serve `handler`, call `path` `times` times with the bench token (each answered `answer`),
+    then once with a wrong token, which must be refused UNAUTHENTICATED."""
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary(path, request_serializer=None, response_deserializer=None)
+            for _ in range(times):
+                assert await call(request, metadata=AUTH, timeout=10) == answer
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call(request, metadata=(("authorization", "Bearer wrong"),), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        await server.stop(0)
+
+
 @pytest.mark.parametrize("client_streaming", [False, True])
 def test_the_audited_echo_checks_the_token_and_chains_one_record_a_call(tmp_path: Path, client_streaming: bool) -> None:
     log = tmp_path / "audit.jsonl"
 
-    async def scenario() -> None:
-        server = grpc.aio.server()
-        server.add_generic_rpc_handlers((AuditedEcho(b"the answer", log).handler(client_streaming),))
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                call = channel.unary_unary("/any.Service/Method", request_serializer=None, response_deserializer=None)
-                for _ in range(3):
-                    assert await call(b"request", metadata=AUTH, timeout=10) == b"the answer"
-                with pytest.raises(grpc.aio.AioRpcError) as refused:
-                    await call(b"request", metadata=(("authorization", "Bearer wrong"),), timeout=10)
-                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        finally:
-            await server.stop(0)
-
-    asyncio.run(scenario())
+    echo = AuditedEcho(b"the answer", log)
+    asyncio.run(_answered_then_refused(echo.handler(client_streaming), "/any.Service/Method", b"request",
+                                       b"the answer", times=3))
     lines = log.read_bytes().splitlines()
     docs = [json.loads(line) for line in lines]
     assert [doc["seq"] for doc in docs] == [1, 2, 3] and {doc["identity"] for doc in docs} == {"bench"}
@@ -183,22 +188,7 @@ def test_the_checked_echo_without_its_record_still_checks_and_writes_nothing(tmp
     log = tmp_path / "audit.jsonl"
     echo = CheckedEcho(b"the profile", log, record=False)
 
-    async def scenario() -> None:
-        server = grpc.aio.server()
-        server.add_generic_rpc_handlers((echo.handler(),))
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                call = channel.unary_unary(GET, request_serializer=None, response_deserializer=None)
-                assert await call(b"", metadata=AUTH, timeout=10) == b"the profile"
-                with pytest.raises(grpc.aio.AioRpcError) as refused:
-                    await call(b"", metadata=(("authorization", "Bearer wrong"),), timeout=10)
-                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        finally:
-            await server.stop(0)
-
-    asyncio.run(scenario())
+    asyncio.run(_answered_then_refused(echo.handler(), GET, b"", b"the profile", times=1))
     assert not log.read_bytes()
     assert {key: sum(series[:-1]) for key, series in echo._counts.items()} == {(GET, "OK"): 1, (GET, "UNAUTHENTICATED"): 1}
 
