@@ -320,8 +320,9 @@ class WatchCommand:
     """`smtpconfig watch` as a subprocess; its stdout lines read with a timeout."""
 
     def __init__(self, *argv: str) -> None:
+        # faulthandler: should Ctrl-C ever leave it running, SIGABRT (below) prints every thread's stack.
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "smtpconfig.cli", "watch", *argv],
+            [sys.executable, "-X", "faulthandler", "-m", "smtpconfig.cli", "watch", *argv],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         self.lines: queue.Queue[str] = queue.Queue()
@@ -349,8 +350,12 @@ class WatchCommand:
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                self.proc.send_signal(signal.SIGABRT)  # where it hangs goes to stderr, for the assertion
+                try:
+                    self.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
         assert self.proc.stderr is not None
         return self.proc.stderr.read()
 
