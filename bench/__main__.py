@@ -208,8 +208,8 @@ def _tls_args(transport: str, certs: Certs) -> tuple[str, ...]:
 
 
 def _levels_of(name: str, args: argparse.Namespace) -> tuple[int, ...]:
-    """The in-flight levels at which target `name` is measured: the echoes that check and record
-    (`FLOORS`) only at the highest, where the audited goals are."""
+    """The in-flight levels at which target `name` is measured: the floors' echoes (`FLOORS`)
+    only at the highest, where the QPS goals are."""
     if name in FLOORS.values():
         return (max(args.in_flight),)
     return args.tls_in_flight if name in TLS_TARGETS else args.in_flight

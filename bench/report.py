@@ -178,9 +178,10 @@ def resident_memory(rows: list[dict[str, Any]], reads: dict[str, dict[str, Any]]
 def goal(rows: list[dict[str, Any]], target: str, level: int, threshold: float) -> dict[str, Any]:
     """`target`'s ratio to bare-aio QPS at `level` in flight against its least acceptable value,
     with each round's ratio (`rounds`): on a noisy machine the verdict of the median alone can
-    flip from one run to the next. For an audited method measured next to its floor (`FLOORS`: the
-    echo that checks and records, no method), also the floor's ratio to bare-aio (`floor`) and the
-    method's to the floor (`to_floor`), each the median of paired rounds."""
+    flip from one run to the next. For a method measured next to its floor (`FLOORS`: the echo
+    that makes the guard's checks, and for an audited method writes the record, with no method),
+    also the floor's ratio to bare-aio (`floor`), the method's to the floor (`to_floor`), each the
+    median of paired rounds, and the floor's label (`floor_label`)."""
     def found(name: str) -> dict[str, Any] | None:
         return next((r for r in rows if r["target"] == name and r["in_flight"] == level and not r["waiting"]), None)
 
@@ -641,7 +642,7 @@ def _edge_table(edge: dict[str, Any]) -> list[str]:
     for label, row, n, ratio in (
         ("bare-aio (Unix socket)", edge["bare_aio"], level, ""),
         ("ResolveSmtp via edge, warm", edge["edge"], level, f"{edge['qps_ratio']:.2f}"),
-        *((("checks+record echo", edge["floor"], level, f"{edge['floor_ratio']:.2f}"),) if "floor" in edge else ()),
+        *(((LABELS[FLOORS[RESOLVE_SMTP]], edge["floor"], level, f"{edge['floor_ratio']:.2f}"),) if "floor" in edge else ()),
         ("bare-aio (Unix socket)", edge["bare_aio_1"], 1, ""),
         ("ResolveSmtp via edge, warm", edge["edge_1"], 1, ""),
     ):
