@@ -268,10 +268,11 @@ def measure_all(args: argparse.Namespace) -> tuple[dict[str, int], list[dict[str
         (scratch / "secrets").mkdir()
         checksecret_request, sizes[CHECKSECRET_SUITE] = warm_file_secret(targets[SERVICE], scratch / "secrets")
         sizes[RESOLVESMTP_SUITE] = store_resolving_profile(targets[RESOLVE_SMTP], scratch / "secrets")
-        # Each method's floor: the echo that makes the guard's checks (and for an audited method
-        # writes the record), sent the method's own requests and answering the service's own
-        # (warm) answer.
-        requests = {SERVICE: (GETSMTP_PATH, GETSMTP_REQUEST), CHECK_SECRET: (CHECKSECRET_PATH, checksecret_request),
+        # What each method's target is sent: its path and request. Each method's floor, the echo
+        # that makes the guard's checks (and for an audited method writes the record), is sent the
+        # same and answers the service's own (warm) answer.
+        requests = {SERVICE: (GETSMTP_PATH, GETSMTP_REQUEST), SERVICE_TLS: (GETSMTP_PATH, GETSMTP_REQUEST),
+                    SERVICE_MTLS: (GETSMTP_PATH, GETSMTP_REQUEST), CHECK_SECRET: (CHECKSECRET_PATH, checksecret_request),
                     RESOLVE_SMTP: (RESOLVESMTP_PATH, RESOLVESMTP_REQUEST)}
         for measured, floor in FLOORS.items():
             kept = scratch / f"{floor}.answer"
@@ -296,13 +297,7 @@ def measure_all(args: argparse.Namespace) -> tuple[dict[str, int], list[dict[str
         top = {name: max(_levels_of(name, args)) for name in getsmtp_targets}
         # What the service is sent: (method, request size, request bytes or "" for that many "x").
         # The echo servers are sent as many bytes as the suite's responses have.
-        calls = {
-            SERVICE: (GETSMTP_PATH, len(GETSMTP_REQUEST), ""),
-            SERVICE_TLS: (GETSMTP_PATH, len(GETSMTP_REQUEST), ""),
-            SERVICE_MTLS: (GETSMTP_PATH, len(GETSMTP_REQUEST), ""),
-            CHECK_SECRET: (CHECKSECRET_PATH, len(checksecret_request), b64encode(checksecret_request).decode()),
-            RESOLVE_SMTP: (RESOLVESMTP_PATH, len(RESOLVESMTP_REQUEST), ""),
-        }
+        calls = {name: (path, len(request), b64encode(request).decode()) for name, (path, request) in requests.items()}
         calls.update({floor: calls[measured] for measured, floor in FLOORS.items()})
         plan = [
             (round_, level, 0, suite, block[(i + round_) % len(block)])
